@@ -1,0 +1,292 @@
+import type { Tensor3D } from '@tensorflow/tfjs';
+import type { FaceResult } from '@vladmandic/human';
+import {
+  type Point,
+  type RgbImage,
+  CHIP_SIZE,
+  MESH_TO_68,
+  MIRROR_68,
+  averagePoints,
+  chipTransform,
+  extractChip,
+  mirrorChip,
+} from './alignment.ts';
+import { normalize } from './embedding.ts';
+import { decodeImage } from './image.ts';
+import { qualityProblems } from './quality.ts';
+import { type Backend, type Runtime, loadRuntime } from './runtime.ts';
+import type { AnalyzeOptions, Box, FaceObservation, FrameAnalysis, QualityLimits } from './types.ts';
+
+const LANDMARK_INPUT = 112; // face-api's landmark net input side
+const RETRY_PADDING = 0.3; // fraction of the longer side added around tight crops on a second try
+/**
+ * A second face makes a capture frame ambiguous when the detector is confident about it, it is at
+ * least half the subject's size and it is not a part of the subject's own face (the low-threshold
+ * detector sometimes boxes an eye or a cheek).
+ */
+const CONFIDENT_DETECTION = 0.5;
+const COMPETING_FACE_RATIO = 0.5;
+const MAX_OVERLAP = 0.3;
+
+export interface EngineOptions {
+  backend: 'auto' | Backend;
+  maxPixels: number;
+  quality: QualityLimits;
+}
+
+/**
+ * The face pipeline, chosen by measurement on LFW (README, "Accuracy"):
+ * Human's BlazeFace + face mesh find the face and its pose; face-api's 68-point landmark net runs
+ * on a square crop of the detector box and on its mirror image; those two and the mesh (mapped to
+ * the 68-point layout) are averaged into one landmark set; a dlib-style similarity chip is cut with
+ * it; the dlib ResNet descriptor of the chip and of its mirror image are averaged and normalised.
+ * Runs inside a worker thread: no HTTP, no storage, and pixels are dropped after each call.
+ */
+export class FaceEngine {
+  private constructor(
+    private readonly rt: Runtime,
+    private readonly options: EngineOptions,
+  ) {}
+
+  static async create(options: EngineOptions): Promise<FaceEngine> {
+    const engine = new FaceEngine(await loadRuntime(options.backend), options);
+    await engine.warmUp();
+    return engine;
+  }
+
+  get backend(): Backend {
+    return this.rt.backend;
+  }
+
+  async analyze(bytes: Uint8Array, opts: AnalyzeOptions): Promise<FrameAnalysis> {
+    const started = performance.now();
+    const image = await decodeImage(bytes, this.options.maxPixels);
+    return this.analyzeImage(image, opts, started);
+  }
+
+  async analyzeImage(image: RgbImage, opts: AnalyzeOptions, started = performance.now()): Promise<FrameAnalysis> {
+    const { tf } = this.rt;
+    const pixels = tf.tensor3d(image.data, [image.height, image.width, 3], 'int32');
+    try {
+      // presentation-attack models only matter for live captures, not for photo evaluations
+      const pad = opts.mode === 'capture';
+      let faces = await this.detect(pixels, image, 0, pad);
+      if (faces.length === 0) {
+        // BlazeFace needs some margin around a face: retry tight crops on a padded canvas
+        faces = await this.detect(pixels, image, Math.round(RETRY_PADDING * Math.max(image.width, image.height)), pad);
+      }
+      const subject = pickSubject(faces, image, opts.mode);
+      const base = { width: image.width, height: image.height, faceCount: faces.length };
+      if (!subject) {
+        return { ...base, face: null, embedding: null, problems: ['no_face'], millis: performance.now() - started };
+      }
+      const landmarks = await this.landmarks(pixels, image, subject);
+      const chip = extractChip(image, chipTransform(landmarks));
+      const embedding = await this.describe(chip);
+      const face = observe(subject, chip);
+      const problems = qualityProblems(face, this.options.quality);
+      if (opts.mode === 'capture' && faces.some((f) => competes(f, subject))) problems.unshift('multiple_faces');
+      return { ...base, face, embedding, problems, millis: performance.now() - started };
+    } finally {
+      pixels.dispose();
+    }
+  }
+
+  /** Faces found by Human, in image coordinates; `pad` grey pixels are added around the image first. */
+  private async detect(pixels: Tensor3D, image: RgbImage, pad: number, attackModels: boolean): Promise<FaceResult[]> {
+    const { tf, human } = this.rt;
+    const input = tf.tidy(() => {
+      const padded = pad > 0 ? tf.pad(pixels, [[pad, pad], [pad, pad], [0, 0]], 128) : pixels;
+      return padded.expandDims(0);
+    });
+    try {
+      const result = await human.detect(input, {
+        face: { antispoof: { enabled: attackModels }, liveness: { enabled: attackModels } },
+      });
+      return result.face.map((f) => (pad > 0 ? shiftFace(f, -pad) : f)).filter((f) => faceSide(f) > 0 && inside(f, image));
+    } finally {
+      input.dispose();
+    }
+  }
+
+  /** The averaged 68-point landmark set (see the class comment). */
+  private async landmarks(pixels: Tensor3D, image: RgbImage, face: FaceResult): Promise<Point[]> {
+    const [bx, by, bw, bh] = face.box;
+    const side = Math.max(bw, bh);
+    const x0 = bx + bw / 2 - side / 2;
+    const y0 = by + bh / 2 - side / 2;
+    const { tf, faceapi } = this.rt;
+    const [plain, mirrored] = tf.tidy(() => {
+      const box = [
+        [y0 / (image.height - 1), x0 / (image.width - 1), (y0 + side) / (image.height - 1), (x0 + side) / (image.width - 1)],
+      ];
+      const crop = tf.image.cropAndResize(
+        pixels.toFloat().expandDims(0) as never,
+        box,
+        [0],
+        [LANDMARK_INPUT, LANDMARK_INPUT],
+        'bilinear',
+        128,
+      );
+      return [crop.squeeze([0]) as Tensor3D, tf.reverse(crop, 2).squeeze([0]) as Tensor3D];
+    });
+    try {
+      const toImage = (p: { x: number; y: number }): Point => [
+        x0 + (p.x / LANDMARK_INPUT) * side,
+        y0 + (p.y / LANDMARK_INPUT) * side,
+      ];
+      const a = (await faceapi.nets.faceLandmark68Net.detectLandmarks(plain)).positions.map(toImage);
+      const m = (await faceapi.nets.faceLandmark68Net.detectLandmarks(mirrored)).positions;
+      const b = MIRROR_68.map((i) => toImage({ x: LANDMARK_INPUT - m[i].x, y: m[i].y }));
+      const mesh = MESH_TO_68.map((i) => [face.mesh[i][0], face.mesh[i][1]] as Point);
+      return averagePoints(averagePoints(a, b), mesh);
+    } finally {
+      plain.dispose();
+      mirrored.dispose();
+    }
+  }
+
+  /** Mean of the descriptors of the chip and its mirror image, normalised to unit length. */
+  private async describe(chip: Float32Array): Promise<Float32Array> {
+    const { tf, faceapi } = this.rt;
+    const inputs = [chip, mirrorChip(chip)].map((c) => tf.tensor3d(c, [CHIP_SIZE, CHIP_SIZE, 3], 'float32'));
+    try {
+      const out = await faceapi.nets.faceRecognitionNet.computeFaceDescriptor(inputs);
+      const [d1, d2] = out as Float32Array[];
+      const sum = new Float32Array(d1.length);
+      for (let i = 0; i < sum.length; i++) sum[i] = d1[i] + d2[i];
+      return normalize(sum);
+    } finally {
+      for (const t of inputs) t.dispose();
+    }
+  }
+
+  /** The first inference of each model compiles kernels; do it before taking traffic. */
+  private async warmUp(): Promise<void> {
+    const size = 160;
+    const data = new Uint8Array(size * size * 3).fill(128);
+    await this.analyzeImage({ data, width: size, height: size }, { mode: 'capture' });
+  }
+}
+
+function faceSide(f: FaceResult): number {
+  return Math.max(f.box[2], f.box[3]);
+}
+
+function competes(f: FaceResult, subject: FaceResult): boolean {
+  if (f === subject || f.boxScore < CONFIDENT_DETECTION) return false;
+  if (faceSide(f) < COMPETING_FACE_RATIO * faceSide(subject)) return false;
+  const [ax, ay, aw, ah] = f.box;
+  const [bx, by, bw, bh] = subject.box;
+  const iw = Math.max(0, Math.min(ax + aw, bx + bw) - Math.max(ax, bx));
+  const ih = Math.max(0, Math.min(ay + ah, by + bh) - Math.max(ay, by));
+  return (iw * ih) / (aw * ah) < MAX_OVERLAP;
+}
+
+function inside(f: FaceResult, image: RgbImage): boolean {
+  const cx = f.box[0] + f.box[2] / 2;
+  const cy = f.box[1] + f.box[3] / 2;
+  return cx >= 0 && cy >= 0 && cx < image.width && cy < image.height;
+}
+
+function shiftFace(f: FaceResult, d: number): FaceResult {
+  return {
+    ...f,
+    box: [f.box[0] + d, f.box[1] + d, f.box[2], f.box[3]],
+    mesh: f.mesh.map((p) => [p[0] + d, p[1] + d, p[2]] as typeof p),
+  };
+}
+
+function pickSubject(faces: FaceResult[], image: RgbImage, mode: AnalyzeOptions['mode']): FaceResult | undefined {
+  if (faces.length === 0) return undefined;
+  if (mode === 'capture') {
+    const confident = faces.filter((f) => f.boxScore >= CONFIDENT_DETECTION);
+    const pool = confident.length > 0 ? confident : faces;
+    return pool.reduce((a, b) => (faceSide(b) > faceSide(a) ? b : a));
+  }
+  const dist = (f: FaceResult) =>
+    Math.hypot(f.box[0] + f.box[2] / 2 - image.width / 2, f.box[1] + f.box[3] / 2 - image.height / 2);
+  return faces.reduce((a, b) => (dist(b) < dist(a) ? b : a));
+}
+
+const RAD = 180 / Math.PI;
+
+function observe(face: FaceResult, chip: Float32Array): FaceObservation {
+  const angle = face.rotation?.angle ?? { yaw: 0, pitch: 0, roll: 0 };
+  const box: Box = { x: face.box[0], y: face.box[1], width: face.box[2], height: face.box[3] };
+  const { sharpness, brightness, faceColor } = chipStatistics(chip);
+  return {
+    box,
+    confidence: face.boxScore,
+    pose: { yaw: angle.yaw * RAD, pitch: angle.pitch * RAD, roll: angle.roll * RAD },
+    eyeOpenness: eyeOpenness(face.mesh),
+    sharpness,
+    brightness,
+    faceColor,
+    antispoof: face.real ?? 0,
+    liveness: face.live ?? 0,
+  };
+}
+
+/** Eyelid gap over eye width from the mesh (MediaPipe vertex numbering), per eye. */
+function eyeOpenness(mesh: FaceResult['mesh']): { left: number; right: number } {
+  const ratio = (upper: number, lower: number, inner: number, outer: number) => {
+    const width = Math.hypot(mesh[inner][0] - mesh[outer][0], mesh[inner][1] - mesh[outer][1]);
+    return width > 0 ? Math.hypot(mesh[upper][0] - mesh[lower][0], mesh[upper][1] - mesh[lower][1]) / width : 0;
+  };
+  // the person's right eye is 33/133 (image left), the left eye 362/263
+  return { right: ratio(159, 145, 133, 33), left: ratio(386, 374, 362, 263) };
+}
+
+/**
+ * Sharpness (variance of the Laplacian of the grey chip), brightness (its mean) and the mean
+ * colour of forehead and cheek patches. On the aligned chip these regions sit at fixed places.
+ */
+function chipStatistics(chip: Float32Array): { sharpness: number; brightness: number; faceColor: [number, number, number] } {
+  const n = CHIP_SIZE;
+  const grey = new Float32Array(n * n);
+  let sum = 0;
+  for (let i = 0; i < n * n; i++) {
+    grey[i] = 0.299 * chip[i * 3] + 0.587 * chip[i * 3 + 1] + 0.114 * chip[i * 3 + 2];
+    sum += grey[i];
+  }
+  // Laplacian over the central face region only (the border holds background)
+  const lo = Math.round(n * 0.25);
+  const hi = Math.round(n * 0.75);
+  let lapSum = 0;
+  let lapSq = 0;
+  let count = 0;
+  for (let y = lo; y < hi; y++) {
+    for (let x = lo; x < hi; x++) {
+      const i = y * n + x;
+      const lap = grey[i - 1] + grey[i + 1] + grey[i - n] + grey[i + n] - 4 * grey[i];
+      lapSum += lap;
+      lapSq += lap * lap;
+      count++;
+    }
+  }
+  const mean = lapSum / count;
+  const patches: [number, number, number, number][] = [
+    [0.42, 0.24, 0.58, 0.3], // forehead
+    [0.28, 0.55, 0.36, 0.63], // the person's right cheek
+    [0.64, 0.55, 0.72, 0.63], // left cheek
+  ];
+  const colour: [number, number, number] = [0, 0, 0];
+  let pixels = 0;
+  for (const [x0, y0, x1, y1] of patches) {
+    for (let y = Math.round(y0 * n); y < Math.round(y1 * n); y++) {
+      for (let x = Math.round(x0 * n); x < Math.round(x1 * n); x++) {
+        const o = (y * n + x) * 3;
+        colour[0] += chip[o];
+        colour[1] += chip[o + 1];
+        colour[2] += chip[o + 2];
+        pixels++;
+      }
+    }
+  }
+  return {
+    sharpness: lapSq / count - mean * mean,
+    brightness: sum / (n * n),
+    faceColor: [colour[0] / pixels, colour[1] / pixels, colour[2] / pixels],
+  };
+}

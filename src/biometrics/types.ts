@@ -1,0 +1,75 @@
+/** What the face engine reports about one image. Plain data: it crosses a worker boundary. */
+
+export interface Box {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/** Reasons a frame cannot be used for matching, named so a capture UI can guide the person. */
+export type QualityProblem =
+  | 'no_face'
+  | 'multiple_faces'
+  | 'face_too_small'
+  | 'face_not_frontal'
+  | 'too_blurry'
+  | 'too_dark'
+  | 'too_bright';
+
+export interface Pose {
+  /** Degrees; positive yaw = the person turns to their left (image right), positive pitch = looks up. */
+  yaw: number;
+  pitch: number;
+  roll: number;
+}
+
+export interface FaceObservation {
+  box: Box;
+  /** Detector confidence 0..1. */
+  confidence: number;
+  pose: Pose;
+  /** Eye openness 0 (closed) .. ~0.35 (wide open): eyelid gap over eye width, per eye. */
+  eyeOpenness: { left: number; right: number };
+  /** Variance of the Laplacian on the aligned grey chip; low values mean blur. */
+  sharpness: number;
+  /** Mean grey level 0..255 of the aligned chip. */
+  brightness: number;
+  /** Mean RGB 0..255 of the face's skin region (cheeks and forehead) on the aligned chip. */
+  faceColor: [number, number, number];
+  /** Passive presentation-attack model scores from @vladmandic/human (0..1, higher = more genuine). */
+  antispoof: number;
+  liveness: number;
+}
+
+export interface FrameAnalysis {
+  width: number;
+  height: number;
+  /** Every face found, largest first. */
+  faceCount: number;
+  /** The face the frame is about (largest), if any. */
+  face: FaceObservation | null;
+  /** Unit-length embedding of `face`, present when the face could be aligned. */
+  embedding: Float32Array | null;
+  /** Empty when the frame is usable for matching. */
+  problems: QualityProblem[];
+  millis: number;
+}
+
+export interface QualityLimits {
+  minFaceSize: number;
+  maxYaw: number;
+  maxPitch: number;
+  minSharpness: number;
+  minBrightness: number;
+  maxBrightness: number;
+}
+
+export interface AnalyzeOptions {
+  /**
+   * `capture`: a person in front of a camera; the largest face is the subject and any other
+   * face of comparable size makes the frame unusable. `photo`: evaluation images (LFW and the
+   * like) where the subject is the face nearest the centre and bystanders are ignored.
+   */
+  mode: 'capture' | 'photo';
+}
