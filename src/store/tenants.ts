@@ -1,0 +1,88 @@
+import crypto from 'node:crypto';
+import { type Db, now } from './database.ts';
+
+export type LivenessMode = 'passive' | 'active';
+
+export interface Tenant {
+  id: string;
+  name: string;
+  livenessMode: LivenessMode;
+  allowedOrigins: string[];
+  createdAt: string;
+}
+
+interface TenantRow {
+  id: string;
+  name: string;
+  liveness_mode: LivenessMode;
+  allowed_origins: string;
+  created_at: string;
+}
+
+const API_KEY_PREFIX = 'afk_';
+
+/** API keys are 32 random bytes; only their SHA-256 is stored, so a leaked database leaks no key. */
+export function hashSecret(secret: string): Buffer {
+  return crypto.createHash('sha256').update(secret).digest();
+}
+
+export class TenantStore {
+  constructor(private readonly db: Db) {}
+
+  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode }): Tenant {
+    const tenant: Tenant = { id: crypto.randomUUID(), createdAt: now(), ...input };
+    this.db
+      .prepare('INSERT INTO tenants (id, name, liveness_mode, allowed_origins, created_at) VALUES (?, ?, ?, ?, ?)')
+      .run(tenant.id, tenant.name, tenant.livenessMode, JSON.stringify(tenant.allowedOrigins), tenant.createdAt);
+    return tenant;
+  }
+
+  get(id: string): Tenant | undefined {
+    const row = this.db.prepare('SELECT * FROM tenants WHERE id = ?').get(id) as TenantRow | undefined;
+    return row && toTenant(row);
+  }
+
+  count(): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM tenants').get() as { n: number }).n;
+  }
+
+  /** Creates a key for the tenant; the returned `apiKey` is the only time the key is visible. */
+  createKey(tenantId: string): { keyId: string; apiKey: string } {
+    if (!this.get(tenantId)) throw new Error(`unknown tenant ${tenantId}`);
+    const keyId = `key_${crypto.randomUUID()}`;
+    const apiKey = API_KEY_PREFIX + crypto.randomBytes(32).toString('base64url');
+    this.db
+      .prepare('INSERT INTO api_keys (id, tenant_id, key_hash, created_at) VALUES (?, ?, ?, ?)')
+      .run(keyId, tenantId, hashSecret(apiKey), now());
+    return { keyId, apiKey };
+  }
+
+  /** Revokes a key; returns false when no active key has this id. */
+  revokeKey(keyId: string): boolean {
+    const res = this.db
+      .prepare('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL')
+      .run(now(), keyId);
+    return res.changes === 1;
+  }
+
+  findByApiKey(apiKey: string): Tenant | undefined {
+    if (!apiKey.startsWith(API_KEY_PREFIX)) return undefined;
+    const row = this.db
+      .prepare(
+        `SELECT t.* FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.key_hash = ? AND k.revoked_at IS NULL`,
+      )
+      .get(hashSecret(apiKey)) as TenantRow | undefined;
+    return row && toTenant(row);
+  }
+}
+
+function toTenant(row: TenantRow): Tenant {
+  return {
+    id: row.id,
+    name: row.name,
+    livenessMode: row.liveness_mode,
+    allowedOrigins: JSON.parse(row.allowed_origins) as string[],
+    createdAt: row.created_at,
+  };
+}
