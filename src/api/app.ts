@@ -1,0 +1,81 @@
+import Koa from 'koa';
+import Router from '@koa/router';
+import type { CaptureService } from '../capture/service.ts';
+import type { Logger } from '../core/logger.ts';
+import type { Metrics } from '../core/metrics.ts';
+import type { SessionService } from '../sessions/service.ts';
+import type { TenantStore } from '../store/tenants.ts';
+import type { UserService } from '../users/service.ts';
+import { errorHandler } from './http.ts';
+import { openApiDocument } from './openapi.ts';
+import { biometryRoutes } from './routes/biometry.ts';
+import { captureRoutes } from './routes/capture.ts';
+import { capturePageRoutes } from './routes/page.ts';
+
+export interface AppDeps {
+  logger: Logger;
+  metrics: Metrics;
+  tenants: TenantStore;
+  sessions: SessionService;
+  users: UserService;
+  capture: CaptureService;
+  maxImageBytes: number;
+  version: string;
+  isReady: () => boolean;
+}
+
+/** The HTTP application: small middlewares in a row, one error layer, one router per concern. */
+export function createApp(deps: AppDeps): Koa {
+  const app = new Koa({ proxy: false });
+  app.silent = true; // errors are logged by the error layer, without request data
+
+  // access log + latency metric; the path is logged without its query (capture tokens live there)
+  app.use(async (ctx, next) => {
+    const started = performance.now();
+    try {
+      await next();
+    } finally {
+      const route = (ctx as unknown as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
+      const seconds = (performance.now() - started) / 1000;
+      deps.metrics.httpDuration.observe({ method: ctx.method, route, status: String(ctx.status) }, seconds);
+      deps.logger.debug({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(seconds * 1000) }, 'request');
+    }
+  });
+  app.use(async (ctx, next) => {
+    ctx.set('X-Content-Type-Options', 'nosniff');
+    ctx.set('Referrer-Policy', 'no-referrer');
+    ctx.set('Cache-Control', 'no-store');
+    ctx.set('X-Frame-Options', 'DENY');
+    await next();
+  });
+  app.use(errorHandler(deps.logger));
+
+  const ops = new Router();
+  ops.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+  ops.get('/readyz', (ctx) => {
+    const ready = deps.isReady();
+    ctx.status = ready ? 200 : 503;
+    ctx.body = { status: ready ? 'ready' : 'starting' };
+  });
+  ops.get('/metrics', async (ctx) => {
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await deps.metrics.registry.metrics();
+  });
+  const doc = openApiDocument(deps.version);
+  ops.get('/openapi.json', (ctx) => {
+    ctx.body = doc;
+  });
+
+  for (const router of [
+    ops,
+    biometryRoutes(deps),
+    captureRoutes({ capture: deps.capture, maxImageBytes: deps.maxImageBytes }),
+    capturePageRoutes(),
+  ]) {
+    app.use(router.routes());
+    app.use(router.allowedMethods({ throw: false }));
+  }
+  return app;
+}

@@ -1,0 +1,129 @@
+import type { Context, Next } from 'koa';
+import getRawBody from 'raw-body';
+import type { Logger } from 'pino';
+import type { z } from 'zod';
+import { ImageInputError, QueueFullError, WorkerTaskError } from '../biometrics/index.ts';
+import { type ErrorKind, ServiceError } from '../errors.ts';
+
+const STATUS: Record<ErrorKind, number> = {
+  invalid_request: 400,
+  unauthorized: 401,
+  not_found: 404,
+  conflict: 409,
+  gone: 410,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  too_many_requests: 429,
+  busy: 503,
+  unavailable: 503,
+};
+
+/** Maps a thrown error to the error a client sees; anything unexpected becomes a bare 500. */
+export function toServiceError(err: unknown): ServiceError {
+  if (err instanceof ServiceError) return err;
+  if (err instanceof QueueFullError) {
+    return new ServiceError('busy', 'engine_busy', 'the face engine is busy; retry shortly', err.retryAfterSeconds);
+  }
+  if (err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal')) {
+    const kind = err instanceof ImageInputError ? err.kind : (err.code as ImageInputError['kind']);
+    const map = { unsupported_media_type: 'unsupported_media_type', image_too_large: 'payload_too_large', invalid_image: 'invalid_request' } as const;
+    return new ServiceError(map[kind] ?? 'invalid_request', kind, err.message);
+  }
+  return new ServiceError('unavailable', 'internal_error', 'the request could not be completed');
+}
+
+/**
+ * The one error layer: every failure below becomes `{ success: false, error: { code, message } }`
+ * with a fitting status. Unexpected errors are logged (without request bodies) and answered 500
+ * with no detail.
+ */
+export function errorHandler(logger: Logger) {
+  return async (ctx: Context, next: Next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
+      }
+    } catch (err) {
+      const expected = err instanceof ServiceError || err instanceof QueueFullError || err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal');
+      const e = toServiceError(err);
+      const status = expected ? STATUS[e.kind] : 500;
+      if (!expected) logger.error({ err: safeError(err), route: ctx.state.route }, 'request failed');
+      ctx.status = status;
+      ctx.body = { success: false, error: { code: e.code, message: e.message } };
+      if (e.retryAfter !== undefined) ctx.set('Retry-After', String(e.retryAfter));
+      if (e.kind === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');
+    }
+  };
+}
+
+/** Name and stack only: error messages from libraries may quote input. */
+function safeError(err: unknown): { name: string; stack?: string } {
+  return err instanceof Error ? { name: err.name, stack: err.stack?.split('\n').slice(1, 8).join('\n') } : { name: typeof err };
+}
+
+const JSON_LIMIT = 64 * 1024;
+
+/** Reads and validates a JSON body against a schema; every failure is a clear 4xx. */
+export async function readJson<S extends z.ZodType>(ctx: Context, schema: S): Promise<z.output<S>> {
+  if (!ctx.is('application/json')) {
+    throw new ServiceError('unsupported_media_type', 'unsupported_media_type', 'send the body as application/json');
+  }
+  const text = await readBody(ctx, JSON_LIMIT, 'utf8');
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    throw new ServiceError('invalid_request', 'invalid_json', 'the body is not valid JSON');
+  }
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue.path.length ? `${issue.path.join('.')}: ` : '';
+    const message =
+      issue.code === 'unrecognized_keys'
+        ? `unknown field(s): ${issue.keys.join(', ')}`
+        : issue.code === 'invalid_type' && issue.input === undefined
+          ? `${issue.path.join('.')} is required`
+          : `${where}${issue.message}`;
+    throw new ServiceError('invalid_request', 'validation_error', message);
+  }
+  return parsed.data;
+}
+
+/** Reads an image body (raw bytes) of at most `limit` bytes. */
+export async function readImage(ctx: Context, limit: number): Promise<Uint8Array> {
+  const type = ctx.request.type;
+  if (!['image/jpeg', 'image/png', 'image/webp', 'application/octet-stream'].includes(type)) {
+    throw new ServiceError('unsupported_media_type', 'unsupported_media_type', 'send one JPEG, PNG or WebP image as the body');
+  }
+  const body = await readBody(ctx, limit);
+  if (body.length === 0) throw new ServiceError('invalid_request', 'empty_body', 'the request has no image');
+  return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+}
+
+async function readBody(ctx: Context, limit: number): Promise<Buffer>;
+async function readBody(ctx: Context, limit: number, encoding: 'utf8'): Promise<string>;
+async function readBody(ctx: Context, limit: number, encoding?: 'utf8'): Promise<Buffer | string> {
+  const declared = Number(ctx.get('content-length') || NaN);
+  if (declared > limit) {
+    ctx.req.resume(); // drain without keeping it
+    throw new ServiceError('payload_too_large', 'payload_too_large', `the body exceeds ${limit} bytes`);
+  }
+  try {
+    return encoding
+      ? await getRawBody(ctx.req, { limit, encoding })
+      : await getRawBody(ctx.req, { limit });
+  } catch (err) {
+    const type = (err as { type?: string }).type;
+    if (type === 'entity.too.large') throw new ServiceError('payload_too_large', 'payload_too_large', `the body exceeds ${limit} bytes`);
+    throw new ServiceError('invalid_request', 'invalid_body', 'the request body could not be read');
+  }
+}
+
+/** `Authorization: Bearer <secret>`, or undefined. */
+export function bearer(ctx: Context): string | undefined {
+  const header = ctx.get('authorization');
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1];
+}

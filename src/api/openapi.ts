@@ -1,0 +1,88 @@
+import { z } from 'zod';
+import * as s from './schemas.ts';
+
+type Json = Record<string, unknown>;
+
+const ref = (schema: z.ZodType) => ({ $ref: `#/components/schemas/${(z.globalRegistry.get(schema) as { id: string }).id}` });
+const json = (schema: z.ZodType, description: string) => ({ description, content: { 'application/json': { schema: ref(schema) } } });
+const errors = (...codes: number[]) =>
+  Object.fromEntries(codes.map((c) => [String(c), json(s.errorResponse, ERROR_TEXT[c] ?? 'error')]));
+const ERROR_TEXT: Record<number, string> = {
+  400: 'Invalid input (malformed JSON, wrong type, bad UUID, redirect origin not allowed...)',
+  401: 'Missing or invalid credentials',
+  404: 'Not found',
+  409: 'client_state already used in this tenant',
+  410: 'The capture link has expired or was already used',
+  413: 'Body too large',
+  415: 'Unsupported content type or image format',
+  429: 'Too many frames for this session',
+  503: 'The face engine is busy (see Retry-After)',
+};
+
+function post(summary: string, request: z.ZodType, response: z.ZodType | z.ZodType[], ...codes: number[]): Json {
+  const responses = Array.isArray(response)
+    ? { description: 'OK', content: { 'application/json': { schema: { oneOf: response.map(ref) } } } }
+    : json(response, 'OK');
+  return {
+    post: {
+      summary,
+      security: [{ apiKey: [] }],
+      requestBody: { required: true, content: { 'application/json': { schema: ref(request) } } },
+      responses: { '200': responses, ...errors(...codes) },
+    },
+  };
+}
+
+/** The OpenAPI 3.1 document, generated from the same zod schemas that validate requests. */
+export function openApiDocument(version: string): Json {
+  const { schemas } = z.toJSONSchema(z.globalRegistry, { uri: (id) => `#/components/schemas/${id}` }) as { schemas: Record<string, Json> };
+  for (const schema of Object.values(schemas)) delete schema.$schema;
+  const flowDoc = (name: string, req: z.ZodType) => post(`Start a ${name} session`, req, s.sessionCreated, 400, 401, 409, 413, 415);
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'Auth Face API',
+      version,
+      description:
+        'Session-based face enrolment, verification (1:1) and identification (1:N) with liveness checks. ' +
+        'Face images are never stored: only encrypted embeddings. Errors are always `{success:false, error:{code,message}}`.',
+    },
+    components: {
+      schemas,
+      securitySchemes: {
+        apiKey: { type: 'http', scheme: 'bearer', description: 'Tenant API key (authface tenant create / key create).' },
+        captureToken: { type: 'http', scheme: 'bearer', description: 'The token `t` of a biometry_url.' },
+      },
+    },
+    paths: {
+      '/biometry/v1/enroll': flowDoc('enroll (with 1:N duplicate blocking)', s.flowRequest),
+      '/biometry/v1/verify': flowDoc('verify (1:1)', s.flowRequest),
+      '/biometry/v1/identify': flowDoc('identify (1:N)', s.identifyRequest),
+      '/biometry/v1/update_embedding': flowDoc('update_embedding', s.flowRequest),
+      '/biometry/v1/result': post('Poll a session by client_state', s.resultRequest, [s.resultOpen, s.resultFinal], 400, 401, 404),
+      '/biometry/v1/list-users': post('List enrolled users', s.listUsersRequest, s.userList, 400, 401),
+      '/biometry/v1/get-user': post('Get one enrolled user', s.userRequest, s.userDetails, 400, 401, 404),
+      '/biometry/v1/delete-user': post('Delete a user and every template', s.userRequest, s.userDeleted, 400, 401, 404),
+      '/capture/v1/session': {
+        get: { summary: 'Open the capture session (binds the link)', security: [{ captureToken: [] }], responses: { '200': json(s.captureSession, 'OK'), ...errors(401, 410) } },
+      },
+      '/capture/v1/frames': {
+        post: {
+          summary: 'Upload one frame; answers per-frame feedback',
+          security: [{ captureToken: [] }],
+          requestBody: { required: true, content: Object.fromEntries(['image/jpeg', 'image/png', 'image/webp'].map((t) => [t, { schema: { type: 'string', contentEncoding: 'binary' } }])) },
+          responses: { '200': json(s.frameFeedback, 'OK'), ...errors(400, 401, 410, 413, 415, 429, 503) },
+        },
+      },
+      '/capture/v1/complete': {
+        post: { summary: 'Decide over the accepted frames', security: [{ captureToken: [] }], responses: { '200': json(s.captureFinished, 'OK'), ...errors(401, 410) } },
+      },
+      '/capture/v1/cancel': {
+        post: { summary: 'Give up: the session fails with reason cancelled', security: [{ captureToken: [] }], responses: { '200': json(s.captureFinished, 'OK'), ...errors(401, 410) } },
+      },
+      '/healthz': { get: { summary: 'Liveness of the process', responses: { '200': { description: 'OK' } } } },
+      '/readyz': { get: { summary: 'Models loaded and database open', responses: { '200': { description: 'ready' }, '503': { description: 'not ready' } } } },
+      '/metrics': { get: { summary: 'Prometheus metrics', responses: { '200': { description: 'text exposition format' } } } },
+    },
+  };
+}

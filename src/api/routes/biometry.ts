@@ -1,0 +1,67 @@
+import Router from '@koa/router';
+import type { Context, Next } from 'koa';
+import { ServiceError } from '../../errors.ts';
+import type { SessionService } from '../../sessions/service.ts';
+import type { Flow } from '../../store/sessions.ts';
+import type { Tenant, TenantStore } from '../../store/tenants.ts';
+import type { UserService } from '../../users/service.ts';
+import { bearer, readJson } from '../http.ts';
+import { presentResult, presentUserDetails, presentUserSummary } from '../presenters.ts';
+import { flowRequest, identifyRequest, listUsersRequest, resultRequest, userRequest } from '../schemas.ts';
+
+interface TenantState {
+  tenant: Tenant;
+}
+
+/** The integrator API, `/biometry/v1/*`: every call needs `Authorization: Bearer <api_key>`. */
+export function biometryRoutes(deps: { tenants: TenantStore; sessions: SessionService; users: UserService }): Router {
+  const router = new Router<TenantState>({ prefix: '/biometry/v1' });
+
+  router.use(async (ctx: Context, next: Next) => {
+    const key = bearer(ctx);
+    const tenant = key ? deps.tenants.findByApiKey(key) : undefined;
+    if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
+    ctx.state.tenant = tenant;
+    await next();
+  });
+
+  const startFlow = (flow: Flow) => async (ctx: Context) => {
+    const tenant = (ctx.state as TenantState).tenant;
+    const input = flow === 'identify' ? { ...(await readJson(ctx, identifyRequest)), external_user_id: null } : await readJson(ctx, flowRequest);
+    const created = deps.sessions.create(tenant, flow, {
+      clientState: input.client_state,
+      redirectUrl: input.redirect_url,
+      externalUserId: input.external_user_id,
+    });
+    ctx.body = { success: true, client_state: created.clientState, biometry_url: created.biometryUrl };
+  };
+
+  router.post('/enroll', startFlow('enroll'));
+  router.post('/verify', startFlow('verify'));
+  router.post('/identify', startFlow('identify'));
+  router.post('/update_embedding', startFlow('update_embedding'));
+
+  router.post('/result', async (ctx) => {
+    const { client_state } = await readJson(ctx, resultRequest);
+    ctx.body = presentResult(deps.sessions.byClientState(ctx.state.tenant, client_state));
+  });
+
+  router.post('/list-users', async (ctx) => {
+    const { limit, offset } = await readJson(ctx, listUsersRequest);
+    const { total, users } = deps.users.list(ctx.state.tenant, limit, offset);
+    ctx.body = { success: true, total, limit, offset, users: users.map(presentUserSummary) };
+  });
+
+  router.post('/get-user', async (ctx) => {
+    const { external_user_id } = await readJson(ctx, userRequest);
+    ctx.body = { success: true, user: presentUserDetails(deps.users.get(ctx.state.tenant, external_user_id)) };
+  });
+
+  router.post('/delete-user', async (ctx) => {
+    const { external_user_id } = await readJson(ctx, userRequest);
+    const { eventId } = deps.users.delete(ctx.state.tenant, external_user_id);
+    ctx.body = { success: true, external_user_id, event_id: eventId };
+  });
+
+  return router;
+}

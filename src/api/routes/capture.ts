@@ -1,0 +1,58 @@
+import Router from '@koa/router';
+import type { Context } from 'koa';
+import type { CaptureService } from '../../capture/service.ts';
+import { ServiceError } from '../../errors.ts';
+import { bearer, readImage } from '../http.ts';
+
+export const FRAME_TYPES = ['image/jpeg', 'image/png', 'image/webp'];
+
+/**
+ * The capture API used by the capture page, native apps and tests, authenticated with the
+ * capture token from `biometry_url` as `Authorization: Bearer <token>`.
+ */
+export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: number }): Router {
+  const router = new Router({ prefix: '/capture/v1' });
+  const token = (ctx: Context) => {
+    const t = bearer(ctx);
+    if (!t) throw new ServiceError('unauthorized', 'invalid_capture_token', 'send the capture token as Authorization: Bearer <token>');
+    return t;
+  };
+
+  router.get('/session', (ctx) => {
+    const view = deps.capture.open(token(ctx));
+    ctx.body = {
+      success: true,
+      flow: view.session.flow,
+      status: view.session.status,
+      expires_at: view.session.expiresAt,
+      liveness: { mode: view.livenessMode, challenge: null },
+      frames: { required: view.requiredFrames, max: view.maxFrames, max_bytes: deps.maxImageBytes, types: FRAME_TYPES },
+    };
+  });
+
+  router.post('/frames', async (ctx) => {
+    const t = token(ctx);
+    deps.capture.open(t); // reject a dead link before reading a large body
+    const feedback = await deps.capture.submitFrame(t, await readImage(ctx, deps.maxImageBytes));
+    ctx.body = {
+      success: true,
+      accepted: feedback.accepted,
+      face_found: feedback.faceFound,
+      faces: feedback.faces,
+      problems: feedback.problems,
+      progress: { accepted_frames: feedback.acceptedFrames, required_frames: feedback.requiredFrames },
+    };
+  });
+
+  router.post('/complete', (ctx) => {
+    const { session, redirectTo } = deps.capture.complete(token(ctx));
+    ctx.body = { success: true, status: session.status, reason: session.status === 'success' ? null : session.reason, redirect_to: redirectTo };
+  });
+
+  router.post('/cancel', (ctx) => {
+    const { session, redirectTo } = deps.capture.cancel(token(ctx));
+    ctx.body = { success: true, status: session.status, reason: session.reason, redirect_to: redirectTo };
+  });
+
+  return router;
+}

@@ -1,0 +1,177 @@
+import type { FrameAnalysis } from '../biometrics/index.ts';
+import { meanEmbedding, similarity } from '../biometrics/embedding.ts';
+import type { EventBus } from '../core/events.ts';
+import { ServiceError } from '../errors.ts';
+import type { Session } from '../store/sessions.ts';
+import type { LivenessMode, TenantStore } from '../store/tenants.ts';
+import { type SessionService, redirectTarget } from '../sessions/service.ts';
+
+export interface FrameAnalyzer {
+  analyze(bytes: Uint8Array, options: { mode: 'capture' }): Promise<FrameAnalysis>;
+}
+
+export interface CaptureOptions {
+  /** Accepted frames the capture UI should collect before completing (progress display). */
+  requiredFrames: number;
+  /** Frames one session may upload in all (429 beyond). */
+  maxFrames: number;
+  /** Passive presentation-attack floors for Human's antispoof and liveness scores. */
+  minAntispoof: number;
+  minLiveness: number;
+  /** A frame must match the session's first accepted face at least this much (same person). */
+  sameFaceThreshold: number;
+}
+
+/** Per-frame reasons beyond the engine's quality problems. */
+export type FrameProblem = FrameAnalysis['problems'][number] | 'presentation_attack_suspected' | 'different_face';
+
+export interface FrameFeedback {
+  accepted: boolean;
+  faceFound: boolean;
+  faces: number;
+  problems: FrameProblem[];
+  acceptedFrames: number;
+  requiredFrames: number;
+}
+
+export interface CaptureView {
+  session: Session;
+  livenessMode: LivenessMode;
+  requiredFrames: number;
+  maxFrames: number;
+}
+
+export interface CaptureResult {
+  session: Session;
+  redirectTo: string;
+}
+
+/** What a session's capture has gathered so far: embeddings only, never pixels. */
+interface Progress {
+  frames: number;
+  acceptedCount: number;
+  /** The first accepted embeddings (at most KEPT_EMBEDDINGS). */
+  accepted: Float32Array[];
+  tally: Map<FrameProblem, number>;
+}
+
+const KEPT_EMBEDDINGS = 5; // the template averages at most this many frames
+
+/**
+ * The capture API behind `biometry_url`: the page (or a native app) opens the session with its
+ * token, uploads frames one by one and completes. Frames are analysed and dropped; only their
+ * embeddings and per-frame verdicts are held, in memory, until the session ends.
+ */
+export class CaptureService {
+  readonly #progress = new Map<string, Progress>();
+
+  constructor(
+    private readonly sessions: SessionService,
+    private readonly tenants: TenantStore,
+    private readonly analyzer: FrameAnalyzer,
+    private readonly events: EventBus,
+    private readonly options: CaptureOptions,
+  ) {
+    events.on('session.finished', ({ sessionId }) => this.#progress.delete(sessionId));
+  }
+
+  open(token: string): CaptureView {
+    const session = this.sessions.bind(this.sessions.byCaptureToken(token));
+    return {
+      session,
+      livenessMode: this.#tenantOf(session).livenessMode,
+      requiredFrames: this.options.requiredFrames,
+      maxFrames: this.options.maxFrames,
+    };
+  }
+
+  async submitFrame(token: string, image: Uint8Array): Promise<FrameFeedback> {
+    let session = this.sessions.bind(this.sessions.byCaptureToken(token));
+    const progress = this.#progressOf(session);
+    if (progress.frames >= this.options.maxFrames) {
+      throw new ServiceError('too_many_requests', 'too_many_frames', `a session accepts at most ${this.options.maxFrames} frames`);
+    }
+    progress.frames++;
+    const analysis = await this.analyzer.analyze(image, { mode: 'capture' });
+    // the link may have been used up or expired while the frame was being analysed
+    session = this.sessions.byCaptureToken(token);
+    const problems = this.#assess(analysis, progress);
+    const accepted = problems.length === 0 && analysis.embedding !== null;
+    if (accepted) {
+      progress.acceptedCount++;
+      if (progress.accepted.length < KEPT_EMBEDDINGS) progress.accepted.push(analysis.embedding as Float32Array);
+    }
+    for (const p of problems) progress.tally.set(p, (progress.tally.get(p) ?? 0) + 1);
+    this.events.emit('frame.analysed', { tenantId: session.tenantId, accepted, problems, millis: analysis.millis });
+    return {
+      accepted,
+      faceFound: analysis.face !== null,
+      faces: analysis.faceCount,
+      problems,
+      acceptedFrames: progress.acceptedCount,
+      requiredFrames: this.options.requiredFrames,
+    };
+  }
+
+  /** Decides over the accepted frames; afterwards the token accepts nothing more. */
+  complete(token: string): CaptureResult {
+    const session = this.sessions.byCaptureToken(token);
+    const progress = this.#progressOf(session);
+    const refusal = refusalReason(progress);
+    const finished = refusal
+      ? this.sessions.fail(session, refusal)
+      : this.sessions.decide(session, meanEmbedding(progress.accepted));
+    return { session: finished, redirectTo: redirectTarget(finished) };
+  }
+
+  /** The person gave up: the session fails with `cancelled` and the browser still goes back. */
+  cancel(token: string): CaptureResult {
+    const session = this.sessions.byCaptureToken(token);
+    const finished = this.sessions.fail(session, 'cancelled');
+    return { session: finished, redirectTo: redirectTarget(finished) };
+  }
+
+  #assess(analysis: FrameAnalysis, progress: Progress): FrameProblem[] {
+    const problems: FrameProblem[] = [...analysis.problems];
+    const face = analysis.face;
+    if (face && (face.antispoof < this.options.minAntispoof || face.liveness < this.options.minLiveness)) {
+      problems.push('presentation_attack_suspected');
+    }
+    const first = progress.accepted[0];
+    if (problems.length === 0 && first && analysis.embedding) {
+      if (similarity(first, analysis.embedding) < this.options.sameFaceThreshold) problems.push('different_face');
+    }
+    return problems;
+  }
+
+  #progressOf(session: Session): Progress {
+    let p = this.#progress.get(session.id);
+    if (!p) {
+      p = { frames: 0, acceptedCount: 0, accepted: [], tally: new Map() };
+      this.#progress.set(session.id, p);
+    }
+    return p;
+  }
+
+  #tenantOf(session: Session) {
+    const tenant = this.tenants.get(session.tenantId);
+    if (!tenant) throw new Error(`session ${session.id} has no tenant`);
+    return tenant;
+  }
+}
+
+/**
+ * Why the capture cannot be decided, or null when it can: a face that changed identity between
+ * frames, more frames flagged as attacks than accepted, or no usable frame at all (then the reason
+ * is what the frames showed).
+ */
+function refusalReason(progress: Progress): string | null {
+  const count = (p: FrameProblem) => progress.tally.get(p) ?? 0;
+  const accepted = progress.acceptedCount;
+  if (count('different_face') > 0) return 'liveness_failed';
+  if (count('presentation_attack_suspected') > accepted) return 'spoof_detected';
+  if (accepted > 0) return null;
+  if (progress.frames === 0 || count('no_face') === progress.frames) return 'no_face';
+  if (count('multiple_faces') > 0 && count('multiple_faces') >= progress.frames - count('no_face')) return 'multiple_faces';
+  return 'poor_quality';
+}

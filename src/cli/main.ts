@@ -1,0 +1,158 @@
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
+import { VERSION, startService } from '../service.ts';
+import { normalizeOrigin } from '../sessions/service.ts';
+import { openStore } from '../store/index.ts';
+import type { LivenessMode } from '../store/tenants.ts';
+import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
+
+/** The tenant a fresh device creates so the README's curl walk-through works at once. */
+const DEFAULT_TENANT = { name: 'default', allowedOrigins: ['http://localhost'], livenessMode: 'passive' as LivenessMode };
+
+const program = new Command()
+  .name('authface')
+  .description('Auth Face: self-hosted face authentication service')
+  .version(VERSION)
+  .showHelpAfterError();
+
+function settingsOrExit() {
+  try {
+    return loadSettings();
+  } catch (err) {
+    if (err instanceof SettingsError) {
+      console.error(`authface: ${err.message}`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+const print = (value: unknown) => console.log(JSON.stringify(value, null, 2));
+
+program
+  .command('serve')
+  .description('run the HTTP API and capture service (what `npm start` runs)')
+  .action(async () => {
+    const settings = settingsOrExit();
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    if (store.tenants.count() === 0) {
+      const tenant = store.tenants.create(DEFAULT_TENANT);
+      const { apiKey } = store.tenants.createKey(tenant.id);
+      process.stdout.write(
+        `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')}.\n` +
+          `API key (shown once, store it now): ${apiKey}\n\n`,
+      );
+    }
+    store.close();
+    const service = await startService(settings);
+    const stop = async () => {
+      await service.close();
+      process.exit(0);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+
+const collect = (value: string, previous: string[]) => {
+  if (!normalizeOrigin(value)) throw new InvalidArgumentError(`${value} is not an origin such as https://app.example.com`);
+  return [...previous, value];
+};
+
+const tenant = program.command('tenant').description('manage tenants');
+tenant
+  .command('create')
+  .description('create a tenant and its first API key; prints {tenant_id, api_key}')
+  .requiredOption('--name <name>', 'display name')
+  .requiredOption('--allowed-origin <url>', 'origin redirect_url may point to (repeatable)', collect, [])
+  .addOption(new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']).default('passive'))
+  .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) => {
+    const settings = settingsOrExit();
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    try {
+      const t = store.tenants.create({
+        name: opts.name,
+        allowedOrigins: opts.allowedOrigin.map((o) => normalizeOrigin(o) as string),
+        livenessMode: opts.liveness,
+      });
+      const { keyId, apiKey } = store.tenants.createKey(t.id);
+      print({ tenant_id: t.id, api_key: apiKey, key_id: keyId });
+    } finally {
+      store.close();
+    }
+  });
+
+const key = program.command('key').description('manage API keys');
+key
+  .command('create')
+  .description("create another API key for a tenant (rotate: create, deploy, revoke the old one)")
+  .requiredOption('--tenant <tenant_id>', 'tenant id')
+  .action((opts: { tenant: string }) => {
+    const settings = settingsOrExit();
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    try {
+      if (!store.tenants.get(opts.tenant)) {
+        console.error(`authface: no tenant ${opts.tenant}`);
+        process.exitCode = 1;
+        return;
+      }
+      const { keyId, apiKey } = store.tenants.createKey(opts.tenant);
+      print({ tenant_id: opts.tenant, key_id: keyId, api_key: apiKey });
+    } finally {
+      store.close();
+    }
+  });
+key
+  .command('revoke')
+  .description('revoke an API key by its id')
+  .requiredOption('--key-id <key_id>', 'key id printed when the key was created')
+  .action((opts: { keyId: string }) => {
+    const settings = settingsOrExit();
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    try {
+      const revoked = store.tenants.revokeKey(opts.keyId);
+      if (!revoked) {
+        console.error(`authface: no active key ${opts.keyId}`);
+        process.exitCode = 1;
+        return;
+      }
+      print({ key_id: opts.keyId, revoked: true });
+    } finally {
+      store.close();
+    }
+  });
+
+const positive = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+};
+
+const evaluate = program.command('eval').description('measure accuracy on labelled images (prints JSON figures)');
+evaluate
+  .command('pairs')
+  .description('1:1 verification figures on a CSV of labelled pairs (file_x,file_y,Decision[,fold])')
+  .requiredOption('--csv <file>', 'the pairs CSV')
+  .requiredOption('--images <dir>', 'directory the CSV paths are relative to (else matched by file name)')
+  .option('--workers <n>', 'worker threads', positive)
+  .option('--progress', 'show progress on stderr', false)
+  .action(async (opts: { csv: string; images: string; workers?: number; progress: boolean }) => {
+    const settings = settingsOrExit();
+    await evalPairsCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
+  });
+evaluate
+  .command('identify')
+  .description('1:N figures: enrol the first image of each person folder, identify the others')
+  .requiredOption('--gallery <dir>', 'directory with one sub-folder per person')
+  .option('--exclude <name...>', 'sub-folders that are not people (e.g. group)', [])
+  .option('--workers <n>', 'worker threads', positive)
+  .action(async (opts: { gallery: string; exclude: string[]; workers?: number }) => {
+    const settings = settingsOrExit();
+    await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
+  });
+
+program
+  .command('config')
+  .description('print every configuration variable with its default and meaning')
+  .action(() => console.log(settingsTable()));
+
+await program.parseAsync(process.argv);

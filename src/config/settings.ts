@@ -1,0 +1,100 @@
+import os from 'node:os';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * Every runtime option of the service, read from the environment. This table is the single
+ * source of truth: it validates the environment at start and documents each option
+ * (`authface config` prints it; the README's configuration table is generated from it).
+ */
+const defaultWorkers = Math.max(1, os.availableParallelism() - 1);
+
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const unitInterval = z.coerce.number().min(0).max(1);
+
+export const settingsSpec = {
+  PORT: { schema: port.default(8080), doc: 'TCP port of the HTTP API and the capture page.' },
+  HOST: {
+    schema: z.string().min(1).default('127.0.0.1'),
+    doc: 'Interface to listen on. The default serves this machine only; use 0.0.0.0 to serve the local network.',
+  },
+  PUBLIC_URL: {
+    schema: z.url().optional(),
+    doc: 'Base URL that people reach this service on; `biometry_url` is built from it. Default `http://localhost:<PORT>`.',
+  },
+  AUTHFACE_DATA_DIR: {
+    schema: z.string().min(1).default('./data'),
+    doc: 'Directory of the SQLite database and the master key file.',
+  },
+  AUTHFACE_MASTER_KEY: {
+    schema: z.string().optional(),
+    doc: 'AES-256 key (64 hex characters or 44 base64 characters) that encrypts embeddings at rest. Without it a key file `master.key` (mode 0600) is created in the data directory on first start.',
+  },
+  AUTHFACE_SESSION_TTL_SECONDS: {
+    schema: positiveInt.max(86_400).default(600),
+    doc: 'Lifetime of a session and its capture link.',
+  },
+  AUTHFACE_MATCH_THRESHOLD: {
+    schema: unitInterval.default(0.93),
+    doc: 'Similarity at or above which verify and identify accept a face (see the accuracy section of the README).',
+  },
+  AUTHFACE_DUPLICATE_THRESHOLD: {
+    schema: unitInterval.default(0.92),
+    doc: 'Similarity at or above which enrollment and update_embedding report a `conflict` with another user.',
+  },
+  AUTHFACE_WORKERS: {
+    schema: positiveInt.max(64).default(defaultWorkers),
+    doc: 'Worker threads that analyse frames. Default: CPU cores minus one (at least one).',
+  },
+  AUTHFACE_QUEUE_SIZE: {
+    schema: positiveInt.max(10_000).default(16),
+    doc: 'Frames allowed to wait for a worker; beyond that the API answers 503 with Retry-After.',
+  },
+  AUTHFACE_MAX_IMAGE_BYTES: {
+    schema: positiveInt.default(6 * 1024 * 1024),
+    doc: 'Largest accepted image upload (413 above it).',
+  },
+  AUTHFACE_MAX_IMAGE_PIXELS: {
+    schema: positiveInt.default(25_000_000),
+    doc: 'Largest accepted image area in pixels (413 above it), checked before decoding.',
+  },
+  AUTHFACE_BACKEND: {
+    schema: z.enum(['auto', 'wasm', 'tfjs-node']).default('auto'),
+    doc: 'TensorFlow backend of the face engine: `auto` uses @tensorflow/tfjs-node when it is installed, else WebAssembly.',
+  },
+  LOG_LEVEL: {
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    doc: 'Log verbosity (logs never contain images, embeddings, keys or tokens).',
+  },
+} as const;
+
+type Spec = typeof settingsSpec;
+export type Settings = { [K in keyof Spec]: z.output<Spec[K]['schema']> } & { publicUrl: string; dataDir: string };
+
+export class SettingsError extends Error {}
+
+export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+  const shape = Object.fromEntries(Object.entries(settingsSpec).map(([k, v]) => [k, v.schema])) as {
+    [K in keyof Spec]: Spec[K]['schema'];
+  };
+  const input = Object.fromEntries(Object.keys(settingsSpec).map((k) => [k, env[k] === '' ? undefined : env[k]]));
+  const parsed = z.object(shape).safeParse(input);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
+    throw new SettingsError(`invalid configuration: ${problems.join('; ')}`);
+  }
+  const s = parsed.data;
+  const publicUrl = (s.PUBLIC_URL ?? `http://localhost:${s.PORT}`).replace(/\/+$/, '');
+  return { ...s, publicUrl, dataDir: path.resolve(s.AUTHFACE_DATA_DIR) } as Settings;
+}
+
+/** Markdown table of every option, for the README and `authface config`. */
+export function settingsTable(): string {
+  const rows = Object.entries(settingsSpec).map(([name, { schema, doc }]) => {
+    const def = (schema as z.ZodType).safeParse(undefined);
+    const shown = def.success && def.data !== undefined ? `\`${String(def.data)}\`` : '–';
+    return `| \`${name}\` | ${name === 'AUTHFACE_WORKERS' ? 'cores − 1' : shown} | ${doc} |`;
+  });
+  return ['| variable | default | meaning |', '|---|---|---|', ...rows].join('\n');
+}

@@ -1,0 +1,44 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { EventBus } from './events.ts';
+
+/** Prometheus metrics, fed from the event bus and the HTTP layer; one registry per service instance. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly httpDuration = new Histogram({
+    name: 'authface_http_request_duration_seconds',
+    help: 'HTTP request latency by route and status',
+    labelNames: ['method', 'route', 'status'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly frames = new Counter({
+    name: 'authface_frames_total',
+    help: 'Frames analysed, by whether they were accepted',
+    labelNames: ['accepted'] as const,
+    registers: [this.registry],
+  });
+  readonly frameSeconds = new Histogram({
+    name: 'authface_frame_analysis_seconds',
+    help: 'Time to analyse one frame in a worker',
+    buckets: [0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2],
+    registers: [this.registry],
+  });
+  readonly sessions = new Counter({
+    name: 'authface_sessions_finished_total',
+    help: 'Sessions finished, by flow and status',
+    labelNames: ['flow', 'status', 'reason'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(events: EventBus, probes: { galleryTemplates: () => number; engineQueue: () => number; engineBusy: () => number }) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'authface_' });
+    new Gauge({ name: 'authface_templates', help: 'Templates in the 1:N index', registers: [this.registry], collect() { this.set(probes.galleryTemplates()); } });
+    new Gauge({ name: 'authface_engine_queue', help: 'Frames waiting for a worker', registers: [this.registry], collect() { this.set(probes.engineQueue()); } });
+    new Gauge({ name: 'authface_engine_busy_workers', help: 'Workers analysing a frame', registers: [this.registry], collect() { this.set(probes.engineBusy()); } });
+    events.on('frame.analysed', (e) => {
+      this.frames.inc({ accepted: String(e.accepted) });
+      this.frameSeconds.observe(e.millis / 1000);
+    });
+    events.on('session.finished', (e) => this.sessions.inc({ flow: e.flow, status: e.status, reason: e.reason ?? 'none' }));
+  }
+}

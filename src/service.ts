@@ -1,0 +1,141 @@
+import fs from 'node:fs';
+import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createApp } from './api/app.ts';
+import { GalleryIndex } from './biometrics/gallery.ts';
+import { FaceAnalyzer } from './biometrics/index.ts';
+import { DEFAULT_QUALITY } from './biometrics/quality.ts';
+import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
+import type { Settings } from './config/settings.ts';
+import { EventBus } from './core/events.ts';
+import { type Logger, createLogger } from './core/logger.ts';
+import { Metrics } from './core/metrics.ts';
+import { SessionService } from './sessions/service.ts';
+import { type Store, openStore } from './store/index.ts';
+import { UserService } from './users/service.ts';
+
+export const VERSION = (
+  JSON.parse(fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as {
+    version: string;
+  }
+).version;
+
+/** Passive presentation-attack floors: below every bona fide sample measured (see README). */
+const MIN_ANTISPOOF = 0.2;
+const MIN_LIVENESS = 0.3;
+const SWEEP_INTERVAL_MS = 15_000;
+
+export interface Service {
+  server: http.Server;
+  url: string;
+  store: Store;
+  events: EventBus;
+  index: GalleryIndex;
+  close(): Promise<void>;
+}
+
+export interface ServiceOverrides {
+  logger?: Logger;
+  /** Share one analyzer between several services (tests); it is then not closed with the service. */
+  analyzer?: FaceAnalyzer;
+}
+
+/**
+ * Wires the service together and starts listening: the store, the face engine workers, the 1:N
+ * index loaded from the stored templates, the session and capture services, and the HTTP app.
+ */
+export async function startService(settings: Settings, overrides: ServiceOverrides = {}): Promise<Service> {
+  const logger = overrides.logger ?? createLogger(settings.LOG_LEVEL);
+  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+  const events = new EventBus();
+  const analyzer =
+    overrides.analyzer ??
+    new FaceAnalyzer({
+      backend: settings.AUTHFACE_BACKEND,
+      maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
+      quality: DEFAULT_QUALITY,
+      workers: settings.AUTHFACE_WORKERS,
+      queueSize: settings.AUTHFACE_QUEUE_SIZE,
+    });
+
+  const index = new GalleryIndex();
+  for (const t of store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
+
+  const thresholds = { match: settings.AUTHFACE_MATCH_THRESHOLD, duplicate: settings.AUTHFACE_DUPLICATE_THRESHOLD };
+  const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
+    publicUrl: settings.publicUrl,
+    ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
+    thresholds,
+  });
+  const users = new UserService(store.db, store.users, store.audit, index, events);
+  const capture = new CaptureService(sessions, store.tenants, analyzer as FrameAnalyzer, events, {
+    requiredFrames: 3,
+    maxFrames: 60,
+    minAntispoof: MIN_ANTISPOOF,
+    minLiveness: MIN_LIVENESS,
+    sameFaceThreshold: thresholds.match,
+  });
+  const metrics = new Metrics(events, {
+    galleryTemplates: () => index.size,
+    engineQueue: () => analyzer.load.queued,
+    engineBusy: () => analyzer.load.busy,
+  });
+  events.on('session.finished', (e) =>
+    logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
+  );
+
+  const app = createApp({
+    logger,
+    metrics,
+    tenants: store.tenants,
+    sessions,
+    users,
+    capture,
+    maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
+    version: VERSION,
+    isReady: () => analyzer.isReady,
+  });
+
+  const sweeper = setInterval(() => {
+    try {
+      sessions.sweepExpired();
+    } catch (err) {
+      logger.error({ err: { name: (err as Error).name } }, 'expiry sweep failed');
+    }
+  }, SWEEP_INTERVAL_MS);
+  sweeper.unref();
+
+  analyzer.ready().then(
+    () => logger.info({ templates: index.size }, 'face engine ready'),
+    (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
+  );
+
+  const server = app.listen(settings.PORT, settings.HOST);
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 10_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  const address = server.address() as AddressInfo;
+  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+  logger.info({ url, publicUrl: settings.publicUrl, dataDir: settings.dataDir }, 'listening');
+
+  return {
+    server,
+    url,
+    store,
+    events,
+    index,
+    async close() {
+      clearInterval(sweeper);
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await closed;
+      if (!overrides.analyzer) await analyzer.close();
+      store.close();
+    },
+  };
+}
