@@ -76,7 +76,7 @@ export class FaceEngine {
         faces = await this.detect(pixels, image, Math.round(RETRY_PADDING * Math.max(image.width, image.height)), pad);
       }
       const subject = pickSubject(faces, image, opts.mode);
-      const base = { width: image.width, height: image.height, faceCount: faces.length };
+      const base = { width: image.width, height: image.height, faceCount: faces.length, boxes: faces.map(toBox) };
       if (!subject) {
         return { ...base, face: null, embedding: null, problems: ['no_face'], millis: performance.now() - started };
       }
@@ -169,6 +169,10 @@ export class FaceEngine {
   }
 }
 
+function toBox(f: FaceResult): Box {
+  return { x: f.box[0], y: f.box[1], width: f.box[2], height: f.box[3] };
+}
+
 function faceSide(f: FaceResult): number {
   return Math.max(f.box[2], f.box[3]);
 }
@@ -213,7 +217,7 @@ const RAD = 180 / Math.PI;
 
 function observe(face: FaceResult, chip: Float32Array): FaceObservation {
   const angle = face.rotation?.angle ?? { yaw: 0, pitch: 0, roll: 0 };
-  const box: Box = { x: face.box[0], y: face.box[1], width: face.box[2], height: face.box[3] };
+  const box = toBox(face);
   const { sharpness, brightness, faceColor } = chipStatistics(chip);
   return {
     box,

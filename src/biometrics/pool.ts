@@ -174,7 +174,5 @@ export class WorkerPool extends EventEmitter {
  */
 function startWorker(url: URL, workerData: unknown): Worker {
   if (!url.pathname.endsWith('.ts')) return new Worker(url, { workerData });
-  const loader = import.meta.resolve('tsx/esm/api');
-  const bootstrap = `import(${JSON.stringify(loader)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-  return new Worker(bootstrap, { eval: true, workerData });
+  return new Worker(new URL('./worker-tsx.mjs', import.meta.url), { workerData, argv: [url.href] });
 }

@@ -45,8 +45,10 @@ export interface FaceObservation {
 export interface FrameAnalysis {
   width: number;
   height: number;
-  /** Every face found, largest first. */
+  /** Every face found. */
   faceCount: number;
+  /** Boxes of every face found, in image pixels (after EXIF rotation and any downscaling). */
+  boxes: Box[];
   /** The face the frame is about (largest), if any. */
   face: FaceObservation | null;
   /** Unit-length embedding of `face`, present when the face could be aligned. */

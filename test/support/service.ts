@@ -1,0 +1,70 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { FaceAnalyzer } from '../../src/biometrics/index.ts';
+import { DEFAULT_QUALITY } from '../../src/biometrics/quality.ts';
+import { loadSettings } from '../../src/config/settings.ts';
+import { type Service, startService } from '../../src/service.ts';
+import type { LivenessMode } from '../../src/store/tenants.ts';
+
+let analyzer: FaceAnalyzer | undefined;
+
+/** One set of engine workers for the whole test run (loading models takes a few seconds). */
+export async function sharedAnalyzer(): Promise<FaceAnalyzer> {
+  if (!analyzer) {
+    analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, workers: 2, queueSize: 32 });
+    await analyzer.ready();
+  }
+  return analyzer;
+}
+
+export async function closeSharedAnalyzer(): Promise<void> {
+  await analyzer?.close();
+  analyzer = undefined;
+}
+
+export interface TestService {
+  url: string;
+  service: Service;
+  dataDir: string;
+  /** Every log line the service wrote, as text. */
+  logs: () => string;
+  tenant(opts?: { origins?: string[]; liveness?: LivenessMode }): { id: string; apiKey: string; keyId: string };
+  close(): Promise<void>;
+}
+
+/** A real service on a free port with its own temporary data directory. */
+export async function startTestService(
+  env: Record<string, string> = {},
+  opts: { ownAnalyzer?: FaceAnalyzer } = {},
+): Promise<TestService> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-test-'));
+  const settings = loadSettings({ PORT: '0', AUTHFACE_DATA_DIR: dataDir, LOG_LEVEL: 'debug', ...env });
+  let logText = '';
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      logText += chunk.toString();
+      done();
+    },
+  });
+  const logger = pino({ level: 'debug' }, sink);
+  const service = await startService(settings, { logger, analyzer: opts.ownAnalyzer ?? (await sharedAnalyzer()) });
+  const url = service.url;
+  return {
+    url,
+    service,
+    dataDir,
+    logs: () => logText,
+    tenant({ origins = ['http://localhost', 'https://app.example.com'], liveness = 'passive' } = {}) {
+      const t = service.store.tenants.create({ name: 'test', allowedOrigins: origins, livenessMode: liveness });
+      const { apiKey, keyId } = service.store.tenants.createKey(t.id);
+      return { id: t.id, apiKey, keyId };
+    },
+    async close() {
+      await service.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
