@@ -33,6 +33,7 @@ export interface Service {
   store: Store;
   events: EventBus;
   index: GalleryIndex;
+  sessions: SessionService;
   close(): Promise<void>;
 }
 
@@ -129,6 +130,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     store,
     events,
     index,
+    sessions,
     async close() {
       clearInterval(sweeper);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -9,6 +9,7 @@ const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
   unauthorized: 401,
   not_found: 404,
+  method_not_allowed: 405,
   conflict: 409,
   gone: 410,
   payload_too_large: 413,
@@ -43,6 +44,9 @@ export function errorHandler(logger: Logger) {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) {
         throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
+      }
+      if (ctx.status === 405) {
+        throw new ServiceError('method_not_allowed', 'method_not_allowed', `use ${ctx.response.get('Allow') || 'another method'} on this endpoint`);
       }
     } catch (err) {
       const expected = err instanceof ServiceError || err instanceof QueueFullError || err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal');
