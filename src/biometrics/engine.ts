@@ -243,7 +243,8 @@ function eyeOpenness(mesh: FaceResult['mesh']): { left: number; right: number } 
 }
 
 /**
- * Sharpness (variance of the Laplacian of the grey chip), brightness (its mean) and the mean
+ * Sharpness (variance of the Laplacian over the variance of the grey face region), brightness
+ * (mean grey level) and the mean
  * colour of forehead and cheek patches. On the aligned chip these regions sit at fixed places.
  */
 function chipStatistics(chip: Float32Array): { sharpness: number; brightness: number; faceColor: [number, number, number] } {
@@ -254,11 +255,14 @@ function chipStatistics(chip: Float32Array): { sharpness: number; brightness: nu
     grey[i] = 0.299 * chip[i * 3] + 0.587 * chip[i * 3 + 1] + 0.114 * chip[i * 3 + 2];
     sum += grey[i];
   }
-  // Laplacian over the central face region only (the border holds background)
+  // Laplacian over the central face region only (the border holds background), divided by the
+  // region's own contrast so a dim or low-contrast face is not mistaken for a blurred one
   const lo = Math.round(n * 0.25);
   const hi = Math.round(n * 0.75);
   let lapSum = 0;
   let lapSq = 0;
+  let greySum = 0;
+  let greySq = 0;
   let count = 0;
   for (let y = lo; y < hi; y++) {
     for (let x = lo; x < hi; x++) {
@@ -266,10 +270,13 @@ function chipStatistics(chip: Float32Array): { sharpness: number; brightness: nu
       const lap = grey[i - 1] + grey[i + 1] + grey[i - n] + grey[i + n] - 4 * grey[i];
       lapSum += lap;
       lapSq += lap * lap;
+      greySum += grey[i];
+      greySq += grey[i] * grey[i];
       count++;
     }
   }
-  const mean = lapSum / count;
+  const lapVar = lapSq / count - (lapSum / count) ** 2;
+  const greyVar = Math.max(greySq / count - (greySum / count) ** 2, 1);
   const patches: [number, number, number, number][] = [
     [0.42, 0.24, 0.58, 0.3], // forehead
     [0.28, 0.55, 0.36, 0.63], // the person's right cheek
@@ -289,7 +296,7 @@ function chipStatistics(chip: Float32Array): { sharpness: number; brightness: nu
     }
   }
   return {
-    sharpness: lapSq / count - mean * mean,
+    sharpness: lapVar / greyVar,
     brightness: sum / (n * n),
     faceColor: [colour[0] / pixels, colour[1] / pixels, colour[2] / pixels],
   };

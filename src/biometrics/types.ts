@@ -31,7 +31,7 @@ export interface FaceObservation {
   pose: Pose;
   /** Eye openness 0 (closed) .. ~0.35 (wide open): eyelid gap over eye width, per eye. */
   eyeOpenness: { left: number; right: number };
-  /** Variance of the Laplacian on the aligned grey chip; low values mean blur. */
+  /** Variance of the Laplacian over the grey variance of the aligned face (contrast-free); low values mean blur. */
   sharpness: number;
   /** Mean grey level 0..255 of the aligned chip. */
   brightness: number;

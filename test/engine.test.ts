@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import sharp from 'sharp';
+import { similarity } from '../src/biometrics/embedding.ts';
+import { type FaceAnalyzer, WorkerTaskError } from '../src/biometrics/index.ts';
+import { type Photos, photos } from './support/photos.ts';
+import { sharedAnalyzer } from './support/service.ts';
+
+describe('face engine: decoding and the quality gate on real photos', function () {
+  let analyzer: FaceAnalyzer;
+  let img: Photos;
+  let reference: Float32Array;
+
+  const analyze = async (bytes: Buffer) => analyzer.analyze(new Uint8Array(bytes), { mode: 'capture' });
+
+  before(async function () {
+    analyzer = await sharedAnalyzer();
+    img = await photos();
+    const r = await analyze(img.personB);
+    assert.deepEqual(r.problems, []);
+    reference = r.embedding as Float32Array;
+  });
+
+  it('decodes JPEG, PNG and WebP to the same face', async function () {
+    for (const bytes of [await sharp(img.personB).png().toBuffer(), await sharp(img.personB).webp({ quality: 92 }).toBuffer()]) {
+      const r = await analyze(bytes);
+      assert.deepEqual(r.problems, []);
+      assert.ok(similarity(reference, r.embedding as Float32Array) > 0.97);
+    }
+  });
+
+  it('honours EXIF orientation', async function () {
+    // the pixels are stored turned a quarter; the EXIF tag says how to show them upright
+    const sideways = await sharp(img.personB).rotate(-90).withMetadata({ orientation: 6 }).jpeg().toBuffer();
+    const meta = await sharp(sideways).metadata();
+    assert.equal(meta.orientation, 6);
+    const r = await analyze(sideways);
+    assert.deepEqual(r.problems, []);
+    assert.ok(similarity(reference, r.embedding as Float32Array) > 0.95);
+    // the analysed image is the upright one: as wide as the original (or its 1280 px working copy)
+    const upright = await analyze(img.personB);
+    assert.equal(r.width, upright.width);
+    assert.equal(r.height, upright.height);
+  });
+
+  it('finds faces in tight crops (the detector needs margin: the engine pads and retries)', async function () {
+    const full = await analyze(img.personB);
+    const box = full.face!.box;
+    const meta = await sharp(img.personB).metadata();
+    const k = (meta.width as number) / full.width;
+    // a crop just inside the detector's box: no margin around the face at all
+    const tight = await sharp(img.personB)
+      .extract({ left: Math.round((box.x + box.width * 0.1) * k), top: Math.round((box.y + box.height * 0.1) * k), width: Math.round(box.width * 0.8 * k), height: Math.round(box.height * 0.8 * k) })
+      .resize(160)
+      .png()
+      .toBuffer();
+    const r = await analyze(tight);
+    assert.ok(r.face, 'face found in the tight crop');
+    assert.ok(similarity(reference, r.embedding as Float32Array) > 0.9);
+  });
+
+  it('names quality problems: blur, darkness, a small face', async function () {
+    const face = (await analyze(img.personB)).face!;
+    // blur in proportion to the face, so it is blur at the scale the descriptor sees
+    const blurred = await analyze(await sharp(img.personB).blur(Math.max(2, face.box.width / 45)).jpeg().toBuffer());
+    assert.ok(blurred.problems.includes('too_blurry'), `blur: ${blurred.problems}`);
+    const dark = await analyze(await sharp(img.personB).modulate({ brightness: 0.2 }).jpeg().toBuffer());
+    assert.ok(dark.problems.includes('too_dark'), `dark: ${dark.problems}`);
+    const bright = await analyze(await sharp(img.personB).linear(0.5, 200).jpeg().toBuffer());
+    assert.ok(bright.problems.includes('too_bright'), `bright: ${bright.problems}`);
+    const meta = await sharp(img.personB).metadata();
+    const small = await analyze(await sharp(img.personB).resize(Math.round((meta.width as number) / 12)).extend({ top: 200, bottom: 200, left: 200, right: 200, background: '#808080' }).jpeg().toBuffer());
+    assert.ok(small.problems.includes('face_too_small'), `small: ${small.problems}`);
+    for (const r of [blurred, dark, bright, small]) assert.ok(r.embedding, 'the face is still found and described');
+  });
+
+  it('reports pose and eye openness for a frontal open-eyed face', async function () {
+    const r = await analyze(img.personB);
+    assert.ok(Math.abs(r.face!.pose.yaw) < 30);
+    assert.ok(r.face!.eyeOpenness.left > 0.1 && r.face!.eyeOpenness.right > 0.1);
+    assert.ok(r.face!.brightness > 40 && r.face!.brightness < 225);
+  });
+
+  it('refuses images over the pixel limit before decoding them (413)', async function () {
+    const huge = await sharp({ create: { width: 6000, height: 5000, channels: 3, background: '#777' } }).png().toBuffer();
+    await assert.rejects(analyze(huge), (err: unknown) => err instanceof WorkerTaskError && err.code === 'image_too_large');
+  });
+
+  it('refuses what is not JPEG, PNG or WebP (415) and broken files (400)', async function () {
+    const tiff = await sharp(img.personB).tiff().toBuffer();
+    await assert.rejects(analyze(tiff), (err: unknown) => err instanceof WorkerTaskError && err.code === 'unsupported_media_type');
+    const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>');
+    await assert.rejects(analyze(svg), (err: unknown) => err instanceof WorkerTaskError && err.code === 'unsupported_media_type');
+    const broken = Buffer.concat([img.personB.subarray(0, 600), Buffer.alloc(400)]);
+    await assert.rejects(analyze(broken), (err: unknown) => err instanceof WorkerTaskError && err.code === 'invalid_image');
+  });
+});

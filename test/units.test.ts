@@ -1,0 +1,238 @@
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chipTransform, fitSimilarity, type Point } from '../src/biometrics/alignment.ts';
+import { meanEmbedding, normalize, similarity } from '../src/biometrics/embedding.ts';
+import { Gallery } from '../src/biometrics/gallery.ts';
+import { auc, equalErrorRate, kFoldAccuracy, tarAtFar, thresholdAtFar, type ScoredPair } from '../src/biometrics/metrics.ts';
+import { qualityProblems, DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
+import type { FaceObservation } from '../src/biometrics/types.ts';
+import { loadSettings, settingsTable } from '../src/config/settings.ts';
+import { EmbeddingCipher, loadMasterKey } from '../src/store/crypto.ts';
+import { openStore } from '../src/store/index.ts';
+
+function randomUnit(seed: number): Float32Array {
+  const v = new Float32Array(128);
+  let s = seed;
+  for (let i = 0; i < 128; i++) {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    v[i] = s / 0x7fffffff - 0.5;
+  }
+  return normalize(v);
+}
+
+describe('metrics', function () {
+  const pairs: ScoredPair[] = [
+    { score: 0.9, same: true, fold: 1 },
+    { score: 0.8, same: true, fold: 1 },
+    { score: 0.7, same: false, fold: 1 },
+    { score: 0.6, same: true, fold: 2 },
+    { score: 0.5, same: false, fold: 2 },
+    { score: 0.4, same: false, fold: 2 },
+  ];
+
+  it('AUC counts the fraction of correctly ordered genuine/impostor pairs', function () {
+    // impostor 0.7 outranks genuine 0.6: 8 of 9 orderings are right
+    assert.equal(auc(pairs), 8 / 9);
+    assert.equal(auc(pairs.map((p) => ({ ...p, score: p.same ? 1 : 0 }))), 1);
+  });
+
+  it('TAR at FAR 0 uses a threshold just above the best impostor', function () {
+    assert.ok(thresholdAtFar(pairs, 0) > 0.7 && thresholdAtFar(pairs, 0) < 0.7001);
+    assert.equal(tarAtFar(pairs, 0), 2 / 3);
+  });
+
+  it('EER sits where false accepts and false rejects cross', function () {
+    assert.ok(Math.abs(equalErrorRate(pairs) - 1 / 3) < 1e-9);
+  });
+
+  it('k-fold accuracy scores each fold at the threshold picked on the others', function () {
+    const k = kFoldAccuracy(pairs);
+    assert.ok(k);
+    // fold 2's threshold (0.55) applied to fold 1 rejects nothing genuine but accepts 0.7: 2/3;
+    // fold 1's threshold (0.75) applied to fold 2 rejects the genuine 0.6: 2/3
+    assert.deepEqual(k.folds.map((f) => Number(f.toFixed(4))), [0.6667, 0.6667]);
+    assert.equal(kFoldAccuracy(pairs.map(({ fold: _f, ...p }) => p)), null);
+  });
+});
+
+describe('gallery (in-memory 1:N index)', function () {
+  it('finds the most similar template and keeps rows consistent through removals', function () {
+    const g = new Gallery();
+    const vectors = Array.from({ length: 200 }, (_, i) => randomUnit(i + 1));
+    vectors.forEach((v, i) => g.upsert(`u${i}`, v));
+    assert.equal(g.size, 200);
+    assert.equal(g.best(vectors[37])?.externalUserId, 'u37');
+    assert.ok(Math.abs((g.best(vectors[37])?.score ?? 0) - 1) < 1e-5);
+    assert.ok(g.remove('u37'));
+    assert.ok(!g.remove('u37'));
+    assert.notEqual(g.best(vectors[37])?.externalUserId, 'u37');
+    // the row moved into the hole still answers as itself
+    assert.equal(g.best(vectors[199])?.externalUserId, 'u199');
+    assert.equal(g.size, 199);
+    assert.equal(g.best(vectors[5], 'u5')?.externalUserId === 'u5', false);
+    g.upsert('u5', vectors[6]);
+    assert.equal(g.size, 199, 'upsert replaces');
+    assert.equal(g.best(vectors[6], 'u6')?.externalUserId, 'u5');
+  });
+
+  it('agrees with a brute-force scan', function () {
+    const g = new Gallery();
+    const vectors = Array.from({ length: 500 }, (_, i) => randomUnit(1000 + i));
+    vectors.forEach((v, i) => g.upsert(`u${i}`, v));
+    for (let q = 0; q < 20; q++) {
+      const probe = randomUnit(99_000 + q);
+      let best = -Infinity;
+      let bestId = '';
+      vectors.forEach((v, i) => {
+        const s = similarity(probe, v);
+        if (s > best) [best, bestId] = [s, `u${i}`];
+      });
+      const found = g.best(probe);
+      assert.equal(found?.externalUserId, bestId);
+      assert.ok(Math.abs((found?.score ?? 0) - best) < 1e-5);
+    }
+  });
+
+  it('an empty gallery finds nothing', function () {
+    assert.equal(new Gallery().best(randomUnit(1)), undefined);
+  });
+});
+
+describe('embeddings and alignment maths', function () {
+  it('normalises and averages to unit length', function () {
+    const m = meanEmbedding([randomUnit(1), randomUnit(2), randomUnit(3)]);
+    assert.ok(Math.abs(similarity(m, m) - 1) < 1e-5);
+  });
+
+  it('fits a similarity transform exactly when one exists', function () {
+    const from: Point[] = [[0, 0], [10, 0], [0, 10], [7, 3]];
+    const angle = 0.3;
+    const scale = 1.7;
+    const to = from.map(([x, y]) => [scale * (Math.cos(angle) * x - Math.sin(angle) * y) + 5, scale * (Math.sin(angle) * x + Math.cos(angle) * y) - 2] as Point);
+    const t = fitSimilarity(from, to);
+    assert.ok(Math.abs(t.a - scale * Math.cos(angle)) < 1e-9);
+    assert.ok(Math.abs(t.b - scale * Math.sin(angle)) < 1e-9);
+    assert.ok(Math.abs(t.tx - 5) < 1e-9 && Math.abs(t.ty + 2) < 1e-9);
+  });
+
+  it('maps a face twice the size to a transform of twice the scale', function () {
+    const face: Point[] = Array.from({ length: 68 }, (_, i) => [100 + (i % 10) * 5, 100 + Math.floor(i / 10) * 7]);
+    const t1 = chipTransform(face);
+    const t2 = chipTransform(face.map(([x, y]) => [x * 2, y * 2]));
+    assert.ok(Math.abs(Math.hypot(t2.a, t2.b) / Math.hypot(t1.a, t1.b) - 2) < 1e-9);
+    assert.throws(() => chipTransform(face.slice(0, 5)));
+  });
+});
+
+describe('quality gate', function () {
+  const good: FaceObservation = {
+    box: { x: 0, y: 0, width: 200, height: 200 },
+    confidence: 0.9,
+    pose: { yaw: 0, pitch: 0, roll: 0 },
+    eyeOpenness: { left: 0.3, right: 0.3 },
+    sharpness: 0.3,
+    brightness: 120,
+    faceColor: [150, 120, 100],
+    antispoof: 0.8,
+    liveness: 0.9,
+  };
+  const cases: [string, Partial<FaceObservation>, string[]][] = [
+    ['a good face', {}, []],
+    ['a small face', { box: { x: 0, y: 0, width: 40, height: 40 } }, ['face_too_small']],
+    ['a turned head', { pose: { yaw: 45, pitch: 0, roll: 0 } }, ['face_not_frontal']],
+    ['a raised head', { pose: { yaw: 0, pitch: -40, roll: 0 } }, ['face_not_frontal']],
+    ['a blurred face', { sharpness: 0.001 }, ['too_blurry']],
+    ['a dark face', { brightness: 20 }, ['too_dark']],
+    ['a washed-out face', { brightness: 240 }, ['too_bright']],
+  ];
+  for (const [name, change, expected] of cases) {
+    it(`${name} → ${expected.join(', ') || 'usable'}`, function () {
+      assert.deepEqual(qualityProblems({ ...good, ...change }, DEFAULT_QUALITY), expected);
+    });
+  }
+});
+
+describe('settings', function () {
+  it('validates the environment and names the bad variable', function () {
+    assert.throws(() => loadSettings({ PORT: 'eighty' }), /PORT/);
+    assert.throws(() => loadSettings({ AUTHFACE_MATCH_THRESHOLD: '2' }), /AUTHFACE_MATCH_THRESHOLD/);
+    assert.throws(() => loadSettings({ PUBLIC_URL: 'not a url' }), /PUBLIC_URL/);
+    const s = loadSettings({ PORT: '9000' });
+    assert.equal(s.publicUrl, 'http://localhost:9000');
+    assert.equal(loadSettings({ PUBLIC_URL: 'https://face.example.com/' }).publicUrl, 'https://face.example.com');
+  });
+
+  it('documents every option', function () {
+    const table = settingsTable();
+    for (const name of ['PORT', 'HOST', 'PUBLIC_URL', 'AUTHFACE_DATA_DIR', 'AUTHFACE_MASTER_KEY', 'AUTHFACE_SESSION_TTL_SECONDS']) {
+      assert.match(table, new RegExp(`\\| \`${name}\` \\|`));
+    }
+  });
+});
+
+describe('store', function () {
+  let dir: string;
+  beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-store-'))));
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('creates a 0600 master key once and reuses it', function () {
+    const k1 = loadMasterKey(dir, undefined);
+    const k2 = loadMasterKey(dir, undefined);
+    assert.deepEqual(k1, k2);
+    assert.equal(fs.statSync(path.join(dir, 'master.key')).mode & 0o777, 0o600);
+    assert.deepEqual(loadMasterKey(dir, 'ab'.repeat(32)), Buffer.alloc(32, 0xab));
+    assert.throws(() => loadMasterKey(dir, 'short'), /32-byte key/);
+    fs.chmodSync(path.join(dir, 'master.key'), 0o644);
+    assert.throws(() => loadMasterKey(dir, undefined), /readable by other users/);
+  });
+
+  it('AES-GCM sealing is bound to its row and detects tampering', function () {
+    const cipher = new EmbeddingCipher(crypto.randomBytes(32));
+    const e = randomUnit(3);
+    const { nonce, ciphertext } = cipher.seal(e, 'template:u:1');
+    assert.deepEqual(cipher.open(nonce, ciphertext, 'template:u:1'), e);
+    assert.throws(() => cipher.open(nonce, ciphertext, 'template:u:2'));
+    assert.throws(() => new EmbeddingCipher(crypto.randomBytes(32)).open(nonce, ciphertext, 'template:u:1'));
+  });
+
+  it('users keep versions, template history and a tombstone; a revived id continues the version', function () {
+    const store = openStore(dir, undefined);
+    try {
+      const t = store.tenants.create({ name: 't', allowedOrigins: ['https://a.example'], livenessMode: 'passive' });
+      const u = store.users.enroll(t.id, 'ext', randomUnit(1));
+      assert.equal(u.version, 1);
+      const u2 = store.users.replaceTemplate(u, randomUnit(2));
+      assert.equal(u2.version, 2);
+      assert.deepEqual(store.users.templateVersions(u2).map((v) => [v.version, v.active]), [[1, false], [2, true]]);
+      assert.deepEqual(store.users.activeEmbedding(u2), randomUnit(2));
+      assert.throws(() => store.users.enroll(t.id, 'ext', randomUnit(3)), /already enrolled/);
+      assert.ok(store.users.delete(t.id, 'ext'));
+      assert.equal(store.users.get(t.id, 'ext'), undefined);
+      const tomb = store.db.prepare('SELECT version, deleted_at FROM users WHERE external_user_id = ?').get('ext') as { version: number; deleted_at: string };
+      assert.equal(tomb.version, 3);
+      assert.ok(tomb.deleted_at);
+      assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 0);
+      const revived = store.users.enroll(t.id, 'ext', randomUnit(4));
+      assert.equal(revived.version, 4);
+      assert.equal([...store.users.activeTemplates()].length, 1);
+    } finally {
+      store.close();
+    }
+  });
+
+  it('reopening an existing database keeps its data (migrations run once)', function () {
+    const a = openStore(dir, undefined);
+    const t = a.tenants.create({ name: 't', allowedOrigins: [], livenessMode: 'active' });
+    a.close();
+    const b = openStore(dir, undefined);
+    try {
+      assert.equal(b.tenants.get(t.id)?.livenessMode, 'active');
+      assert.equal(b.db.pragma('journal_mode', { simple: true }), 'wal');
+    } finally {
+      b.close();
+    }
+  });
+});
