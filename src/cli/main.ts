@@ -152,7 +152,10 @@ evaluate
 
 program
   .command('config')
-  .description('print every configuration variable with its default and meaning')
-  .action(() => console.log(settingsTable()));
+  .description('check the environment and print every configuration variable with its default and meaning')
+  .action(() => {
+    settingsOrExit();
+    console.log(settingsTable());
+  });
 
 await program.parseAsync(process.argv);
