@@ -58,9 +58,13 @@ describe('metrics', function () {
   });
 });
 
-describe('gallery (in-memory 1:N index)', function () {
+for (const simd of [true, false]) describe(`gallery (in-memory 1:N index, ${simd ? 'WebAssembly SIMD' : 'JS'} scan)`, function () {
+  it('uses the scan it was asked for', function () {
+    assert.equal(new Gallery({ simd }).usesSimd, simd);
+  });
+
   it('finds the most similar template and keeps rows consistent through removals', function () {
-    const g = new Gallery();
+    const g = new Gallery({ simd });
     const vectors = Array.from({ length: 200 }, (_, i) => randomUnit(i + 1));
     vectors.forEach((v, i) => g.upsert(`u${i}`, v));
     assert.equal(g.size, 200);
@@ -78,9 +82,9 @@ describe('gallery (in-memory 1:N index)', function () {
     assert.equal(g.best(vectors[6], 'u6')?.externalUserId, 'u5');
   });
 
-  it('agrees with a brute-force scan', function () {
-    const g = new Gallery();
-    const vectors = Array.from({ length: 500 }, (_, i) => randomUnit(1000 + i));
+  it('agrees with a brute-force scan, across capacity growth', function () {
+    const g = new Gallery({ simd });
+    const vectors = Array.from({ length: 5000 }, (_, i) => randomUnit(1000 + i));
     vectors.forEach((v, i) => g.upsert(`u${i}`, v));
     for (let q = 0; q < 20; q++) {
       const probe = randomUnit(99_000 + q);
@@ -97,7 +101,7 @@ describe('gallery (in-memory 1:N index)', function () {
   });
 
   it('an empty gallery finds nothing', function () {
-    assert.equal(new Gallery().best(randomUnit(1)), undefined);
+    assert.equal(new Gallery({ simd }).best(randomUnit(1)), undefined);
   });
 });
 

@@ -1,21 +1,51 @@
 import { EMBEDDING_DIM } from './embedding.ts';
+import { simdModule } from './simd.ts';
 
 export interface Match {
   externalUserId: string;
   score: number;
 }
 
+const ROW_BYTES = EMBEDDING_DIM * 4;
+const PAGE = 65_536;
+/** WebAssembly memory layout: the probe at 0, the template rows from here, then the score scratch. */
+const ROWS_AT = 1024;
+
+type Scan = (probe: number, rows: number, count: number, out: number) => void;
+
 /**
  * One tenant's enrolled templates, held as one contiguous matrix of unit vectors so a 1:N search
- * is a single pass of dot products over memory (no per-template objects to chase).
+ * is a single pass of dot products over memory (no per-template objects to chase). The matrix
+ * lives in WebAssembly memory and the scan runs in SIMD (simd.ts); without SIMD the same layout
+ * is scanned in JS.
  */
 export class Gallery {
   #ids: string[] = [];
   #rowOf = new Map<string, number>();
-  #matrix = new Float32Array(EMBEDDING_DIM * 64);
+  #capacity = 0;
+  #memory: WebAssembly.Memory | undefined;
+  #scan: Scan | undefined;
+  #matrix = new Float32Array(0);
+  #probe = new Float32Array(0);
+  #scores = new Float32Array(0);
+
+  /** `simd: false` forces the JS scan (tests compare both). */
+  constructor(options: { simd?: boolean } = {}) {
+    const module = options.simd === false ? null : simdModule();
+    if (module) {
+      this.#memory = new WebAssembly.Memory({ initial: 1 });
+      const instance = new WebAssembly.Instance(module, { env: { memory: this.#memory } });
+      this.#scan = instance.exports.scores as Scan;
+    }
+    this.#reserve(64);
+  }
 
   get size(): number {
     return this.#ids.length;
+  }
+
+  get usesSimd(): boolean {
+    return this.#scan !== undefined;
   }
 
   has(externalUserId: string): boolean {
@@ -27,11 +57,7 @@ export class Gallery {
     let row = this.#rowOf.get(externalUserId);
     if (row === undefined) {
       row = this.#ids.length;
-      if ((row + 1) * EMBEDDING_DIM > this.#matrix.length) {
-        const grown = new Float32Array(this.#matrix.length * 2);
-        grown.set(this.#matrix);
-        this.#matrix = grown;
-      }
+      if (row === this.#capacity) this.#reserve(this.#capacity * 2);
       this.#ids.push(externalUserId);
       this.#rowOf.set(externalUserId, row);
     }
@@ -57,20 +83,44 @@ export class Gallery {
 
   /** The best-scoring template (cosine similarity), optionally ignoring one user. */
   best(probe: Float32Array, excludeUserId?: string): Match | undefined {
-    const m = this.#matrix;
     const n = this.#ids.length;
     const skip = excludeUserId === undefined ? -1 : (this.#rowOf.get(excludeUserId) ?? -1);
+    const scores = this.#scores;
+    if (this.#scan) {
+      this.#probe.set(probe);
+      this.#scan(0, ROWS_AT, n, scores.byteOffset);
+    } else {
+      for (let r = 0; r < n; r++) scores[r] = dot128(probe, this.#matrix, r * EMBEDDING_DIM);
+    }
     let bestRow = -1;
     let bestScore = -Infinity;
     for (let r = 0; r < n; r++) {
-      if (r === skip) continue;
-      const s = dot128(probe, m, r * EMBEDDING_DIM);
-      if (s > bestScore) {
-        bestScore = s;
+      if (scores[r] > bestScore && r !== skip) {
+        bestScore = scores[r];
         bestRow = r;
       }
     }
     return bestRow < 0 ? undefined : { externalUserId: this.#ids[bestRow], score: bestScore };
+  }
+
+  /** Grows to `capacity` rows, keeping the rows already stored. */
+  #reserve(capacity: number): void {
+    if (this.#memory) {
+      const needed = ROWS_AT + capacity * ROW_BYTES + capacity * 4;
+      const pages = Math.ceil(needed / PAGE) - this.#memory.buffer.byteLength / PAGE;
+      if (pages > 0) this.#memory.grow(pages);
+      // the rows stay where they are; the probe and score views are re-made on the grown buffer
+      const buffer = this.#memory.buffer;
+      this.#probe = new Float32Array(buffer, 0, EMBEDDING_DIM);
+      this.#matrix = new Float32Array(buffer, ROWS_AT, capacity * EMBEDDING_DIM);
+      this.#scores = new Float32Array(buffer, ROWS_AT + capacity * ROW_BYTES, capacity);
+    } else {
+      const grown = new Float32Array(capacity * EMBEDDING_DIM);
+      grown.set(this.#matrix);
+      this.#matrix = grown;
+      this.#scores = new Float32Array(capacity);
+    }
+    this.#capacity = capacity;
   }
 }
 
