@@ -48,8 +48,8 @@ export class FaceEngine {
     private readonly options: EngineOptions,
   ) {}
 
-  static async create(options: EngineOptions): Promise<FaceEngine> {
-    const engine = new FaceEngine(await loadRuntime(options.backend), options);
+  static async create(options: EngineOptions, runtime?: Runtime): Promise<FaceEngine> {
+    const engine = new FaceEngine(runtime ?? (await loadRuntime(options.backend)), options);
     await engine.warmUp();
     return engine;
   }

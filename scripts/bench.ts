@@ -1,0 +1,186 @@
+/**
+ * `npm run bench`: the speed figures the README reports, measured on this machine.
+ *  1. frame analysis p50/p95 on 640×480 JPEGs, and the ratio against @vladmandic/face-api's own
+ *     detect + landmarks + descriptor pipeline on the same frames in the same run;
+ *  2. 1:N search p50/p99 at 10k and 100k templates, and the memory they take;
+ *  3. session creation and result polling throughput with p99 latency over real HTTP while
+ *     frames are being analysed.
+ * Options: --only frames|search|http, --frames N (default 40).
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FaceEngine } from '../src/biometrics/engine.ts';
+import { Gallery } from '../src/biometrics/gallery.ts';
+import { decodeImage } from '../src/biometrics/image.ts';
+import { ModelFiles } from '../src/biometrics/models.ts';
+import { DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
+import { loadFaceApiNet, loadRuntime } from '../src/biometrics/runtime.ts';
+import { loadSettings } from '../src/config/settings.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { startService } from '../src/service.ts';
+import { photos } from '../test/support/photos.ts';
+import { closeSharedAnalyzer } from '../test/support/service.ts';
+
+const args = process.argv.slice(2);
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
+const frameCount = args.includes('--frames') ? Number(args[args.indexOf('--frames') + 1]) : 40;
+const results: Record<string, unknown> = { machine: `${os.cpus().length} × ${os.cpus()[0]?.model}`, node: process.version };
+
+const pct = (values: number[], p: number) => {
+  const s = [...values].sort((a, b) => a - b);
+  return Number(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))].toFixed(2));
+};
+
+/** 640×480 JPEG frames cut from real photos (the shared sets when present, else npm demo photos). */
+async function frames(n: number): Promise<Buffer[]> {
+  const dir = path.resolve('..', 'shared', 'datasets', 'deepface');
+  const sources = fs.existsSync(dir)
+    ? fs.readdirSync(dir).filter((f) => /^img\d+\.jpg$/.test(f)).map((f) => fs.readFileSync(path.join(dir, f)))
+    : [...(await photos()).personA, (await photos()).personB, (await photos()).personC];
+  const out: Buffer[] = [];
+  for (let i = 0; out.length < n; i++) {
+    out.push(await sharp(sources[i % sources.length]).rotate().resize(640, 480, { fit: 'cover', position: 'top' }).jpeg({ quality: 85 }).toBuffer());
+  }
+  return out;
+}
+
+async function benchFrames(): Promise<void> {
+  const input = await frames(frameCount);
+  const models = new ModelFiles();
+  const runtime = await loadRuntime('auto', models);
+  const engine = await FaceEngine.create({ backend: runtime.backend, maxPixels: 25_000_000, quality: DEFAULT_QUALITY }, runtime);
+  for (const f of input.slice(0, 3)) await engine.analyze(new Uint8Array(f), { mode: 'capture' });
+  const ours: number[] = [];
+  let found = 0;
+  for (const f of input) {
+    const t = performance.now();
+    const r = await engine.analyze(new Uint8Array(f), { mode: 'capture' });
+    ours.push(performance.now() - t);
+    if (r.embedding) found++;
+  }
+
+  // face-api's own pipeline on the same frames: SSD MobileNet → landmarks68 → dlib descriptor
+  const { tf, faceapi } = runtime;
+  loadFaceApiNet(tf, models, faceapi.nets.ssdMobilenetv1, 'face-api/ssd_mobilenetv1_model-weights_manifest.json');
+  const options = new faceapi.SsdMobilenetv1Options({ minConfidence: 0.2 });
+  const faceApiRun = async (f: Buffer) => {
+    const img = await decodeImage(new Uint8Array(f), 25_000_000);
+    const tensor = tf.tensor3d(img.data, [img.height, img.width, 3], 'int32');
+    try {
+      return await faceapi.detectAllFaces(tensor, options).withFaceLandmarks().withFaceDescriptors();
+    } finally {
+      tensor.dispose();
+    }
+  };
+  for (const f of input.slice(0, 3)) await faceApiRun(f);
+  const theirs: number[] = [];
+  let theirFound = 0;
+  for (const f of input) {
+    const t = performance.now();
+    const r = await faceApiRun(f);
+    theirs.push(performance.now() - t);
+    if (r.length > 0) theirFound++;
+  }
+  results.frame_analysis = {
+    frames: input.length,
+    size: '640x480 JPEG',
+    backend: runtime.backend,
+    authface_ms: { p50: pct(ours, 50), p95: pct(ours, 95), faces_found: found },
+    face_api_pipeline_ms: { p50: pct(theirs, 50), p95: pct(theirs, 95), faces_found: theirFound },
+    ratio_p50: Number((pct(ours, 50) / pct(theirs, 50)).toFixed(2)),
+    note: 'authface includes detection, mesh, two landmark passes, alignment, two descriptor passes and the two presentation-attack models',
+  };
+  console.log('frame analysis', JSON.stringify(results.frame_analysis));
+}
+
+function benchSearch(): void {
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  const out: Record<string, unknown> = {};
+  for (const n of [10_000, 100_000]) {
+    const before = process.memoryUsage().rss;
+    const g = new Gallery();
+    for (let i = 0; i < n; i++) g.upsert(`user-${i}`, random());
+    const probes = Array.from({ length: 300 }, random);
+    for (const p of probes.slice(0, 20)) g.best(p);
+    const t: number[] = [];
+    for (const p of probes) {
+      const s = performance.now();
+      g.best(p);
+      t.push(performance.now() - s);
+    }
+    out[String(n)] = { p50_ms: pct(t, 50), p99_ms: pct(t, 99), rss_added_mb: Math.round((process.memoryUsage().rss - before) / 2 ** 20), simd: g.usesSimd };
+  }
+  results.search_1n = out;
+  console.log('1:N search', JSON.stringify(out));
+}
+
+async function benchHttp(): Promise<void> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-'));
+  const settings = loadSettings({ PORT: '0', AUTHFACE_DATA_DIR: dataDir, LOG_LEVEL: 'warn' });
+  const service = await startService(settings, { logger: createLogger('warn') });
+  try {
+    const tenant = service.store.tenants.create({ name: 'bench', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' });
+    const { apiKey } = service.store.tenants.createKey(tenant.id);
+    for (let i = 0; i < 240 && (await fetch(`${service.url}/readyz`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 250));
+    const frame = (await frames(1))[0];
+    const post = (p: string, body: unknown, auth = apiKey) =>
+      fetch(service.url + p, { method: 'POST', headers: { authorization: `Bearer ${auth}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+    // background load: two uploaders keep the engine busy for the whole measurement
+    let analysing = true;
+    let analysed = 0;
+    const uploader = async () => {
+      while (analysing) {
+        const res = await post('/biometry/v1/identify', { client_state: crypto.randomUUID(), redirect_url: 'https://app.example.com/cb' });
+        const token = new URL(((await res.json()) as { biometry_url: string }).biometry_url).searchParams.get('t') as string;
+        const r = await fetch(`${service.url}/capture/v1/frames`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'image/jpeg' }, body: frame });
+        await r.arrayBuffer();
+        if (r.status === 200) analysed++;
+      }
+    };
+    const uploaders = [uploader(), uploader()];
+
+    const measure = async (label: string, total: number, concurrency: number, call: (i: number) => Promise<Response>) => {
+      const latencies: number[] = [];
+      let next = 0;
+      const started = performance.now();
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (next < total) {
+            const i = next++;
+            const t = performance.now();
+            const res = await call(i);
+            await res.arrayBuffer();
+            if (res.status !== 200) throw new Error(`${label}: HTTP ${res.status}`);
+            latencies.push(performance.now() - t);
+          }
+        }),
+      );
+      const seconds = (performance.now() - started) / 1000;
+      return { requests: total, concurrency, per_second: Math.round(total / seconds), p50_ms: pct(latencies, 50), p99_ms: pct(latencies, 99) };
+    };
+    const states = Array.from({ length: 2000 }, () => crypto.randomUUID());
+    const create = await measure('create', states.length, 16, (i) =>
+      post('/biometry/v1/verify', { client_state: states[i], redirect_url: 'https://app.example.com/cb', external_user_id: `u${i}` }),
+    );
+    const poll = await measure('poll', 4000, 16, (i) => post('/biometry/v1/result', { client_state: states[i % states.length] }));
+    analysing = false;
+    await Promise.all(uploaders);
+    results.http_under_load = { session_creation: create, result_polling: poll, frames_analysed_meanwhile: analysed, workers: settings.AUTHFACE_WORKERS };
+    console.log('HTTP under load', JSON.stringify(results.http_under_load));
+  } finally {
+    await service.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+if (!only || only === 'frames') await benchFrames();
+if (!only || only === 'search') benchSearch();
+if (!only || only === 'http') await benchHttp();
+await closeSharedAnalyzer();
+console.log(JSON.stringify(results, null, 2));
+process.exit(0);
