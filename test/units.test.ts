@@ -169,6 +169,11 @@ describe('settings', function () {
     assert.equal(loadSettings({ PUBLIC_URL: 'https://face.example.com/' }).publicUrl, 'https://face.example.com');
   });
 
+  it("the README's configuration table is the generated one", function () {
+    const readme = fs.readFileSync(path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'README.md'), 'utf8');
+    assert.ok(readme.includes(settingsTable()), 'README.md: paste the output of `npx authface config`');
+  });
+
   it('documents every option', function () {
     const table = settingsTable();
     for (const name of ['PORT', 'HOST', 'PUBLIC_URL', 'AUTHFACE_DATA_DIR', 'AUTHFACE_MASTER_KEY', 'AUTHFACE_SESSION_TTL_SECONDS']) {
