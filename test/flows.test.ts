@@ -162,6 +162,23 @@ describe('biometric flows end to end through the capture API', function () {
     assert.ok(!JSON.stringify(final).includes(tenantId));
   });
 
+  it('every finished session has its audit event, without biometric data', function () {
+    const events = svc.service.store.audit.list(tenantId, 1000);
+    const finished = svc.service.store.db
+      .prepare("SELECT event_id, flow, status, reason FROM sessions WHERE tenant_id = ? AND status NOT IN ('pending', 'in_progress')")
+      .all(tenantId) as { event_id: string; flow: string; status: string; reason: string | null }[];
+    assert.ok(finished.length >= 10);
+    for (const s of finished) {
+      const e = events.find((x) => x.id === s.event_id);
+      assert.ok(e, `audit event ${s.event_id}`);
+      assert.equal(e.flow, s.flow);
+      assert.equal(e.reason, s.reason);
+      assert.equal(e.result, s.status === 'success' ? 'success' : 'fail');
+    }
+    const columns = (svc.service.store.db.prepare('PRAGMA table_info(audit_events)').all() as { name: string }[]).map((c) => c.name);
+    assert.ok(!columns.some((c) => /embedding|image|template|cipher/.test(c)));
+  });
+
   it('cancel ends the session as fail/cancelled and still redirects', async function () {
     const { clientState, token } = await api.start('identify');
     const c = await api.capture(token).cancel();
@@ -170,6 +187,18 @@ describe('biometric flows end to end through the capture API', function () {
     assert.equal(c.body.reason, 'cancelled');
     assert.equal(c.body.redirect_to, `https://app.example.com/callback?client_state=${clientState}`);
     assert.equal((await api.result(clientState)).body.reason, 'cancelled');
+  });
+
+  it('the 1:N index is rebuilt from the database when the service restarts', async function () {
+    const restarted = await startTestService({ AUTHFACE_DATA_DIR: svc.dataDir });
+    try {
+      const client = new Client(restarted.url, api.apiKey);
+      const found = await client.run('identify', [img.personB]);
+      assert.equal(found.result.status, 'success');
+      assert.equal(found.result.external_user_id, 'bob');
+    } finally {
+      await restarted.close(); // leaves the data directory to the first service
+    }
   });
 
   it('session creation answers exactly {success, client_state, biometry_url} under PUBLIC_URL', async function () {

@@ -6,6 +6,9 @@ import { ModelFiles } from './models.ts';
 
 const require = createRequire(import.meta.url);
 
+/** URL scheme of the model loader below; Human's model paths are resolved under it. */
+const MODEL_SCHEME = 'authface-models://';
+
 export type Tf = typeof TfNamespace;
 export type Backend = 'wasm' | 'tfjs-node';
 
@@ -55,8 +58,9 @@ function tfjsNodeInstalled(): boolean {
 
 /**
  * Loads TensorFlow.js, Human and face-api once per thread. Models are read from models/ through
- * a `file://` IO handler that checks their checksums (Node's fetch cannot read files, and
- * nothing may be fetched from the network at run time).
+ * an IO handler of our own (`authface-models://`) that checks their checksums: Node's fetch cannot
+ * read files, nothing may be fetched from the network at run time, and tfjs-node already claims
+ * `file://` URLs (two handlers for one URL make tfjs refuse to load).
  */
 export async function loadRuntime(preferred: 'auto' | Backend, models = new ModelFiles()): Promise<Runtime> {
   const backend: Backend =
@@ -86,7 +90,7 @@ export async function loadRuntime(preferred: 'auto' | Backend, models = new Mode
   const human = new HumanClass({
     backend: backend === 'wasm' ? 'wasm' : 'tensorflow',
     wasmPath: wasmDir,
-    modelBasePath: `file://${path.join(models.dir, 'human')}/`,
+    modelBasePath: `${MODEL_SCHEME}human/`,
     debug: false,
     cacheSensitivity: 0, // every frame is analysed in full: no result reuse between frames
     face: {
@@ -132,7 +136,7 @@ let loaderRegistered = false;
 function registerModelLoader(tf: Tf, models: ModelFiles): void {
   if (loaderRegistered) return;
   loaderRegistered = true;
-  const prefix = `file://${models.dir}/`;
+  const prefix = MODEL_SCHEME;
   // tfjs routers answer null for URLs they do not handle, which its typings do not admit
   tf.io.registerLoadRouter(((url: string | string[]) => {
     if (typeof url !== 'string' || !url.startsWith(prefix)) return null;

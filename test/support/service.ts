@@ -40,8 +40,9 @@ export async function startTestService(
   env: Record<string, string> = {},
   opts: { ownAnalyzer?: FaceAnalyzer } = {},
 ): Promise<TestService> {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-test-'));
-  const settings = loadSettings({ PORT: '0', AUTHFACE_DATA_DIR: dataDir, LOG_LEVEL: 'debug', ...env });
+  const ownDir = env.AUTHFACE_DATA_DIR === undefined;
+  const dataDir = env.AUTHFACE_DATA_DIR ?? fs.mkdtempSync(path.join(os.tmpdir(), 'authface-test-'));
+  const settings = loadSettings({ PORT: '0', LOG_LEVEL: 'debug', ...env, AUTHFACE_DATA_DIR: dataDir });
   let logText = '';
   const sink = new Writable({
     write(chunk, _enc, done) {
@@ -64,7 +65,7 @@ export async function startTestService(
     },
     async close() {
       await service.close();
-      fs.rmSync(dataDir, { recursive: true, force: true });
+      if (ownDir) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
