@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
 import { VERSION, startService } from '../service.ts';
 import { normalizeOrigin } from '../sessions/service.ts';
-import { openStore } from '../store/index.ts';
+import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
 
@@ -28,6 +28,23 @@ function settingsOrExit() {
 }
 
 const print = (value: unknown) => console.log(JSON.stringify(value, null, 2));
+
+/** Runs a command against the device database; an `Error` from it becomes a message and exit 1. */
+function withStore(run: (store: Store) => unknown): void {
+  const settings = settingsOrExit();
+  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+  try {
+    print(run(store));
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    console.error(`authface: ${err.message}`);
+    process.exitCode = 1;
+  } finally {
+    store.close();
+  }
+}
+
+class CommandError extends Error {}
 
 program
   .command('serve')
@@ -65,61 +82,40 @@ tenant
   .requiredOption('--name <name>', 'display name')
   .requiredOption('--allowed-origin <url>', 'origin redirect_url may point to (repeatable)', collect, [])
   .addOption(new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']).default('passive'))
-  .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) => {
-    const settings = settingsOrExit();
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-    try {
+  .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
+    withStore((store) => {
       const t = store.tenants.create({
         name: opts.name,
         allowedOrigins: opts.allowedOrigin.map((o) => normalizeOrigin(o) as string),
         livenessMode: opts.liveness,
       });
       const { keyId, apiKey } = store.tenants.createKey(t.id);
-      print({ tenant_id: t.id, api_key: apiKey, key_id: keyId });
-    } finally {
-      store.close();
-    }
-  });
+      return { tenant_id: t.id, api_key: apiKey, key_id: keyId };
+    }),
+  );
 
 const key = program.command('key').description('manage API keys');
 key
   .command('create')
   .description("create another API key for a tenant (rotate: create, deploy, revoke the old one)")
   .requiredOption('--tenant <tenant_id>', 'tenant id')
-  .action((opts: { tenant: string }) => {
-    const settings = settingsOrExit();
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-    try {
-      if (!store.tenants.get(opts.tenant)) {
-        console.error(`authface: no tenant ${opts.tenant}`);
-        process.exitCode = 1;
-        return;
-      }
+  .action((opts: { tenant: string }) =>
+    withStore((store) => {
+      if (!store.tenants.get(opts.tenant)) throw new CommandError(`no tenant ${opts.tenant}`);
       const { keyId, apiKey } = store.tenants.createKey(opts.tenant);
-      print({ tenant_id: opts.tenant, key_id: keyId, api_key: apiKey });
-    } finally {
-      store.close();
-    }
-  });
+      return { tenant_id: opts.tenant, key_id: keyId, api_key: apiKey };
+    }),
+  );
 key
   .command('revoke')
   .description('revoke an API key by its id')
   .requiredOption('--key-id <key_id>', 'key id printed when the key was created')
-  .action((opts: { keyId: string }) => {
-    const settings = settingsOrExit();
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-    try {
-      const revoked = store.tenants.revokeKey(opts.keyId);
-      if (!revoked) {
-        console.error(`authface: no active key ${opts.keyId}`);
-        process.exitCode = 1;
-        return;
-      }
-      print({ key_id: opts.keyId, revoked: true });
-    } finally {
-      store.close();
-    }
-  });
+  .action((opts: { keyId: string }) =>
+    withStore((store) => {
+      if (!store.tenants.revokeKey(opts.keyId)) throw new CommandError(`no active key ${opts.keyId}`);
+      return { key_id: opts.keyId, revoked: true };
+    }),
+  );
 
 const positive = (v: string) => {
   const n = Number(v);
