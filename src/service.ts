@@ -10,6 +10,7 @@ import { DEFAULT_QUALITY } from './biometrics/quality.ts';
 import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
 import type { Settings } from './config/settings.ts';
 import { EventBus } from './core/events.ts';
+import { defaultLivenessOptions } from './liveness/index.ts';
 import { type Logger, createLogger } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
 import { SessionService } from './sessions/service.ts';
@@ -22,9 +23,8 @@ export const VERSION = (
   }
 ).version;
 
-/** Passive presentation-attack floors: below every bona fide sample measured (see README). */
-const MIN_ANTISPOOF = 0.2;
-const MIN_LIVENESS = 0.3;
+/** Enough for an active challenge (movements, four colours, frontal frames) at a few frames a second. */
+const MAX_FRAMES_PER_SESSION = 120;
 const SWEEP_INTERVAL_MS = 15_000;
 
 export interface Service {
@@ -71,12 +71,11 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     thresholds,
   });
   const users = new UserService(store.db, store.users, store.audit, index, events);
-  const capture = new CaptureService(sessions, store.tenants, analyzer as FrameAnalyzer, events, {
+  const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
     requiredFrames: 3,
-    maxFrames: 60,
-    minAntispoof: MIN_ANTISPOOF,
-    minLiveness: MIN_LIVENESS,
+    maxFrames: MAX_FRAMES_PER_SESSION,
     sameFaceThreshold: thresholds.match,
+    liveness: defaultLivenessOptions(thresholds.match),
   });
   const metrics = new Metrics(events, {
     galleryTemplates: () => index.size,

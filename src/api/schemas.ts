@@ -118,13 +118,29 @@ export const errorResponse = z
   })
   .meta({ id: 'Error' });
 
+const step = z.enum(['turn_left', 'turn_right', 'look_up', 'blink']);
+
+export const challenge = z
+  .strictObject({
+    steps: z.array(step).describe('Head movements to make, in this order.'),
+    colors: z.array(z.string().regex(/^#[0-9a-f]{6}$/)).describe('Screen colours to show one after the other, face to the camera.'),
+    color_ms: z.int().describe('How long each colour stays on screen.'),
+    step_ms: z.int().describe('Each movement must follow the previous one within this time.'),
+  })
+  .meta({
+    id: 'Challenge',
+    description:
+      'The active-liveness challenge drawn for this session. Send frames while the person makes each movement, ' +
+      'then while each colour fills the screen, tagging those frames with X-Light-Phase (the colour index).',
+  });
+
 export const captureSession = z
   .strictObject({
     success: z.literal(true),
     flow,
     status: z.enum(['pending', 'in_progress']),
     expires_at: z.iso.datetime(),
-    liveness: z.strictObject({ mode: z.enum(['passive', 'active']), challenge: z.null() }),
+    liveness: z.strictObject({ mode: z.enum(['passive', 'active']), challenge: challenge.nullable() }),
     frames: z.strictObject({ required: z.int(), max: z.int(), max_bytes: z.int(), types: z.array(z.string()) }),
   })
   .meta({ id: 'CaptureSession', description: 'The first call binds the link: the session becomes in_progress.' });
@@ -142,6 +158,15 @@ export const frameFeedback = z
           'too_dark, too_bright, presentation_attack_suspected, different_face',
       ),
     progress: z.strictObject({ accepted_frames: z.int(), required_frames: z.int() }),
+    liveness: z.strictObject({
+      mode: z.enum(['passive', 'active']),
+      steps_done: z.int(),
+      steps_total: z.int(),
+      current_step: step.nullable(),
+      light_phases_seen: z.int(),
+      light_phases_total: z.int(),
+      failed: z.boolean().describe('A liveness check has failed for good: the session will fail with liveness_failed.'),
+    }),
   })
   .meta({ id: 'FrameFeedback' });
 

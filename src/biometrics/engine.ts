@@ -11,6 +11,7 @@ import {
   extractChip,
   mirrorChip,
 } from './alignment.ts';
+import { type Artefacts, measureArtefacts } from './artefacts.ts';
 import { normalize } from './embedding.ts';
 import { decodeImage } from './image.ts';
 import { qualityProblems } from './quality.ts';
@@ -83,7 +84,7 @@ export class FaceEngine {
       const landmarks = await this.landmarks(pixels, image, subject);
       const chip = extractChip(image, chipTransform(landmarks));
       const embedding = await this.describe(chip);
-      const face = observe(subject, chip);
+      const face = observe(subject, chip, opts.mode === 'capture' ? measureArtefacts(image, toBox(subject)) : NO_ARTEFACTS);
       const problems = qualityProblems(face, this.options.quality);
       if (opts.mode === 'capture' && faces.some((f) => competes(f, subject))) problems.unshift('multiple_faces');
       return { ...base, face, embedding, problems, millis: performance.now() - started };
@@ -215,20 +216,24 @@ function pickSubject(faces: FaceResult[], image: RgbImage, mode: AnalyzeOptions[
 
 const RAD = 180 / Math.PI;
 
-function observe(face: FaceResult, chip: Float32Array): FaceObservation {
+const NO_ARTEFACTS: Artefacts = { border: 0, moire: 0 };
+
+function observe(face: FaceResult, chip: Float32Array, artefacts: Artefacts): FaceObservation {
   const angle = face.rotation?.angle ?? { yaw: 0, pitch: 0, roll: 0 };
   const box = toBox(face);
   const { sharpness, brightness, faceColor } = chipStatistics(chip);
   return {
     box,
     confidence: face.boxScore,
-    pose: { yaw: angle.yaw * RAD, pitch: angle.pitch * RAD, roll: angle.roll * RAD },
+    // Human's angles are the other way round: negative yaw = nose towards image right
+    pose: { yaw: -angle.yaw * RAD, pitch: -angle.pitch * RAD, roll: angle.roll * RAD },
     eyeOpenness: eyeOpenness(face.mesh),
     sharpness,
     brightness,
     faceColor,
     antispoof: face.real ?? 0,
     liveness: face.live ?? 0,
+    artefacts,
   };
 }
 

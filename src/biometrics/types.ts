@@ -1,3 +1,5 @@
+import type { Artefacts } from './artefacts.ts';
+
 /** What the face engine reports about one image. Plain data: it crosses a worker boundary. */
 
 export interface Box {
@@ -18,7 +20,10 @@ export type QualityProblem =
   | 'too_bright';
 
 export interface Pose {
-  /** Degrees; positive yaw = the person turns to their left (image right), positive pitch = looks up. */
+  /**
+   * Degrees, in the person's terms on an unmirrored camera image: positive yaw = turned to their
+   * left (nose towards image right), positive pitch = looking up.
+   */
   yaw: number;
   pitch: number;
   roll: number;
@@ -40,6 +45,8 @@ export interface FaceObservation {
   /** Passive presentation-attack model scores from @vladmandic/human (0..1, higher = more genuine). */
   antispoof: number;
   liveness: number;
+  /** Screen and print evidence in the frame (see artefacts.ts); capture mode only. */
+  artefacts: Artefacts;
 }
 
 export interface FrameAnalysis {

@@ -2,8 +2,9 @@ import type { FrameAnalysis } from '../biometrics/index.ts';
 import { meanEmbedding, similarity } from '../biometrics/embedding.ts';
 import type { EventBus } from '../core/events.ts';
 import { ServiceError } from '../errors.ts';
+import { type LivenessOptions, type LivenessProgress, LivenessSession } from '../liveness/index.ts';
 import type { Session } from '../store/sessions.ts';
-import type { LivenessMode, TenantStore } from '../store/tenants.ts';
+import type { LivenessMode } from '../store/tenants.ts';
 import { type SessionService, redirectTarget } from '../sessions/service.ts';
 
 export interface FrameAnalyzer {
@@ -11,15 +12,13 @@ export interface FrameAnalyzer {
 }
 
 export interface CaptureOptions {
-  /** Accepted frames the capture UI should collect before completing (progress display). */
+  /** Frames usable for matching the capture UI should collect before completing (progress display). */
   requiredFrames: number;
   /** Frames one session may upload in all (429 beyond). */
   maxFrames: number;
-  /** Passive presentation-attack floors for Human's antispoof and liveness scores. */
-  minAntispoof: number;
-  minLiveness: number;
   /** A frame must match the session's first accepted face at least this much (same person). */
   sameFaceThreshold: number;
+  liveness: LivenessOptions;
 }
 
 /** Per-frame reasons beyond the engine's quality problems. */
@@ -32,6 +31,7 @@ export interface FrameFeedback {
   problems: FrameProblem[];
   acceptedFrames: number;
   requiredFrames: number;
+  liveness: LivenessProgress;
 }
 
 export interface CaptureView {
@@ -46,13 +46,14 @@ export interface CaptureResult {
   redirectTo: string;
 }
 
-/** What a session's capture has gathered so far: embeddings only, never pixels. */
+/** What a session's capture has gathered so far: embeddings and verdicts only, never pixels. */
 interface Progress {
   frames: number;
   acceptedCount: number;
   /** The first accepted embeddings (at most KEPT_EMBEDDINGS). */
   accepted: Float32Array[];
   tally: Map<FrameProblem, number>;
+  liveness: LivenessSession;
 }
 
 const KEPT_EMBEDDINGS = 5; // the template averages at most this many frames
@@ -60,14 +61,14 @@ const KEPT_EMBEDDINGS = 5; // the template averages at most this many frames
 /**
  * The capture API behind `biometry_url`: the page (or a native app) opens the session with its
  * token, uploads frames one by one and completes. Frames are analysed and dropped; only their
- * embeddings and per-frame verdicts are held, in memory, until the session ends.
+ * embeddings and per-frame verdicts are held, in memory, until the session ends. Liveness is
+ * decided here, on the server, from the frames themselves (src/liveness).
  */
 export class CaptureService {
   readonly #progress = new Map<string, Progress>();
 
   constructor(
     private readonly sessions: SessionService,
-    private readonly tenants: TenantStore,
     private readonly analyzer: FrameAnalyzer,
     private readonly events: EventBus,
     private readonly options: CaptureOptions,
@@ -79,13 +80,14 @@ export class CaptureService {
     const session = this.sessions.bind(this.sessions.byCaptureToken(token));
     return {
       session,
-      livenessMode: this.#tenantOf(session).livenessMode,
+      livenessMode: session.challenge ? 'active' : 'passive',
       requiredFrames: this.options.requiredFrames,
       maxFrames: this.options.maxFrames,
     };
   }
 
-  async submitFrame(token: string, image: Uint8Array): Promise<FrameFeedback> {
+  /** `lightPhase`: which colour of the challenge the page was showing when it took the frame. */
+  async submitFrame(token: string, image: Uint8Array, meta: { lightPhase?: number } = {}): Promise<FrameFeedback> {
     let session = this.sessions.bind(this.sessions.byCaptureToken(token));
     const progress = this.#progressOf(session);
     if (progress.frames >= this.options.maxFrames) {
@@ -95,7 +97,14 @@ export class CaptureService {
     const analysis = await this.analyzer.analyze(image, { mode: 'capture' });
     // the link may have been used up or expired while the frame was being analysed
     session = this.sessions.byCaptureToken(token);
-    const problems = this.#assess(analysis, progress);
+    const problems: FrameProblem[] = [...analysis.problems];
+    if (progress.liveness.observe(analysis, { at: Date.now(), lightPhase: meta.lightPhase }).length > 0) {
+      problems.push('presentation_attack_suspected');
+    }
+    const first = progress.accepted[0];
+    if (problems.length === 0 && first && analysis.embedding && similarity(first, analysis.embedding) < this.options.sameFaceThreshold) {
+      problems.push('different_face');
+    }
     const accepted = problems.length === 0 && analysis.embedding !== null;
     if (accepted) {
       progress.acceptedCount++;
@@ -110,6 +119,7 @@ export class CaptureService {
       problems,
       acceptedFrames: progress.acceptedCount,
       requiredFrames: this.options.requiredFrames,
+      liveness: progress.liveness.progress(),
     };
   }
 
@@ -131,45 +141,28 @@ export class CaptureService {
     return { session: finished, redirectTo: redirectTarget(finished) };
   }
 
-  #assess(analysis: FrameAnalysis, progress: Progress): FrameProblem[] {
-    const problems: FrameProblem[] = [...analysis.problems];
-    const face = analysis.face;
-    if (face && (face.antispoof < this.options.minAntispoof || face.liveness < this.options.minLiveness)) {
-      problems.push('presentation_attack_suspected');
-    }
-    const first = progress.accepted[0];
-    if (problems.length === 0 && first && analysis.embedding) {
-      if (similarity(first, analysis.embedding) < this.options.sameFaceThreshold) problems.push('different_face');
-    }
-    return problems;
-  }
-
   #progressOf(session: Session): Progress {
     let p = this.#progress.get(session.id);
     if (!p) {
-      p = { frames: 0, acceptedCount: 0, accepted: [], tally: new Map() };
+      const mode: LivenessMode = session.challenge ? 'active' : 'passive';
+      p = { frames: 0, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, this.options.liveness) };
       this.#progress.set(session.id, p);
     }
     return p;
   }
-
-  #tenantOf(session: Session) {
-    const tenant = this.tenants.get(session.tenantId);
-    if (!tenant) throw new Error(`session ${session.id} has no tenant`);
-    return tenant;
-  }
 }
 
 /**
- * Why the capture cannot be decided, or null when it can: a face that changed identity between
- * frames, more frames flagged as attacks than accepted, or no usable frame at all (then the reason
- * is what the frames showed).
+ * Why the capture cannot be decided, or null when it can: liveness first (a screen or print, a
+ * face that changed between frames, an unfinished or failed challenge), then no usable frame at
+ * all (the reason is then what the frames showed most).
  */
 function refusalReason(progress: Progress): string | null {
   const count = (p: FrameProblem) => progress.tally.get(p) ?? 0;
   const accepted = progress.acceptedCount;
   if (count('different_face') > 0) return 'liveness_failed';
-  if (count('presentation_attack_suspected') > accepted) return 'spoof_detected';
+  const liveness = progress.liveness.verdict(accepted);
+  if (liveness.reason) return liveness.reason;
   if (accepted > 0) return null;
   if (progress.frames === 0 || count('no_face') === progress.frames) return 'no_face';
   if (count('multiple_faces') > 0 && count('multiple_faces') >= progress.frames - count('no_face')) return 'multiple_faces';

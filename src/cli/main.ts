@@ -6,7 +6,10 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
 
-/** The tenant a fresh device creates so the README's curl walk-through works at once. */
+/**
+ * The tenant a fresh device creates so the README's curl walk-through works at once. It uses
+ * passive liveness (curl cannot turn a head); tenants made with `tenant create` are active.
+ */
 const DEFAULT_TENANT = { name: 'default', allowedOrigins: ['http://localhost'], livenessMode: 'passive' as LivenessMode };
 
 const program = new Command()
@@ -56,7 +59,8 @@ program
       const tenant = store.tenants.create(DEFAULT_TENANT);
       const { apiKey } = store.tenants.createKey(tenant.id);
       process.stdout.write(
-        `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')}.\n` +
+        `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')},\n` +
+          `passive liveness for trying the API; create production tenants with \`authface tenant create\` (active liveness).\n` +
           `API key (shown once, store it now): ${apiKey}\n\n`,
       );
     }
@@ -81,7 +85,7 @@ tenant
   .description('create a tenant and its first API key; prints {tenant_id, api_key}')
   .requiredOption('--name <name>', 'display name')
   .requiredOption('--allowed-origin <url>', 'origin redirect_url may point to (repeatable)', collect, [])
-  .addOption(new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']).default('passive'))
+  .addOption(new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']).default('active'))
   .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
     withStore((store) => {
       const t = store.tenants.create({

@@ -6,6 +6,7 @@ import type { Db } from '../store/database.ts';
 import type { Flow, Session, SessionStore } from '../store/sessions.ts';
 import type { Tenant } from '../store/tenants.ts';
 import type { UserStore } from '../store/users.ts';
+import { drawChallenge } from '../liveness/challenge.ts';
 import { type Thresholds, decide } from './decisions.ts';
 import { captureTokenHash, newCaptureToken } from './tokens.ts';
 
@@ -48,6 +49,7 @@ export class SessionService {
       redirectUrl: input.redirectUrl,
       tokenHash: hash,
       ttlSeconds: this.options.ttlSeconds,
+      challenge: tenant.livenessMode === 'active' ? drawChallenge() : null,
     });
     if (!session) {
       throw new ServiceError('conflict', 'client_state_in_use', 'client_state has already been used in this tenant');

@@ -80,6 +80,8 @@ const migrations: readonly string[] = [
   );
   CREATE INDEX audit_tenant_time ON audit_events (tenant_id, created_at);
   `,
+  // the active-liveness challenge drawn for a session (JSON), fixed for its whole life
+  `ALTER TABLE sessions ADD COLUMN challenge TEXT;`,
 ];
 
 export function openDatabase(dataDir: string): Db {

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import type { Challenge } from '../liveness/challenge.ts';
 import { type Db, now } from './database.ts';
 
 export type Flow = 'enroll' | 'verify' | 'identify' | 'update_embedding';
@@ -20,6 +21,8 @@ export interface Session {
   expiresAt: string;
   boundAt: string | null;
   completedAt: string | null;
+  /** The active-liveness challenge (null for passive sessions). */
+  challenge: Challenge | null;
 }
 
 export interface SessionOutcome {
@@ -46,6 +49,7 @@ interface SessionRow {
   expires_at: string;
   bound_at: string | null;
   completed_at: string | null;
+  challenge: string | null;
 }
 
 export class SessionStore {
@@ -60,6 +64,7 @@ export class SessionStore {
     redirectUrl: string;
     tokenHash: Buffer;
     ttlSeconds: number;
+    challenge: Challenge | null;
   }): Session | undefined {
     const created = new Date();
     const session: Session = {
@@ -78,12 +83,13 @@ export class SessionStore {
       expiresAt: new Date(created.getTime() + input.ttlSeconds * 1000).toISOString(),
       boundAt: null,
       completedAt: null,
+      challenge: input.challenge,
     };
     const res = this.db
       .prepare(
         `INSERT INTO sessions (id, tenant_id, client_state, flow, external_user_id, redirect_url, token_hash,
-                               status, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                               status, created_at, expires_at, challenge)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
          ON CONFLICT (tenant_id, client_state) DO NOTHING`,
       )
       .run(
@@ -96,6 +102,7 @@ export class SessionStore {
         input.tokenHash,
         session.createdAt,
         session.expiresAt,
+        input.challenge && JSON.stringify(input.challenge),
       );
     return res.changes === 1 ? session : undefined;
   }
@@ -165,5 +172,6 @@ function toSession(row: SessionRow): Session {
     expiresAt: row.expires_at,
     boundAt: row.bound_at,
     completedAt: row.completed_at,
+    challenge: row.challenge ? (JSON.parse(row.challenge) as Challenge) : null,
   };
 }

@@ -4,6 +4,14 @@ import type { CaptureService } from '../../capture/service.ts';
 import { ServiceError } from '../../errors.ts';
 import { bearer, readImage } from '../http.ts';
 
+/** `X-Light-Phase: <n>`: the challenge colour the page showed when it took the frame. */
+function lightPhase(ctx: Context): number | undefined {
+  const raw = ctx.get('x-light-phase');
+  if (raw === '') return undefined;
+  if (!/^\d{1,2}$/.test(raw)) throw new ServiceError('invalid_request', 'invalid_light_phase', 'X-Light-Phase must be a colour index');
+  return Number(raw);
+}
+
 export const FRAME_TYPES = ['image/jpeg', 'image/png', 'image/webp'];
 
 /**
@@ -25,7 +33,15 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
       flow: view.session.flow,
       status: view.session.status,
       expires_at: view.session.expiresAt,
-      liveness: { mode: view.livenessMode, challenge: null },
+      liveness: {
+        mode: view.livenessMode,
+        challenge: view.session.challenge && {
+          steps: view.session.challenge.steps,
+          colors: view.session.challenge.colors,
+          color_ms: view.session.challenge.colorMillis,
+          step_ms: view.session.challenge.stepMillis,
+        },
+      },
       frames: { required: view.requiredFrames, max: view.maxFrames, max_bytes: deps.maxImageBytes, types: FRAME_TYPES },
     };
   });
@@ -33,7 +49,8 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
   router.post('/frames', async (ctx) => {
     const t = token(ctx);
     deps.capture.open(t); // reject a dead link before reading a large body
-    const feedback = await deps.capture.submitFrame(t, await readImage(ctx, deps.maxImageBytes));
+    const feedback = await deps.capture.submitFrame(t, await readImage(ctx, deps.maxImageBytes), { lightPhase: lightPhase(ctx) });
+    const l = feedback.liveness;
     ctx.body = {
       success: true,
       accepted: feedback.accepted,
@@ -41,6 +58,15 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
       faces: feedback.faces,
       problems: feedback.problems,
       progress: { accepted_frames: feedback.acceptedFrames, required_frames: feedback.requiredFrames },
+      liveness: {
+        mode: l.mode,
+        steps_done: l.stepsDone,
+        steps_total: l.stepsTotal,
+        current_step: l.currentStep,
+        light_phases_seen: l.lightPhasesSeen,
+        light_phases_total: l.lightPhasesTotal,
+        failed: l.failed !== null,
+      },
     };
   });
 

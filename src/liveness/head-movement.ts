@@ -1,0 +1,142 @@
+import { similarity } from '../biometrics/embedding.ts';
+import type { Pose } from '../biometrics/types.ts';
+import type { Step } from './challenge.ts';
+
+/** One analysed frame as the movement check sees it. */
+export interface MovementFrame {
+  /** Milliseconds, server clock. */
+  at: number;
+  pose: Pose;
+  eyeOpenness: { left: number; right: number };
+  embedding: Float32Array | null;
+}
+
+export type MovementFailure = 'wrong_movement' | 'too_slow' | 'identity_switch' | 'missing_step';
+
+export interface MovementLimits {
+  /** Degrees of yaw for a turn, of pitch for looking up. */
+  turnDegrees: number;
+  lookUpDegrees: number;
+  /** A movement in a direction that was not asked for fails the check beyond this many degrees. */
+  wrongDegrees: number;
+  /** Eyes count as closed below this openness and below this fraction of the person's own open eyes. */
+  closedEyes: number;
+  closedFraction: number;
+  /** Same-person similarity for frontal frames, and the looser one for turned faces. */
+  sameFace: number;
+  sameFaceTurned: number;
+  stepMillis: number;
+}
+
+export const DEFAULT_MOVEMENT_LIMITS: Omit<MovementLimits, 'stepMillis' | 'sameFace'> = {
+  turnDegrees: 18,
+  lookUpDegrees: 12,
+  wrongDegrees: 25,
+  closedEyes: 0.15,
+  closedFraction: 0.6,
+  sameFaceTurned: 0.85,
+};
+
+const FRONTAL = 12;
+
+/**
+ * Follows the head-movement challenge frame by frame. The movements must come in the drawn
+ * order, each within `stepMillis` of the previous one, from the same face; a clear movement in a
+ * direction not asked for fails at once, so a looped or pre-recorded video that turns every way
+ * cannot wait for its turn. A still photo never moves and so never completes.
+ */
+export class HeadMovementCheck {
+  #done = 0;
+  #failure: MovementFailure | null = null;
+  #reference: Float32Array | null = null;
+  #openEyes: number[] = [];
+  #lastProgressAt: number | null = null;
+
+  constructor(
+    readonly steps: readonly Step[],
+    private readonly limits: MovementLimits,
+  ) {}
+
+  get completed(): number {
+    return this.#done;
+  }
+
+  get current(): Step | null {
+    return this.#failure || this.#done >= this.steps.length ? null : this.steps[this.#done];
+  }
+
+  get failure(): MovementFailure | null {
+    return this.#failure;
+  }
+
+  get passed(): boolean {
+    return this.#failure === null && this.#done === this.steps.length;
+  }
+
+  observe(frame: MovementFrame): void {
+    if (this.#failure || this.passed) return;
+    if (!this.#sameFace(frame)) return this.#fail('identity_switch');
+    this.#lastProgressAt ??= frame.at;
+    if (frame.at - this.#lastProgressAt > this.limits.stepMillis) return this.#fail('too_slow');
+
+    const { yaw, pitch } = frame.pose;
+    const eyes = Math.min(frame.eyeOpenness.left, frame.eyeOpenness.right);
+    const frontal = Math.abs(yaw) < FRONTAL && Math.abs(pitch) < FRONTAL;
+    const step = this.steps[this.#done];
+    if (this.#meets(step, frame)) {
+      this.#done++;
+      this.#lastProgressAt = frame.at;
+      return;
+    }
+    const l = this.limits;
+    const wrong =
+      (step !== 'turn_left' && yaw > l.wrongDegrees) ||
+      (step !== 'turn_right' && yaw < -l.wrongDegrees) ||
+      (step !== 'look_up' && pitch > l.wrongDegrees);
+    if (wrong) return this.#fail('wrong_movement');
+    if (frontal && eyes >= l.closedEyes) this.#openEyes.push(eyes);
+  }
+
+  /** The verdict once the capture is over: null when every movement was made. */
+  verdict(): MovementFailure | null {
+    return this.#failure ?? (this.passed ? null : 'missing_step');
+  }
+
+  #meets(step: Step, frame: MovementFrame): boolean {
+    const l = this.limits;
+    switch (step) {
+      case 'turn_left':
+        return frame.pose.yaw >= l.turnDegrees;
+      case 'turn_right':
+        return frame.pose.yaw <= -l.turnDegrees;
+      case 'look_up':
+        return frame.pose.pitch >= l.lookUpDegrees;
+      case 'blink': {
+        // closed against this person's own open eyes, seen earlier in the session
+        if (this.#openEyes.length === 0) return false;
+        const open = median(this.#openEyes);
+        const eyes = Math.max(frame.eyeOpenness.left, frame.eyeOpenness.right);
+        return eyes < l.closedEyes && eyes < l.closedFraction * open;
+      }
+    }
+  }
+
+  #sameFace(frame: MovementFrame): boolean {
+    if (!frame.embedding) return true;
+    const turned = Math.abs(frame.pose.yaw) >= FRONTAL || Math.abs(frame.pose.pitch) >= FRONTAL;
+    if (!this.#reference) {
+      if (!turned) this.#reference = frame.embedding;
+      return true;
+    }
+    return similarity(this.#reference, frame.embedding) >= (turned ? this.limits.sameFaceTurned : this.limits.sameFace);
+  }
+
+  #fail(reason: MovementFailure): void {
+    this.#failure = reason;
+  }
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}

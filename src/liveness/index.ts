@@ -1,0 +1,112 @@
+import type { FrameAnalysis } from '../biometrics/types.ts';
+import type { LivenessMode } from '../store/tenants.ts';
+import { type AttackLimits, type AttackSignal, DEFAULT_ATTACK_LIMITS, attackSignals } from './attack-signals.ts';
+import type { Challenge, Step } from './challenge.ts';
+import { DEFAULT_MOVEMENT_LIMITS, HeadMovementCheck, type MovementFailure } from './head-movement.ts';
+import { DEFAULT_LIGHT_LIMITS, type LightFrame, type LightLimits, verifyScreenLight } from './screen-light.ts';
+
+export type { Challenge, Step } from './challenge.ts';
+export { drawChallenge } from './challenge.ts';
+
+export interface LivenessOptions {
+  attack: AttackLimits;
+  light: LightLimits;
+  /** Same-person similarity for frontal frames (the match threshold). */
+  sameFace: number;
+}
+
+export const defaultLivenessOptions = (sameFace: number): LivenessOptions => ({
+  attack: DEFAULT_ATTACK_LIMITS,
+  light: DEFAULT_LIGHT_LIMITS,
+  sameFace,
+});
+
+export interface LivenessProgress {
+  mode: LivenessMode;
+  stepsDone: number;
+  stepsTotal: number;
+  currentStep: Step | null;
+  lightPhasesSeen: number;
+  lightPhasesTotal: number;
+  /** Set once a check has failed for good (the session will fail with liveness_failed). */
+  failed: MovementFailure | null;
+}
+
+export interface LivenessVerdict {
+  reason: 'spoof_detected' | 'liveness_failed' | null;
+  /** Why, for the audit log and tests; never shown to the person. */
+  detail: string | null;
+}
+
+/**
+ * The liveness checks of one capture session, fed every analysed frame. In both modes every frame
+ * is checked for screens and prints (attack-signals.ts); in active mode the head-movement and
+ * screen-light challenges must also be completed (head-movement.ts, screen-light.ts).
+ */
+export class LivenessSession {
+  readonly #movement: HeadMovementCheck | null;
+  readonly #light: LightFrame[] = [];
+  #framesWithFace = 0;
+  #flagged = 0;
+
+  constructor(
+    readonly mode: LivenessMode,
+    readonly challenge: Challenge | null,
+    private readonly options: LivenessOptions,
+  ) {
+    this.#movement =
+      mode === 'active' && challenge
+        ? new HeadMovementCheck(challenge.steps, { ...DEFAULT_MOVEMENT_LIMITS, sameFace: options.sameFace, stepMillis: challenge.stepMillis })
+        : null;
+  }
+
+  /** Takes one frame in; returns what in it looked like an attack. */
+  observe(analysis: FrameAnalysis, meta: { at: number; lightPhase?: number }): AttackSignal[] {
+    const face = analysis.face;
+    if (!face || analysis.problems.includes('multiple_faces')) return [];
+    this.#framesWithFace++;
+    const signals = attackSignals(face, this.options.attack);
+    if (signals.length > 0) {
+      this.#flagged++;
+      return signals;
+    }
+    this.#movement?.observe({ at: meta.at, pose: face.pose, eyeOpenness: face.eyeOpenness, embedding: analysis.embedding });
+    const phase = meta.lightPhase;
+    if (this.challenge && phase !== undefined && phase >= 0 && phase < this.challenge.colors.length) {
+      this.#light.push({ phase, faceColor: face.faceColor });
+    }
+    return signals;
+  }
+
+  progress(): LivenessProgress {
+    const phases = new Set(this.#light.map((f) => f.phase)).size;
+    return {
+      mode: this.mode,
+      stepsDone: this.#movement?.completed ?? 0,
+      stepsTotal: this.#movement?.steps.length ?? 0,
+      currentStep: this.#movement?.current ?? null,
+      lightPhasesSeen: phases,
+      lightPhasesTotal: this.mode === 'active' ? (this.challenge?.colors.length ?? 0) : 0,
+      failed: this.#movement?.failure ?? null,
+    };
+  }
+
+  /** The decision at completion; `accepted` is how many frames passed every check. */
+  verdict(accepted: number): LivenessVerdict {
+    if (this.#flagged > 0 && this.#flagged >= accepted) {
+      return { reason: 'spoof_detected', detail: `${this.#flagged} of ${this.#framesWithFace} frames looked like a screen or print` };
+    }
+    if (this.mode === 'passive') return { reason: null, detail: null };
+    if (!this.#movement || !this.challenge) return { reason: 'liveness_failed', detail: 'no challenge was drawn' };
+    const movement = this.#movement.verdict();
+    if (movement) return { reason: 'liveness_failed', detail: `head movement: ${movement}` };
+    const light = verifyScreenLight(this.challenge.colors, this.#light, this.options.light);
+    if (!light.passed) {
+      return {
+        reason: 'liveness_failed',
+        detail: `screen light: ${light.phasesSeen} phases, correlation ${light.correlation.toFixed(2)}, response ${light.response.toFixed(4)}`,
+      };
+    }
+    return { reason: null, detail: null };
+  }
+}
