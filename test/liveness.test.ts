@@ -44,6 +44,18 @@ describe('head-movement challenge (synthetic pose and eye measurements)', functi
     assert.equal(verdict, null);
   });
 
+  it('a head still turned from the step just made is on its way back, not a wrong movement', function () {
+    const verdict = run(['turn_left', 'turn_right', 'look_up'], [
+      frame(0),
+      frame(300, { yaw: 30 }),
+      frame(600, { yaw: 29 }), // still left while right is asked
+      frame(900, { yaw: -30 }),
+      frame(1200, { yaw: -28 }),
+      frame(1500, { pitch: 20 }),
+    ]);
+    assert.equal(verdict, null);
+  });
+
   it('fails movements made in the wrong order', function () {
     assert.equal(run(['turn_left', 'turn_right'], [frame(0), frame(500, { yaw: -26 }), frame(900, { yaw: 26 })]), 'wrong_movement');
   });

@@ -46,6 +46,7 @@ export function createApp(deps: AppDeps): Koa {
     ctx.set('Referrer-Policy', 'no-referrer');
     ctx.set('Cache-Control', 'no-store');
     ctx.set('X-Frame-Options', 'DENY');
+    ctx.set('Permissions-Policy', 'camera=(), microphone=(), geolocation=()');
     await next();
   });
   app.use(errorHandler(deps.logger));

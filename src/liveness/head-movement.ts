@@ -88,11 +88,13 @@ export class HeadMovementCheck {
       this.#lastProgressAt = frame.at;
       return;
     }
+    // a pose in a direction not asked for, except the one just made (the head is on its way back)
     const l = this.limits;
+    const allowed = new Set([step, this.steps[this.#done - 1]]);
     const wrong =
-      (step !== 'turn_left' && yaw > l.wrongDegrees) ||
-      (step !== 'turn_right' && yaw < -l.wrongDegrees) ||
-      (step !== 'look_up' && pitch > l.wrongDegrees);
+      (!allowed.has('turn_left') && yaw > l.wrongDegrees) ||
+      (!allowed.has('turn_right') && yaw < -l.wrongDegrees) ||
+      (!allowed.has('look_up') && pitch > l.wrongDegrees);
     if (wrong) return this.#fail('wrong_movement');
     if (frontal && eyes >= l.closedEyes) this.#openEyes.push(eyes);
   }
