@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { errorResponse, userDeleted, userDetails, userList } from '../src/api/schemas.ts';
+import { captureSession, errorResponse, frameFeedback, userDeleted, userDetails, userList } from '../src/api/schemas.ts';
 import { Client, assertShape } from './support/client.ts';
 import { type Photos, photos } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
@@ -191,6 +191,52 @@ describe('/biometry/v1 contract and input validation', function () {
       const res = await upload(img.personB, 'image/jpeg');
       assert.equal(res.status, 200);
       assert.equal(((await res.json()) as { accepted: boolean }).accepted, true);
+    });
+  });
+
+  describe('active liveness over the capture API', function () {
+    it('draws a challenge per session, keeps it across reloads, and fails a still photo with liveness_failed', async function () {
+      const client = new Client(svc.url, svc.tenant({ liveness: 'active' }).apiKey);
+      const { token, clientState } = await client.start('identify');
+      const capture = client.capture(token);
+      const first = assertShape(captureSession, (await capture.session()).body);
+      assert.equal(first.liveness.mode, 'active');
+      const challenge = first.liveness.challenge!;
+      assert.ok(challenge.steps.length >= 2 && challenge.steps.length <= 3);
+      assert.equal(challenge.colors.length, 6);
+      assert.deepEqual(assertShape(captureSession, (await capture.session()).body).liveness.challenge, challenge, 'the same challenge on reload');
+      // a still photo: accepted as a face, but it never moves, and its colour never follows the screen
+      for (let phase = 0; phase < 6; phase++) {
+        const res = await fetch(`${svc.url}/capture/v1/frames`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'image/jpeg', 'x-light-phase': String(phase) },
+          body: img.personB,
+        });
+        const fb = assertShape(frameFeedback, await res.json());
+        assert.equal(fb.liveness.steps_done, 0);
+        assert.equal(fb.liveness.steps_total, challenge.steps.length);
+        assert.equal(fb.liveness.current_step, challenge.steps[0]);
+      }
+      await capture.complete();
+      const result = (await client.result(clientState)).body;
+      assert.equal(result.reason, 'liveness_failed');
+    });
+
+    it('a passive tenant gets no challenge', async function () {
+      const { token } = await api.start('identify');
+      const view = assertShape(captureSession, (await api.capture(token).session()).body);
+      assert.deepEqual(view.liveness, { mode: 'passive', challenge: null });
+    });
+
+    it('a malformed X-Light-Phase is 400', async function () {
+      const { token } = await api.start('identify');
+      const res = await fetch(`${svc.url}/capture/v1/frames`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'image/jpeg', 'x-light-phase': 'red' },
+        body: img.personB,
+      });
+      assert.equal(res.status, 400);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'invalid_light_phase');
     });
   });
 

@@ -70,6 +70,15 @@ export function openApiDocument(version: string): Json {
         post: {
           summary: 'Upload one frame; answers per-frame feedback',
           security: [{ captureToken: [] }],
+          parameters: [
+            {
+              name: 'X-Light-Phase',
+              in: 'header',
+              required: false,
+              description: 'Active liveness: the index of the challenge colour on screen when the frame was taken.',
+              schema: { type: 'integer', minimum: 0, maximum: 99 },
+            },
+          ],
           requestBody: { required: true, content: Object.fromEntries(['image/jpeg', 'image/png', 'image/webp'].map((t) => [t, { schema: { type: 'string', contentEncoding: 'binary' } }])) },
           responses: { '200': json(s.frameFeedback, 'OK'), ...errors(400, 401, 410, 413, 415, 429, 503) },
         },
