@@ -26,11 +26,14 @@ describe('privacy: no image or frame is ever written, embeddings only encrypted'
   let img: Photos;
   let apiKey: string;
   let tokens: string[];
-  const tmpBefore = new Set(fs.readdirSync(os.tmpdir()));
-  const cwdBefore = new Set(fs.readdirSync(ROOT));
+  let tmpBefore: Set<string>;
+  let cwdBefore: Set<string>;
 
   before(async function () {
     img = await photos();
+    // what exists before this suite's flows run (other suites may have written test artifacts)
+    tmpBefore = new Set(fs.readdirSync(os.tmpdir()));
+    cwdBefore = new Set(fs.readdirSync(ROOT));
     svc = await startTestService();
     apiKey = svc.tenant().apiKey;
     const api = new Client(svc.url, apiKey);
