@@ -40,8 +40,8 @@ export interface Runtime {
   backend: Backend;
 }
 
-function packageDir(name: string): string {
-  // resolve through the main entry: @vladmandic/human does not export ./package.json
+/** An installed package's directory, found through its main entry (some do not export ./package.json). */
+export function packageDir(name: string): string {
   let dir = path.dirname(require.resolve(name));
   while (path.basename(dir) !== name.split('/').pop()) dir = path.dirname(dir);
   return dir;

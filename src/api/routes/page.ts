@@ -1,21 +1,14 @@
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Router from '@koa/router';
 import type { Context } from 'koa';
 import { MODELS_DIR } from '../../biometrics/models.ts';
+import { packageDir } from '../../biometrics/runtime.ts';
 import { ServiceError } from '../../errors.ts';
 
-const require = createRequire(import.meta.url);
 /** The page's own files live in the source tree (src/capture/page), from src/ or dist/ alike. */
 const PAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'src', 'capture', 'page');
-
-function packageDir(name: string): string {
-  let dir = path.dirname(require.resolve(name));
-  while (path.basename(dir) !== name.split('/').pop()) dir = path.dirname(dir);
-  return dir;
-}
 
 const TYPES: Record<string, string> = {
   '.js': 'text/javascript; charset=utf-8',
