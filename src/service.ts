@@ -11,6 +11,8 @@ import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
 import type { Settings } from './config/settings.ts';
 import { EventBus } from './core/events.ts';
 import { defaultLivenessOptions } from './liveness/index.ts';
+import { loadDeviceConfig } from './device/config.ts';
+import { type Device, startDevice } from './device/index.ts';
 import { type Logger, createLogger } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
 import { SessionService } from './sessions/service.ts';
@@ -29,6 +31,7 @@ const SWEEP_INTERVAL_MS = 15_000;
 
 export interface Service {
   server: http.Server;
+  device: Device | null;
   url: string;
   store: Store;
   events: EventBus;
@@ -86,6 +89,10 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
   );
 
+  const device = settings.AUTHFACE_DEVICE_CONFIG
+    ? await startDevice(loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG), { store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION })
+    : null;
+
   const app = createApp({
     logger,
     metrics,
@@ -96,6 +103,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
     version: VERSION,
     isReady: () => analyzer.isReady,
+    device: device && { config: device.config, kiosk: device.kiosk, access: device.access, events, tenants: store.tenants },
   });
 
   const sweeper = setInterval(() => {
@@ -125,6 +133,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
 
   return {
     server,
+    device,
     url,
     store,
     events,
@@ -135,6 +144,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;
+      await device?.close();
       if (!overrides.analyzer) await analyzer.close();
       store.close();
     },

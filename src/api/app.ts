@@ -10,6 +10,7 @@ import { errorHandler } from './http.ts';
 import { openApiDocument } from './openapi.ts';
 import { biometryRoutes } from './routes/biometry.ts';
 import { captureRoutes } from './routes/capture.ts';
+import { type DeviceDeps, kioskRoutes } from './routes/kiosk.ts';
 import { capturePageRoutes } from './routes/page.ts';
 
 export interface AppDeps {
@@ -22,6 +23,8 @@ export interface AppDeps {
   maxImageBytes: number;
   version: string;
   isReady: () => boolean;
+  /** Door control and the kiosk, when this service runs as a device. */
+  device: DeviceDeps | null;
 }
 
 /** The HTTP application: small middlewares in a row, one error layer, one router per concern. */
@@ -74,6 +77,7 @@ export function createApp(deps: AppDeps): Koa {
     biometryRoutes(deps),
     captureRoutes({ capture: deps.capture, maxImageBytes: deps.maxImageBytes }),
     capturePageRoutes(),
+    ...(deps.device ? [kioskRoutes(deps.device)] : []),
   ]) {
     app.use(router.routes());
     app.use(router.allowedMethods({ throw: false }));

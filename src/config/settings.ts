@@ -63,6 +63,10 @@ export const settingsSpec = {
     schema: z.enum(['auto', 'wasm', 'tfjs-node']).default('auto'),
     doc: 'TensorFlow backend of the face engine: `auto` uses @tensorflow/tfjs-node when it is installed, else WebAssembly.',
   },
+  AUTHFACE_DEVICE_CONFIG: {
+    schema: z.string().min(1).optional(),
+    doc: 'Device configuration file (YAML, see firmware-config/README.md). With it the service drives doors, the kiosk and MQTT; without it, it is the API alone.',
+  },
   LOG_LEVEL: {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     doc: 'Log verbosity (logs never contain images, embeddings, keys or tokens).',

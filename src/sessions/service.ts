@@ -4,7 +4,7 @@ import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type AuditLog, newEventId } from '../store/audit.ts';
 import type { Db } from '../store/database.ts';
 import type { Flow, Session, SessionStore } from '../store/sessions.ts';
-import type { Tenant } from '../store/tenants.ts';
+import type { LivenessMode, Tenant } from '../store/tenants.ts';
 import type { UserStore } from '../store/users.ts';
 import { drawChallenge } from '../liveness/challenge.ts';
 import { type Thresholds, decide } from './decisions.ts';
@@ -20,6 +20,12 @@ export interface NewSession {
   clientState: string;
   redirectUrl: string;
   externalUserId: string | null;
+}
+
+/** Sessions the device opens for itself (kiosk, turnstile): a door, its liveness, a local redirect. */
+export interface DoorSessionOptions {
+  doorId: string;
+  livenessMode: LivenessMode;
 }
 
 /**
@@ -38,8 +44,10 @@ export class SessionService {
     private readonly options: SessionServiceOptions,
   ) {}
 
-  create(tenant: Tenant, flow: Flow, input: NewSession): { clientState: string; biometryUrl: string } {
-    assertRedirectAllowed(tenant, input.redirectUrl);
+  create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): { clientState: string; biometryUrl: string; token: string } {
+    // the device's own sessions return to its own kiosk page, which no tenant needs to allow
+    if (!door) assertRedirectAllowed(tenant, input.redirectUrl);
+    const mode = door?.livenessMode ?? tenant.livenessMode;
     const { token, hash } = newCaptureToken();
     const session = this.sessions.create({
       tenantId: tenant.id,
@@ -49,13 +57,14 @@ export class SessionService {
       redirectUrl: input.redirectUrl,
       tokenHash: hash,
       ttlSeconds: this.options.ttlSeconds,
-      challenge: tenant.livenessMode === 'active' ? drawChallenge() : null,
+      challenge: mode === 'active' ? drawChallenge() : null,
+      doorId: door?.doorId ?? null,
     });
     if (!session) {
       throw new ServiceError('conflict', 'client_state_in_use', 'client_state has already been used in this tenant');
     }
     this.events.emit('session.created', { tenantId: tenant.id, sessionId: session.id, flow });
-    return { clientState: session.clientState, biometryUrl: `${this.options.publicUrl}/capture?t=${token}` };
+    return { clientState: session.clientState, biometryUrl: `${this.options.publicUrl}/capture?t=${token}`, token };
   }
 
   /** The tenant's session for this client_state, brought up to date if its link has expired. */
@@ -178,6 +187,8 @@ export class SessionService {
       externalUserId: decision.externalUserId,
       score: decision.score,
       eventId,
+      doorId: session.doorId,
+      clientState: session.clientState,
     });
     return this.sessions.byId(session.id) as Session;
   }

@@ -5,7 +5,7 @@ import { type Db, now } from './database.ts';
 export interface AuditEvent {
   id: string;
   tenantId: string;
-  type: 'session_finished' | 'user_deleted';
+  type: 'session_finished' | 'user_deleted' | 'access_decision' | 'remote_unlock' | 'door_alarm';
   flow: string | null;
   sessionId: string | null;
   externalUserId: string | null;

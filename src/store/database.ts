@@ -82,6 +82,8 @@ const migrations: readonly string[] = [
   `,
   // the active-liveness challenge drawn for a session (JSON), fixed for its whole life
   `ALTER TABLE sessions ADD COLUMN challenge TEXT;`,
+  // kiosk and turnstile sessions belong to a door of this device
+  `ALTER TABLE sessions ADD COLUMN door_id TEXT;`,
 ];
 
 export function openDatabase(dataDir: string): Db {

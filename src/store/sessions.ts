@@ -23,6 +23,8 @@ export interface Session {
   completedAt: string | null;
   /** The active-liveness challenge (null for passive sessions). */
   challenge: Challenge | null;
+  /** The door a kiosk or turnstile session was opened for (null for integrator sessions). */
+  doorId: string | null;
 }
 
 export interface SessionOutcome {
@@ -50,6 +52,7 @@ interface SessionRow {
   bound_at: string | null;
   completed_at: string | null;
   challenge: string | null;
+  door_id: string | null;
 }
 
 export class SessionStore {
@@ -65,6 +68,7 @@ export class SessionStore {
     tokenHash: Buffer;
     ttlSeconds: number;
     challenge: Challenge | null;
+    doorId?: string | null;
   }): Session | undefined {
     const created = new Date();
     const session: Session = {
@@ -84,12 +88,13 @@ export class SessionStore {
       boundAt: null,
       completedAt: null,
       challenge: input.challenge,
+      doorId: input.doorId ?? null,
     };
     const res = this.db
       .prepare(
         `INSERT INTO sessions (id, tenant_id, client_state, flow, external_user_id, redirect_url, token_hash,
-                               status, created_at, expires_at, challenge)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)
+                               status, created_at, expires_at, challenge, door_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
          ON CONFLICT (tenant_id, client_state) DO NOTHING`,
       )
       .run(
@@ -103,6 +108,7 @@ export class SessionStore {
         session.createdAt,
         session.expiresAt,
         input.challenge && JSON.stringify(input.challenge),
+        session.doorId,
       );
     return res.changes === 1 ? session : undefined;
   }
@@ -173,5 +179,6 @@ function toSession(row: SessionRow): Session {
     boundAt: row.bound_at,
     completedAt: row.completed_at,
     challenge: row.challenge ? (JSON.parse(row.challenge) as Challenge) : null,
+    doorId: row.door_id,
   };
 }

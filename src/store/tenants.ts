@@ -42,6 +42,11 @@ export class TenantStore {
     return row && toTenant(row);
   }
 
+  byName(name: string): Tenant | undefined {
+    const row = this.db.prepare('SELECT * FROM tenants WHERE name = ? ORDER BY created_at LIMIT 1').get(name) as TenantRow | undefined;
+    return row && toTenant(row);
+  }
+
   count(): number {
     return (this.db.prepare('SELECT COUNT(*) AS n FROM tenants').get() as { n: number }).n;
   }

@@ -8,7 +8,7 @@ import { packageDir } from '../../biometrics/runtime.ts';
 import { ServiceError } from '../../errors.ts';
 
 /** The page's own files live in the source tree (src/capture/page), from src/ or dist/ alike. */
-const PAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'src', 'capture', 'page');
+export const PAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'src', 'capture', 'page');
 
 const TYPES: Record<string, string> = {
   '.js': 'text/javascript; charset=utf-8',
@@ -28,7 +28,9 @@ function assetMap(): Map<string, string> {
   const human = packageDir('@vladmandic/human');
   const wasm = path.join(packageDir('@tensorflow/tfjs-backend-wasm'), 'dist');
   const assets = new Map<string, string>([
+    ['capture-core.js', path.join(PAGE_DIR, 'capture-core.js')],
     ['capture.js', path.join(PAGE_DIR, 'capture.js')],
+    ['kiosk.js', path.join(PAGE_DIR, 'kiosk.js')],
     ['capture.css', path.join(PAGE_DIR, 'capture.css')],
     ['human.esm.js', path.join(human, 'dist', 'human.esm.js')],
   ]);

@@ -1,0 +1,138 @@
+import type { AccessEvent, CoreEvents, EventBus } from '../core/events.ts';
+import type { Logger } from '../core/logger.ts';
+import type { DeviceConfig, DoorConfig } from '../device/config.ts';
+import type { AuditLog } from '../store/audit.ts';
+import { type DoorContact, GpioContact, GpioRelay, type Relay, SimulatedContact, SimulatedRelay, useGpio } from './hardware.ts';
+import { checkPolicy } from './policy.ts';
+
+/** Grace after a granted pulse in which opening the door is expected (not forced). */
+const OPEN_GRACE_MS = 5000;
+
+interface DoorState {
+  config: DoorConfig;
+  relay: Relay;
+  contact: DoorContact | null;
+  /** When the relay was last released for a legitimate opening. */
+  releasedAt: number;
+  heldTimer: NodeJS.Timeout | undefined;
+  /** external_user_id → when they were last granted here (the cool-down). */
+  recent: Map<string, number>;
+}
+
+/**
+ * Door control: subscribes to finished kiosk/turnstile sessions, applies each door's policy,
+ * pulses its relay, watches its contact, and announces every decision and alarm on the event bus
+ * (MQTT and the kiosk screen subscribe). Every decision is also in the audit log.
+ */
+export class AccessController {
+  readonly #doors = new Map<string, DoorState>();
+  readonly #unsubscribe: () => void;
+
+  constructor(
+    private readonly config: DeviceConfig,
+    private readonly tenantId: string,
+    private readonly audit: AuditLog,
+    private readonly events: EventBus,
+    private readonly logger: Logger,
+  ) {
+    for (const door of config.doors) {
+      const relay = useGpio(door.relay.driver) ? new GpioRelay(door.relay.pin, door.relay.active_low) : new SimulatedRelay();
+      const c = door.contact;
+      const contact = c ? (useGpio(c.driver) ? new GpioContact(c.pin, c.open_when_high) : new SimulatedContact()) : null;
+      const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, heldTimer: undefined, recent: new Map() };
+      contact?.onChange((open) => this.#contactChanged(state, open));
+      this.#doors.set(door.id, state);
+    }
+    this.#unsubscribe = events.on('session.finished', (e) => this.#sessionFinished(e));
+  }
+
+  door(id: string): DoorState | undefined {
+    return this.#doors.get(id);
+  }
+
+  get doorIds(): string[] {
+    return [...this.#doors.keys()];
+  }
+
+  /** Opens a door on an operator's command (MQTT or local API). */
+  unlock(doorId: string, source: string): AccessEvent | null {
+    const door = this.#doors.get(doorId);
+    if (!door) return null;
+    this.#release(door);
+    const event = this.#record(door, 'remote_unlock', { sessionId: null, clientState: null, result: 'granted', reason: 'remote_unlock', externalUserId: null, score: null });
+    this.logger.info({ door: doorId, source, event: event.eventId }, 'door unlocked remotely');
+    return event;
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    for (const d of this.#doors.values()) {
+      clearTimeout(d.heldTimer);
+      d.relay.close();
+      d.contact?.close();
+    }
+  }
+
+  #sessionFinished(e: CoreEvents['session.finished']): void {
+    if (!e.doorId || e.tenantId !== this.tenantId || e.flow !== 'identify') return;
+    const door = this.#doors.get(e.doorId);
+    if (!door) return;
+    const now = Date.now();
+    let result: 'granted' | 'denied' = 'denied';
+    let reason = e.reason;
+    if (e.status === 'success' && e.externalUserId) {
+      const last = door.recent.get(e.externalUserId);
+      if (last !== undefined && now - last < this.config.kiosk.cooldown_seconds * 1000) {
+        this.logger.debug({ door: door.config.id }, 'same person again within the cool-down: not processed');
+        return;
+      }
+      const denial = checkPolicy(this.config, door.config, e.externalUserId, new Date(now));
+      if (denial) {
+        reason = denial;
+        this.logger.info({ door: door.config.id, user: e.externalUserId, reason: denial }, 'access denied by policy');
+      } else {
+        result = 'granted';
+        door.recent.set(e.externalUserId, now);
+        this.#release(door);
+      }
+    }
+    this.#record(door, 'access_decision', { sessionId: e.sessionId, clientState: e.clientState, result, reason, externalUserId: e.externalUserId, score: e.score });
+  }
+
+  #release(door: DoorState): void {
+    door.releasedAt = Date.now();
+    door.relay.pulse(door.config.relay.pulse_ms);
+  }
+
+  #record(door: DoorState, type: 'access_decision' | 'remote_unlock', d: Omit<AccessEvent, 'eventId' | 'doorId' | 'time'>): AccessEvent {
+    const audit = this.audit.record({
+      tenantId: this.tenantId,
+      type,
+      flow: d.sessionId ? 'identify' : null,
+      sessionId: d.sessionId,
+      externalUserId: d.externalUserId,
+      result: d.result,
+      reason: d.reason,
+      score: d.score,
+    });
+    const event: AccessEvent = { eventId: audit.id, doorId: door.config.id, time: audit.createdAt, ...d };
+    this.events.emit('access.decided', event);
+    return event;
+  }
+
+  #contactChanged(door: DoorState, open: boolean): void {
+    clearTimeout(door.heldTimer);
+    if (!open) return;
+    const expected = Date.now() - door.releasedAt <= door.config.relay.pulse_ms + OPEN_GRACE_MS;
+    if (!expected) this.#alarm(door, 'door_forced');
+    const held = (door.config.contact?.held_open_seconds ?? 30) * 1000;
+    door.heldTimer = setTimeout(() => this.#alarm(door, 'door_held_open'), held);
+    door.heldTimer.unref();
+  }
+
+  #alarm(door: DoorState, type: 'door_forced' | 'door_held_open'): void {
+    const audit = this.audit.record({ tenantId: this.tenantId, type: 'door_alarm', flow: null, sessionId: null, externalUserId: null, result: null, reason: type, score: null });
+    this.logger.warn({ door: door.config.id, alarm: type, event: audit.id }, 'door alarm');
+    this.events.emit('door.alarm', { eventId: audit.id, doorId: door.config.id, type, time: audit.createdAt });
+  }
+}

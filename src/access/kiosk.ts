@@ -1,0 +1,71 @@
+import crypto from 'node:crypto';
+import type { EventBus } from '../core/events.ts';
+import { type DeviceConfig, type DoorConfig, doorLiveness } from '../device/config.ts';
+import { ServiceError } from '../errors.ts';
+import type { SessionService } from '../sessions/service.ts';
+import type { Tenant } from '../store/tenants.ts';
+
+/**
+ * The device's own sessions: an identify session for a door each time someone walks up to the
+ * kiosk (or the turnstile camera sees a face), and integrator sessions pushed to a door's screen
+ * for enrolment at the device. Kiosk sessions go through the same engine, liveness and audit
+ * log as API sessions.
+ */
+export class KioskService {
+  constructor(
+    private readonly config: DeviceConfig,
+    private readonly tenant: Tenant,
+    private readonly sessions: SessionService,
+    private readonly events: EventBus,
+    private readonly publicUrl: string,
+  ) {}
+
+  door(doorId: string): DoorConfig {
+    const door = this.config.doors.find((d) => d.id === doorId);
+    if (!door) throw new ServiceError('not_found', 'door_not_found', `this device has no door ${doorId}`);
+    return door;
+  }
+
+  get kioskDoor(): DoorConfig {
+    return this.door(this.config.kiosk.door ?? this.config.doors[0].id);
+  }
+
+  /** A new identify session at a door; its capture token goes to the kiosk page or the turnstile loop. */
+  startIdentify(doorId: string): { token: string; clientState: string; liveness: 'active' | 'passive' } {
+    const door = this.door(doorId);
+    const liveness = doorLiveness(this.config, door);
+    const created = this.sessions.create(
+      this.tenant,
+      'identify',
+      { clientState: crypto.randomUUID(), redirectUrl: `${this.publicUrl}/kiosk?door=${encodeURIComponent(door.id)}`, externalUserId: null },
+      { doorId: door.id, livenessMode: liveness },
+    );
+    return { token: created.token, clientState: created.clientState, liveness };
+  }
+
+  /**
+   * Shows an integrator's enroll or update_embedding session on a door's kiosk. The link must be
+   * one of this service's open capture links, of this device's tenant.
+   */
+  open(doorId: string, biometryUrl: string, tenantId = this.tenant.id): void {
+    this.door(doorId);
+    let url: URL;
+    try {
+      url = new URL(biometryUrl);
+    } catch {
+      throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url is not a URL');
+    }
+    const token = url.searchParams.get('t') ?? '';
+    if (`${url.origin}${url.pathname}` !== `${this.publicUrl}/capture` || !token) {
+      throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url is not a capture link of this device');
+    }
+    const session = this.sessions.byCaptureToken(token);
+    if (session.tenantId !== tenantId || session.tenantId !== this.tenant.id) {
+      throw new ServiceError('invalid_request', 'invalid_biometry_url', "the session does not belong to this device's tenant");
+    }
+    if (session.flow !== 'enroll' && session.flow !== 'update_embedding') {
+      throw new ServiceError('invalid_request', 'wrong_flow', 'only enroll and update_embedding sessions can be opened on the kiosk');
+    }
+    this.events.emit('kiosk.open', { doorId, biometryUrl: `/capture?t=${encodeURIComponent(token)}` });
+  }
+}

@@ -1,0 +1,106 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import Router from '@koa/router';
+import type { Context, Next } from 'koa';
+import type { AccessController } from '../../access/controller.ts';
+import type { KioskService } from '../../access/kiosk.ts';
+import type { EventBus } from '../../core/events.ts';
+import { type DeviceConfig, doorLiveness } from '../../device/config.ts';
+import { ServiceError } from '../../errors.ts';
+import type { TenantStore } from '../../store/tenants.ts';
+import { bearer, readJson } from '../http.ts';
+import { z } from 'zod';
+import { CAPTURE_CSP, PAGE_DIR } from './page.ts';
+
+export interface DeviceDeps {
+  config: DeviceConfig;
+  kiosk: KioskService;
+  access: AccessController;
+  events: EventBus;
+  tenants: TenantStore;
+}
+
+const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+
+/** The kiosk runs on the device itself: its API answers the loopback interface only. */
+async function loopbackOnly(ctx: Context, next: Next): Promise<void> {
+  if (!LOOPBACK.has(ctx.socket.remoteAddress ?? '')) {
+    throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
+  }
+  await next();
+}
+
+const openOnKiosk = z.strictObject({ door: z.string().min(1).max(64), biometry_url: z.string().max(2048) }).meta({ id: 'KioskOpenRequest' });
+
+/**
+ * The door screen: GET /kiosk?door=<id> (the page), /kiosk/v1/* for the page (loopback only),
+ * and POST /device/v1/kiosk/open for integrators to show an enrolment session on a door's screen.
+ */
+export function kioskRoutes(deps: DeviceDeps): Router {
+  const router = new Router();
+  const html = fs.readFileSync(path.join(PAGE_DIR, 'kiosk.html'), 'utf8');
+
+  router.get('/kiosk', loopbackOnly, (ctx) => {
+    ctx.set('Content-Security-Policy', CAPTURE_CSP);
+    ctx.set('Permissions-Policy', 'camera=(self), microphone=(), geolocation=()');
+    ctx.type = 'html';
+    ctx.body = html;
+  });
+
+  router.get('/kiosk/v1/doors/:door', loopbackOnly, (ctx) => {
+    const door = deps.kiosk.door(ctx.params.door);
+    ctx.body = {
+      id: door.id,
+      name: door.name ?? door.id,
+      liveness: doorLiveness(deps.config, door),
+      cooldown_seconds: deps.config.kiosk.cooldown_seconds,
+      result_seconds: deps.config.kiosk.result_seconds,
+    };
+  });
+
+  router.post('/kiosk/v1/doors/:door/sessions', loopbackOnly, (ctx) => {
+    const s = deps.kiosk.startIdentify(ctx.params.door);
+    ctx.body = { token: s.token, client_state: s.clientState, liveness: s.liveness };
+  });
+
+  // decisions for this door and sessions pushed to it, as server-sent events
+  router.get('/kiosk/v1/doors/:door/events', loopbackOnly, (ctx) => {
+    const door = deps.kiosk.door(ctx.params.door).id;
+    const stream = new PassThrough();
+    const send = (event: string, data: object) => stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    const off = [
+      deps.events.on('access.decided', (e) => {
+        if (e.doorId === door) send('access', { client_state: e.clientState, result: e.result, reason: e.reason });
+      }),
+      deps.events.on('kiosk.open', (e) => {
+        if (e.doorId === door) send('session', { path: e.biometryUrl });
+      }),
+    ];
+    const keepAlive = setInterval(() => stream.write(': keep-alive\n\n'), 15_000);
+    const stop = () => {
+      clearInterval(keepAlive);
+      for (const o of off) o();
+      stream.end();
+    };
+    ctx.req.on('close', stop);
+    ctx.req.socket.setTimeout(0);
+    ctx.type = 'text/event-stream';
+    ctx.set('Cache-Control', 'no-store');
+    ctx.set('X-Accel-Buffering', 'no');
+    ctx.status = 200;
+    ctx.body = stream;
+    stream.write(': connected\n\n');
+  });
+
+  router.post('/device/v1/kiosk/open', async (ctx) => {
+    const key = bearer(ctx);
+    const tenant = key ? deps.tenants.findByApiKey(key) : undefined;
+    if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
+    const body = await readJson(ctx, openOnKiosk);
+    deps.kiosk.open(body.door, body.biometry_url, tenant.id);
+    ctx.body = { success: true, door: body.door };
+  });
+
+  return router;
+}

@@ -1,0 +1,193 @@
+import fs from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+/**
+ * The device configuration file (YAML): which doors this box drives, with which relay, camera,
+ * broker and policy. One schema validates the file at start (errors name the bad key) and
+ * documents every option (firmware-config/README.md is generated from it by `authface device schema`).
+ */
+
+const id = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'use 1-64 letters, digits, - or _ (it is an MQTT topic level)' });
+const time = z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, { error: 'use HH:MM, 24-hour' });
+const day = z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']);
+const liveness = z.enum(['active', 'passive']);
+
+const relay = z
+  .strictObject({
+    driver: z.enum(['auto', 'gpio', 'simulated']).default('auto').describe('`gpio` drives a GPIO line through onoff; `simulated` only records pulses; `auto` uses GPIO where the board has it.'),
+    pin: z.int().min(0).max(1023).default(17).describe('GPIO line (sysfs number) of the relay.'),
+    active_low: z.boolean().default(false).describe('The relay closes when the line is low.'),
+    pulse_ms: z.int().min(50).max(60_000).default(3000).describe('How long the relay stays closed for one opening.'),
+  })
+  .describe('The lock relay.');
+
+const contact = z
+  .strictObject({
+    driver: z.enum(['auto', 'gpio', 'simulated']).default('auto').describe('As for the relay.'),
+    pin: z.int().min(0).max(1023).describe('GPIO line of the door contact.'),
+    open_when_high: z.boolean().default(true).describe('The line reads 1 while the door is open.'),
+    held_open_seconds: z.int().min(1).max(3600).default(30).describe('After this long open, a `door_held_open` event is sent.'),
+  })
+  .describe('Optional door contact: raises `door_forced` when the door opens without a grant and `door_held_open` when it stays open.');
+
+const door = z
+  .strictObject({
+    id: id.describe('Door id (MQTT topic level, kiosk `?door=`).'),
+    name: z.string().min(1).max(100).optional().describe('Display name shown on the kiosk.'),
+    liveness: liveness.optional().describe('Liveness at this door; defaults to the device-wide `liveness`.'),
+    allow: z
+      .strictObject({
+        groups: z.array(id).min(1).optional().describe('Only members of these groups may open (default: everyone enrolled in the tenant).'),
+        schedule: z
+          .strictObject({
+            timezone: z.string().default('UTC').describe('IANA time zone of the windows, e.g. Europe/Paris.'),
+            windows: z
+              .array(
+                z.strictObject({
+                  days: z.array(day).min(1).describe('Days the window starts on: mon … sun.'),
+                  from: time.describe('Opening time, HH:MM.'),
+                  to: time.describe('Closing time, HH:MM (exclusive).'),
+                }),
+              )
+              .min(1)
+              .describe('Weekly windows in which the door may open; `to` before `from` spans midnight.'),
+          })
+          .optional()
+          .describe('Optional weekly schedule (default: always).'),
+      })
+      .default({})
+      .describe('Who may open this door, and when.'),
+    relay: relay.default({ driver: 'auto', pin: 17, active_low: false, pulse_ms: 3000 }),
+    contact: contact.optional(),
+  })
+  .describe('A door this device controls.');
+
+const mqtt = z
+  .strictObject({
+    url: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional().describe('Broker to connect to. Without it an embedded broker is started (see `embedded`).'),
+    username: z.string().optional().describe('Broker user name.'),
+    password_file: z.string().optional().describe('File holding the broker password (kept out of this file).'),
+    ca_file: z.string().optional().describe('CA certificate (PEM) for mqtts://.'),
+    cert_file: z.string().optional().describe('Client certificate (PEM) for mutual TLS.'),
+    key_file: z.string().optional().describe('Client key (PEM) for mutual TLS.'),
+    reject_unauthorized: z.boolean().default(true).describe('Refuse brokers whose certificate does not verify.'),
+    topic_prefix: id.default('authface').describe('First topic level: `<prefix>/<device_id>/…`.'),
+    embedded: z
+      .strictObject({
+        host: z.string().default('127.0.0.1').describe('Interface of the embedded broker.'),
+        port: z.int().min(0).max(65535).default(1883).describe('Port of the embedded broker.'),
+      })
+      .default({ host: '127.0.0.1', port: 1883 })
+      .describe('The embedded broker used when no `url` is given.'),
+  })
+  .default({ reject_unauthorized: true, topic_prefix: 'authface', embedded: { host: '127.0.0.1', port: 1883 } })
+  .describe('MQTT: access events, device status, commands.');
+
+export const deviceConfigSchema = z
+  .strictObject({
+    device_id: id.describe('This device (MQTT topic level).'),
+    tenant_id: z.uuid().optional().describe('Tenant whose users the doors know (default: the tenant named `default`).'),
+    liveness: liveness.default('active').describe('Liveness of kiosk and turnstile sessions unless a door says otherwise.'),
+    groups: z.record(id, z.array(z.string().min(1).max(128))).default({}).describe('User groups: group name → external_user_ids.'),
+    doors: z.array(door).min(1).describe('The doors of this device.'),
+    camera: z
+      .strictObject({
+        device: z.string().default('/dev/video0').describe('Video device of the turnstile camera.'),
+        width: z.int().min(160).max(4096).default(640).describe('Capture width.'),
+        height: z.int().min(120).max(4096).default(480).describe('Capture height.'),
+        interval_ms: z.int().min(50).max(10_000).default(250).describe('Time between two frames in turnstile mode.'),
+        driver: z.enum(['fswebcam', 'simulated']).default('fswebcam').describe('`fswebcam` grabs frames through node-webcam; `simulated` plays image files (tests, demos).'),
+        simulated_images: z.array(z.string()).default([]).describe('Image files the simulated camera plays in a loop.'),
+      })
+      .default({ device: '/dev/video0', width: 640, height: 480, interval_ms: 250, driver: 'fswebcam', simulated_images: [] })
+      .describe('The camera used by `authface turnstile` (the kiosk uses the browser camera).'),
+    mqtt,
+    kiosk: z
+      .strictObject({
+        door: id.optional().describe('Door of the kiosk screen (default: the first door).'),
+        cooldown_seconds: z.int().min(0).max(600).default(5).describe('The same person is not processed again at a door within this time.'),
+        result_seconds: z.int().min(1).max(60).default(3).describe('How long the granted or denied screen stays.'),
+        url: z.url().default('http://127.0.0.1:8080/kiosk').describe('What the kiosk window shows (the local service).'),
+      })
+      .default({ cooldown_seconds: 5, result_seconds: 3, url: 'http://127.0.0.1:8080/kiosk' })
+      .describe('The kiosk screen.'),
+    turnstile: z
+      .strictObject({ door: id.optional().describe('Door of `authface turnstile` (default: the first door).') })
+      .default({})
+      .describe('Headless turnstile mode.'),
+  })
+  .superRefine((c, ctx) => {
+    const ids = new Set<string>();
+    c.doors.forEach((d, i) => {
+      if (ids.has(d.id)) ctx.addIssue({ code: 'custom', path: ['doors', i, 'id'], message: `door id ${d.id} is used twice` });
+      ids.add(d.id);
+      for (const g of d.allow.groups ?? []) {
+        if (!c.groups[g]) ctx.addIssue({ code: 'custom', path: ['doors', i, 'allow', 'groups'], message: `group ${g} is not defined under groups` });
+      }
+    });
+    for (const [key, value] of [['kiosk', c.kiosk.door], ['turnstile', c.turnstile.door]] as const) {
+      if (value && !ids.has(value)) ctx.addIssue({ code: 'custom', path: [key, 'door'], message: `no door ${value}` });
+    }
+  });
+
+export type DeviceConfig = z.output<typeof deviceConfigSchema>;
+export type DoorConfig = DeviceConfig['doors'][number];
+
+export class DeviceConfigError extends Error {}
+
+/** Reads and validates the device file; every problem is reported with the key it concerns. */
+export function loadDeviceConfig(file: string): DeviceConfig {
+  let raw: unknown;
+  try {
+    raw = parseYaml(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new DeviceConfigError(`${file}: ${(err as Error).message.split('\n')[0]}`);
+  }
+  return parseDeviceConfig(raw, file);
+}
+
+export function parseDeviceConfig(raw: unknown, source = 'device config'): DeviceConfig {
+  const parsed = deviceConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
+    throw new DeviceConfigError(`${source} is not valid:\n${problems.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+/** The doors' effective liveness mode. */
+export function doorLiveness(config: DeviceConfig, door: DoorConfig): 'active' | 'passive' {
+  return door.liveness ?? config.liveness;
+}
+
+/** A markdown reference of every option, generated from the schema (firmware-config/README.md). */
+export function deviceConfigReference(): string {
+  const schema = z.toJSONSchema(deviceConfigSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  const rows: string[] = [];
+  walk(schema, '', rows);
+  return ['| key | type | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
+}
+
+interface JsonSchema {
+  type?: string | string[];
+  description?: string;
+  default?: unknown;
+  enum?: unknown[];
+  properties?: Record<string, JsonSchema>;
+  items?: JsonSchema;
+  additionalProperties?: JsonSchema | boolean;
+  anyOf?: JsonSchema[];
+}
+
+function walk(s: JsonSchema, prefix: string, rows: string[]): void {
+  for (const [key, child] of Object.entries(s.properties ?? {})) {
+    const name = prefix ? `${prefix}.${key}` : key;
+    const node = child.anyOf?.find((c) => c.type !== 'null') ?? child;
+    const type = node.enum ? node.enum.map((e) => `\`${String(e)}\``).join(' \\| ') : node.type === 'array' ? `list of ${node.items?.type ?? 'items'}` : String(node.type ?? 'object');
+    const def = child.default !== undefined && typeof child.default !== 'object' ? `\`${String(child.default)}\`` : '';
+    rows.push(`| \`${name}\` | ${type} | ${def} | ${(child.description ?? node.description ?? '').replace(/\|/g, '\\|')} |`);
+    if (node.properties) walk(node, name, rows);
+    if (node.type === 'array' && node.items?.properties) walk(node.items, `${name}[]`, rows);
+  }
+}
