@@ -11,7 +11,7 @@ import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
 import type { Settings } from './config/settings.ts';
 import { EventBus } from './core/events.ts';
 import { defaultLivenessOptions } from './liveness/index.ts';
-import { loadDeviceConfig } from './device/config.ts';
+import { type DeviceConfig, loadDeviceConfig } from './device/config.ts';
 import { type Device, startDevice } from './device/index.ts';
 import { type Logger, createLogger } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
@@ -37,6 +37,8 @@ export interface Service {
   events: EventBus;
   index: GalleryIndex;
   sessions: SessionService;
+  capture: CaptureService;
+  analyzer: FaceAnalyzer;
   close(): Promise<void>;
 }
 
@@ -44,6 +46,8 @@ export interface ServiceOverrides {
   logger?: Logger;
   /** Share one analyzer between several services (tests); it is then not closed with the service. */
   analyzer?: FaceAnalyzer;
+  /** An already validated device configuration (else AUTHFACE_DEVICE_CONFIG is read, if set). */
+  device?: DeviceConfig | null;
 }
 
 /**
@@ -89,8 +93,9 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
   );
 
-  const device = settings.AUTHFACE_DEVICE_CONFIG
-    ? await startDevice(loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG), { store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION })
+  const deviceConfig = overrides.device !== undefined ? overrides.device : settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
+  const device = deviceConfig
+    ? await startDevice(deviceConfig, { store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION })
     : null;
 
   const app = createApp({
@@ -139,6 +144,8 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     events,
     index,
     sessions,
+    capture,
+    analyzer,
     async close() {
       clearInterval(sweeper);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

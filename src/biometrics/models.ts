@@ -38,6 +38,12 @@ export class ModelFiles {
     return bytes;
   }
 
+  /** Reads every listed file once (doctor); returns how many there are. */
+  verifyAll(): number {
+    for (const name of this.#expected.keys()) this.read(name);
+    return this.#expected.size;
+  }
+
   readJson<T>(name: string): T {
     return JSON.parse(this.read(name).toString('utf8')) as T;
   }

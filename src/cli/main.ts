@@ -1,5 +1,9 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
+import { Turnstile, cameraFor } from '../access/turnstile.ts';
+import { type Settings, SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
+import { createLogger } from '../core/logger.ts';
+import { type DeviceConfig, DeviceConfigError, type DoorConfig, doorLiveness, loadDeviceConfig } from '../device/config.ts';
+import { diagnose, formatChecks } from '../device/doctor.ts';
 import { VERSION, startService } from '../service.ts';
 import { normalizeOrigin } from '../sessions/service.ts';
 import { type Store, openStore } from '../store/index.ts';
@@ -17,6 +21,18 @@ const program = new Command()
   .description('Auth Face: self-hosted face authentication service')
   .version(VERSION)
   .showHelpAfterError();
+
+function deviceConfigOrExit(file: string): DeviceConfig {
+  try {
+    return loadDeviceConfig(file);
+  } catch (err) {
+    if (err instanceof DeviceConfigError) {
+      console.error(`authface: ${err.message}`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
 
 function settingsOrExit() {
   try {
@@ -49,29 +65,73 @@ function withStore(run: (store: Store) => unknown): void {
 
 class CommandError extends Error {}
 
+/** First start on an empty data directory: the default tenant and its key, printed once. */
+function bootstrap(settings: Settings): void {
+  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+  try {
+    if (store.tenants.count() > 0) return;
+    const tenant = store.tenants.create(DEFAULT_TENANT);
+    const { apiKey } = store.tenants.createKey(tenant.id);
+    process.stdout.write(
+      `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')},\n` +
+        `passive liveness for trying the API; create production tenants with \`authface tenant create\` (active liveness).\n` +
+        `API key (shown once, store it now): ${apiKey}\n\n`,
+    );
+  } finally {
+    store.close();
+  }
+}
+
+/** Starts the service (with its device side when configured) and stops it cleanly on a signal. */
+async function serveUntilSignal(settings: Settings, device: DeviceConfig | null, onStop: () => void = () => undefined) {
+  bootstrap(settings);
+  const service = await startService(settings, { device });
+  const stop = async () => {
+    onStop();
+    await service.close();
+    process.exit(0);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return service;
+}
+
 program
   .command('serve')
-  .description('run the HTTP API and capture service (what `npm start` runs)')
+  .description('run the HTTP API and capture service (what `npm start` runs); with AUTHFACE_DEVICE_CONFIG also the doors, kiosk and MQTT')
   .action(async () => {
     const settings = settingsOrExit();
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-    if (store.tenants.count() === 0) {
-      const tenant = store.tenants.create(DEFAULT_TENANT);
-      const { apiKey } = store.tenants.createKey(tenant.id);
-      process.stdout.write(
-        `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')},\n` +
-          `passive liveness for trying the API; create production tenants with \`authface tenant create\` (active liveness).\n` +
-          `API key (shown once, store it now): ${apiKey}\n\n`,
-      );
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    await serveUntilSignal(settings, device);
+  });
+
+program
+  .command('turnstile')
+  .description('headless turnstile: the service plus a camera loop that identifies and opens (needs AUTHFACE_DEVICE_CONFIG)')
+  .action(async () => {
+    const settings = settingsOrExit();
+    if (!settings.AUTHFACE_DEVICE_CONFIG) {
+      console.error('authface: turnstile mode needs a device configuration: set AUTHFACE_DEVICE_CONFIG');
+      process.exit(2);
     }
-    store.close();
-    const service = await startService(settings);
-    const stop = async () => {
-      await service.close();
-      process.exit(0);
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    const config = deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG);
+    const door = config.doors.find((d) => d.id === (config.turnstile.door ?? config.doors[0].id)) as DoorConfig;
+    if (doorLiveness(config, door) !== 'passive') {
+      console.error(`authface: door ${door.id} uses active liveness, which needs a screen; a headless turnstile door needs "liveness: passive"`);
+      process.exit(2);
+    }
+    const running: { turnstile?: Turnstile } = {};
+    const service = await serveUntilSignal(settings, config, () => running.turnstile?.stop());
+    await service.analyzer.ready();
+    running.turnstile = new Turnstile(door.id, {
+      camera: cameraFor(config.camera),
+      analyzer: service.analyzer,
+      kiosk: service.device!.kiosk,
+      capture: service.capture,
+      config,
+      logger: createLogger(settings.LOG_LEVEL),
+    });
+    await running.turnstile.run();
   });
 
 const collect = (value: string, previous: string[]) => {
@@ -148,6 +208,17 @@ evaluate
   .action(async (opts: { gallery: string; exclude: string[]; workers?: number }) => {
     const settings = settingsOrExit();
     await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
+  });
+
+program
+  .command('doctor')
+  .description('check models, database, camera, GPIO, broker and clock; say what is wrong and how to fix it')
+  .action(async () => {
+    const settings = settingsOrExit();
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    const checks = await diagnose(settings, device);
+    console.log(formatChecks(checks));
+    if (checks.some((c) => c.status === 'fail')) process.exitCode = 1;
   });
 
 program

@@ -1,0 +1,135 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import mqtt from 'mqtt';
+import { gpioAccessible } from '../access/hardware.ts';
+import { ModelFiles } from '../biometrics/models.ts';
+import type { Settings } from '../config/settings.ts';
+import { openStore } from '../store/index.ts';
+import type { DeviceConfig } from './config.ts';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
+
+export interface Check {
+  name: string;
+  status: CheckStatus;
+  detail: string;
+  /** What to do about it, when it is not ok. */
+  fix?: string;
+}
+
+const run = (cmd: string, args: string[], timeout = 5000) =>
+  new Promise<{ code: number; out: string }>((resolve) =>
+    execFile(cmd, args, { timeout }, (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, out: `${stdout}${stderr}` })),
+  );
+
+/**
+ * `authface doctor`: checks what a door device needs (models, database, camera, GPIO, broker,
+ * clock) and says for each what is wrong and how to fix it.
+ */
+export async function diagnose(settings: Settings, device: DeviceConfig | null): Promise<Check[]> {
+  return [checkModels(), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(device), await checkClock()];
+}
+
+function checkModels(): Check {
+  try {
+    const n = new ModelFiles().verifyAll();
+    return { name: 'models', status: 'ok', detail: `${n} files match models/manifest.json` };
+  } catch (err) {
+    return { name: 'models', status: 'fail', detail: (err as Error).message, fix: 'run `npm ci` in the install directory (it copies and checks the models)' };
+  }
+}
+
+function checkDatabase(settings: Settings): Check {
+  try {
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    try {
+      const integrity = store.db.pragma('integrity_check', { simple: true });
+      if (integrity !== 'ok') return { name: 'database', status: 'fail', detail: `integrity check: ${String(integrity)}`, fix: 'restore the data directory from a backup' };
+      const users = (store.db.prepare('SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NULL').get() as { n: number }).n;
+      return { name: 'database', status: 'ok', detail: `${settings.dataDir}: integrity ok, ${store.tenants.count()} tenant(s), ${users} enrolled user(s)` };
+    } finally {
+      store.close();
+    }
+  } catch (err) {
+    return { name: 'database', status: 'fail', detail: (err as Error).message, fix: `check that ${settings.dataDir} exists, is writable by the service user and that master.key is mode 600` };
+  }
+}
+
+async function checkCamera(device: DeviceConfig | null): Promise<Check> {
+  if (!device) return { name: 'camera', status: 'skip', detail: 'no device configuration (AUTHFACE_DEVICE_CONFIG)' };
+  const cam = device.camera;
+  if (cam.driver === 'simulated') {
+    const missing = cam.simulated_images.filter((f) => !fs.existsSync(f));
+    return missing.length
+      ? { name: 'camera', status: 'fail', detail: `simulated images missing: ${missing.join(', ')}`, fix: 'fix camera.simulated_images' }
+      : { name: 'camera', status: 'warn', detail: `simulated camera (${cam.simulated_images.length} images)`, fix: 'set camera.driver: fswebcam on a real device' };
+  }
+  if (!fs.existsSync(cam.device)) {
+    return { name: 'camera', status: 'fail', detail: `${cam.device} does not exist`, fix: 'connect the camera, check `ls /dev/video*`, and set camera.device (the udev rule in firmware-config/udev names it /dev/authface-camera)' };
+  }
+  try {
+    fs.accessSync(cam.device, fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return { name: 'camera', status: 'fail', detail: `${cam.device} is not readable by this user`, fix: 'add the service user to the video group: usermod -aG video authface' };
+  }
+  const fswebcam = await run('fswebcam', ['--version']);
+  if (fswebcam.code !== 0 && !/fswebcam/i.test(fswebcam.out)) {
+    return { name: 'camera', status: 'fail', detail: 'fswebcam is not installed', fix: 'apt-get install fswebcam' };
+  }
+  return { name: 'camera', status: 'ok', detail: `${cam.device} present, fswebcam installed` };
+}
+
+function checkGpio(device: DeviceConfig | null): Check {
+  if (!device) return { name: 'gpio', status: 'skip', detail: 'no device configuration' };
+  const accessible = gpioAccessible();
+  const wanted = device.doors.flatMap((d) => [d.relay.driver, d.contact?.driver].filter((x): x is 'auto' | 'gpio' | 'simulated' => !!x));
+  if (wanted.includes('gpio') && !accessible) {
+    return { name: 'gpio', status: 'fail', detail: 'a door asks for GPIO but this machine exposes no GPIO lines to this user', fix: 'enable GPIO (sysfs) and add the user to the gpio group, or set the driver to simulated' };
+  }
+  if (!accessible && wanted.includes('auto')) {
+    return { name: 'gpio', status: 'warn', detail: 'no GPIO here: relays and contacts are simulated (nothing will click)', fix: 'on the door device, check that /sys/class/gpio exists and the user is in the gpio group' };
+  }
+  return { name: 'gpio', status: 'ok', detail: accessible ? 'GPIO lines accessible' : 'all doors simulated by configuration' };
+}
+
+async function checkBroker(device: DeviceConfig | null): Promise<Check> {
+  if (!device) return { name: 'broker', status: 'skip', detail: 'no device configuration' };
+  const url = device.mqtt.url;
+  if (!url) {
+    const { host, port } = device.mqtt.embedded;
+    return { name: 'broker', status: 'ok', detail: `embedded broker on ${host}:${port} (started with the service)` };
+  }
+  try {
+    const m = device.mqtt;
+    const client = await mqtt.connectAsync(url, {
+      connectTimeout: 5000,
+      reconnectPeriod: 0,
+      username: m.username,
+      password: m.password_file ? fs.readFileSync(m.password_file, 'utf8').trim() : undefined,
+      ca: m.ca_file ? fs.readFileSync(m.ca_file) : undefined,
+      cert: m.cert_file ? fs.readFileSync(m.cert_file) : undefined,
+      key: m.key_file ? fs.readFileSync(m.key_file) : undefined,
+      rejectUnauthorized: m.reject_unauthorized,
+    });
+    await client.endAsync();
+    return { name: 'broker', status: 'ok', detail: `connected to ${url.replace(/\/\/[^@/]*@/, '//')}` };
+  } catch (err) {
+    return { name: 'broker', status: 'fail', detail: `cannot connect to ${url}: ${(err as Error).message}`, fix: 'check mqtt.url, the credentials and the CA file; is the broker running and reachable?' };
+  }
+}
+
+async function checkClock(): Promise<Check> {
+  const year = new Date().getUTCFullYear();
+  if (year < 2025) return { name: 'clock', status: 'fail', detail: `the clock says ${new Date().toISOString()}`, fix: 'set the time (timedatectl set-ntp true); schedules and audit times depend on it' };
+  const sync = await run('timedatectl', ['show', '-p', 'NTPSynchronized', '--value']);
+  if (sync.code === 0 && sync.out.trim() === 'yes') return { name: 'clock', status: 'ok', detail: `${new Date().toISOString()}, NTP synchronised` };
+  if (sync.code === 0) return { name: 'clock', status: 'warn', detail: 'the clock is not NTP-synchronised', fix: 'timedatectl set-ntp true (a door with a schedule needs the right time)' };
+  return { name: 'clock', status: 'warn', detail: `${new Date().toISOString()}; synchronisation unknown (no timedatectl)`, fix: 'make sure an NTP client runs on the device' };
+}
+
+export function formatChecks(checks: Check[]): string {
+  const mark: Record<CheckStatus, string> = { ok: '✓', warn: '!', fail: '✗', skip: '-' };
+  return checks
+    .map((c) => `${mark[c.status]} ${c.name.padEnd(9)} ${c.detail}${c.fix && c.status !== 'ok' ? `\n  ${' '.repeat(10)}→ ${c.fix}` : ''}`)
+    .join('\n');
+}
