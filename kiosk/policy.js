@@ -1,0 +1,116 @@
+// @ts-check
+// The kiosk's rules, kept out of main.js so they can be tested without the Electron binary:
+// which page it shows, what it may do (the camera of the local service, nothing else), where it
+// may navigate (nowhere else), and how it recovers from a crashed or hung renderer.
+
+/** @typedef {{ url: string, origin: string, dev: boolean }} KioskConfig */
+
+const LOCAL_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+/**
+ * The kiosk's settings from the environment: AUTHFACE_KIOSK_URL (default the local service's
+ * /kiosk page) and AUTHFACE_KIOSK_DEV=1 (windowed, with dev tools; never on a door).
+ * @param {Record<string, string | undefined>} env
+ * @returns {KioskConfig}
+ */
+export function loadConfig(env) {
+  const raw = env.AUTHFACE_KIOSK_URL || 'http://127.0.0.1:8080/kiosk';
+  let url;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`AUTHFACE_KIOSK_URL is not a URL: ${raw}`);
+  }
+  if (!['http:', 'https:'].includes(url.protocol) || !LOCAL_HOSTS.has(url.hostname)) {
+    // the kiosk shows the service on this device, never a remote page
+    throw new Error(`AUTHFACE_KIOSK_URL must point at this device (127.0.0.1 or localhost): ${raw}`);
+  }
+  return { url: url.toString(), origin: url.origin, dev: env.AUTHFACE_KIOSK_DEV === '1' };
+}
+
+/** Options of the one kiosk window. @param {KioskConfig} config */
+export function windowOptions(config) {
+  return {
+    fullscreen: !config.dev,
+    kiosk: !config.dev,
+    frame: config.dev,
+    autoHideMenuBar: true,
+    backgroundColor: '#0b1222',
+    webPreferences: {
+      contextIsolation: true,
+      nodeIntegration: false,
+      sandbox: true,
+      devTools: config.dev,
+      spellcheck: false,
+    },
+  };
+}
+
+/**
+ * Only the camera (video, no microphone) and only for the local service's pages.
+ * @param {KioskConfig} config @param {string} permission @param {string} origin @param {{ mediaTypes?: string[] }} [details]
+ */
+export function isAllowedPermission(config, permission, origin, details = {}) {
+  if (permission !== 'media') return false;
+  if (safeOrigin(origin) !== config.origin) return false;
+  const types = details.mediaTypes ?? ['video'];
+  return types.length > 0 && types.every((t) => t === 'video');
+}
+
+/** For session.setPermissionRequestHandler. @param {KioskConfig} config */
+export function permissionRequestHandler(config) {
+  return (/** @type {any} */ webContents, /** @type {string} */ permission, /** @type {(ok: boolean) => void} */ callback, /** @type {any} */ details) =>
+    callback(isAllowedPermission(config, permission, details?.requestingUrl ?? webContents?.getURL?.() ?? '', details));
+}
+
+/** For session.setPermissionCheckHandler. @param {KioskConfig} config */
+export function permissionCheckHandler(config) {
+  return (/** @type {any} */ _webContents, /** @type {string} */ permission, /** @type {string} */ requestingOrigin, /** @type {any} */ details) =>
+    isAllowedPermission(config, permission, requestingOrigin, { mediaTypes: details?.mediaType ? [details.mediaType] : undefined });
+}
+
+/** Whether the kiosk may go to `url`: pages of the local service only. @param {KioskConfig} config @param {string} url */
+export function mayNavigate(config, url) {
+  return safeOrigin(url) === config.origin;
+}
+
+/** For 'will-navigate' and 'will-redirect': cancels anything leaving the service. @param {KioskConfig} config */
+export function navigationGuard(config) {
+  return (/** @type {{ preventDefault(): void }} */ event, /** @type {string} */ url) => {
+    if (!mayNavigate(config, url)) event.preventDefault();
+  };
+}
+
+/** @param {string} url */
+function safeOrigin(url) {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How the kiosk recovers when its page crashes or hangs: reload at once, but when it keeps failing
+ * (more than `burst` failures within `windowMs`) wait `cooldownMs` before the next reload so a
+ * broken page cannot spin the CPU of the door device.
+ */
+export class RestartPolicy {
+  /** @param {{ burst?: number, windowMs?: number, cooldownMs?: number, now?: () => number }} [options] */
+  constructor({ burst = 5, windowMs = 60_000, cooldownMs = 30_000, now = () => Date.now() } = {}) {
+    this.burst = burst;
+    this.windowMs = windowMs;
+    this.cooldownMs = cooldownMs;
+    this.now = now;
+    /** @type {number[]} */
+    this.failures = [];
+  }
+
+  /** Records a failure; returns how long to wait before reloading (0 = now). */
+  onFailure() {
+    const t = this.now();
+    this.failures = this.failures.filter((f) => t - f < this.windowMs);
+    this.failures.push(t);
+    return this.failures.length > this.burst ? this.cooldownMs : 0;
+  }
+}
