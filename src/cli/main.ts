@@ -2,7 +2,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { Turnstile, cameraFor } from '../access/turnstile.ts';
 import { type Settings, SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
 import { createLogger } from '../core/logger.ts';
-import { type DeviceConfig, DeviceConfigError, type DoorConfig, doorLiveness, loadDeviceConfig } from '../device/config.ts';
+import { type DeviceConfig, DeviceConfigError, type DoorConfig, deviceConfigReference, doorLiveness, loadDeviceConfig } from '../device/config.ts';
 import { diagnose, formatChecks } from '../device/doctor.ts';
 import { VERSION, startService } from '../service.ts';
 import { normalizeOrigin } from '../sessions/service.ts';
@@ -224,9 +224,10 @@ program
 program
   .command('config')
   .description('check the environment and print every configuration variable with its default and meaning')
-  .action(() => {
+  .option('--device', 'print the options of the device configuration file instead')
+  .action((opts: { device?: boolean }) => {
     settingsOrExit();
-    console.log(settingsTable());
+    console.log(opts.device ? deviceConfigReference() : settingsTable());
   });
 
 await program.parseAsync(process.argv);

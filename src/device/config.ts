@@ -108,10 +108,9 @@ export const deviceConfigSchema = z
         door: id.optional().describe('Door of the kiosk screen (default: the first door).'),
         cooldown_seconds: z.int().min(0).max(600).default(5).describe('The same person is not processed again at a door within this time.'),
         result_seconds: z.int().min(1).max(60).default(3).describe('How long the granted or denied screen stays.'),
-        url: z.url().default('http://127.0.0.1:8080/kiosk').describe('What the kiosk window shows (the local service).'),
       })
-      .default({ cooldown_seconds: 5, result_seconds: 3, url: 'http://127.0.0.1:8080/kiosk' })
-      .describe('The kiosk screen.'),
+      .default({ cooldown_seconds: 5, result_seconds: 3 })
+      .describe('The kiosk screen (the Electron shell shows AUTHFACE_KIOSK_URL, set by the install script).'),
     turnstile: z
       .strictObject({ door: id.optional().describe('Door of `authface turnstile` (default: the first door).') })
       .default({})
