@@ -5,7 +5,9 @@
  *  2. 1:N search p50/p99 at 10k and 100k templates, and the memory they take;
  *  3. session creation and result polling throughput with p99 latency over real HTTP while
  *     frames are being analysed.
- * Options: --only frames|search|http, --frames N (default 40).
+ *  4. door latency: from the upload of the last frame a kiosk session needs to the relay pulse,
+ *     over real HTTP with a simulated relay.
+ * Options: --only frames|search|http|door, --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -178,9 +180,49 @@ async function benchHttp(): Promise<void> {
   }
 }
 
+async function benchDoor(): Promise<void> {
+  {
+    const { startTestDevice } = await import('../test/support/device.ts');
+    const device = await startTestDevice(
+      { device_id: 'bench', liveness: 'passive', kiosk: { cooldown_seconds: 0 }, doors: [{ id: 'main', relay: { driver: 'simulated', pulse_ms: 1000 } }], mqtt: { embedded: { port: 0 } } },
+      { LOG_LEVEL: 'warn' },
+    );
+    try {
+      const enrol = await fetch(`${device.svc.url}/biometry/v1/enroll`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${device.apiKey}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ client_state: crypto.randomUUID(), redirect_url: 'https://app.example.com/cb', external_user_id: 'alice' }),
+      });
+      const enrolToken = new URL(((await enrol.json()) as { biometry_url: string }).biometry_url).searchParams.get('t') as string;
+      const send = (token: string, body?: Uint8Array) =>
+        fetch(`${device.svc.url}/capture/v1/${body ? 'frames' : 'complete'}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'image/jpeg' } : {}) }, body });
+      const frame = (await frames(1))[0];
+      await (await send(enrolToken, frame)).arrayBuffer();
+      await (await send(enrolToken)).arrayBuffer();
+      const relay = device.relay('main');
+      const latencies: number[] = [];
+      for (let i = 0; i < 25; i++) {
+        const { token } = device.svc.service.device!.kiosk.startIdentify('main');
+        // a kiosk session needs `required` usable frames; time the last one to the click
+        for (let k = 0; k < 2; k++) await (await send(token, frame)).arrayBuffer();
+        const pulsed = new Promise<number>((resolve) => relay.onPulse((pulse) => resolve(pulse.at)));
+        const t0 = performance.now();
+        await (await send(token, frame)).arrayBuffer();
+        await (await send(token)).arrayBuffer();
+        latencies.push((await pulsed) - t0);
+      }
+      results.door_latency = { sessions: latencies.length, last_frame_to_relay_ms: { p50: pct(latencies, 50), p95: pct(latencies, 95) }, pulses: relay.pulses.length };
+      console.log('door latency', JSON.stringify(results.door_latency));
+    } finally {
+      await device.close();
+    }
+  }
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
+if (!only || only === 'door') await benchDoor();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);

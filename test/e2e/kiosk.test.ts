@@ -1,0 +1,137 @@
+import assert from 'node:assert/strict';
+import os from 'node:os';
+import path from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { ARTIFACTS, launch, requireChromium, stillClip } from '../support/browser.ts';
+import { Client } from '../support/client.ts';
+import { type TestDevice, startTestDevice } from '../support/device.ts';
+import { listen, until } from '../support/mqtt.ts';
+import { type Photos, photos } from '../support/photos.ts';
+
+/**
+ * The door kiosk in headless Chromium with a fake webcam: a person walks up, is identified, and
+ * the (simulated) relay pulses and an MQTT event goes out, with nobody touching the screen.
+ */
+describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function () {
+  requireChromium(this);
+  this.timeout(180_000);
+
+  let device: TestDevice;
+  let img: Photos;
+  let events: Awaited<ReturnType<typeof listen>>;
+  const browsers: Browser[] = [];
+  const deviceId = `kiosk-e2e-${process.pid}`;
+
+  before(async function () {
+    img = await photos();
+    device = await startTestDevice({
+      device_id: deviceId,
+      liveness: 'passive',
+      kiosk: { cooldown_seconds: 120, result_seconds: 2 },
+      doors: [
+        { id: 'front', name: 'Front door', relay: { driver: 'simulated', pulse_ms: 1800 } },
+        { id: 'vault', name: 'Vault', liveness: 'active', relay: { driver: 'simulated', pulse_ms: 1800 } },
+      ],
+      mqtt: { embedded: { host: '127.0.0.1', port: 0 } },
+    });
+    const broker = device.svc.service.device!.broker!;
+    events = await listen(broker.url, [`authface/${deviceId}/door/+/access`]);
+    const api = new Client(device.svc.url, device.apiKey);
+    assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+  });
+  after(async function () {
+    for (const b of browsers) await b.close().catch(() => undefined);
+    await events?.close();
+    await device?.close();
+  });
+
+  /** Opens a door's kiosk page with a fake webcam showing `photo`; returns the page. */
+  async function kiosk(door: string, photo: Buffer, name: string): Promise<Page> {
+    const clip = await stillClip(photo, path.join(ARTIFACTS, '..', 'clips', `kiosk-${name}.mjpeg`));
+    const browser = await launch({ video: clip });
+    browsers.push(browser);
+    const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
+    await page.goto(`${device.svc.url}/kiosk?door=${door}`);
+    return page;
+  }
+
+  const accessEvents = (door: string) => events.messages.filter((m) => m.topic.endsWith(`/door/${door}/access`)).map((m) => JSON.parse(m.payload));
+
+  it('an enrolled person: one relay pulse of the configured length and one MQTT granted event', async function () {
+    const page = await kiosk('front', img.personA[1], 'alice');
+    await page.waitForSelector('body[data-view="capture"]', { timeout: 30_000 });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-idle.png') });
+    await page.waitForSelector('body[data-result="granted"]', { timeout: 60_000 });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-granted.png') });
+    await until(() => accessEvents('front').length >= 1, 5000, 'the MQTT event');
+    // the person stays in front of the camera: within the cool-down nothing more happens
+    await page.waitForTimeout(4000);
+    assert.deepEqual(device.relay('front').pulses.map((p) => p.ms), [1800]);
+    const published = accessEvents('front');
+    assert.equal(published.length, 1);
+    assert.deepEqual([published[0].result, published[0].external_user_id, published[0].device_id], ['granted', 'alice', deviceId]);
+    await page.close();
+  });
+
+  it('an unknown person: denied, no pulse', async function () {
+    const before = device.relay('front').pulses.length;
+    const page = await kiosk('front', img.personC, 'stranger');
+    await page.waitForSelector('body[data-result="denied"]', { timeout: 60_000 });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-denied.png') });
+    await until(() => accessEvents('front').some((e) => e.result === 'denied'), 5000, 'the MQTT denial');
+    assert.equal(device.relay('front').pulses.length, before);
+    assert.equal(accessEvents('front').find((e) => e.result === 'denied').reason, 'not_identified');
+    await page.close();
+  });
+
+  it('a still photo at an active-liveness door: denied with liveness_failed, no pulse', async function () {
+    const page = await kiosk('vault', img.personA[1], 'vault-photo');
+    await page.waitForSelector('.step-badge:not([hidden])', { timeout: 60_000 });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-active-challenge.png') });
+    await page.waitForSelector('body[data-result="denied"]', { timeout: 120_000 });
+    await until(() => accessEvents('vault').length >= 1, 5000, 'the MQTT denial');
+    assert.deepEqual(accessEvents('vault').map((e) => [e.result, e.reason]), [['denied', 'liveness_failed']]);
+    assert.equal(device.relay('vault').pulses.length, 0);
+    await page.close();
+  });
+
+  it('an enrolment session pushed through the local API opens on the kiosk and comes back', async function () {
+    const page = await kiosk('front', img.personB, 'enrol');
+    await page.waitForSelector('body[data-view="capture"]', { timeout: 30_000 });
+    const api = new Client(device.svc.url, device.apiKey);
+    const { biometryUrl, clientState } = await api.start('enroll', { externalUserId: 'bob' });
+    const pushed = await api.post('/device/v1/kiosk/open', { door: 'front', biometry_url: biometryUrl });
+    assert.equal(pushed.status, 200, JSON.stringify(pushed.body));
+    await page.waitForURL(/\/capture\?t=.*&kiosk=front/, { timeout: 15_000 });
+    await page.click('[data-action="start"]');
+    await page.waitForURL(/\/kiosk\?door=front/, { timeout: 60_000 });
+    assert.equal((await api.result(clientState)).body.status, 'success');
+    assert.equal((await api.post('/biometry/v1/get-user', { external_user_id: 'bob' })).status, 200);
+    await page.close();
+  });
+
+  it('the kiosk API answers the device itself only, not the network', async function () {
+    const lan = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+    if (!lan) this.skip();
+    const open = await startTestDevice({ device_id: 'lan-test', doors: [{ id: 'front', relay: { driver: 'simulated' } }], mqtt: { embedded: { port: 0 } } }, { HOST: '0.0.0.0' });
+    try {
+      const port = new URL(open.svc.url).port;
+      assert.equal((await fetch(`http://127.0.0.1:${port}/kiosk/v1/doors/front`)).status, 200);
+      for (const p of ['/kiosk/v1/doors/front', '/kiosk?door=front']) {
+        assert.equal((await fetch(`http://${lan}:${port}${p}`)).status, 404, p);
+      }
+      const sessions = await fetch(`http://${lan}:${port}/kiosk/v1/doors/front/sessions`, { method: 'POST' });
+      assert.equal(sessions.status, 404);
+    } finally {
+      await open.close();
+    }
+  });
+
+  it('the kiosk page is served with the capture CSP; the device API needs an API key', async function () {
+    const res = await fetch(`${device.svc.url}/kiosk?door=front`);
+    assert.match(res.headers.get('content-security-policy') ?? '', /default-src 'none'/);
+    assert.match(res.headers.get('permissions-policy') ?? '', /camera=\(self\)/);
+    const wrongKey = await new Client(device.svc.url, 'afk_nope').post('/device/v1/kiosk/open', { door: 'front', biometry_url: 'x' });
+    assert.equal(wrongKey.status, 401);
+  });
+});

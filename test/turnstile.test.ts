@@ -1,0 +1,114 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { stringify } from 'yaml';
+import { SimulatedCamera, Turnstile } from '../src/access/turnstile.ts';
+import type { AccessEvent } from '../src/core/events.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { Client } from './support/client.ts';
+import { ROOT } from './support/datasets.ts';
+import { type TestDevice, startTestDevice } from './support/device.ts';
+import { until } from './support/mqtt.ts';
+import { type Photos, photos } from './support/photos.ts';
+
+const run = promisify(execFile);
+
+describe('headless turnstile mode (simulated camera and relay)', function () {
+  let device: TestDevice;
+  let img: Photos;
+  let decisions: AccessEvent[];
+
+  before(async function () {
+    img = await photos();
+    device = await startTestDevice({
+      device_id: 'turnstile-test',
+      liveness: 'passive',
+      kiosk: { cooldown_seconds: 60 },
+      doors: [{ id: 'lane', relay: { driver: 'simulated', pulse_ms: 1200 } }],
+      camera: { driver: 'simulated', interval_ms: 100 },
+      mqtt: { embedded: { port: 0 } },
+    });
+    decisions = [];
+    device.svc.service.events.on('access.decided', (e) => decisions.push(e));
+    const api = new Client(device.svc.url, device.apiKey);
+    assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+  });
+  after(() => device?.close());
+
+  /** Runs the turnstile over a camera that sees these photos until `done`, then stops it. */
+  async function watch(frames: Buffer[], done: () => boolean) {
+    const files = frames.map((f, i) => {
+      const file = path.join(device.dir, `frame-${Date.now()}-${i}.jpg`);
+      fs.writeFileSync(file, f);
+      return file;
+    });
+    const s = device.svc.service;
+    const turnstile = new Turnstile('lane', {
+      camera: new SimulatedCamera(files),
+      analyzer: s.analyzer,
+      kiosk: s.device!.kiosk,
+      capture: s.capture,
+      config: s.device!.config,
+      logger: createLogger('silent'),
+    });
+    const running = turnstile.run();
+    try {
+      await until(done, 30_000, 'a decision');
+    } finally {
+      turnstile.stop();
+      await running;
+    }
+  }
+
+  it('opens for an enrolled person, once, with nobody touching anything', async function () {
+    await watch([img.personA[1]], () => decisions.length >= 1);
+    await new Promise((r) => setTimeout(r, 1000)); // the person is still there: within the cool-down
+    assert.deepEqual(device.relay('lane').pulses.map((p) => p.ms), [1200]);
+    assert.deepEqual(decisions.map((d) => [d.result, d.externalUserId]), [['granted', 'alice']]);
+  });
+
+  it('stays shut for someone unknown', async function () {
+    const before = device.relay('lane').pulses.length;
+    await watch([img.personC], () => decisions.some((d) => d.result === 'denied'));
+    assert.equal(device.relay('lane').pulses.length, before);
+    assert.equal(decisions.find((d) => d.result === 'denied')?.reason, 'not_identified');
+  });
+
+  it('authface turnstile refuses a door with active liveness (there is no screen for a challenge)', async function () {
+    const file = path.join(device.dir, 'active.yaml');
+    fs.writeFileSync(file, stringify({ device_id: 'x', liveness: 'active', doors: [{ id: 'lane' }] }));
+    await assert.rejects(
+      run(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'turnstile'], { cwd: ROOT, env: { ...process.env, AUTHFACE_DEVICE_CONFIG: file, AUTHFACE_DATA_DIR: path.join(device.dir, 'other') } }),
+      (e: { code: number; stderr: string }) => e.code === 2 && /needs "liveness: passive"/.test(e.stderr),
+    );
+  });
+});
+
+describe('authface doctor', function () {
+  it('reports each check, says how to fix what is wrong, and exits non-zero', async function () {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-doctor-'));
+    try {
+      const file = path.join(dir, 'device.yaml');
+      fs.writeFileSync(file, stringify({ device_id: 'doc', doors: [{ id: 'main' }], camera: { device: '/dev/video-does-not-exist' }, mqtt: { url: 'mqtt://127.0.0.1:1' } }));
+      const result = await run(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'doctor'], {
+        cwd: ROOT,
+        env: { ...process.env, AUTHFACE_DEVICE_CONFIG: file, AUTHFACE_DATA_DIR: path.join(dir, 'data') },
+      }).then(
+        () => ({ code: 0, out: '' }),
+        (e: { code: number; stdout: string }) => ({ code: e.code, out: e.stdout }),
+      );
+      assert.equal(result.code, 1);
+      assert.match(result.out, /✓ models +14 files match/);
+      assert.match(result.out, /✓ database/);
+      assert.match(result.out, /✗ camera +\/dev\/video-does-not-exist does not exist\n +→ connect the camera/);
+      assert.match(result.out, /gpio/);
+      assert.match(result.out, /✗ broker +cannot connect to mqtt:\/\/127\.0\.0\.1:1/);
+      assert.match(result.out, /clock/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
