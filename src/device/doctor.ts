@@ -4,6 +4,7 @@ import mqtt from 'mqtt';
 import { gpioAccessible } from '../access/hardware.ts';
 import { ModelFiles } from '../biometrics/models.ts';
 import type { Settings } from '../config/settings.ts';
+import { brokerOptions } from '../mqtt/bridge.ts';
 import { openStore } from '../store/index.ts';
 import type { DeviceConfig } from './config.ts';
 
@@ -100,17 +101,7 @@ async function checkBroker(device: DeviceConfig | null): Promise<Check> {
     return { name: 'broker', status: 'ok', detail: `embedded broker on ${host}:${port} (started with the service)` };
   }
   try {
-    const m = device.mqtt;
-    const client = await mqtt.connectAsync(url, {
-      connectTimeout: 5000,
-      reconnectPeriod: 0,
-      username: m.username,
-      password: m.password_file ? fs.readFileSync(m.password_file, 'utf8').trim() : undefined,
-      ca: m.ca_file ? fs.readFileSync(m.ca_file) : undefined,
-      cert: m.cert_file ? fs.readFileSync(m.cert_file) : undefined,
-      key: m.key_file ? fs.readFileSync(m.key_file) : undefined,
-      rejectUnauthorized: m.reject_unauthorized,
-    });
+    const client = await mqtt.connectAsync(url, { ...brokerOptions(device.mqtt), connectTimeout: 5000, reconnectPeriod: 0 });
     await client.endAsync();
     return { name: 'broker', status: 'ok', detail: `connected to ${url.replace(/\/\/[^@/]*@/, '//')}` };
   } catch (err) {

@@ -39,20 +39,14 @@ export class MqttBridge {
     deps: { events: EventBus; access: AccessController; kiosk: KioskService; logger: Logger; version: string },
   ): Promise<MqttBridge> {
     const topics = topicsFor(config);
-    const m = config.mqtt;
     const offline = JSON.stringify({ state: 'offline', device_id: config.device_id });
     const options: IClientOptions = {
+      ...brokerOptions(config.mqtt),
       clientId: `authface-${config.device_id}`,
       clean: true,
       reconnectPeriod: 2000,
       connectTimeout: 10_000,
       keepalive: 30,
-      username: m.username,
-      password: m.password_file ? fs.readFileSync(m.password_file, 'utf8').trim() : undefined,
-      ca: m.ca_file ? fs.readFileSync(m.ca_file) : undefined,
-      cert: m.cert_file ? fs.readFileSync(m.cert_file) : undefined,
-      key: m.key_file ? fs.readFileSync(m.key_file) : undefined,
-      rejectUnauthorized: m.reject_unauthorized,
       will: { topic: topics.status, payload: Buffer.from(offline), qos: 1, retain: true },
     };
     const client = await mqtt.connectAsync(url, options);
@@ -133,6 +127,18 @@ export class MqttBridge {
       reply(false, (err as Error).message);
     }
   }
+}
+
+/** Credentials and TLS of the configured broker (secrets are read from their files). */
+export function brokerOptions(m: DeviceConfig['mqtt']): IClientOptions {
+  return {
+    username: m.username,
+    password: m.password_file ? fs.readFileSync(m.password_file, 'utf8').trim() : undefined,
+    ca: m.ca_file ? fs.readFileSync(m.ca_file) : undefined,
+    cert: m.cert_file ? fs.readFileSync(m.cert_file) : undefined,
+    key: m.key_file ? fs.readFileSync(m.key_file) : undefined,
+    rejectUnauthorized: m.reject_unauthorized,
+  };
 }
 
 export function topicsFor(config: DeviceConfig) {

@@ -1,5 +1,3 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import Router from '@koa/router';
 import type { Context, Next } from 'koa';
@@ -11,7 +9,7 @@ import { ServiceError } from '../../errors.ts';
 import type { TenantStore } from '../../store/tenants.ts';
 import { bearer, readJson } from '../http.ts';
 import { z } from 'zod';
-import { CAPTURE_CSP, PAGE_DIR } from './page.ts';
+import { CAPTURE_CSP, pageHtml } from './page.ts';
 
 export interface DeviceDeps {
   config: DeviceConfig;
@@ -39,7 +37,7 @@ const openOnKiosk = z.strictObject({ door: z.string().min(1).max(64), biometry_u
  */
 export function kioskRoutes(deps: DeviceDeps): Router {
   const router = new Router();
-  const html = fs.readFileSync(path.join(PAGE_DIR, 'kiosk.html'), 'utf8');
+  const html = pageHtml('kiosk.html');
 
   router.get('/kiosk', loopbackOnly, (ctx) => {
     ctx.set('Content-Security-Policy', CAPTURE_CSP);

@@ -61,11 +61,18 @@ export const CAPTURE_CSP = [
   "frame-ancestors 'none'",
 ].join('; ');
 
+/** A page of src/capture/page with its `<!-- include x.html -->` lines replaced by those partials. */
+export function pageHtml(name: string): string {
+  return fs
+    .readFileSync(path.join(PAGE_DIR, name), 'utf8')
+    .replace(/^\s*<!-- include ([\w.-]+\.html) -->\n/gm, (_m, part: string) => fs.readFileSync(path.join(PAGE_DIR, part), 'utf8').replace(/^<!--.*-->\n/, ''));
+}
+
 /** GET /capture?t=<token> (the page behind biometry_url) and GET /capture/assets/* (its files). */
 export function capturePageRoutes(): Router {
   const router = new Router();
   const assets = assetMap();
-  const html = fs.readFileSync(path.join(PAGE_DIR, 'index.html'), 'utf8');
+  const html = pageHtml('index.html');
 
   router.get('/capture', (ctx: Context) => {
     ctx.set('Content-Security-Policy', CAPTURE_CSP);
