@@ -94,7 +94,7 @@ async function benchFrames(): Promise<void> {
     authface_ms: { p50: pct(ours, 50), p95: pct(ours, 95), faces_found: found },
     face_api_pipeline_ms: { p50: pct(theirs, 50), p95: pct(theirs, 95), faces_found: theirFound },
     ratio_p50: Number((pct(ours, 50) / pct(theirs, 50)).toFixed(2)),
-    note: 'authface includes detection, mesh, two landmark passes, alignment, two descriptor passes and the two presentation-attack models',
+    note: 'authface includes detection, mesh, two landmark passes, alignment, two descriptor passes, the two presentation-attack models and the artefact checks',
   };
   console.log('frame analysis', JSON.stringify(results.frame_analysis));
 }
