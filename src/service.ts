@@ -25,7 +25,7 @@ export const VERSION = (
   }
 ).version;
 
-/** Enough for an active challenge (movements, four colours, frontal frames) at a few frames a second. */
+/** Enough for an active challenge (movements, six colours, frontal frames) at a few frames a second. */
 const MAX_FRAMES_PER_SESSION = 120;
 const SWEEP_INTERVAL_MS = 15_000;
 
@@ -71,7 +71,12 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
   const index = new GalleryIndex();
   for (const t of store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
 
-  const thresholds = { match: settings.AUTHFACE_MATCH_THRESHOLD, duplicate: settings.AUTHFACE_DUPLICATE_THRESHOLD };
+  const deviceConfig = overrides.device !== undefined ? overrides.device : settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
+  // a device's own file may set its thresholds (a busy lobby may want a stricter match)
+  const thresholds = {
+    match: deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD,
+    duplicate: deviceConfig?.thresholds.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
+  };
   const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
     publicUrl: settings.publicUrl,
     ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
@@ -93,7 +98,6 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
   );
 
-  const deviceConfig = overrides.device !== undefined ? overrides.device : settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
   const device = deviceConfig
     ? await startDevice(deviceConfig, { store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION })
     : null;

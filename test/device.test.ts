@@ -215,3 +215,22 @@ describe('device install script', function () {
     await assert.rejects(run('bash', [script, '--dry-run']), /--config FILE is required/);
   });
 });
+
+describe('device thresholds', function () {
+  it('a device file may override the match threshold for its service', async function () {
+    const { startTestDevice } = await import('./support/device.ts');
+    const { photos } = await import('./support/photos.ts');
+    const { Client } = await import('./support/client.ts');
+    const img = await photos();
+    const device = await startTestDevice({ device_id: 'strict', thresholds: { match: 0.9999 }, doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { embedded: { port: 0 } } });
+    try {
+      const api = new Client(device.svc.url, device.apiKey);
+      assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+      const verify = await api.run('verify', [img.personA[1]], { externalUserId: 'alice' });
+      assert.equal(verify.result.reason, 'below_threshold');
+      assert.ok((verify.result.score as number) > 0.93, 'a score the default threshold would have accepted');
+    } finally {
+      await device.close();
+    }
+  });
+});

@@ -89,6 +89,13 @@ export const deviceConfigSchema = z
     device_id: id.describe('This device (MQTT topic level).'),
     tenant_id: z.uuid().optional().describe('Tenant whose users the doors know (default: the tenant named `default`).'),
     liveness: liveness.default('active').describe('Liveness of kiosk and turnstile sessions unless a door says otherwise.'),
+    thresholds: z
+      .strictObject({
+        match: z.number().min(0).max(1).optional().describe('Overrides AUTHFACE_MATCH_THRESHOLD on this device.'),
+        duplicate: z.number().min(0).max(1).optional().describe('Overrides AUTHFACE_DUPLICATE_THRESHOLD on this device.'),
+      })
+      .default({})
+      .describe('Similarity thresholds (default: the service settings; see the README, "Thresholds").'),
     groups: z.record(id, z.array(z.string().min(1).max(128))).default({}).describe('User groups: group name → external_user_ids.'),
     doors: z.array(door).min(1).describe('The doors of this device.'),
     camera: z
