@@ -39,16 +39,21 @@ export async function launch(opts: { video?: string; camera?: 'fake' | 'none'; a
  * face with straight lines, which the server rightly takes for a screen or a print.
  */
 export async function stillClip(photo: Buffer, file: string, frames = 30): Promise<string> {
-  const fitted = await sharp(photo).rotate().resize(640, 480, { fit: 'inside' }).toBuffer({ resolveWithObject: true });
-  const dx = 640 - fitted.info.width;
-  const dy = 480 - fitted.info.height;
-  const jpeg = await sharp(fitted.data)
-    .extend({ left: Math.floor(dx / 2), right: Math.ceil(dx / 2), top: Math.floor(dy / 2), bottom: Math.ceil(dy / 2), extendWith: 'mirror' })
-    .jpeg({ quality: 90, chromaSubsampling: '4:2:0' })
-    .toBuffer();
+  const jpeg = await cameraFrame(photo);
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, Buffer.concat(Array.from({ length: frames }, () => jpeg)));
   return file;
+}
+
+/** A photo as a 640×480 camera frame (baseline 4:2:0 JPEG), margins filled by mirroring its edges. */
+export async function cameraFrame(photo: Buffer): Promise<Buffer> {
+  const fitted = await sharp(photo).rotate().resize(640, 480, { fit: 'inside' }).toBuffer({ resolveWithObject: true });
+  const dx = 640 - fitted.info.width;
+  const dy = 480 - fitted.info.height;
+  return sharp(fitted.data)
+    .extend({ left: Math.floor(dx / 2), right: Math.ceil(dx / 2), top: Math.floor(dy / 2), bottom: Math.ceil(dy / 2), extendWith: 'mirror' })
+    .jpeg({ quality: 90, chromaSubsampling: '4:2:0' })
+    .toBuffer();
 }
 
 /**
