@@ -11,7 +11,10 @@ import { EventBus, type AccessEvent, type CoreEvents } from '../src/core/events.
 import { createLogger } from '../src/core/logger.ts';
 import { type DeviceConfig, deviceConfigReference, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
 import { openStore } from '../src/store/index.ts';
+import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
+import { startTestDevice } from './support/device.ts';
+import { photos } from './support/photos.ts';
 
 const run = promisify(execFile);
 
@@ -218,9 +221,6 @@ describe('device install script', function () {
 
 describe('device thresholds', function () {
   it('a device file may override the match threshold for its service', async function () {
-    const { startTestDevice } = await import('./support/device.ts');
-    const { photos } = await import('./support/photos.ts');
-    const { Client } = await import('./support/client.ts');
     const img = await photos();
     const device = await startTestDevice({ device_id: 'strict', thresholds: { match: 0.9999 }, doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { embedded: { port: 0 } } });
     try {

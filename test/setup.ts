@@ -4,5 +4,11 @@ import { closeSharedAnalyzer } from './support/service.ts';
 export const mochaHooks = {
   async afterAll() {
     await closeSharedAnalyzer();
+    // a test that leaks a handle would keep the run alive for ever: name what is left and fail
+    setTimeout(() => {
+      const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name);
+      console.error(`the test run did not end: open handles ${handles.join(', ')}`);
+      process.exit(1);
+    }, 15_000).unref();
   },
 };
