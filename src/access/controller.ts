@@ -50,9 +50,6 @@ export class AccessController {
     return this.#doors.get(id);
   }
 
-  get doorIds(): string[] {
-    return [...this.#doors.keys()];
-  }
 
   /** Opens a door on an operator's command (MQTT or local API). */
   unlock(doorId: string, source: string): AccessEvent | null {

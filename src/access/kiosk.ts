@@ -26,9 +26,6 @@ export class KioskService {
     return door;
   }
 
-  get kioskDoor(): DoorConfig {
-    return this.door(this.config.kiosk.door ?? this.config.doors[0].id);
-  }
 
   /** A new identify session at a door; its capture token goes to the kiosk page or the turnstile loop. */
   startIdentify(doorId: string): { token: string; clientState: string; liveness: 'active' | 'passive' } {

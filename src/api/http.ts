@@ -19,8 +19,8 @@ const STATUS: Record<ErrorKind, number> = {
   unavailable: 503,
 };
 
-/** Maps a thrown error to the error a client sees; anything unexpected becomes a bare 500. */
-export function toServiceError(err: unknown): ServiceError {
+/** The error a client sees for a failure we expect; null for anything else (a bare 500). */
+export function toServiceError(err: unknown): ServiceError | null {
   if (err instanceof ServiceError) return err;
   if (err instanceof QueueFullError) {
     return new ServiceError('busy', 'engine_busy', 'the face engine is busy; retry shortly', err.retryAfterSeconds);
@@ -30,7 +30,7 @@ export function toServiceError(err: unknown): ServiceError {
     const map = { unsupported_media_type: 'unsupported_media_type', image_too_large: 'payload_too_large', invalid_image: 'invalid_request' } as const;
     return new ServiceError(map[kind] ?? 'invalid_request', kind, err.message);
   }
-  return new ServiceError('unavailable', 'internal_error', 'the request could not be completed');
+  return null;
 }
 
 /**
@@ -49,11 +49,14 @@ export function errorHandler(logger: Logger) {
         throw new ServiceError('method_not_allowed', 'method_not_allowed', `use ${ctx.response.get('Allow') || 'another method'} on this endpoint`);
       }
     } catch (err) {
-      const expected = err instanceof ServiceError || err instanceof QueueFullError || err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal');
       const e = toServiceError(err);
-      const status = expected ? STATUS[e.kind] : 500;
-      if (!expected) logger.error({ err: safeError(err), route: ctx.state.route }, 'request failed');
-      ctx.status = status;
+      if (!e) {
+        logger.error({ err: safeError(err), route: ctx.state.route }, 'request failed');
+        ctx.status = 500;
+        ctx.body = { success: false, error: { code: 'internal_error', message: 'the request could not be completed' } };
+        return;
+      }
+      ctx.status = STATUS[e.kind];
       ctx.body = { success: false, error: { code: e.code, message: e.message } };
       if (e.retryAfter !== undefined) ctx.set('Retry-After', String(e.retryAfter));
       if (e.kind === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');

@@ -48,9 +48,6 @@ export class Gallery {
     return this.#scan !== undefined;
   }
 
-  has(externalUserId: string): boolean {
-    return this.#rowOf.has(externalUserId);
-  }
 
   upsert(externalUserId: string, embedding: Float32Array): void {
     if (embedding.length !== EMBEDDING_DIM) throw new Error(`embedding must have ${EMBEDDING_DIM} dimensions`);

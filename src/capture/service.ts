@@ -162,7 +162,7 @@ function refusalReason(progress: Progress): string | null {
   const accepted = progress.acceptedCount;
   if (count('different_face') > 0) return 'liveness_failed';
   const liveness = progress.liveness.verdict(accepted);
-  if (liveness.reason) return liveness.reason;
+  if (liveness) return liveness;
   if (accepted > 0) return null;
   if (progress.frames === 0 || count('no_face') === progress.frames) return 'no_face';
   if (count('multiple_faces') > 0 && count('multiple_faces') >= progress.frames - count('no_face')) return 'multiple_faces';

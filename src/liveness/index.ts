@@ -32,11 +32,7 @@ export interface LivenessProgress {
   failed: MovementFailure | null;
 }
 
-export interface LivenessVerdict {
-  reason: 'spoof_detected' | 'liveness_failed' | null;
-  /** Why, for the audit log and tests; never shown to the person. */
-  detail: string | null;
-}
+export type LivenessVerdict = 'spoof_detected' | 'liveness_failed' | null;
 
 /**
  * The liveness checks of one capture session, fed every analysed frame. In both modes every frame
@@ -46,7 +42,6 @@ export interface LivenessVerdict {
 export class LivenessSession {
   readonly #movement: HeadMovementCheck | null;
   readonly #light: LightFrame[] = [];
-  #framesWithFace = 0;
   #flagged = 0;
 
   constructor(
@@ -64,7 +59,6 @@ export class LivenessSession {
   observe(analysis: FrameAnalysis, meta: { at: number; lightPhase?: number }): AttackSignal[] {
     const face = analysis.face;
     if (!face || analysis.problems.includes('multiple_faces')) return [];
-    this.#framesWithFace++;
     const signals = attackSignals(face, this.options.attack);
     if (signals.length > 0) {
       this.#flagged++;
@@ -93,20 +87,9 @@ export class LivenessSession {
 
   /** The decision at completion; `accepted` is how many frames passed every check. */
   verdict(accepted: number): LivenessVerdict {
-    if (this.#flagged > 0 && this.#flagged >= accepted) {
-      return { reason: 'spoof_detected', detail: `${this.#flagged} of ${this.#framesWithFace} frames looked like a screen or print` };
-    }
-    if (this.mode === 'passive') return { reason: null, detail: null };
-    if (!this.#movement || !this.challenge) return { reason: 'liveness_failed', detail: 'no challenge was drawn' };
-    const movement = this.#movement.verdict();
-    if (movement) return { reason: 'liveness_failed', detail: `head movement: ${movement}` };
-    const light = verifyScreenLight(this.challenge.colors, this.#light, this.options.light);
-    if (!light.passed) {
-      return {
-        reason: 'liveness_failed',
-        detail: `screen light: ${light.phasesSeen} phases, correlation ${light.correlation.toFixed(2)}, response ${light.response.toFixed(4)}`,
-      };
-    }
-    return { reason: null, detail: null };
+    if (this.#flagged > 0 && this.#flagged >= accepted) return 'spoof_detected';
+    if (this.mode === 'passive') return null;
+    if (!this.#movement || !this.challenge || this.#movement.verdict()) return 'liveness_failed';
+    return verifyScreenLight(this.challenge.colors, this.#light, this.options.light).passed ? null : 'liveness_failed';
   }
 }
