@@ -13,7 +13,7 @@ import { EventBus } from './core/events.ts';
 import { defaultLivenessOptions } from './liveness/index.ts';
 import { type DeviceConfig, loadDeviceConfig } from './device/config.ts';
 import { type Device, startDevice } from './device/index.ts';
-import { type Logger, createLogger } from './core/logger.ts';
+import { type Logger, createLogger, loggableError } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
 import { SessionService } from './sessions/service.ts';
 import { type Store, openStore } from './store/index.ts';
@@ -57,7 +57,8 @@ export interface ServiceOverrides {
 export async function startService(settings: Settings, overrides: ServiceOverrides = {}): Promise<Service> {
   const logger = overrides.logger ?? createLogger(settings.LOG_LEVEL);
   const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-  const events = new EventBus();
+  // a feature that fails on an event is logged; it never undoes or hides what was announced
+  const events = new EventBus((name, err) => logger.error({ event: name, err: loggableError(err) }, 'event listener failed'));
   const analyzer =
     overrides.analyzer ??
     new FaceAnalyzer({

@@ -1,9 +1,9 @@
 import type { AccessEvent, CoreEvents, EventBus } from '../core/events.ts';
-import type { Logger } from '../core/logger.ts';
+import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
 import type { AuditLog } from '../store/audit.ts';
 import { type DoorContact, GpioContact, GpioRelay, type Relay, SimulatedContact, SimulatedRelay, useGpio } from './hardware.ts';
-import { checkPolicy } from './policy.ts';
+import { type PolicyDenial, checkPolicy } from './policy.ts';
 
 /** Grace after a granted pulse in which opening the door is expected (not forced). */
 const OPEN_GRACE_MS = 5000;
@@ -83,10 +83,10 @@ export class AccessController {
         this.logger.debug({ door: door.config.id }, 'same person again within the cool-down: not processed');
         return;
       }
-      const denial = checkPolicy(this.config, door.config, e.externalUserId, new Date(now));
+      const denial = this.#policy(door, e.externalUserId, now);
       if (denial) {
         reason = denial;
-        this.logger.info({ door: door.config.id, user: e.externalUserId, reason: denial }, 'access denied by policy');
+        this.logger.info({ door: door.config.id, reason: denial, session: e.sessionId }, 'access denied by policy');
       } else {
         result = 'granted';
         door.recent.set(e.externalUserId, now);
@@ -94,6 +94,16 @@ export class AccessController {
       }
     }
     this.#record(door, 'access_decision', { sessionId: e.sessionId, clientState: e.clientState, result, reason, externalUserId: e.externalUserId, score: e.score });
+  }
+
+  /** The door's policy; a policy that cannot be evaluated denies (`policy_error`), it never opens. */
+  #policy(door: DoorState, externalUserId: string, now: number): PolicyDenial | 'policy_error' | null {
+    try {
+      return checkPolicy(this.config, door.config, externalUserId, new Date(now));
+    } catch (err) {
+      this.logger.error({ door: door.config.id, err: loggableError(err) }, 'access policy failed: denied');
+      return 'policy_error';
+    }
   }
 
   #release(door: DoorState): void {

@@ -3,6 +3,7 @@ import getRawBody from 'raw-body';
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import { ImageInputError, QueueFullError, WorkerTaskError } from '../biometrics/index.ts';
+import { loggableError } from '../core/logger.ts';
 import { type ErrorKind, ServiceError } from '../errors.ts';
 
 const STATUS: Record<ErrorKind, number> = {
@@ -51,7 +52,7 @@ export function errorHandler(logger: Logger) {
     } catch (err) {
       const e = toServiceError(err);
       if (!e) {
-        logger.error({ err: safeError(err), route: ctx.state.route }, 'request failed');
+        logger.error({ err: loggableError(err), route: ctx.state.route }, 'request failed');
         ctx.status = 500;
         ctx.body = { success: false, error: { code: 'internal_error', message: 'the request could not be completed' } };
         return;
@@ -62,11 +63,6 @@ export function errorHandler(logger: Logger) {
       if (e.kind === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');
     }
   };
-}
-
-/** Name and stack only: error messages from libraries may quote input. */
-function safeError(err: unknown): { name: string; stack?: string } {
-  return err instanceof Error ? { name: err.name, stack: err.stack?.split('\n').slice(1, 8).join('\n') } : { name: typeof err };
 }
 
 const JSON_LIMIT = 64 * 1024;

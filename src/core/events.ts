@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events';
 import type { Flow } from '../store/sessions.ts';
 
 /** What the core announces; features (metrics, door control, sync) subscribe instead of being called. */
@@ -38,15 +37,33 @@ export interface AccessEvent {
   time: string;
 }
 
+type Listener<K extends keyof CoreEvents> = (payload: CoreEvents[K]) => void;
+
+/**
+ * The typed event bus. Events are announced after the fact (a decision is already committed when
+ * `session.finished` goes out), so a listener that throws must not reach the emitter: each
+ * listener runs on its own, and its failure is reported to `onListenerError` and nowhere else.
+ */
 export class EventBus {
-  readonly #emitter = new EventEmitter();
+  readonly #listeners = new Map<keyof CoreEvents, Set<Listener<never>>>();
+
+  constructor(private readonly onListenerError: (name: keyof CoreEvents, err: unknown) => void = () => undefined) {}
 
   emit<K extends keyof CoreEvents>(name: K, payload: CoreEvents[K]): void {
-    this.#emitter.emit(name, payload);
+    // a copy: a listener may unsubscribe itself (or another) while the event is delivered
+    for (const listener of [...(this.#listeners.get(name) ?? [])] as Listener<K>[]) {
+      try {
+        listener(payload);
+      } catch (err) {
+        this.onListenerError(name, err);
+      }
+    }
   }
 
-  on<K extends keyof CoreEvents>(name: K, listener: (payload: CoreEvents[K]) => void): () => void {
-    this.#emitter.on(name, listener);
-    return () => this.#emitter.off(name, listener);
+  on<K extends keyof CoreEvents>(name: K, listener: Listener<K>): () => void {
+    let set = this.#listeners.get(name);
+    if (!set) this.#listeners.set(name, (set = new Set()));
+    set.add(listener as Listener<never>);
+    return () => void set.delete(listener as Listener<never>);
   }
 }

@@ -12,4 +12,12 @@ export function createLogger(level: string): Logger {
   });
 }
 
+/**
+ * An error as it may appear in a log: its name and where it happened, never its message (messages
+ * from libraries may quote input, such as image metadata or a request field).
+ */
+export function loggableError(err: unknown): { name: string; stack?: string } {
+  return err instanceof Error ? { name: err.name, stack: err.stack?.split('\n').slice(1, 8).join('\n') } : { name: typeof err };
+}
+
 export type { Logger };

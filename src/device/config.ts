@@ -13,6 +13,16 @@ const time = z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, { error: 'use HH:MM, 
 const day = z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']);
 const liveness = z.enum(['active', 'passive']);
 
+/** Whether this runtime knows the IANA time zone (a typo such as Europe/Pairs is not one). */
+function isTimeZone(name: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: name });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const relay = z
   .strictObject({
     driver: z.enum(['auto', 'gpio', 'simulated']).default('auto').describe('`gpio` drives a GPIO line through onoff; `simulated` only records pulses; `auto` uses GPIO where the board has it.'),
@@ -41,7 +51,11 @@ const door = z
         groups: z.array(id).min(1).optional().describe('Only members of these groups may open (default: everyone enrolled in the tenant).'),
         schedule: z
           .strictObject({
-            timezone: z.string().default('UTC').describe('IANA time zone of the windows, e.g. Europe/Paris.'),
+            timezone: z
+              .string()
+              .refine(isTimeZone, { error: (i) => `unknown time zone "${String(i.input)}" (use an IANA name such as Europe/Paris or UTC)` })
+              .default('UTC')
+              .describe('IANA time zone of the windows, e.g. Europe/Paris.'),
             windows: z
               .array(
                 z.strictObject({

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import type { SimulatedRelay } from '../../src/access/hardware.ts';
+import { type DeviceConfig, parseDeviceConfig } from '../../src/device/config.ts';
 import { openStore } from '../../src/store/index.ts';
 import { type TestService, startTestService } from './service.ts';
 
@@ -19,7 +20,11 @@ export interface TestDevice {
  * A service running as a door device: a device config (simulated relays) written to a temporary
  * directory, the `default` tenant the device serves, and the service started with both.
  */
-export async function startTestDevice(device: Record<string, unknown>, env: Record<string, string> = {}): Promise<TestDevice> {
+export async function startTestDevice(
+  device: Record<string, unknown>,
+  env: Record<string, string> = {},
+  opts: { alter?: (config: DeviceConfig) => void } = {},
+): Promise<TestDevice> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-device-'));
   const dataDir = path.join(dir, 'data');
   const store = openStore(dataDir, undefined);
@@ -27,7 +32,10 @@ export async function startTestDevice(device: Record<string, unknown>, env: Reco
   const { apiKey } = store.tenants.createKey(tenant.id);
   store.close();
   fs.writeFileSync(path.join(dir, 'device.yaml'), stringify(device));
-  const svc = await startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'device.yaml'), ...env });
+  // `alter` changes the validated configuration, to reproduce what validation would now refuse
+  const altered = opts.alter ? parseDeviceConfig(device) : undefined;
+  if (altered) opts.alter?.(altered);
+  const svc = await startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'device.yaml'), ...env }, { device: altered });
   return {
     svc,
     apiKey,

@@ -6,6 +6,7 @@ import { pino } from 'pino';
 import { FaceAnalyzer } from '../../src/biometrics/index.ts';
 import { DEFAULT_QUALITY } from '../../src/biometrics/quality.ts';
 import { loadSettings } from '../../src/config/settings.ts';
+import type { DeviceConfig } from '../../src/device/config.ts';
 import { type Service, startService } from '../../src/service.ts';
 import type { LivenessMode } from '../../src/store/tenants.ts';
 
@@ -38,7 +39,7 @@ export interface TestService {
 /** A real service on a free port with its own temporary data directory. */
 export async function startTestService(
   env: Record<string, string> = {},
-  opts: { ownAnalyzer?: FaceAnalyzer } = {},
+  opts: { ownAnalyzer?: FaceAnalyzer; device?: DeviceConfig } = {},
 ): Promise<TestService> {
   const ownDir = env.AUTHFACE_DATA_DIR === undefined;
   const dataDir = env.AUTHFACE_DATA_DIR ?? fs.mkdtempSync(path.join(os.tmpdir(), 'authface-test-'));
@@ -51,7 +52,7 @@ export async function startTestService(
     },
   });
   const logger = pino({ level: 'debug' }, sink);
-  const service = await startService(settings, { logger, analyzer: opts.ownAnalyzer ?? (await sharedAnalyzer()) });
+  const service = await startService(settings, { logger, analyzer: opts.ownAnalyzer ?? (await sharedAnalyzer()), device: opts.device });
   const url = service.url;
   return {
     url,
