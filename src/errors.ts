@@ -27,3 +27,9 @@ export class ServiceError extends Error {
     super(message);
   }
 }
+
+/**
+ * A problem the operator of the device must fix (configuration, key, data directory, hardware).
+ * Its message says what is wrong and what to do; the CLI prints it as one line, with no stack.
+ */
+export class OperatorError extends Error {}

@@ -3,6 +3,7 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
 import { GalleryIndex } from './biometrics/gallery.ts';
 import { FaceAnalyzer } from './biometrics/index.ts';
@@ -16,7 +17,8 @@ import { type Device, startDevice } from './device/index.ts';
 import { type Logger, createLogger, loggableError } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
 import { SessionService } from './sessions/service.ts';
-import { type Store, openStore } from './store/index.ts';
+import { PID_FILE, runningService } from './store/backup.ts';
+import { type Store, StoreError, openStore } from './store/index.ts';
 import { UserService } from './users/service.ts';
 
 export const VERSION = (
@@ -39,6 +41,8 @@ export interface Service {
   sessions: SessionService;
   capture: CaptureService;
   analyzer: FaceAnalyzer;
+  /** Expiry and retention, as the periodic sweeper runs them. */
+  sweep(): { expired: number; sessions: number; auditEvents: number };
   close(): Promise<void>;
 }
 
@@ -56,109 +60,141 @@ export interface ServiceOverrides {
  */
 export async function startService(settings: Settings, overrides: ServiceOverrides = {}): Promise<Service> {
   const logger = overrides.logger ?? createLogger(settings.LOG_LEVEL);
-  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
-  // a feature that fails on an event is logged; it never undoes or hides what was announced
-  const events = new EventBus((name, err) => logger.error({ event: name, err: loggableError(err) }, 'event listener failed'));
-  const analyzer =
-    overrides.analyzer ??
-    new FaceAnalyzer({
-      backend: settings.AUTHFACE_BACKEND,
-      maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
-      quality: DEFAULT_QUALITY,
-      workers: settings.AUTHFACE_WORKERS,
-      queueSize: settings.AUTHFACE_QUEUE_SIZE,
+  // undone in reverse order when the start fails half-way, or when the service stops
+  const stack: (() => void | Promise<void>)[] = [];
+  const unwind = async () => {
+    for (const undo of stack.splice(0).reverse()) await undo();
+  };
+  try {
+    const deviceConfig = overrides.device !== undefined ? overrides.device : settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    // the doors are locked before anything else happens (a template that takes long to load, or
+    // a store that cannot open, must not leave a relay in whatever state the last run left it)
+    const hardware = deviceConfig ? DoorHardware.open(deviceConfig.doors) : null;
+    if (hardware) {
+      stack.push(() => hardware.close());
+      logger.info({ doors: deviceConfig?.doors.map((d) => d.id) }, 'door relays set to off');
+    }
+
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    stack.push(() => store.close());
+    const pidFile = claimPidFile(settings.dataDir);
+    stack.push(() => fs.rmSync(pidFile, { force: true }));
+    const events = new EventBus((name, err) => logger.error({ event: name, err: loggableError(err) }, 'event listener failed'));
+    const analyzer =
+      overrides.analyzer ??
+      new FaceAnalyzer({
+        backend: settings.AUTHFACE_BACKEND,
+        maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
+        quality: DEFAULT_QUALITY,
+        workers: settings.AUTHFACE_WORKERS,
+        queueSize: settings.AUTHFACE_QUEUE_SIZE,
+      });
+    if (!overrides.analyzer) stack.push(() => analyzer.close());
+
+    const index = new GalleryIndex();
+    let unusable = 0;
+    for (const t of store.users.activeTemplates(() => unusable++)) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
+    logger.info({ templates: index.size }, 'templates loaded');
+    if (unusable > 0) {
+      logger.warn({ users: unusable }, 'a stored template could not be opened (damaged or altered): these users must enrol again (`authface doctor` names them)');
+    }
+
+    // a device's own file may set its thresholds (a busy lobby may want a stricter match)
+    const thresholds = {
+      match: deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD,
+      duplicate: deviceConfig?.thresholds.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
+    };
+    const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
+      publicUrl: settings.publicUrl,
+      ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
+      thresholds,
+    });
+    const users = new UserService(store, index, events);
+    const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
+      requiredFrames: 3,
+      maxFrames: MAX_FRAMES_PER_SESSION,
+      sameFaceThreshold: thresholds.match,
+      liveness: defaultLivenessOptions(thresholds.match),
+    });
+    const metrics = new Metrics(events, {
+      galleryTemplates: () => index.size,
+      engineQueue: () => analyzer.load.queued,
+      engineBusy: () => analyzer.load.busy,
+    });
+    events.on('session.finished', (e) =>
+      logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
+    );
+
+    const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
+    if (device) stack.push(() => device.close());
+
+    const app = createApp({
+      logger,
+      metrics,
+      tenants: store.tenants,
+      sessions,
+      users,
+      capture,
+      maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
+      version: VERSION,
+      isReady: () => analyzer.isReady,
+      device: device && { config: device.config, kiosk: device.kiosk, access: device.access, events, tenants: store.tenants },
     });
 
-  const index = new GalleryIndex();
-  for (const t of store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
+    /** Expires sessions whose link is past its lifetime, and removes rows past the retention. */
+    const sweep = () => {
+      const expired = sessions.sweepExpired();
+      const purged = store.purgeBefore(new Date(Date.now() - settings.AUTHFACE_RETENTION_DAYS * 86_400_000).toISOString());
+      return { expired, ...purged };
+    };
+    const sweeper = setInterval(() => {
+      try {
+        sweep();
+      } catch (err) {
+        logger.error({ err: loggableError(err) }, 'sweep failed');
+      }
+    }, SWEEP_INTERVAL_MS);
+    sweeper.unref();
+    stack.push(() => clearInterval(sweeper));
 
-  const deviceConfig = overrides.device !== undefined ? overrides.device : settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
-  // a device's own file may set its thresholds (a busy lobby may want a stricter match)
-  const thresholds = {
-    match: deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD,
-    duplicate: deviceConfig?.thresholds.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
-  };
-  const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
-    publicUrl: settings.publicUrl,
-    ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
-    thresholds,
-  });
-  const users = new UserService(store.db, store.users, store.audit, index, events);
-  const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
-    requiredFrames: 3,
-    maxFrames: MAX_FRAMES_PER_SESSION,
-    sameFaceThreshold: thresholds.match,
-    liveness: defaultLivenessOptions(thresholds.match),
-  });
-  const metrics = new Metrics(events, {
-    galleryTemplates: () => index.size,
-    engineQueue: () => analyzer.load.queued,
-    engineBusy: () => analyzer.load.busy,
-  });
-  events.on('session.finished', (e) =>
-    logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
-  );
+    analyzer.ready().then(
+      () => logger.info({ templates: index.size }, 'face engine ready'),
+      (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
+    );
 
-  const device = deviceConfig
-    ? await startDevice(deviceConfig, { store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION })
-    : null;
-
-  const app = createApp({
-    logger,
-    metrics,
-    tenants: store.tenants,
-    sessions,
-    users,
-    capture,
-    maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
-    version: VERSION,
-    isReady: () => analyzer.isReady,
-    device: device && { config: device.config, kiosk: device.kiosk, access: device.access, events, tenants: store.tenants },
-  });
-
-  const sweeper = setInterval(() => {
-    try {
-      sessions.sweepExpired();
-    } catch (err) {
-      logger.error({ err: { name: (err as Error).name } }, 'expiry sweep failed');
-    }
-  }, SWEEP_INTERVAL_MS);
-  sweeper.unref();
-
-  analyzer.ready().then(
-    () => logger.info({ templates: index.size }, 'face engine ready'),
-    (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
-  );
-
-  const server = app.listen(settings.PORT, settings.HOST);
-  server.requestTimeout = 30_000;
-  server.headersTimeout = 10_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('listening', resolve);
-    server.once('error', reject);
-  });
-  const address = server.address() as AddressInfo;
-  const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-  logger.info({ url, publicUrl: settings.publicUrl, dataDir: settings.dataDir }, 'listening');
-
-  return {
-    server,
-    device,
-    url,
-    store,
-    events,
-    index,
-    sessions,
-    capture,
-    analyzer,
-    async close() {
-      clearInterval(sweeper);
+    const server = app.listen(settings.PORT, settings.HOST);
+    server.requestTimeout = 30_000;
+    server.headersTimeout = 10_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', resolve);
+      server.once('error', reject);
+    });
+    stack.push(async () => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await closed;
-      await device?.close();
-      if (!overrides.analyzer) await analyzer.close();
-      store.close();
-    },
-  };
+    });
+    const address = server.address() as AddressInfo;
+    const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+    logger.info({ url, publicUrl: settings.publicUrl, dataDir: settings.dataDir }, 'listening');
+
+    return { server, device, url, store, events, index, sessions, capture, analyzer, sweep, close: unwind };
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+}
+
+/**
+ * `<dataDir>/authface.pid`: tells `authface restore` that a service is using this data directory.
+ * A pid file left by a process that is gone is taken over.
+ */
+function claimPidFile(dataDir: string): string {
+  const file = path.join(dataDir, PID_FILE);
+  const other = runningService(dataDir);
+  if (other !== null && other !== process.pid) {
+    throw new StoreError(`another service (pid ${other}) is using ${dataDir}: stop it first, or give this one its own AUTHFACE_DATA_DIR`);
+  }
+  fs.writeFileSync(file, `${process.pid}\n`, { mode: 0o600 });
+  return file;
 }

@@ -1,45 +1,10 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { authface, run, serve, stop } from './support/cli.ts';
 import { ROOT } from './support/datasets.ts';
 import { type Photos, photos } from './support/photos.ts';
-
-const run = promisify(execFile);
-const CLI = ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts')];
-
-function authface(args: string[], env: Record<string, string>) {
-  return run(process.execPath, [...CLI, ...args], { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'warn', ...env } });
-}
-
-/** Starts `authface serve`, waits until it is ready and returns its URL and what it printed. */
-async function serve(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; output: () => string }> {
-  const child = spawn(process.execPath, [...CLI, 'serve'], { cwd: ROOT, env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env } });
-  let output = '';
-  child.stdout?.on('data', (d) => (output += d));
-  child.stderr?.on('data', (d) => (output += d));
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start:\n${output}`)), 60_000);
-    child.stdout?.on('data', () => {
-      const m = /"url":"(http:\/\/[^"]+)"/.exec(output);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code}:\n${output}`)));
-  });
-  for (let i = 0; i < 120 && (await fetch(`${url}/readyz`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 250));
-  return { child, url, output: () => output };
-}
-
-async function stop(child: ChildProcess): Promise<number | null> {
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill('SIGTERM');
-  return exited;
-}
 
 describe('the authface command', function () {
   let dataDir: string;

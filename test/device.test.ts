@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AccessController } from '../src/access/controller.ts';
-import type { SimulatedContact, SimulatedRelay } from '../src/access/hardware.ts';
+import { DoorHardware, type SimulatedContact, type SimulatedRelay } from '../src/access/hardware.ts';
 import { checkPolicy } from '../src/access/policy.ts';
 import { EventBus, type AccessEvent, type CoreEvents } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -101,6 +101,7 @@ describe('access controller (simulated relay and contact)', function () {
   let store: ReturnType<typeof openStore>;
   let events: EventBus;
   let access: AccessController;
+  let hardware: DoorHardware;
   let config: DeviceConfig;
   let decided: AccessEvent[];
   let alarms: CoreEvents['door.alarm'][];
@@ -137,10 +138,12 @@ describe('access controller (simulated relay and contact)', function () {
         { id: 'lab', allow: { groups: ['staff'] }, relay: { driver: 'simulated' } },
       ],
     });
-    access = new AccessController(config, tenantId, store.audit, events, createLogger('silent'));
+    hardware = DoorHardware.open(config.doors);
+    access = new AccessController(config, hardware, tenantId, store.audit, events, createLogger('silent'));
   });
   afterEach(function () {
     access.close();
+    hardware.close();
     store.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });

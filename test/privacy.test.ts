@@ -52,9 +52,9 @@ describe('privacy: no image or frame is ever written, embeddings only encrypted'
   });
   after(() => svc.close());
 
-  it('the data directory holds only the database and the key file', function () {
+  it('the data directory holds only the database, the key file and the pid file', function () {
     const names = fs.readdirSync(svc.dataDir).sort();
-    for (const name of names) assert.match(name, /^(authface\.db(-wal|-shm)?|master\.key)$/);
+    for (const name of names) assert.match(name, /^(authface\.db(-wal|-shm)?|master\.key|authface\.pid)$/);
     assert.equal((fs.statSync(path.join(svc.dataDir, 'master.key')).mode & 0o777).toString(8), '600');
   });
 
@@ -87,15 +87,20 @@ describe('privacy: no image or frame is ever written, embeddings only encrypted'
     for (const { file, bytes } of filesUnder(svc.dataDir)) assert.equal(bytes.indexOf(plain), -1, `${file} holds plaintext embedding bytes`);
   });
 
-  it('a tampered template is refused rather than matched', function () {
-    const row = svc.service.store.db.prepare('SELECT id, ciphertext FROM templates WHERE active = 1 LIMIT 1').get() as { id: string; ciphertext: Buffer };
+  it('a tampered template is refused rather than matched, and its user flagged for re-enrolment', function () {
+    const db = svc.service.store.db;
+    const row = db.prepare('SELECT id, user_id, ciphertext FROM templates WHERE active = 1 LIMIT 1').get() as { id: string; user_id: string; ciphertext: Buffer };
     const flipped = Buffer.from(row.ciphertext);
     flipped[3] ^= 0xff;
-    svc.service.store.db.prepare('UPDATE templates SET ciphertext = ? WHERE id = ?').run(flipped, row.id);
+    db.prepare('UPDATE templates SET ciphertext = ? WHERE id = ?').run(flipped, row.id);
     try {
-      assert.throws(() => [...svc.service.store.users.activeTemplates()]);
+      const before = svc.service.store.users.needingReenrolment().length;
+      const usable = svc.service.store.users.activeTemplates();
+      assert.equal(usable.length, 0, 'the tampered template is not used');
+      assert.equal(svc.service.store.users.needingReenrolment().length, before + 1);
     } finally {
-      svc.service.store.db.prepare('UPDATE templates SET ciphertext = ? WHERE id = ?').run(row.ciphertext, row.id);
+      db.prepare('UPDATE templates SET ciphertext = ? WHERE id = ?').run(row.ciphertext, row.id);
+      db.prepare('UPDATE users SET reenrolment_reason = NULL WHERE id = ?').run(row.user_id);
     }
   });
 

@@ -220,8 +220,10 @@ describe('store', function () {
       assert.deepEqual(store.users.activeEmbedding(u2), randomUnit(2));
       assert.throws(() => store.users.enroll(t.id, 'ext', randomUnit(3)), /already enrolled/);
       assert.ok(store.users.delete(t.id, 'ext'));
+      assert.equal(store.users.delete(t.id, 'ext'), null);
       assert.equal(store.users.get(t.id, 'ext'), undefined);
-      const tomb = store.db.prepare('SELECT version, deleted_at FROM users WHERE external_user_id = ?').get('ext') as { version: number; deleted_at: string };
+      const tomb = store.db.prepare('SELECT version, deleted_at, external_user_id FROM users WHERE tenant_id = ?').get(t.id) as { version: number; deleted_at: string; external_user_id: string };
+      assert.match(tomb.external_user_id, /^erased:/, 'the tombstone keeps a pseudonym, not the id');
       assert.equal(tomb.version, 3);
       assert.ok(tomb.deleted_at);
       assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 0);

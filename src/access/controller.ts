@@ -2,7 +2,7 @@ import type { AccessEvent, CoreEvents, EventBus } from '../core/events.ts';
 import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
 import type { AuditLog } from '../store/audit.ts';
-import { type DoorContact, GpioContact, GpioRelay, type Relay, SimulatedContact, SimulatedRelay, useGpio } from './hardware.ts';
+import type { DoorContact, DoorDrivers, DoorHardware, Relay } from './hardware.ts';
 import { type PolicyDenial, checkPolicy } from './policy.ts';
 
 /** Grace after a granted pulse in which opening the door is expected (not forced). */
@@ -30,15 +30,14 @@ export class AccessController {
 
   constructor(
     private readonly config: DeviceConfig,
+    private readonly hardware: DoorHardware,
     private readonly tenantId: string,
     private readonly audit: AuditLog,
     private readonly events: EventBus,
     private readonly logger: Logger,
   ) {
     for (const door of config.doors) {
-      const relay = useGpio(door.relay.driver) ? new GpioRelay(door.relay.pin, door.relay.active_low) : new SimulatedRelay();
-      const c = door.contact;
-      const contact = c ? (useGpio(c.driver) ? new GpioContact(c.pin, c.open_when_high) : new SimulatedContact()) : null;
+      const { relay, contact } = hardware.get(door.id) as DoorDrivers;
       const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, heldTimer: undefined, recent: new Map() };
       contact?.onChange((open) => this.#contactChanged(state, open));
       this.#doors.set(door.id, state);
@@ -61,13 +60,10 @@ export class AccessController {
     return event;
   }
 
+  /** Stops listening; the hardware is closed by whoever opened it. */
   close(): void {
     this.#unsubscribe();
-    for (const d of this.#doors.values()) {
-      clearTimeout(d.heldTimer);
-      d.relay.close();
-      d.contact?.close();
-    }
+    for (const d of this.#doors.values()) clearTimeout(d.heldTimer);
   }
 
   #sessionFinished(e: CoreEvents['session.finished']): void {

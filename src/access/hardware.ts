@@ -1,4 +1,6 @@
 import { createRequire } from 'node:module';
+import type { DoorConfig } from '../device/config.ts';
+import { OperatorError } from '../errors.ts';
 
 /**
  * Door hardware behind two small interfaces, each with a real driver (a GPIO line through
@@ -142,4 +144,58 @@ export function useGpio(driver: 'auto' | 'gpio' | 'simulated'): boolean {
   if (driver === 'simulated') return false;
   if (driver === 'gpio') return true;
   return gpioAccessible();
+}
+
+/** A door's hardware asked for something this machine does not have; the message names the key. */
+export class HardwareError extends OperatorError {}
+
+export interface DoorDrivers {
+  relay: Relay;
+  contact: DoorContact | null;
+}
+
+/**
+ * The relays and contacts of every door. Opening it drives every relay off, and it is the first
+ * thing a device does at start, before it reads a single template: whatever state the lines were
+ * left in (a crash mid-pulse, a board that boots with them high), the doors are locked first.
+ */
+export class DoorHardware {
+  private constructor(readonly doors: ReadonlyMap<string, DoorDrivers>) {}
+
+  static open(doors: readonly DoorConfig[]): DoorHardware {
+    const gpio = gpioAccessible();
+    doors.forEach((door, i) => {
+      for (const [key, driver] of [['relay', door.relay.driver], ['contact', door.contact?.driver]] as const) {
+        if (driver === 'gpio' && !gpio) {
+          throw new HardwareError(
+            `doors.${i}.${key}.driver is gpio, but this machine exposes no GPIO lines (/sys/class/gpio): on the door device add the service user to the gpio group; to try the configuration elsewhere set driver: auto (simulated where there is no GPIO)`,
+          );
+        }
+      }
+    });
+    const opened = new Map<string, DoorDrivers>();
+    try {
+      for (const door of doors) {
+        const relay = useGpio(door.relay.driver) ? new GpioRelay(door.relay.pin, door.relay.active_low) : new SimulatedRelay();
+        opened.set(door.id, { relay, contact: null }); // off from here on
+        const c = door.contact;
+        if (c) opened.set(door.id, { relay, contact: useGpio(c.driver) ? new GpioContact(c.pin, c.open_when_high) : new SimulatedContact() });
+      }
+    } catch (err) {
+      new DoorHardware(opened).close();
+      throw err;
+    }
+    return new DoorHardware(opened);
+  }
+
+  get(doorId: string): DoorDrivers | undefined {
+    return this.doors.get(doorId);
+  }
+
+  close(): void {
+    for (const d of this.doors.values()) {
+      d.relay.close();
+      d.contact?.close();
+    }
+  }
 }

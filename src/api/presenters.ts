@@ -40,7 +40,12 @@ export function presentResult(session: Session): z.infer<typeof resultOpen> | z.
 }
 
 export function presentUserSummary(user: User): z.infer<typeof userSummary> {
-  return { external_user_id: user.externalUserId, created_at: specTime(user.createdAt), updated_at: specTime(user.updatedAt) };
+  return {
+    external_user_id: user.externalUserId,
+    created_at: specTime(user.createdAt),
+    updated_at: specTime(user.updatedAt),
+    needs_reenrolment: user.needsReenrolment,
+  };
 }
 
 export function presentUserDetails(user: UserDetails): z.infer<typeof userDetails>['user'] {

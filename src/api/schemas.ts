@@ -69,7 +69,7 @@ export const resultFinal = z
       .string()
       .nullable()
       .describe(
-        'null on success; on failure one of already_enrolled, conflict, user_not_found, below_threshold, ' +
+        'null on success; on failure one of already_enrolled, conflict, user_not_found, reenrolment_required, below_threshold, ' +
           'not_identified, no_face, multiple_faces, poor_quality, spoof_detected, liveness_failed, cancelled, expired',
       ),
     external_user_id: z.string().nullable(),
@@ -78,8 +78,14 @@ export const resultFinal = z
   })
   .meta({ id: 'ResultFinal' });
 
+const needsReenrolment = z
+  .boolean()
+  .describe(
+    "The stored template cannot be used (it was damaged or altered, or made by another face model): the person cannot be verified or identified until you delete-user and enroll them again.",
+  );
+
 export const userSummary = z
-  .strictObject({ external_user_id: z.string(), created_at: timestamp, updated_at: timestamp })
+  .strictObject({ external_user_id: z.string(), created_at: timestamp, updated_at: timestamp, needs_reenrolment: needsReenrolment })
   .meta({ id: 'UserSummary' });
 
 export const userList = z
@@ -99,6 +105,7 @@ export const userDetails = z
       external_user_id: z.string(),
       created_at: timestamp,
       updated_at: timestamp,
+      needs_reenrolment: needsReenrolment,
       version: z.int().describe('Increases on every change (enrolment, template update).'),
       templates: z
         .array(z.strictObject({ version: z.int(), active: z.boolean(), created_at: timestamp }))

@@ -5,7 +5,9 @@ import { createLogger } from '../core/logger.ts';
 import { type DeviceConfig, DeviceConfigError, type DoorConfig, deviceConfigReference, doorLiveness, loadDeviceConfig } from '../device/config.ts';
 import { diagnose, formatChecks } from '../device/doctor.ts';
 import { VERSION, startService } from '../service.ts';
+import { OperatorError } from '../errors.ts';
 import { normalizeOrigin } from '../sessions/service.ts';
+import { backupDatabase, restoreDatabase } from '../store/backup.ts';
 import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
@@ -222,6 +224,25 @@ program
   });
 
 program
+  .command('backup')
+  .description('copy the database while the service runs (consistent, online); the key is not in it: keep master.key safe separately')
+  .requiredOption('--out <file>', 'where to write the backup (mode 600)')
+  .action(async (opts: { out: string }) => {
+    const settings = settingsOrExit();
+    print(await backupDatabase(settings.dataDir, settings.AUTHFACE_MASTER_KEY, opts.out));
+  });
+
+program
+  .command('restore')
+  .description('replace the database with a backup, after checking it opens with the key (the service must be stopped)')
+  .argument('<file>', 'a file written by `authface backup`')
+  .option('--key-file <file>', 'the master.key in use when the backup was made (default: AUTHFACE_MASTER_KEY, else the data directory\'s master.key)')
+  .action((file: string, opts: { keyFile?: string }) => {
+    const settings = settingsOrExit();
+    print(restoreDatabase(settings.dataDir, file, { env: settings.AUTHFACE_MASTER_KEY, keyFile: opts.keyFile }));
+  });
+
+program
   .command('config')
   .description('check the environment and print every configuration variable with its default and meaning')
   .option('--device', 'print the options of the device configuration file instead')
@@ -230,4 +251,24 @@ program
     console.log(opts.device ? deviceConfigReference() : settingsTable());
   });
 
-await program.parseAsync(process.argv);
+/**
+ * What the operator sees when a command cannot run: one line saying what is wrong and how to fix
+ * it. Only a failure nobody foresaw still prints its stack (that one is a bug to report).
+ */
+function operatorMessage(err: unknown): string | null {
+  if (err instanceof OperatorError || err instanceof CommandError) return err.message;
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e?.code === 'EADDRINUSE') return `port ${e.port} on ${e.address} is in use by another program: stop it, or set PORT to a free port`;
+  if (e?.code === 'EACCES' && e.syscall === 'listen') return `no permission to listen on port ${e.port}: use a port above 1023, or set PORT`;
+  if (e?.code === 'EACCES' || e?.code === 'EPERM') return `${e.path ?? 'a file'} cannot be accessed by this user (${e.code}): check its owner and mode`;
+  return null;
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  const message = operatorMessage(err);
+  if (!message) throw err;
+  console.error(`authface: ${message}`);
+  process.exit(2);
+}

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { OperatorError } from '../errors.ts';
 
 /**
  * Every runtime option of the service, read from the environment. This table is the single
@@ -34,6 +35,10 @@ export const settingsSpec = {
   AUTHFACE_SESSION_TTL_SECONDS: {
     schema: positiveInt.max(86_400).default(600),
     doc: 'Lifetime of a session and its capture link.',
+  },
+  AUTHFACE_RETENTION_DAYS: {
+    schema: positiveInt.max(3650).default(90),
+    doc: 'Finished sessions and audit events older than this many days are deleted.',
   },
   AUTHFACE_MATCH_THRESHOLD: {
     schema: unitInterval.default(0.93),
@@ -76,7 +81,7 @@ export const settingsSpec = {
 type Spec = typeof settingsSpec;
 export type Settings = { [K in keyof Spec]: z.output<Spec[K]['schema']> } & { publicUrl: string; dataDir: string };
 
-export class SettingsError extends Error {}
+export class SettingsError extends OperatorError {}
 
 export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   const shape = Object.fromEntries(Object.entries(settingsSpec).map(([k, v]) => [k, v.schema])) as {

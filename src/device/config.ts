@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { OperatorError } from '../errors.ts';
 
 /**
  * The device configuration file (YAML): which doors this box drives, with which relay, camera,
@@ -154,7 +155,7 @@ export const deviceConfigSchema = z
 export type DeviceConfig = z.output<typeof deviceConfigSchema>;
 export type DoorConfig = DeviceConfig['doors'][number];
 
-export class DeviceConfigError extends Error {}
+export class DeviceConfigError extends OperatorError {}
 
 /** Reads and validates the device file; every problem is reported with the key it concerns. */
 export function loadDeviceConfig(file: string): DeviceConfig {

@@ -1,10 +1,12 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import mqtt from 'mqtt';
 import { gpioAccessible } from '../access/hardware.ts';
 import { ModelFiles } from '../biometrics/models.ts';
 import type { Settings } from '../config/settings.ts';
 import { brokerOptions } from '../mqtt/bridge.ts';
+import { DATABASE_FILE } from '../store/database.ts';
 import { openStore } from '../store/index.ts';
 import type { DeviceConfig } from './config.ts';
 
@@ -28,7 +30,8 @@ const run = (cmd: string, args: string[], timeout = 5000) =>
  * clock) and says for each what is wrong and how to fix it.
  */
 export async function diagnose(settings: Settings, device: DeviceConfig | null): Promise<Check[]> {
-  return [checkModels(), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(device), await checkClock()];
+  // files first: opening the database tightens modes it finds too loose
+  return [checkModels(), checkFiles(settings), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(device), await checkClock()];
 }
 
 function checkModels(): Check {
@@ -41,19 +44,49 @@ function checkModels(): Check {
 }
 
 function checkDatabase(settings: Settings): Check {
+  if (!fs.existsSync(path.join(settings.dataDir, DATABASE_FILE))) {
+    return { name: 'database', status: 'warn', detail: `no database in ${settings.dataDir} yet (the service creates it on its first start)`, fix: 'start the service once, or set AUTHFACE_DATA_DIR to the data directory in use' };
+  }
   try {
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY, { mustExist: true });
     try {
       const integrity = store.db.pragma('integrity_check', { simple: true });
-      if (integrity !== 'ok') return { name: 'database', status: 'fail', detail: `integrity check: ${String(integrity)}`, fix: 'restore the data directory from a backup' };
+      if (integrity !== 'ok') return { name: 'database', status: 'fail', detail: `integrity check: ${String(integrity)}`, fix: 'restore the data directory from a backup: authface restore <file>' };
       const users = (store.db.prepare('SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NULL').get() as { n: number }).n;
-      return { name: 'database', status: 'ok', detail: `${settings.dataDir}: integrity ok, ${store.tenants.count()} tenant(s), ${users} enrolled user(s)` };
+      const detail = `${settings.dataDir}: integrity ok, key ok, ${store.tenants.count()} tenant(s), ${users} enrolled user(s)`;
+      store.users.activeTemplates(); // opens every template: flags any that is damaged or altered
+      const flagged = store.users.needingReenrolment();
+      if (flagged.length > 0) {
+        const names = flagged.slice(0, 10).map((f) => `${f.externalUserId} (${f.reason})`).join(', ');
+        return {
+          name: 'database',
+          status: 'warn',
+          detail: `${detail}; ${flagged.length} user(s) need re-enrolment, their template cannot be used: ${names}${flagged.length > 10 ? ', …' : ''}`,
+          fix: 'for each: delete-user, then enrol them again. Several at once after no change of yours means the database was altered: restore a backup (authface restore)',
+        };
+      }
+      return { name: 'database', status: 'ok', detail };
     } finally {
       store.close();
     }
   } catch (err) {
-    return { name: 'database', status: 'fail', detail: (err as Error).message, fix: `check that ${settings.dataDir} exists, is writable by the service user and that master.key is mode 600` };
+    return { name: 'database', status: 'fail', detail: (err as Error).message, fix: `check that ${settings.dataDir} is the data directory in use and is writable by the service user; restore master.key or the database from a backup if they were lost` };
   }
+}
+
+/** The data directory is 0700 and everything in it 0600: templates, keys and ids are the service's alone. */
+function checkFiles(settings: Settings): Check {
+  const dir = settings.dataDir;
+  if (!fs.existsSync(dir)) return { name: 'files', status: 'skip', detail: `${dir} does not exist yet` };
+  const loose: string[] = [];
+  const mode = (f: string) => fs.statSync(f).mode & 0o777;
+  if (mode(dir) & 0o077) loose.push(`${dir} is mode ${mode(dir).toString(8)}`);
+  for (const name of fs.readdirSync(dir)) {
+    const m = mode(path.join(dir, name));
+    if (m & 0o077) loose.push(`${name} is mode ${m.toString(8)}`);
+  }
+  if (loose.length === 0) return { name: 'files', status: 'ok', detail: `${dir} is 0700, its files 0600` };
+  return { name: 'files', status: 'fail', detail: loose.join('; '), fix: `chmod 700 ${dir} && chmod 600 ${dir}/*` };
 }
 
 async function checkCamera(device: DeviceConfig | null): Promise<Check> {

@@ -1,4 +1,5 @@
 import { AccessController } from '../access/controller.ts';
+import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
@@ -24,13 +25,13 @@ export interface Device {
  */
 export async function startDevice(
   config: DeviceConfig,
-  deps: { store: Store; sessions: SessionService; events: EventBus; logger: Logger; publicUrl: string; version: string },
+  deps: { hardware: DoorHardware; store: Store; sessions: SessionService; events: EventBus; logger: Logger; publicUrl: string; version: string },
 ): Promise<Device> {
   const tenant = config.tenant_id ? deps.store.tenants.get(config.tenant_id) : deps.store.tenants.byName('default');
   if (!tenant) {
     throw new Error(config.tenant_id ? `device config: no tenant ${config.tenant_id}` : 'device config: set tenant_id (there is no tenant named "default")');
   }
-  const access = new AccessController(config, tenant.id, deps.store.audit, deps.events, deps.logger);
+  const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
   const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl);
 
   let broker: EmbeddedBroker | null = null;

@@ -56,8 +56,10 @@ export function decide(
     }
     case 'verify': {
       const user = users.get(session.tenantId, session.externalUserId as string);
-      const template = user && users.activeEmbedding(user);
-      if (!user || !template) return fail('user_not_found', null);
+      if (!user) return fail('user_not_found', null);
+      // a live user without a usable template: it was damaged or altered, they must enrol again
+      const template = users.activeEmbedding(user);
+      if (!template) return fail('reenrolment_required', null);
       const score = similarity(probe, template);
       return score >= t.match
         ? { status: 'success', reason: null, score, externalUserId: user.externalUserId }
@@ -70,8 +72,10 @@ export function decide(
     }
     case 'update_embedding': {
       const user = users.get(session.tenantId, session.externalUserId as string);
-      const template = user && users.activeEmbedding(user);
-      if (!user || !template) return fail('user_not_found', null);
+      if (!user) return fail('user_not_found', null);
+      // without a template to prove identity against, only delete-user and a new enrolment can help
+      const template = users.activeEmbedding(user);
+      if (!template) return fail('reenrolment_required', null);
       // the person must first prove to be this user: a different face cannot replace the template
       const score = similarity(probe, template);
       if (score < t.match) return fail('below_threshold', score);

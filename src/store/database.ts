@@ -1,15 +1,25 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { type EmbeddingCipher, StoreError, legacyTemplateAad, templateAad } from './crypto.ts';
+import { eraseIdentity } from './erasure.ts';
 
 export type Db = Database.Database;
+
+export const DATABASE_FILE = 'authface.db';
+
+/** What a migration written in code may need: the key that seals templates, the running model. */
+export interface MigrationContext {
+  cipher: EmbeddingCipher;
+  model: string;
+}
 
 /**
  * Schema migrations, applied in order inside one transaction each. Append new entries; never
  * edit an applied one. Users carry a version and a tombstone (`deleted_at`) so that a later
  * replication layer can ship changes between devices without a schema rewrite.
  */
-const migrations: readonly string[] = [
+const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[] = [
   `
   CREATE TABLE tenants (
     id               TEXT PRIMARY KEY,
@@ -84,26 +94,108 @@ const migrations: readonly string[] = [
   `ALTER TABLE sessions ADD COLUMN challenge TEXT;`,
   // kiosk and turnstile sessions belong to a door of this device
   `ALTER TABLE sessions ADD COLUMN door_id TEXT;`,
+  // tamper evidence: templates name their model; a user whose template cannot be opened is
+  // flagged for re-enrolment; the key check tells a wrong master key from damaged data;
+  // retention sweeps by time; erasure finds a person's rows by their id
+  `
+  ALTER TABLE templates ADD COLUMN model TEXT;
+  ALTER TABLE users ADD COLUMN reenrolment_reason TEXT;
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+  CREATE INDEX sessions_completed ON sessions (completed_at) WHERE completed_at IS NOT NULL;
+  CREATE INDEX sessions_user ON sessions (tenant_id, external_user_id) WHERE external_user_id IS NOT NULL;
+  CREATE INDEX sessions_result_user ON sessions (tenant_id, result_user_id) WHERE result_user_id IS NOT NULL;
+  CREATE INDEX audit_time ON audit_events (created_at);
+  CREATE INDEX audit_user ON audit_events (tenant_id, external_user_id) WHERE external_user_id IS NOT NULL;
+  `,
+  // re-seal every template so its authenticated data binds tenant, external_user_id, version and
+  // model (before, only the row id and version: swapping two users' ids swapped who they were)
+  resealTemplates,
+  // tombstones and the rows of people deleted before erasure existed lose their identifier too
+  eraseDeletedIdentities,
 ];
 
-export function openDatabase(dataDir: string): Db {
+/**
+ * Opens the device database in `dataDir` (created 0700, files 0600 whatever the umask). Commits
+ * are synced to disk before they return (WAL with synchronous=FULL): an enrolment acknowledged
+ * to a client survives a power cut. Freed content is overwritten (secure_delete), so an erased
+ * person leaves nothing behind in free pages.
+ */
+export function openDatabase(dataDir: string, options: { mustExist?: boolean } = {}): Db {
+  const file = path.join(dataDir, DATABASE_FILE);
+  if (options.mustExist && !fs.existsSync(file)) {
+    throw new StoreError(`there is no database in ${dataDir}: start the service once there, or set AUTHFACE_DATA_DIR to the data directory in use`);
+  }
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const db = new Database(path.join(dataDir, 'authface.db'));
+  tightenMode(dataDir, 0o700);
+  // create the file 0600 ourselves: SQLite gives its -wal and -shm files the database file's mode
+  fs.closeSync(fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600));
+  const db = new Database(file);
   db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = NORMAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('secure_delete = ON');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
-  migrate(db);
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) tightenMode(f, 0o600);
   return db;
 }
 
-function migrate(db: Db): void {
-  const current = db.pragma('user_version', { simple: true }) as number;
-  for (let v = current; v < migrations.length; v++) {
+/** Removes group and other permissions from a file we own (an older version created them 0644). */
+function tightenMode(file: string, mode: number): void {
+  try {
+    const st = fs.statSync(file);
+    if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) fs.chmodSync(file, mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+export function schemaVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+export function migrate(db: Db, ctx: MigrationContext): void {
+  for (let v = schemaVersion(db); v < migrations.length; v++) {
+    const step = migrations[v];
     db.transaction(() => {
-      db.exec(migrations[v]);
+      if (typeof step === 'string') db.exec(step);
+      else step(db, ctx);
       db.pragma(`user_version = ${v + 1}`);
     })();
+  }
+}
+
+function resealTemplates(db: Db, { cipher, model }: MigrationContext): void {
+  const rows = db
+    .prepare(
+      `SELECT t.id, t.user_id, t.version, t.active, t.nonce, t.ciphertext, u.tenant_id, u.external_user_id
+       FROM templates t JOIN users u ON u.id = t.user_id`,
+    )
+    .all() as { id: string; user_id: string; version: number; active: number; nonce: Buffer; ciphertext: Buffer; tenant_id: string; external_user_id: string }[];
+  const update = db.prepare('UPDATE templates SET nonce = ?, ciphertext = ?, model = ? WHERE id = ?');
+  const flag = db.prepare(`UPDATE users SET reenrolment_reason = 'template_unreadable' WHERE id = ?`);
+  for (const r of rows) {
+    let embedding: Float32Array;
+    try {
+      embedding = cipher.open(r.nonce, r.ciphertext, legacyTemplateAad(r.user_id, r.version));
+    } catch {
+      // already unreadable: it stays sealed as it was, and its user must enrol again
+      db.prepare('UPDATE templates SET model = ? WHERE id = ?').run(model, r.id);
+      if (r.active) flag.run(r.user_id);
+      continue;
+    }
+    const sealed = cipher.seal(embedding, templateAad({ tenantId: r.tenant_id, externalUserId: r.external_user_id, version: r.version, model }));
+    update.run(sealed.nonce, sealed.ciphertext, model, r.id);
+  }
+}
+
+function eraseDeletedIdentities(db: Db, { cipher }: MigrationContext): void {
+  const tombstones = db
+    .prepare(`SELECT id, tenant_id, external_user_id FROM users WHERE deleted_at IS NOT NULL AND external_user_id NOT LIKE 'erased:%'`)
+    .all() as { id: string; tenant_id: string; external_user_id: string }[];
+  for (const t of tombstones) {
+    const pseudonym = cipher.pseudonym(t.tenant_id, t.external_user_id);
+    eraseIdentity(db, t.tenant_id, t.external_user_id, pseudonym);
+    db.prepare('UPDATE users SET external_user_id = ? WHERE id = ?').run(pseudonym, t.id);
   }
 }
 

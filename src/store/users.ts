@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import type { EmbeddingCipher } from './crypto.ts';
+import { type EmbeddingCipher, type TemplateBinding, templateAad } from './crypto.ts';
 import { type Db, now } from './database.ts';
 
 export interface User {
@@ -9,6 +9,8 @@ export interface User {
   version: number;
   createdAt: string;
   updatedAt: string;
+  /** The stored template cannot be used (unreadable, or made by another model): enrol again. */
+  needsReenrolment: boolean;
 }
 
 export interface ActiveTemplate {
@@ -16,6 +18,9 @@ export interface ActiveTemplate {
   externalUserId: string;
   embedding: Float32Array;
 }
+
+/** Why a user must enrol again. */
+export type ReenrolmentReason = 'template_unreadable' | 'model_changed';
 
 interface UserRow {
   id: string;
@@ -25,23 +30,29 @@ interface UserRow {
   created_at: string;
   updated_at: string;
   deleted_at: string | null;
+  reenrolment_reason: ReenrolmentReason | null;
 }
 
 interface TemplateRow {
   user_id: string;
   version: number;
+  model: string;
   nonce: Buffer;
   ciphertext: Buffer;
 }
 
 /**
  * Enrolled users and their encrypted templates. A user keeps every template version it ever had
- * (only one active); deleting a user erases all of them and leaves a tombstone row.
+ * (only one active); deleting a user erases all of them and leaves a tombstone row under a
+ * pseudonym. A template opens only for the tenant, user, version and model it was sealed for, so
+ * a row edited in the database is refused, and its user is flagged for re-enrolment.
  */
 export class UserStore {
   constructor(
     private readonly db: Db,
     private readonly cipher: EmbeddingCipher,
+    /** The embedding model the engine runs; templates of another model are not used. */
+    private readonly model: string,
   ) {}
 
   /** The live (not deleted) user, if any. */
@@ -67,21 +78,30 @@ export class UserStore {
     return { total, users: rows.map(toUser) };
   }
 
+  /** Users who must enrol again, with why (all tenants). */
+  needingReenrolment(): { tenantId: string; externalUserId: string; reason: ReenrolmentReason }[] {
+    const rows = this.db
+      .prepare('SELECT tenant_id, external_user_id, reenrolment_reason FROM users WHERE reenrolment_reason IS NOT NULL AND deleted_at IS NULL ORDER BY tenant_id, external_user_id')
+      .all() as { tenant_id: string; external_user_id: string; reenrolment_reason: ReenrolmentReason }[];
+    return rows.map((r) => ({ tenantId: r.tenant_id, externalUserId: r.external_user_id, reason: r.reenrolment_reason }));
+  }
+
   /** Creates the user (or revives its tombstone with the next version) with its first template. */
   enroll(tenantId: string, externalUserId: string, embedding: Float32Array): User {
     const ts = now();
+    if (this.get(tenantId, externalUserId)) throw new Error('user already enrolled');
+    // a tombstone is kept under the pseudonym (older ones under the id itself)
     const tomb = this.db
-      .prepare('SELECT * FROM users WHERE tenant_id = ? AND external_user_id = ?')
-      .get(tenantId, externalUserId) as UserRow | undefined;
-    if (tomb && tomb.deleted_at === null) throw new Error('user already enrolled');
+      .prepare('SELECT * FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
+      .get(tenantId, this.cipher.pseudonym(tenantId, externalUserId), externalUserId) as UserRow | undefined;
     let user: User;
     if (tomb) {
-      user = { ...toUser(tomb), version: tomb.version + 1, createdAt: ts, updatedAt: ts };
+      user = { ...toUser(tomb), externalUserId, version: tomb.version + 1, createdAt: ts, updatedAt: ts, needsReenrolment: false };
       this.db
-        .prepare('UPDATE users SET version = ?, created_at = ?, updated_at = ?, deleted_at = NULL WHERE id = ?')
-        .run(user.version, ts, ts, user.id);
+        .prepare('UPDATE users SET external_user_id = ?, version = ?, created_at = ?, updated_at = ?, deleted_at = NULL, reenrolment_reason = NULL WHERE id = ?')
+        .run(externalUserId, user.version, ts, ts, user.id);
     } else {
-      user = { id: crypto.randomUUID(), tenantId, externalUserId, version: 1, createdAt: ts, updatedAt: ts };
+      user = { id: crypto.randomUUID(), tenantId, externalUserId, version: 1, createdAt: ts, updatedAt: ts, needsReenrolment: false };
       this.db
         .prepare(
           'INSERT INTO users (id, tenant_id, external_user_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
@@ -95,30 +115,42 @@ export class UserStore {
   /** Stores a new active template version; earlier versions stay as inactive history. */
   replaceTemplate(user: User, embedding: Float32Array): User {
     const ts = now();
-    const next = { ...user, version: user.version + 1, updatedAt: ts };
+    const next = { ...user, version: user.version + 1, updatedAt: ts, needsReenrolment: false };
     this.db.prepare('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
-    this.db.prepare('UPDATE users SET version = ?, updated_at = ? WHERE id = ?').run(next.version, ts, user.id);
+    this.db.prepare('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(next.version, ts, user.id);
     this.insertTemplate(next, embedding, ts);
     return next;
   }
 
-  /** Erases every template of the user and leaves a tombstone; false when there is no such user. */
-  delete(tenantId: string, externalUserId: string): boolean {
+  /**
+   * Erases every template of the user and leaves a tombstone under a keyed pseudonym; returns the
+   * pseudonym, or null when there is no such user. Rows elsewhere that name the person are the
+   * caller's to erase in the same transaction (see UserService.delete).
+   */
+  delete(tenantId: string, externalUserId: string): string | null {
     const user = this.get(tenantId, externalUserId);
-    if (!user) return false;
+    if (!user) return null;
     const ts = now();
+    const pseudonym = this.cipher.pseudonym(tenantId, externalUserId);
     this.db.prepare('DELETE FROM templates WHERE user_id = ?').run(user.id);
     this.db
-      .prepare('UPDATE users SET version = version + 1, updated_at = ?, deleted_at = ? WHERE id = ?')
-      .run(ts, ts, user.id);
-    return true;
+      .prepare('UPDATE users SET external_user_id = ?, version = version + 1, updated_at = ?, deleted_at = ?, reenrolment_reason = NULL WHERE id = ?')
+      .run(pseudonym, ts, ts, user.id);
+    return pseudonym;
   }
 
+  /** The user's active template, or undefined; an unreadable one flags the user for re-enrolment. */
   activeEmbedding(user: User): Float32Array | undefined {
     const row = this.db
-      .prepare('SELECT user_id, version, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1')
+      .prepare('SELECT user_id, version, model, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1')
       .get(user.id) as TemplateRow | undefined;
-    return row && this.cipher.open(row.nonce, row.ciphertext, aad(user.id, row.version));
+    if (!row) return undefined;
+    const opened = this.#open(row, user.tenantId, user.externalUserId);
+    if ('reason' in opened) {
+      this.#flag(user.id, opened.reason);
+      return undefined;
+    }
+    return opened.embedding;
   }
 
   templateVersions(user: User): { version: number; active: boolean; createdAt: string }[] {
@@ -128,36 +160,57 @@ export class UserStore {
     return rows.map((r) => ({ version: r.version, active: r.active === 1, createdAt: r.created_at }));
   }
 
-  /** Every active template of every tenant, decrypted, for building the in-memory 1:N index. */
-  *activeTemplates(): Generator<ActiveTemplate> {
+  /**
+   * Every usable active template of every tenant, decrypted, for building the in-memory 1:N
+   * index. A template that does not open (damaged, or edited in the database) or was made by
+   * another model is skipped, and its user is flagged for re-enrolment: one bad row never stops
+   * the door from serving everyone else.
+   */
+  activeTemplates(onUnusable: (u: { tenantId: string; reason: ReenrolmentReason }) => void = () => undefined): ActiveTemplate[] {
     const rows = this.db
       .prepare(
-        `SELECT u.tenant_id, u.external_user_id, t.user_id, t.version, t.nonce, t.ciphertext
+        `SELECT u.tenant_id, u.external_user_id, t.user_id, t.version, t.model, t.nonce, t.ciphertext
          FROM templates t JOIN users u ON u.id = t.user_id
          WHERE t.active = 1 AND u.deleted_at IS NULL`,
       )
       .iterate() as Iterable<TemplateRow & { tenant_id: string; external_user_id: string }>;
+    const usable: ActiveTemplate[] = [];
+    const unusable: { userId: string; reason: ReenrolmentReason }[] = [];
     for (const row of rows) {
-      yield {
-        tenantId: row.tenant_id,
-        externalUserId: row.external_user_id,
-        embedding: this.cipher.open(row.nonce, row.ciphertext, aad(row.user_id, row.version)),
-      };
+      const opened = this.#open(row, row.tenant_id, row.external_user_id);
+      if ('reason' in opened) {
+        unusable.push({ userId: row.user_id, reason: opened.reason });
+        onUnusable({ tenantId: row.tenant_id, reason: opened.reason });
+      } else {
+        usable.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, embedding: opened.embedding });
+      }
+    }
+    for (const u of unusable) this.#flag(u.userId, u.reason);
+    return usable;
+  }
+
+  #open(row: TemplateRow, tenantId: string, externalUserId: string): { embedding: Float32Array } | { reason: ReenrolmentReason } {
+    if (row.model !== this.model) return { reason: 'model_changed' };
+    try {
+      return { embedding: this.cipher.open(row.nonce, row.ciphertext, templateAad({ tenantId, externalUserId, version: row.version, model: row.model })) };
+    } catch {
+      return { reason: 'template_unreadable' };
     }
   }
 
+  #flag(userId: string, reason: ReenrolmentReason): void {
+    this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE id = ?').run(reason, userId);
+  }
+
   private insertTemplate(user: User, embedding: Float32Array, ts: string): void {
-    const { nonce, ciphertext } = this.cipher.seal(embedding, aad(user.id, user.version));
+    const binding: TemplateBinding = { tenantId: user.tenantId, externalUserId: user.externalUserId, version: user.version, model: this.model };
+    const { nonce, ciphertext } = this.cipher.seal(embedding, templateAad(binding));
     this.db
       .prepare(
-        'INSERT INTO templates (id, user_id, version, active, nonce, ciphertext, created_at) VALUES (?, ?, ?, 1, ?, ?, ?)',
+        'INSERT INTO templates (id, user_id, version, active, model, nonce, ciphertext, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)',
       )
-      .run(crypto.randomUUID(), user.id, user.version, nonce, ciphertext, ts);
+      .run(crypto.randomUUID(), user.id, user.version, this.model, nonce, ciphertext, ts);
   }
-}
-
-function aad(userId: string, version: number): string {
-  return `template:${userId}:${version}`;
 }
 
 function toUser(row: UserRow): User {
@@ -168,5 +221,6 @@ function toUser(row: UserRow): User {
     version: row.version,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+    needsReenrolment: row.reenrolment_reason !== null,
   };
 }

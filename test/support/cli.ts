@@ -1,0 +1,40 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { ROOT } from './datasets.ts';
+
+export const run = promisify(execFile);
+const CLI = ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts')];
+
+/** Runs the `authface` command (from source) to its end. */
+export function authface(args: string[], env: Record<string, string>, opts: { cwd?: string } = {}) {
+  return run(process.execPath, [...CLI, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, LOG_LEVEL: 'warn', ...env } });
+}
+
+/** Starts `authface serve`, waits until it is ready and returns its URL and what it printed. */
+export async function serve(env: Record<string, string>, opts: { cwd?: string } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+  const child = spawn(process.execPath, [...CLI, 'serve'], { cwd: opts.cwd ?? ROOT, env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env } });
+  let output = '';
+  child.stdout?.on('data', (d) => (output += d));
+  child.stderr?.on('data', (d) => (output += d));
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start:\n${output}`)), 60_000);
+    child.stdout?.on('data', () => {
+      const m = /"url":"(http:\/\/[^"]+)"/.exec(output);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited with ${code}:\n${output}`)));
+  });
+  for (let i = 0; i < 120 && (await fetch(`${url}/readyz`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 250));
+  return { child, url, output: () => output };
+}
+
+/** Stops a served process with SIGTERM; resolves with its exit code. */
+export async function stop(child: ChildProcess): Promise<number | null> {
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill('SIGTERM');
+  return exited;
+}
