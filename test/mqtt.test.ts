@@ -3,7 +3,9 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import crypto from 'node:crypto';
 import mqtt from 'mqtt';
+import { type CommandFields, generateCommandKeys, signCommand } from '../src/access/signed-command.ts';
 import { stringify } from 'yaml';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
@@ -11,13 +13,15 @@ import { type TestDevice, startTestDevice } from './support/device.ts';
 import { listen, testBroker, until } from './support/mqtt.ts';
 import { type Photos, photos } from './support/photos.ts';
 
-/** MQTT against the real Mosquitto on 127.0.0.1:1883 (CI), or an embedded broker when none runs. */
+/** MQTT against the real Mosquitto on 127.0.0.1:1883 (the shared one, anonymous: the device's own checks are what is tested). */
 describe('MQTT: access events, device status with last will, commands', function () {
   let broker: Awaited<ReturnType<typeof testBroker>>;
   let device: TestDevice;
   let img: Photos;
   const deviceId = `mqtt-test-${process.pid}`;
   const base = `authface/${deviceId}`;
+  const keys = generateCommandKeys();
+  const signed = (fields: Omit<CommandFields, 'device'>) => JSON.stringify(signCommand(crypto.createPrivateKey(keys.privatePem), { device: deviceId, ...fields }));
 
   before(async function () {
     broker = await testBroker();
@@ -32,6 +36,7 @@ describe('MQTT: access events, device status with last will, commands', function
         { id: 'back', relay: { driver: 'simulated', pulse_ms: 1000 } },
       ],
       mqtt: { url: broker.url },
+      remote_commands: { enabled: true, public_key: keys.publicKey },
     });
     const api = new Client(device.svc.url, device.apiKey);
     assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
@@ -97,7 +102,7 @@ describe('MQTT: access events, device status with last will, commands', function
     const sub = await listen(broker.url, [`${base}/command/result`, `${base}/door/back/access`]);
     const before = device.relay('back').pulses.length;
     try {
-      await sub.client.publishAsync(`${base}/command`, JSON.stringify({ command: 'unlock', door: 'back', request_id: 'r-1' }), { qos: 1 });
+      await sub.client.publishAsync(`${base}/command`, signed({ command: 'unlock', door: 'back', request_id: 'r-1' }), { qos: 1 });
       await until(() => device.relay('back').pulses.length === before + 1, 5000, 'the relay');
       await until(() => sub.messages.length >= 2, 5000, 'the reply and the access event');
       const reply = JSON.parse(sub.messages.find((m) => m.topic.endsWith('/command/result'))!.payload);
@@ -114,14 +119,15 @@ describe('MQTT: access events, device status with last will, commands', function
     const pulses = () => device.relay('main').pulses.length + device.relay('back').pulses.length;
     const before = pulses();
     try {
-      for (const payload of ['not json', '[]', '{}', '{"command":"explode","door":"main"}', '{"command":"unlock"}', '{"command":"unlock","door":7}', '{"command":"unlock","door":"main","extra":1}', Buffer.alloc(70_000, 0x7b).toString()]) {
+      const good = JSON.parse(signed({ command: 'unlock', door: 'main' }));
+      for (const payload of ['not json', '[]', '{}', '{"command":"explode","door":"main"}', '{"command":"unlock"}', '{"command":"unlock","door":7}', JSON.stringify({ ...good, extra: 1 }), JSON.stringify({ ...good, command: 'explode' }), Buffer.alloc(70_000, 0x7b).toString()]) {
         await sub.client.publishAsync(`${base}/command`, payload, { qos: 1 });
       }
-      await sub.client.publishAsync(`${base}/command`, JSON.stringify({ command: 'unlock', door: 'cellar', request_id: 'r-2' }), { qos: 1 });
+      await sub.client.publishAsync(`${base}/command`, signed({ command: 'unlock', door: 'cellar', request_id: 'r-2' }), { qos: 1 });
       await until(() => sub.messages.length >= 1, 5000, 'the reply for the unknown door');
       assert.deepEqual(JSON.parse(sub.messages[0].payload), { request_id: 'r-2', command: 'unlock', door: 'cellar', ok: false, error: 'unknown door' });
       assert.equal(pulses(), before, 'nothing opened');
-      assert.match(device.svc.logs(), /mqtt command ignored/);
+      assert.match(device.svc.logs(), /"refused":"malformed".*remote command refused/);
       assert.equal((await fetch(`${device.svc.url}/healthz`)).status, 200);
     } finally {
       await sub.close();
@@ -134,7 +140,7 @@ describe('MQTT: access events, device status with last will, commands', function
       const api = new Client(device.svc.url, device.apiKey);
       const enroll = await api.start('enroll', { externalUserId: 'dave' });
       const verify = await api.start('verify', { externalUserId: 'alice' });
-      const send = (body: object) => sub.client.publishAsync(`${base}/command`, JSON.stringify(body), { qos: 1 });
+      const send = (body: Omit<CommandFields, 'device'>) => sub.client.publishAsync(`${base}/command`, signed(body), { qos: 1 });
       await send({ command: 'open_session', door: 'main', biometry_url: enroll.biometryUrl, request_id: 'ok' });
       await send({ command: 'open_session', door: 'main', biometry_url: verify.biometryUrl, request_id: 'wrong-flow' });
       await send({ command: 'open_session', door: 'main', biometry_url: 'https://evil.example.com/capture?t=abc', request_id: 'foreign' });

@@ -1,3 +1,6 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import readline from 'node:readline';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Turnstile, cameraFor } from '../access/turnstile.ts';
 import { type Settings, SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
@@ -10,7 +13,9 @@ import { normalizeOrigin } from '../sessions/service.ts';
 import { backupDatabase, restoreDatabase } from '../store/backup.ts';
 import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
+import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
+import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 
 /**
  * The tenant a fresh device creates so the README's curl walk-through works at once. It uses
@@ -222,6 +227,66 @@ program
     console.log(formatChecks(checks));
     if (checks.some((c) => c.status === 'fail')) process.exitCode = 1;
   });
+
+const command = program.command('command').description('remote commands: an admin key pair, and commands signed with it');
+command
+  .command('keygen')
+  .description('make an Ed25519 key pair: the private key file stays with you (mode 600), the public key goes into the device file')
+  .requiredOption('--out <file>', 'where to write the private key (never overwritten)')
+  .action((opts: { out: string }) => print(keygen(opts.out)));
+command
+  .command('sign')
+  .description('print a signed command (JSON) to publish on <prefix>/<device>/command within its validity (remote_commands.max_age_seconds)')
+  .requiredOption('--key <file>', 'the private key from `command keygen`')
+  .requiredOption('--device <id>', 'device_id of the device')
+  .requiredOption('--door <id>', 'door id')
+  .addOption(new Option('--command <name>', 'what to do').choices(['unlock', 'open_session']).default('unlock'))
+  .option('--biometry-url <url>', 'open_session: the capture link to show on the door screen')
+  .option('--request-id <id>', 'echoed in the reply on command/result')
+  .action((opts: { key: string; device: string; door: string; command: 'unlock' | 'open_session'; biometryUrl?: string; requestId?: string }) =>
+    print(sign(opts.key, { command: opts.command, device: opts.device, door: opts.door, biometry_url: opts.biometryUrl, request_id: opts.requestId })),
+  );
+
+program
+  .command('unlock')
+  .description("open a door remotely: sign an unlock with your key, send it to the device's command topic and print its reply")
+  .requiredOption('--door <id>', 'door id')
+  .requiredOption('--key <file>', 'the private key from `command keygen`')
+  .option('--device <id>', 'device_id (default: the device file of this machine)')
+  .option('--url <url>', 'broker (default: the device file of this machine)')
+  .option('--username <name>', 'broker user (an admin)')
+  .option('--password-file <file>', "file holding that user's password")
+  .option('--ca-file <file>', 'CA certificate of an mqtts:// broker')
+  .action(async (opts: { door: string; key: string; device?: string; url?: string; username?: string; passwordFile?: string; caFile?: string }) => {
+    const settings = settingsOrExit();
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    const deviceId = opts.device ?? device?.device_id;
+    if (!deviceId) throw new CommandError('say which device: --device <device_id> (or set AUTHFACE_DEVICE_CONFIG)');
+    const signed = sign(opts.key, { command: 'unlock', device: deviceId, door: opts.door, request_id: crypto.randomUUID() });
+    const reply = (await send(signed, sendOptionsFrom(opts, device))) as { ok: boolean };
+    print(reply);
+    if (!reply.ok) process.exitCode = 1;
+  });
+
+const broker = program.command('broker').description("the embedded broker's users");
+broker
+  .command('passwd')
+  .description('add a user to the users file (mqtt.embedded.users_file), or change its password; only a scrypt hash is stored')
+  .requiredOption('--file <file>', 'the users file (created 0600)')
+  .requiredOption('--user <name>', 'user name (its MQTT client ids must be the name or start with "<name>-")')
+  .addOption(new Option('--role <role>', 'admin: may send (signed) commands; observer: reads events').choices(['admin', 'observer']).makeOptionMandatory())
+  .option('--password-file <file>', 'read the password from this file (default: the first line on standard input)')
+  .action(async (opts: { file: string; user: string; role: BrokerRole; passwordFile?: string }) => {
+    const password = opts.passwordFile ? fs.readFileSync(opts.passwordFile, 'utf8').trim() : (await firstLine(process.stdin)).trim();
+    setUser(opts.file, { name: opts.user, role: opts.role, password });
+    print({ file: opts.file, user: opts.user, role: opts.role });
+  });
+
+async function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
+  if ((stream as NodeJS.ReadStream).isTTY) process.stderr.write('password: ');
+  for await (const line of readline.createInterface({ input: stream })) return line;
+  return '';
+}
 
 program
   .command('backup')

@@ -88,16 +88,40 @@ const mqtt = z
     key_file: z.string().optional().describe('Client key (PEM) for mutual TLS.'),
     reject_unauthorized: z.boolean().default(true).describe('Refuse brokers whose certificate does not verify.'),
     topic_prefix: id.default('authface').describe('First topic level: `<prefix>/<device_id>/…`.'),
+    protocol_version: z
+      .union([z.literal(4), z.literal(5)])
+      .default(5)
+      .describe('MQTT version towards `url`: 5 lets the device refuse retained commands that the broker delivers live and cap what the broker sends it; use 4 only for a broker without MQTT 5. The embedded broker speaks 3.1.1.'),
+    max_packet_bytes: z.int().min(1024).max(16 * 1024 * 1024).default(65_536).describe('Largest MQTT packet accepted: the embedded broker closes a connection that sends a larger one; an MQTT 5 broker is asked not to send larger ones.'),
     embedded: z
       .strictObject({
         host: z.string().default('127.0.0.1').describe('Interface of the embedded broker.'),
         port: z.int().min(0).max(65535).default(1883).describe('Port of the embedded broker.'),
+        users_file: z
+          .string()
+          .optional()
+          .describe('Broker users (name, role admin or observer, scrypt hash), made with `authface broker passwd`. Without it only the device itself may connect.'),
       })
       .default({ host: '127.0.0.1', port: 1883 })
-      .describe('The embedded broker used when no `url` is given.'),
+      .describe('The embedded broker used when no `url` is given. It refuses anonymous clients; see firmware-config/README.md, "MQTT security".'),
   })
-  .default({ reject_unauthorized: true, topic_prefix: 'authface', embedded: { host: '127.0.0.1', port: 1883 } })
+  .default({ reject_unauthorized: true, topic_prefix: 'authface', protocol_version: 5, max_packet_bytes: 65_536, embedded: { host: '127.0.0.1', port: 1883 } })
   .describe('MQTT: access events, device status, commands.');
+
+const remoteCommands = z
+  .strictObject({
+    enabled: z.boolean().default(false).describe('Accept remote commands (unlock, open_session) on the MQTT command topic. Off by default: the door opens for a face only.'),
+    public_key: z
+      .string()
+      .regex(/^[A-Za-z0-9+/]{43}=$/, { error: 'an Ed25519 public key in base64 (44 characters), as `authface command keygen` prints it' })
+      .optional()
+      .describe('Ed25519 public key (base64) of the admin whose signature every command must carry.'),
+    max_age_seconds: z.int().min(5).max(300).default(30).describe('A command issued longer ago than this is refused.'),
+    clock_skew_seconds: z.int().min(0).max(60).default(5).describe('A command issued this far in the future is still accepted (clocks differ a little).'),
+    unlocks_per_minute: z.int().min(1).max(60).default(6).describe('Remote openings allowed per door in any 60 seconds.'),
+  })
+  .default({ enabled: false, max_age_seconds: 30, clock_skew_seconds: 5, unlocks_per_minute: 6 })
+  .describe('Remote commands over MQTT, signed with Ed25519 (see firmware-config/README.md, "Remote commands").');
 
 export const deviceConfigSchema = z
   .strictObject({
@@ -125,6 +149,7 @@ export const deviceConfigSchema = z
       .default({ device: '/dev/video0', width: 640, height: 480, interval_ms: 250, driver: 'fswebcam', simulated_images: [] })
       .describe('The camera used by `authface turnstile` (the kiosk uses the browser camera).'),
     mqtt,
+    remote_commands: remoteCommands,
     kiosk: z
       .strictObject({
         door: id.optional().describe('Door of the kiosk screen (default: the first door).'),
@@ -147,6 +172,9 @@ export const deviceConfigSchema = z
         if (!c.groups[g]) ctx.addIssue({ code: 'custom', path: ['doors', i, 'allow', 'groups'], message: `group ${g} is not defined under groups` });
       }
     });
+    if (c.remote_commands.enabled && !c.remote_commands.public_key) {
+      ctx.addIssue({ code: 'custom', path: ['remote_commands', 'public_key'], message: 'remote commands are enabled: give the public key of the admin who signs them (authface command keygen)' });
+    }
     for (const [key, value] of [['kiosk', c.kiosk.door], ['turnstile', c.turnstile.door]] as const) {
       if (value && !ids.has(value)) ctx.addIssue({ code: 'custom', path: [key, 'door'], message: `no door ${value}` });
     }

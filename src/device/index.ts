@@ -1,27 +1,31 @@
 import { AccessController } from '../access/controller.ts';
 import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
+import { RemoteCommands } from '../access/remote-commands.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
-import { MqttBridge } from '../mqtt/bridge.ts';
+import { MqttBridge, type MqttLink, unavailableLink } from '../mqtt/bridge.ts';
 import { EmbeddedBroker } from '../mqtt/broker.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { Store } from '../store/index.ts';
-import type { DeviceConfig } from './config.ts';
+import { type DeviceConfig, DeviceConfigError } from './config.ts';
 
 export interface Device {
   config: DeviceConfig;
   access: AccessController;
   kiosk: KioskService;
+  commands: RemoteCommands;
   broker: EmbeddedBroker | null;
   mqtt: MqttBridge | null;
+  /** The broker link as it is now (connected, retrying, or why it is unavailable). */
+  mqttLink(): MqttLink;
   close(): Promise<void>;
 }
 
 /**
  * The appliance side of the service: door control, the kiosk's sessions and MQTT. Features hang
  * off the event bus: the access controller listens for finished door sessions, the MQTT bridge
- * for decisions and alarms.
+ * for decisions and alarms. Remote commands arrive over MQTT and are judged by RemoteCommands.
  */
 export async function startDevice(
   config: DeviceConfig,
@@ -29,35 +33,54 @@ export async function startDevice(
 ): Promise<Device> {
   const tenant = config.tenant_id ? deps.store.tenants.get(config.tenant_id) : deps.store.tenants.byName('default');
   if (!tenant) {
-    throw new Error(config.tenant_id ? `device config: no tenant ${config.tenant_id}` : 'device config: set tenant_id (there is no tenant named "default")');
+    throw new DeviceConfigError(
+      config.tenant_id
+        ? `tenant_id ${config.tenant_id} of the device file is not a tenant of this service (authface tenant list)`
+        : 'the device file has no tenant_id and there is no tenant named "default": set tenant_id (authface tenant list)',
+    );
   }
   const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
   const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl);
+  const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
   let broker: EmbeddedBroker | null = null;
   let mqtt: MqttBridge | null = null;
+  let link: MqttLink | null = null;
+  const url = config.mqtt.url ?? null;
   try {
-    let url = config.mqtt.url;
     if (!url) {
-      broker = await EmbeddedBroker.start(config.mqtt.embedded.host, config.mqtt.embedded.port);
-      url = broker.url;
-      deps.logger.info({ url }, 'embedded MQTT broker started');
+      const { host, port, users_file } = config.mqtt.embedded;
+      broker = await EmbeddedBroker.start({
+        host,
+        port,
+        prefix: config.mqtt.topic_prefix,
+        deviceId: config.device_id,
+        usersFile: users_file,
+        maxPacketBytes: config.mqtt.max_packet_bytes,
+        logger: deps.logger,
+      }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'EADDRINUSE') throw new Error(`the embedded broker cannot listen on ${host}:${port}: the port is in use (another broker?); set mqtt.embedded.port, or mqtt.url to use that broker`);
+        throw err;
+      });
+      deps.logger.info({ url: broker.url }, 'embedded MQTT broker started');
     }
-    mqtt = await MqttBridge.connect(config, url, { events: deps.events, access, kiosk, logger: deps.logger, version: deps.version });
-    deps.logger.info({ url: url.replace(/\/\/[^@/]*@/, '//') }, 'connected to MQTT');
+    mqtt = await MqttBridge.start(config, url ?? (broker as EmbeddedBroker).url, { events: deps.events, commands, logger: deps.logger, version: deps.version, credentials: broker?.device });
   } catch (err) {
-    // doors keep working without MQTT; `authface doctor` says what is wrong
-    deps.logger.error({ err: { name: (err as Error).name, message: (err as Error).message } }, 'MQTT unavailable: access events are not published');
+    // doors keep working without MQTT; /readyz, doctor and the device status say what is wrong
+    link = unavailableLink(url, (err as Error).message);
+    deps.logger.error({ problem: link.error }, 'MQTT unavailable: access events are not published');
     await broker?.close();
     broker = null;
   }
-  deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id }, 'device ready');
+  deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id, remote_commands: commands.enabled }, 'device ready');
   return {
     config,
     access,
     kiosk,
+    commands,
     broker,
     mqtt,
+    mqttLink: () => mqtt?.link ?? (link as MqttLink),
     async close() {
       await mqtt?.close().catch(() => undefined);
       await broker?.close();

@@ -112,6 +112,9 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   resealTemplates,
   // tombstones and the rows of people deleted before erasure existed lose their identifier too
   eraseDeletedIdentities,
+  // nonces of remote commands carried out: a replay is refused, also after a restart
+  `CREATE TABLE command_nonces (nonce TEXT PRIMARY KEY, keep_until TEXT NOT NULL);
+   CREATE INDEX command_nonces_until ON command_nonces (keep_until);`,
 ];
 
 /**

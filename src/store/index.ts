@@ -3,6 +3,7 @@ import { AuditLog } from './audit.ts';
 import { EmbeddingCipher, StoreError, legacyTemplateAad, loadMasterKey, opensKeyCheck, sealKeyCheck } from './crypto.ts';
 import { type Db, migrate, openDatabase, schemaVersion } from './database.ts';
 import { eraseIdentity } from './erasure.ts';
+import { CommandNonces } from './nonces.ts';
 import { SessionStore } from './sessions.ts';
 import { TenantStore } from './tenants.ts';
 import { UserStore } from './users.ts';
@@ -16,6 +17,7 @@ export interface Store {
   users: UserStore;
   sessions: SessionStore;
   audit: AuditLog;
+  nonces: CommandNonces;
   /**
    * Deletes a user's templates and every trace of their identifier; `record` runs in the same
    * transaction with the pseudonym that replaces it (to audit the deletion). Null: no such user.
@@ -54,6 +56,7 @@ export function openStore(dataDir: string, masterKey: string | undefined, option
       users,
       sessions: new SessionStore(db),
       audit,
+      nonces: new CommandNonces(db),
       eraseUser(tenantId, externalUserId, record) {
         const result = db.transaction(() => {
           const pseudonym = users.delete(tenantId, externalUserId);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { ARTIFACTS, launch, requireChromium, stillClip } from '../support/browser.ts';
 import { Client } from '../support/client.ts';
-import { type TestDevice, startTestDevice } from '../support/device.ts';
+import { BROKER_USERS, type TestDevice, startTestDevice } from '../support/device.ts';
 import { listen, until } from '../support/mqtt.ts';
 import { type Photos, photos } from '../support/photos.ts';
 
@@ -35,7 +35,7 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
       mqtt: { embedded: { host: '127.0.0.1', port: 0 } },
     });
     const broker = device.svc.service.device!.broker!;
-    events = await listen(broker.url, [`authface/${deviceId}/door/+/access`]);
+    events = await listen(broker.url, [`authface/${deviceId}/door/+/access`], { ...BROKER_USERS.observer, clientId: 'observer-kiosk-e2e' });
     const api = new Client(device.svc.url, device.apiKey);
     assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
   });

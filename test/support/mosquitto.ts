@@ -1,0 +1,74 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { ROOT } from './datasets.ts';
+
+/** A free TCP port on the loopback interface. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+export interface OwnMosquitto {
+  url: string;
+  port: number;
+  dir: string;
+  close(): Promise<void>;
+}
+
+/**
+ * A Mosquitto of our own on a free port (the shared one on 1883 is left as it is), configured by
+ * firmware-config/mosquitto: authenticated users from a password file, the ACL file as shipped,
+ * client ids bound to user names, the packet size limit. TLS is left out (plain loopback).
+ */
+export async function startMosquitto(users: Record<string, string>): Promise<OwnMosquitto> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-mosquitto-'));
+  const port = await freePort();
+  const passwd = path.join(dir, 'passwd');
+  for (const [name, password] of Object.entries(users)) {
+    execFileSync('mosquitto_passwd', [...(fs.existsSync(passwd) ? [] : ['-c']), '-b', passwd, name, password]);
+  }
+  fs.copyFileSync(path.join(ROOT, 'firmware-config', 'mosquitto', 'authface.acl'), path.join(dir, 'acl'));
+  const shipped = fs.readFileSync(path.join(ROOT, 'firmware-config', 'mosquitto', 'authface.conf'), 'utf8');
+  const conf = shipped
+    .split('\n')
+    .filter((l) => !/^(certfile|keyfile|tls_version)\b/.test(l))
+    .map((l) =>
+      l
+        .replace(/^listener .*/, `listener ${port} 127.0.0.1`)
+        .replace(/^password_file .*/, `password_file ${passwd}`)
+        .replace(/^acl_file .*/, `acl_file ${path.join(dir, 'acl')}`),
+    )
+    .join('\n');
+  // global options go before the listener: put ours first
+  fs.writeFileSync(path.join(dir, 'mosquitto.conf'), `persistence false\nlog_dest stderr\n${process.getuid?.() === 0 ? 'user root\n' : ''}${conf}\n`);
+  fs.chmodSync(passwd, 0o600);
+  const child: ChildProcess = spawn('mosquitto', ['-c', path.join(dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr?.on('data', (d) => (log += d));
+  for (let i = 0; ; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve(!!s.end()));
+      s.on('error', () => resolve(false));
+    });
+    if (up) break;
+    if (i > 100 || child.exitCode !== null) throw new Error(`mosquitto did not start:\n${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    port,
+    dir,
+    async close() {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
