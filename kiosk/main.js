@@ -1,15 +1,18 @@
 // Auth Face door kiosk: one full-screen window on the local service's /kiosk page. Kept thin on
 // purpose; every rule it applies lives in policy.js (tested without Electron).
+import fs from 'node:fs';
 import { app, BrowserWindow, Menu, session } from 'electron';
-import { RestartPolicy, loadConfig, navigationGuard, permissionCheckHandler, permissionRequestHandler, windowOptions } from './policy.js';
+import { RestartPolicy, kioskHeaders, loadConfig, navigationGuard, permissionCheckHandler, permissionRequestHandler, readKioskSecret, windowOptions } from './policy.js';
 
 const config = loadConfig(process.env);
+const secret = readKioskSecret(config, (f) => fs.readFileSync(f, 'utf8'));
 const restarts = new RestartPolicy();
 
 app.whenReady().then(() => {
   if (!config.dev) Menu.setApplicationMenu(null);
   session.defaultSession.setPermissionRequestHandler(permissionRequestHandler(config));
   session.defaultSession.setPermissionCheckHandler(permissionCheckHandler(config));
+  session.defaultSession.webRequest.onBeforeSendHeaders(kioskHeaders(config, secret));
 
   const win = new BrowserWindow(windowOptions(config));
   const guard = navigationGuard(config);

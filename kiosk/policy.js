@@ -3,13 +3,17 @@
 // which page it shows, what it may do (the camera of the local service, nothing else), where it
 // may navigate (nowhere else), and how it recovers from a crashed or hung renderer.
 
-/** @typedef {{ url: string, origin: string, dev: boolean }} KioskConfig */
+/** @typedef {{ url: string, origin: string, dev: boolean, secretFile: string }} KioskConfig */
+
+/** The header that makes a request the door's own kiosk (the service checks it: src/access/kiosk-secret.ts). */
+export const KIOSK_HEADER = 'X-Authface-Kiosk';
 
 const LOCAL_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 /**
  * The kiosk's settings from the environment: AUTHFACE_KIOSK_URL (default the local service's
- * /kiosk page) and AUTHFACE_KIOSK_DEV=1 (windowed, with dev tools; never on a door).
+ * /kiosk page), AUTHFACE_KIOSK_SECRET_FILE (the service's kiosk.secret, default in
+ * /var/lib/authface) and AUTHFACE_KIOSK_DEV=1 (windowed, with dev tools; never on a door).
  * @param {Record<string, string | undefined>} env
  * @returns {KioskConfig}
  */
@@ -25,7 +29,41 @@ export function loadConfig(env) {
     // the kiosk shows the service on this device, never a remote page
     throw new Error(`AUTHFACE_KIOSK_URL must point at this device (127.0.0.1 or localhost): ${raw}`);
   }
-  return { url: url.toString(), origin: url.origin, dev: env.AUTHFACE_KIOSK_DEV === '1' };
+  return {
+    url: url.toString(),
+    origin: url.origin,
+    dev: env.AUTHFACE_KIOSK_DEV === '1',
+    secretFile: env.AUTHFACE_KIOSK_SECRET_FILE || '/var/lib/authface/kiosk.secret',
+  };
+}
+
+/**
+ * The kiosk secret, read from the service's data directory (the kiosk runs as the service user).
+ * @param {KioskConfig} config @param {(file: string) => string} readFile
+ */
+export function readKioskSecret(config, readFile) {
+  let text;
+  try {
+    text = readFile(config.secretFile).trim();
+  } catch (err) {
+    throw new Error(`cannot read the kiosk secret ${config.secretFile} (${/** @type {{ code?: string }} */ (err).code ?? err}): start the service once, and run the kiosk as its user`);
+  }
+  if (!/^[A-Za-z0-9_-]{43}$/.test(text)) throw new Error(`${config.secretFile} does not hold a kiosk secret`);
+  return text;
+}
+
+/**
+ * For session.webRequest.onBeforeSendHeaders: adds the kiosk secret to requests for the local
+ * service, and only to those. The page's scripts never see it, and no other site ever gets it.
+ * @param {KioskConfig} config @param {string} secret
+ */
+export function kioskHeaders(config, secret) {
+  return (/** @type {{ url: string, requestHeaders: Record<string, string> }} */ details, /** @type {(r: { requestHeaders: Record<string, string> }) => void} */ callback) => {
+    const requestHeaders = { ...details.requestHeaders };
+    for (const name of Object.keys(requestHeaders)) if (name.toLowerCase() === KIOSK_HEADER.toLowerCase()) delete requestHeaders[name];
+    if (safeOrigin(details.url) === config.origin) requestHeaders[KIOSK_HEADER] = secret;
+    callback({ requestHeaders });
+  };
 }
 
 /** Options of the one kiosk window. @param {KioskConfig} config */

@@ -86,6 +86,7 @@ HOST=127.0.0.1
 PORT=$PORT
 PUBLIC_URL=http://127.0.0.1:$PORT
 AUTHFACE_KIOSK_URL=http://127.0.0.1:$PORT/kiosk?door=$KIOSK_DOOR
+AUTHFACE_KIOSK_SECRET_FILE=$DATA/kiosk.secret
 ENV
 )
 if [ "$DRY" = 1 ]; then echo "+ write $ETC/authface.env:"; echo "$ENV_FILE" | sed 's/^/    /'; else

@@ -138,7 +138,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
       version: VERSION,
       isReady: () => analyzer.isReady,
-      device: device && { config: device.config, kiosk: device.kiosk, access: device.access, events, tenants: store.tenants },
+      device: device && { config: device.config, kiosk: device.kiosk, kioskSecret: device.kioskSecret, access: device.access, events, tenants: store.tenants },
     });
 
     /** Expires sessions whose link is past its lifetime, and removes rows past the retention. */

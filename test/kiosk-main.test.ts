@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { RestartPolicy, isAllowedPermission, loadConfig, mayNavigate, navigationGuard, permissionCheckHandler, permissionRequestHandler, windowOptions } from '../kiosk/policy.js';
+import { KIOSK_HEADER, RestartPolicy, isAllowedPermission, kioskHeaders, loadConfig, mayNavigate, navigationGuard, permissionCheckHandler, permissionRequestHandler, readKioskSecret, windowOptions } from '../kiosk/policy.js';
 
 /** The Electron kiosk's rules, exercised without the Electron binary (kiosk/policy.js). */
 describe('kiosk shell rules (Electron main process, without Electron)', function () {
@@ -11,6 +11,26 @@ describe('kiosk shell rules (Electron main process, without Electron)', function
     for (const bad of ['https://evil.example.com/kiosk', 'file:///etc/passwd', 'http://10.0.0.5:8080/kiosk', 'not a url']) {
       assert.throws(() => loadConfig({ AUTHFACE_KIOSK_URL: bad }), /AUTHFACE_KIOSK_URL/);
     }
+  });
+
+  it('adds the kiosk secret to requests for the local service only, never elsewhere', function () {
+    const secret = 'k'.repeat(43);
+    const add = kioskHeaders(config, secret);
+    const headersFor = (url: string, requestHeaders: Record<string, string> = {}) => {
+      let out: Record<string, string> = {};
+      add({ url, requestHeaders }, (r) => (out = r.requestHeaders));
+      return out;
+    };
+    assert.equal(headersFor('http://127.0.0.1:8080/kiosk/v1/doors/main')[KIOSK_HEADER], secret);
+    for (const other of ['http://127.0.0.1:9999/x', 'https://evil.example.com/kiosk', 'http://localhost:8080/kiosk']) {
+      assert.equal(headersFor(other)[KIOSK_HEADER], undefined, other);
+    }
+    // a page cannot set it itself (it would be replaced, or dropped elsewhere)
+    assert.equal(headersFor('https://evil.example.com/', { 'x-authface-kiosk': 'forged' })['x-authface-kiosk'], undefined);
+    assert.equal(readKioskSecret(config, () => `${secret}\n`), secret);
+    assert.throws(() => readKioskSecret(config, () => 'short'), /does not hold a kiosk secret/);
+    assert.throws(() => readKioskSecret(config, () => { throw Object.assign(new Error('x'), { code: 'EACCES' }); }), /cannot read the kiosk secret.*EACCES/);
+    assert.equal(loadConfig({}).secretFile, '/var/lib/authface/kiosk.secret');
   });
 
   it('is full screen without dev tools in production, windowed only in dev mode', function () {

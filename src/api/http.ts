@@ -9,6 +9,7 @@ import { type ErrorKind, ServiceError } from '../errors.ts';
 const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   method_not_allowed: 405,
   conflict: 409,

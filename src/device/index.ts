@@ -1,6 +1,7 @@
 import { AccessController } from '../access/controller.ts';
 import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
+import { KioskSecret } from '../access/kiosk-secret.ts';
 import { RemoteCommands } from '../access/remote-commands.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
@@ -14,6 +15,8 @@ export interface Device {
   config: DeviceConfig;
   access: AccessController;
   kiosk: KioskService;
+  /** What makes a request the door's own kiosk screen (see src/access/kiosk-secret.ts). */
+  kioskSecret: KioskSecret;
   commands: RemoteCommands;
   broker: EmbeddedBroker | null;
   mqtt: MqttBridge | null;
@@ -41,6 +44,7 @@ export async function startDevice(
   }
   const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
   const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl);
+  const kioskSecret = KioskSecret.load(deps.store.dataDir);
   const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
   let broker: EmbeddedBroker | null = null;
@@ -77,6 +81,7 @@ export async function startDevice(
     config,
     access,
     kiosk,
+    kioskSecret,
     commands,
     broker,
     mqtt,

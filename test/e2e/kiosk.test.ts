@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { ARTIFACTS, launch, requireChromium, stillClip } from '../support/browser.ts';
 import { Client } from '../support/client.ts';
-import { BROKER_USERS, type TestDevice, startTestDevice } from '../support/device.ts';
+import { BROKER_USERS, type TestDevice, kioskHeaders, startTestDevice } from '../support/device.ts';
 import { listen, until } from '../support/mqtt.ts';
 import { type Photos, photos } from '../support/photos.ts';
 
@@ -50,7 +50,8 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
     const clip = await stillClip(photo, path.join(ARTIFACTS, '..', 'clips', `kiosk-${name}.mjpeg`));
     const browser = await launch({ video: clip });
     browsers.push(browser);
-    const page = await browser.newPage({ viewport: { width: 1024, height: 768 } });
+    // what the Electron shell does: the kiosk secret on every request to the local service
+    const page = await browser.newPage({ viewport: { width: 1024, height: 768 }, extraHTTPHeaders: kioskHeaders(device) });
     await page.goto(`${device.svc.url}/kiosk?door=${door}`);
     return page;
   }
@@ -116,11 +117,12 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
     const open = await startTestDevice({ device_id: 'lan-test', doors: [{ id: 'front', relay: { driver: 'simulated' } }], mqtt: { embedded: { port: 0 } } }, { HOST: '0.0.0.0' });
     try {
       const port = new URL(open.svc.url).port;
-      assert.equal((await fetch(`http://127.0.0.1:${port}/kiosk/v1/doors/front`)).status, 200);
+      const headers = kioskHeaders(open);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/kiosk/v1/doors/front`, { headers })).status, 200);
       for (const p of ['/kiosk/v1/doors/front', '/kiosk?door=front']) {
-        assert.equal((await fetch(`http://${lan}:${port}${p}`)).status, 404, p);
+        assert.equal((await fetch(`http://${lan}:${port}${p}`, { headers })).status, 404, p);
       }
-      const sessions = await fetch(`http://${lan}:${port}/kiosk/v1/doors/front/sessions`, { method: 'POST' });
+      const sessions = await fetch(`http://${lan}:${port}/kiosk/v1/doors/front/sessions`, { method: 'POST', headers });
       assert.equal(sessions.status, 404);
     } finally {
       await open.close();
@@ -128,7 +130,7 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
   });
 
   it('the kiosk page is served with the capture CSP; the device API needs an API key', async function () {
-    const res = await fetch(`${device.svc.url}/kiosk?door=front`);
+    const res = await fetch(`${device.svc.url}/kiosk?door=front`, { headers: kioskHeaders(device) });
     assert.match(res.headers.get('content-security-policy') ?? '', /default-src 'none'/);
     assert.match(res.headers.get('permissions-policy') ?? '', /camera=\(self\)/);
     const wrongKey = await new Client(device.svc.url, 'afk_nope').post('/device/v1/kiosk/open', { door: 'front', biometry_url: 'x' });

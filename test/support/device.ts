@@ -25,6 +25,11 @@ export interface TestDevice {
   close(): Promise<void>;
 }
 
+/** The header the kiosk shell adds (kiosk/policy.js), with the device's secret. */
+export function kioskHeaders(device: TestDevice): Record<string, string> {
+  return { 'x-authface-kiosk': fs.readFileSync(path.join(device.svc.dataDir, 'kiosk.secret'), 'utf8').trim() };
+}
+
 /**
  * A service running as a door device: a device config (simulated relays) written to a temporary
  * directory, the `default` tenant the device serves, and the service started with both. Without

@@ -3,6 +3,7 @@ import Router from '@koa/router';
 import type { Context, Next } from 'koa';
 import type { AccessController } from '../../access/controller.ts';
 import type { KioskService } from '../../access/kiosk.ts';
+import { KIOSK_HEADER, type KioskSecret } from '../../access/kiosk-secret.ts';
 import type { EventBus } from '../../core/events.ts';
 import { type DeviceConfig, doorLiveness } from '../../device/config.ts';
 import { ServiceError } from '../../errors.ts';
@@ -17,16 +18,29 @@ export interface DeviceDeps {
   access: AccessController;
   events: EventBus;
   tenants: TenantStore;
+  kioskSecret: KioskSecret;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+const PROXY_HEADERS = ['forwarded', 'x-forwarded-for', 'via'];
 
-/** The kiosk runs on the device itself: its API answers the loopback interface only. */
-async function loopbackOnly(ctx: Context, next: Next): Promise<void> {
-  if (!LOOPBACK.has(ctx.socket.remoteAddress ?? '')) {
-    throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
-  }
-  await next();
+/**
+ * The kiosk runs on the device itself. A request is the kiosk's when it carries the device's
+ * kiosk secret (added by the kiosk shell), came in on the loopback interface, and was not relayed
+ * by a proxy. The address alone decides nothing: behind a reverse proxy on the same box every
+ * request comes from 127.0.0.1.
+ */
+function kioskOnly(secret: KioskSecret) {
+  return async (ctx: Context, next: Next): Promise<void> => {
+    if (!LOOPBACK.has(ctx.socket.remoteAddress ?? '')) throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
+    if (PROXY_HEADERS.some((h) => ctx.get(h) !== '')) {
+      throw new ServiceError('forbidden', 'kiosk_only', 'the kiosk API does not answer requests relayed by a proxy (Forwarded, X-Forwarded-For or Via)');
+    }
+    if (!secret.matches(ctx.get(KIOSK_HEADER) || undefined)) {
+      throw new ServiceError('forbidden', 'kiosk_only', "the kiosk API answers the door's own kiosk screen only");
+    }
+    await next();
+  };
 }
 
 const openOnKiosk = z.strictObject({ door: z.string().min(1).max(64), biometry_url: z.string().max(2048) }).meta({ id: 'KioskOpenRequest' });
@@ -37,16 +51,17 @@ const openOnKiosk = z.strictObject({ door: z.string().min(1).max(64), biometry_u
  */
 export function kioskRoutes(deps: DeviceDeps): Router {
   const router = new Router();
+  const kioskCall = kioskOnly(deps.kioskSecret);
   const html = pageHtml('kiosk.html');
 
-  router.get('/kiosk', loopbackOnly, (ctx) => {
+  router.get('/kiosk', kioskCall, (ctx) => {
     ctx.set('Content-Security-Policy', CAPTURE_CSP);
     ctx.set('Permissions-Policy', 'camera=(self), microphone=(), geolocation=()');
     ctx.type = 'html';
     ctx.body = html;
   });
 
-  router.get('/kiosk/v1/doors/:door', loopbackOnly, (ctx) => {
+  router.get('/kiosk/v1/doors/:door', kioskCall, (ctx) => {
     const door = deps.kiosk.door(ctx.params.door);
     ctx.body = {
       id: door.id,
@@ -57,13 +72,13 @@ export function kioskRoutes(deps: DeviceDeps): Router {
     };
   });
 
-  router.post('/kiosk/v1/doors/:door/sessions', loopbackOnly, (ctx) => {
+  router.post('/kiosk/v1/doors/:door/sessions', kioskCall, (ctx) => {
     const s = deps.kiosk.startIdentify(ctx.params.door);
     ctx.body = { token: s.token, client_state: s.clientState, liveness: s.liveness };
   });
 
   // decisions for this door and sessions pushed to it, as server-sent events
-  router.get('/kiosk/v1/doors/:door/events', loopbackOnly, (ctx) => {
+  router.get('/kiosk/v1/doors/:door/events', kioskCall, (ctx) => {
     const door = deps.kiosk.door(ctx.params.door).id;
     const stream = new PassThrough();
     const send = (event: string, data: object) => stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
