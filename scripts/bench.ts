@@ -7,7 +7,9 @@
  *     frames are being analysed.
  *  4. door latency: from the upload of the last frame a kiosk session needs to the relay pulse,
  *     over real HTTP with a simulated relay.
- * Options: --only frames|search|http|door, --frames N (default 40).
+ *  5. what the engine's fair queue and the header check add to each frame;
+ *  6. what a durable enrolment commit costs (synchronous=FULL against NORMAL).
+ * Options: --only frames|search|http|door|queue|store, --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -16,14 +18,17 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { normalize } from '../src/biometrics/embedding.ts';
 import { FaceEngine } from '../src/biometrics/engine.ts';
+import { FairQueue } from '../src/biometrics/fair-queue.ts';
 import { Gallery } from '../src/biometrics/gallery.ts';
 import { decodeImage } from '../src/biometrics/image.ts';
+import { checkImageHeader } from '../src/biometrics/image-header.ts';
 import { ModelFiles } from '../src/biometrics/models.ts';
 import { DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
 import { loadFaceApiNet, loadRuntime } from '../src/biometrics/runtime.ts';
 import { loadSettings } from '../src/config/settings.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { startService } from '../src/service.ts';
+import { openStore } from '../src/store/index.ts';
 import { photos } from '../test/support/photos.ts';
 import { closeSharedAnalyzer } from '../test/support/service.ts';
 
@@ -219,10 +224,77 @@ async function benchDoor(): Promise<void> {
   }
 }
 
+/** The fair queue (per-tenant lanes, doors first) against a plain FIFO, and the header check, per frame. */
+async function benchQueue(): Promise<void> {
+  const perItem = (run: () => void, items: number) => {
+    for (let i = 0; i < 3; i++) run(); // warm up
+    const t: number[] = [];
+    for (let r = 0; r < 20; r++) {
+      const s = process.hrtime.bigint();
+      run();
+      t.push(Number(process.hrtime.bigint() - s) / items);
+    }
+    return Number(pct(t, 50).toFixed(1));
+  };
+  const items = 10_000;
+  const out: Record<string, unknown> = {};
+  out.plain_fifo_ns = perItem(() => {
+    const q: number[] = [];
+    for (let i = 0; i < items; i++) q.push(i);
+    while (q.length) q.shift();
+  }, items);
+  for (const lanes of [1, 10, 100]) {
+    out[`fair_queue_${lanes}_lanes_ns`] = perItem(() => {
+      const q = new FairQueue<number>();
+      // a burst queued, then drained, as frames wait for a worker
+      for (let i = 0; i < items; i++) q.push(i, `tenant-${i % lanes}`, i % 50 === 0);
+      while (q.size) q.shift();
+    }, items);
+  }
+  const frame = new Uint8Array((await frames(1))[0]);
+  const limits = { maxPixels: 25_000_000, maxSide: 8192, maxAspectRatio: 4 };
+  out.header_check_ns = perItem(() => {
+    for (let i = 0; i < 1000; i++) checkImageHeader(frame, limits);
+  }, 1000);
+  results.queue_per_frame = out;
+  console.log('engine queue per frame', JSON.stringify(out));
+}
+
+/** An enrolment's commit (template + session outcome + audit row) with NORMAL and with FULL sync. */
+function benchStore(): void {
+  const out: Record<string, unknown> = {};
+  for (const mode of ['NORMAL', 'FULL'] as const) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-store-'));
+    const store = openStore(dir, undefined);
+    try {
+      store.db.pragma(`synchronous = ${mode}`);
+      const tenant = store.tenants.create({ name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+      const t: number[] = [];
+      for (let i = 0; i < 200; i++) {
+        const embedding = normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+        const s = performance.now();
+        store.db.transaction(() => {
+          store.users.enroll(tenant.id, `user-${i}`, embedding);
+          store.audit.record({ tenantId: tenant.id, type: 'session_finished', flow: 'enroll', sessionId: null, externalUserId: `user-${i}`, result: 'success', reason: null, score: null });
+        })();
+        t.push(performance.now() - s);
+      }
+      out[mode.toLowerCase()] = { commits: t.length, p50_ms: pct(t, 50), p95_ms: pct(t, 95) };
+    } finally {
+      store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  results.enrolment_commit = out;
+  console.log('enrolment commit', JSON.stringify(out));
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
 if (!only || only === 'door') await benchDoor();
+if (!only || only === 'queue') await benchQueue();
+if (!only || only === 'store') benchStore();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { FaceAnalyzer } from '../src/biometrics/index.ts';
+import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../src/biometrics/index.ts';
 import { DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
 import type { FrameAnalysis } from '../src/biometrics/types.ts';
 import { loadSettings } from '../src/config/settings.ts';
@@ -25,7 +25,7 @@ const sets = {
 };
 
 const settings = loadSettings();
-const analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, workers: 2, queueSize: 8 });
+const analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, ...DEFAULT_ANALYZER_LIMITS, workers: 2, queueSize: 8 });
 await analyzer.ready();
 const analyse = async (files: string[]) => {
   const out: { file: string; a: FrameAnalysis }[] = [];

@@ -85,9 +85,12 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       new FaceAnalyzer({
         backend: settings.AUTHFACE_BACKEND,
         maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
+        maxSide: settings.AUTHFACE_MAX_IMAGE_SIDE,
+        maxAspectRatio: settings.AUTHFACE_MAX_ASPECT_RATIO,
         quality: DEFAULT_QUALITY,
         workers: settings.AUTHFACE_WORKERS,
         queueSize: settings.AUTHFACE_QUEUE_SIZE,
+        frameTimeoutMs: settings.AUTHFACE_FRAME_TIMEOUT_MS,
       });
     if (!overrides.analyzer) stack.push(() => analyzer.close());
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { similarity } from '../src/biometrics/embedding.ts';
-import { type FaceAnalyzer, WorkerTaskError } from '../src/biometrics/index.ts';
+import { type FaceAnalyzer, ImageInputError, WorkerTaskError } from '../src/biometrics/index.ts';
 import { type Photos, photos } from './support/photos.ts';
 import { sharedAnalyzer } from './support/service.ts';
 
@@ -80,17 +80,22 @@ describe('face engine: decoding and the quality gate on real photos', function (
     assert.ok(r.face!.brightness > 40 && r.face!.brightness < 225);
   });
 
-  it('refuses images over the pixel limit before decoding them (413)', async function () {
+  it('refuses images over the pixel limit from their header, before decoding them (413)', async function () {
     const huge = await sharp({ create: { width: 6000, height: 5000, channels: 3, background: '#777' } }).png().toBuffer();
-    await assert.rejects(analyze(huge), (err: unknown) => err instanceof WorkerTaskError && err.code === 'image_too_large');
+    await assert.rejects(analyze(huge), (err: unknown) => err instanceof ImageInputError && err.kind === 'image_too_large');
   });
 
   it('refuses what is not JPEG, PNG or WebP (415) and broken files (400)', async function () {
     const tiff = await sharp(img.personB).tiff().toBuffer();
-    await assert.rejects(analyze(tiff), (err: unknown) => err instanceof WorkerTaskError && err.code === 'unsupported_media_type');
+    await assert.rejects(analyze(tiff), (err: unknown) => err instanceof ImageInputError && err.kind === 'unsupported_media_type');
     const svg = Buffer.from('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>');
-    await assert.rejects(analyze(svg), (err: unknown) => err instanceof WorkerTaskError && err.code === 'unsupported_media_type');
+    await assert.rejects(analyze(svg), (err: unknown) => err instanceof ImageInputError && err.kind === 'unsupported_media_type');
     const broken = Buffer.concat([img.personB.subarray(0, 600), Buffer.alloc(400)]);
-    await assert.rejects(analyze(broken), (err: unknown) => err instanceof WorkerTaskError && err.code === 'invalid_image');
+    // its header is cut: refused before it reaches a worker
+    await assert.rejects(analyze(broken), (err: unknown) => err instanceof ImageInputError && err.kind === 'invalid_image');
+    // a whole header with a broken body: refused by the decoder in the worker
+    const header = await sharp(img.personB).jpeg().toBuffer();
+    const badBody = Buffer.concat([header.subarray(0, 2000), Buffer.alloc(3000, 0xff)]);
+    await assert.rejects(analyze(badBody), (err: unknown) => err instanceof WorkerTaskError && err.code === 'invalid_image');
   });
 });

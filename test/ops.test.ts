@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { FaceAnalyzer } from '../src/biometrics/index.ts';
+import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../src/biometrics/index.ts';
 import { DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
 import { Client } from './support/client.ts';
 import { type Photos, photos } from './support/photos.ts';
@@ -55,7 +55,7 @@ describe('operations: health, readiness, metrics, OpenAPI, back-pressure', funct
   });
 
   it('a full engine queue answers 503 with Retry-After instead of piling up', async function () {
-    const analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, workers: 1, queueSize: 1 });
+    const analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, ...DEFAULT_ANALYZER_LIMITS, workers: 1, queueSize: 1 });
     const busy = await startTestService({}, { ownAnalyzer: analyzer });
     try {
       await analyzer.ready();

@@ -91,7 +91,7 @@ export class Turnstile {
       const started = performance.now();
       try {
         const frame = await camera.grab();
-        const seen = await analyzer.analyze(frame.slice(), { mode: 'capture' });
+        const seen = await analyzer.analyze(frame.slice(), { mode: 'capture' }, DOOR_ROUTE);
         if (seen.face && Math.max(seen.face.box.width, seen.face.box.height) >= MIN_FACE_PX && !seen.problems.includes('multiple_faces')) {
           await this.#decide(frame, kiosk, capture);
           await this.#waitUntilGone(camera, analyzer);
@@ -119,7 +119,7 @@ export class Turnstile {
     const until = performance.now() + this.deps.config.kiosk.cooldown_seconds * 1000;
     let lastSeen = performance.now();
     while (!this.#stopped && performance.now() < until) {
-      const a = await analyzer.analyze(await camera.grab(), { mode: 'capture' });
+      const a = await analyzer.analyze(await camera.grab(), { mode: 'capture' }, DOOR_ROUTE);
       if (a.face) lastSeen = performance.now();
       else if (performance.now() - lastSeen > GONE_MS) return;
       await sleep(this.deps.config.camera.interval_ms);
@@ -128,3 +128,6 @@ export class Turnstile {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The turnstile's camera is the device's own door: its frames go first in the engine's queue. */
+const DOOR_ROUTE = { lane: 'doors', priority: true } as const;

@@ -1,21 +1,31 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { FairQueue } from './fair-queue.ts';
 
-/** Thrown when every worker is busy and the wait queue is full: callers answer 503. */
+/** Thrown when a lane's queue is full: callers answer 503 with Retry-After. */
 export class QueueFullError extends Error {
   constructor(readonly retryAfterSeconds: number) {
     super('the face engine is busy');
   }
 }
 
-/** A failure raised inside a worker, carried across the thread boundary by code. */
+/** A failure raised inside a worker (or a worker that ran out of time), carried by code. */
 export class WorkerTaskError extends Error {
   constructor(
     readonly code: string,
     message: string,
+    /** For `timeout`: when to try again. */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
   }
+}
+
+/** Who a task is for: its lane (a tenant), and whether it is the device's own door. */
+export interface TaskRoute {
+  lane: string;
+  /** The device's own doors go before every tenant's frames. */
+  priority?: boolean;
 }
 
 interface Task {
@@ -28,7 +38,7 @@ interface Task {
 
 interface Slot {
   worker: Worker;
-  busy: Task | undefined;
+  busy: { task: Task; timer: NodeJS.Timeout; started: number } | undefined;
   ready: boolean;
 }
 
@@ -37,21 +47,26 @@ export interface PoolOptions {
   workerUrl: URL;
   workerData: unknown;
   size: number;
+  /** Tasks one lane may have waiting (the doors' lane has its own). */
   queueSize: number;
+  /** A task running longer ends its worker, which is replaced. */
+  taskTimeoutMs: number;
 }
 
 /**
- * A fixed set of worker threads with a bounded FIFO queue. Heavy work never runs on the HTTP
- * event loop, and a full queue fails fast instead of piling up latency. A worker that dies is
- * replaced and its task fails; the others carry on.
+ * A fixed set of worker threads with a fair, bounded queue (FairQueue: the doors' own lane
+ * first, then the tenants in turn). Heavy work never runs on the HTTP event loop. A full lane
+ * fails fast, with a Retry-After computed from the queue ahead and the measured task time. A task that overruns its time limit ends its worker, which
+ * is replaced; a worker that dies is replaced and its task fails; the others carry on.
  */
 export class WorkerPool extends EventEmitter {
   readonly #slots: Slot[] = [];
-  readonly #queue: Task[] = [];
+  readonly #queue = new FairQueue<Task>();
   #nextId = 1;
   #closed = false;
   #failed = false;
-  #taskMillis = 150; // running estimate, for Retry-After
+  /** Measured time of a task, for Retry-After (null until one has run). */
+  #taskMillis: number | null = null;
 
   constructor(private readonly options: PoolOptions) {
     super();
@@ -81,30 +96,39 @@ export class WorkerPool extends EventEmitter {
   }
 
   get queued(): number {
-    return this.#queue.length;
+    return this.#queue.size;
   }
 
   get busy(): number {
     return this.#slots.filter((s) => s.busy).length;
   }
 
-  run<T>(message: object, transfer: ArrayBuffer[] = []): Promise<T> {
+  run<T>(message: object, transfer: ArrayBuffer[], route: TaskRoute): Promise<T> {
     if (this.#closed) return Promise.reject(new Error('the face engine is shut down'));
     const idle = this.#slots.find((s) => s.ready && !s.busy);
-    if (!idle && this.#queue.length >= this.options.queueSize) {
-      const waitMillis = ((this.#queue.length + 1) * this.#taskMillis) / this.#slots.length;
-      return Promise.reject(new QueueFullError(Math.max(1, Math.ceil(waitMillis / 1000))));
+    if (!idle && this.#queue.waiting(route.lane, route.priority) >= this.options.queueSize) {
+      return Promise.reject(new QueueFullError(this.retryAfter(route)));
     }
     return new Promise<T>((resolve, reject) => {
       const task: Task = { id: this.#nextId++, message, transfer, resolve: resolve as (v: unknown) => void, reject };
       if (idle) this.#dispatch(idle, task);
-      else this.#queue.push(task);
+      else this.#queue.push(task, route.lane, route.priority);
     });
+  }
+
+  /**
+   * Seconds until a task of this lane would be taken, from the queue as it is: the tasks taken
+   * before it (FairQueue.ahead), and one more for a worker to come free, each taking the measured
+   * task time, shared by the workers.
+   */
+  retryAfter(route: TaskRoute): number {
+    const millis = ((this.#queue.ahead(route.lane, route.priority) + 1) * (this.#taskMillis ?? 1000)) / Math.max(1, this.#slots.length);
+    return Math.max(1, Math.ceil(millis / 1000));
   }
 
   async close(): Promise<void> {
     this.#closed = true;
-    for (const task of this.#queue.splice(0)) task.reject(new Error('the face engine is shut down'));
+    for (let task = this.#queue.shift(); task; task = this.#queue.shift()) task.reject(new Error('the face engine is shut down'));
     await Promise.all(this.#slots.map((s) => s.worker.terminate()));
   }
 
@@ -123,11 +147,11 @@ export class WorkerPool extends EventEmitter {
         this.emit('error', new Error(`face engine worker failed to start: ${m.error?.message}`));
         return;
       }
-      const task = slot.busy;
-      if (!task || task.id !== m.id) return;
-      slot.busy = undefined;
-      if (m.ok) task.resolve(m.result);
-      else task.reject(new WorkerTaskError(m.error?.code ?? 'internal', m.error?.message ?? 'analysis failed'));
+      const running = slot.busy;
+      if (!running || running.task.id !== m.id) return;
+      this.#finish(slot);
+      if (m.ok) running.task.resolve(m.result);
+      else running.task.reject(new WorkerTaskError(m.error?.code ?? 'internal', m.error?.message ?? 'analysis failed'));
       this.#drain(slot);
     });
     worker.on('error', (err) => {
@@ -136,7 +160,11 @@ export class WorkerPool extends EventEmitter {
     });
     worker.on('exit', () => {
       if (this.#closed || this.#failed) return;
-      slot.busy?.reject(new WorkerTaskError('internal', 'the face engine worker stopped'));
+      const running = slot.busy;
+      if (running) {
+        this.#finish(slot);
+        running.task.reject(new WorkerTaskError('internal', 'the face engine worker stopped'));
+      }
       const index = this.#slots.indexOf(slot);
       if (index >= 0) this.#slots[index] = this.#spawn();
     });
@@ -144,25 +172,35 @@ export class WorkerPool extends EventEmitter {
   }
 
   #dispatch(slot: Slot, task: Task): void {
-    slot.busy = task;
-    const started = performance.now();
-    const done = () => {
-      this.#taskMillis = 0.8 * this.#taskMillis + 0.2 * (performance.now() - started);
-    };
-    const { resolve, reject } = task;
-    task.resolve = (v) => {
-      done();
-      resolve(v);
-    };
-    task.reject = (e) => {
-      done();
-      reject(e);
-    };
+    const timer = setTimeout(() => this.#overrun(slot), this.options.taskTimeoutMs);
+    slot.busy = { task, timer, started: performance.now() };
     slot.worker.postMessage({ id: task.id, ...(task.message as object) }, task.transfer);
   }
 
+  /** Clears the slot's task and measures it. */
+  #finish(slot: Slot): void {
+    const running = slot.busy;
+    if (!running) return;
+    clearTimeout(running.timer);
+    slot.busy = undefined;
+    const took = performance.now() - running.started;
+    this.#taskMillis = this.#taskMillis === null ? took : 0.8 * this.#taskMillis + 0.2 * took;
+  }
+
+  /** A task over its time limit: it fails, and its worker is ended (the exit handler replaces it). */
+  #overrun(slot: Slot): void {
+    const running = slot.busy;
+    if (!running) return;
+    this.#finish(slot);
+    slot.ready = false;
+    const retry = this.retryAfter({ lane: '' });
+    running.task.reject(new WorkerTaskError('timeout', `the frame took longer than ${this.options.taskTimeoutMs} ms to analyse and was dropped`, retry));
+    this.emit('worker-timeout');
+    void slot.worker.terminate();
+  }
+
   #drain(slot: Slot): void {
-    if (!slot.ready) return;
+    if (!slot.ready || slot.busy) return;
     const next = this.#queue.shift();
     if (next) this.#dispatch(slot, next);
   }

@@ -1,4 +1,4 @@
-import type { FrameAnalysis } from '../biometrics/index.ts';
+import type { FrameAnalysis, TaskRoute } from '../biometrics/index.ts';
 import { meanEmbedding, similarity } from '../biometrics/embedding.ts';
 import type { EventBus } from '../core/events.ts';
 import { ServiceError } from '../errors.ts';
@@ -8,7 +8,7 @@ import type { LivenessMode } from '../store/tenants.ts';
 import { type SessionService, redirectTarget } from '../sessions/service.ts';
 
 export interface FrameAnalyzer {
-  analyze(bytes: Uint8Array, options: { mode: 'capture' }): Promise<FrameAnalysis>;
+  analyze(bytes: Uint8Array, options: { mode: 'capture' }, route: TaskRoute): Promise<FrameAnalysis>;
 }
 
 export interface CaptureOptions {
@@ -48,7 +48,10 @@ export interface CaptureResult {
 
 /** What a session's capture has gathered so far: embeddings and verdicts only, never pixels. */
 interface Progress {
+  /** Frames analysed (refused ones are not counted). */
   frames: number;
+  /** A frame of this session is being analysed now. */
+  inFlight: boolean;
   acceptedCount: number;
   /** The first accepted embeddings (at most KEPT_EMBEDDINGS). */
   accepted: Float32Array[];
@@ -86,15 +89,30 @@ export class CaptureService {
     };
   }
 
-  /** `lightPhase`: which colour of the challenge the page was showing when it took the frame. */
+  /**
+   * One frame of the capture. A link has one frame in flight at a time (429 otherwise), and only
+   * frames the engine analysed count towards the session's allowance: one refused by its header,
+   * by a full queue or by the time limit does not use it up. The device's own doors go first in
+   * the engine's queue; tenants take turns.
+   * `lightPhase`: which colour of the challenge the page was showing when it took the frame.
+   */
   async submitFrame(token: string, image: Uint8Array, meta: { lightPhase?: number } = {}): Promise<FrameFeedback> {
     let session = this.sessions.bind(this.sessions.byCaptureToken(token));
     const progress = this.#progressOf(session);
     if (progress.frames >= this.options.maxFrames) {
       throw new ServiceError('too_many_requests', 'too_many_frames', `a session accepts at most ${this.options.maxFrames} frames`);
     }
+    if (progress.inFlight) {
+      throw new ServiceError('too_many_requests', 'frame_in_flight', 'send one frame at a time: wait for the answer to the previous one');
+    }
+    progress.inFlight = true;
+    let analysis: FrameAnalysis;
+    try {
+      analysis = await this.analyzer.analyze(image, { mode: 'capture' }, { lane: session.tenantId, priority: session.doorId !== null });
+    } finally {
+      progress.inFlight = false;
+    }
     progress.frames++;
-    const analysis = await this.analyzer.analyze(image, { mode: 'capture' });
     // the link may have been used up or expired while the frame was being analysed
     session = this.sessions.byCaptureToken(token);
     const problems: FrameProblem[] = [...analysis.problems];
@@ -145,7 +163,7 @@ export class CaptureService {
     let p = this.#progress.get(session.id);
     if (!p) {
       const mode: LivenessMode = session.challenge ? 'active' : 'passive';
-      p = { frames: 0, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, this.options.liveness) };
+      p = { frames: 0, inFlight: false, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, this.options.liveness) };
       this.#progress.set(session.id, p);
     }
     return p;

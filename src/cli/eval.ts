@@ -8,6 +8,10 @@ async function withAnalyzer(settings: Settings, workers: number, run: (analyzer:
   const analyzer = new FaceAnalyzer({
     backend: settings.AUTHFACE_BACKEND,
     maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
+    // evaluation sets hold photos of every shape and size, and the run waits for each of them
+    maxSide: 16_384,
+    maxAspectRatio: 10,
+    frameTimeoutMs: 120_000,
     quality: DEFAULT_QUALITY,
     workers,
     queueSize: workers * 2,

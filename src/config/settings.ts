@@ -54,7 +54,11 @@ export const settingsSpec = {
   },
   AUTHFACE_QUEUE_SIZE: {
     schema: positiveInt.max(10_000).default(16),
-    doc: 'Frames allowed to wait for a worker; beyond that the API answers 503 with Retry-After.',
+    doc: "Frames one tenant (and, separately, the device's doors) may have waiting for a worker; beyond that the API answers 503 with a Retry-After computed from the queue. Tenants take turns, the doors go first.",
+  },
+  AUTHFACE_FRAME_TIMEOUT_MS: {
+    schema: positiveInt.min(100).max(120_000).default(5000),
+    doc: 'A frame still being analysed after this long is dropped (503 analysis_timeout) and its worker replaced.',
   },
   AUTHFACE_MAX_IMAGE_BYTES: {
     schema: positiveInt.default(6 * 1024 * 1024),
@@ -62,7 +66,15 @@ export const settingsSpec = {
   },
   AUTHFACE_MAX_IMAGE_PIXELS: {
     schema: positiveInt.default(25_000_000),
-    doc: 'Largest accepted image area in pixels (413 above it), checked before decoding.',
+    doc: 'Largest accepted image area in pixels (413 above it), read from the image header before decoding.',
+  },
+  AUTHFACE_MAX_IMAGE_SIDE: {
+    schema: positiveInt.min(256).max(65_535).default(8192),
+    doc: 'Longest accepted image side in pixels (413 above it), read from the header before decoding.',
+  },
+  AUTHFACE_MAX_ASPECT_RATIO: {
+    schema: z.coerce.number().min(1).max(100).default(4),
+    doc: 'Largest accepted ratio of the long side to the short side (400 above it), read from the header before decoding.',
   },
   AUTHFACE_BACKEND: {
     schema: z.enum(['auto', 'wasm', 'tfjs-node']).default('auto'),

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import type { SimulatedRelay } from '../../src/access/hardware.ts';
+import type { FaceAnalyzer } from '../../src/biometrics/index.ts';
 import { type DeviceConfig, parseDeviceConfig } from '../../src/device/config.ts';
 import { setUser } from '../../src/mqtt/users-file.ts';
 import { openStore } from '../../src/store/index.ts';
@@ -38,7 +39,7 @@ export function kioskHeaders(device: TestDevice): Record<string, string> {
 export async function startTestDevice(
   device: Record<string, unknown>,
   env: Record<string, string> = {},
-  opts: { alter?: (config: DeviceConfig) => void } = {},
+  opts: { alter?: (config: DeviceConfig) => void; analyzer?: FaceAnalyzer } = {},
 ): Promise<TestDevice> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-device-'));
   const dataDir = path.join(dir, 'data');
@@ -56,7 +57,7 @@ export async function startTestDevice(
   // `alter` changes the validated configuration, to reproduce what validation would now refuse
   const altered = opts.alter ? parseDeviceConfig(device) : undefined;
   if (altered) opts.alter?.(altered);
-  const start = () => startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'device.yaml'), ...env }, { device: altered });
+  const start = () => startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'device.yaml'), ...env }, { device: altered, ownAnalyzer: opts.analyzer });
   const handle: TestDevice = {
     svc: await start(),
     apiKey,

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { FaceAnalyzer } from '../../src/biometrics/index.ts';
+import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../../src/biometrics/index.ts';
 import { DEFAULT_QUALITY } from '../../src/biometrics/quality.ts';
 import { loadSettings } from '../../src/config/settings.ts';
 import type { DeviceConfig } from '../../src/device/config.ts';
@@ -15,7 +15,7 @@ let analyzer: FaceAnalyzer | undefined;
 /** One set of engine workers for the whole test run (loading models takes a few seconds). */
 export async function sharedAnalyzer(): Promise<FaceAnalyzer> {
   if (!analyzer) {
-    analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, workers: 2, queueSize: 32 });
+    analyzer = new FaceAnalyzer({ backend: 'auto', maxPixels: 25_000_000, quality: DEFAULT_QUALITY, ...DEFAULT_ANALYZER_LIMITS, workers: 2, queueSize: 32 });
     await analyzer.ready();
   }
   return analyzer;
