@@ -24,6 +24,7 @@ const sha256 = (file) => crypto.createHash('sha256').update(fs.readFileSync(file
 const manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
 const update = process.argv.includes('--update');
 let failed = false;
+let copied = 0;
 
 for (const model of manifest.models) {
   const dir = packageDir(model.package);
@@ -44,8 +45,12 @@ for (const model of manifest.models) {
       failed = true;
       continue;
     }
+    // a file already in place is left alone: a running service may be reading it
+    if (fs.existsSync(target) && sha256(target) === sum) continue;
     fs.mkdirSync(path.dirname(target), { recursive: true });
-    fs.copyFileSync(source, target);
+    fs.copyFileSync(source, `${target}.partial`);
+    fs.renameSync(`${target}.partial`, target);
+    copied++;
   }
 }
 if (update) fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2) + '\n');
@@ -53,4 +58,5 @@ if (failed) {
   console.error('models: verification failed; reinstall the packages (npm ci) or check the lockfile');
   process.exit(1);
 }
-console.log(`models: ${manifest.models.reduce((n, m) => n + m.files.length, 0)} files verified into models/`);
+// silent when every file was already in place (`npx authface …` runs this again)
+if (copied > 0 || update) console.log(`models: ${manifest.models.reduce((n, m) => n + m.files.length, 0)} files verified into models/ (${copied} copied)`);

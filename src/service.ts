@@ -139,9 +139,19 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       users,
       capture,
       maxImageBytes: settings.AUTHFACE_MAX_IMAGE_BYTES,
+      metricsToken: settings.AUTHFACE_METRICS_TOKEN,
       version: VERSION,
       isReady: () => analyzer.isReady,
-      device: device && { config: device.config, kiosk: device.kiosk, kioskSecret: device.kioskSecret, access: device.access, events, tenants: store.tenants },
+      device: device && {
+        config: device.config,
+        kiosk: device.kiosk,
+        kioskSecret: device.kioskSecret,
+        access: device.access,
+        events,
+        tenants: store.tenants,
+        mqttLink: () => device.mqttLink(),
+        version: VERSION,
+      },
     });
 
     /** Expires sessions whose link is past its lifetime, and removes rows past the retention. */

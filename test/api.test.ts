@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { captureSession, errorResponse, frameFeedback, userDeleted, userDetails, userList } from '../src/api/schemas.ts';
 import { Client, assertShape } from './support/client.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
 
 const uuid = () => crypto.randomUUID();
@@ -244,9 +244,9 @@ describe('/biometry/v1 contract and input validation', function () {
     it('lists, gets and deletes users with the documented shapes, paging with limit/offset', async function () {
       const t = svc.tenant();
       const client = new Client(svc.url, t.apiKey);
-      await client.run('enroll', [img.personA[0]], { externalUserId: 'u-a' });
-      await client.run('enroll', [img.personB], { externalUserId: 'u-b' });
-      await client.run('enroll', [img.personC], { externalUserId: 'u-c' });
+      await client.run('enroll', thrice(img.personA[0]), { externalUserId: 'u-a' });
+      await client.run('enroll', thrice(img.personB), { externalUserId: 'u-b' });
+      await client.run('enroll', thrice(img.personC), { externalUserId: 'u-c' });
       const all = assertShape(userList, (await client.post('/biometry/v1/list-users', {})).body);
       assert.equal(all.total, 3);
       assert.equal(all.limit, 100);

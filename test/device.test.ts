@@ -14,7 +14,7 @@ import { openStore } from '../src/store/index.ts';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
 import { startTestDevice } from './support/device.ts';
-import { photos } from './support/photos.ts';
+import { photos, thrice } from './support/photos.ts';
 
 const run = promisify(execFile);
 
@@ -228,8 +228,8 @@ describe('device thresholds', function () {
     const device = await startTestDevice({ device_id: 'strict', thresholds: { match: 0.9999 }, doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { embedded: { port: 0 } } });
     try {
       const api = new Client(device.svc.url, device.apiKey);
-      assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
-      const verify = await api.run('verify', [img.personA[1]], { externalUserId: 'alice' });
+      assert.equal((await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result.status, 'success');
+      const verify = await api.run('verify', thrice(img.personA[1]), { externalUserId: 'alice' });
       assert.equal(verify.result.reason, 'below_threshold');
       assert.ok((verify.result.score as number) > 0.93, 'a score the default threshold would have accepted');
     } finally {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { resultFinal, resultOpen, sessionCreated, frameFeedback, captureFinished, captureSession } from '../src/api/schemas.ts';
 import { Client, assertShape } from './support/client.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
 
 describe('biometric flows end to end through the capture API', function () {
@@ -21,7 +21,7 @@ describe('biometric flows end to end through the capture API', function () {
   after(() => svc.close());
 
   it('enrolls a person, then blocks the same face under another id as a conflict', async function () {
-    const enrolled = await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' });
+    const enrolled = await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' });
     assertShape(captureFinished, enrolled.completion.body);
     const r = assertShape(resultFinal, enrolled.result);
     assert.equal(r.status, 'success');
@@ -32,7 +32,7 @@ describe('biometric flows end to end through the capture API', function () {
     assert.equal(r.state, enrolled.clientState);
     assert.equal(enrolled.completion.body.redirect_to, `https://app.example.com/callback?client_state=${enrolled.clientState}`);
 
-    const dup = await api.run('enroll', [img.personA[1]], { externalUserId: 'alice-second-account' });
+    const dup = await api.run('enroll', thrice(img.personA[1]), { externalUserId: 'alice-second-account' });
     const d = assertShape(resultFinal, dup.result);
     assert.equal(d.status, 'fail');
     assert.equal(d.reason, 'conflict');
@@ -42,19 +42,19 @@ describe('biometric flows end to end through the capture API', function () {
   });
 
   it('refuses to enroll an id that is already enrolled', async function () {
-    const again = await api.run('enroll', [img.personB], { externalUserId: 'alice' });
+    const again = await api.run('enroll', thrice(img.personB), { externalUserId: 'alice' });
     assert.equal(again.result.status, 'fail');
     assert.equal(again.result.reason, 'already_enrolled');
   });
 
   it('verifies the same person (another photo) and rejects a different person', async function () {
-    const same = await api.run('verify', [img.personA[2]], { externalUserId: 'alice' });
+    const same = await api.run('verify', thrice(img.personA[2]), { externalUserId: 'alice' });
     const s = assertShape(resultFinal, same.result);
     assert.equal(s.status, 'success', JSON.stringify(same.result));
     assert.ok(s.score !== null && s.score >= 0.93);
     assert.match(String(s.score), /^\d(\.\d{1,5})?$/);
 
-    const other = await api.run('verify', [img.personB], { externalUserId: 'alice' });
+    const other = await api.run('verify', thrice(img.personB), { externalUserId: 'alice' });
     const o = assertShape(resultFinal, other.result);
     assert.equal(o.status, 'fail');
     assert.equal(o.reason, 'below_threshold');
@@ -63,18 +63,18 @@ describe('biometric flows end to end through the capture API', function () {
   });
 
   it('verify of an unknown user fails with user_not_found', async function () {
-    const r = await api.run('verify', [img.personA[0]], { externalUserId: 'nobody' });
+    const r = await api.run('verify', thrice(img.personA[0]), { externalUserId: 'nobody' });
     assert.equal(r.result.reason, 'user_not_found');
   });
 
   it('identifies an enrolled person 1:N and does not identify a stranger', async function () {
-    await api.run('enroll', [img.personB], { externalUserId: 'bob' });
-    const found = await api.run('identify', [img.personA[1]]);
+    await api.run('enroll', thrice(img.personB), { externalUserId: 'bob' });
+    const found = await api.run('identify', thrice(img.personA[1]));
     const f = assertShape(resultFinal, found.result);
     assert.equal(f.status, 'success');
     assert.equal(f.external_user_id, 'alice');
 
-    const stranger = await api.run('identify', [img.personC]);
+    const stranger = await api.run('identify', thrice(img.personC));
     const s = assertShape(resultFinal, stranger.result);
     assert.equal(s.status, 'fail');
     assert.equal(s.reason, 'not_identified');
@@ -82,20 +82,20 @@ describe('biometric flows end to end through the capture API', function () {
   });
 
   it('update_embedding: a different face cannot replace a template; the same person gets a new version', async function () {
-    const impostor = await api.run('update_embedding', [img.personC], { externalUserId: 'alice' });
+    const impostor = await api.run('update_embedding', thrice(img.personC), { externalUserId: 'alice' });
     assert.equal(impostor.result.reason, 'below_threshold');
     // someone else's face (bob is enrolled) cannot be moved onto alice either: 1:1 fails first
-    const bobsFace = await api.run('update_embedding', [img.personB], { externalUserId: 'alice' });
+    const bobsFace = await api.run('update_embedding', thrice(img.personB), { externalUserId: 'alice' });
     assert.equal(bobsFace.result.status, 'fail');
 
-    const updated = await api.run('update_embedding', [img.personA[1], img.personA[2]], { externalUserId: 'alice' });
+    const updated = await api.run('update_embedding', [img.personA[1], img.personA[2], img.personA[1]], { externalUserId: 'alice' });
     assert.equal(updated.result.status, 'success', JSON.stringify(updated.result));
     const user = await api.post('/biometry/v1/get-user', { external_user_id: 'alice' });
     const templates = (user.body.user as { templates: { version: number; active: boolean }[] }).templates;
     assert.deepEqual(templates.map((t) => [t.version, t.active]), [[1, false], [2, true]]);
     assert.equal((user.body.user as { version: number }).version, 2);
     // and the new template still matches
-    const verify = await api.run('verify', [img.personA[0]], { externalUserId: 'alice' });
+    const verify = await api.run('verify', thrice(img.personA[0]), { externalUserId: 'alice' });
     assert.equal(verify.result.status, 'success');
   });
 
@@ -105,7 +105,7 @@ describe('biometric flows end to end through the capture API', function () {
     assert.match(String(del.body.event_id), /^evt_/);
     const gone = await api.post('/biometry/v1/get-user', { external_user_id: 'alice' });
     assert.equal(gone.status, 404);
-    const identify = await api.run('identify', [img.personA[0]]);
+    const identify = await api.run('identify', thrice(img.personA[0]));
     assert.equal(identify.result.status, 'fail');
     assert.equal(identify.result.reason, 'not_identified');
     // no template (active or historical) remains in the database
@@ -113,7 +113,7 @@ describe('biometric flows end to end through the capture API', function () {
       .prepare("SELECT COUNT(*) AS n FROM templates t JOIN users u ON u.id = t.user_id WHERE u.external_user_id = 'alice'")
       .get() as { n: number };
     assert.equal(rows.n, 0);
-    const again = await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' });
+    const again = await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' });
     assert.equal(again.result.status, 'success');
   });
 
@@ -149,8 +149,11 @@ describe('biometric flows end to end through the capture API', function () {
     assert.equal(view.status, 'in_progress');
     assert.equal(view.flow, 'verify');
     assert.equal((await api.result(clientState)).body.status, 'in_progress');
-    const fb = await capture.frame(img.personB);
-    assert.equal(fb.body.accepted, true);
+    for (let i = 1; i <= 3; i++) {
+      const fb = await capture.frame(img.personB);
+      assert.equal(fb.body.accepted, true);
+      assert.deepEqual(fb.body.progress, { accepted_frames: i, required_frames: 3 });
+    }
     await capture.complete();
     const final = assertShape(resultFinal, (await api.result(clientState)).body);
     assert.equal(final.status, 'success');
@@ -193,7 +196,7 @@ describe('biometric flows end to end through the capture API', function () {
     const restarted = await startTestService({ AUTHFACE_DATA_DIR: svc.dataDir });
     try {
       const client = new Client(restarted.url, api.apiKey);
-      const found = await client.run('identify', [img.personB]);
+      const found = await client.run('identify', thrice(img.personB));
       assert.equal(found.result.status, 'success');
       assert.equal(found.result.external_user_id, 'bob');
     } finally {

@@ -11,7 +11,7 @@ import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
 import { listen, testBroker, until } from './support/mqtt.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 
 /** MQTT against the real Mosquitto on 127.0.0.1:1883 (the shared one, anonymous: the device's own checks are what is tested). */
 describe('MQTT: access events, device status with last will, commands', function () {
@@ -39,7 +39,7 @@ describe('MQTT: access events, device status with last will, commands', function
       remote_commands: { enabled: true, public_key: keys.publicKey },
     });
     const api = new Client(device.svc.url, device.apiKey);
-    assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+    assert.equal((await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result.status, 'success');
   });
   after(async function () {
     await device?.close();
@@ -55,7 +55,7 @@ describe('MQTT: access events, device status with last will, commands', function
     const { token, clientState } = device.svc.service.device!.kiosk.startIdentify(door);
     const capture = new Client(device.svc.url, '').capture(token);
     await capture.session();
-    await capture.frame(photo);
+    for (let i = 0; i < 3; i++) await capture.frame(photo);
     await capture.complete();
     return clientState;
   }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../src/biometrics/index.ts';
 import { DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
 import { Client } from './support/client.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
 
 describe('operations: health, readiness, metrics, OpenAPI, back-pressure', function () {
@@ -21,11 +21,11 @@ describe('operations: health, readiness, metrics, OpenAPI, back-pressure', funct
     assert.deepEqual(await (await fetch(`${svc.url}/healthz`)).json(), { status: 'ok' });
     const ready = await fetch(`${svc.url}/readyz`);
     assert.equal(ready.status, 200);
-    assert.deepEqual(await ready.json(), { status: 'ready' });
+    assert.deepEqual(await ready.json(), { status: 'ready', checks: { engine: 'ready' } });
   });
 
   it('/metrics exposes request, frame and session counters in Prometheus format', async function () {
-    await api.run('identify', [img.personB]);
+    await api.run('identify', thrice(img.personB));
     const res = await fetch(`${svc.url}/metrics`);
     assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
     const text = await res.text();

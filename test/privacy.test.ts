@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, sharedAnalyzer, startTestService } from './support/service.ts';
 
 /** Every regular file below a directory, with its bytes. */
@@ -39,10 +39,10 @@ describe('privacy: no image or frame is ever written, embeddings only encrypted'
     const api = new Client(svc.url, apiKey);
     tokens = [];
     const runs = [
-      await api.run('enroll', [img.personA[0], img.personA[1]], { externalUserId: 'alice' }),
-      await api.run('verify', [img.personA[2]], { externalUserId: 'alice' }),
+      await api.run('enroll', [img.personA[0], img.personA[1], img.personA[0]], { externalUserId: 'alice' }),
+      await api.run('verify', thrice(img.personA[2]), { externalUserId: 'alice' }),
       await api.run('identify', [img.personB, img.group, img.noFace]),
-      await api.run('update_embedding', [img.personA[1]], { externalUserId: 'alice' }),
+      await api.run('update_embedding', thrice(img.personA[1]), { externalUserId: 'alice' }),
     ];
     for (const r of runs) tokens.push(r.token);
     assert.equal(runs[0].result.status, 'success');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { resultFinal } from '../src/api/schemas.ts';
 import { Client, assertShape } from './support/client.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -126,7 +126,7 @@ describe('tenant isolation', function () {
     svc = await startTestService();
     one = new Client(svc.url, svc.tenant().apiKey);
     two = new Client(svc.url, svc.tenant().apiKey);
-    const enrolled = await one.run('enroll', [img.personA[0]], { externalUserId: 'alice' });
+    const enrolled = await one.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' });
     assert.equal(enrolled.result.status, 'success');
   });
   after(() => svc.close());
@@ -141,13 +141,13 @@ describe('tenant isolation', function () {
   });
 
   it("a tenant never matches against another tenant's templates", async function () {
-    const identify = await two.run('identify', [img.personA[1]]);
+    const identify = await two.run('identify', thrice(img.personA[1]));
     assert.equal(identify.result.reason, 'not_identified');
     assert.equal(identify.result.score, null);
-    const verify = await two.run('verify', [img.personA[1]], { externalUserId: 'alice' });
+    const verify = await two.run('verify', thrice(img.personA[1]), { externalUserId: 'alice' });
     assert.equal(verify.result.reason, 'user_not_found');
     // the same face enrolls in the other tenant without a conflict
-    const enroll = await two.run('enroll', [img.personA[1]], { externalUserId: 'alice' });
+    const enroll = await two.run('enroll', thrice(img.personA[1]), { externalUserId: 'alice' });
     assert.equal(enroll.result.status, 'success');
   });
 

@@ -12,7 +12,7 @@ import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
 import { until } from './support/mqtt.ts';
-import { type Photos, photos } from './support/photos.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
 
 const run = promisify(execFile);
 
@@ -34,7 +34,7 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
     decisions = [];
     device.svc.service.events.on('access.decided', (e) => decisions.push(e));
     const api = new Client(device.svc.url, device.apiKey);
-    assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+    assert.equal((await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result.status, 'success');
   });
   after(() => device?.close());
 
@@ -48,6 +48,7 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
     const s = device.svc.service;
     const turnstile = new Turnstile('lane', {
       camera: new SimulatedCamera(files),
+      intervalMs: s.device!.config.camera!.interval_ms,
       analyzer: s.analyzer,
       kiosk: s.device!.kiosk,
       capture: s.capture,

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import type { CaptureService, FrameAnalyzer } from '../capture/service.ts';
 import type { Logger } from '../core/logger.ts';
-import type { DeviceConfig } from '../device/config.ts';
+import type { CameraConfig, DeviceConfig } from '../device/config.ts';
 import type { KioskService } from './kiosk.ts';
 
 /** Where the headless turnstile gets its frames: a real camera or, for tests and demos, files. */
@@ -18,7 +18,7 @@ export interface Camera {
  * frame to a file or passes it through a text channel that corrupts binary data.)
  */
 export class FswebcamCamera implements Camera {
-  constructor(private readonly config: DeviceConfig['camera']) {}
+  constructor(private readonly config: CameraConfig) {}
 
   grab(): Promise<Uint8Array> {
     const { device, width, height } = this.config;
@@ -57,7 +57,7 @@ export class SimulatedCamera implements Camera {
   close(): void {}
 }
 
-export function cameraFor(config: DeviceConfig['camera']): Camera {
+export function cameraFor(config: CameraConfig): Camera {
   return config.driver === 'simulated' ? new SimulatedCamera(config.simulated_images) : new FswebcamCamera(config);
 }
 
@@ -77,7 +77,16 @@ export class Turnstile {
 
   constructor(
     private readonly door: string,
-    private readonly deps: { camera: Camera; analyzer: FrameAnalyzer; kiosk: KioskService; capture: CaptureService; config: DeviceConfig; logger: Logger },
+    private readonly deps: {
+      camera: Camera;
+      /** How often the camera is looked at (camera.interval_ms of the device file). */
+      intervalMs: number;
+      analyzer: FrameAnalyzer;
+      kiosk: KioskService;
+      capture: CaptureService;
+      config: DeviceConfig;
+      logger: Logger;
+    },
   ) {}
 
   stop(): void {
@@ -85,8 +94,8 @@ export class Turnstile {
   }
 
   async run(): Promise<void> {
-    const { camera, analyzer, kiosk, capture, config, logger } = this.deps;
-    const interval = config.camera.interval_ms;
+    const { camera, analyzer, kiosk, capture, logger } = this.deps;
+    const interval = this.deps.intervalMs;
     while (!this.#stopped) {
       const started = performance.now();
       try {
@@ -122,7 +131,7 @@ export class Turnstile {
       const a = await analyzer.analyze(await camera.grab(), { mode: 'capture' }, DOOR_ROUTE);
       if (a.face) lastSeen = performance.now();
       else if (performance.now() - lastSeen > GONE_MS) return;
-      await sleep(this.deps.config.camera.interval_ms);
+      await sleep(this.deps.intervalMs);
     }
   }
 }

@@ -7,6 +7,7 @@ import type { SessionService } from '../sessions/service.ts';
 import type { TenantStore } from '../store/tenants.ts';
 import type { UserService } from '../users/service.ts';
 import { errorHandler } from './http.ts';
+import { metricsAccess } from './local.ts';
 import { openApiDocument } from './openapi.ts';
 import { biometryRoutes } from './routes/biometry.ts';
 import { captureRoutes } from './routes/capture.ts';
@@ -21,6 +22,8 @@ export interface AppDeps {
   users: UserService;
   capture: CaptureService;
   maxImageBytes: number;
+  /** Bearer token for /metrics; without it /metrics answers this machine only. */
+  metricsToken: string | undefined;
   version: string;
   isReady: () => boolean;
   /** Door control and the kiosk, when this service runs as a device. */
@@ -32,7 +35,8 @@ export function createApp(deps: AppDeps): Koa {
   const app = new Koa({ proxy: false });
   app.silent = true; // errors are logged by the error layer, without request data
 
-  // access log + latency metric; the path is logged without its query (capture tokens live there)
+  // request log + latency metric: method, route pattern, status and time, so a 4xx leaves a trace;
+  // never the path's query (capture tokens live there), a header or a body
   app.use(async (ctx, next) => {
     const started = performance.now();
     try {
@@ -41,7 +45,8 @@ export function createApp(deps: AppDeps): Koa {
       const route = (ctx as unknown as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
       const seconds = (performance.now() - started) / 1000;
       deps.metrics.httpDuration.observe({ method: ctx.method, route, status: String(ctx.status) }, seconds);
-      deps.logger.debug({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(seconds * 1000) }, 'request');
+      const code = ctx.status >= 400 ? (ctx.body as { error?: { code?: string } } | undefined)?.error?.code : undefined;
+      deps.logger.info({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1000), ...(code ? { error: code } : {}) }, 'request');
     }
   });
   app.use(async (ctx, next) => {
@@ -58,12 +63,14 @@ export function createApp(deps: AppDeps): Koa {
   ops.get('/healthz', (ctx) => {
     ctx.body = { status: 'ok' };
   });
+  // ready = the engine can analyse; the broker link is reported (a door works without MQTT)
   ops.get('/readyz', (ctx) => {
     const ready = deps.isReady();
     ctx.status = ready ? 200 : 503;
-    ctx.body = { status: ready ? 'ready' : 'starting' };
+    const mqtt = deps.device?.mqttLink();
+    ctx.body = { status: ready ? 'ready' : 'starting', checks: { engine: ready ? 'ready' : 'loading models', ...(mqtt ? { mqtt } : {}) } };
   });
-  ops.get('/metrics', async (ctx) => {
+  ops.get('/metrics', metricsAccess(deps.metricsToken), async (ctx) => {
     ctx.type = deps.metrics.registry.contentType;
     ctx.body = await deps.metrics.registry.metrics();
   });

@@ -83,19 +83,24 @@ export async function readJson<S extends z.ZodType>(ctx: Context, schema: S): Pr
   } catch {
     throw new ServiceError('invalid_request', 'invalid_json', 'the body is not valid JSON');
   }
-  const parsed = schema.safeParse(data);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const where = issue.path.length ? `${issue.path.join('.')}: ` : '';
-    const message =
-      issue.code === 'unrecognized_keys'
-        ? `unknown field(s): ${issue.keys.join(', ')}`
-        : issue.code === 'invalid_type' && issue.input === undefined
-          ? `${issue.path.join('.')} is required`
-          : `${where}${issue.message}`;
-    throw new ServiceError('invalid_request', 'validation_error', message);
+  // every request body is a JSON object: say so rather than "… is required" for `[]` or `"x"`
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new ServiceError('invalid_request', 'validation_error', 'the body must be a JSON object');
   }
+  const parsed = schema.safeParse(data);
+  if (!parsed.success) throw new ServiceError('invalid_request', 'validation_error', validationMessage(parsed.error.issues[0], data as Record<string, unknown>));
   return parsed.data;
+}
+
+/**
+ * One sentence about the first problem: a missing field is "x is required"; any other problem is
+ * the schema's own message, which names the field (wrong type, too long, out of range).
+ */
+function validationMessage(issue: z.core.$ZodIssue, body: Record<string, unknown>): string {
+  if (issue.code === 'unrecognized_keys') return `unknown field(s): ${issue.keys.join(', ')}`;
+  const field = issue.path.join('.');
+  if (issue.code === 'invalid_type' && issue.path.length === 1 && !(String(issue.path[0]) in body)) return `${field} is required`;
+  return issue.message.includes(field) || !field ? issue.message : `${field}: ${issue.message}`;
 }
 
 /** Reads an image body (raw bytes) of at most `limit` bytes. */

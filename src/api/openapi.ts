@@ -15,7 +15,8 @@ const ERROR_TEXT: Record<number, string> = {
   410: 'The capture link has expired or was already used',
   413: 'Body too large',
   415: 'Unsupported content type or image format',
-  429: 'Too many frames for this session',
+  403: 'Not from this machine (kiosk, metrics)',
+  429: 'Too many frames for this session, or a frame already in flight on this link',
   503: 'The face engine is busy (see Retry-After)',
 };
 
@@ -35,9 +36,10 @@ function post(summary: string, request: z.ZodType, response: z.ZodType | z.ZodTy
 
 /** The OpenAPI 3.1 document, generated from the same zod schemas that validate requests. */
 export function openApiDocument(version: string): Json {
-  const { schemas } = z.toJSONSchema(z.globalRegistry, { uri: (id) => `#/components/schemas/${id}` }) as { schemas: Record<string, Json> };
+  // io: 'input': what a client sends (a field with a default is optional), and responses have no defaults
+  const { schemas } = z.toJSONSchema(z.globalRegistry, { io: 'input', uri: (id) => `#/components/schemas/${id}` }) as { schemas: Record<string, Json> };
   for (const schema of Object.values(schemas)) delete schema.$schema;
-  const flowDoc = (name: string, req: z.ZodType) => post(`Start a ${name} session`, req, s.sessionCreated, 400, 401, 409, 413, 415);
+  const flowDoc = (summary: string, req: z.ZodType) => post(summary, req, s.sessionCreated, 400, 401, 409, 413, 415);
   return {
     openapi: '3.1.0',
     info: {
@@ -55,10 +57,10 @@ export function openApiDocument(version: string): Json {
       },
     },
     paths: {
-      '/biometry/v1/enroll': flowDoc('enroll (with 1:N duplicate blocking)', s.flowRequest),
-      '/biometry/v1/verify': flowDoc('verify (1:1)', s.flowRequest),
-      '/biometry/v1/identify': flowDoc('identify (1:N)', s.identifyRequest),
-      '/biometry/v1/update_embedding': flowDoc('update_embedding', s.flowRequest),
+      '/biometry/v1/enroll': flowDoc('Start an enrolment session (with 1:N duplicate blocking)', s.flowRequest),
+      '/biometry/v1/verify': flowDoc('Start a verification session (1:1)', s.flowRequest),
+      '/biometry/v1/identify': flowDoc('Start an identification session (1:N)', s.identifyRequest),
+      '/biometry/v1/update_embedding': flowDoc("Start a session that updates a user's template", s.flowRequest),
       '/biometry/v1/result': post('Poll a session by client_state', s.resultRequest, [s.resultOpen, s.resultFinal], 400, 401, 404),
       '/biometry/v1/list-users': post('List enrolled users', s.listUsersRequest, s.userList, 400, 401),
       '/biometry/v1/get-user': post('Get one enrolled user', s.userRequest, s.userDetails, 400, 401, 404),
@@ -84,7 +86,12 @@ export function openApiDocument(version: string): Json {
         },
       },
       '/capture/v1/complete': {
-        post: { summary: 'Decide over the accepted frames', security: [{ captureToken: [] }], responses: { '200': json(s.captureFinished, 'OK'), ...errors(401, 410) } },
+        post: {
+          summary: 'Decide over the accepted frames',
+          description: 'A decision needs frames.required accepted frames; completing with fewer fails the session (not_enough_frames, or no_face / multiple_faces / poor_quality when none was usable).',
+          security: [{ captureToken: [] }],
+          responses: { '200': json(s.captureFinished, 'OK'), ...errors(401, 410) },
+        },
       },
       '/capture/v1/cancel': {
         post: { summary: 'Give up: the session fails with reason cancelled', security: [{ captureToken: [] }], responses: { '200': json(s.captureFinished, 'OK'), ...errors(401, 410) } },

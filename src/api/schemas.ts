@@ -13,13 +13,23 @@ const redirectUrl = z
   .string({ error: 'redirect_url must be a string' })
   .max(2048, { error: 'redirect_url is too long (2048 characters at most)' })
   .describe("Where the person's browser returns after capture; its origin must be allowed for your tenant.");
+/** A UTF-16 surrogate without its pair: JSON can carry one ("\ud800"), but it is no text. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 const externalUserId = z
   .string({ error: 'external_user_id must be a string' })
-  .min(1, { error: 'external_user_id must not be empty' })
-  .max(128, { error: 'external_user_id is too long (128 characters at most)' })
-  .regex(/^[^\p{Cc}]+$/u, { error: 'external_user_id must not contain control characters' })
-  .refine((s) => s.trim().length > 0, { error: 'external_user_id must not be blank' })
-  .describe('Your identifier of the person.');
+  .refine((s) => !LONE_SURROGATE.test(s), { error: 'external_user_id is not well-formed text (it holds a lone UTF-16 surrogate)', abort: true })
+  .transform((s) => s.normalize('NFC'))
+  .pipe(
+    z
+      .string()
+      .min(1, { error: 'external_user_id must not be empty' })
+      .max(128, { error: 'external_user_id is too long (128 characters at most)' })
+      .regex(/^[^\p{Cc}]+$/u, { error: 'external_user_id must not contain control characters' })
+      .regex(/^[^\p{Cf}]+$/u, { error: 'external_user_id must not contain invisible format characters (zero-width, direction marks)' })
+      .refine((s) => s.trim().length > 0, { error: 'external_user_id must not be blank' }),
+  )
+  .describe('Your identifier of the person: 1-128 characters of well-formed text, compared in Unicode NFC form.');
 
 export const flowRequest = z
   .strictObject({ client_state: clientState, redirect_url: redirectUrl, external_user_id: externalUserId })
@@ -33,8 +43,18 @@ export const resultRequest = z.strictObject({ client_state: clientState }).meta(
 
 export const listUsersRequest = z
   .strictObject({
-    limit: z.int({ error: 'limit must be an integer' }).min(1).max(1000).default(100),
-    offset: z.int({ error: 'offset must be an integer' }).min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+    limit: z
+      .int({ error: 'limit must be an integer' })
+      .min(1, { error: 'limit must be at least 1' })
+      .max(1000, { error: 'limit must be at most 1000' })
+      .default(100)
+      .describe('Users per page (default 100).'),
+    offset: z
+      .int({ error: 'offset must be an integer' })
+      .min(0, { error: 'offset must be at least 0' })
+      .max(Number.MAX_SAFE_INTEGER, { error: 'offset is too large' })
+      .default(0)
+      .describe('Users to skip (default 0).'),
   })
   .meta({ id: 'ListUsersRequest' });
 
@@ -70,7 +90,7 @@ export const resultFinal = z
       .nullable()
       .describe(
         'null on success; on failure one of already_enrolled, conflict, user_not_found, reenrolment_required, below_threshold, ' +
-          'not_identified, no_face, multiple_faces, poor_quality, spoof_detected, liveness_failed, cancelled, expired',
+          'not_identified, no_face, multiple_faces, poor_quality, not_enough_frames, spoof_detected, liveness_failed, cancelled, expired',
       ),
     external_user_id: z.string().nullable(),
     score: z.number().nullable().describe('Cosine similarity of the face embeddings, 5 decimals (when applicable).'),
@@ -148,7 +168,12 @@ export const captureSession = z
     status: z.enum(['pending', 'in_progress']),
     expires_at: z.iso.datetime(),
     liveness: z.strictObject({ mode: z.enum(['passive', 'active']), challenge: challenge.nullable() }),
-    frames: z.strictObject({ required: z.int(), max: z.int(), max_bytes: z.int(), types: z.array(z.string()) }),
+    frames: z.strictObject({
+      required: z.int().describe('Usable (accepted) frames a decision needs: complete with fewer fails the session with not_enough_frames.'),
+      max: z.int().describe('Frames the session analyses in all; frames refused before analysis do not count.'),
+      max_bytes: z.int(),
+      types: z.array(z.string()),
+    }),
   })
   .meta({ id: 'CaptureSession', description: 'The first call binds the link: the session becomes in_progress.' });
 

@@ -12,7 +12,7 @@ export interface FrameAnalyzer {
 }
 
 export interface CaptureOptions {
-  /** Frames usable for matching the capture UI should collect before completing (progress display). */
+  /** Usable frames a decision needs: `complete` with fewer fails the session (not_enough_frames). */
   requiredFrames: number;
   /** Frames one session may upload in all (429 beyond). */
   maxFrames: number;
@@ -145,7 +145,7 @@ export class CaptureService {
   complete(token: string): CaptureResult {
     const session = this.sessions.byCaptureToken(token);
     const progress = this.#progressOf(session);
-    const refusal = refusalReason(progress);
+    const refusal = refusalReason(progress, this.options.requiredFrames);
     const finished = refusal
       ? this.sessions.fail(session, refusal)
       : this.sessions.decide(session, meanEmbedding(progress.accepted));
@@ -172,16 +172,18 @@ export class CaptureService {
 
 /**
  * Why the capture cannot be decided, or null when it can: liveness first (a screen or print, a
- * face that changed between frames, an unfinished or failed challenge), then no usable frame at
- * all (the reason is then what the frames showed most).
+ * face that changed between frames, an unfinished or failed challenge), then too few usable
+ * frames: a decision needs `requiredFrames` of them (with none at all, the reason is what the
+ * frames showed most).
  */
-function refusalReason(progress: Progress): string | null {
+function refusalReason(progress: Progress, required: number): string | null {
   const count = (p: FrameProblem) => progress.tally.get(p) ?? 0;
   const accepted = progress.acceptedCount;
   if (count('different_face') > 0) return 'liveness_failed';
   const liveness = progress.liveness.verdict(accepted);
   if (liveness) return liveness;
-  if (accepted > 0) return null;
+  if (accepted >= required) return null;
+  if (accepted > 0) return 'not_enough_frames';
   if (progress.frames === 0 || count('no_face') === progress.frames) return 'no_face';
   if (count('multiple_faces') > 0 && count('multiple_faces') >= progress.frames - count('no_face')) return 'multiple_faces';
   return 'poor_quality';

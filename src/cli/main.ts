@@ -1,27 +1,24 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import readline from 'node:readline';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Turnstile, cameraFor } from '../access/turnstile.ts';
-import { type Settings, SettingsError, loadSettings, settingsTable } from '../config/settings.ts';
+import { type Settings, loadSettings, settingsTable } from '../config/settings.ts';
 import { createLogger } from '../core/logger.ts';
-import { type DeviceConfig, DeviceConfigError, type DoorConfig, deviceConfigReference, doorLiveness, loadDeviceConfig } from '../device/config.ts';
+import { type DeviceConfig, type DoorConfig, deviceConfigReference, doorLiveness, loadDeviceConfig } from '../device/config.ts';
 import { diagnose, formatChecks } from '../device/doctor.ts';
 import { VERSION, startService } from '../service.ts';
 import { OperatorError } from '../errors.ts';
-import { normalizeOrigin } from '../sessions/service.ts';
+import { parseAllowedOrigin } from '../sessions/origins.ts';
 import { backupDatabase, restoreDatabase } from '../store/backup.ts';
 import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
+import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
-
-/**
- * The tenant a fresh device creates so the README's curl walk-through works at once. It uses
- * passive liveness (curl cannot turn a head); tenants made with `tenant create` are active.
- */
-const DEFAULT_TENANT = { name: 'default', allowedOrigins: ['http://localhost'], livenessMode: 'passive' as LivenessMode };
+import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
 
 const program = new Command()
   .name('authface')
@@ -29,61 +26,56 @@ const program = new Command()
   .version(VERSION)
   .showHelpAfterError();
 
-function deviceConfigOrExit(file: string): DeviceConfig {
-  try {
-    return loadDeviceConfig(file);
-  } catch (err) {
-    if (err instanceof DeviceConfigError) {
-      console.error(`authface: ${err.message}`);
-      process.exit(2);
-    }
-    throw err;
-  }
-}
-
-function settingsOrExit() {
-  try {
-    return loadSettings();
-  } catch (err) {
-    if (err instanceof SettingsError) {
-      console.error(`authface: ${err.message}`);
-      process.exit(2);
-    }
-    throw err;
-  }
-}
-
 const print = (value: unknown) => console.log(JSON.stringify(value, null, 2));
 
-/** Runs a command against the device database; an `Error` from it becomes a message and exit 1. */
-function withStore(run: (store: Store) => unknown): void {
-  const settings = settingsOrExit();
-  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+/**
+ * Runs a command against the database of the data directory the service uses (said on stderr).
+ * Only `tenant create`, the first thing an installer runs, may create a database.
+ */
+function withStore(run: (store: Store) => unknown, opts: { create?: boolean } = {}): void {
+  const settings = loadSettings();
+  process.stderr.write(`authface: data directory ${settings.dataDir}\n`);
+  const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY, { mustExist: !opts.create });
   try {
     print(run(store));
-  } catch (err) {
-    if (!(err instanceof CommandError)) throw err;
-    console.error(`authface: ${err.message}`);
-    process.exitCode = 1;
   } finally {
     store.close();
   }
 }
 
-class CommandError extends Error {}
+/**
+ * The tenant a fresh service creates so the README's curl walk-through and a first local app work
+ * at once: passive liveness (curl cannot turn a head; tenants made with `tenant create` are
+ * active), and redirects to this machine on any port.
+ */
+const DEFAULT_TENANT = {
+  name: 'default',
+  allowedOrigins: ['http://localhost:*', 'http://127.0.0.1:*', 'http://[::1]:*'],
+  livenessMode: 'passive' as LivenessMode,
+};
 
-/** First start on an empty data directory: the default tenant and its key, printed once. */
+const FIRST_KEY_FILE = 'first-start-api-key';
+
+/**
+ * First start on an empty data directory: the default tenant and its key. The key is shown on a
+ * terminal only; under systemd or docker, whose logs keep stdout, it goes to a 0600 file instead.
+ */
 function bootstrap(settings: Settings): void {
   const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
   try {
     if (store.tenants.count() > 0) return;
     const tenant = store.tenants.create(DEFAULT_TENANT);
     const { apiKey } = store.tenants.createKey(tenant.id);
-    process.stdout.write(
-      `\nFirst start: created tenant "${tenant.name}" (${tenant.id}), allowed origin ${DEFAULT_TENANT.allowedOrigins.join(', ')},\n` +
-        `passive liveness for trying the API; create production tenants with \`authface tenant create\` (active liveness).\n` +
-        `API key (shown once, store it now): ${apiKey}\n\n`,
-    );
+    const about =
+      `First start: created tenant "${tenant.name}" (${tenant.id}), redirects allowed to ${DEFAULT_TENANT.allowedOrigins.join(', ')},\n` +
+      `passive liveness for trying the API; create production tenants with \`authface tenant create\` (active liveness).\n`;
+    if (process.stdout.isTTY) {
+      process.stdout.write(`\n${about}API key (shown once, store it now): ${apiKey}\n\n`);
+    } else {
+      const file = path.join(settings.dataDir, FIRST_KEY_FILE);
+      fs.writeFileSync(file, `# API key of tenant "${tenant.name}" (${tenant.id}): store it elsewhere, then delete this file\n${apiKey}\n`, { mode: 0o600 });
+      process.stdout.write(`\n${about}Its API key is in ${file} (mode 600, not printed here because this output may be kept in logs): store it elsewhere, then delete the file.\n\n`);
+    }
   } finally {
     store.close();
   }
@@ -107,8 +99,8 @@ program
   .command('serve')
   .description('run the HTTP API and capture service (what `npm start` runs); with AUTHFACE_DEVICE_CONFIG also the doors, kiosk and MQTT')
   .action(async () => {
-    const settings = settingsOrExit();
-    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    const settings = loadSettings();
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
     await serveUntilSignal(settings, device);
   });
 
@@ -116,22 +108,21 @@ program
   .command('turnstile')
   .description('headless turnstile: the service plus a camera loop that identifies and opens (needs AUTHFACE_DEVICE_CONFIG)')
   .action(async () => {
-    const settings = settingsOrExit();
-    if (!settings.AUTHFACE_DEVICE_CONFIG) {
-      console.error('authface: turnstile mode needs a device configuration: set AUTHFACE_DEVICE_CONFIG');
-      process.exit(2);
-    }
-    const config = deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG);
+    const settings = loadSettings();
+    if (!settings.AUTHFACE_DEVICE_CONFIG) throw new CommandError('turnstile mode needs a device configuration: set AUTHFACE_DEVICE_CONFIG');
+    const config = loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG);
     const door = config.doors.find((d) => d.id === (config.turnstile.door ?? config.doors[0].id)) as DoorConfig;
     if (doorLiveness(config, door) !== 'passive') {
-      console.error(`authface: door ${door.id} uses active liveness, which needs a screen; a headless turnstile door needs "liveness: passive"`);
-      process.exit(2);
+      throw new CommandError(`door ${door.id} uses active liveness, which needs a screen; a headless turnstile door needs "liveness: passive"`);
     }
+    if (!config.camera) throw new CommandError('turnstile mode needs the camera section in the device file (firmware-config/README.md)');
+    const camera = config.camera;
     const running: { turnstile?: Turnstile } = {};
     const service = await serveUntilSignal(settings, config, () => running.turnstile?.stop());
     await service.analyzer.ready();
     running.turnstile = new Turnstile(door.id, {
-      camera: cameraFor(config.camera),
+      camera: cameraFor(camera),
+      intervalMs: camera.interval_ms,
       analyzer: service.analyzer,
       kiosk: service.device!.kiosk,
       capture: service.capture,
@@ -141,46 +132,66 @@ program
     await running.turnstile.run();
   });
 
-const collect = (value: string, previous: string[]) => {
-  if (!normalizeOrigin(value)) throw new InvalidArgumentError(`${value} is not an origin such as https://app.example.com`);
-  return [...previous, value];
+const collect = (value: string, previous: string[] | undefined) => {
+  try {
+    return [...(previous ?? []), parseAllowedOrigin(value)];
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 };
+const liveness = () => new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']);
 
 const tenant = program.command('tenant').description('manage tenants');
 tenant
   .command('create')
-  .description('create a tenant and its first API key; prints {tenant_id, api_key}')
+  .description('create a tenant and its first API key; prints {tenant_id, api_key} (the key only this once)')
   .requiredOption('--name <name>', 'display name')
-  .requiredOption('--allowed-origin <url>', 'origin redirect_url may point to (repeatable)', collect, [])
-  .addOption(new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']).default('active'))
+  .option('--allowed-origin <origin>', 'origin redirect_url may point to: https://host[:port], or http://localhost[:port|:*] (repeatable, at least one)', collect, [])
+  .addOption(liveness().default('active'))
   .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
-    withStore((store) => {
-      const t = store.tenants.create({
-        name: opts.name,
-        allowedOrigins: opts.allowedOrigin.map((o) => normalizeOrigin(o) as string),
-        livenessMode: opts.liveness,
-      });
-      const { keyId, apiKey } = store.tenants.createKey(t.id);
-      return { tenant_id: t.id, api_key: apiKey, key_id: keyId };
-    }),
+    withStore((store) => createTenant(store, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness }), { create: true }),
+  );
+tenant
+  .command('list')
+  .description('every tenant with its origins, liveness mode, number of users and keys')
+  .action(() => withStore((store) => store.tenants.list().map((t) => showTenant(store, t))));
+tenant
+  .command('show')
+  .description('one tenant')
+  .requiredOption('--tenant <id or name>', 'tenant id (or name)')
+  .action((opts: { tenant: string }) => withStore((store) => showTenant(store, findTenant(store, opts.tenant))));
+tenant
+  .command('update')
+  .description("change a tenant's name, allowed origins (the list given replaces the old one) or liveness mode")
+  .requiredOption('--tenant <id or name>', 'tenant id (or name)')
+  .option('--name <name>', 'new display name')
+  .option('--allowed-origin <origin>', 'the new list of allowed origins (repeatable)', collect, undefined)
+  .addOption(liveness())
+  .action((opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode }) =>
+    withStore((store) => updateTenant(store, opts.tenant, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness })),
   );
 
 const key = program.command('key').description('manage API keys');
 key
   .command('create')
-  .description("create another API key for a tenant (rotate: create, deploy, revoke the old one)")
-  .requiredOption('--tenant <tenant_id>', 'tenant id')
+  .description('create another API key for a tenant (rotate: create, deploy, revoke the old one)')
+  .requiredOption('--tenant <id or name>', 'tenant id (or name)')
   .action((opts: { tenant: string }) =>
     withStore((store) => {
-      if (!store.tenants.get(opts.tenant)) throw new CommandError(`no tenant ${opts.tenant}`);
-      const { keyId, apiKey } = store.tenants.createKey(opts.tenant);
-      return { tenant_id: opts.tenant, key_id: keyId, api_key: apiKey };
+      const t = findTenant(store, opts.tenant);
+      const { keyId, apiKey } = store.tenants.createKey(t.id);
+      return { tenant_id: t.id, key_id: keyId, api_key: apiKey };
     }),
   );
 key
+  .command('list')
+  .description("a tenant's keys: ids and dates (a key itself is shown only when it is created)")
+  .requiredOption('--tenant <id or name>', 'tenant id (or name)')
+  .action((opts: { tenant: string }) => withStore((store) => listKeys(store, findTenant(store, opts.tenant).id)));
+key
   .command('revoke')
   .description('revoke an API key by its id')
-  .requiredOption('--key-id <key_id>', 'key id printed when the key was created')
+  .requiredOption('--key-id <key_id>', 'key id printed when the key was created (authface key list)')
   .action((opts: { keyId: string }) =>
     withStore((store) => {
       if (!store.tenants.revokeKey(opts.keyId)) throw new CommandError(`no active key ${opts.keyId}`);
@@ -203,7 +214,7 @@ evaluate
   .option('--workers <n>', 'worker threads', positive)
   .option('--progress', 'show progress on stderr', false)
   .action(async (opts: { csv: string; images: string; workers?: number; progress: boolean }) => {
-    const settings = settingsOrExit();
+    const settings = loadSettings();
     await evalPairsCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });
 evaluate
@@ -213,7 +224,7 @@ evaluate
   .option('--exclude <name...>', 'sub-folders that are not people (e.g. group)', [])
   .option('--workers <n>', 'worker threads', positive)
   .action(async (opts: { gallery: string; exclude: string[]; workers?: number }) => {
-    const settings = settingsOrExit();
+    const settings = loadSettings();
     await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });
 
@@ -221,8 +232,8 @@ program
   .command('doctor')
   .description('check models, database, camera, GPIO, broker and clock; say what is wrong and how to fix it')
   .action(async () => {
-    const settings = settingsOrExit();
-    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    const settings = loadSettings();
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
     const checks = await diagnose(settings, device);
     console.log(formatChecks(checks));
     if (checks.some((c) => c.status === 'fail')) process.exitCode = 1;
@@ -258,8 +269,8 @@ program
   .option('--password-file <file>', "file holding that user's password")
   .option('--ca-file <file>', 'CA certificate of an mqtts:// broker')
   .action(async (opts: { door: string; key: string; device?: string; url?: string; username?: string; passwordFile?: string; caFile?: string }) => {
-    const settings = settingsOrExit();
-    const device = settings.AUTHFACE_DEVICE_CONFIG ? deviceConfigOrExit(settings.AUTHFACE_DEVICE_CONFIG) : null;
+    const settings = loadSettings();
+    const device = settings.AUTHFACE_DEVICE_CONFIG ? loadDeviceConfig(settings.AUTHFACE_DEVICE_CONFIG) : null;
     const deviceId = opts.device ?? device?.device_id;
     if (!deviceId) throw new CommandError('say which device: --device <device_id> (or set AUTHFACE_DEVICE_CONFIG)');
     const signed = sign(opts.key, { command: 'unlock', device: deviceId, door: opts.door, request_id: crypto.randomUUID() });
@@ -293,7 +304,7 @@ program
   .description('copy the database while the service runs (consistent, online); the key is not in it: keep master.key safe separately')
   .requiredOption('--out <file>', 'where to write the backup (mode 600)')
   .action(async (opts: { out: string }) => {
-    const settings = settingsOrExit();
+    const settings = loadSettings();
     print(await backupDatabase(settings.dataDir, settings.AUTHFACE_MASTER_KEY, opts.out));
   });
 
@@ -303,7 +314,7 @@ program
   .argument('<file>', 'a file written by `authface backup`')
   .option('--key-file <file>', 'the master.key in use when the backup was made (default: AUTHFACE_MASTER_KEY, else the data directory\'s master.key)')
   .action((file: string, opts: { keyFile?: string }) => {
-    const settings = settingsOrExit();
+    const settings = loadSettings();
     print(restoreDatabase(settings.dataDir, file, { env: settings.AUTHFACE_MASTER_KEY, keyFile: opts.keyFile }));
   });
 
@@ -312,7 +323,7 @@ program
   .description('check the environment and print every configuration variable with its default and meaning')
   .option('--device', 'print the options of the device configuration file instead')
   .action((opts: { device?: boolean }) => {
-    settingsOrExit();
+    loadSettings();
     console.log(opts.device ? deviceConfigReference() : settingsTable());
   });
 
@@ -321,7 +332,7 @@ program
  * it. Only a failure nobody foresaw still prints its stack (that one is a bug to report).
  */
 function operatorMessage(err: unknown): string | null {
-  if (err instanceof OperatorError || err instanceof CommandError) return err.message;
+  if (err instanceof OperatorError) return err.message;
   const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
   if (e?.code === 'EADDRINUSE') return `port ${e.port} on ${e.address} is in use by another program: stop it, or set PORT to a free port`;
   if (e?.code === 'EACCES' && e.syscall === 'listen') return `no permission to listen on port ${e.port}: use a port above 1023, or set PORT`;

@@ -1,5 +1,6 @@
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { OperatorError } from '../errors.ts';
 
@@ -9,6 +10,9 @@ import { OperatorError } from '../errors.ts';
  * (`authface config` prints it; the README's configuration table is generated from it).
  */
 const defaultWorkers = Math.max(1, os.availableParallelism() - 1);
+
+/** The directory the service is installed in (from src/config or dist/config alike). */
+export const INSTALL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
@@ -25,11 +29,14 @@ export const settingsSpec = {
     doc: 'Base URL that people reach this service on; `biometry_url` is built from it. Default `http://localhost:<PORT>`.',
   },
   AUTHFACE_DATA_DIR: {
-    schema: z.string().min(1).default('./data'),
-    doc: 'Directory of the SQLite database and the master key file.',
+    schema: z.string().min(1).optional(),
+    doc: 'Directory of the SQLite database and the key files. Default: `data/` in the install directory, whatever the working directory, so the service and every CLI command use the same one.',
   },
   AUTHFACE_MASTER_KEY: {
-    schema: z.string().optional(),
+    schema: z
+      .string()
+      .regex(/^([0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/, { error: 'must be a 32-byte key written as 64 hex or 44 base64 characters (openssl rand -hex 32)' })
+      .optional(),
     doc: 'AES-256 key (64 hex characters or 44 base64 characters) that encrypts embeddings at rest. Without it a key file `master.key` (mode 0600) is created in the data directory on first start.',
   },
   AUTHFACE_SESSION_TTL_SECONDS: {
@@ -84,6 +91,10 @@ export const settingsSpec = {
     schema: z.string().min(1).optional(),
     doc: 'Device configuration file (YAML, see firmware-config/README.md). With it the service drives doors, the kiosk and MQTT; without it, it is the API alone.',
   },
+  AUTHFACE_METRICS_TOKEN: {
+    schema: z.string().min(24, { error: 'use at least 24 characters' }).optional(),
+    doc: 'Bearer token for `/metrics`. Without it, `/metrics` answers this machine only (loopback, not relayed by a proxy).',
+  },
   LOG_LEVEL: {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     doc: 'Log verbosity (logs never contain images, embeddings, keys or tokens).',
@@ -107,7 +118,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   }
   const s = parsed.data;
   const publicUrl = (s.PUBLIC_URL ?? `http://localhost:${s.PORT}`).replace(/\/+$/, '');
-  return { ...s, publicUrl, dataDir: path.resolve(s.AUTHFACE_DATA_DIR) } as Settings;
+  return { ...s, publicUrl, dataDir: path.resolve(s.AUTHFACE_DATA_DIR ?? path.join(INSTALL_DIR, 'data')) } as Settings;
 }
 
 /** Markdown table of every option, for the README and `authface config`. */

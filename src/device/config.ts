@@ -146,8 +146,8 @@ export const deviceConfigSchema = z
         driver: z.enum(['fswebcam', 'simulated']).default('fswebcam').describe('`fswebcam` grabs frames through node-webcam; `simulated` plays image files (tests, demos).'),
         simulated_images: z.array(z.string()).default([]).describe('Image files the simulated camera plays in a loop.'),
       })
-      .default({ device: '/dev/video0', width: 640, height: 480, interval_ms: 250, driver: 'fswebcam', simulated_images: [] })
-      .describe('The camera used by `authface turnstile` (the kiosk uses the browser camera).'),
+      .optional()
+      .describe('The camera of `authface turnstile`. A kiosk-only device leaves it out: the kiosk uses the browser camera.'),
     mqtt,
     remote_commands: remoteCommands,
     kiosk: z
@@ -182,6 +182,7 @@ export const deviceConfigSchema = z
 
 export type DeviceConfig = z.output<typeof deviceConfigSchema>;
 export type DoorConfig = DeviceConfig['doors'][number];
+export type CameraConfig = NonNullable<DeviceConfig['camera']>;
 
 export class DeviceConfigError extends OperatorError {}
 

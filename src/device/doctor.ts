@@ -1,11 +1,13 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { gpioAccessible } from '../access/hardware.ts';
 import { ModelFiles } from '../biometrics/models.ts';
 import type { Settings } from '../config/settings.ts';
-import { brokerOptions } from '../mqtt/bridge.ts';
+import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
+import { runningService } from '../store/backup.ts';
 import { DATABASE_FILE } from '../store/database.ts';
 import { openStore } from '../store/index.ts';
 import type { DeviceConfig } from './config.ts';
@@ -31,7 +33,7 @@ const run = (cmd: string, args: string[], timeout = 5000) =>
  */
 export async function diagnose(settings: Settings, device: DeviceConfig | null): Promise<Check[]> {
   // files first: opening the database tightens modes it finds too loose
-  return [checkModels(), checkFiles(settings), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(device), await checkClock()];
+  return [checkModels(), checkFiles(settings), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(settings, device), await checkClock()];
 }
 
 function checkModels(): Check {
@@ -92,6 +94,7 @@ function checkFiles(settings: Settings): Check {
 async function checkCamera(device: DeviceConfig | null): Promise<Check> {
   if (!device) return { name: 'camera', status: 'skip', detail: 'no device configuration (AUTHFACE_DEVICE_CONFIG)' };
   const cam = device.camera;
+  if (!cam) return { name: 'camera', status: 'skip', detail: 'no camera section: a kiosk-only device (the kiosk uses the browser camera; only `authface turnstile` needs one)' };
   if (cam.driver === 'simulated') {
     const missing = cam.simulated_images.filter((f) => !fs.existsSync(f));
     return missing.length
@@ -126,19 +129,29 @@ function checkGpio(device: DeviceConfig | null): Check {
   return { name: 'gpio', status: 'ok', detail: accessible ? 'GPIO lines accessible' : 'all doors simulated by configuration' };
 }
 
-async function checkBroker(device: DeviceConfig | null): Promise<Check> {
+async function checkBroker(settings: Settings, device: DeviceConfig | null): Promise<Check> {
   if (!device) return { name: 'broker', status: 'skip', detail: 'no device configuration' };
   const url = device.mqtt.url;
   if (!url) {
-    const { host, port } = device.mqtt.embedded;
-    return { name: 'broker', status: 'ok', detail: `embedded broker on ${host}:${port} (started with the service)` };
+    const { host, port, users_file } = device.mqtt.embedded;
+    if (users_file && !fs.existsSync(users_file)) {
+      return { name: 'broker', status: 'fail', detail: `mqtt.embedded.users_file ${users_file} does not exist`, fix: `authface broker passwd --file ${users_file} --user admin --role admin` };
+    }
+    const free = await new Promise<boolean>((resolve) => {
+      const probe = net.createServer().once('error', () => resolve(false));
+      probe.listen(port, host, () => probe.close(() => resolve(true)));
+    });
+    if (!free && runningService(settings.dataDir) === null) {
+      return { name: 'broker', status: 'fail', detail: `the embedded broker's port ${host}:${port} is taken by another program (another broker?)`, fix: 'stop it, set mqtt.embedded.port to a free port, or set mqtt.url to use that broker' };
+    }
+    return { name: 'broker', status: 'ok', detail: `embedded broker on ${host}:${port}${free ? ' (started with the service)' : ', run by the service'}${users_file ? '' : '; no users file: only the device itself connects'}` };
   }
   try {
     const client = await mqtt.connectAsync(url, { ...brokerOptions(device.mqtt), connectTimeout: 5000, reconnectPeriod: 0 });
     await client.endAsync();
     return { name: 'broker', status: 'ok', detail: `connected to ${url.replace(/\/\/[^@/]*@/, '//')}` };
   } catch (err) {
-    return { name: 'broker', status: 'fail', detail: `cannot connect to ${url}: ${(err as Error).message}`, fix: 'check mqtt.url, the credentials and the CA file; is the broker running and reachable?' };
+    return { name: 'broker', status: 'fail', detail: `cannot connect to ${url.replace(/\/\/[^@/]*@/, '//')}: ${describeMqttError(err as Error)}`, fix: 'check mqtt.url, the credentials and the CA file; is the broker running and reachable?' };
   }
 }
 

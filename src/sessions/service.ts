@@ -8,6 +8,7 @@ import type { LivenessMode, Tenant } from '../store/tenants.ts';
 import type { UserStore } from '../store/users.ts';
 import { drawChallenge } from '../liveness/challenge.ts';
 import { type Thresholds, decide } from './decisions.ts';
+import { assertRedirectAllowed } from './origins.ts';
 import { captureTokenHash, newCaptureToken } from './tokens.ts';
 
 export interface SessionServiceOptions {
@@ -46,7 +47,7 @@ export class SessionService {
 
   create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): { clientState: string; biometryUrl: string; token: string } {
     // the device's own sessions return to its own kiosk page, which no tenant needs to allow
-    if (!door) assertRedirectAllowed(tenant, input.redirectUrl);
+    if (!door) assertRedirectAllowed(tenant.allowedOrigins, input.redirectUrl);
     const mode = door?.livenessMode ?? tenant.livenessMode;
     const { token, hash } = newCaptureToken();
     const session = this.sessions.create({
@@ -195,37 +196,6 @@ export class SessionService {
 }
 
 class AlreadyFinished extends Error {}
-
-const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
-
-/** https only (http for loopback), no credentials, and an origin the tenant has allowed. */
-export function assertRedirectAllowed(tenant: Tenant, redirectUrl: string): void {
-  let url: URL;
-  try {
-    url = new URL(redirectUrl);
-  } catch {
-    throw new ServiceError('invalid_request', 'invalid_redirect_url', 'redirect_url must be an absolute URL');
-  }
-  const secure = url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
-  if (!secure) {
-    throw new ServiceError('invalid_request', 'insecure_redirect_url', 'redirect_url must use https (http only for localhost)');
-  }
-  if (url.username || url.password) {
-    throw new ServiceError('invalid_request', 'invalid_redirect_url', 'redirect_url must not carry credentials');
-  }
-  const allowed = tenant.allowedOrigins.some((o) => normalizeOrigin(o) === url.origin);
-  if (!allowed) {
-    throw new ServiceError('invalid_request', 'redirect_origin_not_allowed', `the origin ${url.origin} is not allowed for this tenant`);
-  }
-}
-
-export function normalizeOrigin(origin: string): string | null {
-  try {
-    return new URL(origin).origin;
-  } catch {
-    return null;
-  }
-}
 
 /** `redirect_url` with `client_state` added to its query. */
 export function redirectTarget(session: Session): string {

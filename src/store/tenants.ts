@@ -47,6 +47,32 @@ export class TenantStore {
     return row && toTenant(row);
   }
 
+  list(): Tenant[] {
+    return (this.db.prepare('SELECT * FROM tenants ORDER BY created_at, name').all() as TenantRow[]).map(toTenant);
+  }
+
+  /** Changes a tenant's name, allowed origins or liveness mode; returns it as it is now. */
+  update(id: string, changes: Partial<Pick<Tenant, 'name' | 'allowedOrigins' | 'livenessMode'>>): Tenant | undefined {
+    const current = this.get(id);
+    if (!current) return undefined;
+    const next = { ...current, ...changes };
+    this.db
+      .prepare('UPDATE tenants SET name = ?, liveness_mode = ?, allowed_origins = ? WHERE id = ?')
+      .run(next.name, next.livenessMode, JSON.stringify(next.allowedOrigins), id);
+    return next;
+  }
+
+  /** A tenant's keys: ids and dates only (the keys themselves are not stored). */
+  keys(tenantId: string): { keyId: string; createdAt: string; revokedAt: string | null }[] {
+    return (
+      this.db.prepare('SELECT id, created_at, revoked_at FROM api_keys WHERE tenant_id = ? ORDER BY created_at').all(tenantId) as {
+        id: string;
+        created_at: string;
+        revoked_at: string | null;
+      }[]
+    ).map((k) => ({ keyId: k.id, createdAt: k.created_at, revokedAt: k.revoked_at }));
+  }
+
   count(): number {
     return (this.db.prepare('SELECT COUNT(*) AS n FROM tenants').get() as { n: number }).n;
   }

@@ -6,7 +6,7 @@ import { ARTIFACTS, launch, requireChromium, stillClip } from '../support/browse
 import { Client } from '../support/client.ts';
 import { BROKER_USERS, type TestDevice, kioskHeaders, startTestDevice } from '../support/device.ts';
 import { listen, until } from '../support/mqtt.ts';
-import { type Photos, photos } from '../support/photos.ts';
+import { type Photos, photos, thrice } from '../support/photos.ts';
 
 /**
  * The door kiosk in headless Chromium with a fake webcam: a person walks up, is identified, and
@@ -37,7 +37,7 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
     const broker = device.svc.service.device!.broker!;
     events = await listen(broker.url, [`authface/${deviceId}/door/+/access`], { ...BROKER_USERS.observer, clientId: 'observer-kiosk-e2e' });
     const api = new Client(device.svc.url, device.apiKey);
-    assert.equal((await api.run('enroll', [img.personA[0]], { externalUserId: 'alice' })).result.status, 'success');
+    assert.equal((await api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result.status, 'success');
   });
   after(async function () {
     for (const b of browsers) await b.close().catch(() => undefined);
@@ -85,14 +85,35 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
     await page.close();
   });
 
-  it('a still photo at an active-liveness door: denied with liveness_failed, no pulse', async function () {
+  it('a still photo at an active-liveness door: denied with liveness_failed, no pulse; the screen stops the challenge and starts clean', async function () {
     const page = await kiosk('vault', img.personA[1], 'vault-photo');
+    // finding: the colour challenge ran on for seconds after the server had failed the session
+    await page.addInitScript({
+      content: `addEventListener('DOMContentLoaded', () => {
+        const light = document.querySelector('#light');
+        new MutationObserver(() => { if (!light.hidden) window.lightShown = true; }).observe(light, { attributes: true, attributeFilter: ['hidden'] });
+      });`,
+    });
+    await page.reload();
     await page.waitForSelector('.step-badge:not([hidden])', { timeout: 60_000 });
     await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-active-challenge.png') });
     await page.waitForSelector('body[data-result="denied"]', { timeout: 120_000 });
     await until(() => accessEvents('vault').length >= 1, 5000, 'the MQTT denial');
     assert.deepEqual(accessEvents('vault').map((e) => [e.result, e.reason]), [['denied', 'liveness_failed']]);
     assert.equal(device.relay('vault').pulses.length, 0);
+    assert.equal(await page.evaluate('window.lightShown === true'), false, 'no colour challenge once a movement had failed');
+    // finding: after a denial the idle screen kept a stale "Step 1 of 3" badge and progress bar
+    // (the capture screen, hidden behind the result, is what the next person sees)
+    assert.equal(await page.getAttribute('.step-badge', 'hidden'), '');
+    assert.equal(await page.getAttribute('.progress', 'aria-valuenow'), '0');
+    await page.close();
+  });
+
+  it('a kiosk set to a door the device does not have names that door (finding: "This link is not valid")', async function () {
+    const page = await kiosk('cellar', img.personA[1], 'unknown-door');
+    await page.waitForSelector('body[data-problem="unknown_door"]', { timeout: 30_000 });
+    assert.match((await page.textContent('#problem-title')) ?? '', /cellar/);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-unknown-door.png') });
     await page.close();
   });
 

@@ -13,7 +13,7 @@ import { openStore } from '../../src/store/index.ts';
 import { authface } from '../support/cli.ts';
 import { Client } from '../support/client.ts';
 import { startTestDevice } from '../support/device.ts';
-import { type Photos, photos } from '../support/photos.ts';
+import { type Photos, photos, thrice } from '../support/photos.ts';
 import { type TestService, sharedAnalyzer, startTestService } from '../support/service.ts';
 
 /**
@@ -258,8 +258,8 @@ describe('the store is tamper-evident, durable and recoverable', function () {
     try {
       const tenant = svc.tenant();
       const api = new Client(svc.url, tenant.apiKey);
-      const old = await api.run('identify', [img.personB]);
-      const recent = await api.run('identify', [img.personC]);
+      const old = await api.run('identify', thrice(img.personB));
+      const recent = await api.run('identify', thrice(img.personC));
       const db = svc.service.store.db;
       const longAgo = new Date(Date.now() - 31 * 86_400_000).toISOString();
       db.prepare('UPDATE sessions SET created_at = ?, expires_at = ?, completed_at = ? WHERE client_state = ?').run(longAgo, longAgo, longAgo, old.clientState);

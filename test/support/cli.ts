@@ -4,7 +4,8 @@ import { promisify } from 'node:util';
 import { ROOT } from './datasets.ts';
 
 export const run = promisify(execFile);
-const CLI = ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts')];
+// tsx by its absolute address: the CLI is also run from other working directories
+export const CLI = ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts')];
 
 /** Runs the `authface` command (from source) to its end. */
 export function authface(args: string[], env: Record<string, string>, opts: { cwd?: string } = {}) {

@@ -105,3 +105,8 @@ async function noFaceImage(): Promise<Buffer> {
   }
   return sharp(data, { raw: { width, height, channels: 3 } }).jpeg().toBuffer();
 }
+
+/** A photo three times: a decision needs three usable frames (frames.required). */
+export function thrice(photo: Buffer): Buffer[] {
+  return [photo, photo, photo];
+}

@@ -7,8 +7,10 @@ import { KIOSK_HEADER, type KioskSecret } from '../../access/kiosk-secret.ts';
 import type { EventBus } from '../../core/events.ts';
 import { type DeviceConfig, doorLiveness } from '../../device/config.ts';
 import { ServiceError } from '../../errors.ts';
+import type { MqttLink } from '../../mqtt/bridge.ts';
 import type { TenantStore } from '../../store/tenants.ts';
 import { bearer, readJson } from '../http.ts';
+import { fromLoopback, relayedByProxy } from '../local.ts';
 import { z } from 'zod';
 import { CAPTURE_CSP, pageHtml } from './page.ts';
 
@@ -19,10 +21,9 @@ export interface DeviceDeps {
   events: EventBus;
   tenants: TenantStore;
   kioskSecret: KioskSecret;
+  mqttLink: () => MqttLink;
+  version: string;
 }
-
-const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
-const PROXY_HEADERS = ['forwarded', 'x-forwarded-for', 'via'];
 
 /**
  * The kiosk runs on the device itself. A request is the kiosk's when it carries the device's
@@ -32,8 +33,8 @@ const PROXY_HEADERS = ['forwarded', 'x-forwarded-for', 'via'];
  */
 function kioskOnly(secret: KioskSecret) {
   return async (ctx: Context, next: Next): Promise<void> => {
-    if (!LOOPBACK.has(ctx.socket.remoteAddress ?? '')) throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
-    if (PROXY_HEADERS.some((h) => ctx.get(h) !== '')) {
+    if (!fromLoopback(ctx)) throw new ServiceError('not_found', 'route_not_found', 'no such endpoint');
+    if (relayedByProxy(ctx)) {
       throw new ServiceError('forbidden', 'kiosk_only', 'the kiosk API does not answer requests relayed by a proxy (Forwarded, X-Forwarded-For or Via)');
     }
     if (!secret.matches(ctx.get(KIOSK_HEADER) || undefined)) {
@@ -106,10 +107,28 @@ export function kioskRoutes(deps: DeviceDeps): Router {
     stream.write(': connected\n\n');
   });
 
-  router.post('/device/v1/kiosk/open', async (ctx) => {
+  const tenantOf = (ctx: Context) => {
     const key = bearer(ctx);
     const tenant = key ? deps.tenants.findByApiKey(key) : undefined;
     if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
+    return tenant;
+  };
+
+  // the device as its integrator sees it: doors, remote commands, and how its broker link is
+  router.get('/device/v1/status', (ctx) => {
+    tenantOf(ctx);
+    ctx.body = {
+      success: true,
+      device_id: deps.config.device_id,
+      version: deps.version,
+      doors: deps.config.doors.map((d) => ({ id: d.id, name: d.name ?? d.id, liveness: doorLiveness(deps.config, d) })),
+      remote_commands: deps.config.remote_commands.enabled,
+      mqtt: deps.mqttLink(),
+    };
+  });
+
+  router.post('/device/v1/kiosk/open', async (ctx) => {
+    const tenant = tenantOf(ctx);
     const body = await readJson(ctx, openOnKiosk);
     deps.kiosk.open(body.door, body.biometry_url, tenant.id);
     ctx.body = { success: true, door: body.door };

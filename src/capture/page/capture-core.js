@@ -112,19 +112,20 @@ export function setProgress(fraction) {
 
 /**
  * A screen that explains what went wrong and, when it can help, offers to try again.
- * @param {'permission' | 'no_camera' | 'camera_busy' | 'insecure' | 'expired' | 'used' | 'invalid' | 'network' | 'unsupported' | 'busy'} kind
+ * @param {'permission' | 'no_camera' | 'camera_busy' | 'insecure' | 'expired' | 'used' | 'invalid' | 'network' | 'unsupported' | 'busy' | 'unknown_door'} kind
  * @param {(() => void) | null} [retry]
+ * @param {Record<string, string>} [vars] values for the texts' {placeholders}
  */
-export function problem(kind, retry = null) {
+export function problem(kind, retry = null, vars = {}) {
   stopCamera();
   hideLight();
-  $('#problem-title').textContent = tr(`problem.${kind}.title`);
-  $('#problem-body').textContent = tr(`problem.${kind}.body`);
+  $('#problem-title').textContent = tr(`problem.${kind}.title`, vars);
+  $('#problem-body').textContent = tr(`problem.${kind}.body`, vars);
   const button = /** @type {HTMLButtonElement} */ ($('[data-action="retry"]'));
   button.hidden = !retry;
   button.onclick = retry;
   // a dead link cannot be cancelled any more
-  /** @type {HTMLElement} */ ($('[data-action="cancel"]')).hidden = ['expired', 'used', 'invalid'].includes(kind);
+  /** @type {HTMLElement} */ ($('[data-action="cancel"]')).hidden = ['expired', 'used', 'invalid', 'unknown_door'].includes(kind);
   document.body.dataset.problem = kind;
   show('problem');
 }
@@ -362,7 +363,10 @@ function showsMovement(step, l) {
   return l.eyes < 0.13;
 }
 
-/** The head movements, in the order drawn. @param {Challenge} c @param {(fb: Feedback) => void} onFeedback */
+/**
+ * The head movements, in the order drawn; true when every one was made.
+ * @param {Challenge} c @param {(fb: Feedback) => void} onFeedback @returns {Promise<boolean>}
+ */
 export async function movements(c, onFeedback) {
   const badge = $('.step-badge');
   for (let i = 0; i < c.steps.length; i++) {
@@ -379,18 +383,19 @@ export async function movements(c, onFeedback) {
       if (l.faces === 1 && !busy && performance.now() - lastSent > gap) {
         const fb = await sendFrame();
         onFeedback(fb);
-        if (fb.liveness.failed) return;
+        if (fb.liveness.failed) return false;
         done = fb.liveness.steps_done > i;
       }
       await sleep(40);
     }
-    if (!done) return; // out of time: the server decides
+    if (!done) return false; // out of time: the challenge cannot pass any more
     if (i < c.steps.length - 1) {
       instruct(tr('step.back'));
       await sleep(500);
     }
   }
   badge.hidden = true;
+  return true;
 }
 
 const lightEl = $('#light');
@@ -432,19 +437,31 @@ export async function runCapture(view) {
   const required = view.frames.required;
   const c = view.liveness.mode === 'active' ? view.liveness.challenge : null;
   const total = required + (c ? c.steps.length + c.colors.length : 0);
-  const onFeedback = (/** @type {Feedback} */ fb) =>
+  // once the server says liveness has failed for good, nothing more is asked of the person
+  let failed = false;
+  const onFeedback = (/** @type {Feedback} */ fb) => {
+    failed ||= fb.liveness.failed;
     setProgress((Math.min(fb.progress.accepted_frames, required) + fb.liveness.steps_done + fb.liveness.light_phases_seen) / total);
+  };
   try {
     if (c) {
       await collectFrontal(1, onFeedback);
-      await movements(c, onFeedback);
-      await screenLight(c, onFeedback);
+      if (!failed && !(await movements(c, onFeedback))) failed = true;
+      if (!failed) await screenLight(c, onFeedback);
     }
-    await collectFrontal(required, onFeedback);
+    if (!failed) await collectFrontal(required, onFeedback);
   } catch (err) {
     if (!(err instanceof OutOfFrames)) throw err;
+  } finally {
+    resetProgress();
   }
   instruct(tr('checking'));
+}
+
+/** No step badge, an empty progress bar: the state of a screen before any capture. */
+export function resetProgress() {
+  /** @type {HTMLElement} */ ($('.step-badge')).hidden = true;
+  setProgress(0);
 }
 
 /** The camera problems startCamera reports, by the kind of screen they need. */

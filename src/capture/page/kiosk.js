@@ -6,7 +6,7 @@
  * idle. The same face is not processed again until it has left or the cool-down has passed.
  * Enrolment sessions pushed to this door (local API or MQTT) open the capture page on this screen.
  */
-import { $, CAMERA_PROBLEMS, applyStrings, call, current, fitOval, guideState, instruct, loadHuman, loadStrings, look, problem, runCapture, show, sleep, startCamera, tr } from './capture-core.js';
+import { $, CAMERA_PROBLEMS, HttpError, applyStrings, call, current, fitOval, guideState, instruct, loadHuman, loadStrings, look, problem, resetProgress, runCapture, show, sleep, startCamera, tr } from './capture-core.js';
 
 /** @typedef {{ id: string, name: string, liveness: string, cooldown_seconds: number, result_seconds: number }} Door */
 /** @typedef {{ client_state: string | null, result: 'granted' | 'denied', reason: string | null }} Access */
@@ -39,6 +39,7 @@ function listen() {
 /** Waits until someone is at the door. */
 async function approach() {
   show('capture');
+  resetProgress(); // nothing of the last person's capture stays on screen
   guideState('');
   instruct(tr('kiosk.idle'));
   for (;;) {
@@ -106,13 +107,14 @@ async function main() {
   clock();
   setInterval(clock, 10_000);
   window.addEventListener('resize', fitOval);
-  if (!doorId) return problem('invalid');
+  if (!doorId) return problem('unknown_door', null, { door: '?' });
   /** @type {Door} */
   let door;
   try {
     door = await call('GET', `/kiosk/v1/doors/${encodeURIComponent(doorId)}`);
-  } catch {
-    return problem('invalid');
+  } catch (err) {
+    if (err instanceof HttpError && err.code === 'door_not_found') return problem('unknown_door', null, { door: doorId });
+    return problem('network', () => location.reload());
   }
   $('#door-name').textContent = door.name;
   document.title = door.name;
