@@ -202,8 +202,9 @@ async function benchDoor(): Promise<void> {
       const send = (token: string, body?: Uint8Array) =>
         fetch(`${device.svc.url}/capture/v1/${body ? 'frames' : 'complete'}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'image/jpeg' } : {}) }, body });
       const frame = (await frames(1))[0];
-      await (await send(enrolToken, frame)).arrayBuffer();
-      await (await send(enrolToken)).arrayBuffer();
+      for (let k = 0; k < 3; k++) await (await send(enrolToken, frame)).arrayBuffer(); // frames.required
+      const enrolled = (await (await send(enrolToken)).json()) as { status: string; reason: string | null };
+      if (enrolled.status !== 'success') throw new Error(`door bench: the enrolment failed (${enrolled.reason})`);
       const relay = device.relay('main');
       const latencies: number[] = [];
       for (let i = 0; i < 25; i++) {

@@ -65,8 +65,8 @@ run mkdir -p "$PREFIX"
 run rsync -a --delete --exclude node_modules --exclude dist --exclude data --exclude artifacts --exclude .git "$SRC/" "$PREFIX/"
 run bash -c "cd '$PREFIX' && npm ci --no-audit --no-fund && npm prune --omit=dev --no-audit --no-fund"
 if [ "$KIOSK" = 1 ]; then
-  # Electron's own packages declare Node 22.12; its installer runs on Node 20 (npm only warns),
-  # and the Electron binary it fetches brings its own Node
+  # Electron's own packages declare Node 22.12; its installer runs on Node 20 (npm only warns), and
+  # the kiosk's postinstall fetches the Electron binary now (it brings its own Node), not at boot
   run bash -c "cd '$PREFIX/kiosk' && npm ci --no-audit --no-fund"
 fi
 

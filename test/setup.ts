@@ -1,9 +1,11 @@
+import { servedChildren } from './support/cli.ts';
 import { closeSharedAnalyzer } from './support/service.ts';
 
 /** Root hooks: the face engine workers are started once for the whole run and stopped at the end. */
 export const mochaHooks = {
   async afterAll() {
     await closeSharedAnalyzer();
+    for (const child of servedChildren) child.kill('SIGKILL'); // left by a test that failed half-way
     // a test that leaks a handle would keep the run alive for ever: name what is left and fail
     setTimeout(() => {
       const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name);

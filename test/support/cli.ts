@@ -12,9 +12,14 @@ export function authface(args: string[], env: Record<string, string>, opts: { cw
   return run(process.execPath, [...CLI, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, LOG_LEVEL: 'warn', ...env } });
 }
 
+/** Every `authface serve` started by a test: the run stops any a failing test left behind. */
+export const servedChildren = new Set<ChildProcess>();
+
 /** Starts `authface serve`, waits until it is ready and returns its URL and what it printed. */
 export async function serve(env: Record<string, string>, opts: { cwd?: string } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const child = spawn(process.execPath, [...CLI, 'serve'], { cwd: opts.cwd ?? ROOT, env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env } });
+  servedChildren.add(child);
+  child.once('exit', () => servedChildren.delete(child));
   let output = '';
   child.stdout?.on('data', (d) => (output += d));
   child.stderr?.on('data', (d) => (output += d));
