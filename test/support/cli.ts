@@ -1,11 +1,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { ROOT } from './datasets.ts';
 
 export const run = promisify(execFile);
-// tsx by its absolute address: the CLI is also run from other working directories
-export const CLI = ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts')];
+// tsx by its absolute address (its package's "." export): the CLI is also run from other working
+// directories. Not import.meta.resolve: under tsx's hooks it leaves message ports open.
+export const CLI = ['--import', pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, path.join(ROOT, 'src/cli/main.ts')];
 
 /** Runs the `authface` command (from source) to its end. */
 export function authface(args: string[], env: Record<string, string>, opts: { cwd?: string } = {}) {
