@@ -95,11 +95,11 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     if (!overrides.analyzer) stack.push(() => analyzer.close());
 
     const index = new GalleryIndex();
-    let unusable = 0;
-    for (const t of store.users.activeTemplates(() => unusable++)) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
+    for (const t of store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
     logger.info({ templates: index.size }, 'templates loaded');
+    const unusable = store.users.needingReenrolment().length;
     if (unusable > 0) {
-      logger.warn({ users: unusable }, 'a stored template could not be opened (damaged or altered): these users must enrol again (`authface doctor` names them)');
+      logger.warn({ users: unusable }, 'a stored template could not be opened (damaged, altered or of another model): these users must enrol again (`authface doctor` names them)');
     }
 
     // a device's own file may set its thresholds (a busy lobby may want a stricter match)

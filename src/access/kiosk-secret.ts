@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { hashSecret, secretMatches } from '../core/secrets.ts';
 
 export const KIOSK_SECRET_FILE = 'kiosk.secret';
 /** The header the kiosk shell adds to every request it makes to the local service. */
@@ -23,14 +24,10 @@ export class KioskSecret {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    return new KioskSecret(digest(fs.readFileSync(file, 'utf8').trim()));
+    return new KioskSecret(hashSecret(fs.readFileSync(file, 'utf8').trim()));
   }
 
   matches(given: string | undefined): boolean {
-    return given !== undefined && given !== '' && crypto.timingSafeEqual(digest(given), this.hash);
+    return secretMatches(given, this.hash);
   }
-}
-
-function digest(s: string): Buffer {
-  return crypto.createHash('sha256').update(s).digest();
 }

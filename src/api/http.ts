@@ -30,7 +30,7 @@ export function toServiceError(err: unknown): ServiceError | null {
   if (err instanceof WorkerTaskError && err.code === 'timeout') {
     return new ServiceError('busy', 'analysis_timeout', err.message, err.retryAfterSeconds ?? 1);
   }
-  if (err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal' && err.code !== 'timeout')) {
+  if (err instanceof ImageInputError || (err instanceof WorkerTaskError && err.code !== 'internal')) {
     const kind = err instanceof ImageInputError ? err.kind : (err.code as ImageInputError['kind']);
     const map = { unsupported_media_type: 'unsupported_media_type', image_too_large: 'payload_too_large', invalid_image: 'invalid_request' } as const;
     return new ServiceError(map[kind] ?? 'invalid_request', kind, err.message);

@@ -1,5 +1,5 @@
-import crypto from 'node:crypto';
 import type { Context, Next } from 'koa';
+import { hashSecret, secretMatches } from '../core/secrets.ts';
 import { ServiceError } from '../errors.ts';
 import { bearer } from './http.ts';
 
@@ -16,21 +16,15 @@ export function relayedByProxy(ctx: Context): boolean {
   return PROXY_HEADERS.some((h) => ctx.get(h) !== '');
 }
 
-/** Equal secrets, compared in constant time. */
-export function sameSecret(given: string | undefined, expected: string): boolean {
-  if (!given) return false;
-  const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
-  return crypto.timingSafeEqual(digest(given), digest(expected));
-}
-
 /**
  * `/metrics` tells how many people are enrolled. With a token configured, only a scraper holding
  * it may read them (from anywhere); without one, only this machine, and not through a proxy.
  */
 export function metricsAccess(token: string | undefined) {
+  const tokenHash = token === undefined ? undefined : hashSecret(token);
   return async (ctx: Context, next: Next): Promise<void> => {
-    if (token !== undefined) {
-      if (!sameSecret(bearer(ctx), token)) throw new ServiceError('unauthorized', 'invalid_metrics_token', 'send the metrics token as Authorization: Bearer <token>');
+    if (tokenHash !== undefined) {
+      if (!secretMatches(bearer(ctx), tokenHash)) throw new ServiceError('unauthorized', 'invalid_metrics_token', 'send the metrics token as Authorization: Bearer <token>');
     } else if (!fromLoopback(ctx) || relayedByProxy(ctx)) {
       throw new ServiceError('forbidden', 'metrics_local_only', '/metrics answers this machine only; set AUTHFACE_METRICS_TOKEN to scrape it from elsewhere');
     }

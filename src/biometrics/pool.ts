@@ -30,6 +30,7 @@ export interface TaskRoute {
 
 interface Task {
   id: number;
+  route: TaskRoute;
   message: unknown;
   transfer: ArrayBuffer[];
   resolve: (value: unknown) => void;
@@ -107,10 +108,10 @@ export class WorkerPool extends EventEmitter {
     if (this.#closed) return Promise.reject(new Error('the face engine is shut down'));
     const idle = this.#slots.find((s) => s.ready && !s.busy);
     if (!idle && this.#queue.waiting(route.lane, route.priority) >= this.options.queueSize) {
-      return Promise.reject(new QueueFullError(this.retryAfter(route)));
+      return Promise.reject(new QueueFullError(this.#retryAfter(route)));
     }
     return new Promise<T>((resolve, reject) => {
-      const task: Task = { id: this.#nextId++, message, transfer, resolve: resolve as (v: unknown) => void, reject };
+      const task: Task = { id: this.#nextId++, route, message, transfer, resolve: resolve as (v: unknown) => void, reject };
       if (idle) this.#dispatch(idle, task);
       else this.#queue.push(task, route.lane, route.priority);
     });
@@ -121,7 +122,7 @@ export class WorkerPool extends EventEmitter {
    * before it (FairQueue.ahead), and one more for a worker to come free, each taking the measured
    * task time, shared by the workers.
    */
-  retryAfter(route: TaskRoute): number {
+  #retryAfter(route: TaskRoute): number {
     const millis = ((this.#queue.ahead(route.lane, route.priority) + 1) * (this.#taskMillis ?? 1000)) / Math.max(1, this.#slots.length);
     return Math.max(1, Math.ceil(millis / 1000));
   }
@@ -193,7 +194,7 @@ export class WorkerPool extends EventEmitter {
     if (!running) return;
     this.#finish(slot);
     slot.ready = false;
-    const retry = this.retryAfter({ lane: '' });
+    const retry = this.#retryAfter(running.task.route);
     running.task.reject(new WorkerTaskError('timeout', `the frame took longer than ${this.options.taskTimeoutMs} ms to analyse and was dropped`, retry));
     this.emit('worker-timeout');
     void slot.worker.terminate();

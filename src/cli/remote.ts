@@ -45,11 +45,11 @@ export function sendOptionsFrom(flags: { url?: string; username?: string; passwo
 /** Publishes a signed command and waits for the device's reply on `command/result`. */
 export async function send(command: SignedCommand, options: SendOptions): Promise<unknown> {
   const requestId = command.request_id as string;
-  const topics = topicsFor({ device_id: command.device, mqtt: { topic_prefix: options.topicPrefix } } as DeviceConfig);
+  const topics = topicsFor(options.topicPrefix, command.device);
   let client: mqtt.MqttClient;
   try {
     client = await mqtt.connectAsync(options.url, {
-      ...brokerOptions({ username: options.username, password_file: options.passwordFile, ca_file: options.caFile, reject_unauthorized: true } as DeviceConfig['mqtt']),
+      ...brokerOptions({ username: options.username, password_file: options.passwordFile, ca_file: options.caFile, reject_unauthorized: true }),
       clientId: `${options.username ?? 'authface'}-cli-${crypto.randomBytes(4).toString('hex')}`,
       reconnectPeriod: 0,
       connectTimeout: 5000,

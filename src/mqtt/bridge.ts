@@ -8,6 +8,9 @@ import type { DeviceConfig } from '../device/config.ts';
 import { OperatorError } from '../errors.ts';
 import type { DeviceCredentials } from './broker.ts';
 
+/** How long the start waits for a first connection before it goes on without one. */
+const FIRST_CONNECT_WAIT_MS = 5000;
+
 /** How the device's link to its broker is doing, for /readyz, doctor and the device status. */
 export interface MqttLink {
   state: 'connecting' | 'connected' | 'disconnected' | 'unavailable';
@@ -39,15 +42,15 @@ export class MqttBridge {
   }
 
   /**
-   * Connects (and keeps reconnecting) to `url`. Resolves once connected, or after `waitMs` with
+   * Connects (and keeps reconnecting) to `url`. Resolves once connected, or after FIRST_CONNECT_WAIT_MS with
    * the link still trying: a broker that is down does not hold up the doors.
    */
   static async start(
     config: DeviceConfig,
     url: string,
-    deps: { events: EventBus; commands: RemoteCommands; logger: Logger; version: string; credentials?: DeviceCredentials; waitMs?: number },
+    deps: { events: EventBus; commands: RemoteCommands; logger: Logger; version: string; credentials?: DeviceCredentials },
   ): Promise<MqttBridge> {
-    const topics = topicsFor(config);
+    const topics = topicsFor(config.mqtt.topic_prefix, config.device_id);
     const embedded = deps.credentials !== undefined;
     const v5 = !embedded && config.mqtt.protocol_version === 5;
     const offline = JSON.stringify({ state: 'offline', device_id: config.device_id });
@@ -118,7 +121,7 @@ export class MqttBridge {
     );
 
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, deps.waitMs ?? 5000);
+      const timer = setTimeout(resolve, FIRST_CONNECT_WAIT_MS);
       client.once('connect', () => {
         clearTimeout(timer);
         resolve();
@@ -170,8 +173,8 @@ export function describeMqttError(err: Error & { code?: string | number }): stri
   return err.message;
 }
 
-/** Credentials and TLS of the configured broker (secrets are read from their files). */
-export function brokerOptions(m: DeviceConfig['mqtt']): IClientOptions {
+/** Credentials and TLS of a broker (secrets are read from their files). */
+export function brokerOptions(m: Pick<DeviceConfig['mqtt'], 'username' | 'password_file' | 'ca_file' | 'cert_file' | 'key_file' | 'reject_unauthorized'>): IClientOptions {
   const read = (key: string, file: string | undefined) => {
     if (!file) return undefined;
     try {
@@ -190,8 +193,8 @@ export function brokerOptions(m: DeviceConfig['mqtt']): IClientOptions {
   };
 }
 
-export function topicsFor(config: DeviceConfig) {
-  const base = `${config.mqtt.topic_prefix}/${config.device_id}`;
+export function topicsFor(prefix: string, deviceId: string) {
+  const base = `${prefix}/${deviceId}`;
   return {
     status: `${base}/status`,
     command: `${base}/command`,

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import { hashSecret } from '../store/tenants.ts';
+import { hashSecret } from '../core/secrets.ts';
 
 /** A capture token: 32 random bytes in the link, only their SHA-256 in the database. */
 export function newCaptureToken(): { token: string; hash: Buffer } {

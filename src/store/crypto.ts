@@ -76,8 +76,9 @@ export const MASTER_KEY_FILE = 'master.key';
 
 /**
  * The master key: from the environment when given, else from `<dataDir>/master.key`. A new key
- * file (mode 0600) is created only when `mayCreate` says there is nothing sealed under an old
- * one: a missing key next to encrypted templates must be restored, never silently replaced.
+ * file (mode 0600) is created only when no template is sealed under an old one
+ * (`existing.sealedTemplates`): a missing key next to encrypted templates must be restored, never
+ * silently replaced.
  */
 export function loadMasterKey(dataDir: string, fromEnv: string | undefined, existing: { sealedTemplates: number } = { sealedTemplates: 0 }): Buffer {
   if (fromEnv) return parseMasterKey(fromEnv, 'AUTHFACE_MASTER_KEY');
@@ -124,7 +125,7 @@ export function templateAad(b: TemplateBinding): string {
   return JSON.stringify(['authface:template:v2', b.tenantId, b.externalUserId, b.version, b.model]);
 }
 
-/** Schema 4 and older bound a template to its row only (kept to re-seal them once). */
+/** Before schema LEGACY_SEAL_SCHEMA + 1 a template was bound to its row only (kept to re-seal them once). */
 export function legacyTemplateAad(userId: string, version: number): string {
   return `template:${userId}:${version}`;
 }

@@ -108,7 +108,8 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   CREATE INDEX audit_user ON audit_events (tenant_id, external_user_id) WHERE external_user_id IS NOT NULL;
   `,
   // re-seal every template so its authenticated data binds tenant, external_user_id, version and
-  // model (before, only the row id and version: swapping two users' ids swapped who they were)
+  // model (before, only the row id and version: swapping two users' ids swapped who they were);
+  // its index is LEGACY_SEAL_SCHEMA
   resealTemplates,
   // tombstones and the rows of people deleted before erasure existed lose their identifier too
   eraseDeletedIdentities,
@@ -152,6 +153,9 @@ function tightenMode(file: string, mode: number): void {
   }
 }
 
+/** The schema version whose templates are still sealed with legacyTemplateAad (before resealTemplates). */
+export const LEGACY_SEAL_SCHEMA = migrations.indexOf(resealTemplates);
+
 export function schemaVersion(db: Db): number {
   return db.pragma('user_version', { simple: true }) as number;
 }
@@ -175,6 +179,7 @@ function resealTemplates(db: Db, { cipher, model }: MigrationContext): void {
     )
     .all() as { id: string; user_id: string; version: number; active: number; nonce: Buffer; ciphertext: Buffer; tenant_id: string; external_user_id: string }[];
   const update = db.prepare('UPDATE templates SET nonce = ?, ciphertext = ?, model = ? WHERE id = ?');
+  const setModel = db.prepare('UPDATE templates SET model = ? WHERE id = ?');
   const flag = db.prepare(`UPDATE users SET reenrolment_reason = 'template_unreadable' WHERE id = ?`);
   for (const r of rows) {
     let embedding: Float32Array;
@@ -182,7 +187,7 @@ function resealTemplates(db: Db, { cipher, model }: MigrationContext): void {
       embedding = cipher.open(r.nonce, r.ciphertext, legacyTemplateAad(r.user_id, r.version));
     } catch {
       // already unreadable: it stays sealed as it was, and its user must enrol again
-      db.prepare('UPDATE templates SET model = ? WHERE id = ?').run(model, r.id);
+      setModel.run(model, r.id);
       if (r.active) flag.run(r.user_id);
       continue;
     }
@@ -195,10 +200,11 @@ function eraseDeletedIdentities(db: Db, { cipher }: MigrationContext): void {
   const tombstones = db
     .prepare(`SELECT id, tenant_id, external_user_id FROM users WHERE deleted_at IS NOT NULL AND external_user_id NOT LIKE 'erased:%'`)
     .all() as { id: string; tenant_id: string; external_user_id: string }[];
+  const rename = db.prepare('UPDATE users SET external_user_id = ? WHERE id = ?');
   for (const t of tombstones) {
     const pseudonym = cipher.pseudonym(t.tenant_id, t.external_user_id);
     eraseIdentity(db, t.tenant_id, t.external_user_id, pseudonym);
-    db.prepare('UPDATE users SET external_user_id = ? WHERE id = ?').run(pseudonym, t.id);
+    rename.run(pseudonym, t.id);
   }
 }
 

@@ -1,7 +1,7 @@
 import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
 import { AuditLog } from './audit.ts';
 import { EmbeddingCipher, StoreError, legacyTemplateAad, loadMasterKey, opensKeyCheck, sealKeyCheck } from './crypto.ts';
-import { type Db, migrate, openDatabase, schemaVersion } from './database.ts';
+import { type Db, LEGACY_SEAL_SCHEMA, migrate, openDatabase, schemaVersion } from './database.ts';
 import { eraseIdentity } from './erasure.ts';
 import { CommandNonces } from './nonces.ts';
 import { SessionStore } from './sessions.ts';
@@ -102,7 +102,7 @@ function verifyKey(db: Db, cipher: EmbeddingCipher, dataDir: string): void {
   if (stored) {
     if (opensKeyCheck(cipher, stored.value)) return;
     if (templates > 0) throw wrongKey();
-  } else if (templates > 0 && schemaVersion(db) <= 4) {
+  } else if (templates > 0 && schemaVersion(db) <= LEGACY_SEAL_SCHEMA) {
     const rows = db.prepare('SELECT user_id, version, nonce, ciphertext FROM templates LIMIT 20').all() as { user_id: string; version: number; nonce: Buffer; ciphertext: Buffer }[];
     const opens = rows.some((r) => {
       try {

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import { hashSecret } from '../core/secrets.ts';
 import { type Db, now } from './database.ts';
 
 export type LivenessMode = 'passive' | 'active';
@@ -20,11 +21,6 @@ interface TenantRow {
 }
 
 const API_KEY_PREFIX = 'afk_';
-
-/** API keys are 32 random bytes; only their SHA-256 is stored, so a leaked database leaks no key. */
-export function hashSecret(secret: string): Buffer {
-  return crypto.createHash('sha256').update(secret).digest();
-}
 
 export class TenantStore {
   constructor(private readonly db: Db) {}

@@ -125,7 +125,7 @@ export class UserStore {
   /**
    * Erases every template of the user and leaves a tombstone under a keyed pseudonym; returns the
    * pseudonym, or null when there is no such user. Rows elsewhere that name the person are the
-   * caller's to erase in the same transaction (see UserService.delete).
+   * caller's to erase in the same transaction (Store.eraseUser).
    */
   delete(tenantId: string, externalUserId: string): string | null {
     const user = this.get(tenantId, externalUserId);
@@ -166,7 +166,7 @@ export class UserStore {
    * another model is skipped, and its user is flagged for re-enrolment: one bad row never stops
    * the door from serving everyone else.
    */
-  activeTemplates(onUnusable: (u: { tenantId: string; reason: ReenrolmentReason }) => void = () => undefined): ActiveTemplate[] {
+  activeTemplates(): ActiveTemplate[] {
     const rows = this.db
       .prepare(
         `SELECT u.tenant_id, u.external_user_id, t.user_id, t.version, t.model, t.nonce, t.ciphertext
@@ -180,7 +180,6 @@ export class UserStore {
       const opened = this.#open(row, row.tenant_id, row.external_user_id);
       if ('reason' in opened) {
         unusable.push({ userId: row.user_id, reason: opened.reason });
-        onUnusable({ tenantId: row.tenant_id, reason: opened.reason });
       } else {
         usable.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, embedding: opened.embedding });
       }
