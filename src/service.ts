@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
 import { GalleryIndex } from './biometrics/gallery.ts';
+import { IdentifyPolicy } from './biometrics/identify-policy.ts';
 import { FaceAnalyzer } from './biometrics/index.ts';
 import { DEFAULT_QUALITY } from './biometrics/quality.ts';
 import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
@@ -103,9 +104,11 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     }
 
     // a device's own file may set its thresholds (a busy lobby may want a stricter match)
+    const match = deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD;
     const thresholds = {
-      match: deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD,
+      match,
       duplicate: deviceConfig?.thresholds.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
+      identify: new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: match, margin: settings.AUTHFACE_IDENTIFY_MARGIN }),
     };
     const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
       publicUrl: settings.publicUrl,
@@ -123,6 +126,8 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       galleryTemplates: () => index.size,
       engineQueue: () => analyzer.load.queued,
       engineBusy: () => analyzer.load.busy,
+      identification: () =>
+        index.sizes().map(({ tenantId, size }) => ({ tenantId, gallerySize: size, threshold: thresholds.identify.rule(size).threshold, expectedFpir: thresholds.identify.expectedFpir(size) })),
     });
     events.on('session.finished', (e) =>
       logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),

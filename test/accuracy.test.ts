@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
-import { type IdentifyFigures, type PairFigures, evaluateIdentify, evaluatePairs } from '../src/biometrics/evaluation.ts';
+import { type IdentifyFigures, type PairFigures, embedAll, evaluateIdentify, evaluatePairs, readPeople, search } from '../src/biometrics/evaluation.ts';
+import { Gallery } from '../src/biometrics/gallery.ts';
+import { fpir } from '../src/biometrics/identification.ts';
+import { IdentifyPolicy } from '../src/biometrics/identify-policy.ts';
 import { loadSettings } from '../src/config/settings.ts';
 import { requireShared, shared } from './support/datasets.ts';
 import { sharedAnalyzer } from './support/service.ts';
@@ -26,13 +29,47 @@ describe('accuracy on real photos (../shared/datasets)', function () {
     });
   }
 
-  it('bbt: enroll crop 1, identify crops 2–5: rank-1 ≥ 0.97, no wrong identity accepted', async function () {
-    const f: IdentifyFigures = await evaluateIdentify(await sharedAnalyzer(), { gallery: shared('bbt'), exclude: ['group'], concurrency: 2, threshold });
+  const settings = loadSettings({});
+  const policy = new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: threshold, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
+
+  it('bbt: enroll crop 1, identify crops 2–5 at the service rule: rank-1 ≥ 0.97, nobody named wrongly; deepface photos as strangers: none named', async function () {
+    const f: IdentifyFigures = await evaluateIdentify(await sharedAnalyzer(), {
+      gallery: shared('bbt'),
+      strangers: shared('deepface'),
+      exclude: ['group'],
+      concurrency: 2,
+      rule: (size) => policy.rule(size),
+    });
     console.log(`      ${JSON.stringify(f)}`);
     assert.equal(f.people, 8);
     assert.equal(f.probes, 32);
+    assert.ok(f.strangers >= 60, `${f.strangers} stranger photos`);
     assert.equal(f.failed_to_detect, 0);
     assert.ok((f.rank1 as number) >= 0.97);
     assert.equal(f.false_identifications, 0);
+    assert.equal(f.fpir, 0, 'no stranger identified as one of the eight');
+    assert.equal(f.threshold, Number(policy.rule(8).threshold.toFixed(5)), 'the rule the service applies to a gallery of 8');
+    // with 66 strangers a 0.1 % FPIR cannot be resolved, and the figures say so
+    assert.equal(f.at_target_fpir[0].resolvable, false);
+  });
+
+  it('LFW strangers against 300 enrolled: the old fixed 0.93 names many of them (the reproduction); the rule by gallery size names at most one', async function () {
+    this.timeout(300_000);
+    // people by name: the even ones enrolled (first photo), the odd ones strangers (first photo)
+    const people = readPeople(shared('lfw', 'images')).slice(0, 600);
+    const files = people.map((p) => p.files[0]);
+    const { embeddings } = await embedAll(await sharedAnalyzer(), files, 2);
+    const gallery = new Gallery();
+    people.forEach((p, i) => {
+      const e = embeddings.get(files[i]);
+      if (i % 2 === 0 && e) gallery.upsert(p.name, e);
+    });
+    const strangers = people.filter((_, i) => i % 2 === 1).map((p) => search(gallery, embeddings.get(p.files[0])));
+    const old = fpir(strangers, { threshold: 0.93, margin: 0 });
+    const now = fpir(strangers, policy.rule(gallery.size));
+    console.log(`      ${JSON.stringify({ enrolled: gallery.size, strangers: strangers.length, fpir_at_0_93: old, fpir_at_rule: now, rule: policy.rule(gallery.size) })}`);
+    assert.equal(gallery.size, 300);
+    assert.ok(old >= 0.05, `the fixed threshold named ${old} of the strangers`);
+    assert.ok(now <= 1 / 300, `the rule by gallery size named ${now} of the strangers`);
   });
 });

@@ -99,6 +99,15 @@ describe('the authface command', function () {
     assert.equal(ident.probes, 2);
     assert.equal(ident.rank1, 1);
     assert.equal(ident.false_identifications, 0);
+    assert.equal(ident.fpir, null, 'no strangers, no FPIR');
+    // b as a stranger to a gallery of a and c: a non-mated search, and FPIR at the rule for 2 people
+    const strangers = path.join(dataDir, 'strangers');
+    fs.mkdirSync(strangers);
+    fs.writeFileSync(path.join(strangers, 'b.jpg'), img.personB);
+    fs.rmSync(path.join(dir, 'b'), { recursive: true });
+    const withStrangers = JSON.parse((await authface(['eval', 'identify', '--gallery', dir, '--strangers', strangers, '--workers', '1'], env())).stdout) as Record<string, unknown>;
+    assert.deepEqual([withStrangers.enrolled, withStrangers.strangers, withStrangers.fpir, withStrangers.fnir], [2, 1, 0, 0]);
+    assert.ok((withStrangers.threshold as number) > 0.93, 'the identify threshold for 2 people');
   });
 
   it('bin/authface.js runs the built CLI', async function () {

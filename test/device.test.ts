@@ -118,6 +118,7 @@ describe('access controller (simulated relay and contact)', function () {
     score: 0.97,
     eventId: 'evt_x',
     doorId: 'main',
+    factor: 'face',
     ...over,
   });
 

@@ -52,7 +52,7 @@ describe('MQTT: access events, device status with last will, commands', function
 
   /** A kiosk identify session at a door, driven through the capture API with one photo. */
   async function identifyAtDoor(door: string, photo: Buffer) {
-    const { token, clientState } = device.svc.service.device!.kiosk.startIdentify(door);
+    const { token, clientState } = await device.svc.service.device!.kiosk.startIdentify(door);
     const capture = new Client(device.svc.url, '').capture(token);
     await capture.session();
     for (let i = 0; i < 3; i++) await capture.frame(photo);
@@ -81,8 +81,8 @@ describe('MQTT: access events, device status with last will, commands', function
       await until(() => sub.messages.length >= 2, 10_000, 'two access events');
       const [granted, denied] = sub.messages.map((m) => ({ topic: m.topic, body: JSON.parse(m.payload) }));
       assert.equal(granted.topic, `${base}/door/main/access`);
-      assert.deepEqual(Object.keys(granted.body).sort(), ['device_id', 'door_id', 'event_id', 'external_user_id', 'reason', 'result', 'score', 'time']);
-      assert.equal(granted.body.result, 'granted');
+      assert.deepEqual(Object.keys(granted.body).sort(), ['device_id', 'door_id', 'event_id', 'external_user_id', 'factor', 'reason', 'result', 'score', 'time']);
+      assert.deepEqual([granted.body.result, granted.body.factor], ['granted', 'face']);
       assert.equal(granted.body.external_user_id, 'alice');
       assert.equal(granted.body.device_id, deviceId);
       assert.match(granted.body.event_id, /^evt_/);

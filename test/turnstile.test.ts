@@ -86,6 +86,15 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
       (e: { code: number; stderr: string }) => e.code === 2 && /needs "liveness: passive"/.test(e.stderr),
     );
   });
+
+  it('authface turnstile refuses a face+pin door (there is no keypad)', async function () {
+    const file = path.join(device.dir, 'pin.yaml');
+    fs.writeFileSync(file, stringify({ device_id: 'x', liveness: 'passive', doors: [{ id: 'lane', factor: 'face+pin' }] }));
+    await assert.rejects(
+      run(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'turnstile'], { cwd: ROOT, env: { ...process.env, AUTHFACE_DEVICE_CONFIG: file, AUTHFACE_DATA_DIR: path.join(device.dir, 'other') } }),
+      (e: { code: number; stderr: string }) => e.code === 2 && /needs "factor: face"/.test(e.stderr),
+    );
+  });
 });
 
 describe('authface doctor', function () {

@@ -55,7 +55,7 @@ export class AccessController {
     const door = this.#doors.get(doorId);
     if (!door) return null;
     this.#release(door);
-    const event = this.#record(door, 'remote_unlock', { sessionId: null, clientState: null, result: 'granted', reason: 'remote_unlock', externalUserId: null, score: null });
+    const event = this.#record(door, 'remote_unlock', { sessionId: null, clientState: null, result: 'granted', reason: 'remote_unlock', externalUserId: null, score: null, factor: null });
     this.logger.info({ door: doorId, source, event: event.eventId }, 'door unlocked remotely');
     return event;
   }
@@ -89,7 +89,7 @@ export class AccessController {
         this.#release(door);
       }
     }
-    this.#record(door, 'access_decision', { sessionId: e.sessionId, clientState: e.clientState, result, reason, externalUserId: e.externalUserId, score: e.score });
+    this.#record(door, 'access_decision', { sessionId: e.sessionId, clientState: e.clientState, result, reason, externalUserId: e.externalUserId, score: e.score, factor: e.factor });
   }
 
   /** The door's policy; a policy that cannot be evaluated denies (`policy_error`), it never opens. */
@@ -117,6 +117,7 @@ export class AccessController {
       result: d.result,
       reason: d.reason,
       score: d.score,
+      factor: d.factor,
     });
     const event: AccessEvent = { eventId: audit.id, doorId: door.config.id, time: audit.createdAt, ...d };
     this.events.emit('access.decided', event);

@@ -3,7 +3,9 @@ import type { EventBus } from '../core/events.ts';
 import { type DeviceConfig, type DoorConfig, doorLiveness } from '../device/config.ts';
 import { ServiceError } from '../errors.ts';
 import type { SessionService } from '../sessions/service.ts';
+import type { Factor } from '../store/sessions.ts';
 import type { Tenant } from '../store/tenants.ts';
+import type { PinGate } from './pin-gate.ts';
 
 /**
  * The device's own sessions: an identify session for a door each time someone walks up to the
@@ -18,6 +20,7 @@ export class KioskService {
     private readonly sessions: SessionService,
     private readonly events: EventBus,
     private readonly publicUrl: string,
+    private readonly pins: PinGate,
   ) {}
 
   door(doorId: string): DoorConfig {
@@ -27,17 +30,29 @@ export class KioskService {
   }
 
 
-  /** A new identify session at a door; its capture token goes to the kiosk page or the turnstile loop. */
-  startIdentify(doorId: string): { token: string; clientState: string; liveness: 'active' | 'passive' } {
+  /**
+   * A new identify session at a door; its capture token goes to the kiosk page or the turnstile
+   * loop. At a `face+pin` door the PIN typed comes with it: the session then decides among the
+   * PIN's holders only. Whether the PIN is anyone's is not said here (nor ever on its own): the
+   * answer comes with the face, so a PIN cannot be probed without a capture.
+   */
+  async startIdentify(doorId: string, pin?: string): Promise<{ token: string; clientState: string; liveness: 'active' | 'passive'; factor: Factor }> {
     const door = this.door(doorId);
     const liveness = doorLiveness(this.config, door);
+    let candidates: string[] | undefined;
+    if (door.factor === 'face+pin') {
+      if (pin === undefined) throw new ServiceError('invalid_request', 'pin_required', 'this door asks for a PIN with the face');
+      candidates = await this.pins.holders(door.id, pin);
+    } else if (pin !== undefined) {
+      throw new ServiceError('invalid_request', 'pin_not_used', 'this door does not ask for a PIN');
+    }
     const created = this.sessions.create(
       this.tenant,
       'identify',
       { clientState: crypto.randomUUID(), redirectUrl: `${this.publicUrl}/kiosk?door=${encodeURIComponent(door.id)}`, externalUserId: null },
-      { doorId: door.id, livenessMode: liveness },
+      { doorId: door.id, livenessMode: liveness, candidates },
     );
-    return { token: created.token, clientState: created.clientState, liveness };
+    return { token: created.token, clientState: created.clientState, liveness, factor: door.factor };
   }
 
   /**

@@ -113,7 +113,7 @@ export class Turnstile {
   }
 
   async #decide(first: Uint8Array, kiosk: KioskService, capture: CaptureService): Promise<void> {
-    const { token } = kiosk.startIdentify(this.door);
+    const { token } = await kiosk.startIdentify(this.door);
     let frame = first;
     for (let i = 0; i < MAX_SESSION_FRAMES && !this.#stopped; i++) {
       const fb = await capture.submitFrame(token, frame);

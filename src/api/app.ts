@@ -13,6 +13,7 @@ import { biometryRoutes } from './routes/biometry.ts';
 import { captureRoutes } from './routes/capture.ts';
 import { type DeviceDeps, kioskRoutes } from './routes/kiosk.ts';
 import { capturePageRoutes } from './routes/page.ts';
+import { pinRoutes } from './routes/pins.ts';
 
 export interface AppDeps {
   logger: Logger;
@@ -84,6 +85,7 @@ export function createApp(deps: AppDeps): Koa {
     biometryRoutes(deps),
     captureRoutes({ capture: deps.capture, maxImageBytes: deps.maxImageBytes }),
     capturePageRoutes(),
+    pinRoutes(deps),
     ...(deps.device ? [kioskRoutes(deps.device)] : []),
   ]) {
     app.use(router.routes());

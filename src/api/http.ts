@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import { ImageInputError, QueueFullError, WorkerTaskError } from '../biometrics/index.ts';
 import { loggableError } from '../core/logger.ts';
 import { type ErrorKind, ServiceError } from '../errors.ts';
+import type { Tenant, TenantStore } from '../store/tenants.ts';
 
 const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
@@ -138,4 +139,19 @@ export function bearer(ctx: Context): string | undefined {
   const header = ctx.get('authorization');
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
   return match?.[1];
+}
+
+export interface TenantState {
+  tenant: Tenant;
+}
+
+/** Every integrator call: `Authorization: Bearer <api_key>` names the tenant it acts for. */
+export function requireTenant(tenants: TenantStore) {
+  return async (ctx: Context, next: Next): Promise<void> => {
+    const key = bearer(ctx);
+    const tenant = key ? tenants.findByApiKey(key) : undefined;
+    if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
+    (ctx.state as TenantState).tenant = tenant;
+    await next();
+  };
 }

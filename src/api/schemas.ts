@@ -59,6 +59,10 @@ export const listUsersRequest = z
   .meta({ id: 'ListUsersRequest' });
 
 export const userRequest = z.strictObject({ external_user_id: externalUserId }).meta({ id: 'UserRequest' });
+export const setPinRequest = z
+  .strictObject({ external_user_id: externalUserId, pin: z.string().max(16).describe('4 to 8 digits, not one digit repeated nor a run such as 1234') })
+  .meta({ id: 'SetPinRequest' });
+export const removePinRequest = userRequest;
 
 const flow = z.enum(['enroll', 'verify', 'identify', 'update_embedding']);
 const timestamp = z.string().regex(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/).describe('UTC, YYYY-MM-DD HH:MM:SS');
@@ -90,7 +94,7 @@ export const resultFinal = z
       .nullable()
       .describe(
         'null on success; on failure one of already_enrolled, conflict, user_not_found, reenrolment_required, below_threshold, ' +
-          'not_identified, no_face, multiple_faces, poor_quality, not_enough_frames, spoof_detected, liveness_failed, cancelled, expired',
+          'not_identified, ambiguous_match, no_face, multiple_faces, poor_quality, not_enough_frames, spoof_detected, liveness_failed, cancelled, expired',
       ),
     external_user_id: z.string().nullable(),
     score: z.number().nullable().describe('Cosine similarity of the face embeddings, 5 decimals (when applicable).'),
@@ -137,6 +141,10 @@ export const userDetails = z
 export const userDeleted = z
   .strictObject({ success: z.literal(true), external_user_id: z.string(), event_id: z.string() })
   .meta({ id: 'UserDeleted', description: 'Every template and its history is erased; the audit event remains.' });
+
+export const pinChanged = z
+  .strictObject({ success: z.literal(true), external_user_id: z.string(), event_id: z.string() })
+  .meta({ id: 'PinChanged', description: 'The PIN of face+pin doors was set or removed; the audit event names the user, never the PIN.' });
 
 export const errorResponse = z
   .strictObject({

@@ -13,6 +13,7 @@ import {
   thresholdAtFar,
   trueAcceptRate,
 } from './metrics.ts';
+import { type Rule, type Search, fnir, fpir, names, thresholdForFpir } from './identification.ts';
 import type { FrameAnalysis } from './types.ts';
 
 export interface Analyzer {
@@ -23,7 +24,7 @@ const IMAGE_EXT = /\.(jpe?g|png|webp)$/i;
 const round = (x: number, digits = 4) => (Number.isFinite(x) ? Number(x.toFixed(digits)) : null);
 
 /** Analyses every image once, `concurrency` at a time; returns embeddings (null = no face) and timings. */
-async function embedAll(
+export async function embedAll(
   analyzer: Analyzer,
   files: string[],
   concurrency: number,
@@ -132,72 +133,106 @@ export async function evaluatePairs(
   return figures;
 }
 
-export interface IdentifyFigures {
-  people: number;
-  enrolled: number;
-  probes: number;
-  failed_to_detect: number;
-  /** Probes whose best match is their own template (whatever its score). */
-  rank1: number | null;
-  /** Probes identified as the right person at the threshold. */
-  identified_at_threshold: number | null;
-  /** Probes accepted at the threshold as somebody else: must be 0. */
-  false_identifications: number;
-  threshold: number;
-  ms_per_image: number | null;
-}
-
-/** 1:N: the first image (by name) of each person's folder is enrolled, the others are identified. */
-export async function evaluateIdentify(
-  analyzer: Analyzer,
-  opts: { gallery: string; exclude: string[]; concurrency: number; threshold: number },
-): Promise<IdentifyFigures> {
-  const people = fs
-    .readdirSync(opts.gallery, { withFileTypes: true })
-    .filter((d) => d.isDirectory() && !opts.exclude.includes(d.name))
+/** A folder of people: one sub-folder each, image files inside, sorted by name (numbers in order). */
+export function readPeople(dir: string, exclude: readonly string[] = []): { name: string; files: string[] }[] {
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .filter((d) => d.isDirectory() && !exclude.includes(d.name))
     .map((d) => ({
       name: d.name,
       files: fs
-        .readdirSync(path.join(opts.gallery, d.name))
+        .readdirSync(path.join(dir, d.name))
         .filter((f) => IMAGE_EXT.test(f))
         .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
-        .map((f) => path.join(opts.gallery, d.name, f)),
+        .map((f) => path.join(dir, d.name, f)),
     }))
     .filter((p) => p.files.length > 0);
-  const all = people.flatMap((p) => p.files);
-  const { embeddings, msPerImage } = await embedAll(analyzer, all, opts.concurrency);
+}
+
+/** Every image under a folder of strangers (flat, or one sub-folder per person). */
+function readImagesUnder(dir: string): string[] {
+  return fs
+    .readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((d) => d.isFile() && IMAGE_EXT.test(d.name))
+    .map((d) => path.join(d.parentPath, d.name))
+    .sort();
+}
+
+/** One search of the gallery; `mate` is the probe's own person (undefined for a stranger). */
+export function search(gallery: Gallery, probe: Float32Array | null | undefined, mate?: string): Search {
+  const [first, second] = probe ? gallery.topTwo(probe) : [];
+  return {
+    mated: mate !== undefined,
+    top1: first?.score ?? -1,
+    top2: second?.score ?? -1,
+    top1IsMate: mate !== undefined && first?.externalUserId === mate,
+  };
+}
+
+export interface IdentifyFigures {
+  people: number;
+  enrolled: number;
+  /** Mated searches: the other images of enrolled people. */
+  probes: number;
+  /** Non-mated searches: images of people who are not enrolled (`--strangers`). */
+  strangers: number;
+  failed_to_detect: number;
+  /** Mated searches whose best match is their own template (whatever its score). */
+  rank1: number | null;
+  /** The rule in force for a gallery of this size: the threshold the service would use, and the margin. */
+  threshold: number;
+  margin: number;
+  fnir: number | null;
+  /** Null without strangers: only non-mated searches can measure it. */
+  fpir: number | null;
+  /** Mated searches named as somebody else at the threshold: must be 0. */
+  false_identifications: number;
+  /** The threshold reaching each target FPIR with these strangers, and the FNIR there. */
+  at_target_fpir: { fpir: number; threshold: number | null; fnir: number | null; resolvable: boolean }[];
+  ms_per_image: number | null;
+}
+
+/**
+ * 1:N as NIST FRTE measures it: the first image (by name) of each person's folder is enrolled,
+ * their other images are mated searches, and every image under `strangers` is a non-mated search.
+ * `rule(gallerySize)` is the identification rule the service would apply to a gallery this size.
+ */
+export async function evaluateIdentify(
+  analyzer: Analyzer,
+  opts: { gallery: string; strangers?: string; exclude: string[]; concurrency: number; rule: (gallerySize: number) => Rule; targets?: number[] },
+): Promise<IdentifyFigures> {
+  const people = readPeople(opts.gallery, opts.exclude);
+  const strangerFiles = opts.strangers ? readImagesUnder(opts.strangers) : [];
+  const { embeddings, msPerImage } = await embedAll(analyzer, [...people.flatMap((p) => p.files), ...strangerFiles], opts.concurrency);
   const gallery = new Gallery();
   for (const p of people) {
     const e = embeddings.get(p.files[0]);
     if (e) gallery.upsert(p.name, e);
   }
-  let probes = 0;
-  let rank1 = 0;
-  let identified = 0;
-  let falseIds = 0;
-  for (const p of people) {
-    for (const file of p.files.slice(1)) {
-      probes++;
-      const e = embeddings.get(file);
-      const best = e ? gallery.best(e) : undefined;
-      if (!best) continue;
-      if (best.externalUserId === p.name) {
-        rank1++;
-        if (best.score >= opts.threshold) identified++;
-      } else if (best.score >= opts.threshold) {
-        falseIds++;
-      }
-    }
-  }
+  const searches = [
+    ...people.flatMap((p) => p.files.slice(1).map((file) => search(gallery, embeddings.get(file), p.name))),
+    ...strangerFiles.map((file) => search(gallery, embeddings.get(file))),
+  ];
+  const rule = opts.rule(gallery.size);
+  const mated = searches.filter((s) => s.mated);
+  const hasStrangers = strangerFiles.length > 0;
   return {
     people: people.length,
     enrolled: gallery.size,
-    probes,
+    probes: mated.length,
+    strangers: strangerFiles.length,
     failed_to_detect: [...embeddings.values()].filter((e) => e === null).length,
-    rank1: round(rank1 / Math.max(1, probes)),
-    identified_at_threshold: round(identified / Math.max(1, probes)),
-    false_identifications: falseIds,
-    threshold: opts.threshold,
+    rank1: mated.length ? round(mated.filter((s) => s.top1IsMate).length / mated.length) : null,
+    threshold: round(rule.threshold, 5) as number,
+    margin: rule.margin,
+    fnir: mated.length ? round(fnir(searches, rule)) : null,
+    fpir: hasStrangers ? round(fpir(searches, rule), 5) : null,
+    false_identifications: mated.filter((s) => !s.top1IsMate && names(s, rule)).length,
+    at_target_fpir: (opts.targets ?? [0.001, 0.0001]).map((target) => {
+      if (!hasStrangers) return { fpir: target, threshold: null, fnir: null, resolvable: false };
+      const { threshold, resolvable } = thresholdForFpir(searches, target, rule.margin);
+      return { fpir: target, threshold: round(threshold, 5), fnir: mated.length ? round(fnir(searches, { threshold, margin: rule.margin })) : null, resolvable };
+    }),
     ms_per_image: round(msPerImage, 1),
   };
 }

@@ -80,6 +80,14 @@ export class Gallery {
 
   /** The best-scoring template (cosine similarity), optionally ignoring one user. */
   best(probe: Float32Array, excludeUserId?: string): Match | undefined {
+    return this.topTwo(probe, excludeUserId)[0];
+  }
+
+  /**
+   * The two best-scoring templates, best first (fewer when the gallery holds fewer). One pass:
+   * the runner-up costs nothing over the best, and identification needs it for its ambiguity check.
+   */
+  topTwo(probe: Float32Array, excludeUserId?: string): Match[] {
     const n = this.#ids.length;
     const skip = excludeUserId === undefined ? -1 : (this.#rowOf.get(excludeUserId) ?? -1);
     const scores = this.#scores;
@@ -89,15 +97,24 @@ export class Gallery {
     } else {
       for (let r = 0; r < n; r++) scores[r] = dot128(probe, this.#matrix, r * EMBEDDING_DIM);
     }
-    let bestRow = -1;
-    let bestScore = -Infinity;
+    let first = -1;
+    let second = -1;
     for (let r = 0; r < n; r++) {
-      if (scores[r] > bestScore && r !== skip) {
-        bestScore = scores[r];
-        bestRow = r;
+      if (r === skip) continue;
+      if (first < 0 || scores[r] > scores[first]) {
+        second = first;
+        first = r;
+      } else if (second < 0 || scores[r] > scores[second]) {
+        second = r;
       }
     }
-    return bestRow < 0 ? undefined : { externalUserId: this.#ids[bestRow], score: bestScore };
+    return [first, second].filter((r) => r >= 0).map((r) => ({ externalUserId: this.#ids[r], score: scores[r] }));
+  }
+
+  /** Similarity of the probe to one user's template, or undefined when they have none here. */
+  scoreOf(probe: Float32Array, externalUserId: string): number | undefined {
+    const row = this.#rowOf.get(externalUserId);
+    return row === undefined ? undefined : dot128(probe, this.#matrix, row * EMBEDDING_DIM);
   }
 
   /** Grows to `capacity` rows, keeping the rows already stored. */
@@ -153,5 +170,10 @@ export class GalleryIndex {
     let n = 0;
     for (const g of this.#tenants.values()) n += g.size;
     return n;
+  }
+
+  /** Templates per tenant. */
+  sizes(): { tenantId: string; size: number }[] {
+    return [...this.#tenants].map(([tenantId, g]) => ({ tenantId, size: g.size }));
   }
 }

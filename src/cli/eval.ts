@@ -1,5 +1,6 @@
 import { FaceAnalyzer } from '../biometrics/index.ts';
 import { evaluateIdentify, evaluatePairs } from '../biometrics/evaluation.ts';
+import { IdentifyPolicy } from '../biometrics/identify-policy.ts';
 import { DEFAULT_QUALITY } from '../biometrics/quality.ts';
 import type { Settings } from '../config/settings.ts';
 
@@ -46,14 +47,16 @@ export function evalPairsCommand(
 
 export function evalIdentifyCommand(
   settings: Settings,
-  opts: { gallery: string; exclude: string[]; workers: number },
+  opts: { gallery: string; strangers?: string; exclude: string[]; workers: number },
 ): Promise<void> {
+  const policy = new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: settings.AUTHFACE_MATCH_THRESHOLD, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
   return withAnalyzer(settings, opts.workers, (analyzer) =>
     evaluateIdentify(analyzer, {
       gallery: opts.gallery,
+      strangers: opts.strangers,
       exclude: opts.exclude,
       concurrency: opts.workers,
-      threshold: settings.AUTHFACE_MATCH_THRESHOLD,
+      rule: (size) => policy.rule(size),
     }),
   );
 }

@@ -115,6 +115,9 @@ program
     if (doorLiveness(config, door) !== 'passive') {
       throw new CommandError(`door ${door.id} uses active liveness, which needs a screen; a headless turnstile door needs "liveness: passive"`);
     }
+    if (door.factor !== 'face') {
+      throw new CommandError(`door ${door.id} asks for a PIN (factor: ${door.factor}), which needs a screen; a headless turnstile door needs "factor: face"`);
+    }
     if (!config.camera) throw new CommandError('turnstile mode needs the camera section in the device file (firmware-config/README.md)');
     const camera = config.camera;
     const running: { turnstile?: Turnstile } = {};
@@ -219,11 +222,12 @@ evaluate
   });
 evaluate
   .command('identify')
-  .description('1:N figures: enrol the first image of each person folder, identify the others')
+  .description('1:N figures (FNIR, FPIR): enrol the first image of each person folder, identify the others and every stranger')
   .requiredOption('--gallery <dir>', 'directory with one sub-folder per person')
+  .option('--strangers <dir>', 'images of people who are not enrolled (flat, or one sub-folder each): the non-mated searches that measure FPIR')
   .option('--exclude <name...>', 'sub-folders that are not people (e.g. group)', [])
   .option('--workers <n>', 'worker threads', positive)
-  .action(async (opts: { gallery: string; exclude: string[]; workers?: number }) => {
+  .action(async (opts: { gallery: string; strangers?: string; exclude: string[]; workers?: number }) => {
     const settings = loadSettings();
     await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });

@@ -49,7 +49,19 @@ export const settingsSpec = {
   },
   AUTHFACE_MATCH_THRESHOLD: {
     schema: unitInterval.default(0.93),
-    doc: 'Similarity at or above which verify and identify accept a face (see the accuracy section of the README).',
+    doc: 'Similarity at or above which verify (1:1) accepts a face, and the lowest threshold identify ever uses (see the accuracy section of the README).',
+  },
+  AUTHFACE_TARGET_FPIR: {
+    schema: z.coerce.number().min(1e-7).max(0.1).default(0.001),
+    doc: "Share of strangers that identify (1:N) may name as somebody. The identify threshold follows the gallery's size to keep to it (README, \"1:N and strangers\").",
+  },
+  AUTHFACE_IDENTIFY_MARGIN: {
+    schema: z.coerce.number().min(0).max(0.2).default(0.01),
+    doc: 'Identify refuses (`ambiguous_match`) when the best and second-best people score within this of each other. 0 turns the check off.',
+  },
+  AUTHFACE_FACE_ONLY_MAX_GALLERY: {
+    schema: positiveInt.default(1000),
+    doc: 'Above this many enrolled people in a tenant, `authface doctor` warns that face alone is not enough at its doors and suggests `factor: face+pin`.',
   },
   AUTHFACE_DUPLICATE_THRESHOLD: {
     schema: unitInterval.default(0.92),

@@ -1,4 +1,4 @@
-import type { Flow } from '../store/sessions.ts';
+import type { Factor, Flow } from '../store/sessions.ts';
 
 /** What the core announces; features (metrics, door control, sync) subscribe instead of being called. */
 export interface CoreEvents {
@@ -14,12 +14,14 @@ export interface CoreEvents {
     eventId: string;
     doorId: string | null;
     clientState: string;
+    /** `face+pin` when a PIN narrowed the decision (door sessions). */
+    factor: Factor;
   };
   'frame.analysed': { tenantId: string; accepted: boolean; problems: string[]; millis: number };
   'user.changed': { tenantId: string; externalUserId: string; change: 'enrolled' | 'updated' | 'deleted' };
   /** A door's decision on an identify session or a remote unlock (src/access). */
   'access.decided': AccessEvent;
-  'door.alarm': { eventId: string; doorId: string; type: 'door_forced' | 'door_held_open'; time: string };
+  'door.alarm': { eventId: string; doorId: string; type: 'door_forced' | 'door_held_open' | 'pin_lockout'; time: string };
   /** An enroll/update session to run on a door's kiosk screen. */
   'kiosk.open': { doorId: string; biometryUrl: string };
 }
@@ -32,6 +34,8 @@ export interface AccessEvent {
   clientState: string | null;
   result: 'granted' | 'denied';
   reason: string | null;
+  /** What identified the person: `face`, `face+pin`, or null for a remote unlock. */
+  factor: Factor | null;
   externalUserId: string | null;
   score: number | null;
   time: string;

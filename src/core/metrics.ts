@@ -1,6 +1,13 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EventBus } from './events.ts';
 
+export interface IdentificationState {
+  tenantId: string;
+  gallerySize: number;
+  threshold: number;
+  expectedFpir: number;
+}
+
 /** Prometheus metrics, fed from the event bus and the HTTP layer; one registry per service instance. */
 export class Metrics {
   readonly registry = new Registry();
@@ -30,9 +37,24 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(events: EventBus, probes: { galleryTemplates: () => number; engineQueue: () => number; engineBusy: () => number }) {
+  constructor(events: EventBus, probes: { galleryTemplates: () => number; engineQueue: () => number; engineBusy: () => number; identification: () => IdentificationState[] }) {
     collectDefaultMetrics({ register: this.registry, prefix: 'authface_' });
     new Gauge({ name: 'authface_templates', help: 'Templates in the 1:N index', registers: [this.registry], collect() { this.set(probes.galleryTemplates()); } });
+    // what 1:N risks at each tenant's gallery size: the threshold in force and the FPIR it gives
+    const perTenant = (name: string, help: string, pick: (s: IdentificationState) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['tenant'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const s of probes.identification()) this.set({ tenant: s.tenantId }, pick(s));
+        },
+      });
+    perTenant('authface_gallery_size', "Enrolled people in the tenant's 1:N gallery", (s) => s.gallerySize);
+    perTenant('authface_identify_threshold', 'Similarity identify requires at this gallery size', (s) => s.threshold);
+    perTenant('authface_identify_expected_fpir', 'Share of strangers identify would name as somebody at this gallery size and threshold (modelled on LFW)', (s) => s.expectedFpir);
     new Gauge({ name: 'authface_engine_queue', help: 'Frames waiting for a worker', registers: [this.registry], collect() { this.set(probes.engineQueue()); } });
     new Gauge({ name: 'authface_engine_busy_workers', help: 'Workers analysing a frame', registers: [this.registry], collect() { this.set(probes.engineBusy()); } });
     events.on('frame.analysed', (e) => {

@@ -47,6 +47,10 @@ const door = z
     id: id.describe('Door id (MQTT topic level, kiosk `?door=`).'),
     name: z.string().min(1).max(100).optional().describe('Display name shown on the kiosk.'),
     liveness: liveness.optional().describe('Liveness at this door; defaults to the device-wide `liveness`.'),
+    factor: z
+      .enum(['face', 'face+pin'])
+      .default('face')
+      .describe('`face+pin`: the kiosk asks for the person\'s PIN first, and the face is compared only with the people holding that PIN (1:1 instead of 1:N). For large sites (`authface doctor` says when).'),
     allow: z
       .strictObject({
         groups: z.array(id).min(1).optional().describe('Only members of these groups may open (default: everyone enrolled in the tenant).'),
@@ -150,6 +154,14 @@ export const deviceConfigSchema = z
       .describe('The camera of `authface turnstile`. A kiosk-only device leaves it out: the kiosk uses the browser camera.'),
     mqtt,
     remote_commands: remoteCommands,
+    pin: z
+      .strictObject({
+        max_failures: z.int().min(1).max(100).default(5).describe('Failed face+pin attempts at one door within `window_seconds` that lock its PIN entry.'),
+        window_seconds: z.int().min(10).max(86_400).default(300).describe('The window in which failures are counted.'),
+        lockout_seconds: z.int().min(10).max(86_400).default(300).describe('How long a door refuses PINs after too many failures.'),
+      })
+      .default({ max_failures: 5, window_seconds: 300, lockout_seconds: 300 })
+      .describe('Rate limit of the PIN at `face+pin` doors (each door counts its own failures; every failure and lockout is audited).'),
     kiosk: z
       .strictObject({
         door: id.optional().describe('Door of the kiosk screen (default: the first door).'),

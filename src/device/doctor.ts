@@ -4,6 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { gpioAccessible } from '../access/hardware.ts';
+import { IdentifyPolicy } from '../biometrics/identify-policy.ts';
 import { ModelFiles } from '../biometrics/models.ts';
 import type { Settings } from '../config/settings.ts';
 import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
@@ -33,7 +34,48 @@ const run = (cmd: string, args: string[], timeout = 5000) =>
  */
 export async function diagnose(settings: Settings, device: DeviceConfig | null): Promise<Check[]> {
   // files first: opening the database tightens modes it finds too loose
-  return [checkModels(), checkFiles(settings), checkDatabase(settings), await checkCamera(device), checkGpio(device), await checkBroker(settings, device), await checkClock()];
+  return [checkModels(), checkFiles(settings), checkDatabase(settings), checkIdentification(settings, device), await checkCamera(device), checkGpio(device), await checkBroker(settings, device), await checkClock()];
+}
+
+/**
+ * 1:N at each tenant's gallery size: the threshold identify uses there and the FPIR it gives.
+ * Above AUTHFACE_FACE_ONLY_MAX_GALLERY enrolled people, a face-only door is flagged: the threshold
+ * that keeps strangers out then turns too many enrolled people away (README, "1:N and strangers").
+ */
+function checkIdentification(settings: Settings, device: DeviceConfig | null): Check {
+  if (!fs.existsSync(path.join(settings.dataDir, DATABASE_FILE))) return { name: '1:N', status: 'skip', detail: 'no database yet' };
+  let store;
+  try {
+    store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY, { mustExist: true });
+  } catch {
+    return { name: '1:N', status: 'skip', detail: 'the database cannot be opened (see database)' };
+  }
+  try {
+    const match = device?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD;
+    const policy = new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: match, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
+    const doorTenant = device ? (device.tenant_id ?? store.tenants.byName('default')?.id) : undefined;
+    const faceOnlyDoors = device ? device.doors.filter((d) => d.factor === 'face').map((d) => d.id) : [];
+    const percent = (x: number) => `${(x * 100).toPrecision(2)} %`;
+    const lines: string[] = [];
+    const crowded: string[] = [];
+    for (const tenant of store.tenants.list()) {
+      const size = store.users.list(tenant.id, 0, 0).total;
+      if (size === 0) continue;
+      lines.push(`${tenant.name}: ${size} enrolled, identify threshold ${policy.rule(size).threshold.toFixed(4)}, expected FPIR ${percent(policy.expectedFpir(size))}`);
+      const facesOnly = device ? tenant.id === doorTenant && faceOnlyDoors.length > 0 : true;
+      if (size > settings.AUTHFACE_FACE_ONLY_MAX_GALLERY && facesOnly) crowded.push(`${tenant.name} (${size})`);
+    }
+    const detail = `${lines.join('; ') || 'nobody enrolled yet'} (target FPIR ${percent(settings.AUTHFACE_TARGET_FPIR)})`;
+    if (crowded.length === 0) return { name: '1:N', status: 'ok', detail };
+    return {
+      name: '1:N',
+      status: 'warn',
+      detail: `${detail}. Face alone is not enough above ${settings.AUTHFACE_FACE_ONLY_MAX_GALLERY} people: ${crowded.join(', ')}${device ? ` at door(s) ${faceOnlyDoors.join(', ')}` : ''}`,
+      fix: 'add a second factor: set `factor: face+pin` on the doors of the device file and give each person a PIN (POST /device/v1/set-pin); see the README, "1:N and strangers"',
+    };
+  } finally {
+    store.close();
+  }
 }
 
 function checkModels(): Check {

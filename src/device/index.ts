@@ -2,6 +2,7 @@ import { AccessController } from '../access/controller.ts';
 import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
 import { KioskSecret } from '../access/kiosk-secret.ts';
+import { PinGate } from '../access/pin-gate.ts';
 import { RemoteCommands } from '../access/remote-commands.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
@@ -43,7 +44,8 @@ export async function startDevice(
     );
   }
   const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
-  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl);
+  const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
+  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins);
   const kioskSecret = KioskSecret.load(deps.store.dataDir);
   const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
@@ -90,6 +92,7 @@ export async function startDevice(
       await mqtt?.close().catch(() => undefined);
       await broker?.close();
       access.close();
+      pins.close();
     },
   };
 }

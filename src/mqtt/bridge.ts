@@ -112,6 +112,7 @@ export class MqttBridge {
           reason: e.reason,
           external_user_id: e.externalUserId,
           score: e.score === null ? null : Number(e.score.toFixed(5)),
+          factor: e.factor,
           time: e.time,
         }),
       ),

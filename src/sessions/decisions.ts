@@ -1,13 +1,16 @@
 import { similarity } from '../biometrics/embedding.ts';
-import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { Gallery, GalleryIndex, Match } from '../biometrics/gallery.ts';
+import type { IdentifyPolicy } from '../biometrics/identify-policy.ts';
 import type { Session } from '../store/sessions.ts';
 import type { UserStore } from '../store/users.ts';
 
 export interface Thresholds {
-  /** verify, identify and the 1:1 step of update_embedding accept at or above this similarity. */
+  /** verify and the 1:1 step of update_embedding accept at or above this similarity. */
   match: number;
   /** enroll and update_embedding report `conflict` at or above this similarity to another user. */
   duplicate: number;
+  /** identify: a threshold that follows the gallery's size, and the ambiguity margin. */
+  identify: IdentifyPolicy;
 }
 
 export interface Decision {
@@ -66,9 +69,14 @@ export function decide(
         : fail('below_threshold', score);
     }
     case 'identify': {
-      const nearest = gallery.best(probe);
-      if (!nearest || nearest.score < t.match) return fail('not_identified', nearest?.score ?? null, null);
-      return { status: 'success', reason: null, score: nearest.score, externalUserId: nearest.externalUserId };
+      // face+pin: only the holders of the PIN typed compete, which makes the decision 1:1 (or 1:few)
+      const candidates = session.candidates ? candidateMatches(gallery, probe, session.candidates) : gallery.topTwo(probe);
+      const rule = t.identify.rule(session.candidates ? session.candidates.length : gallery.size);
+      const [first, second] = candidates;
+      if (!first || first.score < rule.threshold) return fail('not_identified', first?.score ?? null, null);
+      // two people nearly as alike as each other: naming either would be a guess
+      if (second && first.score - second.score < rule.margin) return fail('ambiguous_match', first.score, null);
+      return { status: 'success', reason: null, score: first.score, externalUserId: first.externalUserId };
     }
     case 'update_embedding': {
       const user = users.get(session.tenantId, session.externalUserId as string);
@@ -91,4 +99,14 @@ export function decide(
       };
     }
   }
+}
+
+/** The candidates' scores, best first (a candidate without a template here is left out). */
+function candidateMatches(gallery: Gallery, probe: Float32Array, candidates: readonly string[]): Match[] {
+  const out: Match[] = [];
+  for (const externalUserId of candidates) {
+    const score = gallery.scoreOf(probe, externalUserId);
+    if (score !== undefined) out.push({ externalUserId, score });
+  }
+  return out.sort((a, b) => b.score - a.score);
 }

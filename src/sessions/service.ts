@@ -27,6 +27,8 @@ export interface NewSession {
 export interface DoorSessionOptions {
   doorId: string;
   livenessMode: LivenessMode;
+  /** face+pin: identify among the holders of the PIN typed only. */
+  candidates?: string[];
 }
 
 /**
@@ -60,6 +62,7 @@ export class SessionService {
       ttlSeconds: this.options.ttlSeconds,
       challenge: mode === 'active' ? drawChallenge() : null,
       doorId: door?.doorId ?? null,
+      candidates: door?.candidates ?? null,
     });
     if (!session) {
       throw new ServiceError('conflict', 'client_state_in_use', 'client_state has already been used in this tenant');
@@ -160,6 +163,7 @@ export class SessionService {
         result: decision.status === 'success' ? 'success' : 'fail',
         reason: decision.reason,
         score: decision.score,
+        factor: session.doorId ? session.factor : null,
       });
       return { decision, after };
     });
@@ -190,6 +194,7 @@ export class SessionService {
       eventId,
       doorId: session.doorId,
       clientState: session.clientState,
+      factor: session.factor,
     });
     return this.sessions.byId(session.id) as Session;
   }

@@ -1,17 +1,20 @@
 import crypto from 'node:crypto';
 import { type Db, now } from './database.ts';
+import type { Factor } from './sessions.ts';
 
 /** Non-biometric record of what happened: never images, embeddings or secrets. */
 export interface AuditEvent {
   id: string;
   tenantId: string;
-  type: 'session_finished' | 'user_deleted' | 'access_decision' | 'remote_unlock' | 'door_alarm';
+  type: 'session_finished' | 'user_deleted' | 'access_decision' | 'remote_unlock' | 'door_alarm' | 'pin_set' | 'pin_removed' | 'pin_lockout';
   flow: string | null;
   sessionId: string | null;
   externalUserId: string | null;
   result: string | null;
   reason: string | null;
   score: number | null;
+  /** The factor of a door decision (`face` or `face+pin`); null where none applies. */
+  factor: Factor | null;
   createdAt: string;
 }
 
@@ -22,12 +25,12 @@ export function newEventId(): string {
 export class AuditLog {
   constructor(private readonly db: Db) {}
 
-  record(event: Omit<AuditEvent, 'createdAt' | 'id'> & { id?: string }): AuditEvent {
-    const full: AuditEvent = { ...event, id: event.id ?? newEventId(), createdAt: now() };
+  record(event: Omit<AuditEvent, 'createdAt' | 'id' | 'factor'> & { id?: string; factor?: Factor | null }): AuditEvent {
+    const full: AuditEvent = { ...event, id: event.id ?? newEventId(), factor: event.factor ?? null, createdAt: now() };
     this.db
       .prepare(
-        `INSERT INTO audit_events (id, tenant_id, type, flow, session_id, external_user_id, result, reason, score, created_at)
-         VALUES (@id, @tenantId, @type, @flow, @sessionId, @externalUserId, @result, @reason, @score, @createdAt)`,
+        `INSERT INTO audit_events (id, tenant_id, type, flow, session_id, external_user_id, result, reason, score, factor, created_at)
+         VALUES (@id, @tenantId, @type, @flow, @sessionId, @externalUserId, @result, @reason, @score, @factor, @createdAt)`,
       )
       .run(full);
     return full;
@@ -37,7 +40,7 @@ export class AuditLog {
     const rows = this.db
       .prepare(
         `SELECT id, tenant_id AS tenantId, type, flow, session_id AS sessionId, external_user_id AS externalUserId,
-                result, reason, score, created_at AS createdAt
+                result, reason, score, factor, created_at AS createdAt
          FROM audit_events WHERE tenant_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?`,
       )
       .all(tenantId, limit) as AuditEvent[];

@@ -10,11 +10,13 @@ export class StoreError extends OperatorError {}
 export class EmbeddingCipher {
   readonly #key: Buffer;
   readonly #pseudonymKey: Buffer;
+  readonly #pinTagKey: Buffer;
 
   constructor(key: Buffer) {
     if (key.length !== 32) throw new Error('the master key must be 32 bytes');
     this.#key = key;
     this.#pseudonymKey = Buffer.from(crypto.hkdfSync('sha256', key, Buffer.alloc(0), 'authface pseudonym v1', 32));
+    this.#pinTagKey = Buffer.from(crypto.hkdfSync('sha256', key, Buffer.alloc(0), 'authface pin tag v1', 32));
   }
 
   seal(embedding: Float32Array, associatedData: string): { nonce: Buffer; ciphertext: Buffer } {
@@ -52,6 +54,11 @@ export class EmbeddingCipher {
   pseudonym(...parts: string[]): string {
     const mac = crypto.createHmac('sha256', this.#pseudonymKey).update(JSON.stringify(parts)).digest('base64url');
     return `erased:${mac.slice(0, 22)}`;
+  }
+
+  /** 16 bits of a keyed hash of a tenant's PIN: narrows the lookup of its holders (store/pins.ts). */
+  pinTag(tenantId: string, pin: string): number {
+    return crypto.createHmac('sha256', this.#pinTagKey).update(JSON.stringify([tenantId, pin])).digest().readUInt16BE(0);
   }
 }
 

@@ -116,6 +116,21 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   // nonces of remote commands carried out: a replay is refused, also after a restart
   `CREATE TABLE command_nonces (nonce TEXT PRIMARY KEY, keep_until TEXT NOT NULL);
    CREATE INDEX command_nonces_until ON command_nonces (keep_until);`,
+  // the second factor: PINs as salted scrypt hashes with a keyed 16-bit tag to find them (pins.ts);
+  // a face+pin session holds the users whose PIN was typed until it ends
+  `CREATE TABLE user_pins (
+     tenant_id         TEXT NOT NULL,
+     external_user_id  TEXT NOT NULL,
+     tag               INTEGER NOT NULL,
+     salt              BLOB NOT NULL,
+     hash              BLOB NOT NULL,
+     created_at        TEXT NOT NULL,
+     PRIMARY KEY (tenant_id, external_user_id)
+   );
+   CREATE INDEX user_pins_tag ON user_pins (tenant_id, tag);
+   ALTER TABLE sessions ADD COLUMN factor TEXT NOT NULL DEFAULT 'face';
+   ALTER TABLE sessions ADD COLUMN candidates TEXT;
+   ALTER TABLE audit_events ADD COLUMN factor TEXT;`,
 ];
 
 /**

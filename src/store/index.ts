@@ -4,6 +4,7 @@ import { EmbeddingCipher, StoreError, legacyTemplateAad, loadMasterKey, opensKey
 import { type Db, LEGACY_SEAL_SCHEMA, migrate, openDatabase, schemaVersion } from './database.ts';
 import { eraseIdentity } from './erasure.ts';
 import { CommandNonces } from './nonces.ts';
+import { PinStore } from './pins.ts';
 import { SessionStore } from './sessions.ts';
 import { TenantStore } from './tenants.ts';
 import { UserStore } from './users.ts';
@@ -18,6 +19,7 @@ export interface Store {
   sessions: SessionStore;
   audit: AuditLog;
   nonces: CommandNonces;
+  pins: PinStore;
   /**
    * Deletes a user's templates and every trace of their identifier; `record` runs in the same
    * transaction with the pseudonym that replaces it (to audit the deletion). Null: no such user.
@@ -57,6 +59,7 @@ export function openStore(dataDir: string, masterKey: string | undefined, option
       sessions: new SessionStore(db),
       audit,
       nonces: new CommandNonces(db),
+      pins: new PinStore(db, (tenantId, pin) => cipher.pinTag(tenantId, pin)),
       eraseUser(tenantId, externalUserId, record) {
         const result = db.transaction(() => {
           const pseudonym = users.delete(tenantId, externalUserId);

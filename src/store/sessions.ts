@@ -25,7 +25,13 @@ export interface Session {
   challenge: Challenge | null;
   /** The door a kiosk or turnstile session was opened for (null for integrator sessions). */
   doorId: string | null;
+  /** `face+pin`: a PIN was typed, and identify decides among `candidates`, the users holding it. */
+  factor: Factor;
+  /** The users whose PIN was typed (face+pin only; emptied when the session ends). */
+  candidates: string[] | null;
 }
+
+export type Factor = 'face' | 'face+pin';
 
 export interface SessionOutcome {
   status: 'success' | 'fail' | 'expired';
@@ -53,6 +59,8 @@ interface SessionRow {
   completed_at: string | null;
   challenge: string | null;
   door_id: string | null;
+  factor: Factor;
+  candidates: string | null;
 }
 
 export class SessionStore {
@@ -69,6 +77,8 @@ export class SessionStore {
     ttlSeconds: number;
     challenge: Challenge | null;
     doorId?: string | null;
+    /** Identify among these users only (the holders of the PIN typed at a face+pin door). */
+    candidates?: string[] | null;
   }): Session | undefined {
     const created = new Date();
     const session: Session = {
@@ -89,12 +99,14 @@ export class SessionStore {
       completedAt: null,
       challenge: input.challenge,
       doorId: input.doorId ?? null,
+      factor: input.candidates ? 'face+pin' : 'face',
+      candidates: input.candidates ?? null,
     };
     const res = this.db
       .prepare(
         `INSERT INTO sessions (id, tenant_id, client_state, flow, external_user_id, redirect_url, token_hash,
-                               status, created_at, expires_at, challenge, door_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+                               status, created_at, expires_at, challenge, door_id, factor, candidates)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)
          ON CONFLICT (tenant_id, client_state) DO NOTHING`,
       )
       .run(
@@ -109,6 +121,8 @@ export class SessionStore {
         session.expiresAt,
         input.challenge && JSON.stringify(input.challenge),
         session.doorId,
+        session.factor,
+        session.candidates && JSON.stringify(session.candidates),
       );
     return res.changes === 1 ? session : undefined;
   }
@@ -142,7 +156,7 @@ export class SessionStore {
   finish(id: string, outcome: SessionOutcome): boolean {
     const res = this.db
       .prepare(
-        `UPDATE sessions SET status = ?, reason = ?, score = ?, result_user_id = ?, event_id = ?, completed_at = ?
+        `UPDATE sessions SET status = ?, reason = ?, score = ?, result_user_id = ?, event_id = ?, completed_at = ?, candidates = NULL
          WHERE id = ? AND status IN ('pending', 'in_progress')`,
       )
       .run(outcome.status, outcome.reason, outcome.score, outcome.resultUserId, outcome.eventId, now(), id);
@@ -180,5 +194,7 @@ function toSession(row: SessionRow): Session {
     completedAt: row.completed_at,
     challenge: row.challenge ? (JSON.parse(row.challenge) as Challenge) : null,
     doorId: row.door_id,
+    factor: row.factor,
+    candidates: row.candidates ? (JSON.parse(row.candidates) as string[]) : null,
   };
 }

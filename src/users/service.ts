@@ -4,6 +4,7 @@ import { ServiceError } from '../errors.ts';
 import type { Store } from '../store/index.ts';
 import type { Tenant } from '../store/tenants.ts';
 import type { User } from '../store/users.ts';
+import { PIN_FORMAT } from '../store/pins.ts';
 
 export interface UserDetails extends User {
   templates: { version: number; active: boolean; createdAt: string }[];
@@ -12,7 +13,7 @@ export interface UserDetails extends User {
 /** The management side of enrolled users: list, look up, delete. Never exposes embeddings. */
 export class UserService {
   constructor(
-    private readonly store: Pick<Store, 'users' | 'audit' | 'eraseUser'>,
+    private readonly store: Pick<Store, 'users' | 'audit' | 'eraseUser' | 'pins'>,
     private readonly index: GalleryIndex,
     private readonly events: EventBus,
   ) {}
@@ -52,4 +53,32 @@ export class UserService {
     this.events.emit('user.changed', { tenantId: tenant.id, externalUserId, change: 'deleted' });
     return { eventId };
   }
+
+  /**
+   * Gives an enrolled user the PIN of `face+pin` doors (replacing any earlier one). Stored only as
+   * a salted scrypt hash; PINs anyone could guess first (one digit repeated, a straight run) are refused.
+   */
+  async setPin(tenant: Tenant, externalUserId: string, pin: string): Promise<{ eventId: string }> {
+    if (!PIN_FORMAT.test(pin)) throw new ServiceError('invalid_request', 'invalid_pin', 'a PIN is 4 to 8 digits');
+    if (guessable(pin)) throw new ServiceError('invalid_request', 'weak_pin', 'choose a PIN that is not one digit repeated or a run such as 1234 or 9876');
+    this.get(tenant, externalUserId);
+    await this.store.pins.set(tenant.id, externalUserId, pin);
+    return { eventId: this.#audit(tenant, externalUserId, 'pin_set') };
+  }
+
+  removePin(tenant: Tenant, externalUserId: string): { eventId: string } {
+    if (!this.store.pins.remove(tenant.id, externalUserId)) throw new ServiceError('not_found', 'pin_not_found', 'this user has no PIN');
+    return { eventId: this.#audit(tenant, externalUserId, 'pin_removed') };
+  }
+
+  #audit(tenant: Tenant, externalUserId: string, type: 'pin_set' | 'pin_removed'): string {
+    return this.store.audit.record({ tenantId: tenant.id, type, flow: null, sessionId: null, externalUserId, result: 'success', reason: null, score: null }).id;
+  }
+}
+
+/** One digit repeated, or each digit one more (or one less) than the one before. */
+export function guessable(pin: string): boolean {
+  const d = [...pin].map(Number);
+  const steps = new Set(d.slice(1).map((x, i) => (x - d[i] + 10) % 10));
+  return steps.size === 1 && [0, 1, 9].includes([...steps][0]);
 }

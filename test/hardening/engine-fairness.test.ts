@@ -208,7 +208,7 @@ describe('one client cannot starve the engine', function () {
       };
       const tenantB = other.capture((await other.start('identify')).token);
       await tenantB.session();
-      const door = new Capture(svc.url, svc.service.device!.kiosk.startIdentify('main').token);
+      const door = new Capture(svc.url, (await svc.service.device!.kiosk.startIdentify('main')).token);
       await door.session();
       const answered: { who: string; status: number; ms: number }[] = [];
       for (let i = 0; i < 3; i++) {

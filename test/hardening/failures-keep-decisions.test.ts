@@ -56,7 +56,7 @@ describe('mistakes are caught at start, and a failure never swallows a decision'
     });
 
     it('an enrolled person is denied with policy_error: recorded in the audit log, announced, no pulse, and the kiosk gets its answer (not a 500)', async function () {
-      const { token, clientState } = device.svc.service.device!.kiosk.startIdentify('main');
+      const { token, clientState } = await device.svc.service.device!.kiosk.startIdentify('main');
       const capture = new Client(device.svc.url, '').capture(token);
       await capture.session();
       for (const frame of img.personA.slice(0, 3)) assert.equal((await capture.frame(frame)).status, 200);

@@ -1,29 +1,18 @@
 import Router from '@koa/router';
-import type { Context, Next } from 'koa';
-import { ServiceError } from '../../errors.ts';
+import type { Context } from 'koa';
 import type { SessionService } from '../../sessions/service.ts';
 import type { Flow } from '../../store/sessions.ts';
-import type { Tenant, TenantStore } from '../../store/tenants.ts';
+import type { TenantStore } from '../../store/tenants.ts';
 import type { UserService } from '../../users/service.ts';
-import { bearer, readJson } from '../http.ts';
+import { type TenantState, readJson, requireTenant } from '../http.ts';
 import { presentResult, presentUserDetails, presentUserSummary } from '../presenters.ts';
 import { flowRequest, identifyRequest, listUsersRequest, resultRequest, userRequest } from '../schemas.ts';
-
-interface TenantState {
-  tenant: Tenant;
-}
 
 /** The integrator API, `/biometry/v1/*`: every call needs `Authorization: Bearer <api_key>`. */
 export function biometryRoutes(deps: { tenants: TenantStore; sessions: SessionService; users: UserService }): Router {
   const router = new Router<TenantState>({ prefix: '/biometry/v1' });
 
-  router.use(async (ctx: Context, next: Next) => {
-    const key = bearer(ctx);
-    const tenant = key ? deps.tenants.findByApiKey(key) : undefined;
-    if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
-    ctx.state.tenant = tenant;
-    await next();
-  });
+  router.use(requireTenant(deps.tenants));
 
   const startFlow = (flow: Flow) => async (ctx: Context) => {
     const tenant = (ctx.state as TenantState).tenant;

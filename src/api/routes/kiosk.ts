@@ -44,6 +44,7 @@ function kioskOnly(secret: KioskSecret) {
   };
 }
 
+const startAtDoor = z.strictObject({ pin: z.string().max(16).optional() }).meta({ id: 'KioskSessionRequest' });
 const openOnKiosk = z.strictObject({ door: z.string().min(1).max(64), biometry_url: z.string().max(2048) }).meta({ id: 'KioskOpenRequest' });
 
 /**
@@ -68,14 +69,17 @@ export function kioskRoutes(deps: DeviceDeps): Router {
       id: door.id,
       name: door.name ?? door.id,
       liveness: doorLiveness(deps.config, door),
+      factor: door.factor,
       cooldown_seconds: deps.config.kiosk.cooldown_seconds,
       result_seconds: deps.config.kiosk.result_seconds,
     };
   });
 
-  router.post('/kiosk/v1/doors/:door/sessions', kioskCall, (ctx) => {
-    const s = deps.kiosk.startIdentify(ctx.params.door);
-    ctx.body = { token: s.token, client_state: s.clientState, liveness: s.liveness };
+  router.post('/kiosk/v1/doors/:door/sessions', kioskCall, async (ctx) => {
+    // the PIN of a face+pin door travels in the body only (never a URL), and is never logged
+    const { pin } = ctx.request.length ? await readJson(ctx, startAtDoor) : { pin: undefined };
+    const s = await deps.kiosk.startIdentify(ctx.params.door, pin);
+    ctx.body = { token: s.token, client_state: s.clientState, liveness: s.liveness, factor: s.factor };
   });
 
   // decisions for this door and sessions pushed to it, as server-sent events
@@ -85,7 +89,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
     const send = (event: string, data: object) => stream.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     const off = [
       deps.events.on('access.decided', (e) => {
-        if (e.doorId === door) send('access', { client_state: e.clientState, result: e.result, reason: e.reason });
+        if (e.doorId === door) send('access', { client_state: e.clientState, result: e.result, reason: e.reason, factor: e.factor });
       }),
       deps.events.on('kiosk.open', (e) => {
         if (e.doorId === door) send('session', { path: e.biometryUrl });

@@ -143,7 +143,7 @@ export class HttpError extends Error {
 export class NetworkError extends Error {}
 
 /**
- * @param {string} method @param {string} path @param {Blob} [body] @param {Record<string, string>} [headers]
+ * @param {string} method @param {string} path @param {Blob | string} [body] @param {Record<string, string>} [headers]
  * @returns {Promise<any>}
  */
 export async function call(method, path, body, headers = {}) {

@@ -8,12 +8,13 @@
  */
 import { $, CAMERA_PROBLEMS, HttpError, applyStrings, call, current, fitOval, guideState, instruct, loadHuman, loadStrings, look, problem, resetProgress, runCapture, show, sleep, startCamera, tr } from './capture-core.js';
 
-/** @typedef {{ id: string, name: string, liveness: string, cooldown_seconds: number, result_seconds: number }} Door */
-/** @typedef {{ client_state: string | null, result: 'granted' | 'denied', reason: string | null }} Access */
+/** @typedef {{ id: string, name: string, liveness: string, factor: 'face' | 'face+pin', cooldown_seconds: number, result_seconds: number }} Door */
+/** @typedef {{ client_state: string | null, result: 'granted' | 'denied', reason: string | null, factor: string | null }} Access */
 
 const doorId = new URLSearchParams(location.search).get('door') ?? '';
 const APPROACH_WIDTH = 0.18; // a face this wide (share of the frame) is someone at the door
 const GONE_MS = 1200; // no face for this long: the person has left
+const PIN_ENTRY_MS = 20_000; // a PIN pad left alone this long goes back to idle
 
 /** @type {Map<string, Access>} */
 const decisions = new Map();
@@ -73,6 +74,58 @@ async function decision(clientState) {
   return null; // the same person within the cool-down: nothing to show
 }
 
+/**
+ * The PIN pad of a face+pin door: digits by touch or keyboard, OK or Enter to go on. Resolves
+ * with the PIN, or null when left alone. The PIN is sent to the device only, in a request body.
+ * @returns {Promise<string | null>}
+ */
+function askPin() {
+  const form = /** @type {HTMLFormElement} */ ($('#pin-form'));
+  const input = /** @type {HTMLInputElement} */ ($('#pin-input'));
+  input.value = '';
+  show('pin');
+  input.focus();
+  return new Promise((resolve) => {
+    let timer = setTimeout(() => finish(null), PIN_ENTRY_MS);
+    /** @param {Event} e */
+    const onKey = (e) => {
+      const key = /** @type {HTMLElement} */ (e.target).closest('button');
+      if (!key || key.type === 'submit') return;
+      if (key.dataset.digit && input.value.length < 8) input.value += key.dataset.digit;
+      if (key.dataset.key === 'erase') input.value = input.value.slice(0, -1);
+      input.focus();
+    };
+    /** @param {Event} e */
+    const onSubmit = (e) => {
+      e.preventDefault();
+      if (/^\d{4,8}$/.test(input.value)) finish(input.value);
+    };
+    const onInput = () => {
+      input.value = input.value.replace(/\D/g, '').slice(0, 8);
+      clearTimeout(timer);
+      timer = setTimeout(() => finish(null), PIN_ENTRY_MS);
+    };
+    /** @param {string | null} pin */
+    function finish(pin) {
+      clearTimeout(timer);
+      form.removeEventListener('click', onKey);
+      form.removeEventListener('submit', onSubmit);
+      input.removeEventListener('input', onInput);
+      input.value = ''; // nothing of the PIN stays on the page
+      resolve(pin);
+    }
+    form.addEventListener('click', onKey);
+    form.addEventListener('submit', onSubmit);
+    input.addEventListener('input', onInput);
+  });
+}
+
+/** Opens the door's identify session, with the PIN at a face+pin door. @param {Door} door @param {string | undefined} pin */
+function startSession(door, pin) {
+  const path = `/kiosk/v1/doors/${encodeURIComponent(door.id)}/sessions`;
+  return pin === undefined ? call('POST', path) : call('POST', path, JSON.stringify({ pin }), { 'content-type': 'application/json' });
+}
+
 /** @param {Access} a @param {Door} door */
 async function showResult(a, door) {
   const granted = a.result === 'granted';
@@ -81,6 +134,9 @@ async function showResult(a, door) {
   $('#result-title').textContent = tr(granted ? 'kiosk.granted' : 'kiosk.denied');
   const reason = a.reason && tr(`kiosk.reason.${a.reason}`) !== `kiosk.reason.${a.reason}` ? tr(`kiosk.reason.${a.reason}`) : granted ? tr('kiosk.granted.body') : tr('kiosk.reason.other');
   $('#result-body').textContent = reason;
+  const factor = $('#result-factor');
+  factor.hidden = !(granted && a.factor);
+  factor.textContent = granted && a.factor ? tr(`kiosk.factor.${a.factor}`) : '';
   show('result');
   await sleep(door.result_seconds * 1000);
   delete document.body.dataset.result;
@@ -90,7 +146,16 @@ async function showResult(a, door) {
 async function serve(door) {
   for (;;) {
     await approach();
-    const session = await call('POST', `/kiosk/v1/doors/${encodeURIComponent(door.id)}/sessions`);
+    const pin = door.factor === 'face+pin' ? await askPin() : undefined;
+    if (pin === null) continue;
+    let session;
+    try {
+      session = await startSession(door, pin);
+    } catch (err) {
+      if (!(err instanceof HttpError && err.code === 'pin_locked')) throw err;
+      await showResult({ client_state: null, result: 'denied', reason: 'pin_locked', factor: door.factor }, door);
+      continue;
+    }
     current.token = session.token;
     const view = await call('GET', '/capture/v1/session');
     await runCapture(view);
