@@ -8,8 +8,10 @@
  *  4. door latency: from the upload of the last frame a kiosk session needs to the relay pulse,
  *     over real HTTP with a simulated relay.
  *  5. what the engine's fair queue and the header check add to each frame;
- *  6. what a durable enrolment commit costs (synchronous=FULL against NORMAL).
- * Options: --only frames|search|http|door|queue|store, --frames N (default 40).
+ *  6. what a durable enrolment commit costs (synchronous=FULL against NORMAL);
+ *  7. what 1:N safety adds at the door: the runner-up for the ambiguity margin, and finding the
+ *     holders of a PIN (scrypt) among 100,000 users; the face+pin door's latency (with 4.).
+ * Options: --only frames|search|http|door|queue|store|identify, --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -189,7 +191,16 @@ async function benchDoor(): Promise<void> {
   {
     const { startTestDevice } = await import('../test/support/device.ts');
     const device = await startTestDevice(
-      { device_id: 'bench', liveness: 'passive', kiosk: { cooldown_seconds: 0 }, doors: [{ id: 'main', relay: { driver: 'simulated', pulse_ms: 1000 } }], mqtt: { embedded: { port: 0 } } },
+      {
+        device_id: 'bench',
+        liveness: 'passive',
+        kiosk: { cooldown_seconds: 0 },
+        doors: [
+          { id: 'main', relay: { driver: 'simulated', pulse_ms: 1000 } },
+          { id: 'pin', factor: 'face+pin', relay: { driver: 'simulated', pulse_ms: 1000 } },
+        ],
+        mqtt: { embedded: { port: 0 } },
+      },
       { LOG_LEVEL: 'warn' },
     );
     try {
@@ -205,19 +216,31 @@ async function benchDoor(): Promise<void> {
       for (let k = 0; k < 3; k++) await (await send(enrolToken, frame)).arrayBuffer(); // frames.required
       const enrolled = (await (await send(enrolToken)).json()) as { status: string; reason: string | null };
       if (enrolled.status !== 'success') throw new Error(`door bench: the enrolment failed (${enrolled.reason})`);
-      const relay = device.relay('main');
-      const latencies: number[] = [];
-      for (let i = 0; i < 25; i++) {
-        const { token } = device.svc.service.device!.kiosk.startIdentify('main');
+      await device.svc.service.store.pins.set(device.tenantId, 'alice', '482913');
+      const kiosk = device.svc.service.device!.kiosk;
+      /** One person at a door: the session's start (with the PIN check at a face+pin door), then the last frame to the relay. */
+      const atDoor = async (door: string, pin?: string) => {
+        const s0 = performance.now();
+        const { token } = await kiosk.startIdentify(door, pin);
+        const start = performance.now() - s0;
         // a kiosk session needs `required` usable frames; time the last one to the click
         for (let k = 0; k < 2; k++) await (await send(token, frame)).arrayBuffer();
-        const pulsed = new Promise<number>((resolve) => relay.onPulse((pulse) => resolve(pulse.at)));
+        const pulsed = new Promise<number>((resolve) => device.relay(door).onPulse((pulse) => resolve(pulse.at)));
         const t0 = performance.now();
         await (await send(token, frame)).arrayBuffer();
         await (await send(token)).arrayBuffer();
-        latencies.push((await pulsed) - t0);
+        return { start, toRelay: (await pulsed) - t0 };
+      };
+      const runs = { face: [] as { start: number; toRelay: number }[], 'face+pin': [] as { start: number; toRelay: number }[] };
+      for (let i = 0; i < 25; i++) {
+        runs.face.push(await atDoor('main'));
+        runs['face+pin'].push(await atDoor('pin', '482913'));
       }
-      results.door_latency = { sessions: latencies.length, last_frame_to_relay_ms: { p50: pct(latencies, 50), p95: pct(latencies, 95) }, pulses: relay.pulses.length };
+      const summary = (r: { start: number; toRelay: number }[]) => ({
+        session_start_ms: { p50: pct(r.map((x) => x.start), 50), p95: pct(r.map((x) => x.start), 95) },
+        last_frame_to_relay_ms: { p50: pct(r.map((x) => x.toRelay), 50), p95: pct(r.map((x) => x.toRelay), 95) },
+      });
+      results.door_latency = { sessions: runs.face.length, face: summary(runs.face), 'face+pin': summary(runs['face+pin']), pulses: device.relay('main').pulses.length + device.relay('pin').pulses.length };
       console.log('door latency', JSON.stringify(results.door_latency));
     } finally {
       await device.close();
@@ -290,12 +313,58 @@ function benchStore(): void {
   console.log('enrolment commit', JSON.stringify(out));
 }
 
+/** The search for the best two people (ambiguity margin), and a PIN lookup among 100,000 users. */
+async function benchIdentify(): Promise<void> {
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  const out: Record<string, unknown> = {};
+  for (const n of [10_000, 100_000]) {
+    const g = new Gallery();
+    for (let i = 0; i < n; i++) g.upsert(`user-${i}`, random());
+    const probes = Array.from({ length: 300 }, random);
+    const time = (run: (p: Float32Array) => unknown) => {
+      for (const p of probes.slice(0, 20)) run(p);
+      return pct(probes.map((p) => {
+        const s = performance.now();
+        run(p);
+        return (performance.now() - s) * 1000;
+      }), 50);
+    };
+    // one pass finds both; the margin check itself is a subtraction
+    out[`best_two_${n}_us`] = time((p) => g.topTwo(p));
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-pins-'));
+  const store = openStore(dir, undefined);
+  try {
+    const tenant = store.tenants.create({ name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+    // 100,000 PIN rows with random tags (as real tags are) and their own salt and hash
+    const insert = store.db.prepare('INSERT INTO user_pins (tenant_id, external_user_id, tag, salt, hash, created_at) VALUES (?, ?, ?, ?, ?, ?)');
+    store.db.transaction(() => {
+      for (let i = 0; i < 100_000; i++) insert.run(tenant.id, `user-${i}`, crypto.randomInt(65_536), crypto.randomBytes(16), crypto.randomBytes(32), new Date().toISOString());
+    })();
+    await store.pins.set(tenant.id, 'alice', '482913');
+    const t: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const s = performance.now();
+      const holders = await store.pins.holders(tenant.id, '482913');
+      t.push(performance.now() - s);
+      if (!holders.includes('alice')) throw new Error('the PIN bench did not find its holder');
+    }
+    out.pin_holders_among_100k_ms = { p50: pct(t, 50), p95: pct(t, 95) };
+  } finally {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  results.identify_safety = out;
+  console.log('1:N safety', JSON.stringify(out));
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
 if (!only || only === 'door') await benchDoor();
 if (!only || only === 'queue') await benchQueue();
 if (!only || only === 'store') benchStore();
+if (!only || only === 'identify') await benchIdentify();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);
