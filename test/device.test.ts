@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { AccessController } from '../src/access/controller.ts';
+import { PinGate } from '../src/access/pin-gate.ts';
 import { DoorHardware, type SimulatedContact, type SimulatedRelay } from '../src/access/hardware.ts';
 import { checkPolicy } from '../src/access/policy.ts';
 import { EventBus, type AccessEvent, type CoreEvents } from '../src/core/events.ts';
@@ -172,6 +173,38 @@ describe('access controller (simulated relay and contact)', function () {
     assert.equal(relay('lab').pulses.length, 0);
     assert.deepEqual([decided[0].result, decided[0].reason], ['denied', 'not_in_group']);
     assert.equal(store.audit.list(tenantId)[0].reason, 'not_in_group');
+  });
+
+  it('a face+pin identification still meets the door policy; the event and the audit row say face+pin', function () {
+    events.emit('session.finished', finished({ doorId: 'lab', externalUserId: 'bob', factor: 'face+pin' }));
+    events.emit('session.finished', finished({ doorId: 'lab', externalUserId: 'alice', factor: 'face+pin', sessionId: 's-alice' }));
+    assert.deepEqual(decided.map((e) => [e.result, e.reason, e.factor]), [['denied', 'not_in_group', 'face+pin'], ['granted', null, 'face+pin']]);
+    assert.deepEqual(store.audit.list(tenantId).map((a) => a.factor), ['face+pin', 'face+pin']);
+    assert.equal(relay('lab').pulses.length, 1);
+  });
+
+  it('PIN gate: failures of the factor lock a door after pin.max_failures in the window; policy denials and other doors do not count', async function () {
+    const pinConfig = parseDeviceConfig({ ...config, pin: { max_failures: 2, window_seconds: 60, lockout_seconds: 30 } });
+    let now = 1_000_000;
+    const gate = new PinGate(pinConfig, tenantId, store.pins, store.audit, events, createLogger('silent'), () => now);
+    try {
+      const fail = (over: Partial<CoreEvents['session.finished']>) => events.emit('session.finished', finished({ status: 'fail', externalUserId: null, factor: 'face+pin', reason: 'not_identified', ...over }));
+      fail({});
+      now += 61_000; // the first failure leaves the window
+      fail({ reason: 'not_in_group' }); // the PIN was right
+      fail({ factor: 'face' }); // a face-only session
+      fail({ doorId: 'lab' }); // another door
+      fail({ reason: 'ambiguous_match' });
+      assert.deepEqual(await gate.holders('main', '5831'), [], 'one failure in the window: not locked');
+      fail({});
+      await assert.rejects(gate.holders('main', '5831'), (e: { code: string; retryAfter: number }) => e.code === 'pin_locked' && e.retryAfter === 30);
+      assert.deepEqual(await gate.holders('lab', '5831'), [], 'the other door is not locked');
+      assert.deepEqual(alarms.map((a) => [a.doorId, a.type]), [['main', 'pin_lockout']]);
+      now += 30_000;
+      assert.deepEqual(await gate.holders('main', '5831'), [], 'the lockout ends');
+    } finally {
+      gate.close();
+    }
   });
 
   it('the same person is not processed again within the cool-down', function () {
