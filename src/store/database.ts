@@ -131,6 +131,9 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    ALTER TABLE sessions ADD COLUMN factor TEXT NOT NULL DEFAULT 'face';
    ALTER TABLE sessions ADD COLUMN candidates TEXT;
    ALTER TABLE audit_events ADD COLUMN factor TEXT;`,
+  // fleet replication: the last change of each tenant's log applied here, moved in the same
+  // transaction as the data it applied (sync/replica.ts)
+  `CREATE TABLE sync_cursors (tenant_id TEXT PRIMARY KEY, applied_seq INTEGER NOT NULL, updated_at TEXT NOT NULL);`,
 ];
 
 /**

@@ -68,7 +68,8 @@ export function openStore(dataDir: string, masterKey: string | undefined, option
           return { value: record(pseudonym) };
         })();
         // the old page images in the WAL still hold the id: copy the new ones in and empty it
-        if (result) db.pragma('wal_checkpoint(TRUNCATE)');
+        // (inside a caller's transaction the caller does it after its commit: sync/replica.ts)
+        if (result && !db.inTransaction) db.pragma('wal_checkpoint(TRUNCATE)');
         return result && result.value;
       },
       purgeBefore(cutoff) {

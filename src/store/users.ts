@@ -90,26 +90,46 @@ export class UserStore {
   enroll(tenantId: string, externalUserId: string, embedding: Float32Array): User {
     const ts = now();
     if (this.get(tenantId, externalUserId)) throw new Error('user already enrolled');
-    // a tombstone is kept under the pseudonym (older ones under the id itself)
+    const user = this.#createOrRevive(tenantId, externalUserId, (tombVersion) => (tombVersion ?? 0) + 1, ts);
+    this.insertTemplate(user, embedding, ts);
+    return user;
+  }
+
+  /**
+   * A template from the fleet's change log, at the hub's version. The log's order is the
+   * authority (the hub resolved conflicts before sequencing), so it replaces whatever this device
+   * holds for the person, including a local copy of the same version.
+   */
+  replicate(tenantId: string, externalUserId: string, version: number, embedding: Float32Array): void {
+    const ts = now();
+    const live = this.get(tenantId, externalUserId);
+    const user = live ? { ...live, version, updatedAt: ts, needsReenrolment: false } : this.#createOrRevive(tenantId, externalUserId, () => version, ts);
+    if (live) this.db.prepare('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(version, ts, user.id);
+    this.db.prepare('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
+    this.db.prepare('DELETE FROM templates WHERE user_id = ? AND version = ?').run(user.id, version);
+    this.insertTemplate(user, embedding, ts);
+  }
+
+  /** A new user row, or the person's tombstone brought back (kept under the pseudonym, older ones under the id). */
+  #createOrRevive(tenantId: string, externalUserId: string, versionAfter: (tombVersion: number | undefined) => number, ts: string): User {
     const tomb = this.db
       .prepare('SELECT * FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
       .get(tenantId, this.cipher.pseudonym(tenantId, externalUserId), externalUserId) as UserRow | undefined;
-    let user: User;
     if (tomb) {
-      user = { ...toUser(tomb), externalUserId, version: tomb.version + 1, createdAt: ts, updatedAt: ts, needsReenrolment: false };
+      const user = { ...toUser(tomb), externalUserId, version: versionAfter(tomb.version), createdAt: ts, updatedAt: ts, needsReenrolment: false };
       this.db
         .prepare('UPDATE users SET external_user_id = ?, version = ?, created_at = ?, updated_at = ?, deleted_at = NULL, reenrolment_reason = NULL WHERE id = ?')
         .run(externalUserId, user.version, ts, ts, user.id);
-    } else {
-      user = { id: crypto.randomUUID(), tenantId, externalUserId, version: 1, createdAt: ts, updatedAt: ts, needsReenrolment: false };
-      this.db
-        .prepare(
-          'INSERT INTO users (id, tenant_id, external_user_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
-        )
-        .run(user.id, tenantId, externalUserId, user.version, ts, ts);
+      return user;
     }
-    this.insertTemplate(user, embedding, ts);
+    const user = { id: crypto.randomUUID(), tenantId, externalUserId, version: versionAfter(undefined), createdAt: ts, updatedAt: ts, needsReenrolment: false };
+    this.db.prepare('INSERT INTO users (id, tenant_id, external_user_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)').run(user.id, tenantId, externalUserId, user.version, ts, ts);
     return user;
+  }
+
+  /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */
+  flagReenrolment(tenantId: string, externalUserId: string, reason: ReenrolmentReason): void {
+    this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
   }
 
   /** Stores a new active template version; earlier versions stay as inactive history. */

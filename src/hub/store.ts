@@ -1,0 +1,200 @@
+import crypto from 'node:crypto';
+import pg from 'pg';
+import type { Change, ChangeBody } from '../sync/protocol.ts';
+
+/**
+ * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
+ * change log. Every key starts with tenant_id (a Citus distribution column). A change gets its
+ * sequence number from the tenant's counter row, locked in the same transaction that records the
+ * change and applies it: two hub processes on one database serialise per tenant on that row, so
+ * numbers are never used twice and never skipped, and a change committed is a change in the log
+ * (the log is the outbox: publishing reads it, so a hub that dies after the commit loses nothing).
+ */
+
+const MIGRATIONS = [
+  `CREATE TABLE hub_tenants (
+     tenant_id   uuid PRIMARY KEY,
+     name        text NOT NULL,
+     next_seq    bigint NOT NULL DEFAULT 1,
+     created_at  timestamptz NOT NULL DEFAULT now()
+   );
+   CREATE TABLE hub_changes (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     seq               bigint NOT NULL,
+     change_id         uuid NOT NULL,
+     origin            text NOT NULL,
+     kind              text NOT NULL,
+     external_user_id  text NOT NULL,
+     body              jsonb NOT NULL,
+     committed_at      timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (tenant_id, seq),
+     UNIQUE (tenant_id, change_id)
+   );
+   CREATE TABLE hub_users (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     external_user_id  text NOT NULL,
+     version           integer NOT NULL,
+     deleted           boolean NOT NULL DEFAULT false,
+     model             text,
+     key_version       integer,
+     template          jsonb,
+     seq               bigint NOT NULL,
+     PRIMARY KEY (tenant_id, external_user_id)
+   );
+   CREATE TABLE hub_conflicts (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     change_id         uuid NOT NULL,
+     origin            text NOT NULL,
+     external_user_id  text NOT NULL,
+     reason            text NOT NULL,
+     body              jsonb NOT NULL,
+     recorded_at       timestamptz NOT NULL DEFAULT now(),
+     resolved_at       timestamptz,
+     PRIMARY KEY (tenant_id, change_id)
+   );`,
+];
+
+export type AppendResult = { status: 'sequenced'; change: Change } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
+
+export class HubStore {
+  private constructor(readonly pool: pg.Pool) {}
+
+  /** Connects and brings the schema up to date (each migration in its own transaction, once). */
+  static async open(databaseUrl: string): Promise<HubStore> {
+    const store = new HubStore(new pg.Pool({ connectionString: databaseUrl, max: 10 }));
+    try {
+      await store.#migrate();
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+    return store;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+
+  async createTenant(tenantId: string, name: string): Promise<void> {
+    await this.pool.query('INSERT INTO hub_tenants (tenant_id, name) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING', [tenantId, name]);
+  }
+
+  /**
+   * Sequences one change and applies it to the central state, in one transaction. A change_id
+   * already sequenced returns its change again (retries are harmless). The rules, so that no change
+   * is ever dropped silently:
+   * - an upsert at or below the version the hub has is `stale_version`;
+   * - an upsert at or below a deletion's tombstone is `deleted` (a deletion wins over a concurrent change);
+   * both are recorded in hub_conflicts for an admin, and nothing is sequenced.
+   */
+  async append(tenantId: string, body: ChangeBody, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
+    const changeId = meta.changeId ?? crypto.randomUUID();
+    return this.#transaction(async (db) => {
+      const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+      if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
+      const existing = await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = $2', [tenantId, changeId]);
+      if (existing.rows[0]) return { status: 'sequenced', change: toChange(existing.rows[0]) };
+      const user = await db.query<{ version: number; deleted: boolean }>(
+        'SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2 FOR UPDATE',
+        [tenantId, body.external_user_id],
+      );
+      const current = user.rows[0];
+      if (body.kind === 'user.upsert' && current && body.version <= current.version) {
+        const reason = current.deleted ? 'deleted' : 'stale_version';
+        await db.query(
+          `INSERT INTO hub_conflicts (tenant_id, change_id, origin, external_user_id, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (tenant_id, change_id) DO NOTHING`,
+          [tenantId, changeId, meta.origin, body.external_user_id, reason, body],
+        );
+        return { status: 'conflict', reason };
+      }
+      const seq = Number(counter.rows[0].next_seq);
+      await db.query('UPDATE hub_tenants SET next_seq = next_seq + 1 WHERE tenant_id = $1', [tenantId]);
+      const inserted = await db.query<ChangeRow>(
+        `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
+        [tenantId, seq, changeId, meta.origin, body.kind, body.external_user_id, body],
+      );
+      if (body.kind === 'user.upsert') {
+        await db.query(
+          `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq) VALUES ($1, $2, $3, false, $4, $5, $6, $7)
+           ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = false, model = excluded.model,
+             key_version = excluded.key_version, template = excluded.template, seq = excluded.seq`,
+          [tenantId, body.external_user_id, body.version, body.model, body.key_version, body.template, seq],
+        );
+      } else {
+        // the tombstone keeps the highest version seen, so no older upsert can bring the person back
+        const version = Math.max(body.version, current?.version ?? 0);
+        await db.query(
+          `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq) VALUES ($1, $2, $3, true, $4)
+           ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, seq = excluded.seq`,
+          [tenantId, body.external_user_id, version, seq],
+        );
+      }
+      return { status: 'sequenced', change: toChange(inserted.rows[0]) };
+    });
+  }
+
+  /** The tenant's changes after `afterSeq`, in order (a device's backfill of a gap). */
+  async changesAfter(tenantId: string, afterSeq: number, limit = 500): Promise<Change[]> {
+    const rows = await this.pool.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3', [tenantId, afterSeq, limit]);
+    return rows.rows.map(toChange);
+  }
+
+  /** The last sequence number given in the tenant (0 before the first change). */
+  async headSeq(tenantId: string): Promise<number> {
+    const r = await this.pool.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1', [tenantId]);
+    return r.rows[0] ? Number(r.rows[0].next_seq) - 1 : 0;
+  }
+
+  async conflicts(tenantId: string): Promise<{ changeId: string; origin: string; externalUserId: string; reason: string }[]> {
+    const r = await this.pool.query<{ change_id: string; origin: string; external_user_id: string; reason: string }>(
+      'SELECT change_id, origin, external_user_id, reason FROM hub_conflicts WHERE tenant_id = $1 AND resolved_at IS NULL ORDER BY recorded_at',
+      [tenantId],
+    );
+    return r.rows.map((c) => ({ changeId: c.change_id, origin: c.origin, externalUserId: c.external_user_id, reason: c.reason }));
+  }
+
+  async #migrate(): Promise<void> {
+    await this.pool.query('CREATE TABLE IF NOT EXISTS hub_schema (version integer NOT NULL)');
+    for (let v = 0; v < MIGRATIONS.length; v++) {
+      await this.#transaction(async (db) => {
+        // one hub migrates at a time; the others wait here and find the work done
+        await db.query('LOCK TABLE hub_schema IN EXCLUSIVE MODE');
+        const done = await db.query<{ version: number }>('SELECT version FROM hub_schema');
+        const at = done.rows[0]?.version ?? 0;
+        if (at > v) return;
+        await db.query(MIGRATIONS[v]);
+        if (done.rowCount === 0) await db.query('INSERT INTO hub_schema (version) VALUES ($1)', [v + 1]);
+        else await db.query('UPDATE hub_schema SET version = $1', [v + 1]);
+      });
+    }
+  }
+
+  async #transaction<T>(run: (db: pg.PoolClient) => Promise<T>): Promise<T> {
+    const db = await this.pool.connect();
+    try {
+      await db.query('BEGIN');
+      const result = await run(db);
+      await db.query('COMMIT');
+      return result;
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      db.release();
+    }
+  }
+}
+
+interface ChangeRow {
+  tenant_id: string;
+  seq: string;
+  change_id: string;
+  origin: string;
+  body: ChangeBody;
+  committed_at: Date;
+}
+
+function toChange(row: ChangeRow): Change {
+  return { ...row.body, tenant_id: row.tenant_id, seq: Number(row.seq), change_id: row.change_id, origin: row.origin, committed_at: row.committed_at.toISOString() };
+}

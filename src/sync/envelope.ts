@@ -1,0 +1,153 @@
+import crypto from 'node:crypto';
+import { OperatorError } from '../errors.ts';
+
+/**
+ * Templates travel between devices and the hub sealed end to end: AES-256-GCM under a per-tenant
+ * key, whatever carries them (MQTT, TLS or not, the hub's database). The authenticated data binds
+ * the tenant, the user, the template's version, the model that made it and the tenant key's
+ * version, so an envelope cannot be replayed as someone else's, as another version, or into another
+ * tenant. Each device holds the tenant key wrapped to its own X25519 key pair: the hub never sends
+ * the key in the clear, and a device can open only what was wrapped for it.
+ */
+
+export class EnvelopeError extends OperatorError {
+  constructor(
+    readonly code: 'tampered' | 'wrong_model' | 'wrong_key' | 'malformed',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TemplateBinding {
+  tenantId: string;
+  externalUserId: string;
+  version: number;
+  model: string;
+  keyVersion: number;
+}
+
+/** A sealed template as it appears on the wire and at the hub (base64 fields). */
+export interface SealedTemplate {
+  nonce: string;
+  ciphertext: string;
+}
+
+const TEMPLATE_AAD = 'authface:sync-template:v1';
+const WRAP_AAD = 'authface:tenant-key-wrap:v1';
+const WRAP_INFO = 'authface tenant key wrap v1';
+
+export function newTenantKey(): Buffer {
+  return crypto.randomBytes(32);
+}
+
+function templateAad(b: TemplateBinding): Buffer {
+  return Buffer.from(JSON.stringify([TEMPLATE_AAD, b.tenantId, b.externalUserId, b.version, b.model, b.keyVersion]));
+}
+
+export function sealTemplate(tenantKey: Buffer, embedding: Float32Array, binding: TemplateBinding): SealedTemplate {
+  const nonce = crypto.randomBytes(12);
+  const cipher = crypto.createCipheriv('aes-256-gcm', tenantKey, nonce);
+  cipher.setAAD(templateAad(binding));
+  const plain = Buffer.from(embedding.buffer, embedding.byteOffset, embedding.byteLength);
+  const ciphertext = Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+  return { nonce: nonce.toString('base64'), ciphertext: ciphertext.toString('base64') };
+}
+
+/**
+ * Opens a template for `binding`; refuses one made by a model this device does not run before
+ * trying (its embedding would be compared with incomparable ones), and any envelope whose bytes or
+ * binding were changed, or that was sealed under another key.
+ */
+export function openTemplate(tenantKey: Buffer, sealed: SealedTemplate, binding: TemplateBinding, runningModel: string): Float32Array {
+  if (binding.model !== runningModel) {
+    throw new EnvelopeError('wrong_model', `template of ${binding.tenantId}/${binding.externalUserId} v${binding.version} was made by model ${binding.model}; this device runs ${runningModel}`);
+  }
+  const nonce = Buffer.from(sealed.nonce, 'base64');
+  const ciphertext = Buffer.from(sealed.ciphertext, 'base64');
+  if (nonce.length !== 12 || ciphertext.length < 16) throw new EnvelopeError('malformed', 'a template envelope has a bad nonce or ciphertext');
+  try {
+    const decipher = crypto.createDecipheriv('aes-256-gcm', tenantKey, nonce);
+    decipher.setAAD(templateAad(binding));
+    decipher.setAuthTag(ciphertext.subarray(ciphertext.length - 16));
+    const plain = Buffer.concat([decipher.update(ciphertext.subarray(0, ciphertext.length - 16)), decipher.final()]);
+    const out = new Float32Array(plain.length / 4);
+    new Uint8Array(out.buffer).set(plain);
+    return out;
+  } catch {
+    throw new EnvelopeError('tampered', `template envelope of ${binding.tenantId}/${binding.externalUserId} v${binding.version} does not open: altered, or sealed under another tenant's key`);
+  }
+}
+
+export interface DeviceKeyPair {
+  /** Raw X25519 public key, base64 (44 characters): what the hub registers. */
+  publicKey: string;
+  /** PKCS#8 PEM: stays on the device (data directory, mode 0600). */
+  privateKeyPem: string;
+}
+
+export function generateDeviceKeyPair(): DeviceKeyPair {
+  const { publicKey, privateKey } = crypto.generateKeyPairSync('x25519');
+  return { publicKey: rawPublicKey(publicKey).toString('base64'), privateKeyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
+}
+
+/** The tenant key as wrapped for one device: an ephemeral X25519 key, and the key sealed under the shared secret. */
+export interface WrappedTenantKey {
+  tenantId: string;
+  deviceId: string;
+  keyVersion: number;
+  ephemeralPublicKey: string;
+  nonce: string;
+  ciphertext: string;
+}
+
+export function wrapTenantKey(tenantKey: Buffer, devicePublicKey: string, to: { tenantId: string; deviceId: string; keyVersion: number }): WrappedTenantKey {
+  const ephemeral = crypto.generateKeyPairSync('x25519');
+  const ephemeralPublicKey = rawPublicKey(ephemeral.publicKey).toString('base64');
+  const key = wrappingKey(crypto.diffieHellman({ privateKey: ephemeral.privateKey, publicKey: x25519PublicKey(devicePublicKey) }), ephemeralPublicKey, devicePublicKey);
+  const nonce = crypto.randomBytes(12);
+  const cipher = crypto.createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(wrapAad(to));
+  const ciphertext = Buffer.concat([cipher.update(tenantKey), cipher.final(), cipher.getAuthTag()]);
+  return { ...to, ephemeralPublicKey, nonce: nonce.toString('base64'), ciphertext: ciphertext.toString('base64') };
+}
+
+export function unwrapTenantKey(wrapped: WrappedTenantKey, devicePrivateKeyPem: string, expect: { tenantId: string; deviceId: string }): Buffer {
+  if (wrapped.tenantId !== expect.tenantId || wrapped.deviceId !== expect.deviceId) {
+    throw new EnvelopeError('wrong_key', `a tenant key wrapped for ${wrapped.tenantId}/${wrapped.deviceId} was offered to ${expect.tenantId}/${expect.deviceId}`);
+  }
+  const privateKey = crypto.createPrivateKey(devicePrivateKeyPem);
+  const devicePublicKey = rawPublicKey(crypto.createPublicKey(privateKey)).toString('base64');
+  try {
+    const key = wrappingKey(crypto.diffieHellman({ privateKey, publicKey: x25519PublicKey(wrapped.ephemeralPublicKey) }), wrapped.ephemeralPublicKey, devicePublicKey);
+    const ciphertext = Buffer.from(wrapped.ciphertext, 'base64');
+    const decipher = crypto.createDecipheriv('aes-256-gcm', key, Buffer.from(wrapped.nonce, 'base64'));
+    decipher.setAAD(wrapAad(wrapped));
+    decipher.setAuthTag(ciphertext.subarray(ciphertext.length - 16));
+    return Buffer.concat([decipher.update(ciphertext.subarray(0, ciphertext.length - 16)), decipher.final()]);
+  } catch {
+    throw new EnvelopeError('wrong_key', `the tenant key wrapped for ${wrapped.deviceId} does not open with this device's key`);
+  }
+}
+
+function wrapAad(to: { tenantId: string; deviceId: string; keyVersion: number }): Buffer {
+  return Buffer.from(JSON.stringify([WRAP_AAD, to.tenantId, to.deviceId, to.keyVersion]));
+}
+
+/** HKDF over the X25519 secret, salted with both public keys (so the key is bound to this exchange). */
+function wrappingKey(shared: Buffer, ephemeralPublicKey: string, devicePublicKey: string): Buffer {
+  return Buffer.from(crypto.hkdfSync('sha256', shared, Buffer.from(`${ephemeralPublicKey}|${devicePublicKey}`), WRAP_INFO, 32));
+}
+
+// X25519 public keys as raw 32 bytes: the SPKI DER prefix is fixed
+const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+
+function rawPublicKey(key: crypto.KeyObject): Buffer {
+  return key.export({ type: 'spki', format: 'der' }).subarray(X25519_SPKI_PREFIX.length);
+}
+
+function x25519PublicKey(base64: string): crypto.KeyObject {
+  const raw = Buffer.from(base64, 'base64');
+  if (raw.length !== 32) throw new EnvelopeError('malformed', 'an X25519 public key is 32 bytes');
+  return crypto.createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, raw]), format: 'der', type: 'spki' });
+}

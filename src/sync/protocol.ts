@@ -1,0 +1,64 @@
+import { z } from 'zod';
+
+/**
+ * The replication log's messages, validated on receipt by devices and the hub alike. The hub gives
+ * every change of a tenant the next sequence number of that tenant in the same PostgreSQL
+ * transaction as the change (hub/store.ts); devices apply changes strictly in that order and move
+ * their cursor in the same SQLite transaction as the data (sync/replica.ts).
+ */
+
+/** A batch carries at most this many changes (about 1 KB each), so a message stays far below 64 KiB. */
+export const MAX_CHANGES_PER_BATCH = 50;
+
+const base64 = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9+/]*={0,2}$/, { error: 'base64' });
+const externalUserId = z.string().min(1).max(128);
+
+export const sealedTemplateSchema = z
+  .strictObject({ nonce: base64(16).length(16), ciphertext: base64(1024) })
+  .describe('AES-256-GCM under the tenant key (sync/envelope.ts); 128 float32 = 512 bytes + 16-byte tag');
+
+export const userUpsertSchema = z
+  .strictObject({
+    kind: z.literal('user.upsert'),
+    external_user_id: externalUserId,
+    version: z.int().min(1).describe("The template's version for this user; a device keeps the highest it has applied"),
+    model: z.string().min(1).max(100).describe('Embedding model that made the template; a device refuses a model it does not run'),
+    key_version: z.int().min(1).describe('Version of the tenant key that sealed it'),
+    template: sealedTemplateSchema,
+  })
+  .describe('A person enrolled or their template updated');
+
+export const userDeleteSchema = z
+  .strictObject({
+    kind: z.literal('user.delete'),
+    external_user_id: externalUserId,
+    version: z.int().min(1).describe('The tombstone version: no upsert at or below it is accepted afterwards'),
+  })
+  .describe('A person deleted: every copy of the template is erased');
+
+export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema]);
+
+export const changeSchema = z
+  .intersection(
+    changeBodySchema,
+    z.object({
+      tenant_id: z.uuid(),
+      seq: z.int().min(1).describe("The change's place in its tenant's log: 1, 2, 3 … without gaps"),
+      change_id: z.uuid().describe('Chosen by whoever made the change; the hub sequences a change_id once, so a retry is harmless'),
+      origin: z.string().min(1).max(64).describe('`hub` or the device id where the change was made'),
+      committed_at: z.iso.datetime().describe("The hub's commit time (for display; order is by seq only, never by clocks)"),
+    }),
+  )
+  .meta({ id: 'SyncChange' });
+
+export const changeBatchSchema = z
+  .strictObject({
+    tenant_id: z.uuid(),
+    changes: z.array(changeSchema).min(1).max(MAX_CHANGES_PER_BATCH),
+  })
+  .meta({ id: 'SyncChangeBatch', description: 'Changes of one tenant in order (the hub publishes them, a device fetches a range)' });
+
+export type ChangeBody = z.output<typeof changeBodySchema>;
+export type Change = z.output<typeof changeSchema>;
+export type ChangeBatch = z.output<typeof changeBatchSchema>;
+

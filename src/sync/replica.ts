@@ -1,0 +1,99 @@
+import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { Store } from '../store/index.ts';
+import { EnvelopeError, openTemplate } from './envelope.ts';
+import type { Change } from './protocol.ts';
+
+export interface ApplyResult {
+  /** Changes applied now, in order. */
+  applied: number;
+  /** Changes at or below the cursor: already applied (a duplicate or a replay), ignored. */
+  duplicates: number;
+  /** The first missing range, when the batch skips ahead: fetch it from the hub, then apply again. */
+  gap: { from: number; to: number } | null;
+  /** A change that was refused (its envelope does not open): nothing from it on is applied. */
+  refused: { seq: number; reason: string } | null;
+  /** The cursor after the batch. */
+  cursor: number;
+}
+
+/**
+ * A device's copy of its tenant's fleet log. Changes are applied strictly in sequence order, and
+ * the cursor moves in the same SQLite transaction as the data it covers: after a crash the cursor
+ * and the users always agree (a cursor that says "in sync" while users are missing cannot happen).
+ * The in-memory 1:N index is updated only after the commit.
+ */
+export class Replica {
+  constructor(
+    private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit'>,
+    private readonly index: GalleryIndex,
+    /** The tenant key of a key version (unwrapped with this device's key pair), or undefined when unknown. */
+    private readonly tenantKey: (tenantId: string, keyVersion: number) => Buffer | undefined,
+    /** The embedding model this device runs. */
+    private readonly model: string,
+  ) {}
+
+  cursor(tenantId: string): number {
+    const row = this.store.db.prepare('SELECT applied_seq FROM sync_cursors WHERE tenant_id = ?').get(tenantId) as { applied_seq: number } | undefined;
+    return row?.applied_seq ?? 0;
+  }
+
+  /** Applies what follows the cursor; the batch may be out of order, duplicated or start ahead. */
+  apply(tenantId: string, changes: readonly Change[]): ApplyResult {
+    const ordered = changes.filter((c) => c.tenant_id === tenantId).sort((a, b) => a.seq - b.seq);
+    const after: (() => void)[] = [];
+    const result = this.store.db.transaction((): ApplyResult => {
+      let cursor = this.cursor(tenantId);
+      let applied = 0;
+      let duplicates = 0;
+      for (const change of ordered) {
+        if (change.seq <= cursor) {
+          duplicates++;
+          continue;
+        }
+        if (change.seq > cursor + 1) return { applied, duplicates, gap: { from: cursor + 1, to: change.seq - 1 }, refused: null, cursor: this.#moveTo(tenantId, cursor) };
+        const refusal = this.#applyOne(change, after);
+        if (refusal) return { applied, duplicates, gap: null, refused: { seq: change.seq, reason: refusal }, cursor: this.#moveTo(tenantId, cursor) };
+        cursor = change.seq;
+        applied++;
+      }
+      return { applied, duplicates, gap: null, refused: null, cursor: this.#moveTo(tenantId, cursor) };
+    })();
+    for (const run of after) run();
+    // an erased person's id is still in the WAL's old page images until a checkpoint
+    if (ordered.some((c) => c.kind === 'user.delete') && result.applied > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
+    return result;
+  }
+
+  /** One change inside the batch's transaction; returns why it was refused, or null. */
+  #applyOne(change: Change, after: (() => void)[]): string | null {
+    const gallery = this.index.of(change.tenant_id);
+    if (change.kind === 'user.delete') {
+      this.store.eraseUser(change.tenant_id, change.external_user_id, () => null);
+      after.push(() => gallery.remove(change.external_user_id));
+      return null;
+    }
+    const key = this.tenantKey(change.tenant_id, change.key_version);
+    if (!key) return `no tenant key of version ${change.key_version} on this device`;
+    const binding = { tenantId: change.tenant_id, externalUserId: change.external_user_id, version: change.version, model: change.model, keyVersion: change.key_version };
+    try {
+      const embedding = openTemplate(key, change.template, binding, this.model);
+      this.store.users.replicate(change.tenant_id, change.external_user_id, change.version, embedding);
+      after.push(() => gallery.upsert(change.external_user_id, embedding));
+      return null;
+    } catch (err) {
+      if (!(err instanceof EnvelopeError)) throw err;
+      if (err.code !== 'wrong_model') return err.code;
+      // the log moves on; this person cannot be recognised here until they enrol with this model
+      this.store.users.flagReenrolment(change.tenant_id, change.external_user_id, 'model_changed');
+      after.push(() => gallery.remove(change.external_user_id));
+      return null;
+    }
+  }
+
+  #moveTo(tenantId: string, seq: number): number {
+    this.store.db
+      .prepare('INSERT INTO sync_cursors (tenant_id, applied_seq, updated_at) VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET applied_seq = excluded.applied_seq, updated_at = excluded.updated_at')
+      .run(tenantId, seq, new Date().toISOString());
+    return seq;
+  }
+}

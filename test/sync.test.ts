@@ -1,0 +1,214 @@
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { GalleryIndex } from '../src/biometrics/gallery.ts';
+import { HubStore } from '../src/hub/store.ts';
+import { openStore, type Store } from '../src/store/index.ts';
+import { EnvelopeError, type TemplateBinding, generateDeviceKeyPair, newTenantKey, openTemplate, sealTemplate, unwrapTenantKey, wrapTenantKey } from '../src/sync/envelope.ts';
+import { type Change, type ChangeBody, changeBatchSchema } from '../src/sync/protocol.ts';
+import { Replica } from '../src/sync/replica.ts';
+import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
+
+const face = (seed: number) => normalize(Float32Array.from({ length: 128 }, (_, i) => Math.sin(seed * 12.9898 + i * 78.233)));
+
+describe('sync envelopes: templates sealed per tenant, tenant keys wrapped per device', function () {
+  const tenantKey = newTenantKey();
+  const binding: TemplateBinding = { tenantId: crypto.randomUUID(), externalUserId: 'alice', version: 3, model: EMBEDDING_MODEL, keyVersion: 1 };
+
+  it('opens only for its tenant key, user, version, model and key version', function () {
+    const sealed = sealTemplate(tenantKey, face(1), binding);
+    assert.deepEqual(openTemplate(tenantKey, sealed, binding, EMBEDDING_MODEL), face(1));
+    const refused = (b: Partial<TemplateBinding>, key = tenantKey, s = sealed) =>
+      assert.throws(() => openTemplate(key, s, { ...binding, ...b }, EMBEDDING_MODEL), (e: EnvelopeError) => e.code === 'tampered');
+    refused({ externalUserId: 'mallory' });
+    refused({ version: 4 });
+    refused({ tenantId: crypto.randomUUID() });
+    refused({ keyVersion: 2 });
+    refused({}, newTenantKey()); // sealed with another tenant's key
+    const bytes = Buffer.from(sealed.ciphertext, 'base64');
+    bytes[10] ^= 1;
+    refused({}, tenantKey, { ...sealed, ciphertext: bytes.toString('base64') });
+  });
+
+  it('refuses a template of a model this device does not run, before opening it', function () {
+    const sealed = sealTemplate(tenantKey, face(1), { ...binding, model: 'other-model/v9' });
+    assert.throws(() => openTemplate(tenantKey, sealed, { ...binding, model: 'other-model/v9' }, EMBEDDING_MODEL), (e: EnvelopeError) => e.code === 'wrong_model');
+  });
+
+  it('a tenant key wrapped for one device opens with that device’s private key only', function () {
+    const a = generateDeviceKeyPair();
+    const b = generateDeviceKeyPair();
+    const to = { tenantId: binding.tenantId, deviceId: 'door-a', keyVersion: 1 };
+    const wrapped = wrapTenantKey(tenantKey, a.publicKey, to);
+    assert.equal(wrapped.ciphertext.includes(tenantKey.toString('base64')), false);
+    assert.deepEqual(unwrapTenantKey(wrapped, a.privateKeyPem, to), tenantKey);
+    assert.throws(() => unwrapTenantKey(wrapped, b.privateKeyPem, to), (e: EnvelopeError) => e.code === 'wrong_key');
+    assert.throws(() => unwrapTenantKey({ ...wrapped, deviceId: 'door-b' }, a.privateKeyPem, { ...to, deviceId: 'door-b' }), (e: EnvelopeError) => e.code === 'wrong_key', 'relabelled for another device');
+    assert.throws(() => unwrapTenantKey(wrapped, a.privateKeyPem, { ...to, tenantId: crypto.randomUUID() }), (e: EnvelopeError) => e.code === 'wrong_key');
+  });
+});
+
+describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of the change', function () {
+  this.timeout(60_000);
+  let db: TestDatabase;
+  let hub: HubStore;
+  const tenantId = crypto.randomUUID();
+  const key = newTenantKey();
+  const upsert = (id: string, version: number): ChangeBody => ({
+    kind: 'user.upsert',
+    external_user_id: id,
+    version,
+    model: EMBEDDING_MODEL,
+    key_version: 1,
+    template: sealTemplate(key, face(version), { tenantId, externalUserId: id, version, model: EMBEDDING_MODEL, keyVersion: 1 }),
+  });
+
+  before(async function () {
+    db = await createTestDatabase();
+    hub = await HubStore.open(db.url);
+    await hub.createTenant(tenantId, 'acme');
+  });
+  after(async function () {
+    await hub?.close();
+    await db?.drop();
+  });
+
+  it('two hub processes appending at once: 1..N, no number twice, none skipped', async function () {
+    const other = await HubStore.open(db.url); // a second hub on the same database (its own pool)
+    try {
+      const appends = Array.from({ length: 120 }, (_, i) => ((i % 2 ? hub : other) as HubStore).append(tenantId, upsert(`u${i}`, 1), { origin: i % 2 ? 'hub-a' : 'hub-b' }));
+      const results = await Promise.all(appends);
+      const seqs = results.map((r) => (r.status === 'sequenced' ? r.change.seq : -1)).sort((a, b) => a - b);
+      assert.deepEqual(seqs, Array.from({ length: 120 }, (_, i) => i + 1));
+      assert.equal(await other.headSeq(tenantId), 120);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('a retried change_id is sequenced once; stale and post-deletion upserts are recorded as conflicts, never dropped silently', async function () {
+    const changeId = crypto.randomUUID();
+    const first = await hub.append(tenantId, upsert('alice', 1), { origin: 'door-1', changeId });
+    const retry = await hub.append(tenantId, upsert('alice', 1), { origin: 'door-1', changeId });
+    assert.equal(first.status, 'sequenced');
+    assert.deepEqual(retry, first);
+    assert.equal((await hub.append(tenantId, upsert('alice', 1), { origin: 'door-2' })).status, 'conflict');
+    const deleted = await hub.append(tenantId, { kind: 'user.delete', external_user_id: 'alice', version: 2 }, { origin: 'door-1' });
+    assert.equal(deleted.status, 'sequenced');
+    // an offline door's enrolment of the same person, made before it heard of the deletion
+    assert.deepEqual(await hub.append(tenantId, upsert('alice', 2), { origin: 'door-2' }), { status: 'conflict', reason: 'deleted' });
+    assert.deepEqual((await hub.conflicts(tenantId)).map((c) => [c.externalUserId, c.reason, c.origin]), [['alice', 'stale_version', 'door-2'], ['alice', 'deleted', 'door-2']]);
+    assert.equal((await hub.append(tenantId, upsert('alice', 3), { origin: 'hub' })).status, 'sequenced', 'a new enrolment after the deletion');
+  });
+
+  it('changes after a cursor come back in order and validate against the published schema', async function () {
+    const changes = await hub.changesAfter(tenantId, 118, 10);
+    assert.deepEqual(changes.map((c) => c.seq), [119, 120, 121, 122, 123]);
+    assert.deepEqual(changes.slice(2).map((c) => [c.kind, c.external_user_id]), [['user.upsert', 'alice'], ['user.delete', 'alice'], ['user.upsert', 'alice']]);
+    assert.equal(changeBatchSchema.safeParse({ tenant_id: tenantId, changes }).success, true);
+  });
+
+  it('every key of the hub starts with tenant_id (the Citus distribution column)', async function () {
+    const keys = await hub.pool.query<{ table_name: string; column_name: string }>(
+      `SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc
+       JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name AND kcu.ordinal_position = 1
+       WHERE tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE') AND tc.table_name LIKE 'hub\\_%' AND tc.table_name <> 'hub_tenants'`,
+    );
+    assert.ok(keys.rows.length >= 4);
+    for (const k of keys.rows) assert.equal(k.column_name, 'tenant_id', `${k.table_name}`);
+  });
+});
+
+describe('device replica (SQLite): strictly in order, cursor and data in one transaction', function () {
+  let dir: string;
+  let store: Store;
+  let index: GalleryIndex;
+  let replica: Replica;
+  let tenantId: string;
+  const key = newTenantKey();
+  let seq = 0;
+  const change = (body: ChangeBody, at = ++seq): Change => ({ ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() });
+  const upsert = (id: string, version: number, model = EMBEDDING_MODEL): ChangeBody => ({
+    kind: 'user.upsert',
+    external_user_id: id,
+    version,
+    model,
+    key_version: 1,
+    template: sealTemplate(key, face(version * 100 + id.length), { tenantId, externalUserId: id, version, model, keyVersion: 1 }),
+  });
+
+  beforeEach(function () {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-replica-'));
+    store = openStore(dir, undefined);
+    // the device knows its tenant by the same id as the hub
+    tenantId = store.tenants.create({ name: 'acme', allowedOrigins: ['http://localhost'], livenessMode: 'passive' }).id;
+    index = new GalleryIndex();
+    replica = new Replica(store, index, (t, v) => (t === tenantId && v === 1 ? key : undefined), EMBEDDING_MODEL);
+    seq = 0;
+  });
+  afterEach(function () {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('applies in sequence order whatever the arrival order, and ignores duplicates', function () {
+    const a = change(upsert('alice', 1));
+    const b = change(upsert('bob', 1));
+    const c = change(upsert('alice', 2));
+    assert.deepEqual(replica.apply(tenantId, [c, a, b, a]), { applied: 3, duplicates: 1, gap: null, refused: null, cursor: 3 });
+    assert.deepEqual(replica.apply(tenantId, [a, b, c]), { applied: 0, duplicates: 3, gap: null, refused: null, cursor: 3 });
+    assert.equal(store.users.get(tenantId, 'alice')?.version, 2);
+    assert.deepEqual(index.of(tenantId).best(face(200 + 5)), { externalUserId: 'alice', score: index.of(tenantId).best(face(205))?.score });
+    assert.equal(index.of(tenantId).size, 2);
+  });
+
+  it('a gap stops the batch at the gap and names the range to fetch', function () {
+    const first = change(upsert('alice', 1));
+    seq = 4;
+    const fifth = change(upsert('bob', 1));
+    assert.deepEqual(replica.apply(tenantId, [first, fifth]), { applied: 1, duplicates: 0, gap: { from: 2, to: 4 }, refused: null, cursor: 1 });
+    assert.equal(store.users.get(tenantId, 'bob'), undefined, 'nothing after the gap is applied');
+  });
+
+  it('a deletion erases the person here, templates and index entry', function () {
+    replica.apply(tenantId, [change(upsert('alice', 1))]);
+    replica.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 })]);
+    assert.equal(store.users.get(tenantId, 'alice'), undefined);
+    assert.equal(index.of(tenantId).size, 0);
+    assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 0);
+    replica.apply(tenantId, [change(upsert('alice', 3))]);
+    assert.equal(store.users.get(tenantId, 'alice')?.version, 3, 'enrolled again after the deletion');
+  });
+
+  it('a tampered envelope is refused and the cursor stays before it; a template of another model moves on and flags the person', function () {
+    replica.apply(tenantId, [change(upsert('alice', 1))]);
+    const bad = change(upsert('bob', 1));
+    const bytes = Buffer.from((bad as { template: { ciphertext: string } }).template.ciphertext, 'base64');
+    bytes[3] ^= 0xff;
+    (bad as { template: { ciphertext: string } }).template.ciphertext = bytes.toString('base64');
+    const result = replica.apply(tenantId, [bad]);
+    assert.deepEqual([result.refused, result.cursor], [{ seq: 2, reason: 'tampered' }, 1]);
+    seq = 1;
+    const foreign = change(upsert('alice', 2, 'other-model/v9'));
+    assert.equal(replica.apply(tenantId, [foreign]).cursor, 2);
+    assert.equal(store.users.get(tenantId, 'alice')?.needsReenrolment, true);
+    assert.equal(index.of(tenantId).size, 0);
+  });
+
+  it('a failure while applying rolls back the data and the cursor together (never "in sync" with users missing)', function () {
+    replica.apply(tenantId, [change(upsert('alice', 1))]);
+    const broken = new Replica(
+      { ...store, users: Object.assign(Object.create(Object.getPrototypeOf(store.users)), store.users, { replicate: () => { throw new Error('disk full'); } }) },
+      index,
+      () => key,
+      EMBEDDING_MODEL,
+    );
+    assert.throws(() => broken.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 }), change(upsert('bob', 1))]), /disk full/);
+    assert.equal(replica.cursor(tenantId), 1);
+    assert.ok(store.users.get(tenantId, 'alice'), 'the deletion in the same batch was rolled back too');
+    assert.equal(index.of(tenantId).size, 1, 'the index was not touched');
+  });
+});
