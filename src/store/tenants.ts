@@ -25,8 +25,10 @@ const API_KEY_PREFIX = 'afk_';
 export class TenantStore {
   constructor(private readonly db: Db) {}
 
-  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode }): Tenant {
-    const tenant: Tenant = { id: crypto.randomUUID(), createdAt: now(), ...input };
+  /** `id`: a fleet device takes its tenant's id from the hub; otherwise a new one is drawn. */
+  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode; id?: string }): Tenant {
+    const { id = crypto.randomUUID(), ...rest } = input;
+    const tenant: Tenant = { id, createdAt: now(), ...rest };
     this.db
       .prepare('INSERT INTO tenants (id, name, liveness_mode, allowed_origins, created_at) VALUES (?, ?, ?, ?, ?)')
       .run(tenant.id, tenant.name, tenant.livenessMode, JSON.stringify(tenant.allowedOrigins), tenant.createdAt);

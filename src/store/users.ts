@@ -127,6 +127,14 @@ export class UserStore {
     return user;
   }
 
+  /** The version of the person's tombstone (their deletion), if they were deleted here. */
+  tombstoneVersion(tenantId: string, externalUserId: string): number | undefined {
+    const row = this.db
+      .prepare('SELECT version FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
+      .get(tenantId, this.cipher.pseudonym(tenantId, externalUserId), externalUserId) as { version: number } | undefined;
+    return row?.version;
+  }
+
   /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */
   flagReenrolment(tenantId: string, externalUserId: string, reason: ReenrolmentReason): void {
     this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);

@@ -62,3 +62,52 @@ export type ChangeBody = z.output<typeof changeBodySchema>;
 export type Change = z.output<typeof changeSchema>;
 export type ChangeBatch = z.output<typeof changeBatchSchema>;
 
+
+/** Topics of a tenant's log on the broker (documented in firmware-config/README.md, "Fleet sync"). */
+export function syncTopics(prefix: string, tenantId: string) {
+  const base = `${prefix}/sync/${tenantId}`;
+  return {
+    /** hub → devices: new changes (a ChangeBatch), QoS 1. */
+    log: `${base}/log`,
+    /** hub → devices, retained: the tenant's last sequence number, so a device that missed a message sees the gap. */
+    head: `${base}/head`,
+    /** device → hub: a change made at the device (Submission). */
+    submit: `${base}/submit`,
+    /** device → hub: "send me the changes after N" (FetchRequest). */
+    fetch: `${base}/fetch`,
+    /** hub → one device: acks of its submissions and the ranges it fetched. */
+    reply: (deviceId: string) => `${base}/device/${deviceId}`,
+  };
+}
+
+export const submissionSchema = z
+  .strictObject({ device_id: z.string().min(1).max(64), change_id: z.uuid(), body: changeBodySchema })
+  .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
+
+export const fetchRequestSchema = z
+  .strictObject({ device_id: z.string().min(1).max(64), after: z.int().min(0), limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH) })
+  .meta({ id: 'SyncFetch' });
+
+export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0) }).meta({ id: 'SyncHead' });
+
+export const replySchema = z
+  .discriminatedUnion('type', [
+    z.strictObject({ type: z.literal('ack'), change_id: z.uuid(), status: z.enum(['sequenced', 'conflict']), seq: z.int().min(1).nullable(), reason: z.string().nullable() }),
+    z.strictObject({ type: z.literal('range'), tenant_id: z.uuid(), head: z.int().min(0), changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH) }),
+  ])
+  .meta({ id: 'SyncReply' });
+
+export type Submission = z.output<typeof submissionSchema>;
+export type SyncReply = z.output<typeof replySchema>;
+
+/** Parses a message with a schema; null (and the reason) for anything that does not fit. */
+export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer): { ok: true; value: z.output<S> } | { ok: false; problem: string } {
+  let data: unknown;
+  try {
+    data = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return { ok: false, problem: 'not JSON' };
+  }
+  const parsed = schema.safeParse(data);
+  return parsed.success ? { ok: true, value: parsed.data } : { ok: false, problem: parsed.error.issues[0]?.message ?? 'invalid' };
+}

@@ -39,12 +39,12 @@ export function kioskHeaders(device: TestDevice): Record<string, string> {
 export async function startTestDevice(
   device: Record<string, unknown>,
   env: Record<string, string> = {},
-  opts: { alter?: (config: DeviceConfig) => void; analyzer?: FaceAnalyzer } = {},
+  opts: { alter?: (config: DeviceConfig) => void; analyzer?: FaceAnalyzer; tenantId?: string } = {},
 ): Promise<TestDevice> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-device-'));
   const dataDir = path.join(dir, 'data');
   const store = openStore(dataDir, undefined);
-  const tenant = store.tenants.create({ name: 'default', allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
+  const tenant = store.tenants.create({ id: opts.tenantId, name: 'default', allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
   const { apiKey } = store.tenants.createKey(tenant.id);
   store.close();
   const mqtt = (device.mqtt ?? {}) as { url?: string; embedded?: Record<string, unknown> };

@@ -1,0 +1,109 @@
+import mqtt, { type MqttClient } from 'mqtt';
+import type { Logger } from '../core/logger.ts';
+import { syncClientOptions } from '../sync/client-options.ts';
+import {
+  type ChangeBody,
+  MAX_CHANGES_PER_BATCH,
+  fetchRequestSchema,
+  parseMessage,
+  submissionSchema,
+  syncTopics,
+} from '../sync/protocol.ts';
+import type { AppendResult, HubStore } from './store.ts';
+
+/** How often the hub republishes each tenant's head, so a device that missed a message finds out. */
+const HEAD_INTERVAL_MS = 5000;
+
+export interface HubSyncOptions {
+  url: string;
+  prefix: string;
+  /** Broker credentials of the hub. */
+  username?: string;
+  password?: string;
+  logger: Logger;
+}
+
+/**
+ * The hub on the broker: it sequences the changes devices submit (store.append), publishes each
+ * sequenced change on the tenant's log, answers a device's fetch with the range it asks for, and
+ * republishes each tenant's head (retained). Publishing is best effort: the log in PostgreSQL is
+ * the truth, and a device that misses a message sees the gap in the head and fetches it, so a hub
+ * that dies between its commit and its publish loses nothing.
+ */
+export class HubSync {
+  readonly #timer: NodeJS.Timeout;
+
+  private constructor(
+    private readonly client: MqttClient,
+    private readonly store: HubStore,
+    private readonly options: HubSyncOptions,
+  ) {
+    this.#timer = setInterval(() => void this.publishHeads(), HEAD_INTERVAL_MS);
+    this.#timer.unref();
+  }
+
+  static async start(store: HubStore, options: HubSyncOptions): Promise<HubSync> {
+    const clientOptions = syncClientOptions('authface-hub', options);
+    const client = await mqtt.connectAsync(options.url, clientOptions);
+    const hub = new HubSync(client, store, options);
+    const subscribe = async () => {
+      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`], { qos: 1 });
+      await hub.publishHeads();
+    };
+    client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));
+    client.on('message', (topic, payload) => void hub.#message(topic, payload).catch((err: Error) => options.logger.error({ topic, problem: err.message }, 'hub: message failed')));
+    await subscribe();
+    options.logger.info({ url: options.url.replace(/\/\/[^@/]*@/, '//') }, 'hub connected to the broker');
+    return hub;
+  }
+
+  /** Sequences a change made at the hub itself (its API, an admin) and publishes it. */
+  async submit(tenantId: string, body: ChangeBody, origin = 'hub'): Promise<AppendResult> {
+    const result = await this.store.append(tenantId, body, { origin });
+    if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
+    return result;
+  }
+
+  /** Publishes every tenant's head (retained). */
+  async publishHeads(): Promise<void> {
+    const heads = await this.store.pool.query<{ tenant_id: string; seq: string }>('SELECT tenant_id, next_seq - 1 AS seq FROM hub_tenants');
+    for (const h of heads.rows) {
+      await this.client.publishAsync(syncTopics(this.options.prefix, h.tenant_id).head, JSON.stringify({ tenant_id: h.tenant_id, seq: Number(h.seq) }), { qos: 1, retain: true });
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.client.endAsync();
+  }
+
+  async #message(topic: string, payload: Buffer): Promise<void> {
+    const [, , tenantId, kind] = topic.split('/').slice(-4);
+    const topics = syncTopics(this.options.prefix, tenantId);
+    if (topic === topics.submit) {
+      const msg = parseMessage(submissionSchema, payload);
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
+      const { device_id, change_id, body } = msg.value;
+      const result = await this.store.append(tenantId, body, { origin: device_id, changeId: change_id });
+      const ack =
+        result.status === 'sequenced'
+          ? { type: 'ack', change_id, status: 'sequenced', seq: result.change.seq, reason: null }
+          : { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason };
+      if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
+      await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
+      if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
+    } else if (topic === topics.fetch && kind === 'fetch') {
+      const msg = parseMessage(fetchRequestSchema, payload);
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
+      const changes = await this.store.changesAfter(tenantId, msg.value.after, Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH));
+      const head = await this.store.headSeq(tenantId);
+      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes }), { qos: 1 });
+    }
+  }
+
+  async #publishChange(tenantId: string, result: Extract<AppendResult, { status: 'sequenced' }>): Promise<void> {
+    const topics = syncTopics(this.options.prefix, tenantId);
+    await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: [result.change] }), { qos: 1 });
+    await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq: result.change.seq }), { qos: 1, retain: true });
+  }
+}

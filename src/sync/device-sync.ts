@@ -1,0 +1,175 @@
+import crypto from 'node:crypto';
+import mqtt, { type MqttClient } from 'mqtt';
+import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { EventBus } from '../core/events.ts';
+import type { Logger } from '../core/logger.ts';
+import type { Store } from '../store/index.ts';
+import { syncClientOptions } from './client-options.ts';
+import { sealTemplate } from './envelope.ts';
+import {
+  type ChangeBody,
+  MAX_CHANGES_PER_BATCH,
+  changeBatchSchema,
+  headSchema,
+  parseMessage,
+  replySchema,
+  syncTopics,
+} from './protocol.ts';
+import { Replica } from './replica.ts';
+
+const FETCH_TIMEOUT_MS = 5000;
+
+export interface DeviceSyncOptions {
+  deviceId: string;
+  tenantId: string;
+  url: string;
+  prefix: string;
+  username?: string;
+  password?: string;
+  /** The tenant key this device holds (unwrapped with its key pair), and its version. */
+  tenantKey: Buffer;
+  keyVersion: number;
+  model: string;
+  logger: Logger;
+}
+
+/**
+ * A device in the fleet: it applies its tenant's log from the hub (sync/replica.ts) and sends the
+ * changes made here (enrolments, updates, deletions) to the hub to be sequenced. What it sends
+ * waits in a durable outbox (SQLite) until the hub acknowledges it, so an enrolment made while the
+ * hub is unreachable is sent on reconnect. Correctness never rests on the broker keeping
+ * messages: on every connection, on every head the hub announces, and on every gap, the device
+ * fetches what follows its cursor.
+ */
+export class DeviceSync {
+  readonly replica: Replica;
+  readonly #unsubscribe: () => void;
+  #fetching = false;
+
+  private constructor(
+    private readonly client: MqttClient,
+    private readonly store: Store,
+    private readonly options: DeviceSyncOptions,
+    index: GalleryIndex,
+    events: EventBus,
+  ) {
+    this.replica = new Replica(store, index, (tenantId, version) => (tenantId === options.tenantId && version === options.keyVersion ? options.tenantKey : undefined), options.model);
+    this.#unsubscribe = events.on('user.changed', (e) => {
+      if (e.tenantId === options.tenantId) this.#queue(e.externalUserId, e.change);
+    });
+  }
+
+  static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
+    const topics = syncTopics(options.prefix, options.tenantId);
+    const clientOptions = syncClientOptions(`authface-sync-${options.deviceId}`, options);
+    const client = mqtt.connect(options.url, clientOptions);
+    const sync = new DeviceSync(client, store, options, index, events);
+    client.on('connect', () => {
+      client
+        .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId)], { qos: 1 })
+        .then(() => {
+          sync.fetch();
+          sync.flush();
+        })
+        .catch((err: Error) => options.logger.error({ problem: err.message }, 'sync: cannot subscribe'));
+    });
+    client.on('message', (topic, payload) => {
+      try {
+        sync.#message(topic, payload);
+      } catch (err) {
+        options.logger.error({ topic, problem: (err as Error).message }, 'sync: a message could not be applied');
+      }
+    });
+    client.on('error', (err) => options.logger.warn({ problem: err.message }, 'sync: broker error'));
+    return sync;
+  }
+
+  get cursor(): number {
+    return this.replica.cursor(this.options.tenantId);
+  }
+
+  get connected(): boolean {
+    return this.client.connected;
+  }
+
+  /** Changes made here and not yet acknowledged by the hub. */
+  pending(): number {
+    return (this.store.db.prepare('SELECT COUNT(*) AS n FROM sync_outbox').get() as { n: number }).n;
+  }
+
+  /** Asks the hub for what follows the cursor (one fetch in flight at a time). */
+  fetch(): void {
+    if (this.#fetching || !this.client.connected) return;
+    this.#fetching = true;
+    // a reply lost on the way must not stop fetching for good
+    setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
+    const topics = syncTopics(this.options.prefix, this.options.tenantId);
+    this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH }), { qos: 1 });
+  }
+
+  /** Sends every change still waiting in the outbox (the hub sequences a change_id once). */
+  flush(): void {
+    if (!this.client.connected) return;
+    const topics = syncTopics(this.options.prefix, this.options.tenantId);
+    const rows = this.store.db.prepare('SELECT change_id, body FROM sync_outbox ORDER BY created_at, rowid').all() as { change_id: string; body: string }[];
+    for (const r of rows) {
+      this.client.publish(topics.submit, JSON.stringify({ device_id: this.options.deviceId, change_id: r.change_id, body: JSON.parse(r.body) }), { qos: 1 });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#unsubscribe();
+    await this.client.endAsync();
+  }
+
+  /** A change made at this device, sealed and queued for the hub. */
+  #queue(externalUserId: string, change: 'enrolled' | 'updated' | 'deleted'): void {
+    const { tenantId, keyVersion, model } = this.options;
+    let body: ChangeBody;
+    if (change === 'deleted') {
+      body = { kind: 'user.delete', external_user_id: externalUserId, version: this.store.users.tombstoneVersion(tenantId, externalUserId) ?? 1 };
+    } else {
+      const user = this.store.users.get(tenantId, externalUserId);
+      const embedding = user && this.store.users.activeEmbedding(user);
+      if (!user || !embedding) return;
+      const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId, version: user.version, model, keyVersion });
+      body = { kind: 'user.upsert', external_user_id: externalUserId, version: user.version, model, key_version: keyVersion, template };
+    }
+    this.store.db.prepare('INSERT INTO sync_outbox (change_id, body, created_at) VALUES (?, ?, ?)').run(crypto.randomUUID(), JSON.stringify(body), new Date().toISOString());
+    this.flush();
+  }
+
+  #message(topic: string, payload: Buffer): void {
+    const { tenantId, deviceId, logger } = this.options;
+    const topics = syncTopics(this.options.prefix, tenantId);
+    if (topic === topics.log) {
+      const msg = parseMessage(changeBatchSchema, payload);
+      if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
+      this.#apply(msg.value.changes);
+    } else if (topic === topics.head) {
+      const msg = parseMessage(headSchema, payload);
+      if (msg.ok && msg.value.seq > this.cursor) this.fetch();
+      // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
+      // what waits in the outbox goes now
+      if (msg.ok && this.pending() > 0) this.flush();
+    } else if (topic === topics.reply(deviceId)) {
+      const msg = parseMessage(replySchema, payload);
+      if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a reply was refused');
+      const reply = msg.value;
+      if (reply.type === 'ack') {
+        this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(reply.change_id);
+        if (reply.status === 'conflict') logger.warn({ reason: reply.reason }, 'sync: the hub refused a change made here as a conflict (an admin decides)');
+        return;
+      }
+      this.#fetching = false;
+      this.#apply(reply.changes);
+      if (reply.head > this.cursor) this.fetch();
+    }
+  }
+
+  #apply(changes: Parameters<Replica['apply']>[1]): void {
+    const result = this.replica.apply(this.options.tenantId, changes);
+    if (result.refused) this.options.logger.warn({ seq: result.refused.seq, reason: result.refused.reason }, 'sync: a change was refused and not applied');
+    else if (result.gap) this.fetch();
+  }
+}
