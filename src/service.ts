@@ -133,7 +133,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
     );
 
-    const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
+    const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, index, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
     if (device) stack.push(() => device.close());
 
     const app = createApp({

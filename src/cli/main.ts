@@ -16,6 +16,7 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
+import { hubServe, hubTenantAdd, hubWrapKey, syncKey } from './hub.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
@@ -231,6 +232,38 @@ evaluate
     const settings = loadSettings();
     await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });
+
+const hub = program.command('hub').description('the fleet hub: PostgreSQL and the broker shared with the devices (README, "A fleet")');
+const databaseUrl = () => new Option('--database-url <url>', 'the hub database (default AUTHFACE_HUB_DATABASE_URL)');
+hub
+  .command('serve')
+  .description('sequence the changes devices send, publish them, serve what a device missed')
+  .addOption(databaseUrl())
+  .option('--broker-url <url>', 'the broker the devices use (default AUTHFACE_HUB_BROKER_URL)')
+  .option('--prefix <level>', 'first topic level, as the devices\' mqtt.topic_prefix', 'authface')
+  .action(async (opts: { databaseUrl?: string; brokerUrl?: string; prefix: string }) => hubServe(loadSettings(), opts));
+const hubTenant = hub.command('tenant').description("the fleet's tenants");
+hubTenant
+  .command('add')
+  .description('add a tenant and make its key; prints {tenant_id} (the devices\' tenant_id)')
+  .requiredOption('--name <name>', 'display name')
+  .option('--id <uuid>', 'the tenant id (default: a new one)')
+  .addOption(databaseUrl())
+  .action(async (opts: { name: string; id?: string; databaseUrl?: string }) => print(await hubTenantAdd(loadSettings(), opts)));
+hub
+  .command('wrap-key')
+  .description("print the tenant key wrapped to one device's public key: save it as that device's sync.tenant_key_file")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--device <id>', 'device_id of the device')
+  .requiredOption('--public-key <key>', 'what `authface sync key` printed on the device')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }) => print(await hubWrapKey(loadSettings(), opts)));
+program
+  .command('sync')
+  .description('fleet sync on a device')
+  .command('key')
+  .description("print this device's public key (its key pair is made in the data directory on first use) for `authface hub wrap-key`")
+  .action(() => print(syncKey(loadSettings())));
 
 program
   .command('doctor')

@@ -17,6 +17,9 @@ export const INSTALL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.u
 const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
 const unitInterval = z.coerce.number().min(0).max(1);
+const masterKey = z
+  .string()
+  .regex(/^([0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/, { error: 'must be a 32-byte key written as 64 hex or 44 base64 characters (openssl rand -hex 32)' });
 
 export const settingsSpec = {
   PORT: { schema: port.default(8080), doc: 'TCP port of the HTTP API and the capture page.' },
@@ -33,10 +36,7 @@ export const settingsSpec = {
     doc: 'Directory of the SQLite database and the key files. Default: `data/` in the install directory, whatever the working directory, so the service and every CLI command use the same one.',
   },
   AUTHFACE_MASTER_KEY: {
-    schema: z
-      .string()
-      .regex(/^([0-9a-fA-F]{64}|[A-Za-z0-9+/]{43}=)$/, { error: 'must be a 32-byte key written as 64 hex or 44 base64 characters (openssl rand -hex 32)' })
-      .optional(),
+    schema: masterKey.optional(),
     doc: 'AES-256 key (64 hex characters or 44 base64 characters) that encrypts embeddings at rest. Without it a key file `master.key` (mode 0600) is created in the data directory on first start.',
   },
   AUTHFACE_SESSION_TTL_SECONDS: {
@@ -106,6 +106,18 @@ export const settingsSpec = {
   AUTHFACE_METRICS_TOKEN: {
     schema: z.string().min(24, { error: 'use at least 24 characters' }).optional(),
     doc: 'Bearer token for `/metrics`. Without it, `/metrics` answers this machine only (loopback, not relayed by a proxy).',
+  },
+  AUTHFACE_HUB_DATABASE_URL: {
+    schema: z.string().regex(/^postgres(ql)?:\/\//, { error: 'a postgres:// URL' }).optional(),
+    doc: 'The hub only (`authface hub …`): its PostgreSQL database, e.g. `postgres://authface@db/authface`.',
+  },
+  AUTHFACE_HUB_BROKER_URL: {
+    schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
+    doc: 'The hub only: the broker it shares with the devices (their `mqtt.url`).',
+  },
+  AUTHFACE_HUB_MASTER_KEY: {
+    schema: masterKey.optional(),
+    doc: "The hub only: AES-256 key (64 hex or 44 base64 characters) that seals the tenants' keys in the hub's database. Keep it out of the database's backups.",
   },
   LOG_LEVEL: {
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -162,6 +162,14 @@ export const deviceConfigSchema = z
       })
       .default({ max_failures: 5, window_seconds: 300, lockout_seconds: 300 })
       .describe('Rate limit of the PIN at `face+pin` doors (each door counts its own failures; every failure and lockout is audited).'),
+    sync: z
+      .strictObject({
+        tenant_key_file: z
+          .string()
+          .describe("The tenant key wrapped for this device: made at the hub with `authface hub wrap-key --tenant <tenant_id> --device <device_id> --public-key <key>`, where the key is what `authface sync key` prints here."),
+      })
+      .optional()
+      .describe('Fleet sync through a hub: enrolments, updates and deletions made at any door of the tenant reach every other (README, "A fleet"). Needs `mqtt.url`, the broker the hub uses, and `tenant_id`, the hub\'s tenant.'),
     kiosk: z
       .strictObject({
         door: id.optional().describe('Door of the kiosk screen (default: the first door).'),
@@ -184,6 +192,8 @@ export const deviceConfigSchema = z
         if (!c.groups[g]) ctx.addIssue({ code: 'custom', path: ['doors', i, 'allow', 'groups'], message: `group ${g} is not defined under groups` });
       }
     });
+    if (c.sync && !c.mqtt.url) ctx.addIssue({ code: 'custom', path: ['mqtt', 'url'], message: 'sync needs the broker the hub uses: set mqtt.url' });
+    if (c.sync && !c.tenant_id) ctx.addIssue({ code: 'custom', path: ['tenant_id'], message: "sync needs the hub's tenant id (authface hub tenant add prints it)" });
     if (c.remote_commands.enabled && !c.remote_commands.public_key) {
       ctx.addIssue({ code: 'custom', path: ['remote_commands', 'public_key'], message: 'remote commands are enabled: give the public key of the admin who signs them (authface command keygen)' });
     }

@@ -6,10 +6,14 @@ import { PinGate } from '../access/pin-gate.ts';
 import { RemoteCommands } from '../access/remote-commands.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
-import { MqttBridge, type MqttLink, unavailableLink } from '../mqtt/bridge.ts';
+import { MqttBridge, type MqttLink, brokerOptions, unavailableLink } from '../mqtt/bridge.ts';
 import { EmbeddedBroker } from '../mqtt/broker.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { Store } from '../store/index.ts';
+import { DeviceSync } from '../sync/device-sync.ts';
+import { loadTenantKey } from '../sync/device-key.ts';
+import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
 
 export interface Device {
@@ -21,6 +25,8 @@ export interface Device {
   commands: RemoteCommands;
   broker: EmbeddedBroker | null;
   mqtt: MqttBridge | null;
+  /** Fleet sync through the hub (the device file's `sync`), or null. */
+  sync: DeviceSync | null;
   /** The broker link as it is now (connected, retrying, or why it is unavailable). */
   mqttLink(): MqttLink;
   close(): Promise<void>;
@@ -33,8 +39,12 @@ export interface Device {
  */
 export async function startDevice(
   config: DeviceConfig,
-  deps: { hardware: DoorHardware; store: Store; sessions: SessionService; events: EventBus; logger: Logger; publicUrl: string; version: string },
+  deps: { hardware: DoorHardware; store: Store; index: GalleryIndex; sessions: SessionService; events: EventBus; logger: Logger; publicUrl: string; version: string },
 ): Promise<Device> {
+  // a fleet device takes its tenant from the hub: the first start makes it here, with the hub's id
+  if (config.sync && config.tenant_id && !deps.store.tenants.get(config.tenant_id)) {
+    deps.store.tenants.create({ id: config.tenant_id, name: 'fleet', allowedOrigins: [], livenessMode: 'active' });
+  }
   const tenant = config.tenant_id ? deps.store.tenants.get(config.tenant_id) : deps.store.tenants.byName('default');
   if (!tenant) {
     throw new DeviceConfigError(
@@ -49,6 +59,8 @@ export async function startDevice(
   const kioskSecret = KioskSecret.load(deps.store.dataDir);
   const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
+  // the fleet's tenant key is opened first: a missing or foreign key file stops the start here
+  const fleetKey = config.sync ? loadTenantKey(config.sync.tenant_key_file, deps.store.dataDir, { tenantId: tenant.id, deviceId: config.device_id }) : null;
   let broker: EmbeddedBroker | null = null;
   let mqtt: MqttBridge | null = null;
   let link: MqttLink | null = null;
@@ -78,7 +90,22 @@ export async function startDevice(
     await broker?.close();
     broker = null;
   }
-  deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id, remote_commands: commands.enabled }, 'device ready');
+  let sync: DeviceSync | null = null;
+  if (config.sync && url && fleetKey) {
+    const { key, keyVersion } = fleetKey;
+    sync = DeviceSync.start(deps.store, deps.index, deps.events, {
+      deviceId: config.device_id,
+      tenantId: tenant.id,
+      url,
+      prefix: config.mqtt.topic_prefix,
+      broker: brokerOptions(config.mqtt),
+      tenantKey: key,
+      keyVersion,
+      model: EMBEDDING_MODEL,
+      logger: deps.logger,
+    });
+  }
+  deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id, remote_commands: commands.enabled, sync: sync !== null }, 'device ready');
   return {
     config,
     access,
@@ -88,7 +115,9 @@ export async function startDevice(
     broker,
     mqtt,
     mqttLink: () => mqtt?.link ?? (link as MqttLink),
+    sync,
     async close() {
+      await sync?.close().catch(() => undefined);
       await mqtt?.close().catch(() => undefined);
       await broker?.close();
       access.close();

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
+import { OperatorError } from '../errors.ts';
 import type { Change, ChangeBody } from '../sync/protocol.ts';
 
 /**
@@ -52,7 +53,18 @@ const MIGRATIONS = [
      resolved_at       timestamptz,
      PRIMARY KEY (tenant_id, change_id)
    );`,
+  // each tenant's key, sealed with the hub's master key (the hub wraps it for each device)
+  `CREATE TABLE hub_tenant_keys (
+     tenant_id    uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     key_version  integer NOT NULL,
+     nonce        bytea NOT NULL,
+     sealed       bytea NOT NULL,
+     created_at   timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (tenant_id, key_version)
+   );`,
 ];
+
+export class HubError extends OperatorError {}
 
 export type AppendResult = { status: 'sequenced'; change: Change } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
 
@@ -60,8 +72,12 @@ export class HubStore {
   private constructor(readonly pool: pg.Pool) {}
 
   /** Connects and brings the schema up to date (each migration in its own transaction, once). */
-  static async open(databaseUrl: string): Promise<HubStore> {
-    const store = new HubStore(new pg.Pool({ connectionString: databaseUrl, max: 10 }));
+  static async open(databaseUrl: string, onIdleError: (err: Error) => void = () => undefined): Promise<HubStore> {
+    const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
+    // an idle connection that the server drops (a restart, a failover) must not end the hub: the
+    // pool replaces it on the next query
+    pool.on('error', onIdleError);
+    const store = new HubStore(pool);
     try {
       await store.#migrate();
     } catch (err) {
@@ -77,6 +93,39 @@ export class HubStore {
 
   async createTenant(tenantId: string, name: string): Promise<void> {
     await this.pool.query('INSERT INTO hub_tenants (tenant_id, name) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING', [tenantId, name]);
+  }
+
+  /**
+   * The tenant's current key (made on first use), opened with the hub's master key. It is stored
+   * sealed: AES-256-GCM under the master key, bound to tenant and key version.
+   */
+  async tenantKey(tenantId: string, masterKey: Buffer): Promise<{ key: Buffer; keyVersion: number }> {
+    const aad = (version: number) => Buffer.from(JSON.stringify(['authface:hub-tenant-key:v1', tenantId, version]));
+    return this.#transaction(async (db) => {
+      await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+      const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
+        'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
+        [tenantId],
+      );
+      if (row.rows[0]) {
+        const { key_version, nonce, sealed } = row.rows[0];
+        const decipher = crypto.createDecipheriv('aes-256-gcm', masterKey, nonce);
+        decipher.setAAD(aad(key_version));
+        decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+        try {
+          return { key: Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - 16)), decipher.final()]), keyVersion: key_version };
+        } catch {
+          throw new HubError(`the hub master key does not open the key of tenant ${tenantId}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
+        }
+      }
+      const key = crypto.randomBytes(32);
+      const nonce = crypto.randomBytes(12);
+      const cipher = crypto.createCipheriv('aes-256-gcm', masterKey, nonce);
+      cipher.setAAD(aad(1));
+      const sealed = Buffer.concat([cipher.update(key), cipher.final(), cipher.getAuthTag()]);
+      await db.query('INSERT INTO hub_tenant_keys (tenant_id, key_version, nonce, sealed) VALUES ($1, 1, $2, $3)', [tenantId, nonce, sealed]);
+      return { key, keyVersion: 1 };
+    });
   }
 
   /**

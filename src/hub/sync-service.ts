@@ -43,7 +43,7 @@ export class HubSync {
   }
 
   static async start(store: HubStore, options: HubSyncOptions): Promise<HubSync> {
-    const clientOptions = syncClientOptions('authface-hub', options);
+    const clientOptions = syncClientOptions('authface-hub', { username: options.username, password: options.password });
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
     const subscribe = async () => {

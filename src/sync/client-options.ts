@@ -6,11 +6,10 @@ import type { IClientOptions } from 'mqtt';
  * readable prefix (a predictable id would let another client throw this one off), a clean
  * session (nothing relies on the broker keeping messages: the log is fetched by sequence).
  */
-export function syncClientOptions(clientIdPrefix: string, credentials: { username?: string; password?: string }): IClientOptions {
+export function syncClientOptions(clientIdPrefix: string, broker: IClientOptions): IClientOptions {
   return {
+    ...broker,
     clientId: `${clientIdPrefix}-${crypto.randomBytes(6).toString('hex')}`,
-    username: credentials.username,
-    password: credentials.password,
     protocolVersion: 5,
     clean: true,
     reconnectPeriod: 1000,

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
@@ -24,8 +24,8 @@ export interface DeviceSyncOptions {
   tenantId: string;
   url: string;
   prefix: string;
-  username?: string;
-  password?: string;
+  /** Credentials and TLS of the broker (the device's mqtt section). */
+  broker?: IClientOptions;
   /** The tenant key this device holds (unwrapped with its key pair), and its version. */
   tenantKey: Buffer;
   keyVersion: number;
@@ -61,7 +61,7 @@ export class DeviceSync {
 
   static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
-    const clientOptions = syncClientOptions(`authface-sync-${options.deviceId}`, options);
+    const clientOptions = syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {});
     const client = mqtt.connect(options.url, clientOptions);
     const sync = new DeviceSync(client, store, options, index, events);
     client.on('connect', () => {

@@ -34,6 +34,13 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       const c = new pg.Client({ connectionString: ADMIN_URL });
       await c.connect();
       try {
+        // a pool that was just ended leaves its backends for a moment: wait for them to go, so
+        // FORCE (for what a failed test left open) never kills a connection that is closing
+        for (let i = 0; i < 100; i++) {
+          const open = await c.query('SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = $1', [name]);
+          if (open.rows[0].n === 0) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
         await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       } finally {
         await c.end();

@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { ROOT } from './support/datasets.ts';
+import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
+import { Client } from './support/client.ts';
+import { testBroker } from './support/mqtt.ts';
+import { type Photos, photos, thrice } from './support/photos.ts';
+import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+
+/**
+ * The fleet as an operator sets it up, with the CLI: `authface hub tenant add`, `authface sync key`
+ * on each device, `authface hub wrap-key` for each, then `authface hub serve` and two
+ * `authface serve` processes. An enrolment at one door is identified at the other.
+ */
+describe('fleet as processes: authface hub serve and two authface serve doors', function () {
+  this.timeout(240_000);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-fleet-'));
+  const prefix = `authface-fleetp-${process.pid}`;
+  const hubEnv = { AUTHFACE_HUB_MASTER_KEY: crypto.randomBytes(32).toString('hex') };
+  let db: TestDatabase;
+  let hub: ChildProcess | undefined;
+  let img: Photos;
+  const doors: { child: ChildProcess; api: Client }[] = [];
+
+  before(async function () {
+    img = await photos();
+    const brokerUrl = (await testBroker()).url;
+    db = await createTestDatabase();
+    const { tenant_id: tenantId } = JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string };
+    hub = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', db.url, '--broker-url', brokerUrl, '--prefix', prefix], { cwd: ROOT, env: { ...process.env, ...hubEnv, LOG_LEVEL: 'info' } });
+    servedChildren.add(hub);
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const seen = (d: Buffer) => {
+        out += d;
+        if (out.includes('hub ready')) resolve();
+      };
+      hub?.stdout?.on('data', seen);
+      hub?.stderr?.on('data', seen);
+      hub?.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
+    });
+    for (const name of ['front', 'back']) {
+      const dataDir = path.join(dir, name);
+      const env = { AUTHFACE_DATA_DIR: dataDir };
+      const { device_public_key } = JSON.parse((await authface(['sync', 'key'], env)).stdout) as { device_public_key: string };
+      const wrapped = (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', name, '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout;
+      assert.equal(fs.statSync(path.join(dataDir, 'device.key')).mode & 0o777, 0o600);
+      fs.writeFileSync(path.join(dir, `${name}-tenant-key.json`), wrapped);
+      fs.writeFileSync(
+        path.join(dir, `${name}.yaml`),
+        stringify({
+          device_id: name,
+          tenant_id: tenantId,
+          liveness: 'passive',
+          doors: [{ id: 'main', relay: { driver: 'simulated' } }],
+          mqtt: { url: brokerUrl, topic_prefix: prefix },
+          sync: { tenant_key_file: path.join(dir, `${name}-tenant-key.json`) },
+        }),
+      );
+      const served = await serve({ ...env, AUTHFACE_DEVICE_CONFIG: path.join(dir, `${name}.yaml`) });
+      // the integrator's key for the fleet tenant on this door
+      const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
+      await authface(['tenant', 'update', '--tenant', tenantId, '--allowed-origin', 'https://app.example.com', '--liveness', 'passive'], env);
+      doors.push({ child: served.child, api: new Client(served.url, api_key) });
+    }
+  });
+  after(async function () {
+    for (const d of doors) await stop(d.child);
+    if (hub) await stop(hub);
+    await db?.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('enrol at the front door, identified at the back door; deleted at the back door, no longer at the front', async function () {
+    const enrolled = (await doors[0].api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result;
+    assert.equal(enrolled.status, 'success', JSON.stringify(enrolled));
+    let result: Record<string, unknown> = {};
+    for (let i = 0; i < 40; i++) {
+      result = (await doors[1].api.run('identify', thrice(img.personA[1]))).result;
+      if (result.status === 'success') break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.deepEqual([result.status, result.external_user_id], ['success', 'alice']);
+    assert.equal((await doors[1].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
+    let gone = false;
+    for (let i = 0; i < 40 && !gone; i++) {
+      gone = (await doors[0].api.post('/biometry/v1/get-user', { external_user_id: 'alice' })).status === 404;
+      if (!gone) await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.ok(gone, 'the deletion reached the front door');
+  });
+});
