@@ -1,11 +1,15 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { EMBEDDING_MODEL } from '../src/biometrics/embedding.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { HubSync } from '../src/hub/sync-service.ts';
-import { DeviceSync } from '../src/sync/device-sync.ts';
-import { newTenantKey, sealTemplate } from '../src/sync/envelope.ts';
+import type { DeviceSync } from '../src/sync/device-sync.ts';
+import { loadDeviceKey } from '../src/sync/device-key.ts';
+import { newTenantKey, sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { Client } from './support/client.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
@@ -28,13 +32,47 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
   let hub: HubSync | undefined;
   let url: string;
   let img: Photos;
-  const doors: { device: TestDevice; sync: DeviceSync; api: Client }[] = [];
+  const doors: { device: TestDevice; api: Client }[] = [];
+  const keysDir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-fleet-keys-'));
 
-  const startSync = (device: TestDevice, deviceId: string) =>
-    DeviceSync.start(device.svc.service.store, device.svc.service.index, device.svc.service.events, { deviceId, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
-  const startHub = () => HubSync.start(hubStore, { url, prefix, logger });
   const knows = (door: number, id: string) => doors[door].device.svc.service.store.users.get(tenantId, id) !== undefined;
   const identify = async (door: number, photo: Buffer) => (await doors[door].api.run('identify', thrice(photo))).result;
+  const syncOf = (door: number) => doors[door].device.svc.service.device?.sync as DeviceSync;
+  const startHub = () => HubSync.start(hubStore, { url, prefix, logger });
+
+  /** A fleet door as its device file sets it up: sync with the tenant key wrapped for its own key pair. */
+  async function startDoor(name: string): Promise<TestDevice> {
+    const keyFile = path.join(keysDir, `${name}.json`);
+    return startTestDevice(
+      {
+        device_id: `${name}-${process.pid}`,
+        tenant_id: tenantId,
+        liveness: 'passive',
+        kiosk: { cooldown_seconds: 0 },
+        doors: [{ id: 'main', relay: { driver: 'simulated' } }],
+        mqtt: { url, topic_prefix: prefix },
+        sync: { tenant_key_file: keyFile },
+      },
+      {},
+      {
+        tenantId,
+        prepare: (dataDir) =>
+          fs.writeFileSync(keyFile, JSON.stringify(wrapTenantKey(tenantKey, loadDeviceKey(dataDir).publicKey, { tenantId, deviceId: `${name}-${process.pid}`, keyVersion: 1 }))),
+      },
+    );
+  }
+
+  /** Someone at a door's kiosk: the door's own identify session with three frames of `photo`. */
+  async function atDoor(door: number, photo: Buffer): Promise<{ status: string; externalUserId: string | null }> {
+    const device = doors[door].device;
+    const { token, clientState } = await device.svc.service.device!.kiosk.startIdentify('main');
+    const capture = new Client(device.svc.url, '').capture(token);
+    await capture.session();
+    for (let i = 0; i < 3; i++) await capture.frame(photo);
+    await capture.complete();
+    const session = device.svc.service.store.sessions.byClientState(tenantId, clientState);
+    return { status: session?.status ?? 'missing', externalUserId: session?.resultUserId ?? null };
+  }
 
   before(async function () {
     img = await photos();
@@ -44,20 +82,14 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     await hubStore.createTenant(tenantId, 'acme');
     hub = await startHub();
     for (const name of ['front', 'back']) {
-      const device = await startTestDevice(
-        { device_id: `${name}-${process.pid}`, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { embedded: { host: '127.0.0.1', port: 0 } } },
-        {},
-        { tenantId },
-      );
-      doors.push({ device, sync: startSync(device, name), api: new Client(device.svc.url, device.apiKey) });
+      const device = await startDoor(name);
+      doors.push({ device, api: new Client(device.svc.url, device.apiKey) });
     }
-    await until(() => doors.every((d) => d.sync.connected), 10_000, 'both doors on the broker');
+    await until(() => doors.every((_, i) => syncOf(i).connected), 10_000, 'both doors on the broker');
   });
   after(async function () {
-    for (const d of doors) {
-      await d.sync.close().catch(() => undefined);
-      await d.device.close();
-    }
+    for (const d of doors) await d.device.close();
+    fs.rmSync(keysDir, { recursive: true, force: true });
     await hub?.close();
     // leave no retained head behind on the shared broker
     const mqtt = await import('mqtt');
@@ -76,13 +108,13 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     const result = await identify(1, img.personA[1]);
     assert.deepEqual([result.status, result.external_user_id], ['success', 'alice']);
     assert.equal(await hubStore.headSeq(tenantId), 1);
-    assert.deepEqual([doors[0].sync.cursor, doors[1].sync.cursor], [1, 1]);
+    assert.deepEqual([syncOf(0).cursor, syncOf(1).cursor], [1, 1]);
   });
 
   it('an update at the back door gives the front door the new template', async function () {
     assert.equal((await doors[1].api.run('update_embedding', thrice(img.personA[2]), { externalUserId: 'alice' })).result.status, 'success');
     await until(() => doors[0].device.svc.service.store.users.get(tenantId, 'alice')?.version === 2, 10_000, 'version 2 at the front door');
-    assert.equal(doors[0].sync.pending() + doors[1].sync.pending(), 0, 'every change acknowledged');
+    assert.equal(syncOf(0).pending() + syncOf(1).pending(), 0, 'every change acknowledged');
   });
 
   it('a deletion at the front door: gone at the back door and at the hub', async function () {
@@ -94,33 +126,45 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal((await identify(1, img.personA[1])).status, 'fail');
   });
 
-  it('a door that was offline catches up on reconnect: enrolments and deletions it missed', async function () {
-    await doors[1].sync.close();
-    assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
+  it('a door that was offline catches up on reconnect, and applies a deletion it missed before its first decision', async function () {
     assert.equal((await doors[0].api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result.status, 'success');
+    await until(() => knows(1, 'alice'), 10_000, 'alice at the back door');
+    await doors[1].device.svc.close(); // the back door goes offline
+    assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
     assert.equal((await doors[0].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
     for (let i = 0; (await hubStore.headSeq(tenantId)) < 6; i++) {
       assert.ok(i < 200, 'the hub sequencing the changes');
       await new Promise((r) => setTimeout(r, 50));
     }
-    assert.equal(knows(1, 'bob'), false);
-    doors[1].sync = startSync(doors[1].device, 'back');
-    await until(() => doors[1].sync.cursor === 6, 10_000, 'the back door catching up');
+    // the back door comes back while the hub is slow to answer (here: down for a moment), and
+    // alice walks up at once. Her template is still in the door's own copy; her deletion comes
+    // only with the catch-up: the door must not decide before it
+    await hub?.close();
+    await doors[1].device.restart();
+    doors[1].api = new Client(doors[1].device.svc.url, doors[1].device.apiKey);
+    await until(() => syncOf(1).connected, 10_000, 'the back door on the broker');
+    assert.equal(knows(1, 'alice'), true, 'the door came back with its old copy');
+    const first = atDoor(1, img.personA[1]);
+    await new Promise((r) => setTimeout(r, 500));
+    hub = await startHub();
+    assert.deepEqual(await first, { status: 'fail', externalUserId: null }, 'the deletion was applied before the first decision');
+    assert.equal(syncOf(1).cursor, 6);
     assert.deepEqual([knows(1, 'bob'), knows(1, 'alice')], [true, false]);
+    assert.equal((await atDoor(1, img.personB)).externalUserId, 'bob');
   });
 
   it('a door enrols while the hub is down; the change waits in its outbox and reaches the other door when the hub is back', async function () {
     await hub?.close();
     hub = undefined;
     assert.equal((await doors[1].api.run('enroll', thrice(img.personC), { externalUserId: 'carol' })).result.status, 'success');
-    assert.equal(doors[1].sync.pending(), 1);
+    assert.equal(syncOf(1).pending(), 1);
     hub = await startHub(); // it announces its head on start: the door sends what waited
     await until(() => knows(0, 'carol'), 10_000, 'carol at the front door');
-    await until(() => doors[1].sync.pending() === 0, 5000, 'the outbox emptied by the ack');
+    await until(() => syncOf(1).pending() === 0, 5000, 'the outbox emptied by the ack');
   });
 
   it('refuses a tampered envelope and one sealed with another tenant’s key; the cursor stays', async function () {
-    const before = doors[0].sync.cursor;
+    const before = syncOf(0).cursor;
     const mqtt = await import('mqtt');
     const c = await mqtt.default.connectAsync(url, { reconnectPeriod: 0 });
     try {
@@ -153,6 +197,6 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
       await c.endAsync();
     }
     assert.equal(knows(0, 'mallory'), false);
-    assert.equal(doors[0].sync.cursor, before);
+    assert.equal(syncOf(0).cursor, before);
   });
 });

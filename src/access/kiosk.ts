@@ -21,6 +21,8 @@ export class KioskService {
     private readonly events: EventBus,
     private readonly publicUrl: string,
     private readonly pins: PinGate,
+    /** Resolves when the door may decide: a fleet door first applies what it missed while offline. */
+    private readonly readyToDecide: () => Promise<unknown> = () => Promise.resolve(),
   ) {}
 
   door(doorId: string): DoorConfig {
@@ -39,6 +41,7 @@ export class KioskService {
   async startIdentify(doorId: string, pin?: string): Promise<{ token: string; clientState: string; liveness: 'active' | 'passive'; factor: Factor }> {
     const door = this.door(doorId);
     const liveness = doorLiveness(this.config, door);
+    await this.readyToDecide();
     let candidates: string[] | undefined;
     if (door.factor === 'face+pin') {
       if (pin === undefined) throw new ServiceError('invalid_request', 'pin_required', 'this door asks for a PIN with the face');

@@ -16,6 +16,9 @@ import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
 
+/** How long a fleet door that has just (re)connected waits to catch up before a decision. */
+const CATCH_UP_WAIT_MS = 3000;
+
 export interface Device {
   config: DeviceConfig;
   access: AccessController;
@@ -55,7 +58,10 @@ export async function startDevice(
   }
   const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
   const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
-  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins);
+  let sync: DeviceSync | null = null;
+  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins, async () => {
+    if (sync && !(await sync.whenCaughtUp(CATCH_UP_WAIT_MS))) deps.logger.warn({ wait_ms: CATCH_UP_WAIT_MS }, 'sync: the hub did not answer in time; the door decides on its own copy');
+  });
   const kioskSecret = KioskSecret.load(deps.store.dataDir);
   const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
@@ -90,7 +96,6 @@ export async function startDevice(
     await broker?.close();
     broker = null;
   }
-  let sync: DeviceSync | null = null;
   if (config.sync && url && fleetKey) {
     const { key, keyVersion } = fleetKey;
     sync = DeviceSync.start(deps.store, deps.index, deps.events, {

@@ -45,6 +45,9 @@ export class DeviceSync {
   readonly replica: Replica;
   readonly #unsubscribe: () => void;
   #fetching = false;
+  /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
+  #caughtUp = false;
+  #waiting: (() => void)[] = [];
 
   private constructor(
     private readonly client: MqttClient,
@@ -65,6 +68,7 @@ export class DeviceSync {
     const client = mqtt.connect(options.url, clientOptions);
     const sync = new DeviceSync(client, store, options, index, events);
     client.on('connect', () => {
+      sync.#caughtUp = false;
       client
         .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId)], { qos: 1 })
         .then(() => {
@@ -97,9 +101,12 @@ export class DeviceSync {
     return (this.store.db.prepare('SELECT COUNT(*) AS n FROM sync_outbox').get() as { n: number }).n;
   }
 
-  /** Asks the hub for what follows the cursor (one fetch in flight at a time). */
-  fetch(): void {
-    if (this.#fetching || !this.client.connected) return;
+  /**
+   * Asks the hub for what follows the cursor: one fetch in flight at a time, unless `now` (the hub
+   * has just shown its head: an earlier fetch may have gone to a hub that was down).
+   */
+  fetch(now = false): void {
+    if ((this.#fetching && !now) || !this.client.connected) return;
     this.#fetching = true;
     // a reply lost on the way must not stop fetching for good
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
@@ -117,7 +124,31 @@ export class DeviceSync {
     }
   }
 
+  /**
+   * Resolves once this device has applied everything the hub had when the device (re)connected,
+   * so a person deleted while the door was offline is gone before its first decision. A door that
+   * cannot reach the broker does not wait (it works on its own copy); one that is connected waits
+   * at most `ms`, then decides anyway (false).
+   */
+  whenCaughtUp(ms: number): Promise<boolean> {
+    if (this.#caughtUp || !this.client.connected) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), ms);
+      timer.unref();
+      this.#waiting.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
+  #markCaughtUp(): void {
+    this.#caughtUp = true;
+    for (const wake of this.#waiting.splice(0)) wake();
+  }
+
   async close(): Promise<void> {
+    this.#markCaughtUp(); // nobody waits on a closed link
     this.#unsubscribe();
     await this.client.endAsync();
   }
@@ -148,7 +179,7 @@ export class DeviceSync {
       this.#apply(msg.value.changes);
     } else if (topic === topics.head) {
       const msg = parseMessage(headSchema, payload);
-      if (msg.ok && msg.value.seq > this.cursor) this.fetch();
+      if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
       if (msg.ok && this.pending() > 0) this.flush();
@@ -164,6 +195,7 @@ export class DeviceSync {
       this.#fetching = false;
       this.#apply(reply.changes);
       if (reply.head > this.cursor) this.fetch();
+      else this.#markCaughtUp();
     }
   }
 
