@@ -10,6 +10,8 @@ import { openStore, type Store } from '../src/store/index.ts';
 import { EnvelopeError, type TemplateBinding, generateDeviceKeyPair, newTenantKey, openTemplate, sealTemplate, unwrapTenantKey, wrapTenantKey } from '../src/sync/envelope.ts';
 import { type Change, type ChangeBody, changeBatchSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
+import { DeviceSync } from '../src/sync/device-sync.ts';
+import { createLogger } from '../src/core/logger.ts';
 import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
 
 const face = (seed: number) => normalize(Float32Array.from({ length: 128 }, (_, i) => Math.sin(seed * 12.9898 + i * 78.233)));
@@ -196,6 +198,32 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     assert.equal(replica.apply(tenantId, [foreign]).cursor, 2);
     assert.equal(store.users.get(tenantId, 'alice')?.needsReenrolment, true);
     assert.equal(index.of(tenantId).size, 0);
+  });
+
+  it('a change made here joins the outbox in its own transaction; a change from the hub never goes back', async function () {
+    // a sync client whose broker is unreachable: it keeps its outbox and sends nothing
+    const sync = DeviceSync.start(store, index, { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', tenantKey: key, keyVersion: 1, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    try {
+      assert.throws(() => store.db.transaction(() => {
+        store.users.enroll(tenantId, 'rolled-back', face(1));
+        throw new Error('the enrolment fails after its insert');
+      })());
+      assert.equal(sync.pending(), 0, 'a rolled back enrolment leaves nothing to send');
+      store.users.enroll(tenantId, 'carol', face(2));
+      assert.equal(sync.pending(), 1);
+      sync.replica.apply(tenantId, [change(upsert('dave', 1)), change({ kind: 'user.delete', external_user_id: 'carol', version: 2 })]);
+      assert.equal(sync.pending(), 1, 'replicated changes are not sent back');
+      store.users.enroll(tenantId, 'erin', face(3));
+      store.eraseUser(tenantId, 'erin', () => null);
+      const queued = store.db.prepare('SELECT external_user_id, kind, version FROM sync_outbox ORDER BY rowid').all();
+      assert.deepEqual(queued, [
+        { external_user_id: 'carol', kind: 'upsert', version: 1 },
+        { external_user_id: 'erin', kind: 'upsert', version: 1 },
+        { external_user_id: 'erin', kind: 'delete', version: 2 },
+      ]);
+    } finally {
+      await sync.close();
+    }
   });
 
   it('a failure while applying rolls back the data and the cursor together (never "in sync" with users missing)', function () {

@@ -134,7 +134,8 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   // fleet replication: the last change of each tenant's log applied here, moved in the same
   // transaction as the data it applied (sync/replica.ts)
   `CREATE TABLE sync_cursors (tenant_id TEXT PRIMARY KEY, applied_seq INTEGER NOT NULL, updated_at TEXT NOT NULL);
-   CREATE TABLE sync_outbox (change_id TEXT PRIMARY KEY, body TEXT NOT NULL, created_at TEXT NOT NULL);`,
+   CREATE TABLE sync_outbox (change_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL,
+                             kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete')), version INTEGER NOT NULL, created_at TEXT NOT NULL);`,
 ];
 
 /**

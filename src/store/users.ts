@@ -47,7 +47,21 @@ interface TemplateRow {
  * pseudonym. A template opens only for the tenant, user, version and model it was sealed for, so
  * a row edited in the database is refused, and its user is flagged for re-enrolment.
  */
+/** A change made here (not one replicated from the hub), reported inside its own transaction. */
+export interface LocalUserChange {
+  tenantId: string;
+  externalUserId: string;
+  kind: 'upsert' | 'delete';
+  version: number;
+}
+
 export class UserStore {
+  /**
+   * Called inside the transaction of every enrolment, template update and deletion made on this
+   * device, so that whatever must follow it (the fleet outbox) commits with it or not at all.
+   */
+  changeJournal: ((change: LocalUserChange) => void) | null = null;
+
   constructor(
     private readonly db: Db,
     private readonly cipher: EmbeddingCipher,
@@ -92,6 +106,7 @@ export class UserStore {
     if (this.get(tenantId, externalUserId)) throw new Error('user already enrolled');
     const user = this.#createOrRevive(tenantId, externalUserId, (tombVersion) => (tombVersion ?? 0) + 1, ts);
     this.insertTemplate(user, embedding, ts);
+    this.changeJournal?.({ tenantId, externalUserId, kind: 'upsert', version: user.version });
     return user;
   }
 
@@ -127,14 +142,6 @@ export class UserStore {
     return user;
   }
 
-  /** The version of the person's tombstone (their deletion), if they were deleted here. */
-  tombstoneVersion(tenantId: string, externalUserId: string): number | undefined {
-    const row = this.db
-      .prepare('SELECT version FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
-      .get(tenantId, this.cipher.pseudonym(tenantId, externalUserId), externalUserId) as { version: number } | undefined;
-    return row?.version;
-  }
-
   /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */
   flagReenrolment(tenantId: string, externalUserId: string, reason: ReenrolmentReason): void {
     this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
@@ -147,6 +154,7 @@ export class UserStore {
     this.db.prepare('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
     this.db.prepare('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(next.version, ts, user.id);
     this.insertTemplate(next, embedding, ts);
+    this.changeJournal?.({ tenantId: user.tenantId, externalUserId: user.externalUserId, kind: 'upsert', version: next.version });
     return next;
   }
 
@@ -164,6 +172,7 @@ export class UserStore {
     this.db
       .prepare('UPDATE users SET external_user_id = ?, version = version + 1, updated_at = ?, deleted_at = ?, reenrolment_reason = NULL WHERE id = ?')
       .run(pseudonym, ts, ts, user.id);
+    this.changeJournal?.({ tenantId, externalUserId, kind: 'delete', version: user.version + 1 });
     return pseudonym;
   }
 

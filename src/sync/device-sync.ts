@@ -1,7 +1,6 @@
 import crypto from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
-import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Store } from '../store/index.ts';
 import { syncClientOptions } from './client-options.ts';
@@ -36,14 +35,14 @@ export interface DeviceSyncOptions {
 /**
  * A device in the fleet: it applies its tenant's log from the hub (sync/replica.ts) and sends the
  * changes made here (enrolments, updates, deletions) to the hub to be sequenced. What it sends
- * waits in a durable outbox (SQLite) until the hub acknowledges it, so an enrolment made while the
- * hub is unreachable is sent on reconnect. Correctness never rests on the broker keeping
+ * waits in a durable outbox (SQLite), written in the transaction of the change itself, until the
+ * hub acknowledges it: an enrolment made while the hub is unreachable is sent on reconnect, and a
+ * crash right after a commit cannot lose one. Correctness never rests on the broker keeping
  * messages: on every connection, on every head the hub announces, and on every gap, the device
  * fetches what follows its cursor.
  */
 export class DeviceSync {
   readonly replica: Replica;
-  readonly #unsubscribe: () => void;
   #fetching = false;
   /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
   #caughtUp = false;
@@ -54,19 +53,23 @@ export class DeviceSync {
     private readonly store: Store,
     private readonly options: DeviceSyncOptions,
     index: GalleryIndex,
-    events: EventBus,
   ) {
     this.replica = new Replica(store, index, (tenantId, version) => (tenantId === options.tenantId && version === options.keyVersion ? options.tenantKey : undefined), options.model);
-    this.#unsubscribe = events.on('user.changed', (e) => {
-      if (e.tenantId === options.tenantId) this.#queue(e.externalUserId, e.change);
-    });
+    // what this device changes joins the outbox in the same transaction as the change itself
+    store.users.changeJournal = (c) => {
+      if (c.tenantId !== options.tenantId) return;
+      store.db
+        .prepare('INSERT INTO sync_outbox (change_id, tenant_id, external_user_id, kind, version, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(crypto.randomUUID(), c.tenantId, c.externalUserId, c.kind, c.version, new Date().toISOString());
+      queueMicrotask(() => this.flush());
+    };
   }
 
-  static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
+  static start(store: Store, index: GalleryIndex, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
     const clientOptions = syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {});
     const client = mqtt.connect(options.url, clientOptions);
-    const sync = new DeviceSync(client, store, options, index, events);
+    const sync = new DeviceSync(client, store, options, index);
     client.on('connect', () => {
       sync.#caughtUp = false;
       client
@@ -114,13 +117,33 @@ export class DeviceSync {
     this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH }), { qos: 1 });
   }
 
-  /** Sends every change still waiting in the outbox (the hub sequences a change_id once). */
+  /**
+   * Sends every change still waiting in the outbox (the hub sequences a change_id once). An
+   * upsert is sealed now, from the template this device holds; one that a later change of the
+   * same person has overtaken is dropped from the outbox, as that later change carries it.
+   */
   flush(): void {
     if (!this.client.connected) return;
-    const topics = syncTopics(this.options.prefix, this.options.tenantId);
-    const rows = this.store.db.prepare('SELECT change_id, body FROM sync_outbox ORDER BY created_at, rowid').all() as { change_id: string; body: string }[];
+    const { tenantId, keyVersion, model, deviceId } = this.options;
+    const topics = syncTopics(this.options.prefix, tenantId);
+    const rows = this.store.db
+      .prepare('SELECT change_id, external_user_id, kind, version FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid')
+      .all(tenantId) as { change_id: string; external_user_id: string; kind: 'upsert' | 'delete'; version: number }[];
     for (const r of rows) {
-      this.client.publish(topics.submit, JSON.stringify({ device_id: this.options.deviceId, change_id: r.change_id, body: JSON.parse(r.body) }), { qos: 1 });
+      let body: ChangeBody;
+      if (r.kind === 'delete') {
+        body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
+      } else {
+        const user = this.store.users.get(tenantId, r.external_user_id);
+        const embedding = user && user.version === r.version ? this.store.users.activeEmbedding(user) : undefined;
+        if (!embedding) {
+          this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(r.change_id);
+          continue;
+        }
+        const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId: r.external_user_id, version: r.version, model, keyVersion });
+        body = { kind: 'user.upsert', external_user_id: r.external_user_id, version: r.version, model, key_version: keyVersion, template };
+      }
+      this.client.publish(topics.submit, JSON.stringify({ device_id: deviceId, change_id: r.change_id, body }), { qos: 1 });
     }
   }
 
@@ -149,25 +172,8 @@ export class DeviceSync {
 
   async close(): Promise<void> {
     this.#markCaughtUp(); // nobody waits on a closed link
-    this.#unsubscribe();
+    this.store.users.changeJournal = null;
     await this.client.endAsync();
-  }
-
-  /** A change made at this device, sealed and queued for the hub. */
-  #queue(externalUserId: string, change: 'enrolled' | 'updated' | 'deleted'): void {
-    const { tenantId, keyVersion, model } = this.options;
-    let body: ChangeBody;
-    if (change === 'deleted') {
-      body = { kind: 'user.delete', external_user_id: externalUserId, version: this.store.users.tombstoneVersion(tenantId, externalUserId) ?? 1 };
-    } else {
-      const user = this.store.users.get(tenantId, externalUserId);
-      const embedding = user && this.store.users.activeEmbedding(user);
-      if (!user || !embedding) return;
-      const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId, version: user.version, model, keyVersion });
-      body = { kind: 'user.upsert', external_user_id: externalUserId, version: user.version, model, key_version: keyVersion, template };
-    }
-    this.store.db.prepare('INSERT INTO sync_outbox (change_id, body, created_at) VALUES (?, ?, ?)').run(crypto.randomUUID(), JSON.stringify(body), new Date().toISOString());
-    this.flush();
   }
 
   #message(topic: string, payload: Buffer): void {

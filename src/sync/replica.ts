@@ -41,7 +41,23 @@ export class Replica {
   apply(tenantId: string, changes: readonly Change[]): ApplyResult {
     const ordered = changes.filter((c) => c.tenant_id === tenantId).sort((a, b) => a.seq - b.seq);
     const after: (() => void)[] = [];
-    const result = this.store.db.transaction((): ApplyResult => {
+    // what comes from the hub is not a change made here: it must not go back to the hub
+    const journal = this.store.users.changeJournal;
+    this.store.users.changeJournal = null;
+    let result: ApplyResult;
+    try {
+      result = this.#applyAll(tenantId, ordered, after);
+    } finally {
+      this.store.users.changeJournal = journal;
+    }
+    for (const run of after) run();
+    // an erased person's id is still in the WAL's old page images until a checkpoint
+    if (ordered.some((c) => c.kind === 'user.delete') && result.applied > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
+    return result;
+  }
+
+  #applyAll(tenantId: string, ordered: readonly Change[], after: (() => void)[]): ApplyResult {
+    return this.store.db.transaction((): ApplyResult => {
       let cursor = this.cursor(tenantId);
       let applied = 0;
       let duplicates = 0;
@@ -58,10 +74,6 @@ export class Replica {
       }
       return { applied, duplicates, gap: null, refused: null, cursor: this.#moveTo(tenantId, cursor) };
     })();
-    for (const run of after) run();
-    // an erased person's id is still in the WAL's old page images until a checkpoint
-    if (ordered.some((c) => c.kind === 'user.delete') && result.applied > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    return result;
   }
 
   /** One change inside the batch's transaction; returns why it was refused, or null. */
