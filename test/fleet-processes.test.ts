@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { HubStore } from '../src/hub/store.ts';
 import { ROOT } from './support/datasets.ts';
 import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
@@ -70,7 +71,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors', 
     }
   });
   after(async function () {
-    for (const d of doors) await stop(d.child);
+    for (const d of doors) if (d.child.exitCode === null && d.child.signalCode === null) await stop(d.child);
     if (hub) await stop(hub);
     await db?.drop();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -93,5 +94,26 @@ describe('fleet as processes: authface hub serve and two authface serve doors', 
       if (!gone) await new Promise((r) => setTimeout(r, 250));
     }
     assert.ok(gone, 'the deletion reached the front door');
+  });
+
+  it('the hub sees both doors; a door killed with SIGKILL shows offline (its last will), the erasure stays complete', async function () {
+    const hubStore = await HubStore.open(db.url);
+    try {
+      const tenantId = (await hubStore.pool.query<{ tenant_id: string }>('SELECT tenant_id FROM hub_tenants')).rows[0].tenant_id;
+      const poll = async (check: () => Promise<boolean>, what: string) => {
+        for (let i = 0; !(await check()); i++) {
+          assert.ok(i < 200, what);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await poll(async () => (await hubStore.devices(tenantId)).filter((d) => d.state === 'online' && d.lag === 0).length === 2, 'both doors online and in step');
+      assert.equal((await hubStore.erasureStatus(tenantId, 'alice'))?.complete, true);
+      const exited = new Promise((r) => doors[0].child.once('exit', r));
+      doors[0].child.kill('SIGKILL');
+      await exited;
+      await poll(async () => (await hubStore.devices(tenantId)).find((d) => d.deviceId === 'front')?.state === 'offline', 'the front door offline');
+    } finally {
+      await hubStore.close();
+    }
   });
 });

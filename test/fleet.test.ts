@@ -62,6 +62,15 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     );
   }
 
+  /** Polls an async condition (the hub's database) until it holds. */
+  async function untilAsync(check: () => Promise<boolean>, what: string, ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!(await check())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   /** Someone at a door's kiosk: the door's own identify session with three frames of `photo`. */
   async function atDoor(door: number, photo: Buffer): Promise<{ status: string; externalUserId: string | null }> {
     const device = doors[door].device;
@@ -124,6 +133,9 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     const central = await hubStore.pool.query('SELECT deleted, template FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [tenantId, 'alice']);
     assert.deepEqual(central.rows[0], { deleted: true, template: null });
     assert.equal((await identify(1, img.personA[1])).status, 'fail');
+    // the hub shows the erasure complete once both doors report having applied it
+    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete at the hub');
+    assert.deepEqual(await hubStore.erasureStatus(tenantId, 'alice'), { seq: 3, applied: 2, devices: 2, complete: true });
   });
 
   it('a door that was offline catches up on reconnect, and applies a deletion it missed before its first decision', async function () {
@@ -132,10 +144,13 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     await doors[1].device.svc.close(); // the back door goes offline
     assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
     assert.equal((await doors[0].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
-    for (let i = 0; (await hubStore.headSeq(tenantId)) < 6; i++) {
-      assert.ok(i < 200, 'the hub sequencing the changes');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await untilAsync(async () => (await hubStore.headSeq(tenantId)) === 6, 'the hub sequencing the changes');
+    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.applied === 1, 'the front door reporting the deletion');
+    const pending = await hubStore.erasureStatus(tenantId, 'alice');
+    assert.deepEqual([pending?.applied, pending?.devices, pending?.complete], [1, 2, false], 'applied on 1 of 2 doors while the back door is offline');
+    const back = (await hubStore.devices(tenantId)).find((d) => d.deviceId.startsWith('back'));
+    assert.deepEqual([back?.state, back?.lag], ['offline', 3], 'the back door is offline (its last will) and 3 changes behind');
+    const bootBefore = back?.boot ?? 0;
     // the back door comes back while the hub is slow to answer (here: down for a moment), and
     // alice walks up at once. Her template is still in the door's own copy; her deletion comes
     // only with the catch-up: the door must not decide before it
@@ -151,6 +166,11 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal(syncOf(1).cursor, 6);
     assert.deepEqual([knows(1, 'bob'), knows(1, 'alice')], [true, false]);
     assert.equal((await atDoor(1, img.personB)).externalUserId, 'bob');
+    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete again');
+    await untilAsync(async () => (await hubStore.devices(tenantId)).every((d) => d.state === 'online' && d.lag === 0), 'both doors online and in step');
+    const devices = await hubStore.devices(tenantId);
+    assert.equal(devices.find((d) => d.deviceId.startsWith('back'))?.boot, bootBefore + 1, 'the boot counter counts the restart');
+    assert.ok(devices.every((d) => !d.diverged), 'the doors hold exactly the hub\'s user set');
   });
 
   it('a door enrols while the hub is down; the change waits in its outbox and reaches the other door when the hub is back', async function () {

@@ -107,6 +107,7 @@ export async function startDevice(
       tenantKey: key,
       keyVersion,
       model: EMBEDDING_MODEL,
+      softwareVersion: deps.version,
       logger: deps.logger,
     });
   }

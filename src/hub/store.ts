@@ -1,7 +1,8 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
-import type { Change, ChangeBody } from '../sync/protocol.ts';
+import { userSetDigest } from '../sync/digest.ts';
+import type { Change, ChangeBody, DeviceState } from '../sync/protocol.ts';
 
 /**
  * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
@@ -61,6 +62,21 @@ const MIGRATIONS = [
      sealed       bytea NOT NULL,
      created_at   timestamptz NOT NULL DEFAULT now(),
      PRIMARY KEY (tenant_id, key_version)
+   );`,
+  // the devices of each tenant as they last reported (their retained state)
+  `CREATE TABLE hub_devices (
+     tenant_id    uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     device_id    text NOT NULL,
+     state        text NOT NULL,
+     applied_seq  bigint NOT NULL DEFAULT 0,
+     digest       text,
+     users        integer,
+     model        text,
+     version      text,
+     boot         integer,
+     diverged     boolean NOT NULL DEFAULT false,
+     last_seen    timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (tenant_id, device_id)
    );`,
 ];
 
@@ -181,6 +197,58 @@ export class HubStore {
       }
       return { status: 'sequenced', change: toChange(inserted.rows[0]) };
     });
+  }
+
+  /**
+   * Records what a device reported. A device whose cursor is at the head but whose user set
+   * differs from the hub's has diverged: it is flagged for an admin (and for repair).
+   */
+  async recordDeviceState(state: DeviceState): Promise<{ diverged: boolean }> {
+    let diverged = false;
+    if (state.state === 'online' && state.digest !== undefined && state.applied_seq !== undefined && state.applied_seq === (await this.headSeq(state.tenant_id))) {
+      diverged = state.digest !== (await this.digest(state.tenant_id));
+    }
+    await this.pool.query(
+      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen)
+       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now())
+       ON CONFLICT (tenant_id, device_id) DO UPDATE SET state = excluded.state, last_seen = now(),
+         applied_seq = COALESCE($4, hub_devices.applied_seq), digest = COALESCE($5, hub_devices.digest), users = COALESCE($6, hub_devices.users),
+         model = COALESCE($7, hub_devices.model), version = COALESCE($8, hub_devices.version), boot = COALESCE($9, hub_devices.boot),
+         diverged = CASE WHEN $4::bigint IS NULL THEN hub_devices.diverged ELSE excluded.diverged END`,
+      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged],
+    );
+    return { diverged };
+  }
+
+  async devices(tenantId: string): Promise<{ deviceId: string; state: string; appliedSeq: number; lag: number; diverged: boolean; boot: number | null }[]> {
+    const head = await this.headSeq(tenantId);
+    const r = await this.pool.query<{ device_id: string; state: string; applied_seq: string; diverged: boolean; boot: number | null }>(
+      'SELECT device_id, state, applied_seq, diverged, boot FROM hub_devices WHERE tenant_id = $1 ORDER BY device_id',
+      [tenantId],
+    );
+    return r.rows.map((d) => ({ deviceId: d.device_id, state: d.state, appliedSeq: Number(d.applied_seq), lag: head - Number(d.applied_seq), diverged: d.diverged, boot: d.boot }));
+  }
+
+  /** Whether a person's deletion has reached every device of the tenant ("applied on 7 of 8"). */
+  async erasureStatus(tenantId: string, externalUserId: string): Promise<{ seq: number; applied: number; devices: number; complete: boolean } | null> {
+    const del = await this.pool.query<{ seq: string }>(
+      `SELECT seq FROM hub_changes WHERE tenant_id = $1 AND external_user_id = $2 AND kind = 'user.delete' ORDER BY seq DESC LIMIT 1`,
+      [tenantId, externalUserId],
+    );
+    if (!del.rows[0]) return null;
+    const seq = Number(del.rows[0].seq);
+    const counts = await this.pool.query<{ devices: number; applied: number }>(
+      'SELECT COUNT(*)::int AS devices, COUNT(*) FILTER (WHERE applied_seq >= $2)::int AS applied FROM hub_devices WHERE tenant_id = $1',
+      [tenantId, seq],
+    );
+    const { devices, applied } = counts.rows[0];
+    return { seq, applied, devices, complete: devices > 0 && applied === devices };
+  }
+
+  /** The digest of the tenant's live users at the hub (the devices compute the same). */
+  async digest(tenantId: string): Promise<string> {
+    const r = await this.pool.query<{ external_user_id: string; version: number }>('SELECT external_user_id, version FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
+    return userSetDigest(r.rows.map((u) => [u.external_user_id, u.version]));
   }
 
   /** The tenant's changes after `afterSeq`, in order (a device's backfill of a gap). */

@@ -4,6 +4,7 @@ import { syncClientOptions } from '../sync/client-options.ts';
 import {
   type ChangeBody,
   MAX_CHANGES_PER_BATCH,
+  deviceStateSchema,
   fetchRequestSchema,
   parseMessage,
   submissionSchema,
@@ -47,7 +48,7 @@ export class HubSync {
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
     const subscribe = async () => {
-      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`], { qos: 1 });
+      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`, `${options.prefix}/sync/+/state/+`], { qos: 1 });
       await hub.publishHeads();
     };
     client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));
@@ -78,8 +79,19 @@ export class HubSync {
   }
 
   async #message(topic: string, payload: Buffer): Promise<void> {
-    const [, , tenantId, kind] = topic.split('/').slice(-4);
+    const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>[/<device>]
+    const [, tenantId, kind] = levels;
     const topics = syncTopics(this.options.prefix, tenantId);
+    if (kind === 'state' && levels.length === 4) {
+      if (payload.length === 0) return; // a retained state being cleared
+      const msg = parseMessage(deviceStateSchema, payload);
+      if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
+        return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
+      }
+      const { diverged } = await this.store.recordDeviceState(msg.value);
+      if (diverged) this.options.logger.warn({ tenant: tenantId, device: msg.value.device_id }, "hub: a device's user set differs from the hub's at the same sequence (flagged)");
+      return;
+    }
     if (topic === topics.submit) {
       const msg = parseMessage(submissionSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
@@ -92,7 +104,7 @@ export class HubSync {
       if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
       await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
       if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
-    } else if (topic === topics.fetch && kind === 'fetch') {
+    } else if (topic === topics.fetch) {
       const msg = parseMessage(fetchRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
       const changes = await this.store.changesAfter(tenantId, msg.value.after, Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH));

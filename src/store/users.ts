@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import { type EmbeddingCipher, type TemplateBinding, templateAad } from './crypto.ts';
 import { type Db, now } from './database.ts';
+import { userSetDigest } from '../sync/digest.ts';
 
 export interface User {
   id: string;
@@ -142,6 +143,17 @@ export class UserStore {
     return user;
   }
 
+  /**
+   * SHA-256 of the sorted `external_user_id:version` lines of a tenant's live users: two copies of
+   * the tenant agree exactly when their digests do (the hub compares it with its own).
+   */
+  digest(tenantId: string): { digest: string; users: number } {
+    const rows = this.db
+      .prepare('SELECT external_user_id, version FROM users WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY external_user_id')
+      .all(tenantId) as { external_user_id: string; version: number }[];
+    return { digest: userSetDigest(rows.map((r) => [r.external_user_id, r.version])), users: rows.length };
+  }
+
   /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */
   flagReenrolment(tenantId: string, externalUserId: string, reason: ReenrolmentReason): void {
     this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
@@ -260,3 +272,4 @@ function toUser(row: UserRow): User {
     needsReenrolment: row.reenrolment_reason !== null,
   };
 }
+

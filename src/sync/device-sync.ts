@@ -7,6 +7,7 @@ import { syncClientOptions } from './client-options.ts';
 import { sealTemplate } from './envelope.ts';
 import {
   type ChangeBody,
+  type DeviceState,
   MAX_CHANGES_PER_BATCH,
   changeBatchSchema,
   headSchema,
@@ -17,6 +18,8 @@ import {
 import { Replica } from './replica.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
+/** A burst of applied changes is reported in one state message, this long after the first. */
+const STATE_DELAY_MS = 200;
 
 export interface DeviceSyncOptions {
   deviceId: string;
@@ -29,6 +32,8 @@ export interface DeviceSyncOptions {
   tenantKey: Buffer;
   keyVersion: number;
   model: string;
+  /** Software version, in the device's state. */
+  softwareVersion?: string;
   logger: Logger;
 }
 
@@ -47,6 +52,8 @@ export class DeviceSync {
   /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
   #caughtUp = false;
   #waiting: (() => void)[] = [];
+  /** Starts of the sync client on this device (kept in the database). */
+  readonly #boot: number;
 
   private constructor(
     private readonly client: MqttClient,
@@ -54,6 +61,8 @@ export class DeviceSync {
     private readonly options: DeviceSyncOptions,
     index: GalleryIndex,
   ) {
+    store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_boot', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1`).run();
+    this.#boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
     this.replica = new Replica(store, index, (tenantId, version) => (tenantId === options.tenantId && version === options.keyVersion ? options.tenantKey : undefined), options.model);
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
@@ -67,7 +76,11 @@ export class DeviceSync {
 
   static start(store: Store, index: GalleryIndex, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
-    const clientOptions = syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {});
+    const offline: DeviceState = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' };
+    const clientOptions = {
+      ...syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {}),
+      will: { topic: topics.state(options.deviceId), payload: Buffer.from(JSON.stringify(offline)), qos: 1 as const, retain: true },
+    };
     const client = mqtt.connect(options.url, clientOptions);
     const sync = new DeviceSync(client, store, options, index);
     client.on('connect', () => {
@@ -75,6 +88,7 @@ export class DeviceSync {
       client
         .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId)], { qos: 1 })
         .then(() => {
+          sync.publishState();
           sync.fetch();
           sync.flush();
         })
@@ -97,6 +111,18 @@ export class DeviceSync {
 
   get connected(): boolean {
     return this.client.connected;
+  }
+
+  /**
+   * The device's retained state: online, the cursor, the digest of the users it holds, model,
+   * software version and boot counter (Sparkplug-style; the last will says offline).
+   */
+  publishState(): void {
+    if (!this.client.connected) return;
+    const { deviceId, tenantId, model, softwareVersion } = this.options;
+    const { digest, users } = this.store.users.digest(tenantId);
+    const state: DeviceState = { device_id: deviceId, tenant_id: tenantId, state: 'online', applied_seq: this.cursor, digest, users, model, version: softwareVersion, boot: this.#boot, time: new Date().toISOString() };
+    this.client.publish(syncTopics(this.options.prefix, tenantId).state(deviceId), JSON.stringify(state), { qos: 1, retain: true });
   }
 
   /** Changes made here and not yet acknowledged by the hub. */
@@ -165,6 +191,18 @@ export class DeviceSync {
     });
   }
 
+  #stateTimer: NodeJS.Timeout | undefined;
+
+  /** One state message for a burst of changes (the digest reads every user). */
+  #stateSoon(): void {
+    if (this.#stateTimer) return;
+    this.#stateTimer = setTimeout(() => {
+      this.#stateTimer = undefined;
+      this.publishState();
+    }, STATE_DELAY_MS);
+    this.#stateTimer.unref();
+  }
+
   #markCaughtUp(): void {
     this.#caughtUp = true;
     for (const wake of this.#waiting.splice(0)) wake();
@@ -172,7 +210,13 @@ export class DeviceSync {
 
   async close(): Promise<void> {
     this.#markCaughtUp(); // nobody waits on a closed link
+    clearTimeout(this.#stateTimer);
     this.store.users.changeJournal = null;
+    // a clean stop says offline itself (the broker sends the last will only when a link breaks)
+    if (this.client.connected) {
+      const offline: DeviceState = { device_id: this.options.deviceId, tenant_id: this.options.tenantId, state: 'offline' };
+      await this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true }).catch(() => undefined);
+    }
     await this.client.endAsync();
   }
 
@@ -207,6 +251,7 @@ export class DeviceSync {
 
   #apply(changes: Parameters<Replica['apply']>[1]): void {
     const result = this.replica.apply(this.options.tenantId, changes);
+    if (result.applied > 0) this.#stateSoon();
     if (result.refused) this.options.logger.warn({ seq: result.refused.seq, reason: result.refused.reason }, 'sync: a change was refused and not applied');
     else if (result.gap) this.fetch();
   }

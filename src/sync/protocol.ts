@@ -77,6 +77,8 @@ export function syncTopics(prefix: string, tenantId: string) {
     fetch: `${base}/fetch`,
     /** hub → one device: acks of its submissions and the ranges it fetched. */
     reply: (deviceId: string) => `${base}/device/${deviceId}`,
+    /** device → hub, retained, with an `offline` last will: how the device is (DeviceState). */
+    state: (deviceId: string) => `${base}/state/${deviceId}`,
   };
 }
 
@@ -97,6 +99,22 @@ export const replySchema = z
   ])
   .meta({ id: 'SyncReply' });
 
+export const deviceStateSchema = z
+  .strictObject({
+    device_id: z.string().min(1).max(64),
+    tenant_id: z.uuid(),
+    state: z.enum(['online', 'offline']),
+    applied_seq: z.int().min(0).optional().describe('The last change of the log applied here'),
+    digest: z.string().max(64).optional().describe('SHA-256 (hex) of the sorted `external_user_id:version` lines of the people this device holds'),
+    users: z.int().min(0).optional(),
+    model: z.string().max(100).optional(),
+    version: z.string().max(32).optional().describe('Software version'),
+    boot: z.int().min(0).optional().describe('Counts the starts of the sync client on this device'),
+    time: z.iso.datetime().optional().describe("The device's clock (shown, never used for ordering)"),
+  })
+  .meta({ id: 'SyncDeviceState', description: 'Sparkplug-style device state: retained, with a last will of `offline`' });
+
+export type DeviceState = z.output<typeof deviceStateSchema>;
 export type Submission = z.output<typeof submissionSchema>;
 export type SyncReply = z.output<typeof replySchema>;
 
