@@ -10,8 +10,11 @@
  *  5. what the engine's fair queue and the header check add to each frame;
  *  6. what a durable enrolment commit costs (synchronous=FULL against NORMAL);
  *  7. what 1:N safety adds at the door: the runner-up for the ambiguity margin, and finding the
- *     holders of a PIN (scrypt) among 100,000 users; the face+pin door's latency (with 4.).
- * Options: --only frames|search|http|door|queue|store|identify, --frames N (default 40).
+ *     holders of a PIN (scrypt) among 100,000 users; the face+pin door's latency (with 4.);
+ *  8. fleet sync through a hub on PostgreSQL and Mosquitto, with three replicas: a change made at
+ *     one door → applied at the others, changes per second to three doors, a new door catching
+ *     up on 10,000 people.
+ * Options: --only frames|search|http|door|queue|store|identify|sync, --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -358,6 +361,103 @@ async function benchIdentify(): Promise<void> {
   console.log('1:N safety', JSON.stringify(out));
 }
 
+/** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
+async function benchSync(): Promise<void> {
+  const { createTestDatabase } = await import('../test/support/postgres.ts');
+  const { HubStore } = await import('../src/hub/store.ts');
+  const { HubSync } = await import('../src/hub/sync-service.ts');
+  const { DeviceSync } = await import('../src/sync/device-sync.ts');
+  const { newTenantKey, sealTemplate } = await import('../src/sync/envelope.ts');
+  const { EMBEDDING_MODEL } = await import('../src/biometrics/embedding.ts');
+  const { GalleryIndex } = await import('../src/biometrics/gallery.ts');
+  const { EventBus } = await import('../src/core/events.ts');
+  const logger = createLogger('silent');
+  const url = 'mqtt://127.0.0.1:1883';
+  const prefix = `authface-bench-${process.pid}`;
+  const tenantKey = newTenantKey();
+  const db = await createTestDatabase();
+  const hubStore = await HubStore.open(db.url);
+  const dirs: string[] = [];
+  const devices: { sync: ReturnType<typeof DeviceSync.start>; store: ReturnType<typeof openStore> }[] = [];
+  const hub = await HubSync.start(hubStore, { url, prefix, logger });
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  let tenantId = '';
+  const startDevice = (name: string) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-sync-'));
+    dirs.push(dir);
+    const store = openStore(dir, undefined);
+    if (!tenantId) tenantId = store.tenants.create({ name: 'bench', allowedOrigins: [], livenessMode: 'passive' }).id;
+    else store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    devices.push({ sync, store });
+    return sync;
+  };
+  const until = async (check: () => boolean, ms = 120_000) => {
+    const end = Date.now() + ms;
+    while (!check()) {
+      if (Date.now() > end) throw new Error('sync bench: timed out');
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  };
+  const upsert = (id: string, version = 1) => ({
+    kind: 'user.upsert' as const,
+    external_user_id: id,
+    version,
+    model: EMBEDDING_MODEL,
+    key_version: 1,
+    template: sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version, model: EMBEDDING_MODEL, keyVersion: 1 }),
+  });
+  try {
+    for (const name of ['a', 'b', 'c']) startDevice(name);
+    await hubStore.createTenant(tenantId, 'bench');
+    await until(() => devices.every((d) => d.sync.connected));
+    // 1. a change made at door a, applied at b and c (submission → hub → log → apply)
+    const toOthers: number[] = [];
+    const deletions: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      const t0 = performance.now();
+      devices[0].store.users.enroll(tenantId, `p${i}`, random());
+      await until(() => devices.slice(1).every((d) => d.store.users.get(tenantId, `p${i}`) !== undefined));
+      toOthers.push(performance.now() - t0);
+      const t1 = performance.now();
+      devices[0].store.eraseUser(tenantId, `p${i}`, () => null);
+      await until(() => devices.slice(1).every((d) => d.store.users.get(tenantId, `p${i}`) === undefined));
+      deletions.push(performance.now() - t1);
+    }
+    // 2. changes per second: the hub sequences and publishes 2,000 changes; all three apply them
+    const head0 = await hubStore.headSeq(tenantId);
+    const n = 2000;
+    const t2 = performance.now();
+    const submissions: Promise<unknown>[] = [];
+    for (let i = 0; i < n; i++) submissions.push(hub.submit(tenantId, upsert(`bulk-${i}`)));
+    await Promise.all(submissions);
+    await until(() => devices.every((d) => d.sync.cursor === head0 + n));
+    const perSecond = n / ((performance.now() - t2) / 1000);
+    // 3. a new door joining: it catches up on everything from the log
+    const rssBefore = process.memoryUsage().rss;
+    const t3 = performance.now();
+    const late = startDevice('late');
+    const head = await hubStore.headSeq(tenantId);
+    await until(() => late.cursor === head);
+    results.sync = {
+      change_at_one_door_to_two_others_ms: { p50: pct(toOthers, 50), p95: pct(toOthers, 95) },
+      deletion_to_two_others_ms: { p50: pct(deletions, 50), p95: pct(deletions, 95) },
+      changes_per_second_to_three_doors: Math.round(perSecond),
+      new_door_catch_up: { changes: head, people: n, seconds: Number(((performance.now() - t3) / 1000).toFixed(1)), rss_added_mb: Math.round((process.memoryUsage().rss - rssBefore) / 2 ** 20) },
+    };
+    console.log('fleet sync', JSON.stringify(results.sync));
+  } finally {
+    for (const d of devices) {
+      await d.sync.close();
+      d.store.close();
+    }
+    await hub.close();
+    await hubStore.close();
+    await db.drop();
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
@@ -365,6 +465,7 @@ if (!only || only === 'door') await benchDoor();
 if (!only || only === 'queue') await benchQueue();
 if (!only || only === 'store') benchStore();
 if (!only || only === 'identify') await benchIdentify();
+if (!only || only === 'sync') await benchSync();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);

@@ -12,6 +12,7 @@ import { type Change, type ChangeBody, changeBatchSchema } from '../src/sync/pro
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
+import { EventBus } from '../src/core/events.ts';
 import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
 
 const face = (seed: number) => normalize(Float32Array.from({ length: 128 }, (_, i) => Math.sin(seed * 12.9898 + i * 78.233)));
@@ -202,7 +203,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
 
   it('a change made here joins the outbox in its own transaction; a change from the hub never goes back', async function () {
     // a sync client whose broker is unreachable: it keeps its outbox and sends nothing
-    const sync = DeviceSync.start(store, index, { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', tenantKey: key, keyVersion: 1, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', tenantKey: key, keyVersion: 1, model: EMBEDDING_MODEL, logger: createLogger('silent') });
     try {
       assert.throws(() => store.db.transaction(() => {
         store.users.enroll(tenantId, 'rolled-back', face(1));

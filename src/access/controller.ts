@@ -118,6 +118,7 @@ export class AccessController {
       reason: d.reason,
       score: d.score,
       factor: d.factor,
+      doorId: door.config.id,
     });
     const event: AccessEvent = { eventId: audit.id, doorId: door.config.id, time: audit.createdAt, ...d };
     this.events.emit('access.decided', event);
@@ -135,7 +136,7 @@ export class AccessController {
   }
 
   #alarm(door: DoorState, type: 'door_forced' | 'door_held_open'): void {
-    const audit = this.audit.record({ tenantId: this.tenantId, type: 'door_alarm', flow: null, sessionId: null, externalUserId: null, result: null, reason: type, score: null });
+    const audit = this.audit.record({ tenantId: this.tenantId, type: 'door_alarm', flow: null, sessionId: null, externalUserId: null, result: null, reason: type, score: null, doorId: door.config.id });
     this.logger.warn({ door: door.config.id, alarm: type, event: audit.id }, 'door alarm');
     this.events.emit('door.alarm', { eventId: audit.id, doorId: door.config.id, type, time: audit.createdAt });
   }

@@ -54,7 +54,7 @@ export class PinGate {
     if (recent.length < max_failures) return;
     this.#failures.delete(e.doorId);
     this.#lockedUntil.set(e.doorId, now + lockout_seconds * 1000);
-    const event = this.audit.record({ tenantId: this.tenantId, type: 'pin_lockout', flow: null, sessionId: e.sessionId, externalUserId: null, result: null, reason: 'too_many_failures', score: null, factor: 'face+pin' });
+    const event = this.audit.record({ tenantId: this.tenantId, type: 'pin_lockout', flow: null, sessionId: e.sessionId, externalUserId: null, result: null, reason: 'too_many_failures', score: null, factor: 'face+pin', doorId: e.doorId });
     this.logger.warn({ door: e.doorId, failures: recent.length, lockout_seconds, event: event.id }, 'PIN entry locked at a door after repeated failures');
     this.events.emit('door.alarm', { eventId: event.id, doorId: e.doorId, type: 'pin_lockout', time: event.createdAt });
   }

@@ -98,7 +98,7 @@ export async function startDevice(
   }
   if (config.sync && url && fleetKey) {
     const { key, keyVersion } = fleetKey;
-    sync = DeviceSync.start(deps.store, deps.index, {
+    sync = DeviceSync.start(deps.store, deps.index, deps.events, {
       deviceId: config.device_id,
       tenantId: tenant.id,
       url,

@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
 import { userSetDigest } from '../sync/digest.ts';
-import type { Change, ChangeBody, DeviceState } from '../sync/protocol.ts';
+import type { Change, ChangeBody, DeviceState, DoorEvents } from '../sync/protocol.ts';
 
 /**
  * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
@@ -78,6 +78,24 @@ const MIGRATIONS = [
      last_seen    timestamptz NOT NULL DEFAULT now(),
      PRIMARY KEY (tenant_id, device_id)
    );`,
+  // every door's access decisions and alarms, once each (event ids are unique per device)
+  `CREATE TABLE hub_access_events (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     event_id          text NOT NULL,
+     device_id         text NOT NULL,
+     door_id           text NOT NULL,
+     type              text NOT NULL,
+     result            text,
+     reason            text,
+     external_user_id  text,
+     score             double precision,
+     factor            text,
+     occurred_at       text NOT NULL,
+     received_at       timestamptz NOT NULL DEFAULT now(),
+     delayed           boolean NOT NULL,
+     PRIMARY KEY (tenant_id, event_id)
+   );
+   CREATE INDEX hub_access_events_time ON hub_access_events (tenant_id, received_at);`,
 ];
 
 export class HubError extends OperatorError {}
@@ -187,6 +205,8 @@ export class HubStore {
           [tenantId, body.external_user_id, body.version, body.model, body.key_version, body.template, seq],
         );
       } else {
+        // the central access log forgets whom its events were about
+        await db.query(`UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`, [tenantId, body.external_user_id]);
         // the tombstone keeps the highest version seen, so no older upsert can bring the person back
         const version = Math.max(body.version, current?.version ?? 0);
         await db.query(
@@ -249,6 +269,20 @@ export class HubStore {
   async digest(tenantId: string): Promise<string> {
     const r = await this.pool.query<{ external_user_id: string; version: number }>('SELECT external_user_id, version FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
     return userSetDigest(r.rows.map((u) => [u.external_user_id, u.version]));
+  }
+
+  /** Stores door events once each (a resent event is already there); returns the ids now held. */
+  async recordDoorEvents(tenantId: string, batch: DoorEvents): Promise<string[]> {
+    await this.#transaction(async (db) => {
+      for (const e of batch.events) {
+        await db.query(
+          `INSERT INTO hub_access_events (tenant_id, event_id, device_id, door_id, type, result, reason, external_user_id, score, factor, occurred_at, delayed)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (tenant_id, event_id) DO NOTHING`,
+          [tenantId, e.event_id, batch.device_id, e.door_id, e.type, e.result, e.reason, e.external_user_id, e.score, e.factor, e.time, e.delayed],
+        );
+      }
+    });
+    return batch.events.map((e) => e.event_id);
   }
 
   /** The tenant's changes after `afterSeq`, in order (a device's backfill of a gap). */

@@ -5,6 +5,7 @@ import {
   type ChangeBody,
   MAX_CHANGES_PER_BATCH,
   deviceStateSchema,
+  doorEventsSchema,
   fetchRequestSchema,
   parseMessage,
   submissionSchema,
@@ -48,7 +49,7 @@ export class HubSync {
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
     const subscribe = async () => {
-      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`, `${options.prefix}/sync/+/state/+`], { qos: 1 });
+      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`, `${options.prefix}/sync/+/state/+`, `${options.prefix}/sync/+/events`], { qos: 1 });
       await hub.publishHeads();
     };
     client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));
@@ -104,6 +105,11 @@ export class HubSync {
       if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
       await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
       if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
+    } else if (topic === topics.events) {
+      const msg = parseMessage(doorEventsSchema, payload);
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
+      const held = await this.store.recordDoorEvents(tenantId, msg.value);
+      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'events_ack', event_ids: held }), { qos: 1 });
     } else if (topic === topics.fetch) {
       const msg = parseMessage(fetchRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');

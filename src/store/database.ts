@@ -136,6 +136,10 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   `CREATE TABLE sync_cursors (tenant_id TEXT PRIMARY KEY, applied_seq INTEGER NOT NULL, updated_at TEXT NOT NULL);
    CREATE TABLE sync_outbox (change_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL,
                              kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete')), version INTEGER NOT NULL, created_at TEXT NOT NULL);`,
+  // door events name their door, and are forwarded to the hub once (forwarded_at set on its ack)
+  `ALTER TABLE audit_events ADD COLUMN door_id TEXT;
+   ALTER TABLE audit_events ADD COLUMN forwarded_at TEXT;
+   CREATE INDEX audit_unforwarded ON audit_events (tenant_id, created_at) WHERE door_id IS NOT NULL AND forwarded_at IS NULL;`,
 ];
 
 /**

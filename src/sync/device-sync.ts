@@ -1,14 +1,18 @@
 import crypto from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
+import { markForwarded, unforwardedDoorEvents } from '../store/audit.ts';
 import type { Store } from '../store/index.ts';
 import { syncClientOptions } from './client-options.ts';
 import { sealTemplate } from './envelope.ts';
 import {
   type ChangeBody,
   type DeviceState,
+  type DoorEvents,
   MAX_CHANGES_PER_BATCH,
+  MAX_EVENTS_PER_BATCH,
   changeBatchSchema,
   headSchema,
   parseMessage,
@@ -18,6 +22,11 @@ import {
 import { Replica } from './replica.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
+/**
+ * A door event sent this long after it happened (both by this device's clock, so skew does not
+ * matter) waited for the hub, and is marked delayed. Online, an event is sent within milliseconds.
+ */
+const DELAYED_AFTER_MS = 2000;
 /** A burst of applied changes is reported in one state message, this long after the first. */
 const STATE_DELAY_MS = 200;
 
@@ -52,6 +61,8 @@ export class DeviceSync {
   /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
   #caughtUp = false;
   #waiting: (() => void)[] = [];
+  readonly #off: (() => void)[] = [];
+  #eventsInFlight = false;
   /** Starts of the sync client on this device (kept in the database). */
   readonly #boot: number;
 
@@ -74,7 +85,7 @@ export class DeviceSync {
     };
   }
 
-  static start(store: Store, index: GalleryIndex, options: DeviceSyncOptions): DeviceSync {
+  static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
     const offline: DeviceState = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' };
     const clientOptions = {
@@ -83,6 +94,8 @@ export class DeviceSync {
     };
     const client = mqtt.connect(options.url, clientOptions);
     const sync = new DeviceSync(client, store, options, index);
+    // a door event goes to the hub as soon as it is recorded (and waits in the audit log if it cannot)
+    sync.#off.push(events.on('access.decided', () => sync.flushEvents()), events.on('door.alarm', () => sync.flushEvents()));
     client.on('connect', () => {
       sync.#caughtUp = false;
       client
@@ -91,6 +104,7 @@ export class DeviceSync {
           sync.publishState();
           sync.fetch();
           sync.flush();
+          sync.flushEvents(true);
         })
         .catch((err: Error) => options.logger.error({ problem: err.message }, 'sync: cannot subscribe'));
     });
@@ -174,6 +188,37 @@ export class DeviceSync {
   }
 
   /**
+   * Sends the door events the hub has not acknowledged, oldest first (the audit log is the
+   * outbox: an event is marked forwarded only on the hub's ack, and the hub keeps an event id
+   * once, so each arrives exactly once). One older than DELAYED_AFTER_MS by this device's own
+   * clock waited for the link, and says so.
+   */
+  flushEvents(now = false): void {
+    if ((this.#eventsInFlight && !now) || !this.client.connected) return;
+    const events = unforwardedDoorEvents(this.store.db, this.options.tenantId, MAX_EVENTS_PER_BATCH);
+    if (events.length === 0) return;
+    this.#eventsInFlight = true;
+    setTimeout(() => (this.#eventsInFlight = false), FETCH_TIMEOUT_MS).unref();
+    const sentAt = Date.now();
+    const batch: DoorEvents = {
+      device_id: this.options.deviceId,
+      events: events.map((e) => ({
+        event_id: e.id,
+        door_id: e.doorId,
+        type: e.type,
+        result: e.result,
+        reason: e.reason,
+        external_user_id: e.externalUserId,
+        score: e.score,
+        factor: e.factor,
+        time: e.createdAt,
+        delayed: sentAt - Date.parse(e.createdAt) > DELAYED_AFTER_MS,
+      })),
+    };
+    this.client.publish(syncTopics(this.options.prefix, this.options.tenantId).events, JSON.stringify(batch), { qos: 1 });
+  }
+
+  /**
    * Resolves once this device has applied everything the hub had when the device (re)connected,
    * so a person deleted while the door was offline is gone before its first decision. A door that
    * cannot reach the broker does not wait (it works on its own copy); one that is connected waits
@@ -212,6 +257,7 @@ export class DeviceSync {
     this.#markCaughtUp(); // nobody waits on a closed link
     clearTimeout(this.#stateTimer);
     this.store.users.changeJournal = null;
+    for (const off of this.#off.splice(0)) off();
     // a clean stop says offline itself (the broker sends the last will only when a link breaks)
     if (this.client.connected) {
       const offline: DeviceState = { device_id: this.options.deviceId, tenant_id: this.options.tenantId, state: 'offline' };
@@ -233,10 +279,17 @@ export class DeviceSync {
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
       if (msg.ok && this.pending() > 0) this.flush();
+      if (msg.ok) this.flushEvents(true);
     } else if (topic === topics.reply(deviceId)) {
       const msg = parseMessage(replySchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a reply was refused');
       const reply = msg.value;
+      if (reply.type === 'events_ack') {
+        markForwarded(this.store.db, reply.event_ids);
+        this.#eventsInFlight = false;
+        this.flushEvents();
+        return;
+      }
       if (reply.type === 'ack') {
         this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(reply.change_id);
         if (reply.status === 'conflict') logger.warn({ reason: reply.reason }, 'sync: the hub refused a change made here as a conflict (an admin decides)');

@@ -77,6 +77,8 @@ export function syncTopics(prefix: string, tenantId: string) {
     fetch: `${base}/fetch`,
     /** hub → one device: acks of its submissions and the ranges it fetched. */
     reply: (deviceId: string) => `${base}/device/${deviceId}`,
+    /** device → hub: door events for the central store (DoorEvents), each sent until acknowledged. */
+    events: `${base}/events`,
     /** device → hub, retained, with an `offline` last will: how the device is (DeviceState). */
     state: (deviceId: string) => `${base}/state/${deviceId}`,
   };
@@ -92,8 +94,37 @@ export const fetchRequestSchema = z
 
 export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0) }).meta({ id: 'SyncHead' });
 
+/** At most this many door events in one message. */
+export const MAX_EVENTS_PER_BATCH = 100;
+
+export const doorEventsSchema = z
+  .strictObject({
+    device_id: z.string().min(1).max(64),
+    events: z
+      .array(
+        z.strictObject({
+          event_id: z.string().regex(/^evt_[0-9a-f-]{36}$/),
+          door_id: z.string().min(1).max(64),
+          type: z.string().min(1).max(32),
+          result: z.string().max(16).nullable(),
+          reason: z.string().max(64).nullable(),
+          external_user_id: z.string().max(128).nullable(),
+          score: z.number().nullable(),
+          factor: z.string().max(16).nullable(),
+          time: z.string().max(40).describe("The device's clock when it happened"),
+          delayed: z.boolean().describe('Held at the device (its link was down) before it could be sent'),
+        }),
+      )
+      .min(1)
+      .max(MAX_EVENTS_PER_BATCH),
+  })
+  .meta({ id: 'SyncDoorEvents', description: 'Access decisions, remote unlocks and alarms of a door, for the central store (kept once per event_id)' });
+
+export type DoorEvents = z.output<typeof doorEventsSchema>;
+
 export const replySchema = z
   .discriminatedUnion('type', [
+    z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH) }),
     z.strictObject({ type: z.literal('ack'), change_id: z.uuid(), status: z.enum(['sequenced', 'conflict']), seq: z.int().min(1).nullable(), reason: z.string().nullable() }),
     z.strictObject({ type: z.literal('range'), tenant_id: z.uuid(), head: z.int().min(0), changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH) }),
   ])
