@@ -431,6 +431,7 @@ async function benchSync(): Promise<void> {
     const submissions: Promise<unknown>[] = [];
     for (let i = 0; i < n; i++) submissions.push(hub.submit(tenantId, upsert(`bulk-${i}`)));
     await Promise.all(submissions);
+    const sequencedMs = performance.now() - t2;
     await until(() => devices.every((d) => d.sync.cursor === head0 + n));
     const perSecond = n / ((performance.now() - t2) / 1000);
     // 3. a new door joining: it catches up on everything from the log
@@ -443,6 +444,7 @@ async function benchSync(): Promise<void> {
       change_at_one_door_to_two_others_ms: { p50: pct(toOthers, 50), p95: pct(toOthers, 95) },
       deletion_to_two_others_ms: { p50: pct(deletions, 50), p95: pct(deletions, 95) },
       changes_per_second_to_three_doors: Math.round(perSecond),
+      hub_sequencing_per_second: Math.round(n / (sequencedMs / 1000)),
       new_door_catch_up: { changes: head, people: n, seconds: Number(((performance.now() - t3) / 1000).toFixed(1)), rss_added_mb: Math.round((process.memoryUsage().rss - rssBefore) / 2 ** 20) },
     };
     console.log('fleet sync', JSON.stringify(results.sync));

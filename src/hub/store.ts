@@ -102,7 +102,21 @@ export class HubError extends OperatorError {}
 
 export type AppendResult = { status: 'sequenced'; change: Change } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
 
+/** At most this many changes of a tenant in one transaction. */
+const GROUP_COMMIT_MAX = 200;
+
+interface PendingAppend {
+  body: ChangeBody;
+  changeId: string;
+  origin: string;
+  resolve: (result: AppendResult) => void;
+  reject: (err: unknown) => void;
+}
+
 export class HubStore {
+  readonly #pending = new Map<string, PendingAppend[]>();
+  readonly #draining = new Set<string>();
+
   private constructor(readonly pool: pg.Pool) {}
 
   /** Connects and brings the schema up to date (each migration in its own transaction, once). */
@@ -171,12 +185,50 @@ export class HubStore {
    * both are recorded in hub_conflicts for an admin, and nothing is sequenced.
    */
   async append(tenantId: string, body: ChangeBody, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
-    const changeId = meta.changeId ?? crypto.randomUUID();
-    return this.#transaction(async (db) => {
-      const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
-      if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
+    return new Promise<AppendResult>((resolve, reject) => {
+      const queue = this.#pending.get(tenantId) ?? [];
+      queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, resolve, reject });
+      this.#pending.set(tenantId, queue);
+      if (!this.#draining.has(tenantId)) void this.#drain(tenantId);
+    });
+  }
+
+  /**
+   * Group commit: the changes of a tenant that arrive while its previous transaction runs are
+   * sequenced together in the next one (one commit, one fsync, for up to GROUP_COMMIT_MAX).
+   * They are serialised per tenant anyway, by the counter row.
+   */
+  async #drain(tenantId: string): Promise<void> {
+    this.#draining.add(tenantId);
+    try {
+      for (;;) {
+        const queue = this.#pending.get(tenantId);
+        const batch = queue?.splice(0, GROUP_COMMIT_MAX) ?? [];
+        if (batch.length === 0) break;
+        try {
+          const results = await this.#transaction((db) => this.#appendBatch(db, tenantId, batch));
+          batch.forEach((item, i) => item.resolve(results[i]));
+        } catch (err) {
+          for (const item of batch) item.reject(err);
+        }
+      }
+    } finally {
+      this.#draining.delete(tenantId);
+      if (this.#pending.get(tenantId)?.length === 0) this.#pending.delete(tenantId);
+    }
+  }
+
+  async #appendBatch(db: pg.PoolClient, tenantId: string, batch: readonly PendingAppend[]): Promise<AppendResult[]> {
+    const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+    if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
+    let next = Number(counter.rows[0].next_seq);
+    const results: AppendResult[] = [];
+    for (const { body, changeId, origin } of batch) {
       const existing = await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = $2', [tenantId, changeId]);
-      if (existing.rows[0]) return { status: 'sequenced', change: toChange(existing.rows[0]) };
+      if (existing.rows[0]) {
+        results.push({ status: 'sequenced', change: toChange(existing.rows[0]) });
+        continue;
+      }
       const user = await db.query<{ version: number; deleted: boolean }>(
         'SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2 FOR UPDATE',
         [tenantId, body.external_user_id],
@@ -187,15 +239,15 @@ export class HubStore {
         await db.query(
           `INSERT INTO hub_conflicts (tenant_id, change_id, origin, external_user_id, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (tenant_id, change_id) DO NOTHING`,
-          [tenantId, changeId, meta.origin, body.external_user_id, reason, body],
+          [tenantId, changeId, origin, body.external_user_id, reason, body],
         );
-        return { status: 'conflict', reason };
+        results.push({ status: 'conflict', reason });
+        continue;
       }
-      const seq = Number(counter.rows[0].next_seq);
-      await db.query('UPDATE hub_tenants SET next_seq = next_seq + 1 WHERE tenant_id = $1', [tenantId]);
+      const seq = next++;
       const inserted = await db.query<ChangeRow>(
         `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
-        [tenantId, seq, changeId, meta.origin, body.kind, body.external_user_id, body],
+        [tenantId, seq, changeId, origin, body.kind, body.external_user_id, body],
       );
       if (body.kind === 'user.upsert') {
         await db.query(
@@ -215,8 +267,10 @@ export class HubStore {
           [tenantId, body.external_user_id, version, seq],
         );
       }
-      return { status: 'sequenced', change: toChange(inserted.rows[0]) };
-    });
+      results.push({ status: 'sequenced', change: toChange(inserted.rows[0]) });
+    }
+    await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, next]);
+    return results;
   }
 
   /**

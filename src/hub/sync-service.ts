@@ -2,6 +2,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import type { Logger } from '../core/logger.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
 import {
+  type Change,
   type ChangeBody,
   MAX_CHANGES_PER_BATCH,
   deviceStateSchema,
@@ -34,6 +35,8 @@ export interface HubSyncOptions {
  */
 export class HubSync {
   readonly #timer: NodeJS.Timeout;
+  /** Sequenced changes waiting to be published, per tenant. */
+  readonly #outgoing = new Map<string, Change[]>();
 
   private constructor(
     private readonly client: MqttClient,
@@ -119,9 +122,25 @@ export class HubSync {
     }
   }
 
+  /**
+   * Queues a sequenced change for the tenant's log. The changes committed together go out together:
+   * one message of up to MAX_CHANGES_PER_BATCH, one head, so a door applies them in one transaction.
+   */
   async #publishChange(tenantId: string, result: Extract<AppendResult, { status: 'sequenced' }>): Promise<void> {
+    const queue = this.#outgoing.get(tenantId) ?? [];
+    queue.push(result.change);
+    this.#outgoing.set(tenantId, queue);
+    if (queue.length === 1) setImmediate(() => void this.#publishQueued(tenantId).catch((err: Error) => this.options.logger.warn({ tenant: tenantId, problem: err.message }, 'hub: publishing failed (devices will fetch)')));
+  }
+
+  async #publishQueued(tenantId: string): Promise<void> {
+    const changes = this.#outgoing.get(tenantId) ?? [];
+    this.#outgoing.delete(tenantId);
     const topics = syncTopics(this.options.prefix, tenantId);
-    await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: [result.change] }), { qos: 1 });
-    await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq: result.change.seq }), { qos: 1, retain: true });
+    for (let i = 0; i < changes.length; i += MAX_CHANGES_PER_BATCH) {
+      await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: changes.slice(i, i + MAX_CHANGES_PER_BATCH) }), { qos: 1 });
+    }
+    const head = Math.max(...changes.map((c) => c.seq));
+    await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq: head }), { qos: 1, retain: true });
   }
 }
