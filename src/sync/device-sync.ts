@@ -22,6 +22,8 @@ import {
 import { Replica } from './replica.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
+/** Outbox changes sent ahead of the hub's acknowledgements. */
+const OUTBOX_WINDOW = 200;
 /**
  * A door event sent this long after it happened (both by this device's clock, so skew does not
  * matter) waited for the hub, and is marked delayed. Online, an event is sent within milliseconds.
@@ -63,6 +65,9 @@ export class DeviceSync {
   #waiting: (() => void)[] = [];
   readonly #off: (() => void)[] = [];
   #eventsInFlight = false;
+  /** Outbox changes sent and not yet acknowledged: change_id → when sent. */
+  readonly #sentAt = new Map<string, number>();
+  #flushScheduled = false;
   /** Starts of the sync client on this device (kept in the database). */
   readonly #boot: number;
 
@@ -81,7 +86,7 @@ export class DeviceSync {
       store.db
         .prepare('INSERT INTO sync_outbox (change_id, tenant_id, external_user_id, kind, version, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(crypto.randomUUID(), c.tenantId, c.externalUserId, c.kind, c.version, new Date().toISOString());
-      queueMicrotask(() => this.flush());
+      this.#flushSoon();
     };
   }
 
@@ -103,6 +108,7 @@ export class DeviceSync {
         .then(() => {
           sync.publishState();
           sync.fetch();
+          sync.#sentAt.clear(); // a new connection: nothing sent before it counts as in flight
           sync.flush();
           sync.flushEvents(true);
         })
@@ -158,18 +164,24 @@ export class DeviceSync {
   }
 
   /**
-   * Sends every change still waiting in the outbox (the hub sequences a change_id once). An
-   * upsert is sealed now, from the template this device holds; one that a later change of the
-   * same person has overtaken is dropped from the outbox, as that later change carries it.
+   * Sends the changes waiting in the outbox, oldest first, at most OUTBOX_WINDOW unacknowledged at
+   * a time; one sent and not acknowledged within FETCH_TIMEOUT_MS goes again (the hub sequences a
+   * change_id once). An upsert is sealed now, from the template held now; one that a later change
+   * of the same person has overtaken is dropped, as that later change carries it.
    */
   flush(): void {
     if (!this.client.connected) return;
     const { tenantId, keyVersion, model, deviceId } = this.options;
     const topics = syncTopics(this.options.prefix, tenantId);
+    const now = Date.now();
     const rows = this.store.db
-      .prepare('SELECT change_id, external_user_id, kind, version FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid')
-      .all(tenantId) as { change_id: string; external_user_id: string; kind: 'upsert' | 'delete'; version: number }[];
+      .prepare('SELECT change_id, external_user_id, kind, version FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid LIMIT ?')
+      .all(tenantId, OUTBOX_WINDOW * 2) as { change_id: string; external_user_id: string; kind: 'upsert' | 'delete'; version: number }[];
+    let inFlight = [...this.#sentAt.values()].filter((at) => now - at < FETCH_TIMEOUT_MS).length;
     for (const r of rows) {
+      if (inFlight >= OUTBOX_WINDOW) break;
+      const sentAt = this.#sentAt.get(r.change_id);
+      if (sentAt !== undefined && now - sentAt < FETCH_TIMEOUT_MS) continue;
       let body: ChangeBody;
       if (r.kind === 'delete') {
         body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
@@ -183,8 +195,20 @@ export class DeviceSync {
         const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId: r.external_user_id, version: r.version, model, keyVersion });
         body = { kind: 'user.upsert', external_user_id: r.external_user_id, version: r.version, model, key_version: keyVersion, template };
       }
+      this.#sentAt.set(r.change_id, now);
+      inFlight++;
       this.client.publish(topics.submit, JSON.stringify({ device_id: deviceId, change_id: r.change_id, body }), { qos: 1 });
     }
+  }
+
+  /** One flush for a burst of local changes (an import of a thousand people is one burst). */
+  #flushSoon(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      this.flush();
+    });
   }
 
   /**
@@ -278,7 +302,11 @@ export class DeviceSync {
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
-      if (msg.ok && this.pending() > 0) this.flush();
+      if (msg.ok && this.pending() > 0) {
+        // the hub is alive: what it did not acknowledge goes again now
+        this.#sentAt.clear();
+        this.flush();
+      }
       if (msg.ok) this.flushEvents(true);
     } else if (topic === topics.reply(deviceId)) {
       const msg = parseMessage(replySchema, payload);
@@ -292,6 +320,8 @@ export class DeviceSync {
       }
       if (reply.type === 'ack') {
         this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(reply.change_id);
+        this.#sentAt.delete(reply.change_id);
+        this.#flushSoon();
         if (reply.status === 'conflict') logger.warn({ reason: reply.reason }, 'sync: the hub refused a change made here as a conflict (an admin decides)');
         return;
       }

@@ -1,0 +1,120 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import mqtt from 'mqtt';
+import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { GalleryIndex } from '../src/biometrics/gallery.ts';
+import { EventBus } from '../src/core/events.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { HubStore } from '../src/hub/store.ts';
+import { HubSync } from '../src/hub/sync-service.ts';
+import { type Store, openStore } from '../src/store/index.ts';
+import { DeviceSync } from '../src/sync/device-sync.ts';
+import { newTenantKey } from '../src/sync/envelope.ts';
+import { syncTopics } from '../src/sync/protocol.ts';
+import { testBroker } from './support/mqtt.ts';
+import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+
+/**
+ * Replication under a partition, and a broker that duplicates and reorders: two door replicas
+ * (stores and sync clients, no engine) and a hub, on this machine's PostgreSQL and Mosquitto.
+ */
+describe('sync: a partition of more than 1,000 changes, duplicates and reordering', function () {
+  this.timeout(180_000);
+  const logger = createLogger('silent');
+  const prefix = `authface-partition-${process.pid}`;
+  const tenantKey = newTenantKey();
+  const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 7.77 + k)));
+  let url: string;
+  let db: TestDatabase;
+  let hubStore: HubStore;
+  let hub: HubSync;
+  let tenantId = '';
+  const dirs: string[] = [];
+  const doors: { store: Store; sync: DeviceSync; index: GalleryIndex }[] = [];
+
+  const poll = async (check: () => boolean | Promise<boolean>, what: string, ms = 60_000) => {
+    const end = Date.now() + ms;
+    while (!(await check())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const connect = (door: { store: Store; index: GalleryIndex }, name: string) =>
+    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+
+  before(async function () {
+    url = (await testBroker()).url;
+    db = await createTestDatabase();
+    hubStore = await HubStore.open(db.url);
+    for (let i = 0; i < 2; i++) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-partition-'));
+      dirs.push(dir);
+      const store = openStore(dir, undefined);
+      tenantId = store.tenants.create({ id: tenantId || undefined, name: 'acme', allowedOrigins: [], livenessMode: 'passive' }).id;
+      const index = new GalleryIndex();
+      doors.push({ store, index, sync: undefined as unknown as DeviceSync });
+    }
+    await hubStore.createTenant(tenantId, 'acme');
+    hub = await HubSync.start(hubStore, { url, prefix, logger });
+    doors.forEach((d, i) => (d.sync = connect(d, ['a', 'b'][i])));
+    await poll(() => doors.every((d) => d.sync.connected), 'both doors on the broker');
+  });
+  after(async function () {
+    for (const d of doors) {
+      await d.sync.close();
+      d.store.close();
+    }
+    await hub?.close();
+    const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
+    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    for (const name of ['a', 'b']) await c.publishAsync(syncTopics(prefix, tenantId).state(name), '', { retain: true });
+    await c.endAsync();
+    await hubStore?.close();
+    await db?.drop();
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('door b cut off while door a makes 1,200 changes (deletions among them): b converges on reconnect, deletions applied', async function () {
+    const [a, b] = doors;
+    a.store.users.enroll(tenantId, 'kept-before', face(0));
+    a.store.users.enroll(tenantId, 'deleted-during', face(1));
+    await poll(() => b.store.users.get(tenantId, 'deleted-during') !== undefined, 'b in step before the cut');
+    await b.sync.close(); // the partition
+    for (let i = 0; i < 1000; i++) a.store.users.enroll(tenantId, `p${i}`, face(i + 10));
+    // (deleted before they were sent, their enrolments would never be sent: the deletion carries them)
+    await poll(() => a.sync.pending() === 0, 'the enrolments acknowledged');
+    for (let i = 0; i < 199; i++) a.store.eraseUser(tenantId, `p${i * 5}`, () => null);
+    a.store.eraseUser(tenantId, 'deleted-during', () => null);
+    await poll(async () => (await hubStore.headSeq(tenantId)) === 1202 && a.sync.pending() === 0, 'the hub sequencing 1,200 changes');
+    assert.equal(b.store.users.get(tenantId, 'p1'), undefined, 'b saw nothing while cut off');
+    assert.ok(b.store.users.get(tenantId, 'deleted-during'), 'b still holds the person deleted meanwhile');
+    b.sync = connect(b, 'b');
+    await poll(() => b.sync.cursor === 1202, 'b catching up');
+    assert.equal(b.store.users.get(tenantId, 'deleted-during'), undefined);
+    assert.equal(b.store.users.get(tenantId, 'p5'), undefined);
+    assert.ok(b.store.users.get(tenantId, 'p6'));
+    assert.equal(b.store.users.digest(tenantId).digest, await hubStore.digest(tenantId), 'b holds exactly the hub’s people');
+    assert.equal(b.store.users.digest(tenantId).users, 1 + 1000 - 199);
+    assert.equal(b.index.of(tenantId).size, 802);
+  });
+
+  it('every log message delivered again, in reverse order and twice: nothing changes twice', async function () {
+    const b = doors[1];
+    const before = { cursor: b.sync.cursor, digest: b.store.users.digest(tenantId).digest, versions: b.store.db.prepare('SELECT SUM(version) AS v FROM users').get() };
+    const changes = await hubStore.changesAfter(tenantId, 0, 5000);
+    assert.equal(changes.length, 1202);
+    const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
+    try {
+      const batches: string[] = [];
+      for (let i = 0; i < changes.length; i += 50) batches.push(JSON.stringify({ tenant_id: tenantId, changes: changes.slice(i, i + 50) }));
+      for (const batch of [...batches.reverse(), ...batches]) await c.publishAsync(syncTopics(prefix, tenantId).log, batch, { qos: 1 });
+      await new Promise((r) => setTimeout(r, 1500));
+    } finally {
+      await c.endAsync();
+    }
+    assert.deepEqual({ cursor: b.sync.cursor, digest: b.store.users.digest(tenantId).digest, versions: b.store.db.prepare('SELECT SUM(version) AS v FROM users').get() }, before);
+    assert.equal((b.store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 802, 'one template per person, none added twice');
+  });
+});
