@@ -52,7 +52,10 @@ export class HubSync {
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
     const subscribe = async () => {
-      await client.subscribeAsync([`${options.prefix}/sync/+/submit`, `${options.prefix}/sync/+/fetch`, `${options.prefix}/sync/+/state/+`, `${options.prefix}/sync/+/events`], { qos: 1 });
+      // several hubs on one database share the work: each submission, fetch and event batch goes
+      // to one of them (an MQTT shared subscription); device states (retained) go to all
+      const shared = (kind: string) => `$share/authface-hub/${options.prefix}/sync/+/${kind}`;
+      await client.subscribeAsync([shared('submit'), shared('fetch'), shared('events'), `${options.prefix}/sync/+/state/+`], { qos: 1 });
       await hub.publishHeads();
     };
     client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));

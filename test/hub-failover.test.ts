@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import mqtt from 'mqtt';
+import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { GalleryIndex } from '../src/biometrics/gallery.ts';
+import { EventBus } from '../src/core/events.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { HubStore } from '../src/hub/store.ts';
+import { type Store, openStore } from '../src/store/index.ts';
+import { DeviceSync } from '../src/sync/device-sync.ts';
+import { unwrapTenantKey } from '../src/sync/envelope.ts';
+import { loadDeviceKey } from '../src/sync/device-key.ts';
+import { syncTopics } from '../src/sync/protocol.ts';
+import { CLI, authface, servedChildren, stop } from './support/cli.ts';
+import { ROOT } from './support/datasets.ts';
+import { testBroker } from './support/mqtt.ts';
+import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+
+/**
+ * Two `authface hub serve` processes on one database share the work; one is killed with SIGKILL
+ * while a door sends 600 enrolments. Nothing is lost and no sequence number is used twice.
+ */
+describe('two hubs on one database, one killed mid-stream', function () {
+  this.timeout(180_000);
+  const prefix = `authface-failover-${process.pid}`;
+  const hubEnv = { AUTHFACE_HUB_MASTER_KEY: crypto.randomBytes(32).toString('hex'), LOG_LEVEL: 'info' };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-failover-'));
+  let url: string;
+  let db: TestDatabase;
+  let tenantId: string;
+  let store: Store;
+  let sync: DeviceSync | undefined;
+  const hubs: ChildProcess[] = [];
+
+  const startHub = async () => {
+    const child = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', db.url, '--broker-url', url, '--prefix', prefix], { cwd: ROOT, env: { ...process.env, ...hubEnv } });
+    servedChildren.add(child);
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const seen = (d: Buffer) => {
+        out += d;
+        if (out.includes('hub ready')) resolve();
+      };
+      child.stdout?.on('data', seen);
+      child.stderr?.on('data', seen);
+      child.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
+    });
+    hubs.push(child);
+    return child;
+  };
+  const poll = async (check: () => boolean | Promise<boolean>, what: string, ms = 90_000) => {
+    const end = Date.now() + ms;
+    while (!(await check())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+
+  before(async function () {
+    url = (await testBroker()).url;
+    db = await createTestDatabase();
+    tenantId = (JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string }).tenant_id;
+    const dataDir = path.join(dir, 'door');
+    const wrapped = JSON.parse((await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'door', '--public-key', loadDeviceKey(dataDir).publicKey, '--database-url', db.url], hubEnv)).stdout);
+    store = openStore(dataDir, undefined);
+    store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
+    await startHub();
+    await startHub();
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), {
+      deviceId: 'door',
+      tenantId,
+      url,
+      prefix,
+      tenantKey: unwrapTenantKey(wrapped, loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: 'door' }),
+      keyVersion: 1,
+      model: EMBEDDING_MODEL,
+      logger: createLogger('silent'),
+    });
+    await poll(() => sync?.connected === true, 'the door on the broker');
+  });
+  after(async function () {
+    await sync?.close();
+    store?.close();
+    for (const h of hubs) if (h.exitCode === null && h.signalCode === null) await stop(h);
+    const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
+    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    await c.publishAsync(syncTopics(prefix, tenantId).state('door'), '', { retain: true });
+    await c.endAsync();
+    await db?.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('600 enrolments: 1..600, each change once, none lost, and the door in step with the hub', async function () {
+    const hub = await HubStore.open(db.url);
+    try {
+      const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 3.1 + k)));
+      for (let i = 0; i < 600; i++) store.users.enroll(tenantId, `p${i}`, face(i));
+      await poll(async () => (await hub.headSeq(tenantId)) >= 100, 'the first hundred sequenced');
+      hubs[0].kill('SIGKILL'); // mid-stream, possibly between a commit and its publish
+      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 600 && sync.cursor === 600, 'all 600 sequenced, acknowledged and applied');
+      const rows = (await hub.pool.query<{ seq: string; change_id: string }>('SELECT seq, change_id FROM hub_changes WHERE tenant_id = $1 ORDER BY seq', [tenantId])).rows;
+      assert.deepEqual(rows.map((r) => Number(r.seq)), Array.from({ length: 600 }, (_, i) => i + 1), 'no number twice, none skipped');
+      assert.equal(new Set(rows.map((r) => r.change_id)).size, 600, 'each change once');
+      assert.equal(store.users.digest(tenantId).digest, await hub.digest(tenantId));
+    } finally {
+      await hub.close();
+    }
+  });
+});
