@@ -4,7 +4,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { stringify } from 'yaml';
+import mqtt from 'mqtt';
 import { HubStore } from '../src/hub/store.ts';
 import { ROOT } from './support/datasets.ts';
 import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
@@ -18,7 +20,7 @@ import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
  * on each device, `authface hub wrap-key` for each, then `authface hub serve` and two
  * `authface serve` processes. An enrolment at one door is identified at the other.
  */
-describe('fleet as processes: authface hub serve and two authface serve doors', function () {
+describe('fleet as processes: authface hub serve and two authface serve doors (one with its clock a day ahead)', function () {
   this.timeout(240_000);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-fleet-'));
   const prefix = `authface-fleetp-${process.pid}`;
@@ -26,11 +28,12 @@ describe('fleet as processes: authface hub serve and two authface serve doors', 
   let db: TestDatabase;
   let hub: ChildProcess | undefined;
   let img: Photos;
+  let brokerUrl: string;
   const doors: { child: ChildProcess; api: Client }[] = [];
 
   before(async function () {
     img = await photos();
-    const brokerUrl = (await testBroker()).url;
+    brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
     const { tenant_id: tenantId } = JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string };
     hub = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', db.url, '--broker-url', brokerUrl, '--prefix', prefix], { cwd: ROOT, env: { ...process.env, ...hubEnv, LOG_LEVEL: 'info' } });
@@ -63,7 +66,9 @@ describe('fleet as processes: authface hub serve and two authface serve doors', 
           sync: { tenant_key_file: path.join(dir, `${name}-tenant-key.json`) },
         }),
       );
-      const served = await serve({ ...env, AUTHFACE_DEVICE_CONFIG: path.join(dir, `${name}.yaml`) });
+      // the back door's clock is a day ahead: order comes from the hub's sequence, never from clocks
+      const skewed: Record<string, string> = name === 'back' ? { NODE_OPTIONS: `--import=${pathToFileURL(path.join(ROOT, 'test', 'support', 'skewed-clock.mjs')).href}`, AUTHFACE_TEST_CLOCK_SKEW_MS: String(86_400_000) } : {};
+      const served = await serve({ ...env, ...skewed, AUTHFACE_DEVICE_CONFIG: path.join(dir, `${name}.yaml`) });
       // the integrator's key for the fleet tenant on this door
       const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
       await authface(['tenant', 'update', '--tenant', tenantId, '--allowed-origin', 'https://app.example.com', '--liveness', 'passive'], env);
@@ -107,6 +112,15 @@ describe('fleet as processes: authface hub serve and two authface serve doors', 
         }
       };
       await poll(async () => (await hubStore.devices(tenantId)).filter((d) => d.state === 'online' && d.lag === 0).length === 2, 'both doors online and in step');
+      // the skewed door reports its own time a day ahead, and it made no difference to anything above
+      const c = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+      const states: Record<string, { time?: string }> = {};
+      c.on('message', (topic, payload) => payload.length && (states[topic.split('/').pop() as string] = JSON.parse(payload.toString())));
+      await c.subscribeAsync(`${prefix}/sync/${tenantId}/state/+`, { qos: 1 });
+      await poll(async () => Object.keys(states).length === 2, 'the retained states');
+      await c.endAsync();
+      const ahead = Date.parse(states.back.time as string) - Date.parse(states.front.time as string);
+      assert.ok(ahead > 86_000_000 && ahead < 86_800_000, `the back door's clock is a day ahead (${ahead} ms)`);
       assert.equal((await hubStore.erasureStatus(tenantId, 'alice'))?.complete, true);
       const exited = new Promise((r) => doors[0].child.once('exit', r));
       doors[0].child.kill('SIGKILL');
