@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
+import { stringify } from 'yaml';
 import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { EventBus } from '../src/core/events.ts';
@@ -15,7 +17,8 @@ import { DeviceSync } from '../src/sync/device-sync.ts';
 import { unwrapTenantKey } from '../src/sync/envelope.ts';
 import { loadDeviceKey } from '../src/sync/device-key.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
-import { CLI, authface, servedChildren, stop } from './support/cli.ts';
+import { userSetDigest } from '../src/sync/digest.ts';
+import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
 import { ROOT } from './support/datasets.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
@@ -25,7 +28,7 @@ import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
  * while a door sends 600 enrolments. Nothing is lost and no sequence number is used twice.
  */
 describe('two hubs on one database, one killed mid-stream', function () {
-  this.timeout(180_000);
+  this.timeout(300_000);
   const prefix = `authface-failover-${process.pid}`;
   const hubEnv = { AUTHFACE_HUB_MASTER_KEY: crypto.randomBytes(32).toString('hex'), LOG_LEVEL: 'info' };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-failover-'));
@@ -88,7 +91,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
     for (const h of hubs) if (h.exitCode === null && h.signalCode === null) await stop(h);
     const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
     await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
-    await c.publishAsync(syncTopics(prefix, tenantId).state('door'), '', { retain: true });
+    for (const d of ['door', 'late']) await c.publishAsync(syncTopics(prefix, tenantId).state(d), '', { retain: true });
     await c.endAsync();
     await db?.drop();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -106,6 +109,59 @@ describe('two hubs on one database, one killed mid-stream', function () {
       assert.deepEqual(rows.map((r) => Number(r.seq)), Array.from({ length: 600 }, (_, i) => i + 1), 'no number twice, none skipped');
       assert.equal(new Set(rows.map((r) => r.change_id)).size, 600, 'each change once');
       assert.equal(store.users.digest(tenantId).digest, await hub.digest(tenantId));
+    } finally {
+      await hub.close();
+    }
+  });
+
+  it('a new door killed with SIGKILL while it catches up resumes where it was, its cursor and its people agreeing throughout', async function () {
+    const hub = await HubStore.open(db.url);
+    try {
+      const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 1.3 + k)));
+      for (let i = 0; i < 2000; i++) store.users.enroll(tenantId, `q${i}`, face(i));
+      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2600, 'the hub holding 2,600 changes');
+      const dataDir = path.join(dir, 'late');
+      const { device_public_key } = JSON.parse((await authface(['sync', 'key'], { AUTHFACE_DATA_DIR: dataDir })).stdout) as { device_public_key: string };
+      fs.writeFileSync(path.join(dir, 'late-key.json'), (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'late', '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout);
+      fs.writeFileSync(
+        path.join(dir, 'late.yaml'),
+        stringify({ device_id: 'late', tenant_id: tenantId, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { url, topic_prefix: prefix }, sync: { tenant_key_file: path.join(dir, 'late-key.json') } }),
+      );
+      const env = { AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'late.yaml'), PORT: '0' };
+      const door = spawn(process.execPath, [...CLI, 'serve'], { cwd: ROOT, env: { ...process.env, ...env } });
+      servedChildren.add(door);
+      // read the door's own database as it catches up (SQLite lets a reader in beside the writer)
+      const state = () => {
+        const file = path.join(dataDir, 'authface.db');
+        if (!fs.existsSync(file)) return { cursor: 0, users: 0 };
+        const reader = new Database(file, { readonly: true, fileMustExist: true });
+        try {
+          const cursor = (reader.prepare('SELECT applied_seq AS n FROM sync_cursors').get() as { n: number } | undefined)?.n ?? 0;
+          const users = (reader.prepare('SELECT COUNT(*) AS n FROM users WHERE deleted_at IS NULL').get() as { n: number }).n;
+          return { cursor, users };
+        } catch {
+          return { cursor: 0, users: 0 }; // not migrated yet
+        } finally {
+          reader.close();
+        }
+      };
+      await poll(() => state().cursor >= 800, 'the door part-way through', 120_000);
+      const exited = new Promise((r) => door.once('exit', r));
+      door.kill('SIGKILL');
+      await exited;
+      const atKill = state();
+      assert.ok(atKill.cursor < 2600, `killed part-way (${atKill.cursor} of 2,600 applied): otherwise nothing is shown`);
+      assert.equal(atKill.users, atKill.cursor - 0, 'every change applied is there, and nothing beyond it (they are all enrolments)');
+      const again = await serve(env);
+      try {
+        await poll(() => state().cursor === 2600, 'the door resuming to the head', 120_000);
+        const reader = new Database(path.join(dataDir, 'authface.db'), { readonly: true });
+        const users = reader.prepare('SELECT external_user_id, version FROM users WHERE deleted_at IS NULL').all() as { external_user_id: string; version: number }[];
+        reader.close();
+        assert.equal(userSetDigest(users.map((u) => [u.external_user_id, u.version])), await hub.digest(tenantId), 'the door holds exactly the hub’s people');
+      } finally {
+        await stop(again.child);
+      }
     } finally {
       await hub.close();
     }

@@ -100,7 +100,8 @@ const MIGRATIONS = [
 
 export class HubError extends OperatorError {}
 
-export type AppendResult = { status: 'sequenced'; change: Change } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
+/** `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then. */
+export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
 
 /** At most this many changes of a tenant in one transaction. */
 const GROUP_COMMIT_MAX = 200;
@@ -222,18 +223,29 @@ export class HubStore {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
     let next = Number(counter.rows[0].next_seq);
+    // what the batch needs to know, read in two queries rather than two per change
+    const known = new Map<string, Change>(
+      (await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = ANY($2::uuid[])', [tenantId, batch.map((b) => b.changeId)])).rows.map((r) => [
+        r.change_id,
+        toChange(r),
+      ]),
+    );
+    const users = new Map<string, { version: number; deleted: boolean }>(
+      (
+        await db.query<{ external_user_id: string; version: number; deleted: boolean }>(
+          'SELECT external_user_id, version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = ANY($2::text[]) FOR UPDATE',
+          [tenantId, [...new Set(batch.map((b) => b.body.external_user_id))]],
+        )
+      ).rows.map((u) => [u.external_user_id, { version: u.version, deleted: u.deleted }]),
+    );
     const results: AppendResult[] = [];
     for (const { body, changeId, origin } of batch) {
-      const existing = await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = $2', [tenantId, changeId]);
-      if (existing.rows[0]) {
-        results.push({ status: 'sequenced', change: toChange(existing.rows[0]) });
+      const existing = known.get(changeId);
+      if (existing) {
+        results.push({ status: 'sequenced', change: existing, duplicate: true });
         continue;
       }
-      const user = await db.query<{ version: number; deleted: boolean }>(
-        'SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2 FOR UPDATE',
-        [tenantId, body.external_user_id],
-      );
-      const current = user.rows[0];
+      const current = users.get(body.external_user_id);
       if (body.kind === 'user.upsert' && current && body.version <= current.version) {
         const reason = current.deleted ? 'deleted' : 'stale_version';
         await db.query(
@@ -256,6 +268,7 @@ export class HubStore {
              key_version = excluded.key_version, template = excluded.template, seq = excluded.seq`,
           [tenantId, body.external_user_id, body.version, body.model, body.key_version, body.template, seq],
         );
+        users.set(body.external_user_id, { version: body.version, deleted: false });
       } else {
         // the central access log forgets whom its events were about
         await db.query(`UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`, [tenantId, body.external_user_id]);
@@ -266,8 +279,11 @@ export class HubStore {
            ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, seq = excluded.seq`,
           [tenantId, body.external_user_id, version, seq],
         );
+        users.set(body.external_user_id, { version, deleted: true });
       }
-      results.push({ status: 'sequenced', change: toChange(inserted.rows[0]) });
+      const change = toChange(inserted.rows[0]);
+      known.set(changeId, change);
+      results.push({ status: 'sequenced', change });
     }
     await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, next]);
     return results;

@@ -68,7 +68,7 @@ export class HubSync {
   /** Sequences a change made at the hub itself (its API, an admin) and publishes it. */
   async submit(tenantId: string, body: ChangeBody, origin = 'hub'): Promise<AppendResult> {
     const result = await this.store.append(tenantId, body, { origin });
-    if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
+    if (result.status === 'sequenced' && !result.duplicate) await this.#publishChange(tenantId, result);
     return result;
   }
 
@@ -110,7 +110,8 @@ export class HubSync {
           : { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason };
       if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
       await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
-      if (result.status === 'sequenced') await this.#publishChange(tenantId, result);
+      // a retry is only acknowledged: its change went out when it was sequenced
+      if (result.status === 'sequenced' && !result.duplicate) await this.#publishChange(tenantId, result);
     } else if (topic === topics.events) {
       const msg = parseMessage(doorEventsSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');

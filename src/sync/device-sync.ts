@@ -302,11 +302,8 @@ export class DeviceSync {
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
-      if (msg.ok && this.pending() > 0) {
-        // the hub is alive: what it did not acknowledge goes again now
-        this.#sentAt.clear();
-        this.flush();
-      }
+      // the hub is alive: what waits, or went unacknowledged for FETCH_TIMEOUT_MS, goes now
+      if (msg.ok && this.pending() > 0) this.flush();
       if (msg.ok) this.flushEvents(true);
     } else if (topic === topics.reply(deviceId)) {
       const msg = parseMessage(replySchema, payload);
