@@ -8,7 +8,7 @@ export const mochaHooks = {
     for (const child of servedChildren) child.kill('SIGKILL'); // left by a test that failed half-way
     // a test that leaks a handle would keep the run alive for ever: name what is left and fail
     setTimeout(() => {
-      const handles = (process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name);
+      const handles = [...(process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name), ...process.getActiveResourcesInfo()];
       console.error(`the test run did not end: open handles ${handles.join(', ')}`);
       process.exit(1);
     }, 15_000).unref();
