@@ -10,6 +10,10 @@ export const mochaHooks = {
     setTimeout(() => {
       const handles = [...(process as unknown as { _getActiveHandles(): object[] })._getActiveHandles().map((h) => h.constructor.name), ...process.getActiveResourcesInfo()];
       console.error(`the test run did not end: open handles ${handles.join(', ')}`);
+      // mocha's own exit handler sets the code to the number of failed tests: this one runs after it
+      process.on('exit', () => {
+        process.exitCode = 1;
+      });
       process.exit(1);
     }, 15_000).unref();
   },

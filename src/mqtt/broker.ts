@@ -108,10 +108,16 @@ export class EmbeddedBroker {
       );
       broker.handle(conn as unknown as net.Socket);
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options.port, options.host, () => resolve());
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(options.port, options.host, () => resolve());
+      });
+    } catch (err) {
+      // the broker's own timers (heartbeat, wills) would otherwise run on in a broker never used
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+      throw err;
+    }
     return new EmbeddedBroker(broker, server, device);
   }
 
