@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -9,7 +9,7 @@ import { stringify } from 'yaml';
 import mqtt from 'mqtt';
 import { HubStore } from '../src/hub/store.ts';
 import { ROOT } from './support/datasets.ts';
-import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
+import { authface, serve, serveHub, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type Photos, photos, thrice } from './support/photos.ts';
@@ -36,18 +36,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
     const { tenant_id: tenantId } = JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string };
-    hub = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', db.url, '--broker-url', brokerUrl, '--prefix', prefix], { cwd: ROOT, env: { ...process.env, ...hubEnv, LOG_LEVEL: 'info' } });
-    servedChildren.add(hub);
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const seen = (d: Buffer) => {
-        out += d;
-        if (out.includes('hub ready')) resolve();
-      };
-      hub?.stdout?.on('data', seen);
-      hub?.stderr?.on('data', seen);
-      hub?.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
-    });
+    hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, hubEnv);
     for (const name of ['front', 'back']) {
       const dataDir = path.join(dir, name);
       const env = { AUTHFACE_DATA_DIR: dataDir };

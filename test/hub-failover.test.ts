@@ -18,7 +18,7 @@ import { unwrapTenantKey } from '../src/sync/envelope.ts';
 import { loadDeviceKey } from '../src/sync/device-key.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { userSetDigest } from '../src/sync/digest.ts';
-import { CLI, authface, serve, servedChildren, stop } from './support/cli.ts';
+import { CLI, authface, serve, serveHub, servedChildren, stop } from './support/cli.ts';
 import { ROOT } from './support/datasets.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
@@ -40,18 +40,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
   const hubs: ChildProcess[] = [];
 
   const startHub = async () => {
-    const child = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', db.url, '--broker-url', url, '--prefix', prefix], { cwd: ROOT, env: { ...process.env, ...hubEnv } });
-    servedChildren.add(child);
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const seen = (d: Buffer) => {
-        out += d;
-        if (out.includes('hub ready')) resolve();
-      };
-      child.stdout?.on('data', seen);
-      child.stderr?.on('data', seen);
-      child.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
-    });
+    const child = await serveHub({ databaseUrl: db.url, brokerUrl: url, prefix }, hubEnv);
     hubs.push(child);
     return child;
   };

@@ -46,3 +46,24 @@ export async function stop(child: ChildProcess): Promise<number | null> {
   child.kill('SIGTERM');
   return exited;
 }
+
+/** Starts `authface hub serve` and waits until it says it is ready. */
+export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; prefix: string }, env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', opts.databaseUrl, '--broker-url', opts.brokerUrl, '--prefix', opts.prefix], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+  });
+  servedChildren.add(child);
+  child.once('exit', () => servedChildren.delete(child));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    const seen = (d: Buffer) => {
+      out += d;
+      if (out.includes('hub ready')) resolve();
+    };
+    child.stdout?.on('data', seen);
+    child.stderr?.on('data', seen);
+    child.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
+  });
+  return child;
+}
