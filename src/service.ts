@@ -1,36 +1,28 @@
 import fs from 'node:fs';
 import type http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
-import { GalleryIndex } from './biometrics/gallery.ts';
-import { IdentifyPolicy } from './biometrics/identify-policy.ts';
-import { FaceAnalyzer } from './biometrics/index.ts';
-import { DEFAULT_QUALITY } from './biometrics/quality.ts';
-import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
+import { composeBiometry, listen } from './biometry.ts';
+import type { GalleryIndex } from './biometrics/gallery.ts';
+import type { FaceAnalyzer } from './biometrics/index.ts';
+import type { CaptureService } from './capture/service.ts';
 import type { Settings } from './config/settings.ts';
-import { EventBus } from './core/events.ts';
-import { defaultLivenessOptions } from './liveness/index.ts';
+import type { EventBus } from './core/events.ts';
 import { type DeviceConfig, loadDeviceConfig } from './device/config.ts';
 import { type Device, startDevice } from './device/index.ts';
-import { type Logger, createLogger, loggableError } from './core/logger.ts';
-import { Metrics } from './core/metrics.ts';
-import { SessionService } from './sessions/service.ts';
+import { type Logger, createLogger } from './core/logger.ts';
+import type { SessionService } from './sessions/service.ts';
 import { PID_FILE, runningService } from './store/backup.ts';
 import { type Store, StoreError, openStore } from './store/index.ts';
-import { UserService } from './users/service.ts';
+import { sqliteBiometryStore } from './store/sqlite-biometry.ts';
 
 export const VERSION = (
   JSON.parse(fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as {
     version: string;
   }
 ).version;
-
-/** Enough for an active challenge (movements, six colours, frontal frames) at a few frames a second. */
-const MAX_FRAMES_PER_SESSION = 120;
-const SWEEP_INTERVAL_MS = 15_000;
 
 export interface Service {
   server: http.Server;
@@ -43,7 +35,7 @@ export interface Service {
   capture: CaptureService;
   analyzer: FaceAnalyzer;
   /** Expiry and retention, as the periodic sweeper runs them. */
-  sweep(): { expired: number; sessions: number; auditEvents: number };
+  sweep(): Promise<{ expired: number; sessions: number; auditEvents: number }>;
   close(): Promise<void>;
 }
 
@@ -80,58 +72,18 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     stack.push(() => store.close());
     const pidFile = claimPidFile(settings.dataDir);
     stack.push(() => fs.rmSync(pidFile, { force: true }));
-    const events = new EventBus((name, err) => logger.error({ event: name, err: loggableError(err) }, 'event listener failed'));
-    const analyzer =
-      overrides.analyzer ??
-      new FaceAnalyzer({
-        backend: settings.AUTHFACE_BACKEND,
-        maxPixels: settings.AUTHFACE_MAX_IMAGE_PIXELS,
-        maxSide: settings.AUTHFACE_MAX_IMAGE_SIDE,
-        maxAspectRatio: settings.AUTHFACE_MAX_ASPECT_RATIO,
-        quality: DEFAULT_QUALITY,
-        workers: settings.AUTHFACE_WORKERS,
-        queueSize: settings.AUTHFACE_QUEUE_SIZE,
-        frameTimeoutMs: settings.AUTHFACE_FRAME_TIMEOUT_MS,
-      });
-    if (!overrides.analyzer) stack.push(() => analyzer.close());
-
-    const index = new GalleryIndex();
-    for (const t of store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
-    logger.info({ templates: index.size }, 'templates loaded');
+    const biometryStore = sqliteBiometryStore(store);
+    // a device's own file may set its thresholds (a busy lobby may want a stricter match)
+    const { events, index, sessions, users, capture, analyzer, metrics, sweep } = await composeBiometry(
+      settings,
+      { store: biometryStore, logger, analyzer: overrides.analyzer, thresholds: deviceConfig?.thresholds, pins: store.pins },
+      stack,
+    );
+    // loading the index flagged the templates that do not open
     const unusable = store.users.needingReenrolment().length;
     if (unusable > 0) {
       logger.warn({ users: unusable }, 'a stored template could not be opened (damaged, altered or of another model): these users must enrol again (`authface doctor` names them)');
     }
-
-    // a device's own file may set its thresholds (a busy lobby may want a stricter match)
-    const match = deviceConfig?.thresholds.match ?? settings.AUTHFACE_MATCH_THRESHOLD;
-    const thresholds = {
-      match,
-      duplicate: deviceConfig?.thresholds.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
-      identify: new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: match, margin: settings.AUTHFACE_IDENTIFY_MARGIN }),
-    };
-    const sessions = new SessionService(store.db, store.sessions, store.users, store.audit, index, events, {
-      publicUrl: settings.publicUrl,
-      ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
-      thresholds,
-    });
-    const users = new UserService(store, index, events);
-    const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
-      requiredFrames: 3,
-      maxFrames: MAX_FRAMES_PER_SESSION,
-      sameFaceThreshold: thresholds.match,
-      liveness: defaultLivenessOptions(thresholds.match),
-    });
-    const metrics = new Metrics(events, {
-      galleryTemplates: () => index.size,
-      engineQueue: () => analyzer.load.queued,
-      engineBusy: () => analyzer.load.busy,
-      identification: () =>
-        index.sizes().map(({ tenantId, size }) => ({ tenantId, gallerySize: size, threshold: thresholds.identify.rule(size).threshold, expectedFpir: thresholds.identify.expectedFpir(size) })),
-    });
-    events.on('session.finished', (e) =>
-      logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'),
-    );
 
     const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, index, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
     if (device) stack.push(() => device.close());
@@ -139,7 +91,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     const app = createApp({
       logger,
       metrics,
-      tenants: store.tenants,
+      tenants: biometryStore.tenants,
       sessions,
       users,
       capture,
@@ -159,43 +111,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       },
     });
 
-    /** Expires sessions whose link is past its lifetime, and removes rows past the retention. */
-    const sweep = () => {
-      const expired = sessions.sweepExpired();
-      const purged = store.purgeBefore(new Date(Date.now() - settings.AUTHFACE_RETENTION_DAYS * 86_400_000).toISOString());
-      return { expired, ...purged };
-    };
-    const sweeper = setInterval(() => {
-      try {
-        sweep();
-      } catch (err) {
-        logger.error({ err: loggableError(err) }, 'sweep failed');
-      }
-    }, SWEEP_INTERVAL_MS);
-    sweeper.unref();
-    stack.push(() => clearInterval(sweeper));
-
-    analyzer.ready().then(
-      () => logger.info({ templates: index.size }, 'face engine ready'),
-      (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
-    );
-
-    const server = app.listen(settings.PORT, settings.HOST);
-    server.requestTimeout = 30_000;
-    server.headersTimeout = 10_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('listening', resolve);
-      server.once('error', reject);
-    });
-    stack.push(async () => {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections();
-      await closed;
-    });
-    const address = server.address() as AddressInfo;
-    const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-    logger.info({ url, publicUrl: settings.publicUrl, dataDir: settings.dataDir }, 'listening');
-
+    const { server, url } = await listen(app, settings, logger, stack);
     return { server, device, url, store, events, index, sessions, capture, analyzer, sweep, close: unwind };
   } catch (err) {
     await unwind();

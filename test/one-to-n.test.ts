@@ -20,7 +20,7 @@ import { LFW_IMPOSTOR_TAIL } from '../src/biometrics/impostor-tail.ts';
 import { decide } from '../src/sessions/decisions.ts';
 import { openStore } from '../src/store/index.ts';
 import type { Session } from '../src/store/sessions.ts';
-import type { UserStore } from '../src/store/users.ts';
+import type { UserAccess } from '../src/store/biometry-store.ts';
 import { guessable } from '../src/users/service.ts';
 
 /** A unit vector close to `base` (cosine ≈ `cos`), deterministic. */
@@ -133,20 +133,20 @@ describe('identify decisions: threshold by gallery size, ambiguity, face+pin', f
     id: 's', tenantId, clientState: 'c', flow: 'identify', externalUserId: null, redirectUrl: 'http://localhost/', status: 'in_progress', reason: null, score: null,
     resultUserId: null, eventId: null, createdAt: '', expiresAt: '', boundAt: null, completedAt: null, challenge: null, doorId: 'main', factor: 'face', candidates: null, ...over,
   });
-  const users = {} as UserStore;
+  const users = {} as UserAccess;
   const alice = unit(10);
 
-  it('two people within the margin: refused as ambiguous_match, naming nobody', function () {
+  it('two people within the margin: refused as ambiguous_match, naming nobody', async function () {
     const index = new GalleryIndex();
     index.of(tenantId).upsert('alice', near(alice, 0.99, 11));
     index.of(tenantId).upsert('twin', near(alice, 0.985, 12));
-    const d = decide(session(), alice, users, index, t);
+    const d = await decide(session(), alice, users, index, t);
     assert.deepEqual([d.status, d.reason, d.externalUserId], ['fail', 'ambiguous_match', null]);
     index.of(tenantId).remove('twin');
-    assert.deepEqual([decide(session(), alice, users, index, t).status, decide(session(), alice, users, index, t).externalUserId], ['success', 'alice']);
+    assert.deepEqual([(await decide(session(), alice, users, index, t)).status, (await decide(session(), alice, users, index, t)).externalUserId], ['success', 'alice']);
   });
 
-  it('the identify threshold is the one for the gallery size: a score that passes among 2 fails among 5,000', function () {
+  it('the identify threshold is the one for the gallery size: a score that passes among 2 fails among 5,000', async function () {
     const small = new GalleryIndex();
     const big = new GalleryIndex();
     const probe = near(alice, 0.955, 13);
@@ -154,13 +154,13 @@ describe('identify decisions: threshold by gallery size, ambiguity, face+pin', f
     small.of(tenantId).upsert('bob', unit(99));
     big.of(tenantId).upsert('alice', alice);
     for (let i = 0; i < 4999; i++) big.of(tenantId).upsert(`u${i}`, unit(1000 + i));
-    assert.equal(decide(session(), probe, users, small, t).status, 'success');
-    const d = decide(session(), probe, users, big, t);
+    assert.equal((await decide(session(), probe, users, small, t)).status, 'success');
+    const d = await decide(session(), probe, users, big, t);
     assert.deepEqual([d.status, d.reason], ['fail', 'not_identified']);
     assert.ok(policy.rule(5000).threshold > 0.955);
   });
 
-  it('face+pin: only the PIN holders compete (1:1), a face outside them is not named, no holder names nobody', function () {
+  it('face+pin: only the PIN holders compete (1:1), a face outside them is not named, no holder names nobody', async function () {
     const index = new GalleryIndex();
     for (let i = 0; i < 4999; i++) index.of(tenantId).upsert(`u${i}`, unit(1000 + i));
     index.of(tenantId).upsert('alice', alice);
@@ -168,16 +168,16 @@ describe('identify decisions: threshold by gallery size, ambiguity, face+pin', f
     const probe = near(alice, 0.955, 14);
     const pin = (candidates: string[]) => session({ factor: 'face+pin', candidates });
     assert.deepEqual(
-      (({ status, externalUserId }) => [status, externalUserId])(decide(pin(['alice']), probe, users, index, t)),
+      (({ status, externalUserId }) => [status, externalUserId])(await decide(pin(['alice']), probe, users, index, t)),
       ['success', 'alice'],
       'the same score that 1:5,000 refuses passes 1:1',
     );
-    assert.equal(decide(pin(['bob']), probe, users, index, t).reason, 'not_identified', "someone else's PIN");
-    assert.equal(decide(pin([]), probe, users, index, t).reason, 'not_identified', 'a PIN nobody holds');
-    assert.equal(decide(pin(['ghost', 'alice']), probe, users, index, t).externalUserId, 'alice', 'a holder without a template is skipped');
+    assert.equal((await decide(pin(['bob']), probe, users, index, t)).reason, 'not_identified', "someone else's PIN");
+    assert.equal((await decide(pin([]), probe, users, index, t)).reason, 'not_identified', 'a PIN nobody holds');
+    assert.equal((await decide(pin(['ghost', 'alice']), probe, users, index, t)).externalUserId, 'alice', 'a holder without a template is skipped');
   });
 
-  it('guessable PINs are recognised', function () {
+  it('guessable PINs are recognised', async function () {
     for (const p of ['0000', '1234', '9876', '7890', '3210', '11111111']) assert.equal(guessable(p), true, p);
     for (const p of ['2580', '1357', '4721', '19731']) assert.equal(guessable(p), false, p);
   });

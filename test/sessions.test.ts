@@ -51,7 +51,7 @@ describe('session lifecycle: expiry, single use, tenant isolation', function () 
     await api.start('identify');
     await api.start('identify');
     await sleep(1100);
-    assert.equal(svc.service.sessions.sweepExpired(), 2);
+    assert.equal(await svc.service.sessions.sweepExpired(), 2);
     const expired = svc.service.store.audit.list(t.id).filter((e) => e.reason === 'expired');
     assert.equal(expired.length, 2);
   });

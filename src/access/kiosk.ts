@@ -49,7 +49,7 @@ export class KioskService {
     } else if (pin !== undefined) {
       throw new ServiceError('invalid_request', 'pin_not_used', 'this door does not ask for a PIN');
     }
-    const created = this.sessions.create(
+    const created = await this.sessions.create(
       this.tenant,
       'identify',
       { clientState: crypto.randomUUID(), redirectUrl: `${this.publicUrl}/kiosk?door=${encodeURIComponent(door.id)}`, externalUserId: null },
@@ -62,7 +62,7 @@ export class KioskService {
    * Shows an integrator's enroll or update_embedding session on a door's kiosk. The link must be
    * one of this service's open capture links, of this device's tenant.
    */
-  open(doorId: string, biometryUrl: string, tenantId = this.tenant.id): void {
+  async open(doorId: string, biometryUrl: string, tenantId = this.tenant.id): Promise<void> {
     this.door(doorId);
     let url: URL;
     try {
@@ -74,7 +74,7 @@ export class KioskService {
     if (`${url.origin}${url.pathname}` !== `${this.publicUrl}/capture` || !token) {
       throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url is not a capture link of this device');
     }
-    const session = this.sessions.byCaptureToken(token);
+    const session = await this.sessions.byCaptureToken(token);
     if (session.tenantId !== tenantId || session.tenantId !== this.tenant.id) {
       throw new ServiceError('invalid_request', 'invalid_biometry_url', "the session does not belong to this device's tenant");
     }

@@ -53,7 +53,7 @@ export class RemoteCommands {
   }
 
   /** Checks and carries out one received command; returns the reply to publish, if any. */
-  receive(payload: Buffer, meta: { retained: boolean }): { refused: CommandRefusal | null; reply: CommandReply | null } {
+  async receive(payload: Buffer, meta: { retained: boolean }): Promise<{ refused: CommandRefusal | null; reply: CommandReply | null }> {
     const refuse = (refused: CommandRefusal, detail: Record<string, unknown> = {}, reply: CommandReply | null = null) => {
       this.deps.logger.warn({ refused, ...detail }, 'remote command refused');
       return { refused, reply };
@@ -98,7 +98,7 @@ export class RemoteCommands {
         return { refused: event ? null : 'failed', reply: reply(event !== null, event ? undefined : 'unknown door') };
       }
       if (!parsed.biometry_url) return refuse('malformed', { problem: 'biometry_url is required' }, reply(false, 'biometry_url is required'));
-      this.deps.kiosk.open(parsed.door, parsed.biometry_url);
+      await this.deps.kiosk.open(parsed.door, parsed.biometry_url);
       return { refused: null, reply: reply(true) };
     } catch (err) {
       return refuse('failed', { problem: (err as Error).message }, reply(false, (err as Error).message));

@@ -120,7 +120,7 @@ export class Turnstile {
       if (fb.acceptedFrames >= fb.requiredFrames) break;
       frame = await this.deps.camera.grab();
     }
-    capture.complete(token);
+    await capture.complete(token);
   }
 
   /** The same person is not processed again until they have gone or the cool-down has passed. */

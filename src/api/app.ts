@@ -4,7 +4,7 @@ import type { CaptureService } from '../capture/service.ts';
 import type { Logger } from '../core/logger.ts';
 import type { Metrics } from '../core/metrics.ts';
 import type { SessionService } from '../sessions/service.ts';
-import type { TenantStore } from '../store/tenants.ts';
+import type { TenantAccess } from '../store/biometry-store.ts';
 import type { UserService } from '../users/service.ts';
 import { errorHandler } from './http.ts';
 import { metricsAccess } from './local.ts';
@@ -18,7 +18,7 @@ import { pinRoutes } from './routes/pins.ts';
 export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
-  tenants: TenantStore;
+  tenants: TenantAccess;
   sessions: SessionService;
   users: UserService;
   capture: CaptureService;

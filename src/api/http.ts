@@ -5,7 +5,8 @@ import type { z } from 'zod';
 import { ImageInputError, QueueFullError, WorkerTaskError } from '../biometrics/index.ts';
 import { loggableError } from '../core/logger.ts';
 import { type ErrorKind, ServiceError } from '../errors.ts';
-import type { Tenant, TenantStore } from '../store/tenants.ts';
+import type { TenantAccess } from '../store/biometry-store.ts';
+import type { Tenant } from '../store/tenants.ts';
 
 const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
@@ -146,10 +147,10 @@ export interface TenantState {
 }
 
 /** Every integrator call: `Authorization: Bearer <api_key>` names the tenant it acts for. */
-export function requireTenant(tenants: TenantStore) {
+export function requireTenant(tenants: TenantAccess) {
   return async (ctx: Context, next: Next): Promise<void> => {
     const key = bearer(ctx);
-    const tenant = key ? tenants.findByApiKey(key) : undefined;
+    const tenant = key ? await tenants.findByApiKey(key) : undefined;
     if (!tenant) throw new ServiceError('unauthorized', 'invalid_api_key', 'send a valid API key as Authorization: Bearer <key>');
     (ctx.state as TenantState).tenant = tenant;
     await next();

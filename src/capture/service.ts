@@ -79,8 +79,8 @@ export class CaptureService {
     events.on('session.finished', ({ sessionId }) => this.#progress.delete(sessionId));
   }
 
-  open(token: string): CaptureView {
-    const session = this.sessions.bind(this.sessions.byCaptureToken(token));
+  async open(token: string): Promise<CaptureView> {
+    const session = await this.sessions.bind(await this.sessions.byCaptureToken(token));
     return {
       session,
       livenessMode: session.challenge ? 'active' : 'passive',
@@ -97,7 +97,7 @@ export class CaptureService {
    * `lightPhase`: which colour of the challenge the page was showing when it took the frame.
    */
   async submitFrame(token: string, image: Uint8Array, meta: { lightPhase?: number } = {}): Promise<FrameFeedback> {
-    let session = this.sessions.bind(this.sessions.byCaptureToken(token));
+    let session = await this.sessions.bind(await this.sessions.byCaptureToken(token));
     const progress = this.#progressOf(session);
     if (progress.frames >= this.options.maxFrames) {
       throw new ServiceError('too_many_requests', 'too_many_frames', `a session accepts at most ${this.options.maxFrames} frames`);
@@ -114,7 +114,7 @@ export class CaptureService {
     }
     progress.frames++;
     // the link may have been used up or expired while the frame was being analysed
-    session = this.sessions.byCaptureToken(token);
+    session = await this.sessions.byCaptureToken(token);
     const problems: FrameProblem[] = [...analysis.problems];
     if (progress.liveness.observe(analysis, { at: Date.now(), lightPhase: meta.lightPhase }).length > 0) {
       problems.push('presentation_attack_suspected');
@@ -142,20 +142,20 @@ export class CaptureService {
   }
 
   /** Decides over the accepted frames; afterwards the token accepts nothing more. */
-  complete(token: string): CaptureResult {
-    const session = this.sessions.byCaptureToken(token);
+  async complete(token: string): Promise<CaptureResult> {
+    const session = await this.sessions.byCaptureToken(token);
     const progress = this.#progressOf(session);
     const refusal = refusalReason(progress, this.options.requiredFrames);
     const finished = refusal
-      ? this.sessions.fail(session, refusal)
-      : this.sessions.decide(session, meanEmbedding(progress.accepted));
+      ? await this.sessions.fail(session, refusal)
+      : await this.sessions.decide(session, meanEmbedding(progress.accepted));
     return { session: finished, redirectTo: redirectTarget(finished) };
   }
 
   /** The person gave up: the session fails with `cancelled` and the browser still goes back. */
-  cancel(token: string): CaptureResult {
-    const session = this.sessions.byCaptureToken(token);
-    const finished = this.sessions.fail(session, 'cancelled');
+  async cancel(token: string): Promise<CaptureResult> {
+    const session = await this.sessions.byCaptureToken(token);
+    const finished = await this.sessions.fail(session, 'cancelled');
     return { session: finished, redirectTo: redirectTarget(finished) };
   }
 

@@ -98,8 +98,9 @@ export class MqttBridge {
     });
     client.on('message', (topic, payload, packet) => {
       if (topic !== topics.command) return;
-      const { reply } = deps.commands.receive(payload, { retained: packet.retain });
-      if (reply) bridge.#publish(topics.commandResult, reply);
+      void deps.commands.receive(payload, { retained: packet.retain }).then(({ reply }) => {
+        if (reply) bridge.#publish(topics.commandResult, reply);
+      });
     });
 
     bridge.#unsubscribe.push(

@@ -1,13 +1,13 @@
 import type { EventBus } from '../core/events.ts';
+import { KeyedQueue } from '../core/keyed-queue.ts';
 import { ServiceError } from '../errors.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
-import { type AuditLog, newEventId } from '../store/audit.ts';
-import type { Db } from '../store/database.ts';
-import type { Flow, Session, SessionStore } from '../store/sessions.ts';
+import { newEventId } from '../store/audit.ts';
+import type { BiometryStore, UserWrite } from '../store/biometry-store.ts';
+import type { Flow, Session } from '../store/sessions.ts';
 import type { LivenessMode, Tenant } from '../store/tenants.ts';
-import type { UserStore } from '../store/users.ts';
 import { drawChallenge } from '../liveness/challenge.ts';
-import { type Thresholds, decide } from './decisions.ts';
+import { type Decision, type Thresholds, decide } from './decisions.ts';
 import { assertRedirectAllowed } from './origins.ts';
 import { captureTokenHash, newCaptureToken } from './tokens.ts';
 
@@ -15,6 +15,11 @@ export interface SessionServiceOptions {
   publicUrl: string;
   ttlSeconds: number;
   thresholds: Thresholds;
+  /**
+   * Brings the tenant's 1:N index up to date before a decision (the hub: changes other hub
+   * processes and devices committed to the central store since). A device's index is always current.
+   */
+  refreshGallery?: (tenantId: string) => Promise<void>;
 }
 
 export interface NewSession {
@@ -31,28 +36,34 @@ export interface DoorSessionOptions {
   candidates?: string[];
 }
 
+/** How a session ends: a decision, or a failure or expiry without one. */
+type Ending = Omit<Decision, 'status'> & { status: 'success' | 'fail' | 'expired' };
+
+/** A decision that keeps meeting a user changed under it is given up after this many tries. */
+const MAX_DECISION_ATTEMPTS = 3;
+
 /**
  * Session lifecycle: creation with a single-use capture link, binding on first use, the final
- * decision, and expiry. Every way a session ends goes through `#finish`, which records the outcome
- * and its audit event in one transaction and then announces it.
+ * decision, and expiry. Every way a session ends goes through `#finish`, which records the outcome,
+ * its audit event and any enrolment in one transaction and then announces it. The sessions of a
+ * tenant end one at a time, so two enrolments cannot both pass the 1:N duplicate check.
  */
 export class SessionService {
+  readonly #finishing = new KeyedQueue();
+
   constructor(
-    private readonly db: Db,
-    private readonly sessions: SessionStore,
-    private readonly users: UserStore,
-    private readonly audit: AuditLog,
+    private readonly store: BiometryStore,
     private readonly index: GalleryIndex,
     private readonly events: EventBus,
     private readonly options: SessionServiceOptions,
   ) {}
 
-  create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): { clientState: string; biometryUrl: string; token: string } {
+  async create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): Promise<{ clientState: string; biometryUrl: string; token: string }> {
     // the device's own sessions return to its own kiosk page, which no tenant needs to allow
     if (!door) assertRedirectAllowed(tenant.allowedOrigins, input.redirectUrl);
     const mode = door?.livenessMode ?? tenant.livenessMode;
     const { token, hash } = newCaptureToken();
-    const session = this.sessions.create({
+    const session = await this.store.sessions.create({
       tenantId: tenant.id,
       clientState: input.clientState,
       flow,
@@ -72,8 +83,8 @@ export class SessionService {
   }
 
   /** The tenant's session for this client_state, brought up to date if its link has expired. */
-  byClientState(tenant: Tenant, clientState: string): Session {
-    const session = this.sessions.byClientState(tenant.id, clientState);
+  async byClientState(tenant: Tenant, clientState: string): Promise<Session> {
+    const session = await this.store.sessions.byClientState(tenant.id, clientState);
     if (!session) throw new ServiceError('not_found', 'session_not_found', 'no session with this client_state');
     return this.#expireIfDue(session);
   }
@@ -82,11 +93,11 @@ export class SessionService {
    * The open session behind a capture token. Unknown tokens are 401; a link whose session has
    * ended (decided, expired or cancelled) is 410, so it can never be used twice.
    */
-  byCaptureToken(token: string): Session {
+  async byCaptureToken(token: string): Promise<Session> {
     const hash = captureTokenHash(token);
-    const found = hash && this.sessions.byTokenHash(hash);
+    const found = hash && (await this.store.sessions.byTokenHash(hash));
     if (!found) throw new ServiceError('unauthorized', 'invalid_capture_token', 'this capture link is not valid');
-    const session = this.#expireIfDue(found);
+    const session = await this.#expireIfDue(found);
     if (session.status === 'expired') {
       throw new ServiceError('gone', 'capture_link_expired', 'this capture link has expired');
     }
@@ -97,110 +108,94 @@ export class SessionService {
   }
 
   /** The first use of the link: pending → in_progress. */
-  bind(session: Session): Session {
-    if (session.status === 'pending') this.sessions.bind(session.id);
-    return this.sessions.byId(session.id) as Session;
+  async bind(session: Session): Promise<Session> {
+    if (session.status === 'pending') await this.store.sessions.bind(session.tenantId, session.id);
+    return this.#reload(session);
   }
 
   /** Decides the session on the probe embedding and records the outcome. */
-  decide(session: Session, probe: Float32Array): Session {
-    return this.#finish(session, () => {
-      const decision = decide(session, probe, this.users, this.index, this.options.thresholds);
-      return { decision, after: decision.indexChange };
+  decide(session: Session, probe: Float32Array): Promise<Session> {
+    return this.#finish(session, async () => {
+      await this.options.refreshGallery?.(session.tenantId);
+      return decide(session, probe, this.store.users, this.index, this.options.thresholds);
     });
   }
 
   /** Ends the session as failed without a biometric decision (no usable face, spoof, cancelled...). */
-  fail(session: Session, reason: string): Session {
-    return this.#finish(session, () => ({
-      decision: { status: 'fail', reason, score: null, externalUserId: session.externalUserId },
-    }));
+  fail(session: Session, reason: string): Promise<Session> {
+    return this.#finish(session, async () => ({ status: 'fail', reason, score: null, externalUserId: session.externalUserId }));
   }
 
   /** Expires every open session whose link is past its lifetime (run periodically). */
-  sweepExpired(): number {
+  async sweepExpired(): Promise<number> {
     let n = 0;
-    for (const session of this.sessions.dueForExpiry()) {
-      if (this.#expireIfDue(session).status === 'expired') n++;
+    for (const session of await this.store.sessions.dueForExpiry()) {
+      if ((await this.#expireIfDue(session)).status === 'expired') n++;
     }
     return n;
   }
 
-  #expireIfDue(session: Session): Session {
+  async #expireIfDue(session: Session): Promise<Session> {
     const open = session.status === 'pending' || session.status === 'in_progress';
     if (!open || Date.parse(session.expiresAt) > Date.now()) return session;
-    return this.#finish(session, () => ({
-      decision: { status: 'expired', reason: 'expired', score: null, externalUserId: session.externalUserId },
-    }));
+    return this.#finish(session, async () => ({ status: 'expired', reason: 'expired', score: null, externalUserId: session.externalUserId }));
   }
 
-  #finish(
-    session: Session,
-    run: () => {
-      decision: { status: 'success' | 'fail' | 'expired'; reason: string | null; score: number | null; externalUserId: string | null };
-      after?: { type: 'upsert'; externalUserId: string; embedding: Float32Array };
-    },
-  ): Session {
-    const eventId = newEventId();
-    const outcome = this.db.transaction(() => {
-      const { decision, after } = run();
-      const finished = this.sessions.finish(session.id, {
-        status: decision.status,
-        reason: decision.reason,
-        score: decision.score,
-        resultUserId: decision.externalUserId,
-        eventId,
-      });
-      // another request finished it first: roll back whatever this decision wrote
-      if (!finished) throw new AlreadyFinished();
-      this.audit.record({
-        id: eventId,
-        tenantId: session.tenantId,
-        type: 'session_finished',
-        flow: session.flow,
-        sessionId: session.id,
-        externalUserId: decision.externalUserId,
-        result: decision.status === 'success' ? 'success' : 'fail',
-        reason: decision.reason,
-        score: decision.score,
-        factor: session.doorId ? session.factor : null,
-      });
-      return { decision, after };
+  async #reload(session: Session): Promise<Session> {
+    return (await this.store.sessions.byId(session.tenantId, session.id)) as Session;
+  }
+
+  #finish(session: Session, run: () => Promise<Ending>): Promise<Session> {
+    return this.#finishing.run(session.tenantId, async () => {
+      for (let attempt = 1; ; attempt++) {
+        const eventId = newEventId();
+        const decision: Ending =
+          attempt <= MAX_DECISION_ATTEMPTS ? await run() : { status: 'fail', reason: 'conflict', score: null, externalUserId: session.externalUserId };
+        const written = await this.store.finishSession(
+          session,
+          { status: decision.status, reason: decision.reason, score: decision.score, resultUserId: decision.externalUserId, eventId },
+          {
+            id: eventId,
+            tenantId: session.tenantId,
+            type: 'session_finished',
+            flow: session.flow,
+            sessionId: session.id,
+            externalUserId: decision.externalUserId,
+            result: decision.status === 'success' ? 'success' : 'fail',
+            reason: decision.reason,
+            score: decision.score,
+            factor: session.doorId ? session.factor : null,
+          },
+          decision.write,
+        );
+        // the user changed since the decision read it: decide again on what is there now
+        if (written === 'write_conflict') continue;
+        if (written === 'already_finished') return this.#reload(session);
+        if (decision.write) this.#announceWrite(session, decision.write);
+        this.events.emit('session.finished', {
+          tenantId: session.tenantId,
+          sessionId: session.id,
+          flow: session.flow,
+          status: decision.status,
+          reason: decision.reason,
+          externalUserId: decision.externalUserId,
+          score: decision.score,
+          eventId,
+          doorId: session.doorId,
+          clientState: session.clientState,
+          factor: session.factor,
+        });
+        return this.#reload(session);
+      }
     });
-    let result: ReturnType<typeof outcome>;
-    try {
-      result = outcome();
-    } catch (err) {
-      if (err instanceof AlreadyFinished) return this.sessions.byId(session.id) as Session;
-      throw err;
-    }
-    const { decision, after } = result;
-    if (after) {
-      this.index.of(session.tenantId).upsert(after.externalUserId, after.embedding);
-      this.events.emit('user.changed', {
-        tenantId: session.tenantId,
-        externalUserId: after.externalUserId,
-        change: session.flow === 'enroll' ? 'enrolled' : 'updated',
-      });
-    }
-    this.events.emit('session.finished', {
-      tenantId: session.tenantId,
-      sessionId: session.id,
-      flow: session.flow,
-      status: decision.status,
-      reason: decision.reason,
-      externalUserId: decision.externalUserId,
-      score: decision.score,
-      eventId,
-      doorId: session.doorId,
-      clientState: session.clientState,
-      factor: session.factor,
-    });
-    return this.sessions.byId(session.id) as Session;
+  }
+
+  #announceWrite(session: Session, write: UserWrite): void {
+    const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
+    this.index.of(session.tenantId).upsert(externalUserId, write.embedding);
+    this.events.emit('user.changed', { tenantId: session.tenantId, externalUserId, change: write.kind === 'enroll' ? 'enrolled' : 'updated' });
   }
 }
-
-class AlreadyFinished extends Error {}
 
 /** `redirect_url` with `client_state` added to its query. */
 export function redirectTarget(session: Session): string {

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import type { Challenge } from '../liveness/challenge.ts';
+import type { NewSessionRow } from './biometry-store.ts';
 import { type Db, now } from './database.ts';
 
 export type Flow = 'enroll' | 'verify' | 'identify' | 'update_embedding';
@@ -67,19 +68,7 @@ export class SessionStore {
   constructor(private readonly db: Db) {}
 
   /** Inserts a pending session; returns undefined when the client_state is taken in this tenant. */
-  create(input: {
-    tenantId: string;
-    clientState: string;
-    flow: Flow;
-    externalUserId: string | null;
-    redirectUrl: string;
-    tokenHash: Buffer;
-    ttlSeconds: number;
-    challenge: Challenge | null;
-    doorId?: string | null;
-    /** Identify among these users only (the holders of the PIN typed at a face+pin door). */
-    candidates?: string[] | null;
-  }): Session | undefined {
+  create(input: NewSessionRow): Session | undefined {
     const created = new Date();
     const session: Session = {
       id: crypto.randomUUID(),
@@ -145,10 +134,10 @@ export class SessionStore {
   }
 
   /** pending → in_progress on the first use of the capture link; false if it was already bound. */
-  bind(id: string): boolean {
+  bind(tenantId: string, id: string): boolean {
     const res = this.db
-      .prepare(`UPDATE sessions SET status = 'in_progress', bound_at = ? WHERE id = ? AND status = 'pending'`)
-      .run(now(), id);
+      .prepare(`UPDATE sessions SET status = 'in_progress', bound_at = ? WHERE tenant_id = ? AND id = ? AND status = 'pending'`)
+      .run(now(), tenantId, id);
     return res.changes === 1;
   }
 

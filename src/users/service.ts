@@ -1,10 +1,10 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { EventBus } from '../core/events.ts';
 import { ServiceError } from '../errors.ts';
-import type { Store } from '../store/index.ts';
+import type { AuditInput, BiometryStore } from '../store/biometry-store.ts';
 import type { Tenant } from '../store/tenants.ts';
 import type { User } from '../store/users.ts';
-import { PIN_FORMAT } from '../store/pins.ts';
+import { PIN_FORMAT, type PinStore } from '../store/pins.ts';
 
 export interface UserDetails extends User {
   templates: { version: number; active: boolean; createdAt: string }[];
@@ -13,41 +13,38 @@ export interface UserDetails extends User {
 /** The management side of enrolled users: list, look up, delete. Never exposes embeddings. */
 export class UserService {
   constructor(
-    private readonly store: Pick<Store, 'users' | 'audit' | 'eraseUser' | 'pins'>,
+    private readonly store: BiometryStore,
     private readonly index: GalleryIndex,
     private readonly events: EventBus,
+    /** face+pin doors' PINs: a device's own (the hub has no doors). */
+    private readonly pins: PinStore | null,
   ) {}
 
-  list(tenant: Tenant, limit: number, offset: number): { total: number; users: User[] } {
+  list(tenant: Tenant, limit: number, offset: number): Promise<{ total: number; users: User[] }> {
     return this.store.users.list(tenant.id, limit, offset);
   }
 
-  get(tenant: Tenant, externalUserId: string): UserDetails {
-    const user = this.store.users.get(tenant.id, externalUserId);
+  async get(tenant: Tenant, externalUserId: string): Promise<UserDetails> {
+    const user = await this.store.users.get(tenant.id, externalUserId);
     if (!user) throw new ServiceError('not_found', 'user_not_found', 'no enrolled user with this external_user_id');
-    return { ...user, templates: this.store.users.templateVersions(user) };
+    return { ...user, templates: await this.store.users.templateVersions(user) };
   }
 
   /**
    * Erases every template of the user (history included) and their identifier from every stored
    * row; the audit trail keeps a pseudonym, never biometrics.
    */
-  delete(tenant: Tenant, externalUserId: string): { eventId: string } {
-    const eventId = this.store.eraseUser(
-      tenant.id,
-      externalUserId,
-      (pseudonym) =>
-        this.store.audit.record({
-          tenantId: tenant.id,
-          type: 'user_deleted',
-          flow: null,
-          sessionId: null,
-          externalUserId: pseudonym,
-          result: 'success',
-          reason: null,
-          score: null,
-        }).id,
-    );
+  async delete(tenant: Tenant, externalUserId: string): Promise<{ eventId: string }> {
+    const eventId = await this.store.eraseUser(tenant.id, externalUserId, (pseudonym) => ({
+      tenantId: tenant.id,
+      type: 'user_deleted',
+      flow: null,
+      sessionId: null,
+      externalUserId: pseudonym,
+      result: 'success',
+      reason: null,
+      score: null,
+    }));
     if (!eventId) throw new ServiceError('not_found', 'user_not_found', 'no enrolled user with this external_user_id');
     this.index.of(tenant.id).remove(externalUserId);
     this.events.emit('user.changed', { tenantId: tenant.id, externalUserId, change: 'deleted' });
@@ -61,18 +58,25 @@ export class UserService {
   async setPin(tenant: Tenant, externalUserId: string, pin: string): Promise<{ eventId: string }> {
     if (!PIN_FORMAT.test(pin)) throw new ServiceError('invalid_request', 'invalid_pin', 'a PIN is 4 to 8 digits');
     if (guessable(pin)) throw new ServiceError('invalid_request', 'weak_pin', 'choose a PIN that is not one digit repeated or a run such as 1234 or 9876');
-    this.get(tenant, externalUserId);
-    await this.store.pins.set(tenant.id, externalUserId, pin);
-    return { eventId: this.#audit(tenant, externalUserId, 'pin_set') };
+    const pins = this.#pins();
+    await this.get(tenant, externalUserId);
+    await pins.set(tenant.id, externalUserId, pin);
+    return { eventId: await this.#audit(tenant, externalUserId, 'pin_set') };
   }
 
-  removePin(tenant: Tenant, externalUserId: string): { eventId: string } {
-    if (!this.store.pins.remove(tenant.id, externalUserId)) throw new ServiceError('not_found', 'pin_not_found', 'this user has no PIN');
-    return { eventId: this.#audit(tenant, externalUserId, 'pin_removed') };
+  async removePin(tenant: Tenant, externalUserId: string): Promise<{ eventId: string }> {
+    if (!this.#pins().remove(tenant.id, externalUserId)) throw new ServiceError('not_found', 'pin_not_found', 'this user has no PIN');
+    return { eventId: await this.#audit(tenant, externalUserId, 'pin_removed') };
   }
 
-  #audit(tenant: Tenant, externalUserId: string, type: 'pin_set' | 'pin_removed'): string {
-    return this.store.audit.record({ tenantId: tenant.id, type, flow: null, sessionId: null, externalUserId, result: 'success', reason: null, score: null }).id;
+  #pins(): PinStore {
+    if (!this.pins) throw new ServiceError('not_found', 'pins_not_here', 'PINs are set on the device whose doors ask for them');
+    return this.pins;
+  }
+
+  async #audit(tenant: Tenant, externalUserId: string, type: 'pin_set' | 'pin_removed'): Promise<string> {
+    const event: AuditInput = { tenantId: tenant.id, type, flow: null, sessionId: null, externalUserId, result: 'success', reason: null, score: null };
+    return (await this.store.audit.record(event)).id;
   }
 }
 

@@ -264,7 +264,7 @@ describe('the store is tamper-evident, durable and recoverable', function () {
       const longAgo = new Date(Date.now() - 31 * 86_400_000).toISOString();
       db.prepare('UPDATE sessions SET created_at = ?, expires_at = ?, completed_at = ? WHERE client_state = ?').run(longAgo, longAgo, longAgo, old.clientState);
       db.prepare(`UPDATE audit_events SET created_at = ? WHERE session_id = (SELECT id FROM sessions WHERE client_state = ?)`).run(longAgo, old.clientState);
-      const swept = svc.service.sweep();
+      const swept = await svc.service.sweep();
       assert.deepEqual([swept.sessions, swept.auditEvents], [1, 1]);
       assert.equal((await api.result(old.clientState)).status, 404);
       assert.equal((await api.result(recent.clientState)).status, 200);

@@ -2,14 +2,14 @@ import Router from '@koa/router';
 import type { Context } from 'koa';
 import type { SessionService } from '../../sessions/service.ts';
 import type { Flow } from '../../store/sessions.ts';
-import type { TenantStore } from '../../store/tenants.ts';
+import type { TenantAccess } from '../../store/biometry-store.ts';
 import type { UserService } from '../../users/service.ts';
 import { type TenantState, readJson, requireTenant } from '../http.ts';
 import { presentResult, presentUserDetails, presentUserSummary } from '../presenters.ts';
 import { flowRequest, identifyRequest, listUsersRequest, resultRequest, userRequest } from '../schemas.ts';
 
 /** The integrator API, `/biometry/v1/*`: every call needs `Authorization: Bearer <api_key>`. */
-export function biometryRoutes(deps: { tenants: TenantStore; sessions: SessionService; users: UserService }): Router {
+export function biometryRoutes(deps: { tenants: TenantAccess; sessions: SessionService; users: UserService }): Router {
   const router = new Router<TenantState>({ prefix: '/biometry/v1' });
 
   router.use(requireTenant(deps.tenants));
@@ -17,7 +17,7 @@ export function biometryRoutes(deps: { tenants: TenantStore; sessions: SessionSe
   const startFlow = (flow: Flow) => async (ctx: Context) => {
     const tenant = (ctx.state as TenantState).tenant;
     const input = flow === 'identify' ? { ...(await readJson(ctx, identifyRequest)), external_user_id: null } : await readJson(ctx, flowRequest);
-    const created = deps.sessions.create(tenant, flow, {
+    const created = await deps.sessions.create(tenant, flow, {
       clientState: input.client_state,
       redirectUrl: input.redirect_url,
       externalUserId: input.external_user_id,
@@ -32,23 +32,23 @@ export function biometryRoutes(deps: { tenants: TenantStore; sessions: SessionSe
 
   router.post('/result', async (ctx) => {
     const { client_state } = await readJson(ctx, resultRequest);
-    ctx.body = presentResult(deps.sessions.byClientState(ctx.state.tenant, client_state));
+    ctx.body = presentResult(await deps.sessions.byClientState(ctx.state.tenant, client_state));
   });
 
   router.post('/list-users', async (ctx) => {
     const { limit, offset } = await readJson(ctx, listUsersRequest);
-    const { total, users } = deps.users.list(ctx.state.tenant, limit, offset);
+    const { total, users } = await deps.users.list(ctx.state.tenant, limit, offset);
     ctx.body = { success: true, total, limit, offset, users: users.map(presentUserSummary) };
   });
 
   router.post('/get-user', async (ctx) => {
     const { external_user_id } = await readJson(ctx, userRequest);
-    ctx.body = { success: true, user: presentUserDetails(deps.users.get(ctx.state.tenant, external_user_id)) };
+    ctx.body = { success: true, user: presentUserDetails(await deps.users.get(ctx.state.tenant, external_user_id)) };
   });
 
   router.post('/delete-user', async (ctx) => {
     const { external_user_id } = await readJson(ctx, userRequest);
-    const { eventId } = deps.users.delete(ctx.state.tenant, external_user_id);
+    const { eventId } = await deps.users.delete(ctx.state.tenant, external_user_id);
     ctx.body = { success: true, external_user_id, event_id: eventId };
   });
 

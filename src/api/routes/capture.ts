@@ -26,8 +26,8 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
     return t;
   };
 
-  router.get('/session', (ctx) => {
-    const view = deps.capture.open(token(ctx));
+  router.get('/session', async (ctx) => {
+    const view = await deps.capture.open(token(ctx));
     ctx.body = {
       success: true,
       flow: view.session.flow,
@@ -48,7 +48,7 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
 
   router.post('/frames', async (ctx) => {
     const t = token(ctx);
-    deps.capture.open(t); // reject a dead link before reading a large body
+    await deps.capture.open(t); // reject a dead link before reading a large body
     const feedback = await deps.capture.submitFrame(t, await readImage(ctx, deps.maxImageBytes), { lightPhase: lightPhase(ctx) });
     const l = feedback.liveness;
     ctx.body = {
@@ -70,13 +70,13 @@ export function captureRoutes(deps: { capture: CaptureService; maxImageBytes: nu
     };
   });
 
-  router.post('/complete', (ctx) => {
-    const { session, redirectTo } = deps.capture.complete(token(ctx));
+  router.post('/complete', async (ctx) => {
+    const { session, redirectTo } = await deps.capture.complete(token(ctx));
     ctx.body = { success: true, status: session.status, reason: session.status === 'success' ? null : session.reason, redirect_to: redirectTo };
   });
 
-  router.post('/cancel', (ctx) => {
-    const { session, redirectTo } = deps.capture.cancel(token(ctx));
+  router.post('/cancel', async (ctx) => {
+    const { session, redirectTo } = await deps.capture.cancel(token(ctx));
     ctx.body = { success: true, status: session.status, reason: session.reason, redirect_to: redirectTo };
   });
 

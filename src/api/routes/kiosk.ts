@@ -134,7 +134,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
   router.post('/device/v1/kiosk/open', async (ctx) => {
     const tenant = tenantOf(ctx);
     const body = await readJson(ctx, openOnKiosk);
-    deps.kiosk.open(body.door, body.biometry_url, tenant.id);
+    await deps.kiosk.open(body.door, body.biometry_url, tenant.id);
     ctx.body = { success: true, door: body.door };
   });
 

@@ -1,5 +1,5 @@
 import Router from '@koa/router';
-import type { TenantStore } from '../../store/tenants.ts';
+import type { TenantAccess } from '../../store/biometry-store.ts';
 import type { UserService } from '../../users/service.ts';
 import { type TenantState, readJson, requireTenant } from '../http.ts';
 import { removePinRequest, setPinRequest } from '../schemas.ts';
@@ -9,7 +9,7 @@ import { removePinRequest, setPinRequest } from '../schemas.ts';
  * `/device/v1/remove-pin`, with the tenant's API key (in the style of /biometry/v1, which they
  * leave as its contract has it). The PIN travels in the body only, and is neither logged nor returned.
  */
-export function pinRoutes(deps: { tenants: TenantStore; users: UserService }): Router<TenantState> {
+export function pinRoutes(deps: { tenants: TenantAccess; users: UserService }): Router<TenantState> {
   const router = new Router<TenantState>({ prefix: '/device/v1' });
   router.use(requireTenant(deps.tenants));
   router.post('/set-pin', async (ctx) => {
@@ -19,7 +19,7 @@ export function pinRoutes(deps: { tenants: TenantStore; users: UserService }): R
   });
   router.post('/remove-pin', async (ctx) => {
     const { external_user_id } = await readJson(ctx, removePinRequest);
-    const { eventId } = deps.users.removePin(ctx.state.tenant, external_user_id);
+    const { eventId } = await deps.users.removePin(ctx.state.tenant, external_user_id);
     ctx.body = { success: true, external_user_id, event_id: eventId };
   });
   return router;

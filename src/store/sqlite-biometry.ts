@@ -1,0 +1,71 @@
+import type { BiometryStore, FinishResult } from './biometry-store.ts';
+import type { Store } from './index.ts';
+
+class Rollback extends Error {
+  constructor(readonly result: FinishResult) {
+    super(result);
+  }
+}
+
+/**
+ * The device's SQLite store behind the async BiometryStore interface. Each call runs to completion
+ * synchronously (better-sqlite3), so a transaction here never spans an await and nothing else can
+ * run inside it.
+ */
+export function sqliteBiometryStore(store: Store): BiometryStore {
+  const { db, tenants, sessions, users, audit } = store;
+  return {
+    tenants: {
+      create: async (input) => tenants.create(input),
+      get: async (id) => tenants.get(id),
+      createKey: async (tenantId) => tenants.createKey(tenantId),
+      revokeKey: async (keyId) => tenants.revokeKey(keyId),
+      findByApiKey: async (apiKey) => tenants.findByApiKey(apiKey),
+    },
+    sessions: {
+      create: async (input) => sessions.create(input),
+      byId: async (tenantId, id) => {
+        const s = sessions.byId(id);
+        return s && s.tenantId === tenantId ? s : undefined;
+      },
+      byClientState: async (tenantId, clientState) => sessions.byClientState(tenantId, clientState),
+      byTokenHash: async (hash) => sessions.byTokenHash(hash),
+      bind: async (tenantId, id) => sessions.bind(tenantId, id),
+      dueForExpiry: async (limit) => sessions.dueForExpiry(limit),
+    },
+    users: {
+      get: async (tenantId, externalUserId) => users.get(tenantId, externalUserId),
+      list: async (tenantId, limit, offset) => users.list(tenantId, limit, offset),
+      activeEmbedding: async (user) => users.activeEmbedding(user),
+      templateVersions: async (user) => users.templateVersions(user),
+      activeTemplates: async () => users.activeTemplates(),
+    },
+    audit: {
+      record: async (event) => audit.record(event),
+      list: async (tenantId, limit) => audit.list(tenantId, limit),
+    },
+    async finishSession(session, outcome, auditEvent, write) {
+      try {
+        db.transaction(() => {
+          if (write?.kind === 'enroll') {
+            if (users.get(session.tenantId, write.externalUserId)) throw new Rollback('write_conflict');
+            users.enroll(session.tenantId, write.externalUserId, write.embedding);
+          } else if (write?.kind === 'update') {
+            const current = users.get(session.tenantId, write.user.externalUserId);
+            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
+            users.replaceTemplate(current, write.embedding);
+          }
+          // another request finished it first: roll back whatever this decision wrote
+          if (!sessions.finish(session.id, outcome)) throw new Rollback('already_finished');
+          audit.record(auditEvent);
+        })();
+        return 'finished';
+      } catch (err) {
+        if (err instanceof Rollback) return err.result;
+        throw err;
+      }
+    },
+    eraseUser: async (tenantId, externalUserId, auditEvent) => store.eraseUser(tenantId, externalUserId, (pseudonym) => audit.record(auditEvent(pseudonym)).id),
+    purgeBefore: async (cutoff) => store.purgeBefore(cutoff),
+  };
+}
