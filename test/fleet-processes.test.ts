@@ -26,7 +26,8 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
   const prefix = `authface-fleetp-${process.pid}`;
   const hubEnv = { AUTHFACE_HUB_MASTER_KEY: crypto.randomBytes(32).toString('hex') };
   let db: TestDatabase;
-  let hub: ChildProcess | undefined;
+  let hub: (ChildProcess & { url: string }) | undefined;
+  let hubApi: Client;
   let img: Photos;
   let brokerUrl: string;
   const doors: { child: ChildProcess; api: Client }[] = [];
@@ -35,8 +36,10 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     img = await photos();
     brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
-    const { tenant_id: tenantId } = JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string };
+    const added = (await authface(['hub', 'tenant', 'add', '--name', 'acme', '--allowed-origin', 'https://app.example.com', '--liveness', 'passive', '--database-url', db.url], hubEnv)).stdout;
+    const { tenant_id: tenantId, api_key: hubKey } = JSON.parse(added) as { tenant_id: string; api_key: string };
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, hubEnv);
+    hubApi = new Client(hub.url, hubKey);
     for (const name of ['front', 'back']) {
       const dataDir = path.join(dir, name);
       const env = { AUTHFACE_DATA_DIR: dataDir };
@@ -90,6 +93,50 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     assert.ok(gone, 'the deletion reached the front door');
   });
 
+  it("an integrator enrols through the hub's own /biometry/v1 and capture page: both doors identify; a face already at a door is a duplicate at the hub; a deletion at the hub reaches both", async function () {
+    const identifiedAt = async (door: number, photo: Buffer) => {
+      let result: Record<string, unknown> = {};
+      for (let i = 0; i < 40; i++) {
+        result = (await doors[door].api.run('identify', thrice(photo))).result;
+        if (result.status === 'success') break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      return result;
+    };
+    const enrolled = (await hubApi.run('enroll', thrice(img.personA[0]), { externalUserId: 'bob' })).result;
+    assert.deepEqual([enrolled.status, enrolled.external_user_id], ['success', 'bob'], JSON.stringify(enrolled));
+    const details = (await hubApi.post<{ user: { version: number; templates: unknown[] } }>('/biometry/v1/get-user', { external_user_id: 'bob' })).body.user;
+    assert.equal(details.templates.length, 1);
+    for (const door of [0, 1]) {
+      const result = await identifiedAt(door, img.personA[1]);
+      assert.deepEqual([result.status, result.external_user_id], ['success', 'bob'], `door ${door}`);
+    }
+    assert.equal((await hubApi.run('verify', thrice(img.personA[2]), { externalUserId: 'bob' })).result.status, 'success', '1:1 at the hub');
+
+    // enrolled at the front door, then at the hub under another id: the hub's 1:N sees the door's enrolment
+    assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'carol' })).result.status, 'success');
+    let duplicate: Record<string, unknown> = {};
+    for (let i = 0; i < 40; i++) {
+      duplicate = (await hubApi.run('enroll', thrice(img.personB), { externalUserId: 'carol-again' })).result;
+      if (duplicate.reason === 'conflict') break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.deepEqual([duplicate.status, duplicate.reason], ['fail', 'conflict']);
+    assert.equal((await hubApi.post('/biometry/v1/list-users', {})).body.total, 2, 'bob and carol, as the whole fleet');
+
+    assert.equal((await hubApi.post('/biometry/v1/delete-user', { external_user_id: 'bob' })).status, 200);
+    for (const door of [0, 1]) {
+      let gone = false;
+      for (let i = 0; i < 40 && !gone; i++) {
+        gone = (await doors[door].api.post('/biometry/v1/get-user', { external_user_id: 'bob' })).status === 404;
+        if (!gone) await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.ok(gone, `the hub's deletion reached door ${door}`);
+    }
+    const result = (await doors[1].api.run('identify', thrice(img.personA[1]))).result;
+    assert.notEqual(result.external_user_id, 'bob');
+  });
+
   it('the hub sees both doors; a door killed with SIGKILL shows offline (its last will), the erasure stays complete', async function () {
     const hubStore = await HubStore.open(db.url);
     try {
@@ -111,6 +158,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       const ahead = Date.parse(states.back.time as string) - Date.parse(states.front.time as string);
       assert.ok(ahead > 86_000_000 && ahead < 86_800_000, `the back door's clock is a day ahead (${ahead} ms)`);
       assert.equal((await hubStore.erasureStatus(tenantId, 'alice'))?.complete, true);
+      assert.equal((await hubStore.erasureStatus(tenantId, 'bob'))?.complete, true, 'the deletion made at the hub too');
       const exited = new Promise((r) => doors[0].child.once('exit', r));
       doors[0].child.kill('SIGKILL');
       await exited;

@@ -8,7 +8,7 @@ import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { openStore, type Store } from '../src/store/index.ts';
 import { EnvelopeError, type TemplateBinding, generateDeviceKeyPair, newTenantKey, openTemplate, sealTemplate, unwrapTenantKey, wrapTenantKey } from '../src/sync/envelope.ts';
-import { type Change, type ChangeBody, changeBatchSchema } from '../src/sync/protocol.ts';
+import { type Change, type SubmittedChange, changeBatchSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -60,7 +60,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
   let hub: HubStore;
   const tenantId = crypto.randomUUID();
   const key = newTenantKey();
-  const upsert = (id: string, version: number): ChangeBody => ({
+  const upsert = (id: string, version: number): SubmittedChange => ({
     kind: 'user.upsert',
     external_user_id: id,
     version,
@@ -107,10 +107,14 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     assert.equal((await hub.append(tenantId, upsert('alice', 3), { origin: 'hub' })).status, 'sequenced', 'a new enrolment after the deletion');
   });
 
-  it('changes after a cursor come back in order and validate against the published schema', async function () {
+  it('changes after a cursor come back in order, a deleted person\'s earlier ones blanked, and validate against the published schema', async function () {
     const changes = await hub.changesAfter(tenantId, 118, 10);
     assert.deepEqual(changes.map((c) => c.seq), [119, 120, 121, 122, 123]);
-    assert.deepEqual(changes.slice(2).map((c) => [c.kind, c.external_user_id]), [['user.upsert', 'alice'], ['user.delete', 'alice'], ['user.upsert', 'alice']]);
+    assert.deepEqual(
+      changes.slice(2).map((c) => [c.kind, 'external_user_id' in c ? c.external_user_id : null, 'template' in c]),
+      [['user.erased', null, false], ['user.delete', 'alice', false], ['user.upsert', 'alice', true]],
+      'the template enrolled before the deletion is gone from the log; its sequence number stays',
+    );
     assert.equal(changeBatchSchema.safeParse({ tenant_id: tenantId, changes }).success, true);
   });
 
@@ -133,8 +137,8 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   let tenantId: string;
   const key = newTenantKey();
   let seq = 0;
-  const change = (body: ChangeBody, at = ++seq): Change => ({ ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() });
-  const upsert = (id: string, version: number, model = EMBEDDING_MODEL): ChangeBody => ({
+  const change = (body: SubmittedChange, at = ++seq): Change => ({ ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() });
+  const upsert = (id: string, version: number, model = EMBEDDING_MODEL): SubmittedChange => ({
     kind: 'user.upsert',
     external_user_id: id,
     version,

@@ -2,7 +2,11 @@ import crypto from 'node:crypto';
 import type { Settings } from '../config/settings.ts';
 import { createLogger } from '../core/logger.ts';
 import { HubStore } from '../hub/store.ts';
-import { HubSync } from '../hub/sync-service.ts';
+import { postgresBiometryStore } from '../hub/biometry-store.ts';
+import { startHub } from '../hub/service.ts';
+import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import { VERSION } from '../service.ts';
+import type { LivenessMode } from '../store/tenants.ts';
 import { parseMasterKey } from '../store/crypto.ts';
 import { loadDeviceKey } from '../sync/device-key.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
@@ -25,32 +29,42 @@ function hubMasterKey(settings: Settings): Buffer {
   return parseMasterKey(settings.AUTHFACE_HUB_MASTER_KEY, 'AUTHFACE_HUB_MASTER_KEY');
 }
 
-/** `authface hub serve`: sequences and publishes the fleet's changes until stopped. */
+/**
+ * `authface hub serve`: sequences and publishes the fleet's changes, and serves /biometry/v1 and
+ * the capture page on the central store (HOST, PORT, PUBLIC_URL as a device), until stopped.
+ */
 export async function hubServe(settings: Settings, opts: { databaseUrl?: string; brokerUrl?: string; prefix: string }): Promise<void> {
   const brokerUrl = opts.brokerUrl ?? settings.AUTHFACE_HUB_BROKER_URL;
   if (!brokerUrl) throw new CommandError('the hub needs the broker its devices use: --broker-url mqtt://… or AUTHFACE_HUB_BROKER_URL');
+  const databaseUrl = opts.databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
+  if (!databaseUrl) throw new CommandError('the hub needs its PostgreSQL database: --database-url postgres://… or AUTHFACE_HUB_DATABASE_URL');
   const logger = createLogger(settings.LOG_LEVEL);
-  const store = await openHub(settings, opts.databaseUrl);
-  const sync = await HubSync.start(store, { url: brokerUrl, prefix: opts.prefix, logger });
-  logger.info({ broker: brokerUrl.replace(/\/\/[^@/]*@/, '//'), prefix: opts.prefix }, 'hub ready');
+  const hub = await startHub(settings, { databaseUrl, brokerUrl, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
-    await sync.close();
-    await store.close();
+    await hub.close();
     process.exit(0);
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
 }
 
-/** `authface hub tenant add`: a tenant of the fleet, with its key. */
-export async function hubTenantAdd(settings: Settings, opts: { name: string; id?: string; databaseUrl?: string }): Promise<{ tenant_id: string; key_version: number }> {
+/**
+ * `authface hub tenant add`: a tenant of the fleet, with its key, and an API key for the hub's
+ * /biometry/v1 (shown once; only its hash is stored).
+ */
+export async function hubTenantAdd(
+  settings: Settings,
+  opts: { name: string; id?: string; databaseUrl?: string; allowedOrigins?: string[]; liveness?: LivenessMode },
+): Promise<{ tenant_id: string; key_version: number; api_key: string; allowed_origins: string[] }> {
   const masterKey = hubMasterKey(settings);
   const store = await openHub(settings, opts.databaseUrl);
   try {
-    const tenantId = opts.id ?? crypto.randomUUID();
-    await store.createTenant(tenantId, opts.name);
-    const { keyVersion } = await store.tenantKey(tenantId, masterKey);
-    return { tenant_id: tenantId, key_version: keyVersion };
+    const allowedOrigins = opts.allowedOrigins ?? [];
+    const api = postgresBiometryStore(store, { tenantKey: (t) => store.tenantKey(t, masterKey), model: EMBEDDING_MODEL });
+    const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
+    const { keyVersion } = await store.tenantKey(tenant.id, masterKey);
+    const { apiKey } = await api.tenants.createKey(tenant.id);
+    return { tenant_id: tenant.id, key_version: keyVersion, api_key: apiKey, allowed_origins: allowedOrigins };
   } finally {
     await store.close();
   }

@@ -237,7 +237,7 @@ const hub = program.command('hub').description('the fleet hub: PostgreSQL and th
 const databaseUrl = () => new Option('--database-url <url>', 'the hub database (default AUTHFACE_HUB_DATABASE_URL)');
 hub
   .command('serve')
-  .description('sequence the changes devices send, publish them, serve what a device missed')
+  .description('sequence the changes devices send, publish them, serve what a device missed; serve /biometry/v1 and the capture page on the central store (HOST, PORT, PUBLIC_URL)')
   .addOption(databaseUrl())
   .option('--broker-url <url>', 'the broker the devices use (default AUTHFACE_HUB_BROKER_URL)')
   .option('--prefix <level>', 'first topic level, as the devices\' mqtt.topic_prefix', 'authface')
@@ -245,11 +245,15 @@ hub
 const hubTenant = hub.command('tenant').description("the fleet's tenants");
 hubTenant
   .command('add')
-  .description('add a tenant and make its key; prints {tenant_id} (the devices\' tenant_id)')
+  .description("add a tenant, make its key and an API key for the hub's /biometry/v1; prints {tenant_id (the devices' tenant_id), api_key (only this once)}")
   .requiredOption('--name <name>', 'display name')
   .option('--id <uuid>', 'the tenant id (default: a new one)')
+  .option('--allowed-origin <origin>', "origin redirect_url of the hub's sessions may point to (repeatable)", collect, [])
+  .addOption(liveness().default('active'))
   .addOption(databaseUrl())
-  .action(async (opts: { name: string; id?: string; databaseUrl?: string }) => print(await hubTenantAdd(loadSettings(), opts)));
+  .action(async (opts: { name: string; id?: string; databaseUrl?: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
+    print(await hubTenantAdd(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin })),
+  );
 hub
   .command('wrap-key')
   .description("print the tenant key wrapped to one device's public key: save it as that device's sync.tenant_key_file")

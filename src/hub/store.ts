@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
 import { userSetDigest } from '../sync/digest.ts';
-import type { Change, ChangeBody, DeviceState, DoorEvents } from '../sync/protocol.ts';
+import type { Change, ChangeBody, DeviceState, DoorEvents, SubmittedChange } from '../sync/protocol.ts';
 
 /**
  * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
@@ -96,6 +96,61 @@ const MIGRATIONS = [
      PRIMARY KEY (tenant_id, event_id)
    );
    CREATE INDEX hub_access_events_time ON hub_access_events (tenant_id, received_at);`,
+  // the hub's own /biometry/v1: tenants' settings and API keys, capture sessions, audit trail
+  `ALTER TABLE hub_tenants ADD COLUMN liveness_mode text NOT NULL DEFAULT 'active',
+                           ADD COLUMN allowed_origins jsonb NOT NULL DEFAULT '[]';
+   ALTER TABLE hub_users ADD COLUMN created_at timestamptz NOT NULL DEFAULT now(),
+                         ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
+   CREATE TABLE hub_api_keys (
+     tenant_id   uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     key_id      text NOT NULL,
+     key_hash    bytea NOT NULL UNIQUE,
+     created_at  timestamptz NOT NULL DEFAULT now(),
+     revoked_at  timestamptz,
+     PRIMARY KEY (tenant_id, key_id)
+   );
+   CREATE TABLE hub_sessions (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     id                uuid NOT NULL,
+     client_state      text NOT NULL,
+     flow              text NOT NULL,
+     external_user_id  text,
+     redirect_url      text NOT NULL,
+     token_hash        bytea NOT NULL,
+     status            text NOT NULL,
+     reason            text,
+     score             double precision,
+     result_user_id    text,
+     event_id          text,
+     created_at        timestamptz NOT NULL,
+     expires_at        timestamptz NOT NULL,
+     bound_at          timestamptz,
+     completed_at      timestamptz,
+     challenge         jsonb,
+     door_id           text,
+     factor            text NOT NULL DEFAULT 'face',
+     candidates        jsonb,
+     PRIMARY KEY (tenant_id, id),
+     UNIQUE (tenant_id, client_state)
+   );
+   CREATE INDEX hub_sessions_token ON hub_sessions (token_hash);
+   CREATE INDEX hub_sessions_open ON hub_sessions (expires_at) WHERE status IN ('pending', 'in_progress');
+   CREATE TABLE hub_audit_events (
+     tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     id                text NOT NULL,
+     type              text NOT NULL,
+     flow              text,
+     session_id        uuid,
+     external_user_id  text,
+     result            text,
+     reason            text,
+     score             double precision,
+     factor            text,
+     door_id           text,
+     created_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+     PRIMARY KEY (tenant_id, id)
+   );
+   CREATE INDEX hub_audit_events_time ON hub_audit_events (tenant_id, created_at);`,
 ];
 
 export class HubError extends OperatorError {}
@@ -107,7 +162,7 @@ export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: tr
 const GROUP_COMMIT_MAX = 200;
 
 interface PendingAppend {
-  body: ChangeBody;
+  body: SubmittedChange;
   changeId: string;
   origin: string;
   resolve: (result: AppendResult) => void;
@@ -185,7 +240,7 @@ export class HubStore {
    * - an upsert at or below a deletion's tombstone is `deleted` (a deletion wins over a concurrent change);
    * both are recorded in hub_conflicts for an admin, and nothing is sequenced.
    */
-  async append(tenantId: string, body: ChangeBody, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
+  async append(tenantId: string, body: SubmittedChange, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
       const queue = this.#pending.get(tenantId) ?? [];
       queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, resolve, reject });
@@ -217,6 +272,15 @@ export class HubStore {
       this.#draining.delete(tenantId);
       if (this.#pending.get(tenantId)?.length === 0) this.#pending.delete(tenantId);
     }
+  }
+
+  /**
+   * Sequences one change inside the caller's transaction (the hub's own API: the change commits
+   * with the session that made it). Lock order as in group commit: the tenant's counter row first.
+   */
+  async appendWithin(db: pg.PoolClient, tenantId: string, body: SubmittedChange, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
+    const [result] = await this.#appendBatch(db, tenantId, [{ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, resolve: () => undefined, reject: () => undefined }]);
+    return result;
   }
 
   async #appendBatch(db: pg.PoolClient, tenantId: string, batch: readonly PendingAppend[]): Promise<AppendResult[]> {
@@ -265,13 +329,26 @@ export class HubStore {
         await db.query(
           `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq) VALUES ($1, $2, $3, false, $4, $5, $6, $7)
            ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = false, model = excluded.model,
-             key_version = excluded.key_version, template = excluded.template, seq = excluded.seq`,
+             key_version = excluded.key_version, template = excluded.template, seq = excluded.seq, updated_at = now(),
+             created_at = CASE WHEN hub_users.deleted THEN now() ELSE hub_users.created_at END`,
           [tenantId, body.external_user_id, body.version, body.model, body.key_version, body.template, seq],
         );
         users.set(body.external_user_id, { version: body.version, deleted: false });
       } else {
-        // the central access log forgets whom its events were about
-        await db.query(`UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`, [tenantId, body.external_user_id]);
+        // the central access log, audit trail and sessions forget whom they were about, and the
+        // log's earlier changes of the person lose their templates and id (their places stay: no gap)
+        for (const sql of [
+          `UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`,
+          `UPDATE hub_audit_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`,
+          'UPDATE hub_sessions SET external_user_id = NULL WHERE tenant_id = $1 AND external_user_id = $2',
+          'UPDATE hub_sessions SET result_user_id = NULL WHERE tenant_id = $1 AND result_user_id = $2',
+        ]) {
+          await db.query(sql, [tenantId, body.external_user_id]);
+        }
+        await db.query(
+          `UPDATE hub_changes SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}' WHERE tenant_id = $1 AND external_user_id = $2 AND kind = 'user.upsert'`,
+          [tenantId, body.external_user_id],
+        );
         // the tombstone keeps the highest version seen, so no older upsert can bring the person back
         const version = Math.max(body.version, current?.version ?? 0);
         await db.query(
@@ -389,6 +466,11 @@ export class HubStore {
         else await db.query('UPDATE hub_schema SET version = $1', [v + 1]);
       });
     }
+  }
+
+  /** Runs `run` in one transaction on one connection: committed if it returns, rolled back if it throws. */
+  async transaction<T>(run: (db: pg.PoolClient) => Promise<T>): Promise<T> {
+    return this.#transaction(run);
   }
 
   async #transaction<T>(run: (db: pg.PoolClient) => Promise<T>): Promise<T> {

@@ -3,7 +3,7 @@ import type { Logger } from '../core/logger.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
 import {
   type Change,
-  type ChangeBody,
+  type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   deviceStateSchema,
   doorEventsSchema,
@@ -65,10 +65,15 @@ export class HubSync {
     return hub;
   }
 
-  /** Sequences a change made at the hub itself (its API, an admin) and publishes it. */
-  async submit(tenantId: string, body: ChangeBody, origin = 'hub'): Promise<AppendResult> {
+  /** Publishes a change sequenced elsewhere in this process (the hub's API), after its commit. */
+  publish(change: Change): void {
+    this.#queueChange(change.tenant_id, change);
+  }
+
+  /** Sequences a change made at the hub itself (an admin) and publishes it. */
+  async submit(tenantId: string, body: SubmittedChange, origin = 'hub'): Promise<AppendResult> {
     const result = await this.store.append(tenantId, body, { origin });
-    if (result.status === 'sequenced' && !result.duplicate) await this.#publishChange(tenantId, result);
+    if (result.status === 'sequenced' && !result.duplicate) this.#queueChange(tenantId, result.change);
     return result;
   }
 
@@ -111,7 +116,7 @@ export class HubSync {
       if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
       await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
       // a retry is only acknowledged: its change went out when it was sequenced
-      if (result.status === 'sequenced' && !result.duplicate) await this.#publishChange(tenantId, result);
+      if (result.status === 'sequenced' && !result.duplicate) this.#queueChange(tenantId, result.change);
     } else if (topic === topics.events) {
       const msg = parseMessage(doorEventsSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
@@ -130,9 +135,9 @@ export class HubSync {
    * Queues a sequenced change for the tenant's log. The changes committed together go out together:
    * one message of up to MAX_CHANGES_PER_BATCH, one head, so a door applies them in one transaction.
    */
-  async #publishChange(tenantId: string, result: Extract<AppendResult, { status: 'sequenced' }>): Promise<void> {
+  #queueChange(tenantId: string, change: Change): void {
     const queue = this.#outgoing.get(tenantId) ?? [];
-    queue.push(result.change);
+    queue.push(change);
     this.#outgoing.set(tenantId, queue);
     if (queue.length === 1) setImmediate(() => void this.#publishQueued(tenantId).catch((err: Error) => this.options.logger.warn({ tenant: tenantId, problem: err.message }, 'hub: publishing failed (devices will fetch)')));
   }

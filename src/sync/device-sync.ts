@@ -8,9 +8,9 @@ import type { Store } from '../store/index.ts';
 import { syncClientOptions } from './client-options.ts';
 import { sealTemplate } from './envelope.ts';
 import {
-  type ChangeBody,
   type DeviceState,
   type DoorEvents,
+  type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
   changeBatchSchema,
@@ -182,7 +182,7 @@ export class DeviceSync {
       if (inFlight >= OUTBOX_WINDOW) break;
       const sentAt = this.#sentAt.get(r.change_id);
       if (sentAt !== undefined && now - sentAt < FETCH_TIMEOUT_MS) continue;
-      let body: ChangeBody;
+      let body: SubmittedChange;
       if (r.kind === 'delete') {
         body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
       } else {

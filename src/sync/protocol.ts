@@ -36,7 +36,15 @@ export const userDeleteSchema = z
   })
   .describe('A person deleted: every copy of the template is erased');
 
-export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema]);
+export const userErasedSchema = z
+  .strictObject({ kind: z.literal('user.erased') })
+  .describe("An earlier change of a person since deleted: the hub blanks it (template and id) when the deletion is sequenced; a device skips it");
+
+/** What a device or the hub's API submits for sequencing. */
+export const submittedChangeSchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema]);
+
+/** What the log holds: submitted changes, and the ones a later deletion blanked. */
+export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userErasedSchema]);
 
 export const changeSchema = z
   .intersection(
@@ -59,9 +67,9 @@ export const changeBatchSchema = z
   .meta({ id: 'SyncChangeBatch', description: 'Changes of one tenant in order (the hub publishes them, a device fetches a range)' });
 
 export type ChangeBody = z.output<typeof changeBodySchema>;
+export type SubmittedChange = z.output<typeof submittedChangeSchema>;
 export type Change = z.output<typeof changeSchema>;
 export type ChangeBatch = z.output<typeof changeBatchSchema>;
-
 
 /** Topics of a tenant's log on the broker (documented in firmware-config/README.md, "Fleet sync"). */
 export function syncTopics(prefix: string, tenantId: string) {
@@ -85,7 +93,7 @@ export function syncTopics(prefix: string, tenantId: string) {
 }
 
 export const submissionSchema = z
-  .strictObject({ device_id: z.string().min(1).max(64), change_id: z.uuid(), body: changeBodySchema })
+  .strictObject({ device_id: z.string().min(1).max(64), change_id: z.uuid(), body: submittedChangeSchema })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
 export const fetchRequestSchema = z

@@ -79,6 +79,8 @@ export class Replica {
   /** One change inside the batch's transaction; returns why it was refused, or null. */
   #applyOne(change: Change, after: (() => void)[]): string | null {
     const gallery = this.index.of(change.tenant_id);
+    // a change blanked by a later deletion: only its place in the order is left
+    if (change.kind === 'user.erased') return null;
     if (change.kind === 'user.delete') {
       this.store.eraseUser(change.tenant_id, change.external_user_id, () => null);
       after.push(() => gallery.remove(change.external_user_id));

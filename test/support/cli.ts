@@ -3,6 +3,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { ROOT } from './datasets.ts';
+import { freePort } from './mosquitto.ts';
 
 export const run = promisify(execFile);
 // tsx by its absolute address (its package's "." export): the CLI is also run from other working
@@ -48,10 +49,13 @@ export async function stop(child: ChildProcess): Promise<number | null> {
 }
 
 /** Starts `authface hub serve` and waits until it says it is ready. */
-export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; prefix: string }, env: Record<string, string>): Promise<ChildProcess> {
+export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; prefix: string }, env: Record<string, string>): Promise<ChildProcess & { url: string }> {
+  // its own free port (two hubs may run side by side) and one engine worker each
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
   const child = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', opts.databaseUrl, '--broker-url', opts.brokerUrl, '--prefix', opts.prefix], {
     cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+    env: { ...process.env, LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port), PUBLIC_URL: url, AUTHFACE_WORKERS: '1', ...env },
   });
   servedChildren.add(child);
   child.once('exit', () => servedChildren.delete(child));
@@ -65,5 +69,5 @@ export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; p
     child.stderr?.on('data', seen);
     child.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
   });
-  return child;
+  return Object.assign(child, { url });
 }
