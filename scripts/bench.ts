@@ -434,18 +434,49 @@ async function benchSync(): Promise<void> {
     const sequencedMs = performance.now() - t2;
     await until(() => devices.every((d) => d.sync.cursor === head0 + n));
     const perSecond = n / ((performance.now() - t2) / 1000);
-    // 3. a new door joining: it catches up on everything from the log
+    // 3. a new door joining: it loads a snapshot of the people, then the log after it
     const rssBefore = process.memoryUsage().rss;
     const t3 = performance.now();
     const late = startDevice('late');
     const head = await hubStore.headSeq(tenantId);
     await until(() => late.cursor === head);
+    const lateSeconds = (performance.now() - t3) / 1000;
+    // 4. a snapshot of 100,000 people to a new door (the log before them compacted away)
+    const people = 100_000;
+    for (let from = 0; from < people; from += 5000) {
+      const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `snap-${String(from + i).padStart(6, '0')}`);
+      const templates = ids.map((id) => JSON.stringify(sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
+      await hubStore.pool.query(
+        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
+         SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
+        [tenantId, EMBEDDING_MODEL, ids, templates],
+      );
+    }
+    await hubStore.pool.query('UPDATE hub_tenants SET next_seq = next_seq + 1, compacted_seq = next_seq WHERE tenant_id = $1', [tenantId]);
+    const snapshotHead = await hubStore.headSeq(tenantId);
+    let peakRss = process.memoryUsage().rss;
+    const rssAtStart = peakRss;
+    const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
+    const t4 = performance.now();
+    const fresh = startDevice('snapshot');
+    await until(() => fresh.cursor === snapshotHead, 300_000);
+    const snapshotSeconds = (performance.now() - t4) / 1000;
+    clearInterval(sampler);
+    const held = devices[devices.length - 1].store.users.digest(tenantId).users;
     results.sync = {
       change_at_one_door_to_two_others_ms: { p50: pct(toOthers, 50), p95: pct(toOthers, 95) },
       deletion_to_two_others_ms: { p50: pct(deletions, 50), p95: pct(deletions, 95) },
       changes_per_second_to_three_doors: Math.round(perSecond),
       hub_sequencing_per_second: Math.round(n / (sequencedMs / 1000)),
-      new_door_catch_up: { changes: head, people: n, seconds: Number(((performance.now() - t3) / 1000).toFixed(1)), rss_added_mb: Math.round((process.memoryUsage().rss - rssBefore) / 2 ** 20) },
+      new_door_catch_up: { changes: head, people: n, seconds: Number(lateSeconds.toFixed(1)), rss_added_mb: Math.round((process.memoryUsage().rss - rssBefore) / 2 ** 20) },
+      snapshot_to_new_door: {
+        people: held,
+        seconds: Number(snapshotSeconds.toFixed(1)),
+        people_per_second: Math.round(held / snapshotSeconds),
+        // one process holds the hub, the PostgreSQL client and the door: an upper bound for the door
+        peak_rss_mb: Math.round(peakRss / 2 ** 20),
+        rss_added_mb: Math.round((peakRss - rssAtStart) / 2 ** 20),
+      },
     };
     console.log('fleet sync', JSON.stringify(results.sync));
   } finally {

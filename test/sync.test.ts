@@ -8,14 +8,24 @@ import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { openStore, type Store } from '../src/store/index.ts';
 import { EnvelopeError, type TemplateBinding, generateDeviceKeyPair, newTenantKey, openTemplate, sealTemplate, unwrapTenantKey, wrapTenantKey } from '../src/sync/envelope.ts';
-import { type Change, type SubmittedChange, changeBatchSchema } from '../src/sync/protocol.ts';
+import { type Change, type SubmittedChange, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { EventBus } from '../src/core/events.ts';
 import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
+import { ROOT } from './support/datasets.ts';
+import { protocolDocument } from '../src/sync/protocol-doc.ts';
 
 const face = (seed: number) => normalize(Float32Array.from({ length: 128 }, (_, i) => Math.sin(seed * 12.9898 + i * 78.233)));
+
+describe('sync protocol document', function () {
+  it('firmware-config/sync-protocol.md is the one generated from the schemas (npm run docs:protocol)', function () {
+    const file = fs.readFileSync(path.join(ROOT, 'firmware-config', 'sync-protocol.md'), 'utf8');
+    assert.equal(file, protocolDocument());
+    for (const topic of ['log', 'head', 'submit', 'fetch', 'snapshot', 'events', 'state/<device_id>', 'device/<device_id>']) assert.ok(file.includes(`/sync/<t>/${topic}\``), topic);
+  });
+});
 
 describe('sync envelopes: templates sealed per tenant, tenant keys wrapped per device', function () {
   const tenantKey = newTenantKey();
@@ -226,6 +236,33 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
         { external_user_id: 'erin', kind: 'upsert', version: 1 },
         { external_user_id: 'erin', kind: 'delete', version: 2 },
       ]);
+    } finally {
+      await sync.close();
+    }
+  });
+
+  it('a snapshot in chunks: users written at the hub\'s version, extras erased, a change still on its way kept, then the cursor at the snapshot\'s head', async function () {
+    const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
+    // held here before: alice (older), stale (gone at the hub), mine (enrolled here, not yet acknowledged)
+    replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('stale', 1))]);
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', tenantKey: key, keyVersion: 1, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    try {
+      store.users.enroll(tenantId, 'mine', face(7));
+      index.of(tenantId).upsert('mine', face(7)); // as the session service does after an enrolment
+      replica.beginSnapshot(tenantId);
+      const first = { type: 'snapshot' as const, tenant_id: tenantId, seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob' };
+      assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 2, removed: 0, done: false, ignored: false });
+      assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 0, removed: 0, done: false, ignored: true }, 'a duplicate of the first chunk');
+      assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob' }, 'the progress, in the database');
+      assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the last chunk');
+      const last = { type: 'snapshot' as const, tenant_id: tenantId, seq: 41, after: 'bob', users: [user('carol', 2)], next: null };
+      assert.deepEqual(replica.applySnapshotChunk(tenantId, last), { applied: 1, removed: 1, done: true, ignored: false });
+      assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
+      assert.equal(replica.snapshot(tenantId), undefined);
+      const held = (store.db.prepare('SELECT external_user_id, version FROM users WHERE deleted_at IS NULL ORDER BY external_user_id').all() as { external_user_id: string; version: number }[]).map((u) => `${u.external_user_id}:${u.version}`);
+      assert.deepEqual(held, ['alice:3', 'bob:1', 'carol:2', 'mine:1'], 'stale erased; mine kept for the hub');
+      assert.equal(index.of(tenantId).size, 4);
+      assert.equal(sync.pending(), 1, 'nothing of the snapshot goes back to the hub');
     } finally {
       await sync.close();
     }

@@ -115,6 +115,10 @@ export const settingsSpec = {
     schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
     doc: 'The hub only: the broker it shares with the devices (their `mqtt.url`).',
   },
+  AUTHFACE_HUB_LOG_RETENTION_DAYS: {
+    schema: positiveInt.max(3650).default(30),
+    doc: "The hub only: each tenant's change log keeps this many days (deletions too, then their id goes from the log); a device offline for longer loads a snapshot when it returns.",
+  },
   AUTHFACE_HUB_MASTER_KEY: {
     schema: masterKey.optional(),
     doc: "The hub only: AES-256 key (64 hex or 44 base64 characters) that seals the tenants' keys in the hub's database. Keep it out of the database's backups.",

@@ -1,4 +1,5 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
+import { KeyedQueue } from '../core/keyed-queue.ts';
 import { EnvelopeError, openTemplate } from '../sync/envelope.ts';
 import type { HubStore } from './store.ts';
 
@@ -10,6 +11,8 @@ import type { HubStore } from './store.ts';
  */
 export class HubGallery {
   readonly #cursors = new Map<string, number>();
+  /** One refresh of a tenant at a time: two interleaved could apply an older change last. */
+  readonly #refreshing = new KeyedQueue();
 
   constructor(
     private readonly store: HubStore,
@@ -24,7 +27,11 @@ export class HubGallery {
   }
 
   /** Applies the tenant's changes after its cursor to `index`. */
-  async refresh(index: GalleryIndex, tenantId: string): Promise<void> {
+  refresh(index: GalleryIndex, tenantId: string): Promise<void> {
+    return this.#refreshing.run(tenantId, () => this.#refresh(index, tenantId));
+  }
+
+  async #refresh(index: GalleryIndex, tenantId: string): Promise<void> {
     let cursor = this.#cursors.get(tenantId) ?? 0;
     const gallery = index.of(tenantId);
     for (;;) {

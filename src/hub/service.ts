@@ -9,7 +9,11 @@ import type { BiometryStore } from '../store/biometry-store.ts';
 import { postgresBiometryStore } from './biometry-store.ts';
 import { HubGallery } from './gallery.ts';
 import { HubStore } from './store.ts';
-import { HubSync } from './sync-service.ts';
+import { type FleetCheck, HubSync } from './sync-service.ts';
+import type { GalleryIndex } from '../biometrics/gallery.ts';
+import { EnvelopeError, openTemplate, sealTemplate } from '../sync/envelope.ts';
+
+const COMPACT_INTERVAL_MS = 3_600_000;
 
 export interface HubOptions {
   databaseUrl: string;
@@ -69,6 +73,17 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       isReady: () => parts.analyzer.isReady,
       device: null,
     });
+    // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot
+    const compact = () =>
+      store
+        .compact(new Date(Date.now() - settings.AUTHFACE_HUB_LOG_RETENTION_DAYS * 86_400_000))
+        .then((n) => n > 0 && logger.info({ changes: n }, 'hub: changes past the log retention removed'))
+        .catch((err: Error) => logger.error({ problem: err.message }, 'hub: log compaction failed'));
+    void compact();
+    const compactor = setInterval(() => void compact(), COMPACT_INTERVAL_MS);
+    compactor.unref();
+    stack.push(() => clearInterval(compactor));
+    sync.fleetCheck = fleetCheck(store, parts.index, gallery, tenantKey, settings.AUTHFACE_DUPLICATE_THRESHOLD);
     const { server, url } = await listen(app, settings, logger, stack);
     logger.info({ broker: options.brokerUrl.replace(/\/\/[^@/]*@/, '//'), prefix: options.prefix, url }, 'hub ready');
     return { store, biometry, sync, server, url, close: unwind };
@@ -76,4 +91,41 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     await unwind();
     throw err;
   }
+}
+
+/**
+ * An enrolment a door waits on: its template opened with the tenant key, compared with the whole
+ * fleet's people (the hub's index, brought up to the log first), and re-sealed at the version the
+ * hub gives it (the door may not have seen the person's latest tombstone).
+ */
+function fleetCheck(
+  store: HubStore,
+  index: GalleryIndex,
+  gallery: HubGallery,
+  tenantKey: (tenantId: string) => Promise<{ key: Buffer; keyVersion: number }>,
+  duplicateThreshold: number,
+): FleetCheck {
+  return async (tenantId, body) => {
+    const { key, keyVersion } = await tenantKey(tenantId);
+    let embedding: Float32Array;
+    try {
+      const binding = { tenantId, externalUserId: body.external_user_id, version: body.version, model: body.model, keyVersion: body.key_version };
+      embedding = openTemplate(key, body.template, binding, EMBEDDING_MODEL);
+    } catch (err) {
+      if (err instanceof EnvelopeError) return { ok: false, reason: err.code === 'wrong_model' ? 'wrong_model' : 'template_unreadable' };
+      throw err;
+    }
+    await gallery.refresh(index, tenantId);
+    const nearest = index.of(tenantId).best(embedding, body.external_user_id);
+    if (nearest && nearest.score >= duplicateThreshold) return { ok: false, reason: 'duplicate_face', score: nearest.score };
+    const current = await store.pool.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [
+      tenantId,
+      body.external_user_id,
+    ]);
+    const row = current.rows[0];
+    if (row && !row.deleted) return { ok: false, reason: 'already_enrolled' };
+    const version = (row?.version ?? 0) + 1;
+    const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });
+    return { ok: true, body: { ...body, version, key_version: keyVersion, template } };
+  };
 }

@@ -104,11 +104,13 @@ const MIGRATIONS = [
    CREATE TABLE hub_api_keys (
      tenant_id   uuid NOT NULL REFERENCES hub_tenants (tenant_id),
      key_id      text NOT NULL,
-     key_hash    bytea NOT NULL UNIQUE,
+     key_hash    bytea NOT NULL,
      created_at  timestamptz NOT NULL DEFAULT now(),
      revoked_at  timestamptz,
      PRIMARY KEY (tenant_id, key_id)
    );
+   -- a key is 32 random bytes: its hash names one row without a (cross-shard) unique constraint
+   CREATE INDEX hub_api_keys_hash ON hub_api_keys (key_hash);
    CREATE TABLE hub_sessions (
      tenant_id         uuid NOT NULL REFERENCES hub_tenants (tenant_id),
      id                uuid NOT NULL,
@@ -151,6 +153,10 @@ const MIGRATIONS = [
      PRIMARY KEY (tenant_id, id)
    );
    CREATE INDEX hub_audit_events_time ON hub_audit_events (tenant_id, created_at);`,
+  // snapshots read users in byte order (as SQLite compares them on the devices); the log before
+  // compacted_seq may be gone (retention), and a device behind it loads a snapshot
+  `CREATE INDEX hub_users_snapshot ON hub_users (tenant_id, external_user_id COLLATE "C") WHERE NOT deleted;
+   ALTER TABLE hub_tenants ADD COLUMN compacted_seq bigint NOT NULL DEFAULT 0;`,
 ];
 
 export class HubError extends OperatorError {}
@@ -432,6 +438,50 @@ export class HubStore {
     return batch.events.map((e) => e.event_id);
   }
 
+  /**
+   * One chunk of the tenant's live users after `after` (byte order), with the head read before
+   * them: a device that applies every chunk and then the log after the first chunk's head holds
+   * exactly the hub's users (a row read later than the head is replayed by the log, in order).
+   */
+  async snapshotChunk(tenantId: string, after: string | null, limit: number): Promise<{ seq: number; users: SnapshotUser[]; next: string | null }> {
+    const seq = await this.headSeq(tenantId);
+    const r = await this.pool.query<SnapshotUser>(
+      `SELECT external_user_id, version, model, key_version, template FROM hub_users
+       WHERE tenant_id = $1 AND NOT deleted AND ($2::text IS NULL OR external_user_id COLLATE "C" > $2)
+       ORDER BY external_user_id COLLATE "C" LIMIT $3`,
+      [tenantId, after, limit],
+    );
+    const users = r.rows;
+    return { seq, users, next: users.length === limit ? users[users.length - 1].external_user_id : null };
+  }
+
+  /** Where the tenant's log starts: changes at or below it may have been compacted away. */
+  async compactedSeq(tenantId: string): Promise<number> {
+    const r = await this.pool.query<{ compacted_seq: string }>('SELECT compacted_seq FROM hub_tenants WHERE tenant_id = $1', [tenantId]);
+    return r.rows[0] ? Number(r.rows[0].compacted_seq) : 0;
+  }
+
+  /**
+   * Tombstone retention: removes each tenant's changes committed before `cutoff` (deletions too,
+   * and with them the last rows naming a deleted person in the log). A device whose cursor is
+   * behind what was removed loads a snapshot. Returns the changes removed.
+   */
+  async compact(cutoff: Date): Promise<number> {
+    return this.#transaction(async (db) => {
+      const removed = await db.query<{ tenant_id: string; seq: string }>('DELETE FROM hub_changes WHERE committed_at < $1 RETURNING tenant_id, seq', [cutoff]);
+      const upTo = new Map<string, number>();
+      for (const r of removed.rows) upTo.set(r.tenant_id, Math.max(upTo.get(r.tenant_id) ?? 0, Number(r.seq)));
+      for (const [tenantId, seq] of upTo) await db.query('UPDATE hub_tenants SET compacted_seq = GREATEST(compacted_seq, $2) WHERE tenant_id = $1', [tenantId, seq]);
+      return removed.rowCount ?? 0;
+    });
+  }
+
+  /** The change a change_id was sequenced as, if it was. */
+  async sequenced(tenantId: string, changeId: string): Promise<Change | undefined> {
+    const r = await this.pool.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = $2', [tenantId, changeId]);
+    return r.rows[0] && toChange(r.rows[0]);
+  }
+
   /** The tenant's changes after `afterSeq`, in order (a device's backfill of a gap). */
   async changesAfter(tenantId: string, afterSeq: number, limit = 500): Promise<Change[]> {
     const rows = await this.pool.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3', [tenantId, afterSeq, limit]);
@@ -487,6 +537,14 @@ export class HubStore {
       db.release();
     }
   }
+}
+
+export interface SnapshotUser {
+  external_user_id: string;
+  version: number;
+  model: string;
+  key_version: number;
+  template: { nonce: string; ciphertext: string };
 }
 
 interface ChangeRow {

@@ -4,7 +4,10 @@ import { syncClientOptions } from '../sync/client-options.ts';
 import {
   type Change,
   type SubmittedChange,
+  type UserUpsert,
   MAX_CHANGES_PER_BATCH,
+  MAX_USERS_PER_CHUNK,
+  snapshotRequestSchema,
   deviceStateSchema,
   doorEventsSchema,
   fetchRequestSchema,
@@ -13,6 +16,12 @@ import {
   syncTopics,
 } from '../sync/protocol.ts';
 import type { AppendResult, HubStore } from './store.ts';
+
+/**
+ * The hub's side of an enrolment a door waits on (a submission with fleet_check): the fleet-wide
+ * 1:N duplicate check, and the template re-sealed at the version the hub will sequence.
+ */
+export type FleetCheck = (tenantId: string, body: UserUpsert) => Promise<{ ok: true; body: UserUpsert } | { ok: false; reason: string; score?: number }>;
 
 /** How often the hub republishes each tenant's head, so a device that missed a message finds out. */
 const HEAD_INTERVAL_MS = 5000;
@@ -37,6 +46,8 @@ export class HubSync {
   readonly #timer: NodeJS.Timeout;
   /** Sequenced changes waiting to be published, per tenant. */
   readonly #outgoing = new Map<string, Change[]>();
+  /** Set by the hub's API once its 1:N index is loaded; until then fleet checks are refused as `hub_starting`. */
+  fleetCheck: FleetCheck | null = null;
 
   private constructor(
     private readonly client: MqttClient,
@@ -55,7 +66,7 @@ export class HubSync {
       // several hubs on one database share the work: each submission, fetch and event batch goes
       // to one of them (an MQTT shared subscription); device states (retained) go to all
       const shared = (kind: string) => `$share/authface-hub/${options.prefix}/sync/+/${kind}`;
-      await client.subscribeAsync([shared('submit'), shared('fetch'), shared('events'), `${options.prefix}/sync/+/state/+`], { qos: 1 });
+      await client.subscribeAsync([shared('submit'), shared('fetch'), shared('snapshot'), shared('events'), `${options.prefix}/sync/+/state/+`], { qos: 1 });
       await hub.publishHeads();
     };
     client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));
@@ -107,11 +118,22 @@ export class HubSync {
     if (topic === topics.submit) {
       const msg = parseMessage(submissionSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
-      const { device_id, change_id, body } = msg.value;
+      const { device_id, change_id } = msg.value;
+      let body = msg.value.body;
+      // a retry of a change already sequenced is only acknowledged (the check ran the first time)
+      if (msg.value.fleet_check && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id))) {
+        const checked = this.fleetCheck ? await this.fleetCheck(tenantId, body) : { ok: false as const, reason: 'hub_starting' };
+        if (!checked.ok) {
+          const refused = { type: 'ack', change_id, status: 'refused', seq: null, reason: checked.reason, ...(checked.score !== undefined ? { score: checked.score } : {}) };
+          await this.client.publishAsync(topics.reply(device_id), JSON.stringify(refused), { qos: 1 });
+          return;
+        }
+        body = checked.body;
+      }
       const result = await this.store.append(tenantId, body, { origin: device_id, changeId: change_id });
       const ack =
         result.status === 'sequenced'
-          ? { type: 'ack', change_id, status: 'sequenced', seq: result.change.seq, reason: null }
+          ? { type: 'ack', change_id, status: 'sequenced', seq: result.change.seq, reason: null, ...('version' in result.change ? { version: result.change.version } : {}) }
           : { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason };
       if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
       await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
@@ -125,9 +147,20 @@ export class HubSync {
     } else if (topic === topics.fetch) {
       const msg = parseMessage(fetchRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
-      const changes = await this.store.changesAfter(tenantId, msg.value.after, Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH));
       const head = await this.store.headSeq(tenantId);
+      const after = msg.value.after;
+      // a new device, or one behind the retained log, starts from a snapshot of the users
+      if ((after === 0 && head > 0) || after < (await this.store.compactedSeq(tenantId))) {
+        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
+        return;
+      }
+      const changes = await this.store.changesAfter(tenantId, after, Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH));
       await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes }), { qos: 1 });
+    } else if (topic === topics.snapshot) {
+      const msg = parseMessage(snapshotRequestSchema, payload);
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a snapshot request was refused');
+      const chunk = await this.store.snapshotChunk(tenantId, msg.value.after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK));
+      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'snapshot', tenant_id: tenantId, after: msg.value.after, ...chunk }), { qos: 1 });
     }
   }
 

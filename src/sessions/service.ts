@@ -36,6 +36,13 @@ export interface DoorSessionOptions {
   candidates?: string[];
 }
 
+/**
+ * What the fleet's hub said of an enrolment the door waited on: sequenced (at a version), refused
+ * (the face is enrolled elsewhere in the fleet, or the id already is), or no answer in time.
+ */
+export type EnrolmentVerdict = { status: 'sequenced'; version: number } | { status: 'refused'; reason: 'conflict' | 'already_enrolled'; score: number | null } | { status: 'unreachable' };
+export type EnrolmentCommit = (tenantId: string, externalUserId: string, embedding: Float32Array) => Promise<EnrolmentVerdict>;
+
 /** How a session ends: a decision, or a failure or expiry without one. */
 type Ending = Omit<Decision, 'status'> & { status: 'success' | 'fail' | 'expired' };
 
@@ -50,6 +57,7 @@ const MAX_DECISION_ATTEMPTS = 3;
  */
 export class SessionService {
   readonly #finishing = new KeyedQueue();
+  #commitEnrolment: EnrolmentCommit | null = null;
 
   constructor(
     private readonly store: BiometryStore,
@@ -57,6 +65,14 @@ export class SessionService {
     private readonly events: EventBus,
     private readonly options: SessionServiceOptions,
   ) {}
+
+  /**
+   * A fleet device: each enrolment is committed through the hub (its fleet-wide 1:N duplicate
+   * check) before it succeeds here; without an answer in time it is made here and queued.
+   */
+  commitEnrolmentsThrough(commit: EnrolmentCommit | null): void {
+    this.#commitEnrolment = commit;
+  }
 
   async create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): Promise<{ clientState: string; biometryUrl: string; token: string }> {
     // the device's own sessions return to its own kiosk page, which no tenant needs to allow
@@ -146,48 +162,62 @@ export class SessionService {
   }
 
   #finish(session: Session, run: () => Promise<Ending>): Promise<Session> {
-    return this.#finishing.run(session.tenantId, async () => {
-      for (let attempt = 1; ; attempt++) {
-        const eventId = newEventId();
-        const decision: Ending =
-          attempt <= MAX_DECISION_ATTEMPTS ? await run() : { status: 'fail', reason: 'conflict', score: null, externalUserId: session.externalUserId };
-        const written = await this.store.finishSession(
-          session,
-          { status: decision.status, reason: decision.reason, score: decision.score, resultUserId: decision.externalUserId, eventId },
-          {
-            id: eventId,
-            tenantId: session.tenantId,
-            type: 'session_finished',
-            flow: session.flow,
-            sessionId: session.id,
-            externalUserId: decision.externalUserId,
-            result: decision.status === 'success' ? 'success' : 'fail',
-            reason: decision.reason,
-            score: decision.score,
-            factor: session.doorId ? session.factor : null,
-          },
-          decision.write,
-        );
-        // the user changed since the decision read it: decide again on what is there now
-        if (written === 'write_conflict') continue;
-        if (written === 'already_finished') return this.#reload(session);
-        if (decision.write) this.#announceWrite(session, decision.write);
-        this.events.emit('session.finished', {
+    // only sessions that may write need to wait for each other (a door's identify never does)
+    const writes = session.flow === 'enroll' || session.flow === 'update_embedding';
+    return writes ? this.#finishing.run(session.tenantId, () => this.#finishNow(session, run)) : this.#finishNow(session, run);
+  }
+
+  async #finishNow(session: Session, run: () => Promise<Ending>): Promise<Session> {
+    for (let attempt = 1; ; attempt++) {
+      const eventId = newEventId();
+      const decision: Ending =
+        attempt <= MAX_DECISION_ATTEMPTS ? await this.#throughHub(session, await run()) : { status: 'fail', reason: 'conflict', score: null, externalUserId: session.externalUserId };
+      const written = await this.store.finishSession(
+        session,
+        { status: decision.status, reason: decision.reason, score: decision.score, resultUserId: decision.externalUserId, eventId },
+        {
+          id: eventId,
           tenantId: session.tenantId,
-          sessionId: session.id,
+          type: 'session_finished',
           flow: session.flow,
-          status: decision.status,
-          reason: decision.reason,
+          sessionId: session.id,
           externalUserId: decision.externalUserId,
+          result: decision.status === 'success' ? 'success' : 'fail',
+          reason: decision.reason,
           score: decision.score,
-          eventId,
-          doorId: session.doorId,
-          clientState: session.clientState,
-          factor: session.factor,
-        });
-        return this.#reload(session);
-      }
-    });
+          factor: session.doorId ? session.factor : null,
+        },
+        decision.write,
+      );
+      // the user changed since the decision read it: decide again on what is there now
+      if (written === 'write_conflict') continue;
+      if (written === 'already_finished') return this.#reload(session);
+      if (decision.write) this.#announceWrite(session, decision.write);
+      this.events.emit('session.finished', {
+        tenantId: session.tenantId,
+        sessionId: session.id,
+        flow: session.flow,
+        status: decision.status,
+        reason: decision.reason,
+        externalUserId: decision.externalUserId,
+        score: decision.score,
+        eventId,
+        doorId: session.doorId,
+        clientState: session.clientState,
+        factor: session.factor,
+      });
+      return this.#reload(session);
+    }
+  }
+
+  /** An enrolment decided here, as the fleet's hub judges it (when this device is in a fleet). */
+  async #throughHub(session: Session, decision: Ending): Promise<Ending> {
+    const write = decision.write;
+    if (write?.kind !== 'enroll' || !this.#commitEnrolment) return decision;
+    const verdict = await this.#commitEnrolment(session.tenantId, write.externalUserId, write.embedding);
+    if (verdict.status === 'sequenced') return { ...decision, write: { ...write, version: verdict.version } };
+    if (verdict.status === 'refused') return { status: 'fail', reason: verdict.reason, score: verdict.score, externalUserId: session.externalUserId };
+    return decision;
   }
 
   #announceWrite(session: Session, write: UserWrite): void {

@@ -85,7 +85,11 @@ export interface AuditAccess {
   list(tenantId: string, limit?: number): Promise<AuditEvent[]>;
 }
 
-/** The enrolment or template update a decision makes; `update` holds the user as the decision read it. */
-export type UserWrite = { kind: 'enroll'; externalUserId: string; embedding: Float32Array } | { kind: 'update'; user: User; embedding: Float32Array };
+/**
+ * The enrolment or template update a decision makes; `update` holds the user as the decision read
+ * it. `version`: the fleet's hub already sequenced this enrolment at that version (the door waited
+ * on it), so the person may have arrived through the log first, which is not a conflict.
+ */
+export type UserWrite = { kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array };
 
 export type FinishResult = 'finished' | 'already_finished' | 'write_conflict';

@@ -140,6 +140,10 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   `ALTER TABLE audit_events ADD COLUMN door_id TEXT;
    ALTER TABLE audit_events ADD COLUMN forwarded_at TEXT;
    CREATE INDEX audit_unforwarded ON audit_events (tenant_id, created_at) WHERE door_id IS NOT NULL AND forwarded_at IS NULL;`,
+  // a snapshot of the tenant's users being loaded (sync/replica.ts): the hub's head when it began
+  // and the last user applied, moved with each chunk, so a crash resumes where it was
+  `CREATE TABLE sync_snapshots (tenant_id TEXT PRIMARY KEY, snapshot_seq INTEGER, after_user TEXT, started_at TEXT NOT NULL);
+   CREATE INDEX sync_outbox_user ON sync_outbox (tenant_id, external_user_id);`,
 ];
 
 /**

@@ -48,8 +48,10 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
       try {
         db.transaction(() => {
           if (write?.kind === 'enroll') {
-            if (users.get(session.tenantId, write.externalUserId)) throw new Rollback('write_conflict');
-            users.enroll(session.tenantId, write.externalUserId, write.embedding);
+            const current = users.get(session.tenantId, write.externalUserId);
+            const arrivedFromHub = current && write.version !== undefined && current.version >= write.version;
+            if (current && !arrivedFromHub) throw new Rollback('write_conflict');
+            if (!current) users.enroll(session.tenantId, write.externalUserId, write.embedding, write.version);
           } else if (write?.kind === 'update') {
             const current = users.get(session.tenantId, write.user.externalUserId);
             if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');

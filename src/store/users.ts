@@ -101,11 +101,14 @@ export class UserStore {
     return rows.map((r) => ({ tenantId: r.tenant_id, externalUserId: r.external_user_id, reason: r.reenrolment_reason }));
   }
 
-  /** Creates the user (or revives its tombstone with the next version) with its first template. */
-  enroll(tenantId: string, externalUserId: string, embedding: Float32Array): User {
+  /**
+   * Creates the user (or revives its tombstone with the next version) with its first template;
+   * `version`: the one the fleet's hub sequenced this enrolment at.
+   */
+  enroll(tenantId: string, externalUserId: string, embedding: Float32Array, version?: number): User {
     const ts = now();
     if (this.get(tenantId, externalUserId)) throw new Error('user already enrolled');
-    const user = this.#createOrRevive(tenantId, externalUserId, (tombVersion) => (tombVersion ?? 0) + 1, ts);
+    const user = this.#createOrRevive(tenantId, externalUserId, (tombVersion) => version ?? (tombVersion ?? 0) + 1, ts);
     this.insertTemplate(user, embedding, ts);
     this.changeJournal?.({ tenantId, externalUserId, kind: 'upsert', version: user.version });
     return user;

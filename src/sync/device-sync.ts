@@ -13,12 +13,15 @@ import {
   type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
+  MAX_USERS_PER_CHUNK,
   changeBatchSchema,
   headSchema,
   parseMessage,
   replySchema,
+  type SyncReply,
   syncTopics,
 } from './protocol.ts';
+import type { EnrolmentVerdict } from '../sessions/service.ts';
 import { Replica } from './replica.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
@@ -68,6 +71,10 @@ export class DeviceSync {
   /** Outbox changes sent and not yet acknowledged: change_id → when sent. */
   readonly #sentAt = new Map<string, number>();
   #flushScheduled = false;
+  /** Enrolments waiting on the hub's fleet check: change_id → what to do with its ack. */
+  readonly #awaitingHub = new Map<string, (ack: Extract<SyncReply, { type: 'ack' }>) => void>();
+  /** Enrolments the hub sequenced for this device (`user:version`): their local write is not sent again. */
+  readonly #sequencedAtHub = new Set<string>();
   /** Starts of the sync client on this device (kept in the database). */
   readonly #boot: number;
 
@@ -83,6 +90,7 @@ export class DeviceSync {
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
+      if (c.kind === 'upsert' && this.#sequencedAtHub.delete(`${c.externalUserId}:${c.version}`)) return;
       store.db
         .prepare('INSERT INTO sync_outbox (change_id, tenant_id, external_user_id, kind, version, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(crypto.randomUUID(), c.tenantId, c.externalUserId, c.kind, c.version, new Date().toISOString());
@@ -107,7 +115,7 @@ export class DeviceSync {
         .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId)], { qos: 1 })
         .then(() => {
           sync.publishState();
-          sync.fetch();
+          sync.fetch(true);
           sync.#sentAt.clear(); // a new connection: nothing sent before it counts as in flight
           sync.flush();
           sync.flushEvents(true);
@@ -145,6 +153,46 @@ export class DeviceSync {
     this.client.publish(syncTopics(this.options.prefix, tenantId).state(deviceId), JSON.stringify(state), { qos: 1, retain: true });
   }
 
+  /**
+   * Commits an enrolment through the hub before it succeeds here: the hub checks the face against
+   * the whole fleet and sequences it (at the version it gives). No answer within `ms` (or no
+   * link): `unreachable`, and the door enrols on its own check and queues the change.
+   */
+  async commitEnrolment(externalUserId: string, embedding: Float32Array, ms: number): Promise<EnrolmentVerdict> {
+    if (!this.client.connected) return { status: 'unreachable' };
+    const { tenantId, keyVersion, model, deviceId, logger } = this.options;
+    const changeId = crypto.randomUUID();
+    const version = 1; // a placeholder the envelope is bound to: the hub re-seals at the fleet's version
+    const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId, version, model, keyVersion });
+    const ack = await new Promise<Extract<SyncReply, { type: 'ack' }> | null>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#awaitingHub.delete(changeId);
+        resolve(null);
+      }, ms);
+      this.#awaitingHub.set(changeId, (a) => {
+        clearTimeout(timer);
+        this.#awaitingHub.delete(changeId);
+        resolve(a);
+      });
+      const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
+      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify({ device_id: deviceId, change_id: changeId, body, fleet_check: true }), { qos: 1 });
+    });
+    if (!ack) {
+      logger.warn({ wait_ms: ms }, 'sync: the hub did not answer an enrolment in time; enrolled on this door\'s own check and queued');
+      return { status: 'unreachable' };
+    }
+    if (ack.status === 'sequenced' && ack.version !== undefined) {
+      this.#sequencedAtHub.add(`${externalUserId}:${ack.version}`);
+      return { status: 'sequenced', version: ack.version };
+    }
+    if (ack.status === 'refused' && (ack.reason === 'duplicate_face' || ack.reason === 'already_enrolled')) {
+      logger.info({ reason: ack.reason }, 'sync: the hub refused an enrolment made here (the fleet already holds this face or id)');
+      return { status: 'refused', reason: ack.reason === 'duplicate_face' ? 'conflict' : 'already_enrolled', score: ack.score ?? null };
+    }
+    logger.warn({ status: ack.status, reason: ack.reason }, 'sync: the hub could not take an enrolment; enrolled on this door\'s own check and queued');
+    return { status: 'unreachable' };
+  }
+
   /** Changes made here and not yet acknowledged by the hub. */
   pending(): number {
     return (this.store.db.prepare('SELECT COUNT(*) AS n FROM sync_outbox').get() as { n: number }).n;
@@ -160,6 +208,12 @@ export class DeviceSync {
     // a reply lost on the way must not stop fetching for good
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
     const topics = syncTopics(this.options.prefix, this.options.tenantId);
+    // a snapshot being loaded goes on where it was (also after a crash): the log waits for it
+    const snapshot = this.replica.snapshot(this.options.tenantId);
+    if (snapshot) {
+      this.client.publish(topics.snapshot, JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK }), { qos: 1 });
+      return;
+    }
     this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH }), { qos: 1 });
   }
 
@@ -296,6 +350,8 @@ export class DeviceSync {
     if (topic === topics.log) {
       const msg = parseMessage(changeBatchSchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
+      // while a snapshot loads, the log after it is fetched once it is done
+      if (this.replica.snapshot(tenantId)) return;
       this.#apply(msg.value.changes);
     } else if (topic === topics.head) {
       const msg = parseMessage(headSchema, payload);
@@ -316,6 +372,8 @@ export class DeviceSync {
         return;
       }
       if (reply.type === 'ack') {
+        const waiting = this.#awaitingHub.get(reply.change_id);
+        if (waiting) return waiting(reply);
         this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(reply.change_id);
         this.#sentAt.delete(reply.change_id);
         this.#flushSoon();
@@ -323,6 +381,21 @@ export class DeviceSync {
         return;
       }
       this.#fetching = false;
+      if (reply.type === 'snapshot') {
+        const chunk = this.replica.applySnapshotChunk(tenantId, reply);
+        if (chunk.ignored) return;
+        if (chunk.applied + chunk.removed > 0) this.#stateSoon();
+        if (chunk.done) logger.info({ seq: this.cursor }, 'sync: snapshot loaded; the log follows from its sequence');
+        this.fetch();
+        return;
+      }
+      if (reply.snapshot) {
+        logger.info({ cursor: this.cursor, head: reply.head }, 'sync: loading a snapshot of the tenant (a new device, or behind the retained log)');
+        this.replica.beginSnapshot(tenantId);
+        this.fetch();
+        return;
+      }
+      if (this.replica.snapshot(tenantId)) return; // a range asked for before the snapshot began
       this.#apply(reply.changes);
       if (reply.head > this.cursor) this.fetch();
       else this.#markCaughtUp();

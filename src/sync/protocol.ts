@@ -68,6 +68,7 @@ export const changeBatchSchema = z
 
 export type ChangeBody = z.output<typeof changeBodySchema>;
 export type SubmittedChange = z.output<typeof submittedChangeSchema>;
+export type UserUpsert = z.output<typeof userUpsertSchema>;
 export type Change = z.output<typeof changeSchema>;
 export type ChangeBatch = z.output<typeof changeBatchSchema>;
 
@@ -83,6 +84,8 @@ export function syncTopics(prefix: string, tenantId: string) {
     submit: `${base}/submit`,
     /** device → hub: "send me the changes after N" (FetchRequest). */
     fetch: `${base}/fetch`,
+    /** device → hub: "send me the users after this one" (SnapshotRequest). */
+    snapshot: `${base}/snapshot`,
     /** hub → one device: acks of its submissions and the ranges it fetched. */
     reply: (deviceId: string) => `${base}/device/${deviceId}`,
     /** device → hub: door events for the central store (DoorEvents), each sent until acknowledged. */
@@ -93,12 +96,35 @@ export function syncTopics(prefix: string, tenantId: string) {
 }
 
 export const submissionSchema = z
-  .strictObject({ device_id: z.string().min(1).max(64), change_id: z.uuid(), body: submittedChangeSchema })
+  .strictObject({
+    device_id: z.string().min(1).max(64),
+    change_id: z.uuid(),
+    body: submittedChangeSchema,
+    fleet_check: z
+      .boolean()
+      .optional()
+      .describe(
+        'An enrolment waiting on the hub before it succeeds: the hub refuses it if the face is already enrolled under another id anywhere in the fleet, and otherwise sequences it at the next version (re-sealed for that version); the ack gives the version',
+      ),
+  })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
 export const fetchRequestSchema = z
   .strictObject({ device_id: z.string().min(1).max(64), after: z.int().min(0), limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH) })
   .meta({ id: 'SyncFetch' });
+
+/** At most this many users in one snapshot chunk (about 900 bytes each: a chunk stays below 64 KiB). */
+export const MAX_USERS_PER_CHUNK = 64;
+
+export const snapshotRequestSchema = z
+  .strictObject({
+    device_id: z.string().min(1).max(64),
+    after: z.string().max(128).nullable().describe('The last external_user_id applied (byte order), or null for the first chunk'),
+    limit: z.int().min(1).max(MAX_USERS_PER_CHUNK),
+  })
+  .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
+
+export const snapshotUserSchema = userUpsertSchema.omit({ kind: true });
 
 export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0) }).meta({ id: 'SyncHead' });
 
@@ -133,8 +159,30 @@ export type DoorEvents = z.output<typeof doorEventsSchema>;
 export const replySchema = z
   .discriminatedUnion('type', [
     z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH) }),
-    z.strictObject({ type: z.literal('ack'), change_id: z.uuid(), status: z.enum(['sequenced', 'conflict']), seq: z.int().min(1).nullable(), reason: z.string().nullable() }),
-    z.strictObject({ type: z.literal('range'), tenant_id: z.uuid(), head: z.int().min(0), changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH) }),
+    z.strictObject({
+      type: z.literal('ack'),
+      change_id: z.uuid(),
+      status: z.enum(['sequenced', 'conflict', 'refused']).describe('refused: a fleet_check found the face enrolled under another id, or could not open the template (nothing recorded)'),
+      seq: z.int().min(1).nullable(),
+      reason: z.string().nullable(),
+      version: z.int().min(1).optional().describe('The version the change was sequenced at (fleet_check)'),
+      score: z.number().optional().describe('fleet_check refused: similarity to the person already enrolled'),
+    }),
+    z.strictObject({
+      type: z.literal('range'),
+      tenant_id: z.uuid(),
+      head: z.int().min(0),
+      changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH),
+      snapshot: z.boolean().optional().describe('The device is new, or the log before its cursor is compacted: load a snapshot, then the log after it'),
+    }),
+    z.strictObject({
+      type: z.literal('snapshot'),
+      tenant_id: z.uuid(),
+      seq: z.int().min(0).describe("The tenant's head when the chunk was read: the first chunk's is where the log resumes"),
+      after: z.string().max(128).nullable().describe('The request this answers (a duplicate or late answer is recognised and ignored)'),
+      users: z.array(snapshotUserSchema).max(MAX_USERS_PER_CHUNK),
+      next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
+    }),
   ])
   .meta({ id: 'SyncReply' });
 

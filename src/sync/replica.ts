@@ -1,7 +1,15 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, openTemplate } from './envelope.ts';
-import type { Change } from './protocol.ts';
+import type { Change, SyncReply } from './protocol.ts';
+
+type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
+
+/** A snapshot being loaded: the hub's head when it began (null before the first chunk) and the last user applied. */
+export interface SnapshotProgress {
+  snapshotSeq: number | null;
+  afterUser: string | null;
+}
 
 export interface ApplyResult {
   /** Changes applied now, in order. */
@@ -102,6 +110,78 @@ export class Replica {
       after.push(() => gallery.remove(change.external_user_id));
       return null;
     }
+  }
+
+  /** The snapshot of the tenant being loaded here, if any (it survives a restart). */
+  snapshot(tenantId: string): SnapshotProgress | undefined {
+    const row = this.store.db.prepare('SELECT snapshot_seq, after_user FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as
+      | { snapshot_seq: number | null; after_user: string | null }
+      | undefined;
+    return row && { snapshotSeq: row.snapshot_seq, afterUser: row.after_user };
+  }
+
+  beginSnapshot(tenantId: string): void {
+    this.store.db.prepare('INSERT INTO sync_snapshots (tenant_id, snapshot_seq, after_user, started_at) VALUES (?, NULL, NULL, ?) ON CONFLICT (tenant_id) DO NOTHING').run(tenantId, new Date().toISOString());
+  }
+
+  /**
+   * Applies one chunk of a snapshot in one transaction: its users are written (at the hub's
+   * version), and users held here in the chunk's range that the hub does not have are erased,
+   * except those with a change of this device still on its way to the hub. The progress moves in
+   * the same transaction; after the last chunk the cursor is set to the snapshot's sequence, and
+   * the log after it follows. A chunk that does not answer the current request is ignored.
+   */
+  applySnapshotChunk(tenantId: string, chunk: SnapshotChunk): { applied: number; removed: number; done: boolean; ignored: boolean } {
+    const after: (() => void)[] = [];
+    const journal = this.store.users.changeJournal;
+    this.store.users.changeJournal = null;
+    let result: { applied: number; removed: number; done: boolean; ignored: boolean };
+    try {
+      result = this.store.db.transaction(() => {
+        const progress = this.snapshot(tenantId);
+        if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
+        const pending = new Set(
+          (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
+        );
+        const gallery = this.index.of(tenantId);
+        let applied = 0;
+        for (const u of chunk.users) {
+          if (pending.has(u.external_user_id)) continue;
+          if (this.store.users.get(tenantId, u.external_user_id)?.version === u.version) continue;
+          const refusal = this.#applyOne({ ...u, kind: 'user.upsert', tenant_id: tenantId, seq: 0, change_id: '00000000-0000-0000-0000-000000000000', origin: 'snapshot', committed_at: '' }, after);
+          if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
+          applied++;
+        }
+        const last = chunk.next === null ? null : chunk.users[chunk.users.length - 1].external_user_id;
+        const kept = new Set(chunk.users.map((u) => u.external_user_id));
+        const held = this.store.db
+          .prepare(
+            `SELECT external_user_id FROM users WHERE tenant_id = ? AND deleted_at IS NULL
+             AND (? IS NULL OR external_user_id > ?) AND (? IS NULL OR external_user_id <= ?)`,
+          )
+          .all(tenantId, progress.afterUser, progress.afterUser, last, last) as { external_user_id: string }[];
+        let removed = 0;
+        for (const { external_user_id: id } of held) {
+          if (kept.has(id) || pending.has(id)) continue;
+          this.store.eraseUser(tenantId, id, () => null);
+          after.push(() => gallery.remove(id));
+          removed++;
+        }
+        const seq = progress.snapshotSeq ?? chunk.seq;
+        if (chunk.next === null) {
+          this.#moveTo(tenantId, seq);
+          this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
+        } else {
+          this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = ?, after_user = ? WHERE tenant_id = ?').run(seq, chunk.next, tenantId);
+        }
+        return { applied, removed, done: chunk.next === null, ignored: false };
+      })();
+    } finally {
+      this.store.users.changeJournal = journal;
+    }
+    for (const run of after) run();
+    if (result.removed > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
+    return result;
   }
 
   #moveTo(tenantId: string, seq: number): number {

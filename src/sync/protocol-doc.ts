@@ -1,0 +1,53 @@
+import { z } from 'zod';
+import {
+  MAX_CHANGES_PER_BATCH,
+  MAX_EVENTS_PER_BATCH,
+  MAX_USERS_PER_CHUNK,
+  changeBatchSchema,
+  deviceStateSchema,
+  doorEventsSchema,
+  fetchRequestSchema,
+  headSchema,
+  replySchema,
+  snapshotRequestSchema,
+  submissionSchema,
+} from './protocol.ts';
+
+/** Every message of the fleet protocol: its topic, who sends it, and its schema (the one checked on receipt). */
+const MESSAGES: { topic: string; direction: string; schema: z.ZodType }[] = [
+  { topic: '<prefix>/sync/<t>/log', direction: 'hub → devices, QoS 1', schema: changeBatchSchema },
+  { topic: '<prefix>/sync/<t>/head', direction: 'hub → devices, QoS 1, retained', schema: headSchema },
+  { topic: '<prefix>/sync/<t>/submit', direction: 'device → hub, QoS 1', schema: submissionSchema },
+  { topic: '<prefix>/sync/<t>/fetch', direction: 'device → hub, QoS 1', schema: fetchRequestSchema },
+  { topic: '<prefix>/sync/<t>/snapshot', direction: 'device → hub, QoS 1', schema: snapshotRequestSchema },
+  { topic: '<prefix>/sync/<t>/events', direction: 'device → hub, QoS 1', schema: doorEventsSchema },
+  { topic: '<prefix>/sync/<t>/state/<device_id>', direction: 'device → hub, QoS 1, retained; last will `offline`', schema: deviceStateSchema },
+  { topic: '<prefix>/sync/<t>/device/<device_id>', direction: 'hub → one device, QoS 1', schema: replySchema },
+];
+
+/**
+ * firmware-config/sync-protocol.md: generated from the zod schemas of src/sync/protocol.ts
+ * (`npm run docs:protocol`; a test fails when the file and the schemas differ).
+ */
+export function protocolDocument(): string {
+  const parts = [
+    '# Fleet sync protocol',
+    '',
+    '<!-- generated from src/sync/protocol.ts by `npm run docs:protocol`: do not edit -->',
+    '',
+    'Every payload is JSON, checked on receipt against these schemas (JSON Schema, draft 2020-12).',
+    '`<prefix>` is the devices\' `mqtt.topic_prefix`, `<t>` the tenant id.',
+    '',
+    '## Size limits',
+    '',
+    `- A log message or a fetched range: at most ${MAX_CHANGES_PER_BATCH} changes of about 1 KB (a sealed 128-float template is 704 base64 characters).`,
+    `- A snapshot chunk: at most ${MAX_USERS_PER_CHUNK} users of about 900 bytes: below 64 KiB.`,
+    `- Door events: at most ${MAX_EVENTS_PER_BATCH} per message.`,
+    '- Brokers may limit a message (`message_size_limit` in Mosquitto, `mqtt.max_packet_size` in EMQX): allow 128 KiB.',
+    '',
+  ];
+  for (const m of MESSAGES) {
+    parts.push(`## \`${m.topic}\``, '', m.direction, '', '```json', JSON.stringify(z.toJSONSchema(m.schema, { unrepresentable: 'any' }), null, 2), '```', '');
+  }
+  return parts.join('\n');
+}
