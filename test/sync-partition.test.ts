@@ -13,6 +13,7 @@ import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { newTenantKey } from '../src/sync/envelope.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
+import { startChaosProxy } from './support/chaos-proxy.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 
@@ -116,5 +117,44 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     }
     assert.deepEqual({ cursor: b.sync.cursor, digest: b.store.users.digest(tenantId).digest, versions: b.store.db.prepare('SELECT SUM(version) AS v FROM users').get() }, before);
     assert.equal((b.store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 802, 'one template per person, none added twice');
+  });
+
+  it('through a proxy that duplicates and reorders every PUBLISH both ways: each change is sequenced once and applied once', async function () {
+    const [a, b] = doors;
+    const proxy = await startChaosProxy(Number(new URL(url).port));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-partition-'));
+    dirs.push(dir);
+    const c = { store: openStore(dir, undefined), index: new GalleryIndex(), sync: undefined as unknown as DeviceSync };
+    c.store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
+    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    try {
+      const head0 = await hubStore.headSeq(tenantId);
+      await poll(() => c.sync.cursor === head0, 'the new door c loading its snapshot through the proxy');
+      // changes made at c (its submissions duplicated on the way to the hub) and at a (the log duplicated on the way to c)
+      for (let i = 0; i < 100; i++) c.store.users.enroll(tenantId, `c${i}`, face(5000 + i));
+      for (let i = 0; i < 50; i++) a.store.users.replaceTemplate(a.store.users.get(tenantId, `p${i * 5 + 1}`)!, face(9000 + i));
+      for (let i = 0; i < 30; i++) a.store.eraseUser(tenantId, `p${i * 5 + 2}`, () => null);
+      await poll(async () => (await hubStore.headSeq(tenantId)) >= head0 + 180 && a.sync.pending() === 0 && c.sync.pending() === 0, 'the 180 changes sequenced');
+      const head = await hubStore.headSeq(tenantId);
+      await poll(() => [a, b, c].every((d) => d.sync.cursor === head), 'every door at the head');
+      const sequenced = (await hubStore.pool.query<{ change_id: string }>('SELECT change_id FROM hub_changes WHERE tenant_id = $1 AND seq > $2', [tenantId, head0])).rows;
+      assert.equal(sequenced.length, 180, 'each of the 180 changes sequenced once, however often it was submitted');
+      assert.equal(new Set(sequenced.map((r) => r.change_id)).size, 180);
+      const digest = await hubStore.digest(tenantId);
+      for (const d of [a, b, c]) assert.equal(d.store.users.digest(tenantId).digest, digest);
+      const twice = c.store.db.prepare('SELECT COUNT(*) AS n FROM (SELECT user_id, version FROM templates GROUP BY user_id, version HAVING COUNT(*) > 1)').get() as { n: number };
+      assert.equal(twice.n, 0, 'no template version applied twice at c');
+      const active = c.store.db.prepare('SELECT COUNT(*) AS n FROM templates WHERE active = 1').get() as { n: number };
+      assert.equal(active.n, c.store.users.digest(tenantId).users, 'one active template per person');
+      assert.equal(c.index.of(tenantId).size, c.store.users.digest(tenantId).users);
+      assert.ok(proxy.stats.duplicated > 200 && proxy.stats.reordered > 20, `the proxy misbehaved (${JSON.stringify(proxy.stats)})`);
+    } finally {
+      await c.sync.close();
+      c.store.close();
+      await proxy.close();
+      const cleaner = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
+      await cleaner.publishAsync(syncTopics(prefix, tenantId).state('c'), '', { retain: true });
+      await cleaner.endAsync();
+    }
   });
 });

@@ -250,12 +250,12 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       store.users.enroll(tenantId, 'mine', face(7));
       index.of(tenantId).upsert('mine', face(7)); // as the session service does after an enrolment
       replica.beginSnapshot(tenantId);
-      const first = { type: 'snapshot' as const, tenant_id: tenantId, seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob' };
+      const first = { type: 'snapshot' as const, tenant_id: tenantId, seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true };
       assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 2, removed: 0, done: false, ignored: false });
       assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 0, removed: 0, done: false, ignored: true }, 'a duplicate of the first chunk');
       assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob' }, 'the progress, in the database');
       assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the last chunk');
-      const last = { type: 'snapshot' as const, tenant_id: tenantId, seq: 41, after: 'bob', users: [user('carol', 2)], next: null };
+      const last = { type: 'snapshot' as const, tenant_id: tenantId, seq: 41, after: 'bob', users: [user('carol', 2)], next: null, more: false };
       assert.deepEqual(replica.applySnapshotChunk(tenantId, last), { applied: 1, removed: 1, done: true, ignored: false });
       assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
       assert.equal(replica.snapshot(tenantId), undefined);

@@ -447,9 +447,10 @@ export class HubStore {
     const seq = await this.headSeq(tenantId);
     const r = await this.pool.query<SnapshotUser>(
       `SELECT external_user_id, version, model, key_version, template FROM hub_users
-       WHERE tenant_id = $1 AND NOT deleted AND ($2::text IS NULL OR external_user_id COLLATE "C" > $2)
+       WHERE tenant_id = $1 AND NOT deleted AND external_user_id COLLATE "C" > $2
        ORDER BY external_user_id COLLATE "C" LIMIT $3`,
-      [tenantId, after, limit],
+      // ids are never empty: '' is before the first (and keeps the condition an index range)
+      [tenantId, after ?? '', limit],
     );
     const users = r.rows;
     return { seq, users, next: users.length === limit ? users[users.length - 1].external_user_id : null };

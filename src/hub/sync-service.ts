@@ -159,8 +159,15 @@ export class HubSync {
     } else if (topic === topics.snapshot) {
       const msg = parseMessage(snapshotRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a snapshot request was refused');
-      const chunk = await this.store.snapshotChunk(tenantId, msg.value.after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK));
-      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'snapshot', tenant_id: tenantId, after: msg.value.after, ...chunk }), { qos: 1 });
+      // several chunks per request: a round trip per chunk would cost more than applying it
+      let after = msg.value.after;
+      for (let i = 0; i < msg.value.chunks; i++) {
+        const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK));
+        const more = chunk.next !== null && i < msg.value.chunks - 1;
+        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'snapshot', tenant_id: tenantId, after, ...chunk, more }), { qos: 1 });
+        if (!more) break;
+        after = chunk.next;
+      }
     }
   }
 

@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import type { Statement } from 'better-sqlite3';
 import { type EmbeddingCipher, type TemplateBinding, templateAad } from './crypto.ts';
 import { type Db, now } from './database.ts';
 import { userSetDigest } from '../sync/digest.ts';
@@ -62,6 +63,8 @@ export class UserStore {
    * device, so that whatever must follow it (the fleet outbox) commits with it or not at all.
    */
   changeJournal: ((change: LocalUserChange) => void) | null = null;
+  /** Prepared once: replication writes thousands of users in a row (a snapshot). */
+  readonly #statements = new Map<string, Statement>();
 
   constructor(
     private readonly db: Db,
@@ -70,22 +73,29 @@ export class UserStore {
     private readonly model: string,
   ) {}
 
+  #sql(text: string): Statement {
+    let statement = this.#statements.get(text);
+    if (!statement) {
+      statement = this.db.prepare(text);
+      this.#statements.set(text, statement);
+    }
+    return statement;
+  }
+
   /** The live (not deleted) user, if any. */
   get(tenantId: string, externalUserId: string): User | undefined {
-    const row = this.db
-      .prepare('SELECT * FROM users WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL')
+    const row = this.#sql('SELECT * FROM users WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL')
       .get(tenantId, externalUserId) as UserRow | undefined;
     return row && toUser(row);
   }
 
   list(tenantId: string, limit: number, offset: number): { total: number; users: User[] } {
     const total = (
-      this.db.prepare('SELECT COUNT(*) AS n FROM users WHERE tenant_id = ? AND deleted_at IS NULL').get(tenantId) as {
+      this.#sql('SELECT COUNT(*) AS n FROM users WHERE tenant_id = ? AND deleted_at IS NULL').get(tenantId) as {
         n: number;
       }
     ).n;
-    const rows = this.db
-      .prepare(
+    const rows = this.#sql(
         `SELECT * FROM users WHERE tenant_id = ? AND deleted_at IS NULL
          ORDER BY created_at, external_user_id LIMIT ? OFFSET ?`,
       )
@@ -95,8 +105,7 @@ export class UserStore {
 
   /** Users who must enrol again, with why (all tenants). */
   needingReenrolment(): { tenantId: string; externalUserId: string; reason: ReenrolmentReason }[] {
-    const rows = this.db
-      .prepare('SELECT tenant_id, external_user_id, reenrolment_reason FROM users WHERE reenrolment_reason IS NOT NULL AND deleted_at IS NULL ORDER BY tenant_id, external_user_id')
+    const rows = this.#sql('SELECT tenant_id, external_user_id, reenrolment_reason FROM users WHERE reenrolment_reason IS NOT NULL AND deleted_at IS NULL ORDER BY tenant_id, external_user_id')
       .all() as { tenant_id: string; external_user_id: string; reenrolment_reason: ReenrolmentReason }[];
     return rows.map((r) => ({ tenantId: r.tenant_id, externalUserId: r.external_user_id, reason: r.reenrolment_reason }));
   }
@@ -123,26 +132,24 @@ export class UserStore {
     const ts = now();
     const live = this.get(tenantId, externalUserId);
     const user = live ? { ...live, version, updatedAt: ts, needsReenrolment: false } : this.#createOrRevive(tenantId, externalUserId, () => version, ts);
-    if (live) this.db.prepare('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(version, ts, user.id);
-    this.db.prepare('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
-    this.db.prepare('DELETE FROM templates WHERE user_id = ? AND version = ?').run(user.id, version);
+    if (live) this.#sql('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(version, ts, user.id);
+    this.#sql('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
+    this.#sql('DELETE FROM templates WHERE user_id = ? AND version = ?').run(user.id, version);
     this.insertTemplate(user, embedding, ts);
   }
 
   /** A new user row, or the person's tombstone brought back (kept under the pseudonym, older ones under the id). */
   #createOrRevive(tenantId: string, externalUserId: string, versionAfter: (tombVersion: number | undefined) => number, ts: string): User {
-    const tomb = this.db
-      .prepare('SELECT * FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
+    const tomb = this.#sql('SELECT * FROM users WHERE tenant_id = ? AND external_user_id IN (?, ?) AND deleted_at IS NOT NULL')
       .get(tenantId, this.cipher.pseudonym(tenantId, externalUserId), externalUserId) as UserRow | undefined;
     if (tomb) {
       const user = { ...toUser(tomb), externalUserId, version: versionAfter(tomb.version), createdAt: ts, updatedAt: ts, needsReenrolment: false };
-      this.db
-        .prepare('UPDATE users SET external_user_id = ?, version = ?, created_at = ?, updated_at = ?, deleted_at = NULL, reenrolment_reason = NULL WHERE id = ?')
+      this.#sql('UPDATE users SET external_user_id = ?, version = ?, created_at = ?, updated_at = ?, deleted_at = NULL, reenrolment_reason = NULL WHERE id = ?')
         .run(externalUserId, user.version, ts, ts, user.id);
       return user;
     }
     const user = { id: crypto.randomUUID(), tenantId, externalUserId, version: versionAfter(undefined), createdAt: ts, updatedAt: ts, needsReenrolment: false };
-    this.db.prepare('INSERT INTO users (id, tenant_id, external_user_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)').run(user.id, tenantId, externalUserId, user.version, ts, ts);
+    this.#sql('INSERT INTO users (id, tenant_id, external_user_id, version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)').run(user.id, tenantId, externalUserId, user.version, ts, ts);
     return user;
   }
 
@@ -151,23 +158,22 @@ export class UserStore {
    * the tenant agree exactly when their digests do (the hub compares it with its own).
    */
   digest(tenantId: string): { digest: string; users: number } {
-    const rows = this.db
-      .prepare('SELECT external_user_id, version FROM users WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY external_user_id')
+    const rows = this.#sql('SELECT external_user_id, version FROM users WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY external_user_id')
       .all(tenantId) as { external_user_id: string; version: number }[];
     return { digest: userSetDigest(rows.map((r) => [r.external_user_id, r.version])), users: rows.length };
   }
 
   /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */
   flagReenrolment(tenantId: string, externalUserId: string, reason: ReenrolmentReason): void {
-    this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
+    this.#sql('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
   }
 
   /** Stores a new active template version; earlier versions stay as inactive history. */
   replaceTemplate(user: User, embedding: Float32Array): User {
     const ts = now();
     const next = { ...user, version: user.version + 1, updatedAt: ts, needsReenrolment: false };
-    this.db.prepare('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
-    this.db.prepare('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(next.version, ts, user.id);
+    this.#sql('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
+    this.#sql('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(next.version, ts, user.id);
     this.insertTemplate(next, embedding, ts);
     this.changeJournal?.({ tenantId: user.tenantId, externalUserId: user.externalUserId, kind: 'upsert', version: next.version });
     return next;
@@ -183,9 +189,8 @@ export class UserStore {
     if (!user) return null;
     const ts = now();
     const pseudonym = this.cipher.pseudonym(tenantId, externalUserId);
-    this.db.prepare('DELETE FROM templates WHERE user_id = ?').run(user.id);
-    this.db
-      .prepare('UPDATE users SET external_user_id = ?, version = version + 1, updated_at = ?, deleted_at = ?, reenrolment_reason = NULL WHERE id = ?')
+    this.#sql('DELETE FROM templates WHERE user_id = ?').run(user.id);
+    this.#sql('UPDATE users SET external_user_id = ?, version = version + 1, updated_at = ?, deleted_at = ?, reenrolment_reason = NULL WHERE id = ?')
       .run(pseudonym, ts, ts, user.id);
     this.changeJournal?.({ tenantId, externalUserId, kind: 'delete', version: user.version + 1 });
     return pseudonym;
@@ -193,8 +198,7 @@ export class UserStore {
 
   /** The user's active template, or undefined; an unreadable one flags the user for re-enrolment. */
   activeEmbedding(user: User): Float32Array | undefined {
-    const row = this.db
-      .prepare('SELECT user_id, version, model, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1')
+    const row = this.#sql('SELECT user_id, version, model, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1')
       .get(user.id) as TemplateRow | undefined;
     if (!row) return undefined;
     const opened = this.#open(row, user.tenantId, user.externalUserId);
@@ -206,8 +210,7 @@ export class UserStore {
   }
 
   templateVersions(user: User): { version: number; active: boolean; createdAt: string }[] {
-    const rows = this.db
-      .prepare('SELECT version, active, created_at FROM templates WHERE user_id = ? ORDER BY version')
+    const rows = this.#sql('SELECT version, active, created_at FROM templates WHERE user_id = ? ORDER BY version')
       .all(user.id) as { version: number; active: number; created_at: string }[];
     return rows.map((r) => ({ version: r.version, active: r.active === 1, createdAt: r.created_at }));
   }
@@ -219,8 +222,7 @@ export class UserStore {
    * the door from serving everyone else.
    */
   activeTemplates(): ActiveTemplate[] {
-    const rows = this.db
-      .prepare(
+    const rows = this.#sql(
         `SELECT u.tenant_id, u.external_user_id, t.user_id, t.version, t.model, t.nonce, t.ciphertext
          FROM templates t JOIN users u ON u.id = t.user_id
          WHERE t.active = 1 AND u.deleted_at IS NULL`,
@@ -250,14 +252,13 @@ export class UserStore {
   }
 
   #flag(userId: string, reason: ReenrolmentReason): void {
-    this.db.prepare('UPDATE users SET reenrolment_reason = ? WHERE id = ?').run(reason, userId);
+    this.#sql('UPDATE users SET reenrolment_reason = ? WHERE id = ?').run(reason, userId);
   }
 
   private insertTemplate(user: User, embedding: Float32Array, ts: string): void {
     const binding: TemplateBinding = { tenantId: user.tenantId, externalUserId: user.externalUserId, version: user.version, model: this.model };
     const { nonce, ciphertext } = this.cipher.seal(embedding, templateAad(binding));
-    this.db
-      .prepare(
+    this.#sql(
         'INSERT INTO templates (id, user_id, version, active, model, nonce, ciphertext, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)',
       )
       .run(crypto.randomUUID(), user.id, user.version, this.model, nonce, ciphertext, ts);

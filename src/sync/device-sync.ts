@@ -13,6 +13,7 @@ import {
   type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
+  MAX_CHUNKS_PER_REQUEST,
   MAX_USERS_PER_CHUNK,
   changeBatchSchema,
   headSchema,
@@ -63,6 +64,8 @@ export interface DeviceSyncOptions {
 export class DeviceSync {
   readonly replica: Replica;
   #fetching = false;
+  /** When the last snapshot chunk was applied. */
+  #lastChunkAt = 0;
   /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
   #caughtUp = false;
   #waiting: (() => void)[] = [];
@@ -204,14 +207,16 @@ export class DeviceSync {
    */
   fetch(now = false): void {
     if ((this.#fetching && !now) || !this.client.connected) return;
+    // a snapshot being loaded goes on where it was (also after a crash): the log waits for it
+    const snapshot = this.replica.snapshot(this.options.tenantId);
+    // chunks are arriving: the request in flight is alive (a head must not start a second stream)
+    if (snapshot && this.#fetching && Date.now() - this.#lastChunkAt < FETCH_TIMEOUT_MS) return;
     this.#fetching = true;
     // a reply lost on the way must not stop fetching for good
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
     const topics = syncTopics(this.options.prefix, this.options.tenantId);
-    // a snapshot being loaded goes on where it was (also after a crash): the log waits for it
-    const snapshot = this.replica.snapshot(this.options.tenantId);
     if (snapshot) {
-      this.client.publish(topics.snapshot, JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK }), { qos: 1 });
+      this.client.publish(topics.snapshot, JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
       return;
     }
     this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH }), { qos: 1 });
@@ -380,15 +385,20 @@ export class DeviceSync {
         if (reply.status === 'conflict') logger.warn({ reason: reply.reason }, 'sync: the hub refused a change made here as a conflict (an admin decides)');
         return;
       }
-      this.#fetching = false;
       if (reply.type === 'snapshot') {
         const chunk = this.replica.applySnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
-        if (chunk.applied + chunk.removed > 0) this.#stateSoon();
+        this.#lastChunkAt = Date.now();
+        // the next request goes when the last chunk of this one is in (or the snapshot is done)
+        if (reply.more && !chunk.done) return;
+        this.#fetching = false;
+        // the state (its digest reads every user) is reported once the snapshot is complete
+        if (chunk.done) this.#stateSoon();
         if (chunk.done) logger.info({ seq: this.cursor }, 'sync: snapshot loaded; the log follows from its sequence');
         this.fetch();
         return;
       }
+      this.#fetching = false;
       if (reply.snapshot) {
         logger.info({ cursor: this.cursor, head: reply.head }, 'sync: loading a snapshot of the tenant (a new device, or behind the retained log)');
         this.replica.beginSnapshot(tenantId);

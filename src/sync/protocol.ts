@@ -115,12 +115,15 @@ export const fetchRequestSchema = z
 
 /** At most this many users in one snapshot chunk (about 900 bytes each: a chunk stays below 64 KiB). */
 export const MAX_USERS_PER_CHUNK = 64;
+/** At most this many chunks answer one snapshot request (far below a broker's per-client queue). */
+export const MAX_CHUNKS_PER_REQUEST = 16;
 
 export const snapshotRequestSchema = z
   .strictObject({
     device_id: z.string().min(1).max(64),
     after: z.string().max(128).nullable().describe('The last external_user_id applied (byte order), or null for the first chunk'),
     limit: z.int().min(1).max(MAX_USERS_PER_CHUNK),
+    chunks: z.int().min(1).max(MAX_CHUNKS_PER_REQUEST).default(1).describe('Chunks the hub sends in a row for this request, each after the one before'),
   })
   .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
 
@@ -182,6 +185,7 @@ export const replySchema = z
       after: z.string().max(128).nullable().describe('The request this answers (a duplicate or late answer is recognised and ignored)'),
       users: z.array(snapshotUserSchema).max(MAX_USERS_PER_CHUNK),
       next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
+      more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
     }),
   ])
   .meta({ id: 'SyncReply' });

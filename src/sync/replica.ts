@@ -135,6 +135,9 @@ export class Replica {
     const after: (() => void)[] = [];
     const journal = this.store.users.changeJournal;
     this.store.users.changeJournal = null;
+    // a chunk need not reach the disk before the next: after a power cut the snapshot resumes from
+    // the last chunk that did (WAL keeps data and progress together), and nothing here is acknowledged
+    this.store.db.pragma('synchronous = NORMAL');
     let result: { applied: number; removed: number; done: boolean; ignored: boolean };
     try {
       result = this.store.db.transaction(() => {
@@ -154,12 +157,14 @@ export class Replica {
         }
         const last = chunk.next === null ? null : chunk.users[chunk.users.length - 1].external_user_id;
         const kept = new Set(chunk.users.map((u) => u.external_user_id));
-        const held = this.store.db
-          .prepare(
-            `SELECT external_user_id FROM users WHERE tenant_id = ? AND deleted_at IS NULL
-             AND (? IS NULL OR external_user_id > ?) AND (? IS NULL OR external_user_id <= ?)`,
-          )
-          .all(tenantId, progress.afterUser, progress.afterUser, last, last) as { external_user_id: string }[];
+        // ids are never empty: '' is before the first (the conditions stay an index range)
+        const held = (
+          last === null
+            ? this.store.db.prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND deleted_at IS NULL').all(tenantId, progress.afterUser ?? '')
+            : this.store.db
+                .prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND external_user_id <= ? AND deleted_at IS NULL')
+                .all(tenantId, progress.afterUser ?? '', last)
+        ) as { external_user_id: string }[];
         let removed = 0;
         for (const { external_user_id: id } of held) {
           if (kept.has(id) || pending.has(id)) continue;
@@ -178,6 +183,7 @@ export class Replica {
       })();
     } finally {
       this.store.users.changeJournal = journal;
+      this.store.db.pragma('synchronous = FULL');
     }
     for (const run of after) run();
     if (result.removed > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
