@@ -362,16 +362,21 @@ async function benchIdentify(): Promise<void> {
   console.log('1:N safety', JSON.stringify(out));
 }
 
+/** The fleet's modules, loaded only when a fleet bench runs. */
+const fleetModules = async () => ({
+  ...(await import('../test/support/postgres.ts')),
+  ...(await import('../src/hub/store.ts')),
+  ...(await import('../src/hub/sync-service.ts')),
+  ...(await import('../src/sync/device-sync.ts')),
+  ...(await import('../src/sync/envelope.ts')),
+  ...(await import('../src/biometrics/embedding.ts')),
+  ...(await import('../src/biometrics/gallery.ts')),
+  ...(await import('../src/core/events.ts')),
+});
+
 /** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
 async function benchSync(): Promise<void> {
-  const { createTestDatabase } = await import('../test/support/postgres.ts');
-  const { HubStore } = await import('../src/hub/store.ts');
-  const { HubSync } = await import('../src/hub/sync-service.ts');
-  const { DeviceSync } = await import('../src/sync/device-sync.ts');
-  const { newTenantKey, sealTemplate } = await import('../src/sync/envelope.ts');
-  const { EMBEDDING_MODEL } = await import('../src/biometrics/embedding.ts');
-  const { GalleryIndex } = await import('../src/biometrics/gallery.ts');
-  const { EventBus } = await import('../src/core/events.ts');
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, newTenantKey, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const url = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-${process.pid}`;
@@ -467,14 +472,7 @@ async function benchSync(): Promise<void> {
  * one door that joins (its store, index and sync client in this process with the hub).
  */
 async function benchSnapshot(people = 100_000): Promise<void> {
-  const { createTestDatabase } = await import('../test/support/postgres.ts');
-  const { HubStore } = await import('../src/hub/store.ts');
-  const { HubSync } = await import('../src/hub/sync-service.ts');
-  const { DeviceSync } = await import('../src/sync/device-sync.ts');
-  const { newTenantKey, sealTemplate } = await import('../src/sync/envelope.ts');
-  const { EMBEDDING_MODEL } = await import('../src/biometrics/embedding.ts');
-  const { GalleryIndex } = await import('../src/biometrics/gallery.ts');
-  const { EventBus } = await import('../src/core/events.ts');
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, newTenantKey, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const tenantKey = newTenantKey();
   const tenantId = crypto.randomUUID();
