@@ -14,8 +14,10 @@
  *  8. fleet sync through a hub on PostgreSQL and Mosquitto, with three replicas: a change made at
  *     one door → applied at the others, changes per second to three doors, a new door catching
  *     up on 2,000 people;
- *  9. a snapshot of 100,000 people to a new door (chunked, through Mosquitto), and peak memory.
- * Options: --only frames|search|http|door|queue|store|identify|sync|snapshot (sync runs snapshot too), --frames N (default 40).
+ *  9. a snapshot of 100,000 people to a new door (chunked, through Mosquitto), and peak memory;
+ * 10. 200 simulated doors reconnecting at once after 1,000 changes: time to converge, and the hub's
+ *     API latency meanwhile.
+ * Options: --only frames|search|http|door|queue|store|identify|sync|snapshot|reconnect (sync runs the last two too), --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -529,6 +531,97 @@ async function benchSnapshot(people = 100_000): Promise<void> {
   }
 }
 
+/**
+ * 200 simulated doors (a child process) reconnecting at once to `authface hub serve` (another)
+ * after 1,000 changes: the time until every door holds the hub's user set, and the latency of the
+ * hub's /biometry/v1 meanwhile, measured from this process.
+ */
+async function benchReconnect(doorCount = 200): Promise<void> {
+  const { createTestDatabase, HubStore, sealTemplate, EMBEDDING_MODEL } = await fleetModules();
+  const { postgresBiometryStore } = await import('../src/hub/biometry-store.ts');
+  const { serveHub, stop } = await import('../test/support/cli.ts');
+  const { fork } = await import('node:child_process');
+  const brokerUrl = 'mqtt://127.0.0.1:1883';
+  const prefix = `authface-bench-reconnect-${process.pid}`;
+  const masterKey = crypto.randomBytes(32);
+  const db = await createTestDatabase();
+  const hubStore = await HubStore.open(db.url);
+  const api = postgresBiometryStore(hubStore, { tenantKey: (t) => hubStore.tenantKey(t, masterKey), model: EMBEDDING_MODEL });
+  const tenant = await api.tenants.create({ name: 'bench', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' });
+  const { apiKey } = await api.tenants.createKey(tenant.id);
+  const { key } = await hubStore.tenantKey(tenant.id, masterKey);
+  const hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
+  const devices = fork(path.join(path.dirname(new URL(import.meta.url).pathname), 'bench-devices.ts'), [String(doorCount), brokerUrl, prefix, tenant.id, key.toString('hex')], {
+    execArgv: ['--import', 'tsx'],
+  });
+  const ask = (command: string, extra: Record<string, unknown> = {}) =>
+    new Promise<{ diverged?: number }>((resolve) => {
+      devices.once('message', resolve);
+      devices.send({ command, ...extra });
+    });
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  const enrol = (id: string) =>
+    hubStore.append(
+      tenant.id,
+      { kind: 'user.upsert', external_user_id: id, version: 1, model: EMBEDDING_MODEL, key_version: 1, template: sealTemplate(key, random(), { tenantId: tenant.id, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 }) },
+      { origin: 'hub' },
+    );
+  const atHead = async () => ask('until', { head: await hubStore.headSeq(tenant.id), digest: await hubStore.digest(tenant.id) });
+  const latencies: number[] = [];
+  let probing = false;
+  const probe = async () => {
+    while (probing) {
+      const t = performance.now();
+      const res = await fetch(`${hub.url}/biometry/v1/list-users`, { method: 'POST', headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' }, body: '{"limit":50,"offset":0}' });
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`reconnect bench: the hub answered ${res.status}`);
+      latencies.push(performance.now() - t);
+    }
+  };
+  const measure = async (run: () => Promise<unknown>) => {
+    latencies.length = 0;
+    probing = true;
+    const probes = Array.from({ length: 4 }, probe);
+    const result = await run();
+    probing = false;
+    await Promise.all(probes);
+    return { result, ms: { p50: pct(latencies, 50), p95: pct(latencies, 95), p99: pct(latencies, 99), requests: latencies.length } };
+  };
+  try {
+    await new Promise((resolve) => devices.once('message', resolve));
+    await ask('connect');
+    await Promise.all(Array.from({ length: 300 }, (_, i) => enrol(`person-${i}`)));
+    await atHead();
+    await ask('disconnect');
+    // while every door is away: 700 enrolments and 300 deletions
+    await Promise.all(Array.from({ length: 700 }, (_, i) => enrol(`person-${300 + i}`)));
+    for (let i = 0; i < 300; i++) await api.eraseUser(tenant.id, `person-${i * 3}`, () => ({ tenantId: tenant.id, type: 'user_deleted', flow: null, sessionId: null, externalUserId: 'erased', result: 'success', reason: null, score: null }));
+    const idle = await measure(() => new Promise((r) => setTimeout(r, 3000)));
+    const started = performance.now();
+    const busy = await measure(async () => {
+      await ask('connect');
+      return atHead();
+    });
+    const seconds = (performance.now() - started) / 1000;
+    results.reconnect = {
+      doors: doorCount,
+      changes_while_away: 1000,
+      seconds_until_all_converged: Number(seconds.toFixed(1)),
+      diverged: (busy.result as { diverged: number }).diverged,
+      hub_api_list_users_ms_while_reconnecting: busy.ms,
+      hub_api_list_users_ms_idle: idle.ms,
+    };
+    console.log('reconnect', JSON.stringify(results.reconnect));
+  } finally {
+    const exited = new Promise((resolve) => devices.once('exit', resolve));
+    devices.send({ command: 'close' });
+    await exited;
+    await stop(hub);
+    await hubStore.close();
+    await db.drop();
+  }
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
@@ -538,6 +631,7 @@ if (!only || only === 'store') benchStore();
 if (!only || only === 'identify') await benchIdentify();
 if (!only || only === 'sync') await benchSync();
 if (!only || only === 'sync' || only === 'snapshot') await benchSnapshot();
+if (!only || only === 'sync' || only === 'reconnect') await benchReconnect();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);

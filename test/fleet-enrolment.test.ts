@@ -119,6 +119,27 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     assert.match(door.svc.logs(), /loading a snapshot/);
   });
 
+  it('a door whose people differ from the hub\'s at the same sequence is repaired with a snapshot', async function () {
+    const local = door.svc.service.store;
+    const head = await hub!.store.headSeq(tenantId);
+    await until(() => syncOf().cursor === head && syncOf().pending() === 0, 10_000, 'the door in step');
+    const digestAtHub = await hub!.store.digest(tenantId);
+    // damage that no change explains: a person the hub never had, and one of its people gone
+    local.users.replicate(tenantId, 'phantom', 1, Float32Array.from({ length: 128 }, (_, i) => (i === 0 ? 1 : 0)));
+    const bob = local.users.get(tenantId, 'bob');
+    assert.ok(bob);
+    local.db.prepare('DELETE FROM templates WHERE user_id = ?').run(bob.id);
+    local.db.prepare('DELETE FROM users WHERE id = ?').run(bob.id);
+    assert.notEqual(local.users.digest(tenantId).digest, await hub!.store.digest(tenantId));
+    syncOf().publishState();
+    await until(() => local.users.digest(tenantId).digest === digestAtHub, 15_000, 'the door holding the hub\'s people again');
+    assert.equal(local.users.get(tenantId, 'phantom'), undefined);
+    assert.ok(local.users.get(tenantId, 'bob'));
+    assert.equal(syncOf().cursor, head, 'the log goes on from where it was');
+    const row = await hub!.store.pool.query<{ repaired_at: Date | null }>('SELECT repaired_at FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, `door-${process.pid}`]);
+    assert.ok(row.rows[0]?.repaired_at, 'the repair is recorded');
+  });
+
   it('without the hub the door enrols on its own check, queues the change, and the hub takes it on its return', async function () {
     await hub!.close();
     hub = undefined;

@@ -3,6 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import crypto from 'node:crypto';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
@@ -160,6 +161,29 @@ describe('two hubs on one database, one killed mid-stream', function () {
       } finally {
         await stop(again.child);
       }
+    } finally {
+      await hub.close();
+    }
+  });
+
+  it('a hub killed with SIGKILL between its commit and its publish: the change is neither lost nor sequenced twice', async function () {
+    const hub = await HubStore.open(db.url);
+    try {
+      for (const h of hubs) if (h.exitCode === null && h.signalCode === null) await stop(h);
+      const crashing = await serveHub({ databaseUrl: db.url, brokerUrl: url, prefix }, { ...hubEnv, NODE_OPTIONS: `--import=${pathToFileURL(path.join(ROOT, 'test', 'support', 'crash-before-publish.mjs')).href}` });
+      hubs.push(crashing);
+      const head0 = await hub.headSeq(tenantId);
+      const died = new Promise<string | null>((resolve) => crashing.once('exit', (_code, signal) => resolve(signal)));
+      store.users.enroll(tenantId, 'committed-then-crashed', normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k * 0.77))));
+      assert.equal(await died, 'SIGKILL', 'the hub died on its way to publish');
+      const sequenced = () => hub.pool.query(`SELECT seq FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'committed-then-crashed'`, [tenantId]);
+      assert.deepEqual((await sequenced()).rows.map((r) => Number(r.seq)), [head0 + 1], 'committed before the crash');
+      assert.equal(sync?.cursor, head0, 'nobody heard of it on the log');
+      await startHub();
+      // the next hub announces its head: the door fetches the change it never saw published
+      await poll(() => sync?.pending() === 0 && sync.cursor === head0 + 1, 'the change acknowledged and applied through the log');
+      assert.deepEqual((await sequenced()).rows.map((r) => Number(r.seq)), [head0 + 1], 'sequenced once');
+      assert.equal(await hub.headSeq(tenantId), head0 + 1);
     } finally {
       await hub.close();
     }

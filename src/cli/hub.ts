@@ -12,6 +12,8 @@ import { loadDeviceKey } from '../sync/device-key.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { CommandError } from './errors.ts';
 
+const STOP_GRACE_MS = 5000;
+
 /** The hub's database, from --database-url or AUTHFACE_HUB_DATABASE_URL. */
 async function openHub(settings: Settings, databaseUrl?: string): Promise<HubStore> {
   const url = databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
@@ -41,6 +43,9 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
   const logger = createLogger(settings.LOG_LEVEL);
   const hub = await startHub(settings, { databaseUrl, brokerUrl, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
+    // what is committed is in PostgreSQL and what is not is asked again by the devices: a stop
+    // does not wait long for a backlog of answers (a reconnect storm) to drain
+    setTimeout(() => process.exit(0), STOP_GRACE_MS).unref();
     await hub.close();
     process.exit(0);
   };

@@ -157,12 +157,17 @@ const MIGRATIONS = [
   // compacted_seq may be gone (retention), and a device behind it loads a snapshot
   `CREATE INDEX hub_users_snapshot ON hub_users (tenant_id, external_user_id COLLATE "C") WHERE NOT deleted;
    ALTER TABLE hub_tenants ADD COLUMN compacted_seq bigint NOT NULL DEFAULT 0;`,
+  // when a diverged device was last told to reload a snapshot
+  `ALTER TABLE hub_devices ADD COLUMN repaired_at timestamptz;`,
 ];
 
 export class HubError extends OperatorError {}
 
 /** `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then. */
 export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
+
+/** A device that stays diverged is told to reload a snapshot at most this often. */
+const REPAIR_INTERVAL = '10 minutes';
 
 /** At most this many changes of a tenant in one transaction. */
 const GROUP_COMMIT_MAX = 200;
@@ -308,89 +313,134 @@ export class HubStore {
         )
       ).rows.map((u) => [u.external_user_id, { version: u.version, deleted: u.deleted }]),
     );
+    // decide every change in order first, then write the batch in a few multi-row statements
     const results: AppendResult[] = [];
+    const rows: { seq: number; changeId: string; origin: string; body: SubmittedChange }[] = [];
+    const conflicts: { changeId: string; origin: string; body: SubmittedChange; reason: 'stale_version' | 'deleted' }[] = [];
+    const finalState = new Map<string, { seq: number; body: SubmittedChange; version: number }>();
+    const deletions: { user: string; seq: number }[] = [];
+    const pending = new Set<string>(); // change_ids sequenced in this batch (a retry within it is a duplicate)
     for (const { body, changeId, origin } of batch) {
       const existing = known.get(changeId);
-      if (existing) {
-        results.push({ status: 'sequenced', change: existing, duplicate: true });
+      if (existing || pending.has(changeId)) {
+        // its change is filled in below, once the batch's rows are written
+        results.push({ status: 'sequenced', change: existing as Change, duplicate: true });
         continue;
       }
       const current = users.get(body.external_user_id);
       if (body.kind === 'user.upsert' && current && body.version <= current.version) {
         const reason = current.deleted ? 'deleted' : 'stale_version';
-        await db.query(
-          `INSERT INTO hub_conflicts (tenant_id, change_id, origin, external_user_id, reason, body) VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (tenant_id, change_id) DO NOTHING`,
-          [tenantId, changeId, origin, body.external_user_id, reason, body],
-        );
+        conflicts.push({ changeId, origin, body, reason });
         results.push({ status: 'conflict', reason });
         continue;
       }
       const seq = next++;
-      const inserted = await db.query<ChangeRow>(
-        `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
-        [tenantId, seq, changeId, origin, body.kind, body.external_user_id, body],
+      pending.add(changeId);
+      rows.push({ seq, changeId, origin, body });
+      // the tombstone keeps the highest version seen, so no older upsert can bring the person back
+      const version = body.kind === 'user.upsert' ? body.version : Math.max(body.version, current?.version ?? 0);
+      users.set(body.external_user_id, { version, deleted: body.kind === 'user.delete' });
+      finalState.set(body.external_user_id, { seq, body, version });
+      if (body.kind === 'user.delete') deletions.push({ user: body.external_user_id, seq });
+      results.push({ status: 'sequenced', change: undefined as unknown as Change });
+    }
+    if (conflicts.length > 0) {
+      await db.query(
+        `INSERT INTO hub_conflicts (tenant_id, change_id, origin, external_user_id, reason, body)
+         SELECT $1, c, o, u, r, b::jsonb FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]) AS x(c, o, u, r, b)
+         ON CONFLICT (tenant_id, change_id) DO NOTHING`,
+        [tenantId, conflicts.map((c) => c.changeId), conflicts.map((c) => c.origin), conflicts.map((c) => c.body.external_user_id), conflicts.map((c) => c.reason), conflicts.map((c) => JSON.stringify(c.body))],
       );
-      if (body.kind === 'user.upsert') {
-        await db.query(
-          `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq) VALUES ($1, $2, $3, false, $4, $5, $6, $7)
-           ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = false, model = excluded.model,
-             key_version = excluded.key_version, template = excluded.template, seq = excluded.seq, updated_at = now(),
-             created_at = CASE WHEN hub_users.deleted THEN now() ELSE hub_users.created_at END`,
-          [tenantId, body.external_user_id, body.version, body.model, body.key_version, body.template, seq],
-        );
-        users.set(body.external_user_id, { version: body.version, deleted: false });
-      } else {
-        // the central access log, audit trail and sessions forget whom they were about, and the
-        // log's earlier changes of the person lose their templates and id (their places stay: no gap)
-        for (const sql of [
-          `UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`,
-          `UPDATE hub_audit_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = $2`,
-          'UPDATE hub_sessions SET external_user_id = NULL WHERE tenant_id = $1 AND external_user_id = $2',
-          'UPDATE hub_sessions SET result_user_id = NULL WHERE tenant_id = $1 AND result_user_id = $2',
-        ]) {
-          await db.query(sql, [tenantId, body.external_user_id]);
-        }
-        await db.query(
-          `UPDATE hub_changes SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}' WHERE tenant_id = $1 AND external_user_id = $2 AND kind = 'user.upsert'`,
-          [tenantId, body.external_user_id],
-        );
-        // the tombstone keeps the highest version seen, so no older upsert can bring the person back
-        const version = Math.max(body.version, current?.version ?? 0);
-        await db.query(
-          `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq) VALUES ($1, $2, $3, true, $4)
-           ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, seq = excluded.seq`,
-          [tenantId, body.external_user_id, version, seq],
-        );
-        users.set(body.external_user_id, { version, deleted: true });
+    }
+    if (rows.length > 0) {
+      const inserted = await db.query<ChangeRow>(
+        `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body)
+         SELECT $1, s, c, o, k, u, b::jsonb FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(s, c, o, k, u, b)
+         RETURNING *`,
+        [
+          tenantId,
+          rows.map((r) => r.seq),
+          rows.map((r) => r.changeId),
+          rows.map((r) => r.origin),
+          rows.map((r) => r.body.kind),
+          rows.map((r) => r.body.external_user_id),
+          rows.map((r) => JSON.stringify(r.body)),
+        ],
+      );
+      for (const row of inserted.rows) known.set(row.change_id, toChange(row));
+    }
+    if (deletions.length > 0) {
+      const people = [...new Set(deletions.map((d) => d.user))];
+      // the central access log, audit trail and sessions forget whom they were about, and the
+      // log's earlier changes of the person lose their templates and id (their places stay: no gap)
+      for (const sql of [
+        `UPDATE hub_access_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = ANY($2::text[])`,
+        `UPDATE hub_audit_events SET external_user_id = 'erased' WHERE tenant_id = $1 AND external_user_id = ANY($2::text[])`,
+        'UPDATE hub_sessions SET external_user_id = NULL WHERE tenant_id = $1 AND external_user_id = ANY($2::text[])',
+        'UPDATE hub_sessions SET result_user_id = NULL WHERE tenant_id = $1 AND result_user_id = ANY($2::text[])',
+      ]) {
+        await db.query(sql, [tenantId, people]);
       }
-      const change = toChange(inserted.rows[0]);
-      known.set(changeId, change);
-      results.push({ status: 'sequenced', change });
+      await db.query(
+        `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}'
+         FROM unnest($2::text[], $3::bigint[]) AS d(u, s)
+         WHERE h.tenant_id = $1 AND h.external_user_id = d.u AND h.kind = 'user.upsert' AND h.seq < d.s`,
+        [tenantId, deletions.map((d) => d.user), deletions.map((d) => d.seq)],
+      );
+    }
+    const live = [...finalState].filter(([, f]) => f.body.kind === 'user.upsert');
+    if (live.length > 0) {
+      const up = live.map(([, f]) => f.body as Extract<SubmittedChange, { kind: 'user.upsert' }>);
+      await db.query(
+        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
+         SELECT $1, u, v, false, m, k, t::jsonb, s FROM unnest($2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::bigint[]) AS x(u, v, m, k, t, s)
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = false, model = excluded.model,
+           key_version = excluded.key_version, template = excluded.template, seq = excluded.seq, updated_at = now(),
+           created_at = CASE WHEN hub_users.deleted THEN now() ELSE hub_users.created_at END`,
+        [tenantId, up.map((b) => b.external_user_id), up.map((b) => b.version), up.map((b) => b.model), up.map((b) => b.key_version), up.map((b) => JSON.stringify(b.template)), live.map(([, f]) => f.seq)],
+      );
+    }
+    const gone = [...finalState].filter(([, f]) => f.body.kind === 'user.delete');
+    if (gone.length > 0) {
+      await db.query(
+        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq)
+         SELECT $1, u, v, true, s FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(u, v, s)
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, seq = excluded.seq`,
+        [tenantId, gone.map(([u]) => u), gone.map(([, f]) => f.version), gone.map(([, f]) => f.seq)],
+      );
     }
     await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, next]);
-    return results;
+    // every sequenced result, and a retry of one sequenced earlier in this batch, gets its change
+    return batch.map((item, i) => {
+      const r = results[i];
+      return r.status === 'sequenced' ? { ...r, change: known.get(item.changeId) as Change } : r;
+    });
   }
 
   /**
-   * Records what a device reported. A device whose cursor is at the head but whose user set
-   * differs from the hub's has diverged: it is flagged for an admin (and for repair).
+   * Records what a device reported. A device at the head with nothing of its own on the way whose
+   * user set differs from the hub's has diverged: it is flagged, and `repair` says to tell it to
+   * reload a snapshot (at most once per REPAIR_INTERVAL, so a device that stays different is not
+   * sent one snapshot after another).
    */
-  async recordDeviceState(state: DeviceState): Promise<{ diverged: boolean }> {
+  async recordDeviceState(state: DeviceState): Promise<{ diverged: boolean; repair: boolean }> {
     let diverged = false;
-    if (state.state === 'online' && state.digest !== undefined && state.applied_seq !== undefined && state.applied_seq === (await this.headSeq(state.tenant_id))) {
+    const settled = state.applied_seq !== undefined && (state.pending ?? 0) === 0;
+    if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === (await this.headSeq(state.tenant_id))) {
       diverged = state.digest !== (await this.digest(state.tenant_id));
     }
-    await this.pool.query(
-      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen)
-       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now())
+    const r = await this.pool.query<{ repair: boolean }>(
+      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen, repaired_at)
+       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now(), CASE WHEN $10 THEN now() END)
        ON CONFLICT (tenant_id, device_id) DO UPDATE SET state = excluded.state, last_seen = now(),
          applied_seq = COALESCE($4, hub_devices.applied_seq), digest = COALESCE($5, hub_devices.digest), users = COALESCE($6, hub_devices.users),
          model = COALESCE($7, hub_devices.model), version = COALESCE($8, hub_devices.version), boot = COALESCE($9, hub_devices.boot),
-         diverged = CASE WHEN $4::bigint IS NULL THEN hub_devices.diverged ELSE excluded.diverged END`,
-      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged],
+         diverged = CASE WHEN $4::bigint IS NULL THEN hub_devices.diverged ELSE excluded.diverged END,
+         repaired_at = CASE WHEN $10 AND (hub_devices.repaired_at IS NULL OR hub_devices.repaired_at < now() - $11::interval) THEN now() ELSE hub_devices.repaired_at END
+       RETURNING $10::boolean AND repaired_at = now() AS repair`,
+      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged, REPAIR_INTERVAL],
     );
-    return { diverged };
+    return { diverged, repair: r.rows[0]?.repair === true };
   }
 
   async devices(tenantId: string): Promise<{ deviceId: string; state: string; appliedSeq: number; lag: number; diverged: boolean; boot: number | null }[]> {
@@ -487,6 +537,21 @@ export class HubStore {
   async changesAfter(tenantId: string, afterSeq: number, limit = 500): Promise<Change[]> {
     const rows = await this.pool.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3', [tenantId, afterSeq, limit]);
     return rows.rows.map(toChange);
+  }
+
+  /**
+   * The same as changesAfter, as the JSON text of the array, built by PostgreSQL: a device's
+   * backfill is relayed without the hub parsing and re-serialising every change.
+   */
+  async changesAfterJson(tenantId: string, afterSeq: number, limit: number): Promise<{ json: string; count: number; last: number }> {
+    const r = await this.pool.query<{ json: string; count: number; last: string | null }>(
+      `SELECT COALESCE(json_agg(c ORDER BY seq), '[]')::text AS json, COUNT(*)::int AS count, MAX(seq) AS last FROM (
+         SELECT seq, body || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
+                'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) AS c
+         FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS page`,
+      [tenantId, afterSeq, limit],
+    );
+    return { json: r.rows[0].json, count: r.rows[0].count, last: Number(r.rows[0].last ?? afterSeq) };
   }
 
   /** The last sequence number given in the tenant (0 before the first change). */

@@ -48,6 +48,7 @@ export class HubSync {
   readonly #outgoing = new Map<string, Change[]>();
   /** Set by the hub's API once its 1:N index is loaded; until then fleet checks are refused as `hub_starting`. */
   fleetCheck: FleetCheck | null = null;
+  #closing = false;
 
   private constructor(
     private readonly client: MqttClient,
@@ -96,12 +97,18 @@ export class HubSync {
     }
   }
 
+  /**
+   * Leaves the broker without waiting for publishes still in flight: the log in PostgreSQL holds
+   * every change, and devices fetch what they missed.
+   */
   async close(): Promise<void> {
+    this.#closing = true;
     clearInterval(this.#timer);
-    await this.client.endAsync();
+    await this.client.endAsync(true);
   }
 
   async #message(topic: string, payload: Buffer): Promise<void> {
+    if (this.#closing) return;
     const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>[/<device>]
     const [, tenantId, kind] = levels;
     const topics = syncTopics(this.options.prefix, tenantId);
@@ -111,8 +118,13 @@ export class HubSync {
       if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
         return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
       }
-      const { diverged } = await this.store.recordDeviceState(msg.value);
-      if (diverged) this.options.logger.warn({ tenant: tenantId, device: msg.value.device_id }, "hub: a device's user set differs from the hub's at the same sequence (flagged)");
+      const { diverged, repair } = await this.store.recordDeviceState(msg.value);
+      if (diverged) this.options.logger.warn({ tenant: tenantId, device: msg.value.device_id, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
+      if (repair) {
+        // the snapshot makes the device hold exactly the hub's people, then the log follows
+        const head = await this.store.headSeq(tenantId);
+        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
+      }
       return;
     }
     if (topic === topics.submit) {
@@ -154,8 +166,18 @@ export class HubSync {
         await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
         return;
       }
-      const changes = await this.store.changesAfter(tenantId, after, Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH));
-      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes }), { qos: 1 });
+      // several ranges per request, relayed as PostgreSQL writes them (a door far behind, or
+      // two hundred reconnecting at once, must not cost the hub a round trip and a parse each)
+      const limit = Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH);
+      let from = after;
+      for (let i = 0; i < msg.value.batches; i++) {
+        const page = await this.store.changesAfterJson(tenantId, from, limit);
+        const more = page.count === limit && page.last < head && i < msg.value.batches - 1;
+        const reply = `{"type":"range","tenant_id":${JSON.stringify(tenantId)},"head":${head},"changes":${page.json}${more ? ',"more":true' : ''}}`;
+        await this.client.publishAsync(topics.reply(msg.value.device_id), reply, { qos: 1 });
+        if (!more) break;
+        from = page.last;
+      }
     } else if (topic === topics.snapshot) {
       const msg = parseMessage(snapshotRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a snapshot request was refused');

@@ -64,8 +64,8 @@ export interface DeviceSyncOptions {
 export class DeviceSync {
   readonly replica: Replica;
   #fetching = false;
-  /** When the last snapshot chunk was applied. */
-  #lastChunkAt = 0;
+  /** When the last range or snapshot chunk of a request in flight arrived. */
+  #lastAnswerAt = 0;
   /** Since the last (re)connection, the hub has said there is nothing after the cursor. */
   #caughtUp = false;
   #waiting: (() => void)[] = [];
@@ -152,7 +152,19 @@ export class DeviceSync {
     if (!this.client.connected) return;
     const { deviceId, tenantId, model, softwareVersion } = this.options;
     const { digest, users } = this.store.users.digest(tenantId);
-    const state: DeviceState = { device_id: deviceId, tenant_id: tenantId, state: 'online', applied_seq: this.cursor, digest, users, model, version: softwareVersion, boot: this.#boot, time: new Date().toISOString() };
+    const state: DeviceState = {
+      device_id: deviceId,
+      tenant_id: tenantId,
+      state: 'online',
+      applied_seq: this.cursor,
+      digest,
+      users,
+      pending: this.pending(),
+      model,
+      version: softwareVersion,
+      boot: this.#boot,
+      time: new Date().toISOString(),
+    };
     this.client.publish(syncTopics(this.options.prefix, tenantId).state(deviceId), JSON.stringify(state), { qos: 1, retain: true });
   }
 
@@ -209,8 +221,9 @@ export class DeviceSync {
     if ((this.#fetching && !now) || !this.client.connected) return;
     // a snapshot being loaded goes on where it was (also after a crash): the log waits for it
     const snapshot = this.replica.snapshot(this.options.tenantId);
-    // chunks are arriving: the request in flight is alive (a head must not start a second stream)
-    if (snapshot && this.#fetching && Date.now() - this.#lastChunkAt < FETCH_TIMEOUT_MS) return;
+    // answers are arriving: the request in flight is alive (a head must not start a second stream;
+    // two hundred doors catching up at once would each ask again at every head)
+    if (this.#fetching && Date.now() - this.#lastAnswerAt < FETCH_TIMEOUT_MS) return;
     this.#fetching = true;
     // a reply lost on the way must not stop fetching for good
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
@@ -219,7 +232,7 @@ export class DeviceSync {
       this.client.publish(topics.snapshot, JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
       return;
     }
-    this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH }), { qos: 1 });
+    this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
   }
 
   /**
@@ -388,7 +401,7 @@ export class DeviceSync {
       if (reply.type === 'snapshot') {
         const chunk = this.replica.applySnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
-        this.#lastChunkAt = Date.now();
+        this.#lastAnswerAt = Date.now();
         // the next request goes when the last chunk of this one is in (or the snapshot is done)
         if (reply.more && !chunk.done) return;
         this.#fetching = false;
@@ -407,6 +420,11 @@ export class DeviceSync {
       }
       if (this.replica.snapshot(tenantId)) return; // a range asked for before the snapshot began
       this.#apply(reply.changes);
+      if (reply.more) {
+        this.#fetching = true; // the rest of this fetch is on its way
+        this.#lastAnswerAt = Date.now();
+        return;
+      }
       if (reply.head > this.cursor) this.fetch();
       else this.#markCaughtUp();
     }

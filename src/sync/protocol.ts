@@ -7,6 +7,9 @@ import { z } from 'zod';
  * their cursor in the same SQLite transaction as the data (sync/replica.ts).
  */
 
+/** At most this many messages (snapshot chunks, or ranges of the log) answer one request: far below a broker's per-client queue. */
+export const MAX_CHUNKS_PER_REQUEST = 16;
+
 /** A batch carries at most this many changes (about 1 KB each), so a message stays far below 64 KiB. */
 export const MAX_CHANGES_PER_BATCH = 50;
 
@@ -110,13 +113,16 @@ export const submissionSchema = z
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
 export const fetchRequestSchema = z
-  .strictObject({ device_id: z.string().min(1).max(64), after: z.int().min(0), limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH) })
+  .strictObject({
+    device_id: z.string().min(1).max(64),
+    after: z.int().min(0),
+    limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH),
+    batches: z.int().min(1).max(MAX_CHUNKS_PER_REQUEST).default(1).describe('Ranges of `limit` changes the hub sends in a row for this request'),
+  })
   .meta({ id: 'SyncFetch' });
 
 /** At most this many users in one snapshot chunk (about 900 bytes each: a chunk stays below 64 KiB). */
 export const MAX_USERS_PER_CHUNK = 64;
-/** At most this many chunks answer one snapshot request (far below a broker's per-client queue). */
-export const MAX_CHUNKS_PER_REQUEST = 16;
 
 export const snapshotRequestSchema = z
   .strictObject({
@@ -177,6 +183,7 @@ export const replySchema = z
       head: z.int().min(0),
       changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH),
       snapshot: z.boolean().optional().describe('The device is new, or the log before its cursor is compacted: load a snapshot, then the log after it'),
+      more: z.boolean().optional().describe('More ranges answer the same fetch (ask again only after the last)'),
     }),
     z.strictObject({
       type: z.literal('snapshot'),
@@ -198,6 +205,7 @@ export const deviceStateSchema = z
     applied_seq: z.int().min(0).optional().describe('The last change of the log applied here'),
     digest: z.string().max(64).optional().describe('SHA-256 (hex) of the sorted `external_user_id:version` lines of the people this device holds'),
     users: z.int().min(0).optional(),
+    pending: z.int().min(0).optional().describe('Changes made here and not yet acknowledged by the hub (the digest cannot match the hub\'s until they are)'),
     model: z.string().max(100).optional(),
     version: z.string().max(32).optional().describe('Software version'),
     boot: z.int().min(0).optional().describe('Counts the starts of the sync client on this device'),
