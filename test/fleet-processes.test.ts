@@ -159,6 +159,15 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       assert.ok(ahead > 86_000_000 && ahead < 86_800_000, `the back door's clock is a day ahead (${ahead} ms)`);
       assert.equal((await hubStore.erasureStatus(tenantId, 'alice'))?.complete, true);
       assert.equal((await hubStore.erasureStatus(tenantId, 'bob'))?.complete, true, 'the deletion made at the hub too');
+      // what an admin sees
+      const status = JSON.parse((await authface(['hub', 'status', '--tenant', tenantId, '--database-url', db.url], hubEnv)).stdout) as {
+        head: number;
+        devices: { device_id: string; state: string; lag: number; diverged: boolean }[];
+        conflicts: unknown[];
+      };
+      assert.equal(status.head, await hubStore.headSeq(tenantId));
+      assert.deepEqual(status.devices.map((d) => [d.device_id, d.state, d.lag, d.diverged]), [['back', 'online', 0, false], ['front', 'online', 0, false]]);
+      assert.deepEqual(status.conflicts, []);
       const exited = new Promise((r) => doors[0].child.once('exit', r));
       doors[0].child.kill('SIGKILL');
       await exited;

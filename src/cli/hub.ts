@@ -88,6 +88,27 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
   }
 }
 
+/**
+ * `authface hub status`: a tenant's log (head, where retention cut it), its devices (online or
+ * not, how far behind, diverged) and the conflicts waiting for an admin.
+ */
+export async function hubStatus(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<unknown> {
+  const store = await openHub(settings, opts.databaseUrl);
+  try {
+    if ((await store.pool.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1', [opts.tenant])).rowCount === 0) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
+    const devices = await store.devices(opts.tenant);
+    return {
+      tenant_id: opts.tenant,
+      head: await store.headSeq(opts.tenant),
+      log_starts_after: await store.compactedSeq(opts.tenant),
+      devices: devices.map((d) => ({ device_id: d.deviceId, state: d.state, applied_seq: d.appliedSeq, lag: d.lag, diverged: d.diverged, boot: d.boot })),
+      conflicts: (await store.conflicts(opts.tenant)).map((c) => ({ change_id: c.changeId, origin: c.origin, external_user_id: c.externalUserId, reason: c.reason })),
+    };
+  } finally {
+    await store.close();
+  }
+}
+
 /** `authface sync key`: this device's public key (the key pair is made on first use). */
 export function syncKey(settings: Settings): { device_public_key: string } {
   return { device_public_key: loadDeviceKey(settings.dataDir).publicKey };

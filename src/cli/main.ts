@@ -16,7 +16,7 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubServe, hubTenantAdd, hubWrapKey, syncKey } from './hub.ts';
+import { hubServe, hubStatus, hubTenantAdd, hubWrapKey, syncKey } from './hub.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
@@ -262,6 +262,12 @@ hub
   .requiredOption('--public-key <key>', 'what `authface sync key` printed on the device')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }) => print(await hubWrapKey(loadSettings(), opts)));
+hub
+  .command('status')
+  .description("a tenant's log, its devices (online, lag, diverged) and the conflicts waiting for an admin")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubStatus(loadSettings(), opts)));
 program
   .command('sync')
   .description('fleet sync on a device')
