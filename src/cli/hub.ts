@@ -80,7 +80,7 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
   const masterKey = hubMasterKey(settings);
   const store = await openHub(settings, opts.databaseUrl);
   try {
-    if ((await store.pool.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1', [opts.tenant])).rowCount === 0) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
+    if (!(await store.hasTenant(opts.tenant))) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
     const { key, keyVersion } = await store.tenantKey(opts.tenant, masterKey);
     return wrapTenantKey(key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion });
   } finally {
@@ -95,7 +95,7 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
 export async function hubStatus(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<unknown> {
   const store = await openHub(settings, opts.databaseUrl);
   try {
-    if ((await store.pool.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1', [opts.tenant])).rowCount === 0) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
+    if (!(await store.hasTenant(opts.tenant))) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
     const devices = await store.devices(opts.tenant);
     return {
       tenant_id: opts.tenant,

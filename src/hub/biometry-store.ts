@@ -219,14 +219,9 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
       try {
         await hub.transaction(async (db) => {
           if (write && sealed) {
-            // the counter row first, as every sequencing transaction locks it
-            await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+            await hub.lockTenant(db, tenantId);
             const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
-            const current = await db.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [
-              tenantId,
-              externalUserId,
-            ]);
-            const row = current.rows[0];
+            const row = await hub.userState(db, tenantId, externalUserId);
             const live = row && !row.deleted;
             if (write.kind === 'enroll' ? live : !live || row.version !== write.user.version) throw new Rollback('write_conflict');
             const version = (row?.version ?? 0) + 1;
@@ -261,7 +256,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
       if (!UUID.test(tenantId)) return null;
       let change: Change | undefined;
       const eventId = await hub.transaction(async (db) => {
-        await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+        await hub.lockTenant(db, tenantId);
         const user = await liveUser(db, tenantId, externalUserId, true);
         if (!user) return null;
         // the deletion scrubs the person's id from the central rows (hub/store.ts)

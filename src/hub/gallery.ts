@@ -22,8 +22,7 @@ export class HubGallery {
 
   /** Remembers every tenant's head: call it before loading the templates. */
   async markHeads(): Promise<void> {
-    const heads = await this.store.pool.query<{ tenant_id: string; seq: string }>('SELECT tenant_id, next_seq - 1 AS seq FROM hub_tenants');
-    for (const h of heads.rows) this.#cursors.set(h.tenant_id, Number(h.seq));
+    for (const h of await this.store.heads()) this.#cursors.set(h.tenantId, h.seq);
   }
 
   /** Applies the tenant's changes after its cursor to `index`. */

@@ -118,11 +118,7 @@ function fleetCheck(
     await gallery.refresh(index, tenantId);
     const nearest = index.of(tenantId).best(embedding, body.external_user_id);
     if (nearest && nearest.score >= duplicateThreshold) return { ok: false, reason: 'duplicate_face', score: nearest.score };
-    const current = await store.pool.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [
-      tenantId,
-      body.external_user_id,
-    ]);
-    const row = current.rows[0];
+    const row = await store.userState(store.pool, tenantId, body.external_user_id);
     if (row && !row.deleted) return { ok: false, reason: 'already_enrolled' };
     const version = (row?.version ?? 0) + 1;
     const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });

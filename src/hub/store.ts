@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
 import { userSetDigest } from '../sync/digest.ts';
-import type { Change, ChangeBody, DeviceState, DoorEvents, SubmittedChange } from '../sync/protocol.ts';
+import type { Change, ChangeBody, DeviceState, DoorEvents, SnapshotUser, SubmittedChange } from '../sync/protocol.ts';
 
 /**
  * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
@@ -217,7 +217,7 @@ export class HubStore {
   async tenantKey(tenantId: string, masterKey: Buffer): Promise<{ key: Buffer; keyVersion: number }> {
     const aad = (version: number) => Buffer.from(JSON.stringify(['authface:hub-tenant-key:v1', tenantId, version]));
     return this.#transaction(async (db) => {
-      await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+      await this.lockTenant(db, tenantId);
       const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
         'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
         [tenantId],
@@ -527,6 +527,25 @@ export class HubStore {
     });
   }
 
+  /**
+   * Locks the tenant's counter row in `db`'s transaction. Every transaction that sequences takes
+   * it first (group commit does), so one that also reads a person before sequencing (the hub's
+   * API) takes it before that read: the same order everywhere, no deadlock.
+   */
+  async lockTenant(db: pg.PoolClient, tenantId: string): Promise<void> {
+    await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+  }
+
+  async hasTenant(tenantId: string): Promise<boolean> {
+    return ((await this.pool.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1', [tenantId])).rowCount ?? 0) > 0;
+  }
+
+  /** A person's version at the hub and whether that is a tombstone; undefined for someone never seen. */
+  async userState(db: pg.Pool | pg.PoolClient, tenantId: string, externalUserId: string): Promise<{ version: number; deleted: boolean } | undefined> {
+    const r = await db.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [tenantId, externalUserId]);
+    return r.rows[0];
+  }
+
   /** The change a change_id was sequenced as, if it was. */
   async sequenced(tenantId: string, changeId: string): Promise<Change | undefined> {
     const r = await this.pool.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = $2', [tenantId, changeId]);
@@ -552,6 +571,12 @@ export class HubStore {
       [tenantId, afterSeq, limit],
     );
     return { json: r.rows[0].json, count: r.rows[0].count, last: Number(r.rows[0].last ?? afterSeq) };
+  }
+
+  /** Every tenant's last sequence number. */
+  async heads(): Promise<{ tenantId: string; seq: number }[]> {
+    const r = await this.pool.query<{ tenant_id: string; seq: string }>('SELECT tenant_id, next_seq - 1 AS seq FROM hub_tenants');
+    return r.rows.map((h) => ({ tenantId: h.tenant_id, seq: Number(h.seq) }));
   }
 
   /** The last sequence number given in the tenant (0 before the first change). */
@@ -603,14 +628,6 @@ export class HubStore {
       db.release();
     }
   }
-}
-
-export interface SnapshotUser {
-  external_user_id: string;
-  version: number;
-  model: string;
-  key_version: number;
-  template: { nonce: string; ciphertext: string };
 }
 
 interface ChangeRow {

@@ -91,9 +91,8 @@ export class HubSync {
 
   /** Publishes every tenant's head (retained). */
   async publishHeads(): Promise<void> {
-    const heads = await this.store.pool.query<{ tenant_id: string; seq: string }>('SELECT tenant_id, next_seq - 1 AS seq FROM hub_tenants');
-    for (const h of heads.rows) {
-      await this.client.publishAsync(syncTopics(this.options.prefix, h.tenant_id).head, JSON.stringify({ tenant_id: h.tenant_id, seq: Number(h.seq) }), { qos: 1, retain: true });
+    for (const h of await this.store.heads()) {
+      await this.client.publishAsync(syncTopics(this.options.prefix, h.tenantId).head, JSON.stringify({ tenant_id: h.tenantId, seq: h.seq }), { qos: 1, retain: true });
     }
   }
 

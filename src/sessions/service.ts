@@ -125,7 +125,9 @@ export class SessionService {
 
   /** The first use of the link: pending → in_progress. */
   async bind(session: Session): Promise<Session> {
-    if (session.status === 'pending') await this.store.sessions.bind(session.tenantId, session.id);
+    // read again only when it changed (every frame of a capture passes here)
+    if (session.status !== 'pending') return session;
+    await this.store.sessions.bind(session.tenantId, session.id);
     return this.#reload(session);
   }
 

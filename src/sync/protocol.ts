@@ -72,6 +72,7 @@ export const changeBatchSchema = z
 export type ChangeBody = z.output<typeof changeBodySchema>;
 export type SubmittedChange = z.output<typeof submittedChangeSchema>;
 export type UserUpsert = z.output<typeof userUpsertSchema>;
+export type SnapshotUser = z.output<typeof snapshotUserSchema>;
 export type Change = z.output<typeof changeSchema>;
 export type ChangeBatch = z.output<typeof changeBatchSchema>;
 

@@ -1,7 +1,7 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, openTemplate } from './envelope.ts';
-import type { Change, SyncReply } from './protocol.ts';
+import type { Change, SnapshotUser, SyncReply } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
 
@@ -48,19 +48,29 @@ export class Replica {
   /** Applies what follows the cursor; the batch may be out of order, duplicated or start ahead. */
   apply(tenantId: string, changes: readonly Change[]): ApplyResult {
     const ordered = changes.filter((c) => c.tenant_id === tenantId).sort((a, b) => a.seq - b.seq);
+    return this.#asReplica(
+      (after) => this.#applyAll(tenantId, ordered, after),
+      (result) => ordered.some((c) => c.kind === 'user.delete') && result.applied > 0,
+    );
+  }
+
+  /**
+   * Runs `work` as the hub's copy: nothing it changes goes back to the hub (the outbox journal is
+   * off), the index is updated after it (`after`, once it committed), and an erased person's id,
+   * still in the WAL's old page images, is checkpointed away when `erased` says so.
+   */
+  #asReplica<T>(work: (after: (() => void)[]) => T, erased: (result: T) => boolean): T {
     const after: (() => void)[] = [];
-    // what comes from the hub is not a change made here: it must not go back to the hub
     const journal = this.store.users.changeJournal;
     this.store.users.changeJournal = null;
-    let result: ApplyResult;
+    let result: T;
     try {
-      result = this.#applyAll(tenantId, ordered, after);
+      result = work(after);
     } finally {
       this.store.users.changeJournal = journal;
     }
     for (const run of after) run();
-    // an erased person's id is still in the WAL's old page images until a checkpoint
-    if (ordered.some((c) => c.kind === 'user.delete') && result.applied > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
+    if (erased(result)) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
     return result;
   }
 
@@ -94,20 +104,26 @@ export class Replica {
       after.push(() => gallery.remove(change.external_user_id));
       return null;
     }
-    const key = this.tenantKey(change.tenant_id, change.key_version);
-    if (!key) return `no tenant key of version ${change.key_version} on this device`;
-    const binding = { tenantId: change.tenant_id, externalUserId: change.external_user_id, version: change.version, model: change.model, keyVersion: change.key_version };
+    return this.#applyTemplate(change.tenant_id, change, after);
+  }
+
+  /** A person's template from the hub (an upsert of the log, or a user of a snapshot); returns why it was refused, or null. */
+  #applyTemplate(tenantId: string, u: SnapshotUser, after: (() => void)[]): string | null {
+    const gallery = this.index.of(tenantId);
+    const key = this.tenantKey(tenantId, u.key_version);
+    if (!key) return `no tenant key of version ${u.key_version} on this device`;
+    const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
     try {
-      const embedding = openTemplate(key, change.template, binding, this.model);
-      this.store.users.replicate(change.tenant_id, change.external_user_id, change.version, embedding);
-      after.push(() => gallery.upsert(change.external_user_id, embedding));
+      const embedding = openTemplate(key, u.template, binding, this.model);
+      this.store.users.replicate(tenantId, u.external_user_id, u.version, embedding);
+      after.push(() => gallery.upsert(u.external_user_id, embedding));
       return null;
     } catch (err) {
       if (!(err instanceof EnvelopeError)) throw err;
       if (err.code !== 'wrong_model') return err.code;
       // the log moves on; this person cannot be recognised here until they enrol with this model
-      this.store.users.flagReenrolment(change.tenant_id, change.external_user_id, 'model_changed');
-      after.push(() => gallery.remove(change.external_user_id));
+      this.store.users.flagReenrolment(tenantId, u.external_user_id, 'model_changed');
+      after.push(() => gallery.remove(u.external_user_id));
       return null;
     }
   }
@@ -132,62 +148,59 @@ export class Replica {
    * the log after it follows. A chunk that does not answer the current request is ignored.
    */
   applySnapshotChunk(tenantId: string, chunk: SnapshotChunk): { applied: number; removed: number; done: boolean; ignored: boolean } {
-    const after: (() => void)[] = [];
-    const journal = this.store.users.changeJournal;
-    this.store.users.changeJournal = null;
     // a chunk need not reach the disk before the next: after a power cut the snapshot resumes from
     // the last chunk that did (WAL keeps data and progress together), and nothing here is acknowledged
     this.store.db.pragma('synchronous = NORMAL');
-    let result: { applied: number; removed: number; done: boolean; ignored: boolean };
     try {
-      result = this.store.db.transaction(() => {
-        const progress = this.snapshot(tenantId);
-        if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
-        const pending = new Set(
-          (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
-        );
-        const gallery = this.index.of(tenantId);
-        let applied = 0;
-        for (const u of chunk.users) {
-          if (pending.has(u.external_user_id)) continue;
-          if (this.store.users.get(tenantId, u.external_user_id)?.version === u.version) continue;
-          const refusal = this.#applyOne({ ...u, kind: 'user.upsert', tenant_id: tenantId, seq: 0, change_id: '00000000-0000-0000-0000-000000000000', origin: 'snapshot', committed_at: '' }, after);
-          if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
-          applied++;
-        }
-        const last = chunk.next === null ? null : chunk.users[chunk.users.length - 1].external_user_id;
-        const kept = new Set(chunk.users.map((u) => u.external_user_id));
-        // ids are never empty: '' is before the first (the conditions stay an index range)
-        const held = (
-          last === null
-            ? this.store.db.prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND deleted_at IS NULL').all(tenantId, progress.afterUser ?? '')
-            : this.store.db
-                .prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND external_user_id <= ? AND deleted_at IS NULL')
-                .all(tenantId, progress.afterUser ?? '', last)
-        ) as { external_user_id: string }[];
-        let removed = 0;
-        for (const { external_user_id: id } of held) {
-          if (kept.has(id) || pending.has(id)) continue;
-          this.store.eraseUser(tenantId, id, () => null);
-          after.push(() => gallery.remove(id));
-          removed++;
-        }
-        const seq = progress.snapshotSeq ?? chunk.seq;
-        if (chunk.next === null) {
-          this.#moveTo(tenantId, seq);
-          this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
-        } else {
-          this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = ?, after_user = ? WHERE tenant_id = ?').run(seq, chunk.next, tenantId);
-        }
-        return { applied, removed, done: chunk.next === null, ignored: false };
-      })();
+      return this.#asReplica(
+        (after) => this.store.db.transaction(() => this.#applyChunk(tenantId, chunk, after))(),
+        (result) => result.removed > 0,
+      );
     } finally {
-      this.store.users.changeJournal = journal;
       this.store.db.pragma('synchronous = FULL');
     }
-    for (const run of after) run();
-    if (result.removed > 0) this.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    return result;
+  }
+
+  #applyChunk(tenantId: string, chunk: SnapshotChunk, after: (() => void)[]): { applied: number; removed: number; done: boolean; ignored: boolean } {
+    const progress = this.snapshot(tenantId);
+    if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
+    const pending = new Set(
+      (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
+    );
+    const gallery = this.index.of(tenantId);
+    let applied = 0;
+    for (const u of chunk.users) {
+      if (pending.has(u.external_user_id)) continue;
+      if (this.store.users.get(tenantId, u.external_user_id)?.version === u.version) continue;
+      const refusal = this.#applyTemplate(tenantId, u, after);
+      if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
+      applied++;
+    }
+    const last = chunk.next === null ? null : chunk.users[chunk.users.length - 1].external_user_id;
+    const kept = new Set(chunk.users.map((u) => u.external_user_id));
+    // ids are never empty: '' is before the first (the conditions stay an index range)
+    const held = (
+      last === null
+        ? this.store.db.prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND deleted_at IS NULL').all(tenantId, progress.afterUser ?? '')
+        : this.store.db
+            .prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND external_user_id <= ? AND deleted_at IS NULL')
+            .all(tenantId, progress.afterUser ?? '', last)
+    ) as { external_user_id: string }[];
+    let removed = 0;
+    for (const { external_user_id: id } of held) {
+      if (kept.has(id) || pending.has(id)) continue;
+      this.store.eraseUser(tenantId, id, () => null);
+      after.push(() => gallery.remove(id));
+      removed++;
+    }
+    const seq = progress.snapshotSeq ?? chunk.seq;
+    if (chunk.next === null) {
+      this.#moveTo(tenantId, seq);
+      this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
+    } else {
+      this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = ?, after_user = ? WHERE tenant_id = ?').run(seq, chunk.next, tenantId);
+    }
+    return { applied, removed, done: chunk.next === null, ignored: false };
   }
 
   #moveTo(tenantId: string, seq: number): number {
