@@ -43,7 +43,7 @@ export interface BiometryOptions {
   /** The device's PINs of face+pin doors (the hub has none). */
   pins?: PinStore | null;
   /** The hub: bring a tenant's 1:N index up to the central store before a decision. */
-  refreshGallery?: (tenantId: string) => Promise<void>;
+  refreshGallery?: (tenantId: string) => Promise<number>;
 }
 
 /**

@@ -11,7 +11,7 @@ import { type Hub, startHub } from '../src/hub/service.ts';
 import type { DeviceSync } from '../src/sync/device-sync.ts';
 import { loadDeviceKey } from '../src/sync/device-key.ts';
 import { sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
-import { syncTopics } from '../src/sync/protocol.ts';
+import { type UserUpsert, syncTopics } from '../src/sync/protocol.ts';
 import { Client } from './support/client.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
 import { testBroker, until } from './support/mqtt.ts';
@@ -41,6 +41,14 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   const startTheHub = async () =>
     startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), { databaseUrl: db.url, brokerUrl, prefix, masterKey, logger, version: 'test', analyzer: await sharedAnalyzer() });
   const syncOf = () => door.svc.service.device?.sync as DeviceSync;
+  /** A person's template at version 1, sealed under the tenant key as a door would send it. */
+  const upsertOf = async (externalUserId: string, photo: Buffer): Promise<UserUpsert> => {
+    const { key } = await hub!.store.tenantKey(tenantId, masterKey);
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(photo), { mode: 'capture' }, { lane: 'test', priority: false });
+    assert.ok(probe.embedding);
+    const template = sealTemplate(key, probe.embedding, { tenantId, externalUserId, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
+    return { kind: 'user.upsert', external_user_id: externalUserId, version: 1, model: EMBEDDING_MODEL, key_version: 1, template };
+  };
 
   before(async function () {
     img = await photos();
@@ -82,16 +90,13 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   it('a face the hub holds and the door has not seen yet is refused at the door as a duplicate', async function () {
     // bob enrolled centrally and not published: the door cannot know him (its own check passes)
     // until the hub's next periodic head (every 5 s), so the enrolment starts right after one
-    const { key } = await hub!.store.tenantKey(tenantId, masterKey);
-    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personB), { mode: 'capture' }, { lane: 'test', priority: false });
-    assert.ok(probe.embedding);
-    const template = sealTemplate(key, probe.embedding, { tenantId, externalUserId: 'bob', version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
+    const bob = await upsertOf('bob', img.personB);
     const watcher = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
     const freshHead = new Promise<void>((resolve) => watcher.on('message', (_t, _p, packet) => !packet.retain && resolve()));
     await watcher.subscribeAsync(syncTopics(prefix, tenantId).head, { qos: 1 });
     await freshHead;
     await watcher.endAsync();
-    assert.equal((await hub!.store.append(tenantId, { kind: 'user.upsert', external_user_id: 'bob', version: 1, model: EMBEDDING_MODEL, key_version: 1, template }, { origin: 'hub' })).status, 'sequenced');
+    assert.equal((await hub!.store.append(tenantId, bob, { origin: 'hub' })).status, 'sequenced');
     assert.equal(door.svc.service.store.users.get(tenantId, 'bob'), undefined);
     const { result } = await api.run('enroll', thrice(img.personB), { externalUserId: 'robert' });
     assert.deepEqual([result.status, result.reason], ['fail', 'conflict'], JSON.stringify(result));
@@ -117,6 +122,9 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     assert.ok(local.get(tenantId, 'bob'), 'bob, whom it never saw in the log');
     assert.equal(local.digest(tenantId).digest, await hub!.store.digest(tenantId));
     assert.match(door.svc.logs(), /loading a snapshot/);
+    // the hub's own index forgot her too, though her deletion was compacted away before it read it
+    const check = await hub!.sync.fleetCheck!(tenantId, await upsertOf('zed', img.personA[0]));
+    assert.equal(check.ok, true, JSON.stringify(check));
   });
 
   it('a door whose people differ from the hub\'s at the same sequence is repaired with a snapshot', async function () {
@@ -138,6 +146,78 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     assert.equal(syncOf().cursor, head, 'the log goes on from where it was');
     const row = await hub!.store.pool.query<{ repaired_at: Date | null }>('SELECT repaired_at FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, `door-${process.pid}`]);
     assert.ok(row.rows[0]?.repaired_at, 'the repair is recorded');
+  });
+
+  it('two enrolments of one face racing through two hub processes: the second is checked again and refused', async function () {
+    // a second hub on the same database and broker: submissions go to either (a shared subscription)
+    const second = await startTheHub();
+    try {
+      // each hub's real check runs, then waits until both have passed: both looked at a fleet
+      // without this face, which is the race two hub processes (or two doors) can run
+      let passed = 0;
+      const firstVerdicts: string[] = [];
+      let release = () => undefined as void;
+      const bothChecked = new Promise<void>((resolve) => (release = resolve));
+      for (const h of [hub!, second]) {
+        const check = h.sync.fleetCheck;
+        assert.ok(check);
+        h.sync.fleetCheck = async (t, body) => {
+          const verdict = await check(t, body);
+          firstVerdicts.push(verdict.ok ? 'ok' : verdict.reason);
+          if (++passed === 2) release();
+          if (passed <= 2) await bothChecked;
+          return verdict;
+        };
+      }
+      const device = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+      const topics = syncTopics(prefix, tenantId);
+      const acks = new Map<string, { status: string; reason: string | null }>();
+      device.on('message', (_t, payload) => {
+        const reply = JSON.parse(payload.toString()) as { type: string; change_id: string; status: string; reason: string | null };
+        if (reply.type === 'ack') acks.set(reply.change_id, reply);
+      });
+      await device.subscribeAsync(topics.reply('racer'), { qos: 1 });
+      const bodies = { erin: await upsertOf('erin', img.personA[1]), frank: await upsertOf('frank', img.personA[1]) };
+      const submit = (externalUserId: 'erin' | 'frank') => {
+        const changeId = crypto.randomUUID();
+        const body = bodies[externalUserId];
+        device.publish(topics.submit, JSON.stringify({ device_id: 'racer', change_id: changeId, body, fleet_check: true }), { qos: 1 });
+        return changeId;
+      };
+      const [erin, frank] = [submit('erin'), submit('frank')];
+      await until(() => acks.size === 2, 15_000, 'both submissions answered');
+      await device.endAsync();
+      const answers = [acks.get(erin), acks.get(frank)].map((a) => `${a?.status}:${a?.reason}`).sort();
+      assert.deepEqual(firstVerdicts.slice(0, 2), ['ok', 'ok'], 'both first checks passed: the race happened');
+      assert.deepEqual(answers, ['refused:duplicate_face', 'sequenced:null'], 'one enrolled, the other refused as the same face');
+      const rows = await hub!.store.pool.query(`SELECT external_user_id FROM hub_users WHERE tenant_id = $1 AND external_user_id IN ('erin', 'frank') AND NOT deleted`, [tenantId]);
+      assert.equal(rows.rowCount, 1, 'the fleet holds the face once');
+    } finally {
+      await second.close();
+    }
+  });
+
+  it("a hub decision whose 1:N check missed a template sequenced since is not written: it is decided again", async function () {
+    const through = await hub!.store.headSeq(tenantId);
+    // another hub process (or a door) sequences a template after what this decision saw
+    assert.equal((await hub!.store.append(tenantId, await upsertOf('grace', img.personA[2]), { origin: 'hub-2' })).status, 'sequenced');
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personA[2]), { mode: 'capture' }, { lane: 'test', priority: false });
+    assert.ok(probe.embedding);
+    const session = await hub!.biometry.sessions.create({ tenantId, clientState: 'race-1', flow: 'enroll', externalUserId: 'heidi', redirectUrl: 'https://app.example.com/done', tokenHash: crypto.randomBytes(32), ttlSeconds: 60, challenge: null, doorId: null, candidates: null });
+    assert.ok(session);
+    const outcome = { status: 'success' as const, reason: null, score: null, resultUserId: 'heidi', eventId: 'evt_00000000-0000-4000-8000-000000000001' };
+    const audit = { id: outcome.eventId, tenantId, type: 'session_finished' as const, flow: 'enroll' as const, sessionId: session.id, externalUserId: 'heidi', result: 'success' as const, reason: null, score: null };
+    const stale = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', embedding: probe.embedding, checkedThrough: through });
+    assert.equal(stale, 'write_conflict');
+    assert.equal((await hub!.biometry.sessions.byId(tenantId, session.id))?.status, 'pending', 'the session is still open, to be decided again');
+    const heidi = await hub!.store.pool.query(`SELECT 1 FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'heidi'`, [tenantId]);
+    assert.equal(heidi.rowCount, 0, 'nothing sequenced');
+    // decided on what is there now, it would have seen grace: the same write at the head goes through
+    const current = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', embedding: probe.embedding, checkedThrough: await hub!.store.headSeq(tenantId) });
+    assert.equal(current, 'finished');
+    for (const id of ['grace', 'heidi']) {
+      assert.ok(await hub!.biometry.eraseUser(tenantId, id, () => ({ tenantId, type: 'user_deleted', flow: null, sessionId: null, externalUserId: 'erased', result: 'success', reason: null, score: null })));
+    }
   });
 
   it('without the hub the door enrols on its own check, queues the change, and the hub takes it on its return', async function () {

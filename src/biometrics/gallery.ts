@@ -48,6 +48,11 @@ export class Gallery {
     return this.#scan !== undefined;
   }
 
+  /** The people held, in no particular order. */
+  ids(): string[] {
+    return [...this.#ids];
+  }
+
 
   upsert(externalUserId: string, embedding: Float32Array): void {
     if (embedding.length !== EMBEDDING_DIM) throw new Error(`embedding must have ${EMBEDDING_DIM} dimensions`);

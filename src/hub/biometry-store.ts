@@ -221,6 +221,8 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
           if (write && sealed) {
             await hub.lockTenant(db, tenantId);
             const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
+            // a template sequenced after what the decision's 1:N check saw (another hub process, a door)
+            if (write.checkedThrough !== undefined && (await hub.lastTemplateAfter(db, tenantId, write.checkedThrough)) > 0) throw new Rollback('write_conflict');
             const row = await hub.userState(db, tenantId, externalUserId);
             const live = row && !row.deleted;
             if (write.kind === 'enroll' ? live : !live || row.version !== write.user.version) throw new Rollback('write_conflict');

@@ -115,13 +115,13 @@ function fleetCheck(
       if (err instanceof EnvelopeError) return { ok: false, reason: err.code === 'wrong_model' ? 'wrong_model' : 'template_unreadable' };
       throw err;
     }
-    await gallery.refresh(index, tenantId);
+    const checkedThrough = await gallery.refresh(index, tenantId);
     const nearest = index.of(tenantId).best(embedding, body.external_user_id);
     if (nearest && nearest.score >= duplicateThreshold) return { ok: false, reason: 'duplicate_face', score: nearest.score };
     const row = await store.userState(store.pool, tenantId, body.external_user_id);
     if (row && !row.deleted) return { ok: false, reason: 'already_enrolled' };
     const version = (row?.version ?? 0) + 1;
     const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });
-    return { ok: true, body: { ...body, version, key_version: keyVersion, template } };
+    return { ok: true, body: { ...body, version, key_version: keyVersion, template }, checkedThrough };
   };
 }

@@ -163,8 +163,19 @@ const MIGRATIONS = [
 
 export class HubError extends OperatorError {}
 
-/** `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then. */
-export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' };
+/**
+ * `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then.
+ * `recheck`: a template was sequenced after the place the change's duplicate check had seen
+ * (`checkedThrough`): nothing was written; check again and resubmit.
+ */
+export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' } | { status: 'recheck' };
+
+export interface AppendMeta {
+  changeId?: string;
+  origin: string;
+  /** The place in the tenant's log the fleet's 1:N duplicate check of this enrolment had seen. */
+  checkedThrough?: number;
+}
 
 /** A device that stays diverged is told to reload a snapshot at most this often. */
 const REPAIR_INTERVAL = '10 minutes';
@@ -176,6 +187,7 @@ interface PendingAppend {
   body: SubmittedChange;
   changeId: string;
   origin: string;
+  checkedThrough?: number;
   resolve: (result: AppendResult) => void;
   reject: (err: unknown) => void;
 }
@@ -251,10 +263,10 @@ export class HubStore {
    * - an upsert at or below a deletion's tombstone is `deleted` (a deletion wins over a concurrent change);
    * both are recorded in hub_conflicts for an admin, and nothing is sequenced.
    */
-  async append(tenantId: string, body: SubmittedChange, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
+  async append(tenantId: string, body: SubmittedChange, meta: AppendMeta): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
       const queue = this.#pending.get(tenantId) ?? [];
-      queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, resolve, reject });
+      queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, checkedThrough: meta.checkedThrough, resolve, reject });
       this.#pending.set(tenantId, queue);
       if (!this.#draining.has(tenantId)) void this.#drain(tenantId);
     });
@@ -289,8 +301,8 @@ export class HubStore {
    * Sequences one change inside the caller's transaction (the hub's own API: the change commits
    * with the session that made it). Lock order as in group commit: the tenant's counter row first.
    */
-  async appendWithin(db: pg.PoolClient, tenantId: string, body: SubmittedChange, meta: { changeId?: string; origin: string }): Promise<AppendResult> {
-    const [result] = await this.#appendBatch(db, tenantId, [{ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, resolve: () => undefined, reject: () => undefined }]);
+  async appendWithin(db: pg.PoolClient, tenantId: string, body: SubmittedChange, meta: AppendMeta): Promise<AppendResult> {
+    const [result] = await this.#appendBatch(db, tenantId, [{ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, checkedThrough: meta.checkedThrough, resolve: () => undefined, reject: () => undefined }]);
     return result;
   }
 
@@ -320,11 +332,18 @@ export class HubStore {
     const finalState = new Map<string, { seq: number; body: SubmittedChange; version: number }>();
     const deletions: { user: string; seq: number }[] = [];
     const pending = new Set<string>(); // change_ids sequenced in this batch (a retry within it is a duplicate)
-    for (const { body, changeId, origin } of batch) {
+    // the last template sequenced: an enrolment whose duplicate check saw less must be checked again
+    const checks = batch.flatMap((b) => (b.checkedThrough === undefined ? [] : [b.checkedThrough]));
+    let lastTemplate = checks.length > 0 ? await this.lastTemplateAfter(db, tenantId, Math.min(...checks)) : 0;
+    for (const { body, changeId, origin, checkedThrough } of batch) {
       const existing = known.get(changeId);
       if (existing || pending.has(changeId)) {
         // its change is filled in below, once the batch's rows are written
         results.push({ status: 'sequenced', change: existing as Change, duplicate: true });
+        continue;
+      }
+      if (checkedThrough !== undefined && lastTemplate > checkedThrough) {
+        results.push({ status: 'recheck' });
         continue;
       }
       const current = users.get(body.external_user_id);
@@ -337,6 +356,7 @@ export class HubStore {
       const seq = next++;
       pending.add(changeId);
       rows.push({ seq, changeId, origin, body });
+      if (body.kind === 'user.upsert') lastTemplate = seq;
       // the tombstone keeps the highest version seen, so no older upsert can bring the person back
       const version = body.kind === 'user.upsert' ? body.version : Math.max(body.version, current?.version ?? 0);
       users.set(body.external_user_id, { version, deleted: body.kind === 'user.delete' });
@@ -534,6 +554,15 @@ export class HubStore {
    */
   async lockTenant(db: pg.PoolClient, tenantId: string): Promise<void> {
     await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+  }
+
+  /**
+   * The last template (an upsert) of the tenant's log after `seq`, or 0. Called with the tenant
+   * locked, so nothing can be sequenced between this read and the caller's own change.
+   */
+  async lastTemplateAfter(db: pg.PoolClient, tenantId: string, seq: number): Promise<number> {
+    const r = await db.query<{ seq: string | null }>(`SELECT MAX(seq) AS seq FROM hub_changes WHERE tenant_id = $1 AND seq > $2 AND kind = 'user.upsert'`, [tenantId, seq]);
+    return Number(r.rows[0].seq ?? 0);
   }
 
   async hasTenant(tenantId: string): Promise<boolean> {

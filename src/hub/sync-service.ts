@@ -3,7 +3,9 @@ import type { Logger } from '../core/logger.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
 import {
   type Change,
+  type Submission,
   type SubmittedChange,
+  type SyncReply,
   type UserUpsert,
   MAX_CHANGES_PER_BATCH,
   MAX_USERS_PER_CHUNK,
@@ -21,7 +23,10 @@ import type { AppendResult, HubStore } from './store.ts';
  * The hub's side of an enrolment a door waits on (a submission with fleet_check): the fleet-wide
  * 1:N duplicate check, and the template re-sealed at the version the hub will sequence.
  */
-export type FleetCheck = (tenantId: string, body: UserUpsert) => Promise<{ ok: true; body: UserUpsert } | { ok: false; reason: string; score?: number }>;
+export type FleetCheck = (tenantId: string, body: UserUpsert) => Promise<{ ok: true; body: UserUpsert; checkedThrough: number } | { ok: false; reason: string; score?: number }>;
+
+/** An enrolment whose duplicate check keeps being overtaken by other templates is checked at most this often. */
+const MAX_FLEET_CHECKS = 5;
 
 /** How often the hub republishes each tenant's head, so a device that missed a message finds out. */
 const HEAD_INTERVAL_MS = 5000;
@@ -129,27 +134,9 @@ export class HubSync {
     if (topic === topics.submit) {
       const msg = parseMessage(submissionSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
-      const { device_id, change_id } = msg.value;
-      let body = msg.value.body;
-      // a retry of a change already sequenced is only acknowledged (the check ran the first time)
-      if (msg.value.fleet_check && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id))) {
-        const checked = this.fleetCheck ? await this.fleetCheck(tenantId, body) : { ok: false as const, reason: 'hub_starting' };
-        if (!checked.ok) {
-          const refused = { type: 'ack', change_id, status: 'refused', seq: null, reason: checked.reason, ...(checked.score !== undefined ? { score: checked.score } : {}) };
-          await this.client.publishAsync(topics.reply(device_id), JSON.stringify(refused), { qos: 1 });
-          return;
-        }
-        body = checked.body;
-      }
-      const result = await this.store.append(tenantId, body, { origin: device_id, changeId: change_id });
-      const ack =
-        result.status === 'sequenced'
-          ? { type: 'ack', change_id, status: 'sequenced', seq: result.change.seq, reason: null, ...('version' in result.change ? { version: result.change.version } : {}) }
-          : { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason };
-      if (result.status === 'conflict') this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
-      await this.client.publishAsync(topics.reply(device_id), JSON.stringify(ack), { qos: 1 });
-      // a retry is only acknowledged: its change went out when it was sequenced
-      if (result.status === 'sequenced' && !result.duplicate) this.#queueChange(tenantId, result.change);
+      const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
+      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify(ack), { qos: 1 });
+      if (change) this.#queueChange(tenantId, change);
     } else if (topic === topics.events) {
       const msg = parseMessage(doorEventsSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
@@ -190,6 +177,37 @@ export class HubSync {
         after = chunk.next;
       }
     }
+  }
+
+  /**
+   * Sequences a device's submission; returns the ack for the device, and the change to publish
+   * (none for a retry: its change went out when it was sequenced). An enrolment the door waits on
+   * passes the fleet's duplicate check first; when another template is sequenced between that
+   * check and the append (another hub process, another door), it is checked again.
+   */
+  async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: SyncReply; change?: Change }> {
+    const { device_id, change_id, body } = submission;
+    // a retry of a change already sequenced is only acknowledged (the check ran the first time)
+    const checks = submission.fleet_check === true && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
+    for (let attempt = 1; attempt <= MAX_FLEET_CHECKS; attempt++) {
+      let checked: { body: SubmittedChange; checkedThrough?: number } = { body };
+      if (checks && body.kind === 'user.upsert') {
+        const verdict = this.fleetCheck ? await this.fleetCheck(tenantId, body) : { ok: false as const, reason: 'hub_starting' };
+        if (!verdict.ok) return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: verdict.reason, ...(verdict.score !== undefined ? { score: verdict.score } : {}) } };
+        checked = verdict;
+      }
+      const result = await this.store.append(tenantId, checked.body, { origin: device_id, changeId: change_id, checkedThrough: checked.checkedThrough });
+      if (result.status === 'recheck') continue;
+      if (result.status === 'conflict') {
+        this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
+        return { ack: { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason } };
+      }
+      const { change } = result;
+      const ack: SyncReply = { type: 'ack', change_id, status: 'sequenced', seq: change.seq, reason: null, ...('version' in change ? { version: change.version } : {}) };
+      return { ack, change: result.duplicate ? undefined : change };
+    }
+    // the tenant's templates kept changing under the check: the door decides on its own and queues
+    return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'busy' } };
   }
 
   /**

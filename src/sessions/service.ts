@@ -17,9 +17,10 @@ export interface SessionServiceOptions {
   thresholds: Thresholds;
   /**
    * Brings the tenant's 1:N index up to date before a decision (the hub: changes other hub
-   * processes and devices committed to the central store since). A device's index is always current.
+   * processes and devices committed to the central store since), and says up to which place of
+   * the tenant's log it now is. A device's index is always current.
    */
-  refreshGallery?: (tenantId: string) => Promise<void>;
+  refreshGallery?: (tenantId: string) => Promise<number>;
 }
 
 export interface NewSession {
@@ -134,8 +135,9 @@ export class SessionService {
   /** Decides the session on the probe embedding and records the outcome. */
   decide(session: Session, probe: Float32Array): Promise<Session> {
     return this.#finish(session, async () => {
-      await this.options.refreshGallery?.(session.tenantId);
-      return decide(session, probe, this.store.users, this.index, this.options.thresholds);
+      const checkedThrough = await this.options.refreshGallery?.(session.tenantId);
+      const decision = await decide(session, probe, this.store.users, this.index, this.options.thresholds);
+      return decision.write && checkedThrough !== undefined ? { ...decision, write: { ...decision.write, checkedThrough } } : decision;
     });
   }
 

@@ -90,6 +90,13 @@ export interface AuditAccess {
  * it. `version`: the fleet's hub already sequenced this enrolment at that version (the door waited
  * on it), so the person may have arrived through the log first, which is not a conflict.
  */
-export type UserWrite = { kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array };
+export type UserWrite = ({ kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array }) & {
+  /**
+   * The hub: the place in the tenant's log its 1:N index had reached when the decision was made.
+   * A template sequenced after it (by another hub process, or a door) was not compared, so the
+   * write is refused as a `write_conflict` and decided again. A device's index is always current.
+   */
+  checkedThrough?: number;
+};
 
 export type FinishResult = 'finished' | 'already_finished' | 'write_conflict';
