@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { AccessController } from '../src/access/controller.ts';
 import { PinGate } from '../src/access/pin-gate.ts';
 import { DoorHardware, type SimulatedContact, type SimulatedRelay } from '../src/access/hardware.ts';
-import { checkPolicy } from '../src/access/policy.ts';
+import { checkPolicy, fileGroups } from '../src/access/policy.ts';
 import { EventBus, type AccessEvent, type CoreEvents } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type DeviceConfig, deviceConfigReference, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
@@ -33,6 +33,7 @@ describe('device configuration file', function () {
   });
 
   const base = { device_id: 'd1', doors: [{ id: 'main' }] };
+  const fleet = { ...base, tenant_id: '2d1e8b0c-0d7e-4b5a-9a41-5d6f3c2b1a00', mqtt: { url: 'mqtt://127.0.0.1:1883' }, sync: { tenant_key_file: 'tenant-key.json' } };
   const bad: [string, unknown, RegExp][] = [
     ['a device id with a space', { ...base, device_id: 'front door' }, /device_id:/],
     ['no doors', { device_id: 'd1', doors: [] }, /doors:/],
@@ -44,12 +45,18 @@ describe('device configuration file', function () {
     ['a kiosk door that does not exist', { ...base, kiosk: { door: 'back' } }, /kiosk\.door: no door back/],
     ['two doors with one id', { ...base, doors: [{ id: 'main' }, { id: 'main' }] }, /doors\.1\.id: door id main is used twice/],
     ['a broker URL without a scheme', { ...base, mqtt: { url: 'broker:1883' } }, /mqtt\.url:/],
+    ['groups in the file of a fleet device', { ...fleet, groups: { staff: ['alice'] } }, /groups: a fleet device takes its groups from the hub/],
   ];
   for (const [name, raw, expected] of bad) {
     it(`refuses ${name}, naming the key`, function () {
       assert.throws(() => parseDeviceConfig(raw), expected);
     });
   }
+
+  it("a fleet door may name groups its file does not define: the hub's log defines them", function () {
+    const c = parseDeviceConfig({ ...fleet, doors: [{ id: 'lab', allow: { groups: ['staff'] } }] });
+    assert.deepEqual(c.doors[0].allow.groups, ['staff']);
+  });
 
   it('fills in documented defaults', function () {
     const c = parseDeviceConfig(base);
@@ -92,7 +99,7 @@ describe('access policy (who may open a door, and when)', function () {
   ];
   for (const [d, user, at, expected] of cases) {
     it(`${d}: ${user} at ${at} → ${expected ?? 'allowed'}`, function () {
-      assert.equal(checkPolicy(config, door(d), user, new Date(at)), expected);
+      assert.equal(checkPolicy(fileGroups(config), door(d), user, new Date(at)), expected);
     });
   }
 });
@@ -141,7 +148,7 @@ describe('access controller (simulated relay and contact)', function () {
       ],
     });
     hardware = DoorHardware.open(config.doors);
-    access = new AccessController(config, hardware, tenantId, store.audit, events, createLogger('silent'));
+    access = new AccessController(config, hardware, tenantId, store.audit, events, createLogger('silent'), fileGroups(config));
   });
   afterEach(function () {
     access.close();

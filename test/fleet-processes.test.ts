@@ -31,18 +31,31 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
   let img: Photos;
   let brokerUrl: string;
   const doors: { child: ChildProcess; api: Client }[] = [];
+  let tenantId: string;
+  const doorEnv = (name: string) => ({ AUTHFACE_DATA_DIR: path.join(dir, name) });
+
+  /** Waits until the door takes an identify session redirecting to `redirectUrl` (its tenant allows the origin). */
+  async function startsSession(api: Client, redirectUrl: string): Promise<void> {
+    let status = 0;
+    for (let i = 0; i < 60 && status !== 200; i++) {
+      status = (await api.post('/biometry/v1/identify', { client_state: crypto.randomUUID(), redirect_url: redirectUrl })).status;
+      if (status !== 200) await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.equal(status, 200, `a session redirecting to ${redirectUrl}`);
+  }
 
   before(async function () {
     img = await photos();
     brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
     const added = (await authface(['hub', 'tenant', 'add', '--name', 'acme', '--allowed-origin', 'https://app.example.com', '--liveness', 'passive', '--database-url', db.url], hubEnv)).stdout;
-    const { tenant_id: tenantId, api_key: hubKey } = JSON.parse(added) as { tenant_id: string; api_key: string };
+    const { tenant_id, api_key: hubKey } = JSON.parse(added) as { tenant_id: string; api_key: string };
+    tenantId = tenant_id;
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, hubEnv);
     hubApi = new Client(hub.url, hubKey);
     for (const name of ['front', 'back']) {
       const dataDir = path.join(dir, name);
-      const env = { AUTHFACE_DATA_DIR: dataDir };
+      const env = doorEnv(name);
       const { device_public_key } = JSON.parse((await authface(['sync', 'key'], env)).stdout) as { device_public_key: string };
       const wrapped = (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', name, '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout;
       assert.equal(fs.statSync(path.join(dataDir, 'device.key')).mode & 0o777, 0o600);
@@ -61,10 +74,12 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       // the back door's clock is a day ahead: order comes from the hub's sequence, never from clocks
       const skewed: Record<string, string> = name === 'back' ? { NODE_OPTIONS: `--import=${pathToFileURL(path.join(ROOT, 'test', 'support', 'skewed-clock.mjs')).href}`, AUTHFACE_TEST_CLOCK_SKEW_MS: String(86_400_000) } : {};
       const served = await serve({ ...env, ...skewed, AUTHFACE_DEVICE_CONFIG: path.join(dir, `${name}.yaml`) });
-      // the integrator's key for the fleet tenant on this door
+      // the integrator's key for the fleet tenant on this door; the tenant's origins and liveness
+      // come from the hub's log (tenant add made them its first change)
       const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
-      await authface(['tenant', 'update', '--tenant', tenantId, '--allowed-origin', 'https://app.example.com', '--liveness', 'passive'], env);
-      doors.push({ child: served.child, api: new Client(served.url, api_key) });
+      const api = new Client(served.url, api_key);
+      await startsSession(api, 'https://app.example.com/callback');
+      doors.push({ child: served.child, api });
     }
   });
   after(async function () {
@@ -137,10 +152,28 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     assert.notEqual(result.external_user_id, 'bob');
   });
 
+  it("an admin sets the tenant's origins and a person's groups at the hub (CLI); both doors apply them; a door's own copy is not edited", async function () {
+    const hub = (args: string[]) => authface(['hub', ...args, '--tenant', tenantId, '--database-url', db.url], hubEnv);
+    const added = JSON.parse((await hub(['group', 'add', '--group', 'staff', '--user', 'carol'])).stdout) as { groups: string[]; seq: number };
+    assert.deepEqual(added.groups, ['staff']);
+    await assert.rejects(hub(['group', 'add', '--group', 'staff', '--user', 'nobody']), (err: { stderr: string }) => /nobody is not enrolled/.test(err.stderr));
+    await assert.rejects(hub(['group', 'add', '--group', 'no spaces', '--user', 'carol']), (err: { stderr: string }) => /a group name is 1-64 letters/.test(err.stderr));
+    assert.deepEqual(JSON.parse((await hub(['group', 'list'])).stdout), [{ external_user_id: 'carol', groups: ['staff'] }]);
+    const updated = JSON.parse((await hub(['tenant', 'update', '--allowed-origin', 'https://app.example.com', '--allowed-origin', 'https://kiosk.example.com'])).stdout) as { seq: number; liveness_mode: string };
+    assert.equal(updated.seq, added.seq + 1);
+    assert.equal(updated.liveness_mode, 'passive', 'what was not given stays');
+    // the serving hub's next head tells the doors; they fetch and apply both changes
+    for (const door of doors) await startsSession(door.api, 'https://kiosk.example.com/done');
+    for (const name of ['front', 'back']) {
+      const shown = JSON.parse((await authface(['tenant', 'show', '--tenant', tenantId], doorEnv(name))).stdout) as { allowed_origins: string[] };
+      assert.deepEqual(shown.allowed_origins, ['https://app.example.com', 'https://kiosk.example.com'], name);
+    }
+    await assert.rejects(authface(['tenant', 'update', '--tenant', tenantId, '--name', 'local'], doorEnv('front')), (err: { stderr: string }) => /is a fleet tenant: change it at the hub/.test(err.stderr));
+  });
+
   it('the hub sees both doors; a door killed with SIGKILL shows offline (its last will), the erasure stays complete', async function () {
     const hubStore = await HubStore.open(db.url);
     try {
-      const tenantId = (await hubStore.pool.query<{ tenant_id: string }>('SELECT tenant_id FROM hub_tenants')).rows[0].tenant_id;
       const poll = async (check: () => Promise<boolean>, what: string) => {
         for (let i = 0; !(await check()); i++) {
           assert.ok(i < 200, what);

@@ -49,7 +49,11 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
         tenant_id: tenantId,
         liveness: 'passive',
         kiosk: { cooldown_seconds: 0 },
-        doors: [{ id: 'main', relay: { driver: 'simulated' } }],
+        // the lab's group is defined at the hub, not in this file
+        doors: [
+          { id: 'main', relay: { driver: 'simulated' } },
+          { id: 'lab', allow: { groups: ['staff'] }, relay: { driver: 'simulated' } },
+        ],
         mqtt: { url, topic_prefix: prefix },
         sync: { tenant_key_file: keyFile },
       },
@@ -71,16 +75,17 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     }
   }
 
-  /** Someone at a door's kiosk: the door's own identify session with three frames of `photo`. */
-  async function atDoor(door: number, photo: Buffer): Promise<{ status: string; externalUserId: string | null }> {
+  /** Someone at a door's kiosk: the door's own identify session with three frames of `photo`; the access decision it led to. */
+  async function atDoor(door: number, photo: Buffer, doorId = 'main'): Promise<{ status: string; externalUserId: string | null; access?: string }> {
     const device = doors[door].device;
-    const { token, clientState } = await device.svc.service.device!.kiosk.startIdentify('main');
+    const { token, clientState } = await device.svc.service.device!.kiosk.startIdentify(doorId);
     const capture = new Client(device.svc.url, '').capture(token);
     await capture.session();
     for (let i = 0; i < 3; i++) await capture.frame(photo);
     await capture.complete();
     const session = device.svc.service.store.sessions.byClientState(tenantId, clientState);
-    return { status: session?.status ?? 'missing', externalUserId: session?.resultUserId ?? null };
+    const decision = device.svc.service.store.audit.list(tenantId, 100).find((e) => e.type === 'access_decision' && e.sessionId === session?.id);
+    return { status: session?.status ?? 'missing', externalUserId: session?.resultUserId ?? null, ...(decision ? { access: `${decision.result}:${decision.reason ?? ''}` } : {}) };
   }
 
   before(async function () {
@@ -88,7 +93,8 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     url = (await testBroker()).url;
     db = await createTestDatabase();
     hubStore = await HubStore.open(db.url);
-    await hubStore.createTenant(tenantId, 'acme');
+    // the doors take the tenant's settings from the hub's log (their API sessions redirect there)
+    await hubStore.createTenant(tenantId, 'acme', { allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
     hub = await startHub();
     for (const name of ['front', 'back']) {
       const device = await startDoor(name);
@@ -116,8 +122,9 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     console.log(`      enrolment at the front door → known at the back door: ${Math.round(performance.now() - started)} ms (including the capture)`);
     const result = await identify(1, img.personA[1]);
     assert.deepEqual([result.status, result.external_user_id], ['success', 'alice']);
-    assert.equal(await hubStore.headSeq(tenantId), 1);
-    assert.deepEqual([syncOf(0).cursor, syncOf(1).cursor], [1, 1]);
+    // the tenant's settings were the first change, this enrolment the second
+    assert.equal(await hubStore.headSeq(tenantId), 2);
+    assert.deepEqual([syncOf(0).cursor, syncOf(1).cursor], [2, 2]);
   });
 
   it('an update at the back door gives the front door the new template', async function () {
@@ -135,7 +142,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal((await identify(1, img.personA[1])).status, 'fail');
     // the hub shows the erasure complete once both doors report having applied it
     await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete at the hub');
-    assert.deepEqual(await hubStore.erasureStatus(tenantId, 'alice'), { seq: 3, applied: 2, devices: 2, complete: true });
+    assert.deepEqual(await hubStore.erasureStatus(tenantId, 'alice'), { seq: 4, applied: 2, devices: 2, complete: true });
   });
 
   it('a door that was offline catches up on reconnect, and applies a deletion it missed before its first decision', async function () {
@@ -144,7 +151,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     await doors[1].device.svc.close(); // the back door goes offline
     assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
     assert.equal((await doors[0].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
-    await untilAsync(async () => (await hubStore.headSeq(tenantId)) === 6, 'the hub sequencing the changes');
+    await untilAsync(async () => (await hubStore.headSeq(tenantId)) === 7, 'the hub sequencing the changes');
     await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.applied === 1, 'the front door reporting the deletion');
     const pending = await hubStore.erasureStatus(tenantId, 'alice');
     assert.deepEqual([pending?.applied, pending?.devices, pending?.complete], [1, 2, false], 'applied on 1 of 2 doors while the back door is offline');
@@ -162,8 +169,8 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     const first = atDoor(1, img.personA[1]);
     await new Promise((r) => setTimeout(r, 500));
     hub = await startHub();
-    assert.deepEqual(await first, { status: 'fail', externalUserId: null }, 'the deletion was applied before the first decision');
-    assert.equal(syncOf(1).cursor, 6);
+    assert.deepEqual(await first, { status: 'fail', externalUserId: null, access: 'denied:not_identified' }, 'the deletion was applied before the first decision');
+    assert.equal(syncOf(1).cursor, 7);
     assert.deepEqual([knows(1, 'bob'), knows(1, 'alice')], [true, false]);
     assert.equal((await atDoor(1, img.personB)).externalUserId, 'bob');
     await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete again');
@@ -203,6 +210,25 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     hub = await startHub(); // it announces its head on start: the door sends what waited
     await until(() => knows(0, 'carol'), 10_000, 'carol at the front door');
     await until(() => syncOf(1).pending() === 0, 5000, 'the outbox emptied by the ack');
+  });
+
+  it("the tenant's settings and groups are the hub's: a group's door opens for a person once the hub puts them in it", async function () {
+    assert.equal((await atDoor(0, img.personC, 'lab')).access, 'denied:not_in_group');
+    // made at the hub by an admin (authface hub group add): the doors learn it from the next head
+    await hubStore.changeGroup(tenantId, 'carol', 'staff', true);
+    await until(() => doors.every((d) => d.device.svc.service.store.groups.isMember(tenantId, 'staff', 'carol')), 15_000, 'carol in staff at both doors');
+    assert.equal((await atDoor(1, img.personC, 'lab')).access, 'granted:');
+    assert.equal((await atDoor(0, img.personC, 'main')).access, 'granted:', 'a door without groups opens for everyone enrolled');
+    await hubStore.updateTenantSettings(tenantId, { allowed_origins: ['https://other.example.com'] });
+    await until(() => doors.every((d) => d.device.svc.service.store.tenants.get(tenantId)?.allowedOrigins[0] === 'https://other.example.com'), 15_000, 'the new origins at both doors');
+    const refused = await doors[0].api.post('/biometry/v1/identify', { client_state: crypto.randomUUID(), redirect_url: 'https://app.example.com/callback' });
+    assert.equal(refused.status, 400);
+    assert.equal((refused.body as { error: { code: string } }).error.code, 'redirect_origin_not_allowed');
+    await hubStore.updateTenantSettings(tenantId, { allowed_origins: ['https://app.example.com', 'http://localhost'] });
+    // a deletion takes the person's groups with them, everywhere
+    assert.equal((await doors[1].api.post('/biometry/v1/delete-user', { external_user_id: 'carol' })).status, 200);
+    await until(() => doors.every((d) => d.device.svc.service.store.groups.of(tenantId, 'carol').length === 0 && !d.device.svc.service.store.users.get(tenantId, 'carol')), 10_000, 'carol gone at both doors');
+    assert.deepEqual(await hubStore.groupMembers(tenantId), []);
   });
 
   it('refuses a tampered envelope and one sealed with another tenant’s key; the cursor stays', async function () {

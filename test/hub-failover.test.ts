@@ -94,10 +94,11 @@ describe('two hubs on one database, one killed mid-stream', function () {
       for (let i = 0; i < 600; i++) store.users.enroll(tenantId, `p${i}`, face(i));
       await poll(async () => (await hub.headSeq(tenantId)) >= 100, 'the first hundred sequenced');
       hubs[0].kill('SIGKILL'); // mid-stream, possibly between a commit and its publish
-      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 600 && sync.cursor === 600, 'all 600 sequenced, acknowledged and applied');
+      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 601 && sync.cursor === 601, 'all 600 sequenced, acknowledged and applied');
       const rows = (await hub.pool.query<{ seq: string; change_id: string }>('SELECT seq, change_id FROM hub_changes WHERE tenant_id = $1 ORDER BY seq', [tenantId])).rows;
-      assert.deepEqual(rows.map((r) => Number(r.seq)), Array.from({ length: 600 }, (_, i) => i + 1), 'no number twice, none skipped');
-      assert.equal(new Set(rows.map((r) => r.change_id)).size, 600, 'each change once');
+      // the tenant's settings first, then the 600
+      assert.deepEqual(rows.map((r) => Number(r.seq)), Array.from({ length: 601 }, (_, i) => i + 1), 'no number twice, none skipped');
+      assert.equal(new Set(rows.map((r) => r.change_id)).size, 601, 'each change once');
       assert.equal(store.users.digest(tenantId).digest, await hub.digest(tenantId));
     } finally {
       await hub.close();
@@ -109,7 +110,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
     try {
       const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 1.3 + k)));
       for (let i = 0; i < 2000; i++) store.users.enroll(tenantId, `q${i}`, face(i));
-      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2600, 'the hub holding 2,600 changes');
+      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2601, 'the hub holding 2,600 changes');
       const dataDir = path.join(dir, 'late');
       const { device_public_key } = JSON.parse((await authface(['sync', 'key'], { AUTHFACE_DATA_DIR: dataDir })).stdout) as { device_public_key: string };
       fs.writeFileSync(path.join(dir, 'late-key.json'), (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'late', '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout);
@@ -150,10 +151,10 @@ describe('two hubs on one database, one killed mid-stream', function () {
       // while it is down: someone it already loaded is deleted, and someone new is enrolled
       store.eraseUser(tenantId, atKill.users[0], () => null);
       store.users.enroll(tenantId, 'new-during-the-outage', face(9999));
-      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2602, 'both changes at the hub');
+      await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2603, 'both changes at the hub');
       const again = await serve(env);
       try {
-        await poll(() => state().cursor === 2602 && state().after === null, 'the door finishing the snapshot and following the log to the head', 120_000);
+        await poll(() => state().cursor === 2603 && state().after === null, 'the door finishing the snapshot and following the log to the head', 120_000);
         const reader = new Database(path.join(dataDir, 'authface.db'), { readonly: true });
         const users = reader.prepare('SELECT external_user_id, version FROM users WHERE deleted_at IS NULL').all() as { external_user_id: string; version: number }[];
         reader.close();

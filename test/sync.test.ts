@@ -82,7 +82,9 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
   before(async function () {
     db = await createTestDatabase();
     hub = await HubStore.open(db.url);
-    await hub.createTenant(tenantId, 'acme');
+    // the tenant's settings are its first change
+    const settings = await hub.createTenant(tenantId, 'acme');
+    assert.deepEqual([settings.seq, settings.kind], [1, 'tenant.settings']);
   });
   after(async function () {
     await hub?.close();
@@ -95,8 +97,8 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
       const appends = Array.from({ length: 120 }, (_, i) => ((i % 2 ? hub : other) as HubStore).append(tenantId, upsert(`u${i}`, 1), { origin: i % 2 ? 'hub-a' : 'hub-b' }));
       const results = await Promise.all(appends);
       const seqs = results.map((r) => (r.status === 'sequenced' ? r.change.seq : -1)).sort((a, b) => a - b);
-      assert.deepEqual(seqs, Array.from({ length: 120 }, (_, i) => i + 1));
-      assert.equal(await other.headSeq(tenantId), 120);
+      assert.deepEqual(seqs, Array.from({ length: 120 }, (_, i) => i + 2));
+      assert.equal(await other.headSeq(tenantId), 121);
     } finally {
       await other.close();
     }
@@ -118,14 +120,64 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
   });
 
   it('changes after a cursor come back in order, a deleted person\'s earlier ones blanked, and validate against the published schema', async function () {
-    const changes = await hub.changesAfter(tenantId, 118, 10);
-    assert.deepEqual(changes.map((c) => c.seq), [119, 120, 121, 122, 123]);
+    const changes = await hub.changesAfter(tenantId, 119, 10);
+    assert.deepEqual(changes.map((c) => c.seq), [120, 121, 122, 123, 124]);
     assert.deepEqual(
       changes.slice(2).map((c) => [c.kind, 'external_user_id' in c ? c.external_user_id : null, 'template' in c]),
       [['user.erased', null, false], ['user.delete', 'alice', false], ['user.upsert', 'alice', true]],
       'the template enrolled before the deletion is gone from the log; its sequence number stays',
     );
     assert.equal(changeBatchSchema.safeParse({ tenant_id: tenantId, changes }).success, true);
+  });
+
+  it("tenant settings and a person's groups are changes of the log; a deletion blanks the groups with the templates", async function () {
+    assert.equal((await hub.append(tenantId, upsert('gina', 1), { origin: 'hub' })).status, 'sequenced');
+    await assert.rejects(hub.changeGroup(tenantId, 'nobody', 'staff', true), /nobody is not enrolled/);
+    const added = await hub.changeGroup(tenantId, 'gina', 'staff', true);
+    assert.ok(added && added.kind === 'user.groups');
+    assert.deepEqual([added.external_user_id, added.groups, added.seq], ['gina', ['staff'], (await hub.headSeq(tenantId))]);
+    assert.equal(await hub.changeGroup(tenantId, 'gina', 'staff', true), null, 'already in it: nothing sequenced');
+    await hub.changeGroup(tenantId, 'gina', 'night', true);
+    assert.deepEqual(await hub.groupMembers(tenantId), [{ externalUserId: 'gina', groups: ['night', 'staff'] }]);
+    const settings = await hub.updateTenantSettings(tenantId, { allowed_origins: ['https://app.example.com'] });
+    assert.ok(settings.kind === 'tenant.settings');
+    assert.deepEqual([settings.name, settings.allowed_origins, settings.liveness_mode], ['acme', ['https://app.example.com'], 'active'], 'what is not given stays');
+    // the first chunk of a snapshot carries the tenant's settings and each person's groups
+    const chunk = await hub.snapshotChunk(tenantId, null, 64);
+    assert.deepEqual(chunk.tenant, { name: 'acme', allowed_origins: ['https://app.example.com'], liveness_mode: 'active' });
+    assert.deepEqual(chunk.users.find((u) => u.external_user_id === 'gina')?.groups, ['night', 'staff']);
+    assert.equal(chunk.users.find((u) => u.external_user_id === 'u1')?.groups, undefined, 'left out when none');
+    assert.equal((await hub.snapshotChunk(tenantId, 'a', 64)).tenant, undefined, 'only with the first chunk');
+    await hub.append(tenantId, { kind: 'user.delete', external_user_id: 'gina', version: 2 }, { origin: 'hub' });
+    const log = await hub.changesAfter(tenantId, 0, 1000);
+    assert.equal(log.filter((c) => c.kind === 'user.groups').length, 0, 'her group changes are blanked');
+    assert.equal(JSON.stringify(log.filter((c) => c.kind !== 'user.delete')).includes('gina'), false, 'her id is nowhere but in the deletion');
+    assert.deepEqual(await hub.groupMembers(tenantId), []);
+    assert.equal(changeBatchSchema.safeParse({ tenant_id: tenantId, changes: log.slice(-50) }).success, true);
+  });
+
+  it('a snapshot chunk whose people carry many groups ends early, below the message limit', async function () {
+    const other = crypto.randomUUID();
+    await hub.createTenant(other, 'groups');
+    const groups = Array.from({ length: 16 }, (_, i) => `group-with-a-rather-long-name-to-fill-the-chunk-${String(i).padStart(2, '0')}`);
+    for (let i = 0; i < 64; i++) {
+      const id = `p${String(i).padStart(2, '0')}`;
+      const body = { ...upsert(id, 1), template: sealTemplate(key, face(i), { tenantId: other, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 }) };
+      await hub.append(other, body, { origin: 'hub' });
+      await hub.pool.query('UPDATE hub_users SET groups = $3 WHERE tenant_id = $1 AND external_user_id = $2', [other, id, JSON.stringify(groups)]);
+    }
+    const first = await hub.snapshotChunk(other, null, 64);
+    assert.ok(first.users.length < 64 && first.users.length > 10, `${first.users.length} people`);
+    assert.equal(first.next, first.users[first.users.length - 1].external_user_id, 'the next chunk starts after its last person');
+    assert.ok(JSON.stringify({ type: 'snapshot', ...first }).length < 64 * 1024);
+    let after: string | null = first.next;
+    let people = first.users.length;
+    while (after !== null) {
+      const chunk = await hub.snapshotChunk(other, after, 64);
+      people += chunk.users.length;
+      after = chunk.next;
+    }
+    assert.equal(people, 64, 'every person, in chunks');
   });
 
   it('every key of the hub starts with tenant_id (the Citus distribution column)', async function () {
@@ -266,6 +318,38 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     } finally {
       await sync.close();
     }
+  });
+
+  it("applies the hub's tenant settings and a person's groups; a deletion takes the groups with the person", function () {
+    replica.apply(tenantId, [
+      change({ kind: 'tenant.settings', name: 'acme-hq', allowed_origins: ['https://app.example.com'], liveness_mode: 'active' } as unknown as SubmittedChange),
+      change(upsert('alice', 1)),
+      change({ kind: 'user.groups', external_user_id: 'alice', groups: ['staff', 'night'] } as unknown as SubmittedChange),
+    ]);
+    assert.deepEqual(store.tenants.get(tenantId), { ...store.tenants.get(tenantId), name: 'acme-hq', allowedOrigins: ['https://app.example.com'], livenessMode: 'active' });
+    assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night', 'staff']);
+    assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), true);
+    replica.apply(tenantId, [change({ kind: 'user.groups', external_user_id: 'alice', groups: ['night'] } as unknown as SubmittedChange)]);
+    assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), false, 'the list replaces the earlier one');
+    replica.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 })]);
+    assert.deepEqual(store.groups.of(tenantId, 'alice'), []);
+    assert.equal(replica.cursor(tenantId), 5);
+  });
+
+  it("a snapshot's first chunk sets the tenant's settings, and each person's groups", function () {
+    replica.apply(tenantId, [change(upsert('bob', 1)), change({ kind: 'user.groups', external_user_id: 'bob', groups: ['staff'] } as unknown as SubmittedChange)]);
+    replica.beginSnapshot(tenantId);
+    const user = (id: string, groups?: string[]) => {
+      const b = upsert(id, 1) as Extract<SubmittedChange, { kind: 'user.upsert' }>;
+      const u = { external_user_id: b.external_user_id, version: b.version, model: b.model, key_version: b.key_version, template: b.template };
+      return groups ? { ...u, groups } : u;
+    };
+    const tenant = { name: 'acme', allowed_origins: ['https://new.example.com'], liveness_mode: 'passive' as const };
+    const done = replica.applySnapshotChunk(tenantId, { type: 'snapshot', tenant_id: tenantId, seq: 9, after: null, users: [user('alice', ['night']), user('bob')], tenant, next: null, more: false });
+    assert.equal(done.done, true);
+    assert.deepEqual(store.tenants.get(tenantId)?.allowedOrigins, ['https://new.example.com']);
+    assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night']);
+    assert.deepEqual(store.groups.of(tenantId, 'bob'), [], "bob's version was already here: his groups are still the hub's");
   });
 
   it('a failure while applying rolls back the data and the cursor together (never "in sync" with users missing)', function () {

@@ -3,7 +3,7 @@ import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
 import type { AuditLog } from '../store/audit.ts';
 import type { DoorContact, DoorDrivers, DoorHardware, Relay } from './hardware.ts';
-import { type PolicyDenial, checkPolicy } from './policy.ts';
+import { type MemberOf, type PolicyDenial, checkPolicy } from './policy.ts';
 
 /** Grace after a granted pulse in which opening the door is expected (not forced). */
 const OPEN_GRACE_MS = 5000;
@@ -35,6 +35,7 @@ export class AccessController {
     private readonly audit: AuditLog,
     private readonly events: EventBus,
     private readonly logger: Logger,
+    private readonly memberOf: MemberOf,
   ) {
     for (const door of config.doors) {
       const { relay, contact } = hardware.get(door.id) as DoorDrivers;
@@ -95,7 +96,7 @@ export class AccessController {
   /** The door's policy; a policy that cannot be evaluated denies (`policy_error`), it never opens. */
   #policy(door: DoorState, externalUserId: string, now: number): PolicyDenial | 'policy_error' | null {
     try {
-      return checkPolicy(this.config, door.config, externalUserId, new Date(now));
+      return checkPolicy(this.memberOf, door.config, externalUserId, new Date(now));
     } catch (err) {
       this.logger.error({ door: door.config.id, err: loggableError(err) }, 'access policy failed: denied');
       return 'policy_error';

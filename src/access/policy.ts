@@ -4,13 +4,21 @@ export type PolicyDenial = 'not_in_group' | 'outside_schedule';
 
 const DAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'] as const;
 
+/** Whether a person is in a group: the device file's `groups`, or on a fleet device the hub's (store/groups.ts). */
+export type MemberOf = (group: string, externalUserId: string) => boolean;
+
+/** The groups of the device file. */
+export function fileGroups(config: Pick<DeviceConfig, 'groups'>): MemberOf {
+  return (group, externalUserId) => config.groups[group]?.includes(externalUserId) ?? false;
+}
+
 /**
  * Whether an identified user may open a door now: everyone enrolled in the tenant by default,
  * optionally only members of some groups, optionally only inside weekly windows.
  */
-export function checkPolicy(config: Pick<DeviceConfig, 'groups'>, door: DoorConfig, externalUserId: string, at: Date): PolicyDenial | null {
+export function checkPolicy(memberOf: MemberOf, door: DoorConfig, externalUserId: string, at: Date): PolicyDenial | null {
   const { groups, schedule } = door.allow;
-  if (groups && !groups.some((g) => config.groups[g]?.includes(externalUserId))) return 'not_in_group';
+  if (groups && !groups.some((g) => memberOf(g, externalUserId))) return 'not_in_group';
   if (schedule && !schedule.windows.some((w) => inWindow(w, localTime(at, schedule.timezone)))) return 'outside_schedule';
   return null;
 }

@@ -10,6 +10,7 @@ import type { LivenessMode } from '../store/tenants.ts';
 import { parseMasterKey } from '../store/crypto.ts';
 import { loadDeviceKey } from '../sync/device-key.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
+import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { CommandError } from './errors.ts';
 
 const STOP_GRACE_MS = 5000;
@@ -23,6 +24,16 @@ async function openHub(settings: Settings, databaseUrl?: string): Promise<HubSto
     return await HubStore.open(url, (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'));
   } catch (err) {
     throw new CommandError(`cannot open the hub database ${url.replace(/\/\/[^@/]*@/, '//')}: ${(err as Error).message}`);
+  }
+}
+
+/** Runs a command on the hub database, closed after it (a HubError is the operator's to fix, and printed as such). */
+async function withHub<T>(settings: Settings, databaseUrl: string | undefined, run: (store: HubStore) => Promise<T>): Promise<T> {
+  const store = await openHub(settings, databaseUrl);
+  try {
+    return await run(store);
+  } finally {
+    await store.close();
   }
 }
 
@@ -62,30 +73,68 @@ export async function hubTenantAdd(
   opts: { name: string; id?: string; databaseUrl?: string; allowedOrigins?: string[]; liveness?: LivenessMode },
 ): Promise<{ tenant_id: string; key_version: number; api_key: string; allowed_origins: string[] }> {
   const masterKey = hubMasterKey(settings);
-  const store = await openHub(settings, opts.databaseUrl);
-  try {
-    const allowedOrigins = opts.allowedOrigins ?? [];
+  const allowedOrigins = opts.allowedOrigins ?? [];
+  if (allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
+  return withHub(settings, opts.databaseUrl, async (store) => {
     const api = postgresBiometryStore(store, { tenantKey: (t) => store.tenantKey(t, masterKey), model: EMBEDDING_MODEL });
     const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
     const { keyVersion } = await store.tenantKey(tenant.id, masterKey);
     const { apiKey } = await api.tenants.createKey(tenant.id);
     return { tenant_id: tenant.id, key_version: keyVersion, api_key: apiKey, allowed_origins: allowedOrigins };
-  } finally {
-    await store.close();
-  }
+  });
+}
+
+/** `authface hub tenant update`: a tenant's name, allowed origins or liveness, sequenced so every door takes them. */
+export async function hubTenantUpdate(
+  settings: Settings,
+  opts: { tenant: string; name?: string; allowedOrigins?: string[]; liveness?: LivenessMode; databaseUrl?: string },
+): Promise<{ tenant_id: string; seq: number; name: string; allowed_origins: string[]; liveness_mode: LivenessMode }> {
+  if (opts.allowedOrigins && opts.allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    const change = await store.updateTenantSettings(opts.tenant, {
+      ...(opts.name ? { name: opts.name } : {}),
+      ...(opts.allowedOrigins ? { allowed_origins: opts.allowedOrigins } : {}),
+      ...(opts.liveness ? { liveness_mode: opts.liveness } : {}),
+    });
+    if (change.kind !== 'tenant.settings') throw new Error('unexpected change');
+    return { tenant_id: opts.tenant, seq: change.seq, name: change.name, allowed_origins: change.allowed_origins, liveness_mode: change.liveness_mode };
+  });
+}
+
+/**
+ * `authface hub group add|remove`: puts an enrolled person in a group or takes them out. Doors whose
+ * policy allows that group learn it from the log (the serving hub's next head, within 5 s).
+ */
+export async function hubGroupChange(
+  settings: Settings,
+  opts: { tenant: string; group: string; user: string; member: boolean; databaseUrl?: string },
+): Promise<{ external_user_id: string; groups: string[]; seq: number | null }> {
+  const group = groupNameSchema.safeParse(opts.group);
+  if (!group.success) throw new CommandError(`--group ${opts.group}: ${group.error.issues[0].message}`);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    const change = await store.changeGroup(opts.tenant, opts.user, group.data, opts.member);
+    if (change && change.kind !== 'user.groups') throw new Error('unexpected change');
+    const groups = change ? change.groups : ((await store.groupMembers(opts.tenant)).find((m) => m.externalUserId === opts.user)?.groups ?? []);
+    return { external_user_id: opts.user, groups, seq: change?.seq ?? null };
+  });
+}
+
+/** `authface hub group list`: the tenant's people who are in a group, with their groups. */
+export async function hubGroupList(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<{ external_user_id: string; groups: string[] }[]> {
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
+    return (await store.groupMembers(opts.tenant)).map((m) => ({ external_user_id: m.externalUserId, groups: m.groups }));
+  });
 }
 
 /** `authface hub wrap-key`: the tenant key wrapped to one device's public key, for its sync.tenant_key_file. */
 export async function hubWrapKey(settings: Settings, opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }): Promise<unknown> {
   const masterKey = hubMasterKey(settings);
-  const store = await openHub(settings, opts.databaseUrl);
-  try {
-    if (!(await store.hasTenant(opts.tenant))) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
     const { key, keyVersion } = await store.tenantKey(opts.tenant, masterKey);
     return wrapTenantKey(key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion });
-  } finally {
-    await store.close();
-  }
+  });
 }
 
 /**
@@ -93,9 +142,8 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
  * not, how far behind, diverged) and the conflicts waiting for an admin.
  */
 export async function hubStatus(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<unknown> {
-  const store = await openHub(settings, opts.databaseUrl);
-  try {
-    if (!(await store.hasTenant(opts.tenant))) throw new CommandError(`no tenant ${opts.tenant} at the hub (authface hub tenant add)`);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
     const devices = await store.devices(opts.tenant);
     return {
       tenant_id: opts.tenant,
@@ -104,9 +152,11 @@ export async function hubStatus(settings: Settings, opts: { tenant: string; data
       devices: devices.map((d) => ({ device_id: d.deviceId, state: d.state, applied_seq: d.appliedSeq, lag: d.lag, diverged: d.diverged, boot: d.boot })),
       conflicts: (await store.conflicts(opts.tenant)).map((c) => ({ change_id: c.changeId, origin: c.origin, external_user_id: c.externalUserId, reason: c.reason })),
     };
-  } finally {
-    await store.close();
-  }
+  });
+}
+
+async function knownTenant(store: HubStore, tenantId: string): Promise<void> {
+  if (!(await store.hasTenant(tenantId))) throw new CommandError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
 }
 
 /** `authface sync key`: this device's public key (the key pair is made on first use). */

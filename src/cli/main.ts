@@ -16,7 +16,7 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubServe, hubStatus, hubTenantAdd, hubWrapKey, syncKey } from './hub.ts';
+import { hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
@@ -254,6 +254,34 @@ hubTenant
   .action(async (opts: { name: string; id?: string; databaseUrl?: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
     print(await hubTenantAdd(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin })),
   );
+hubTenant
+  .command('update')
+  .description("change a tenant's name, allowed origins (the list given replaces the old one) or liveness mode: a change of its log, which every door applies")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--name <name>', 'new display name')
+  .option('--allowed-origin <origin>', 'the new list of allowed origins (repeatable)', collect, undefined)
+  .addOption(liveness())
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode; databaseUrl?: string }) =>
+    print(await hubTenantUpdate(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin })),
+  );
+const hubGroup = hub.command('group').description("the groups a tenant's people are in (a door's allow.groups): changes of the log, which every door applies");
+for (const [name, member] of [['add', true], ['remove', false]] as const) {
+  hubGroup
+    .command(name)
+    .description(member ? 'put an enrolled person in a group' : 'take a person out of a group')
+    .requiredOption('--tenant <id>', 'tenant id')
+    .requiredOption('--group <name>', 'group name, as in a door\'s allow.groups')
+    .requiredOption('--user <external_user_id>', 'the person')
+    .addOption(databaseUrl())
+    .action(async (opts: { tenant: string; group: string; user: string; databaseUrl?: string }) => print(await hubGroupChange(loadSettings(), { ...opts, member })));
+}
+hubGroup
+  .command('list')
+  .description('every person of the tenant who is in a group, with their groups')
+  .requiredOption('--tenant <id>', 'tenant id')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubGroupList(loadSettings(), opts)));
 hub
   .command('wrap-key')
   .description("print the tenant key wrapped to one device's public key: save it as that device's sync.tenant_key_file")

@@ -33,6 +33,10 @@ export function createTenant(store: Store, opts: { name: string; allowedOrigins:
 
 export function updateTenant(store: Store, idOrName: string, changes: { name?: string; allowedOrigins?: string[]; liveness?: LivenessMode }) {
   const t = findTenant(store, idOrName);
+  // a fleet tenant's settings are the hub's: the next change of its log would undo a local edit
+  if (store.tenants.followsHub(t.id)) {
+    throw new CommandError(`tenant ${t.id} is a fleet tenant: change it at the hub (authface hub tenant update --tenant ${t.id} …)`);
+  }
   if (changes.allowedOrigins && changes.allowedOrigins.length === 0) throw new CommandError('a tenant needs at least one allowed origin');
   const updated = store.tenants.update(t.id, {
     ...(changes.name ? { name: changes.name } : {}),

@@ -139,7 +139,10 @@ export const deviceConfigSchema = z
       })
       .default({})
       .describe('Similarity thresholds (default: the service settings; see the README, "Thresholds").'),
-    groups: z.record(id, z.array(z.string().min(1).max(128))).default({}).describe('User groups: group name → external_user_ids.'),
+    groups: z
+      .record(id, z.array(z.string().min(1).max(128)))
+      .default({})
+      .describe('User groups: group name → external_user_ids. A fleet device (`sync`) has none here: the hub sets them (`authface hub group add`).'),
     doors: z.array(door).min(1).describe('The doors of this device.'),
     camera: z
       .strictObject({
@@ -188,10 +191,14 @@ export const deviceConfigSchema = z
     c.doors.forEach((d, i) => {
       if (ids.has(d.id)) ctx.addIssue({ code: 'custom', path: ['doors', i, 'id'], message: `door id ${d.id} is used twice` });
       ids.add(d.id);
+      // a fleet door's groups come from the hub: one it does not know yet lets no one in
       for (const g of d.allow.groups ?? []) {
-        if (!c.groups[g]) ctx.addIssue({ code: 'custom', path: ['doors', i, 'allow', 'groups'], message: `group ${g} is not defined under groups` });
+        if (!c.sync && !c.groups[g]) ctx.addIssue({ code: 'custom', path: ['doors', i, 'allow', 'groups'], message: `group ${g} is not defined under groups` });
       }
     });
+    if (c.sync && Object.keys(c.groups).length > 0) {
+      ctx.addIssue({ code: 'custom', path: ['groups'], message: 'a fleet device takes its groups from the hub: remove groups here and use authface hub group add' });
+    }
     if (c.sync && !c.mqtt.url) ctx.addIssue({ code: 'custom', path: ['mqtt', 'url'], message: 'sync needs the broker the hub uses: set mqtt.url' });
     if (c.sync && !c.tenant_id) ctx.addIssue({ code: 'custom', path: ['tenant_id'], message: "sync needs the hub's tenant id (authface hub tenant add prints it)" });
     if (c.remote_commands.enabled && !c.remote_commands.public_key) {

@@ -1,4 +1,5 @@
 import { AccessController } from '../access/controller.ts';
+import { type MemberOf, fileGroups } from '../access/policy.ts';
 import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
 import { KioskSecret } from '../access/kiosk-secret.ts';
@@ -58,7 +59,9 @@ export async function startDevice(
         : 'the device file has no tenant_id and there is no tenant named "default": set tenant_id (authface tenant list)',
     );
   }
-  const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger);
+  // a fleet door's groups are the hub's (user.groups of the log); a standalone door's, its file's
+  const memberOf: MemberOf = config.sync ? (group, user) => deps.store.groups.isMember(tenant.id, group, user) : fileGroups(config);
+  const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger, memberOf);
   const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
   let sync: DeviceSync | null = null;
   const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins, async () => {

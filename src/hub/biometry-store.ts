@@ -86,11 +86,9 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
     tenants: {
       async create(input) {
         const id = input.id ?? crypto.randomUUID();
-        const r = await pool.query<TenantRow>(
-          'INSERT INTO hub_tenants (tenant_id, name, liveness_mode, allowed_origins) VALUES ($1, $2, $3, $4) RETURNING *',
-          [id, input.name, input.livenessMode, JSON.stringify(input.allowedOrigins)],
-        );
-        return toTenant(r.rows[0]);
+        const settings = await hub.createTenant(id, input.name, input);
+        options.onSequenced?.(settings);
+        return toTenant((await pool.query<TenantRow>('SELECT * FROM hub_tenants WHERE tenant_id = $1', [id])).rows[0]);
       },
       async get(id) {
         if (!UUID.test(id)) return undefined;

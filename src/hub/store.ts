@@ -2,7 +2,18 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
 import { userSetDigest } from '../sync/digest.ts';
-import type { Change, ChangeBody, DeviceState, DoorEvents, SnapshotUser, SubmittedChange } from '../sync/protocol.ts';
+import {
+  type AdminChange,
+  type Change,
+  type ChangeBody,
+  type DeviceState,
+  type DoorEvents,
+  type SnapshotUser,
+  type SubmittedChange,
+  type TenantSettings,
+  MAX_CHUNK_BYTES,
+  MAX_GROUPS_PER_USER,
+} from '../sync/protocol.ts';
 
 /**
  * The hub's central store in PostgreSQL: the fleet's users and sealed templates, and each tenant's
@@ -159,6 +170,8 @@ const MIGRATIONS = [
    ALTER TABLE hub_tenants ADD COLUMN compacted_seq bigint NOT NULL DEFAULT 0;`,
   // when a diverged device was last told to reload a snapshot
   `ALTER TABLE hub_devices ADD COLUMN repaired_at timestamptz;`,
+  // the groups each person is in (user.groups changes; a door's policy may allow only some groups)
+  `ALTER TABLE hub_users ADD COLUMN groups jsonb NOT NULL DEFAULT '[]';`,
 ];
 
 export class HubError extends OperatorError {}
@@ -218,8 +231,22 @@ export class HubStore {
     await this.pool.end();
   }
 
-  async createTenant(tenantId: string, name: string): Promise<void> {
-    await this.pool.query('INSERT INTO hub_tenants (tenant_id, name) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING', [tenantId, name]);
+  /**
+   * Adds a tenant. Its settings are the first change of its log: every door takes them from there
+   * (a door's own copy of the tenant is never edited locally). Returns that change, to publish.
+   */
+  async createTenant(tenantId: string, name: string, settings: { allowedOrigins?: string[]; livenessMode?: 'passive' | 'active' } = {}): Promise<Change> {
+    const { allowedOrigins = [], livenessMode = 'active' } = settings;
+    return this.#transaction(async (db) => {
+      const r = await db.query('INSERT INTO hub_tenants (tenant_id, name, liveness_mode, allowed_origins) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING', [
+        tenantId,
+        name,
+        livenessMode,
+        JSON.stringify(allowedOrigins),
+      ]);
+      if (r.rowCount === 0) throw new HubError(`tenant ${tenantId} is already at the hub`);
+      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', name, allowed_origins: allowedOrigins, liveness_mode: livenessMode });
+    });
   }
 
   /**
@@ -404,7 +431,7 @@ export class HubStore {
       await db.query(
         `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}'
          FROM unnest($2::text[], $3::bigint[]) AS d(u, s)
-         WHERE h.tenant_id = $1 AND h.external_user_id = d.u AND h.kind = 'user.upsert' AND h.seq < d.s`,
+         WHERE h.tenant_id = $1 AND h.external_user_id = d.u AND h.kind IN ('user.upsert', 'user.groups') AND h.seq < d.s`,
         [tenantId, deletions.map((d) => d.user), deletions.map((d) => d.seq)],
       );
     }
@@ -425,7 +452,7 @@ export class HubStore {
       await db.query(
         `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq)
          SELECT $1, u, v, true, s FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(u, v, s)
-         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, seq = excluded.seq`,
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, groups = '[]', seq = excluded.seq`,
         [tenantId, gone.map(([u]) => u), gone.map(([, f]) => f.version), gone.map(([, f]) => f.seq)],
       );
     }
@@ -435,6 +462,62 @@ export class HubStore {
       const r = results[i];
       return r.status === 'sequenced' ? { ...r, change: known.get(item.changeId) as Change } : r;
     });
+  }
+
+  /**
+   * Sequences a change only an admin makes at the hub (a tenant's settings, a person's groups)
+   * and applies it to the central state, in `db`'s transaction. The tenant's counter row is locked
+   * first, as everywhere. A person's groups are set only while they are enrolled.
+   */
+  async appendAdmin(db: pg.PoolClient, tenantId: string, body: AdminChange): Promise<Change> {
+    const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+    if (counter.rowCount === 0) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+    const seq = Number(counter.rows[0].next_seq);
+    if (body.kind === 'user.groups') {
+      const r = await db.query('UPDATE hub_users SET groups = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted', [tenantId, body.external_user_id, JSON.stringify(body.groups)]);
+      if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
+    } else {
+      await db.query('UPDATE hub_tenants SET name = $2, allowed_origins = $3::jsonb, liveness_mode = $4 WHERE tenant_id = $1', [tenantId, body.name, JSON.stringify(body.allowed_origins), body.liveness_mode]);
+    }
+    const inserted = await db.query<ChangeRow>(
+      `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body) VALUES ($1, $2, $3, 'hub', $4, $5, $6::jsonb) RETURNING *`,
+      [tenantId, seq, crypto.randomUUID(), body.kind, body.kind === 'user.groups' ? body.external_user_id : '', JSON.stringify(body)],
+    );
+    await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, seq + 1]);
+    return toChange(inserted.rows[0]);
+  }
+
+  /** Changes a tenant's settings (what is not given stays); sequenced for the devices. */
+  async updateTenantSettings(tenantId: string, changes: Partial<Omit<TenantSettings, 'kind'>>): Promise<Change> {
+    return this.#transaction(async (db) => {
+      await this.lockTenant(db, tenantId);
+      const r = await db.query<{ name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active' }>('SELECT name, allowed_origins, liveness_mode FROM hub_tenants WHERE tenant_id = $1', [tenantId]);
+      if (!r.rows[0]) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', ...r.rows[0], ...changes });
+    });
+  }
+
+  /** Puts a person in a group or takes them out; null when nothing changed (nothing sequenced). */
+  async changeGroup(tenantId: string, externalUserId: string, group: string, member: boolean): Promise<Change | null> {
+    return this.#transaction(async (db) => {
+      await this.lockTenant(db, tenantId);
+      const r = await db.query<{ groups: string[] }>('SELECT groups FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted FOR UPDATE', [tenantId, externalUserId]);
+      if (!r.rows[0]) throw new HubError(`${externalUserId} is not enrolled in tenant ${tenantId}`);
+      const current = r.rows[0].groups;
+      if (current.includes(group) === member) return null;
+      if (member && current.length >= MAX_GROUPS_PER_USER) throw new HubError(`${externalUserId} is already in ${MAX_GROUPS_PER_USER} groups, the most a person can be in`);
+      const groups = member ? [...current, group].sort() : current.filter((g) => g !== group);
+      return this.appendAdmin(db, tenantId, { kind: 'user.groups', external_user_id: externalUserId, groups });
+    });
+  }
+
+  /** The tenant's people in a group (or every person with their groups). */
+  async groupMembers(tenantId: string): Promise<{ externalUserId: string; groups: string[] }[]> {
+    const r = await this.pool.query<{ external_user_id: string; groups: string[] }>(
+      `SELECT external_user_id, groups FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND groups <> '[]' ORDER BY external_user_id COLLATE "C"`,
+      [tenantId],
+    );
+    return r.rows.map((u) => ({ externalUserId: u.external_user_id, groups: u.groups }));
   }
 
   /**
@@ -512,18 +595,34 @@ export class HubStore {
    * One chunk of the tenant's live users after `after` (byte order), with the head read before
    * them: a device that applies every chunk and then the log after the first chunk's head holds
    * exactly the hub's users (a row read later than the head is replayed by the log, in order).
+   * The first chunk carries the tenant's settings, read with the head. A chunk whose users would
+   * pass MAX_CHUNK_BYTES ends early (its `next` is its last user).
    */
-  async snapshotChunk(tenantId: string, after: string | null, limit: number): Promise<{ seq: number; users: SnapshotUser[]; next: string | null }> {
-    const seq = await this.headSeq(tenantId);
-    const r = await this.pool.query<SnapshotUser>(
-      `SELECT external_user_id, version, model, key_version, template FROM hub_users
+  async snapshotChunk(tenantId: string, after: string | null, limit: number): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
+    const head = await this.pool.query<{ next_seq: string; name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active' }>(
+      'SELECT next_seq, name, allowed_origins, liveness_mode FROM hub_tenants WHERE tenant_id = $1',
+      [tenantId],
+    );
+    const t = head.rows[0];
+    const seq = t ? Number(t.next_seq) - 1 : 0;
+    const r = await this.pool.query<SnapshotUser & { groups: string[] }>(
+      `SELECT external_user_id, version, model, key_version, template, groups FROM hub_users
        WHERE tenant_id = $1 AND NOT deleted AND external_user_id COLLATE "C" > $2
        ORDER BY external_user_id COLLATE "C" LIMIT $3`,
       // ids are never empty: '' is before the first (and keeps the condition an index range)
       [tenantId, after ?? '', limit],
     );
-    const users = r.rows;
-    return { seq, users, next: users.length === limit ? users[users.length - 1].external_user_id : null };
+    const users: SnapshotUser[] = [];
+    let bytes = 0;
+    for (const { groups, ...u } of r.rows) {
+      const user = groups.length > 0 ? { ...u, groups } : u;
+      bytes += JSON.stringify(user).length;
+      if (bytes > MAX_CHUNK_BYTES && users.length > 0) break;
+      users.push(user);
+    }
+    const full = users.length === limit || users.length < r.rows.length;
+    const tenant = after === null && t ? { name: t.name, allowed_origins: t.allowed_origins, liveness_mode: t.liveness_mode } : undefined;
+    return { seq, users, next: full ? users[users.length - 1].external_user_id : null, ...(tenant ? { tenant } : {}) };
   }
 
   /** Where the tenant's log starts: changes at or below it may have been compacted away. */

@@ -144,6 +144,10 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   // and the last user applied, moved with each chunk, so a crash resumes where it was
   `CREATE TABLE sync_snapshots (tenant_id TEXT PRIMARY KEY, snapshot_seq INTEGER, after_user TEXT, started_at TEXT NOT NULL);
    CREATE INDEX sync_outbox_user ON sync_outbox (tenant_id, external_user_id);`,
+  // the groups each person of a fleet tenant is in (user.groups of the hub's log; store/groups.ts)
+  `CREATE TABLE group_members (tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL, group_name TEXT NOT NULL,
+                              PRIMARY KEY (tenant_id, external_user_id, group_name));
+   CREATE INDEX group_members_group ON group_members (tenant_id, group_name);`,
 ];
 
 /**

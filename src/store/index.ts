@@ -3,6 +3,7 @@ import { AuditLog } from './audit.ts';
 import { EmbeddingCipher, StoreError, legacyTemplateAad, loadMasterKey, opensKeyCheck, sealKeyCheck } from './crypto.ts';
 import { type Db, LEGACY_SEAL_SCHEMA, migrate, openDatabase, schemaVersion } from './database.ts';
 import { eraseIdentity } from './erasure.ts';
+import { GroupStore } from './groups.ts';
 import { CommandNonces } from './nonces.ts';
 import { PinStore } from './pins.ts';
 import { SessionStore } from './sessions.ts';
@@ -20,6 +21,7 @@ export interface Store {
   audit: AuditLog;
   nonces: CommandNonces;
   pins: PinStore;
+  groups: GroupStore;
   /**
    * Deletes a user's templates and every trace of their identifier; `record` runs in the same
    * transaction with the pseudonym that replaces it (to audit the deletion). Null: no such user.
@@ -60,6 +62,7 @@ export function openStore(dataDir: string, masterKey: string | undefined, option
       audit,
       nonces: new CommandNonces(db),
       pins: new PinStore(db, (tenantId, pin) => cipher.pinTag(tenantId, pin)),
+      groups: new GroupStore(db),
       eraseUser(tenantId, externalUserId, record) {
         const result = db.transaction(() => {
           const pseudonym = users.delete(tenantId, externalUserId);

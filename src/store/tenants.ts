@@ -71,6 +71,11 @@ export class TenantStore {
     ).map((k) => ({ keyId: k.id, createdAt: k.created_at, revokedAt: k.revoked_at }));
   }
 
+  /** Whether the tenant is a fleet tenant this device replicates (its settings come from the hub's log). */
+  followsHub(id: string): boolean {
+    return this.db.prepare('SELECT 1 FROM sync_cursors WHERE tenant_id = ?').get(id) !== undefined;
+  }
+
   count(): number {
     return (this.db.prepare('SELECT COUNT(*) AS n FROM tenants').get() as { n: number }).n;
   }

@@ -43,11 +43,38 @@ export const userErasedSchema = z
   .strictObject({ kind: z.literal('user.erased') })
   .describe("An earlier change of a person since deleted: the hub blanks it (template and id) when the deletion is sequenced; a device skips it");
 
+/** At most this many groups per person; a group's name is a door policy's `allow.groups` entry. */
+export const MAX_GROUPS_PER_USER = 16;
+export const groupNameSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, { error: 'a group name is 1-64 letters, digits, - or _ (as a door\'s allow.groups)' });
+
+/** At most this many allowed origins per tenant. */
+export const MAX_ALLOWED_ORIGINS = 10;
+
+export const tenantSettingsSchema = z
+  .strictObject({
+    kind: z.literal('tenant.settings'),
+    name: z.string().min(1).max(100),
+    allowed_origins: z.array(z.string().min(1).max(200)).max(MAX_ALLOWED_ORIGINS).describe('Origins the redirect_url of the tenant\'s sessions may point to'),
+    liveness_mode: z.enum(['passive', 'active']).describe('Liveness of the tenant\'s API sessions'),
+  })
+  .describe("The tenant's settings, made at the hub (`authface hub tenant add|update`): they replace the earlier ones on every device");
+
+export const userGroupsSchema = z
+  .strictObject({
+    kind: z.literal('user.groups'),
+    external_user_id: externalUserId,
+    groups: z.array(groupNameSchema).max(MAX_GROUPS_PER_USER).describe('Replaces the earlier list; empty: in no group'),
+  })
+  .describe("The groups a person is in, set at the hub (`authface hub group add|remove`): a door whose policy allows some groups opens for their members. A deletion blanks it like the person's templates");
+
 /** What a device or the hub's API submits for sequencing. */
 export const submittedChangeSchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema]);
 
-/** What the log holds: submitted changes, and the ones a later deletion blanked. */
-export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userErasedSchema]);
+/** Changes only an admin at the hub makes (a device's submission of one is refused by its schema). */
+export const adminChangeSchema = z.discriminatedUnion('kind', [tenantSettingsSchema, userGroupsSchema]);
+
+/** What the log holds: submitted and admin changes, and the ones a later deletion blanked. */
+export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userGroupsSchema, tenantSettingsSchema, userErasedSchema]);
 
 export const changeSchema = z
   .intersection(
@@ -71,6 +98,8 @@ export const changeBatchSchema = z
 
 export type ChangeBody = z.output<typeof changeBodySchema>;
 export type SubmittedChange = z.output<typeof submittedChangeSchema>;
+export type AdminChange = z.output<typeof adminChangeSchema>;
+export type TenantSettings = z.output<typeof tenantSettingsSchema>;
 export type UserUpsert = z.output<typeof userUpsertSchema>;
 export type SnapshotUser = z.output<typeof snapshotUserSchema>;
 export type Change = z.output<typeof changeSchema>;
@@ -122,8 +151,11 @@ export const fetchRequestSchema = z
   })
   .meta({ id: 'SyncFetch' });
 
-/** At most this many users in one snapshot chunk (about 900 bytes each: a chunk stays below 64 KiB). */
+/** At most this many users in one snapshot chunk (about 900 bytes each). */
 export const MAX_USERS_PER_CHUNK = 64;
+
+/** A snapshot chunk whose users (with their groups) would pass this many bytes of JSON ends early. */
+export const MAX_CHUNK_BYTES = 60 * 1024;
 
 export const snapshotRequestSchema = z
   .strictObject({
@@ -134,7 +166,9 @@ export const snapshotRequestSchema = z
   })
   .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
 
-export const snapshotUserSchema = userUpsertSchema.omit({ kind: true });
+export const snapshotUserSchema = userUpsertSchema.omit({ kind: true }).extend({
+  groups: z.array(groupNameSchema).max(MAX_GROUPS_PER_USER).optional().describe('The groups the person is in (left out when none)'),
+});
 
 export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0) }).meta({ id: 'SyncHead' });
 
@@ -192,6 +226,7 @@ export const replySchema = z
       seq: z.int().min(0).describe("The tenant's head when the chunk was read: the first chunk's is where the log resumes"),
       after: z.string().max(128).nullable().describe('The request this answers (a duplicate or late answer is recognised and ignored)'),
       users: z.array(snapshotUserSchema).max(MAX_USERS_PER_CHUNK),
+      tenant: tenantSettingsSchema.omit({ kind: true }).optional().describe("The tenant's settings as of `seq` (with the first chunk)"),
       next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
       more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
     }),

@@ -1,7 +1,7 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, openTemplate } from './envelope.ts';
-import type { Change, SnapshotUser, SyncReply } from './protocol.ts';
+import type { Change, SnapshotUser, SyncReply, TenantSettings } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
 
@@ -32,7 +32,7 @@ export interface ApplyResult {
  */
 export class Replica {
   constructor(
-    private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit'>,
+    private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit' | 'tenants' | 'groups'>,
     private readonly index: GalleryIndex,
     /** The tenant key of a key version (unwrapped with this device's key pair), or undefined when unknown. */
     private readonly tenantKey: (tenantId: string, keyVersion: number) => Buffer | undefined,
@@ -97,14 +97,23 @@ export class Replica {
   /** One change inside the batch's transaction; returns why it was refused, or null. */
   #applyOne(change: Change, after: (() => void)[]): string | null {
     const gallery = this.index.of(change.tenant_id);
-    // a change blanked by a later deletion: only its place in the order is left
-    if (change.kind === 'user.erased') return null;
-    if (change.kind === 'user.delete') {
-      this.store.eraseUser(change.tenant_id, change.external_user_id, () => null);
-      after.push(() => gallery.remove(change.external_user_id));
-      return null;
+    switch (change.kind) {
+      // a change blanked by a later deletion: only its place in the order is left
+      case 'user.erased':
+        return null;
+      case 'user.delete':
+        this.store.eraseUser(change.tenant_id, change.external_user_id, () => null);
+        after.push(() => gallery.remove(change.external_user_id));
+        return null;
+      case 'user.groups':
+        this.store.groups.set(change.tenant_id, change.external_user_id, change.groups);
+        return null;
+      case 'tenant.settings':
+        this.#applyTenant(change.tenant_id, change);
+        return null;
+      case 'user.upsert':
+        return this.#applyTemplate(change.tenant_id, change, after);
     }
-    return this.#applyTemplate(change.tenant_id, change, after);
   }
 
   /** A person's template from the hub (an upsert of the log, or a user of a snapshot); returns why it was refused, or null. */
@@ -126,6 +135,10 @@ export class Replica {
       after.push(() => gallery.remove(u.external_user_id));
       return null;
     }
+  }
+
+  #applyTenant(tenantId: string, t: Omit<TenantSettings, 'kind'>): void {
+    this.store.tenants.update(tenantId, { name: t.name, allowedOrigins: t.allowed_origins, livenessMode: t.liveness_mode });
   }
 
   /** The snapshot of the tenant being loaded here, if any (it survives a restart). */
@@ -168,8 +181,10 @@ export class Replica {
       (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
     );
     const gallery = this.index.of(tenantId);
+    if (chunk.tenant) this.#applyTenant(tenantId, chunk.tenant);
     let applied = 0;
     for (const u of chunk.users) {
+      this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
       if (pending.has(u.external_user_id)) continue;
       if (this.store.users.get(tenantId, u.external_user_id)?.version === u.version) continue;
       const refusal = this.#applyTemplate(tenantId, u, after);
