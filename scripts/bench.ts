@@ -378,24 +378,24 @@ const fleetModules = async () => ({
 
 /** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
 async function benchSync(): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, newTenantKey, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const url = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-${process.pid}`;
-  const tenantKey = newTenantKey();
   const db = await createTestDatabase();
-  const hubStore = await HubStore.open(db.url);
+  const hubStore = await HubStore.open(db.url, { masterKey: crypto.randomBytes(32) });
+  const tenantId = crypto.randomUUID();
+  await hubStore.createTenant(tenantId, 'bench');
+  const { key: tenantKey } = await hubStore.tenantKey(tenantId);
   const dirs: string[] = [];
   const devices: { sync: ReturnType<typeof DeviceSync.start>; store: ReturnType<typeof openStore> }[] = [];
   const hub = await HubSync.start(hubStore, { url, prefix, logger });
   const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
-  let tenantId = '';
   const startDevice = (name: string) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-sync-'));
     dirs.push(dir);
     const store = openStore(dir, undefined);
-    if (!tenantId) tenantId = store.tenants.create({ name: 'bench', allowedOrigins: [], livenessMode: 'passive' }).id;
-    else store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+    store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
     const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
     devices.push({ sync, store });
     return sync;
@@ -417,7 +417,6 @@ async function benchSync(): Promise<void> {
   });
   try {
     for (const name of ['a', 'b', 'c']) startDevice(name);
-    await hubStore.createTenant(tenantId, 'bench');
     await until(() => devices.every((d) => d.sync.connected));
     // 1. a change made at door a, applied at b and c (submission → hub → log → apply)
     const toOthers: number[] = [];
@@ -474,19 +473,19 @@ async function benchSync(): Promise<void> {
  * one door that joins (its store, index and sync client in this process with the hub).
  */
 async function benchSnapshot(people = 100_000): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, newTenantKey, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
-  const tenantKey = newTenantKey();
   const tenantId = crypto.randomUUID();
   const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
   const db = await createTestDatabase();
-  const hubStore = await HubStore.open(db.url);
+  const hubStore = await HubStore.open(db.url, { masterKey: crypto.randomBytes(32) });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-snapshot-'));
   let hub: Awaited<ReturnType<typeof HubSync.start>> | undefined;
   let sync: ReturnType<typeof DeviceSync.start> | undefined;
   const store = openStore(dir, undefined);
   try {
     await hubStore.createTenant(tenantId, 'bench');
+    const { key: tenantKey } = await hubStore.tenantKey(tenantId);
     for (let from = 0; from < people; from += 5000) {
       const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `person-${String(from + i).padStart(6, '0')}`);
       const templates = ids.map((id) => JSON.stringify(sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
@@ -545,11 +544,11 @@ async function benchReconnect(doorCount = 200): Promise<void> {
   const prefix = `authface-bench-reconnect-${process.pid}`;
   const masterKey = crypto.randomBytes(32);
   const db = await createTestDatabase();
-  const hubStore = await HubStore.open(db.url);
-  const api = postgresBiometryStore(hubStore, { tenantKey: (t) => hubStore.tenantKey(t, masterKey), model: EMBEDDING_MODEL });
+  const hubStore = await HubStore.open(db.url, { masterKey });
+  const api = postgresBiometryStore(hubStore, { tenantKey: (t) => hubStore.tenantKey(t), model: EMBEDDING_MODEL });
   const tenant = await api.tenants.create({ name: 'bench', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' });
   const { apiKey } = await api.tenants.createKey(tenant.id);
-  const { key } = await hubStore.tenantKey(tenant.id, masterKey);
+  const { key } = await hubStore.tenantKey(tenant.id);
   const hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
   const devices = fork(path.join(path.dirname(new URL(import.meta.url).pathname), 'bench-devices.ts'), [String(doorCount), brokerUrl, prefix, tenant.id, key.toString('hex')], {
     execArgv: ['--import', 'tsx'],

@@ -10,7 +10,7 @@ import { createLogger } from '../src/core/logger.ts';
 import { type Hub, startHub } from '../src/hub/service.ts';
 import type { DeviceSync } from '../src/sync/device-sync.ts';
 import { loadDeviceKey } from '../src/sync/device-key.ts';
-import { sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
+import { authenticate, sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
 import { type UserUpsert, syncTopics } from '../src/sync/protocol.ts';
 import { Client } from './support/client.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
@@ -43,7 +43,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   const syncOf = () => door.svc.service.device?.sync as DeviceSync;
   /** A person's template at version 1, sealed under the tenant key as a door would send it. */
   const upsertOf = async (externalUserId: string, photo: Buffer): Promise<UserUpsert> => {
-    const { key } = await hub!.store.tenantKey(tenantId, masterKey);
+    const { key } = await hub!.store.tenantKey(tenantId);
     const probe = await door.svc.service.analyzer.analyze(Buffer.from(photo), { mode: 'capture' }, { lane: 'test', priority: false });
     assert.ok(probe.embedding);
     const template = sealTemplate(key, probe.embedding, { tenantId, externalUserId, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
@@ -56,7 +56,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     db = await createTestDatabase();
     hub = await startTheHub();
     tenantId = (await hub.biometry.tenants.create({ name: 'acme', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' })).id;
-    const { key } = await hub.store.tenantKey(tenantId, masterKey);
+    const { key } = await hub.store.tenantKey(tenantId);
     const keyFile = path.join(keysDir, 'door.json');
     door = await startTestDevice(
       { device_id: `door-${process.pid}`, tenant_id: tenantId, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { url: brokerUrl, topic_prefix: prefix }, sync: { tenant_key_file: keyFile } },
@@ -177,11 +177,14 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
         if (reply.type === 'ack') acks.set(reply.change_id, reply);
       });
       await device.subscribeAsync(topics.reply('racer'), { qos: 1 });
+      const key = await hub!.store.tenantKey(tenantId);
       const bodies = { erin: await upsertOf('erin', img.personA[1]), frank: await upsertOf('frank', img.personA[1]) };
       const submit = (externalUserId: 'erin' | 'frank') => {
         const changeId = crypto.randomUUID();
         const body = bodies[externalUserId];
-        device.publish(topics.submit, JSON.stringify({ device_id: 'racer', change_id: changeId, body, fleet_check: true }), { qos: 1 });
+        // as a door of the tenant sends it: authenticated with the tenant key
+        const submission = authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: true });
+        device.publish(topics.submit, JSON.stringify(submission), { qos: 1 });
         return changeId;
       };
       const [erin, frank] = [submit('erin'), submit('frank')];

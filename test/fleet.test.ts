@@ -24,7 +24,9 @@ import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto', function () {
   this.timeout(120_000);
   const tenantId = crypto.randomUUID();
-  const tenantKey = newTenantKey();
+  const masterKey = crypto.randomBytes(32);
+  /** The hub's key of the tenant (what `authface hub wrap-key` gives each door). */
+  let tenantKey: Buffer;
   const prefix = `authface-fleet-${process.pid}`;
   const logger = createLogger('silent');
   let db: TestDatabase;
@@ -92,9 +94,10 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     img = await photos();
     url = (await testBroker()).url;
     db = await createTestDatabase();
-    hubStore = await HubStore.open(db.url);
+    hubStore = await HubStore.open(db.url, { masterKey });
     // the doors take the tenant's settings from the hub's log (their API sessions redirect there)
     await hubStore.createTenant(tenantId, 'acme', { allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
+    tenantKey = (await hubStore.tenantKey(tenantId)).key;
     hub = await startHub();
     for (const name of ['front', 'back']) {
       const device = await startDoor(name);
@@ -229,6 +232,41 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal((await doors[1].api.post('/biometry/v1/delete-user', { external_user_id: 'carol' })).status, 200);
     await until(() => doors.every((d) => d.device.svc.service.store.groups.of(tenantId, 'carol').length === 0 && !d.device.svc.service.store.users.get(tenantId, 'carol')), 10_000, 'carol gone at both doors');
     assert.deepEqual(await hubStore.groupMembers(tenantId), []);
+  });
+
+  it('a broker client without the tenant key cannot delete a person, put one in a group, move the origins, or submit a deletion', async function () {
+    const head = await hubStore.headSeq(tenantId);
+    await until(() => doors.every((_, i) => syncOf(i).cursor === head), 10_000, 'both doors at the head');
+    const topics = syncTopics(prefix, tenantId);
+    const mqtt = await import('mqtt');
+    const c = await mqtt.default.connectAsync(url, { reconnectPeriod: 0 });
+    try {
+      const forged = (body: Record<string, unknown>, seq: number) => ({ ...body, tenant_id: tenantId, seq, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() });
+      // the next numbers of the log, as the hub would publish them
+      const changes = [
+        forged({ kind: 'user.groups', external_user_id: 'bob', groups: ['staff'] }, head + 1),
+        forged({ kind: 'user.delete', external_user_id: 'bob', version: 99 }, head + 2),
+        forged({ kind: 'tenant.settings', name: 'evil', allowed_origins: ['https://evil.example'], liveness_mode: 'passive' }, head + 3),
+      ];
+      await c.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes }), { qos: 1 });
+      // a deletion submitted for sequencing, as if from a door
+      await c.publishAsync(topics.submit, JSON.stringify({ device_id: 'intruder', change_id: crypto.randomUUID(), body: { kind: 'user.delete', external_user_id: 'bob', version: 99 } }), { qos: 1 });
+      await new Promise((r) => setTimeout(r, 1500));
+    } finally {
+      await c.endAsync();
+    }
+    for (const [i, door] of doors.entries()) {
+      const store = door.device.svc.service.store;
+      assert.ok(knows(i, 'bob'), `bob still enrolled at door ${i}`);
+      assert.equal(store.groups.isMember(tenantId, 'staff', 'bob'), false, `bob not in staff at door ${i}`);
+      assert.notEqual(store.tenants.get(tenantId)?.name, 'evil', `the tenant's settings unchanged at door ${i}`);
+      assert.equal(syncOf(i).cursor, head);
+    }
+    assert.equal(await hubStore.headSeq(tenantId), head, 'nothing sequenced for the intruder');
+    assert.equal((await hubStore.pool.query(`SELECT 1 FROM hub_users WHERE tenant_id = $1 AND external_user_id = 'bob' AND NOT deleted`, [tenantId])).rowCount, 1);
+    // the log goes on: the hub's next change is applied at both doors
+    await hubStore.changeGroup(tenantId, 'bob', 'night', true);
+    await until(() => doors.every((d) => d.device.svc.service.store.groups.isMember(tenantId, 'night', 'bob')), 15_000, 'the real change at both doors');
   });
 
   it('refuses a tampered envelope and one sealed with another tenant’s key; the cursor stays', async function () {

@@ -55,10 +55,9 @@ const implementations: { name: string; open(): Promise<Harness> }[] = [
     name: 'PostgreSQL (hub)',
     async open() {
       const db = await createTestDatabase();
-      const hub = await HubStore.open(db.url);
+      const hub = await HubStore.open(db.url, { masterKey: Buffer.from(MASTER_KEY, 'hex') });
       const sequenced: Change[] = [];
-      const masterKey = Buffer.from(MASTER_KEY, 'hex');
-      const store = postgresBiometryStore(hub, { tenantKey: (t) => hub.tenantKey(t, masterKey), model: EMBEDDING_MODEL, onSequenced: (c) => sequenced.push(c) });
+      const store = postgresBiometryStore(hub, { tenantKey: (t) => hub.tenantKey(t), model: EMBEDDING_MODEL, onSequenced: (c) => sequenced.push(c) });
       return {
         store,
         async dump() {

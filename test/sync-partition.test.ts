@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,7 +12,6 @@ import { HubStore } from '../src/hub/store.ts';
 import { HubSync } from '../src/hub/sync-service.ts';
 import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
-import { newTenantKey } from '../src/sync/envelope.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { startChaosProxy } from './support/chaos-proxy.ts';
 import { testBroker } from './support/mqtt.ts';
@@ -25,7 +25,9 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
   this.timeout(180_000);
   const logger = createLogger('silent');
   const prefix = `authface-partition-${process.pid}`;
-  const tenantKey = newTenantKey();
+  const masterKey = crypto.randomBytes(32);
+  /** The hub's key of the tenant (what `authface hub wrap-key` gives each door). */
+  let tenantKey: Buffer;
   const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 7.77 + k)));
   let url: string;
   let db: TestDatabase;
@@ -48,7 +50,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
   before(async function () {
     url = (await testBroker()).url;
     db = await createTestDatabase();
-    hubStore = await HubStore.open(db.url);
+    hubStore = await HubStore.open(db.url, { masterKey });
     for (let i = 0; i < 2; i++) {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-partition-'));
       dirs.push(dir);
@@ -58,6 +60,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
       doors.push({ store, index, sync: undefined as unknown as DeviceSync });
     }
     await hubStore.createTenant(tenantId, 'acme');
+    tenantKey = (await hubStore.tenantKey(tenantId)).key;
     hub = await HubSync.start(hubStore, { url, prefix, logger });
     doors.forEach((d, i) => (d.sync = connect(d, ['a', 'b'][i])));
     await poll(() => doors.every((d) => d.sync.connected), 'both doors on the broker');

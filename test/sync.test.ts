@@ -7,8 +7,19 @@ import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { openStore, type Store } from '../src/store/index.ts';
-import { EnvelopeError, type TemplateBinding, generateDeviceKeyPair, newTenantKey, openTemplate, sealTemplate, unwrapTenantKey, wrapTenantKey } from '../src/sync/envelope.ts';
-import { type Change, type SubmittedChange, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
+import {
+  EnvelopeError,
+  type TemplateBinding,
+  authenticate,
+  generateDeviceKeyPair,
+  isAuthentic,
+  newTenantKey,
+  openTemplate,
+  sealTemplate,
+  unwrapTenantKey,
+  wrapTenantKey,
+} from '../src/sync/envelope.ts';
+import { type Change, type ChangeBody, type SubmittedChange, type SyncReply, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -70,6 +81,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
   let hub: HubStore;
   const tenantId = crypto.randomUUID();
   const key = newTenantKey();
+  const masterKey = crypto.randomBytes(32);
   const upsert = (id: string, version: number): SubmittedChange => ({
     kind: 'user.upsert',
     external_user_id: id,
@@ -81,7 +93,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
 
   before(async function () {
     db = await createTestDatabase();
-    hub = await HubStore.open(db.url);
+    hub = await HubStore.open(db.url, { masterKey });
     // the tenant's settings are its first change
     const settings = await hub.createTenant(tenantId, 'acme');
     assert.deepEqual([settings.seq, settings.kind], [1, 'tenant.settings']);
@@ -92,7 +104,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
   });
 
   it('two hub processes appending at once: 1..N, no number twice, none skipped', async function () {
-    const other = await HubStore.open(db.url); // a second hub on the same database (its own pool)
+    const other = await HubStore.open(db.url, { masterKey }); // a second hub on the same database (its own pool)
     try {
       const appends = Array.from({ length: 120 }, (_, i) => ((i % 2 ? hub : other) as HubStore).append(tenantId, upsert(`u${i}`, 1), { origin: i % 2 ? 'hub-a' : 'hub-b' }));
       const results = await Promise.all(appends);
@@ -199,7 +211,10 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   let tenantId: string;
   const key = newTenantKey();
   let seq = 0;
-  const change = (body: SubmittedChange, at = ++seq): Change => ({ ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() });
+  /** A change as the hub sequences it: authenticated under the tenant key. */
+  const change = (body: ChangeBody, at = ++seq): Change =>
+    authenticate({ key, keyVersion: 1 }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
+  const chunk = (c: Omit<Extract<SyncReply, { type: 'snapshot' }>, 'auth' | 'type' | 'tenant_id'>) => authenticate({ key, keyVersion: 1 }, 'reply', tenantId, { type: 'snapshot' as const, tenant_id: tenantId, ...c });
   const upsert = (id: string, version: number, model = EMBEDDING_MODEL): SubmittedChange => ({
     kind: 'user.upsert',
     external_user_id: id,
@@ -258,7 +273,10 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     const bytes = Buffer.from((bad as { template: { ciphertext: string } }).template.ciphertext, 'base64');
     bytes[3] ^= 0xff;
     (bad as { template: { ciphertext: string } }).template.ciphertext = bytes.toString('base64');
-    const result = replica.apply(tenantId, [bad]);
+    assert.equal(replica.apply(tenantId, [bad]).refused?.reason, 'unauthenticated', 'altered on the way: its MAC no longer fits');
+    // a template that does not open although the hub authenticated the change (a door with the
+    // tenant key sealed garbage): the envelope refuses it
+    const result = replica.apply(tenantId, [authenticate({ key, keyVersion: 1 }, 'change', tenantId, bad, ['committed_at'])]);
     assert.deepEqual([result.refused, result.cursor], [{ seq: 2, reason: 'tampered' }, 1]);
     seq = 1;
     const foreign = change(upsert('alice', 2, 'other-model/v9'));
@@ -302,12 +320,12 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       store.users.enroll(tenantId, 'mine', face(7));
       index.of(tenantId).upsert('mine', face(7)); // as the session service does after an enrolment
       replica.beginSnapshot(tenantId);
-      const first = { type: 'snapshot' as const, tenant_id: tenantId, seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true };
+      const first = chunk({ seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true });
       assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 2, removed: 0, done: false, ignored: false });
       assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 0, removed: 0, done: false, ignored: true }, 'a duplicate of the first chunk');
       assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob' }, 'the progress, in the database');
       assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the last chunk');
-      const last = { type: 'snapshot' as const, tenant_id: tenantId, seq: 41, after: 'bob', users: [user('carol', 2)], next: null, more: false };
+      const last = chunk({ seq: 41, after: 'bob', users: [user('carol', 2)], next: null, more: false });
       assert.deepEqual(replica.applySnapshotChunk(tenantId, last), { applied: 1, removed: 1, done: true, ignored: false });
       assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
       assert.equal(replica.snapshot(tenantId), undefined);
@@ -322,14 +340,14 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
 
   it("applies the hub's tenant settings and a person's groups; a deletion takes the groups with the person", function () {
     replica.apply(tenantId, [
-      change({ kind: 'tenant.settings', name: 'acme-hq', allowed_origins: ['https://app.example.com'], liveness_mode: 'active' } as unknown as SubmittedChange),
+      change({ kind: 'tenant.settings', name: 'acme-hq', allowed_origins: ['https://app.example.com'], liveness_mode: 'active' }),
       change(upsert('alice', 1)),
-      change({ kind: 'user.groups', external_user_id: 'alice', groups: ['staff', 'night'] } as unknown as SubmittedChange),
+      change({ kind: 'user.groups', external_user_id: 'alice', groups: ['staff', 'night'] }),
     ]);
     assert.deepEqual(store.tenants.get(tenantId), { ...store.tenants.get(tenantId), name: 'acme-hq', allowedOrigins: ['https://app.example.com'], livenessMode: 'active' });
     assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night', 'staff']);
     assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), true);
-    replica.apply(tenantId, [change({ kind: 'user.groups', external_user_id: 'alice', groups: ['night'] } as unknown as SubmittedChange)]);
+    replica.apply(tenantId, [change({ kind: 'user.groups', external_user_id: 'alice', groups: ['night'] })]);
     assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), false, 'the list replaces the earlier one');
     replica.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 })]);
     assert.deepEqual(store.groups.of(tenantId, 'alice'), []);
@@ -337,7 +355,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   });
 
   it("a snapshot's first chunk sets the tenant's settings, and each person's groups", function () {
-    replica.apply(tenantId, [change(upsert('bob', 1)), change({ kind: 'user.groups', external_user_id: 'bob', groups: ['staff'] } as unknown as SubmittedChange)]);
+    replica.apply(tenantId, [change(upsert('bob', 1)), change({ kind: 'user.groups', external_user_id: 'bob', groups: ['staff'] })]);
     replica.beginSnapshot(tenantId);
     const user = (id: string, groups?: string[]) => {
       const b = upsert(id, 1) as Extract<SubmittedChange, { kind: 'user.upsert' }>;
@@ -345,11 +363,32 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       return groups ? { ...u, groups } : u;
     };
     const tenant = { name: 'acme', allowed_origins: ['https://new.example.com'], liveness_mode: 'passive' as const };
-    const done = replica.applySnapshotChunk(tenantId, { type: 'snapshot', tenant_id: tenantId, seq: 9, after: null, users: [user('alice', ['night']), user('bob')], tenant, next: null, more: false });
+    const done = replica.applySnapshotChunk(tenantId, chunk({ seq: 9, after: null, users: [user('alice', ['night']), user('bob')], tenant, next: null, more: false }));
     assert.equal(done.done, true);
     assert.deepEqual(store.tenants.get(tenantId)?.allowedOrigins, ['https://new.example.com']);
     assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night']);
     assert.deepEqual(store.groups.of(tenantId, 'bob'), [], "bob's version was already here: his groups are still the hub's");
+  });
+
+  it('a change or snapshot chunk not authenticated by the tenant key is refused: forged, altered, or made with another key', function () {
+    replica.apply(tenantId, [change(upsert('alice', 1))]);
+    const forged = (c: Change) => replica.apply(tenantId, [c]);
+    const deletion = change({ kind: 'user.delete', external_user_id: 'alice', version: 2 }, 2);
+    assert.deepEqual(forged({ ...deletion, auth: authenticate({ key: newTenantKey(), keyVersion: 1 }, 'change', tenantId, deletion, ['committed_at']).auth }).refused, { seq: 2, reason: 'unauthenticated' }, "another tenant's key");
+    const groups = change({ kind: 'user.groups', external_user_id: 'alice', groups: ['lobby'] }, 2);
+    assert.equal(forged({ ...groups, groups: ['staff'] } as Change).refused?.reason, 'unauthenticated', 'altered after the MAC');
+    assert.equal(forged({ ...groups, seq: 3 }).refused, null, 'a gap first: it waits for 2');
+    assert.equal(forged({ ...groups, auth: { ...groups.auth, key_version: 2 } }).refused?.reason, 'unauthenticated', 'a key version this device does not hold');
+    assert.ok(store.users.get(tenantId, 'alice'), 'still here');
+    assert.deepEqual(store.groups.of(tenantId, 'alice'), []);
+    assert.equal(replica.cursor(tenantId), 1);
+    assert.equal(forged(groups).applied, 1, 'the real change of that number is applied when it comes');
+    assert.equal(isAuthentic(() => key, 'change', tenantId, groups, ['committed_at']), true);
+    assert.equal(isAuthentic(() => key, 'reply', tenantId, groups, ['committed_at']), false, 'a MAC binds the kind of message');
+    replica.beginSnapshot(tenantId);
+    const empty = chunk({ seq: 9, after: null, users: [], next: null, more: false });
+    assert.equal(replica.applySnapshotChunk(tenantId, { ...empty, auth: { ...empty.auth, mac: authenticate({ key: newTenantKey(), keyVersion: 1 }, 'reply', tenantId, empty).auth.mac } }).ignored, true, 'a forged chunk would have erased everyone');
+    assert.ok(store.users.get(tenantId, 'alice'));
   });
 
   it('a failure while applying rolls back the data and the cursor together (never "in sync" with users missing)', function () {

@@ -15,21 +15,24 @@ import { CommandError } from './errors.ts';
 
 const STOP_GRACE_MS = 5000;
 
-/** The hub's database, from --database-url or AUTHFACE_HUB_DATABASE_URL. */
-async function openHub(settings: Settings, databaseUrl?: string): Promise<HubStore> {
+/**
+ * The hub's database, from --database-url or AUTHFACE_HUB_DATABASE_URL, with the master key when
+ * the command changes something (every change is authenticated under a tenant key it opens).
+ */
+async function openHub(settings: Settings, databaseUrl?: string, masterKey?: Buffer): Promise<HubStore> {
   const url = databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
   if (!url) throw new CommandError('the hub needs its PostgreSQL database: --database-url postgres://… or AUTHFACE_HUB_DATABASE_URL');
   const logger = createLogger(settings.LOG_LEVEL);
   try {
-    return await HubStore.open(url, (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'));
+    return await HubStore.open(url, { masterKey, onIdleError: (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query') });
   } catch (err) {
     throw new CommandError(`cannot open the hub database ${url.replace(/\/\/[^@/]*@/, '//')}: ${(err as Error).message}`);
   }
 }
 
 /** Runs a command on the hub database, closed after it (a HubError is the operator's to fix, and printed as such). */
-async function withHub<T>(settings: Settings, databaseUrl: string | undefined, run: (store: HubStore) => Promise<T>): Promise<T> {
-  const store = await openHub(settings, databaseUrl);
+async function withHub<T>(settings: Settings, databaseUrl: string | undefined, run: (store: HubStore) => Promise<T>, masterKey?: Buffer): Promise<T> {
+  const store = await openHub(settings, databaseUrl, masterKey);
   try {
     return await run(store);
   } finally {
@@ -76,12 +79,12 @@ export async function hubTenantAdd(
   const allowedOrigins = opts.allowedOrigins ?? [];
   if (allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
   return withHub(settings, opts.databaseUrl, async (store) => {
-    const api = postgresBiometryStore(store, { tenantKey: (t) => store.tenantKey(t, masterKey), model: EMBEDDING_MODEL });
+    const api = postgresBiometryStore(store, { tenantKey: (t) => store.tenantKey(t), model: EMBEDDING_MODEL });
     const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
-    const { keyVersion } = await store.tenantKey(tenant.id, masterKey);
+    const { keyVersion } = await store.tenantKey(tenant.id);
     const { apiKey } = await api.tenants.createKey(tenant.id);
     return { tenant_id: tenant.id, key_version: keyVersion, api_key: apiKey, allowed_origins: allowedOrigins };
-  });
+  }, masterKey);
 }
 
 /** `authface hub tenant update`: a tenant's name, allowed origins or liveness, sequenced so every door takes them. */
@@ -90,6 +93,7 @@ export async function hubTenantUpdate(
   opts: { tenant: string; name?: string; allowedOrigins?: string[]; liveness?: LivenessMode; databaseUrl?: string },
 ): Promise<{ tenant_id: string; seq: number; name: string; allowed_origins: string[]; liveness_mode: LivenessMode }> {
   if (opts.allowedOrigins && opts.allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
+  const masterKey = hubMasterKey(settings);
   return withHub(settings, opts.databaseUrl, async (store) => {
     const change = await store.updateTenantSettings(opts.tenant, {
       ...(opts.name ? { name: opts.name } : {}),
@@ -98,7 +102,7 @@ export async function hubTenantUpdate(
     });
     if (change.kind !== 'tenant.settings') throw new Error('unexpected change');
     return { tenant_id: opts.tenant, seq: change.seq, name: change.name, allowed_origins: change.allowed_origins, liveness_mode: change.liveness_mode };
-  });
+  }, masterKey);
 }
 
 /**
@@ -111,12 +115,13 @@ export async function hubGroupChange(
 ): Promise<{ external_user_id: string; groups: string[]; seq: number | null }> {
   const group = groupNameSchema.safeParse(opts.group);
   if (!group.success) throw new CommandError(`--group ${opts.group}: ${group.error.issues[0].message}`);
+  const masterKey = hubMasterKey(settings);
   return withHub(settings, opts.databaseUrl, async (store) => {
     const change = await store.changeGroup(opts.tenant, opts.user, group.data, opts.member);
     if (change && change.kind !== 'user.groups') throw new Error('unexpected change');
     const groups = change ? change.groups : ((await store.groupMembers(opts.tenant)).find((m) => m.externalUserId === opts.user)?.groups ?? []);
     return { external_user_id: opts.user, groups, seq: change?.seq ?? null };
-  });
+  }, masterKey);
 }
 
 /** `authface hub group list`: the tenant's people who are in a group, with their groups. */
@@ -132,9 +137,9 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
   const masterKey = hubMasterKey(settings);
   return withHub(settings, opts.databaseUrl, async (store) => {
     await knownTenant(store, opts.tenant);
-    const { key, keyVersion } = await store.tenantKey(opts.tenant, masterKey);
+    const { key, keyVersion } = await store.tenantKey(opts.tenant);
     return wrapTenantKey(key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion });
-  });
+  }, masterKey);
 }
 
 /**

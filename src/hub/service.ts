@@ -47,11 +47,14 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     for (const undo of stack.splice(0).reverse()) await undo();
   };
   try {
-    const store = await HubStore.open(options.databaseUrl, (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'));
+    const store = await HubStore.open(options.databaseUrl, {
+      masterKey: options.masterKey,
+      onIdleError: (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'),
+    });
     stack.push(() => store.close());
     const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger });
     stack.push(() => sync.close());
-    const tenantKey = (tenantId: string) => store.tenantKey(tenantId, options.masterKey);
+    const tenantKey = (tenantId: string) => store.tenantKey(tenantId);
     const biometry = postgresBiometryStore(store, {
       tenantKey,
       model: EMBEDDING_MODEL,

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
+import { type MessageAuth, authenticate } from '../sync/envelope.ts';
 import { userSetDigest } from '../sync/digest.ts';
 import {
   type AdminChange,
@@ -172,9 +173,16 @@ const MIGRATIONS = [
   `ALTER TABLE hub_devices ADD COLUMN repaired_at timestamptz;`,
   // the groups each person is in (user.groups changes; a door's policy may allow only some groups)
   `ALTER TABLE hub_users ADD COLUMN groups jsonb NOT NULL DEFAULT '[]';`,
+  // each change's MAC under the tenant key (sync/envelope.ts): a broker client cannot forge one
+  `ALTER TABLE hub_changes ADD COLUMN auth jsonb;`,
 ];
 
 export class HubError extends OperatorError {}
+
+export interface TenantKey {
+  key: Buffer;
+  keyVersion: number;
+}
 
 /**
  * `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then.
@@ -209,17 +217,30 @@ export class HubStore {
   readonly #pending = new Map<string, PendingAppend[]>();
   readonly #draining = new Set<string>();
 
-  private constructor(readonly pool: pg.Pool) {}
+  /** Tenant keys opened with the master key, by tenant (the latest version). */
+  readonly #keys = new Map<string, TenantKey>();
+  /** What to do once a transaction of #transaction commits, by its connection. */
+  readonly #afterCommit = new WeakMap<pg.PoolClient, (() => void)[]>();
 
-  /** Connects and brings the schema up to date (each migration in its own transaction, once). */
-  static async open(databaseUrl: string, onIdleError: (err: Error) => void = () => undefined): Promise<HubStore> {
+  private constructor(
+    readonly pool: pg.Pool,
+    readonly masterKey: Buffer | null,
+  ) {}
+
+  /**
+   * Connects and brings the schema up to date (each migration in its own transaction, once).
+   * `masterKey` (AUTHFACE_HUB_MASTER_KEY) opens the tenant keys: without it the store can report
+   * (`authface hub status`) but not sequence, since every change is authenticated.
+   */
+  static async open(databaseUrl: string, options: { masterKey?: Buffer; onIdleError?: (err: Error) => void } = {}): Promise<HubStore> {
     const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
     // an idle connection that the server drops (a restart, a failover) must not end the hub: the
     // pool replaces it on the next query
-    pool.on('error', onIdleError);
-    const store = new HubStore(pool);
+    pool.on('error', options.onIdleError ?? (() => undefined));
+    const store = new HubStore(pool, options.masterKey ?? null);
     try {
       await store.#migrate();
+      if (store.masterKey) await store.#authenticateOldChanges();
     } catch (err) {
       await store.close();
       throw err;
@@ -253,33 +274,72 @@ export class HubStore {
    * The tenant's current key (made on first use), opened with the hub's master key. It is stored
    * sealed: AES-256-GCM under the master key, bound to tenant and key version.
    */
-  async tenantKey(tenantId: string, masterKey: Buffer): Promise<{ key: Buffer; keyVersion: number }> {
-    const aad = (version: number) => Buffer.from(JSON.stringify(['authface:hub-tenant-key:v1', tenantId, version]));
+  async tenantKey(tenantId: string): Promise<TenantKey> {
+    const cached = this.#keys.get(tenantId);
+    if (cached) return cached;
     return this.#transaction(async (db) => {
-      await this.lockTenant(db, tenantId);
-      const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
-        'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
-        [tenantId],
-      );
-      if (row.rows[0]) {
-        const { key_version, nonce, sealed } = row.rows[0];
-        const decipher = crypto.createDecipheriv('aes-256-gcm', masterKey, nonce);
-        decipher.setAAD(aad(key_version));
-        decipher.setAuthTag(sealed.subarray(sealed.length - 16));
-        try {
-          return { key: Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - 16)), decipher.final()]), keyVersion: key_version };
-        } catch {
-          throw new HubError(`the hub master key does not open the key of tenant ${tenantId}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
-        }
+      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      return this.#keyWithin(db, tenantId);
+    });
+  }
+
+  /**
+   * The tenant key through `db` (the caller's transaction, which may hold the tenant's row: a
+   * second connection would wait for it). Made when the tenant has none yet.
+   */
+  async #keyWithin(db: pg.PoolClient, tenantId: string): Promise<TenantKey> {
+    const cached = this.#keys.get(tenantId);
+    if (cached) return cached;
+    const masterKey = this.masterKey;
+    if (!masterKey) throw new HubError('the hub needs AUTHFACE_HUB_MASTER_KEY: it opens the tenant keys that seal templates and authenticate every change');
+    const aad = (version: number) => Buffer.from(JSON.stringify(['authface:hub-tenant-key:v1', tenantId, version]));
+    const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
+      'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
+      [tenantId],
+    );
+    let opened: TenantKey;
+    if (row.rows[0]) {
+      const { key_version, nonce, sealed } = row.rows[0];
+      const decipher = crypto.createDecipheriv('aes-256-gcm', masterKey, nonce);
+      decipher.setAAD(aad(key_version));
+      decipher.setAuthTag(sealed.subarray(sealed.length - 16));
+      try {
+        opened = { key: Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - 16)), decipher.final()]), keyVersion: key_version };
+      } catch {
+        throw new HubError(`the hub master key does not open the key of tenant ${tenantId}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
       }
+    } else {
       const key = crypto.randomBytes(32);
       const nonce = crypto.randomBytes(12);
       const cipher = crypto.createCipheriv('aes-256-gcm', masterKey, nonce);
       cipher.setAAD(aad(1));
       const sealed = Buffer.concat([cipher.update(key), cipher.final(), cipher.getAuthTag()]);
       await db.query('INSERT INTO hub_tenant_keys (tenant_id, key_version, nonce, sealed) VALUES ($1, 1, $2, $3)', [tenantId, nonce, sealed]);
-      return { key, keyVersion: 1 };
-    });
+      opened = { key, keyVersion: 1 };
+    }
+    // cached once the transaction commits: a key made in one that rolls back never existed
+    this.#afterCommit.get(db)?.push(() => this.#keys.set(tenantId, opened));
+    return opened;
+  }
+
+  /** The MAC of a change as the hub sequences it (every field but committed_at, which the commit sets). */
+  #authOf(key: TenantKey, tenantId: string, change: { seq: number; changeId: string; origin: string; body: ChangeBody }): MessageAuth {
+    return authenticate(key, 'change', tenantId, { ...change.body, tenant_id: tenantId, seq: change.seq, change_id: change.changeId, origin: change.origin }).auth;
+  }
+
+  /** Changes sequenced before changes were authenticated get their MAC (once, at the first start with the master key). */
+  async #authenticateOldChanges(): Promise<void> {
+    for (;;) {
+      const done = await this.#transaction(async (db) => {
+        const r = await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE auth IS NULL LIMIT 500 FOR UPDATE');
+        for (const row of r.rows) {
+          const auth = this.#authOf(await this.#keyWithin(db, row.tenant_id), row.tenant_id, { seq: Number(row.seq), changeId: row.change_id, origin: row.origin, body: row.body });
+          await db.query('UPDATE hub_changes SET auth = $3 WHERE tenant_id = $1 AND seq = $2', [row.tenant_id, row.seq, JSON.stringify(auth)]);
+        }
+        return r.rowCount === 0;
+      });
+      if (done) return;
+    }
   }
 
   /**
@@ -337,6 +397,7 @@ export class HubStore {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
     let next = Number(counter.rows[0].next_seq);
+    const key = await this.#keyWithin(db, tenantId);
     // what the batch needs to know, read in two queries rather than two per change
     const known = new Map<string, Change>(
       (await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = ANY($2::uuid[])', [tenantId, batch.map((b) => b.changeId)])).rows.map((r) => [
@@ -401,8 +462,8 @@ export class HubStore {
     }
     if (rows.length > 0) {
       const inserted = await db.query<ChangeRow>(
-        `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body)
-         SELECT $1, s, c, o, k, u, b::jsonb FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[]) AS x(s, c, o, k, u, b)
+        `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body, auth)
+         SELECT $1, s, c, o, k, u, b::jsonb, a::jsonb FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS x(s, c, o, k, u, b, a)
          RETURNING *`,
         [
           tenantId,
@@ -412,6 +473,7 @@ export class HubStore {
           rows.map((r) => r.body.kind),
           rows.map((r) => r.body.external_user_id),
           rows.map((r) => JSON.stringify(r.body)),
+          rows.map((r) => JSON.stringify(this.#authOf(key, tenantId, r))),
         ],
       );
       for (const row of inserted.rows) known.set(row.change_id, toChange(row));
@@ -428,11 +490,21 @@ export class HubStore {
       ]) {
         await db.query(sql, [tenantId, people]);
       }
-      await db.query(
-        `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}'
-         FROM unnest($2::text[], $3::bigint[]) AS d(u, s)
-         WHERE h.tenant_id = $1 AND h.external_user_id = d.u AND h.kind IN ('user.upsert', 'user.groups') AND h.seq < d.s`,
+      const blanked = await db.query<{ seq: string; change_id: string; origin: string }>(
+        `SELECT DISTINCT h.seq, h.change_id, h.origin FROM hub_changes h JOIN unnest($2::text[], $3::bigint[]) AS d(u, s)
+           ON h.external_user_id = d.u AND h.seq < d.s
+         WHERE h.tenant_id = $1 AND h.kind IN ('user.upsert', 'user.groups')`,
         [tenantId, deletions.map((d) => d.user), deletions.map((d) => d.seq)],
+      );
+      const erased: ChangeBody = { kind: 'user.erased' };
+      await db.query(
+        `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}', auth = b.a::jsonb
+         FROM unnest($2::bigint[], $3::text[]) AS b(s, a) WHERE h.tenant_id = $1 AND h.seq = b.s`,
+        [
+          tenantId,
+          blanked.rows.map((r) => r.seq),
+          blanked.rows.map((r) => JSON.stringify(this.#authOf(key, tenantId, { seq: Number(r.seq), changeId: r.change_id, origin: r.origin, body: erased }))),
+        ],
       );
     }
     const live = [...finalState].filter(([, f]) => f.body.kind === 'user.upsert');
@@ -473,15 +545,18 @@ export class HubStore {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
     const seq = Number(counter.rows[0].next_seq);
+    const key = await this.#keyWithin(db, tenantId);
     if (body.kind === 'user.groups') {
       const r = await db.query('UPDATE hub_users SET groups = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted', [tenantId, body.external_user_id, JSON.stringify(body.groups)]);
       if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
     } else {
       await db.query('UPDATE hub_tenants SET name = $2, allowed_origins = $3::jsonb, liveness_mode = $4 WHERE tenant_id = $1', [tenantId, body.name, JSON.stringify(body.allowed_origins), body.liveness_mode]);
     }
+    const changeId = crypto.randomUUID();
+    const auth = this.#authOf(key, tenantId, { seq, changeId, origin: 'hub', body });
     const inserted = await db.query<ChangeRow>(
-      `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body) VALUES ($1, $2, $3, 'hub', $4, $5, $6::jsonb) RETURNING *`,
-      [tenantId, seq, crypto.randomUUID(), body.kind, body.kind === 'user.groups' ? body.external_user_id : '', JSON.stringify(body)],
+      `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body, auth) VALUES ($1, $2, $3, 'hub', $4, $5, $6::jsonb, $7::jsonb) RETURNING *`,
+      [tenantId, seq, changeId, body.kind, body.kind === 'user.groups' ? body.external_user_id : '', JSON.stringify(body), JSON.stringify(auth)],
     );
     await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, seq + 1]);
     return toChange(inserted.rows[0]);
@@ -647,12 +722,12 @@ export class HubStore {
   }
 
   /**
-   * Locks the tenant's counter row in `db`'s transaction. Every transaction that sequences takes
+   * Locks the tenant's counter row in `db`'s transaction (false: there is no such tenant). Every transaction that sequences takes
    * it first (group commit does), so one that also reads a person before sequencing (the hub's
    * API) takes it before that read: the same order everywhere, no deadlock.
    */
-  async lockTenant(db: pg.PoolClient, tenantId: string): Promise<void> {
-    await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+  async lockTenant(db: pg.PoolClient, tenantId: string): Promise<boolean> {
+    return ((await db.query('SELECT 1 FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId])).rowCount ?? 0) > 0;
   }
 
   /**
@@ -694,7 +769,7 @@ export class HubStore {
     const r = await this.pool.query<{ json: string; count: number; last: string | null }>(
       `SELECT COALESCE(json_agg(c ORDER BY seq), '[]')::text AS json, COUNT(*)::int AS count, MAX(seq) AS last FROM (
          SELECT seq, body || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
-                'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) AS c
+                'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) AS c
          FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS page`,
       [tenantId, afterSeq, limit],
     );
@@ -744,15 +819,19 @@ export class HubStore {
 
   async #transaction<T>(run: (db: pg.PoolClient) => Promise<T>): Promise<T> {
     const db = await this.pool.connect();
+    const committed: (() => void)[] = [];
+    this.#afterCommit.set(db, committed);
     try {
       await db.query('BEGIN');
       const result = await run(db);
       await db.query('COMMIT');
+      for (const done of committed) done();
       return result;
     } catch (err) {
       await db.query('ROLLBACK').catch(() => undefined);
       throw err;
     } finally {
+      this.#afterCommit.delete(db);
       db.release();
     }
   }
@@ -765,8 +844,9 @@ interface ChangeRow {
   origin: string;
   body: ChangeBody;
   committed_at: Date;
+  auth: MessageAuth;
 }
 
 function toChange(row: ChangeRow): Change {
-  return { ...row.body, tenant_id: row.tenant_id, seq: Number(row.seq), change_id: row.change_id, origin: row.origin, committed_at: row.committed_at.toISOString() };
+  return { ...row.body, tenant_id: row.tenant_id, seq: Number(row.seq), change_id: row.change_id, origin: row.origin, committed_at: row.committed_at.toISOString(), auth: row.auth };
 }

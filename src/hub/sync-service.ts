@@ -17,7 +17,12 @@ import {
   submissionSchema,
   syncTopics,
 } from '../sync/protocol.ts';
-import type { AppendResult, HubStore } from './store.ts';
+import type { z } from 'zod';
+import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
+import { type AppendResult, HubError, type HubStore, type TenantKey } from './store.ts';
+
+/** A message before its MAC is added. */
+type Unsigned<T> = T extends unknown ? Omit<T, 'auth'> : never;
 
 /**
  * The hub's side of an enrolment a door waits on (a submission with fleet_check): the fleet-wide
@@ -118,7 +123,7 @@ export class HubSync {
     const topics = syncTopics(this.options.prefix, tenantId);
     if (kind === 'state' && levels.length === 4) {
       if (payload.length === 0) return; // a retained state being cleared
-      const msg = parseMessage(deviceStateSchema, payload);
+      const msg = await this.#authentic(tenantId, 'state', deviceStateSchema, payload);
       if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
         return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
       }
@@ -132,16 +137,16 @@ export class HubSync {
       return;
     }
     if (topic === topics.submit) {
-      const msg = parseMessage(submissionSchema, payload);
+      const msg = await this.#authentic(tenantId, 'submission', submissionSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
-      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify(ack), { qos: 1 });
+      await this.#reply(tenantId, msg.value.device_id, ack);
       if (change) this.#queueChange(tenantId, change);
     } else if (topic === topics.events) {
-      const msg = parseMessage(doorEventsSchema, payload);
+      const msg = await this.#authentic(tenantId, 'events', doorEventsSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
       const held = await this.store.recordDoorEvents(tenantId, msg.value);
-      await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'events_ack', event_ids: held }), { qos: 1 });
+      await this.#reply(tenantId, msg.value.device_id, { type: 'events_ack', event_ids: held });
     } else if (topic === topics.fetch) {
       const msg = parseMessage(fetchRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
@@ -172,7 +177,7 @@ export class HubSync {
       for (let i = 0; i < msg.value.chunks; i++) {
         const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK));
         const more = chunk.next !== null && i < msg.value.chunks - 1;
-        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'snapshot', tenant_id: tenantId, after, ...chunk, more }), { qos: 1 });
+        await this.#reply(tenantId, msg.value.device_id, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more });
         if (!more) break;
         after = chunk.next;
       }
@@ -185,7 +190,7 @@ export class HubSync {
    * passes the fleet's duplicate check first; when another template is sequenced between that
    * check and the append (another hub process, another door), it is checked again.
    */
-  async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: SyncReply; change?: Change }> {
+  async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
     const { device_id, change_id, body } = submission;
     // a retry of a change already sequenced is only acknowledged (the check ran the first time)
     const checks = submission.fleet_check === true && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
@@ -203,11 +208,32 @@ export class HubSync {
         return { ack: { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason } };
       }
       const { change } = result;
-      const ack: SyncReply = { type: 'ack', change_id, status: 'sequenced', seq: change.seq, reason: null, ...('version' in change ? { version: change.version } : {}) };
+      const ack: Unsigned<SyncReply> = { type: 'ack', change_id, status: 'sequenced', seq: change.seq, reason: null, ...('version' in change ? { version: change.version } : {}) };
       return { ack, change: result.duplicate ? undefined : change };
     }
     // the tenant's templates kept changing under the check: the door decides on its own and queues
     return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'busy' } };
+  }
+
+  /** Authenticates a reply to one device with the tenant key and sends it. */
+  async #reply(tenantId: string, deviceId: string, reply: Unsigned<SyncReply>): Promise<void> {
+    const signed = authenticate(await this.store.tenantKey(tenantId), 'reply', tenantId, reply);
+    await this.client.publishAsync(syncTopics(this.options.prefix, tenantId).reply(deviceId), JSON.stringify(signed), { qos: 1 });
+  }
+
+  /** Parses a device's message and checks its MAC under the tenant key (a tenant this hub does not hold is refused too). */
+  async #authentic<S extends z.ZodType<{ auth: MessageAuth }>>(tenantId: string, purpose: MessagePurpose, schema: S, payload: Buffer): Promise<{ ok: true; value: z.output<S> } | { ok: false; problem: string }> {
+    const msg = parseMessage(schema, payload);
+    if (!msg.ok) return msg;
+    let key: TenantKey;
+    try {
+      key = await this.store.tenantKey(tenantId);
+    } catch (err) {
+      if (err instanceof HubError) return { ok: false, problem: err.message };
+      throw err;
+    }
+    if (!isAuthentic((v) => (v === key.keyVersion ? key.key : undefined), purpose, tenantId, msg.value)) return { ok: false, problem: 'not authenticated by the tenant key (forged or altered)' };
+    return msg;
   }
 
   /**

@@ -6,7 +6,7 @@ import type { Logger } from '../core/logger.ts';
 import { markForwarded, unforwardedDoorEvents } from '../store/audit.ts';
 import type { Store } from '../store/index.ts';
 import { syncClientOptions } from './client-options.ts';
-import { sealTemplate } from './envelope.ts';
+import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic, sealTemplate } from './envelope.ts';
 import {
   type DeviceState,
   type DoorEvents,
@@ -103,7 +103,7 @@ export class DeviceSync {
 
   static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
-    const offline: DeviceState = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' };
+    const offline = offlineState(options);
     const clientOptions = {
       ...syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {}),
       will: { topic: topics.state(options.deviceId), payload: Buffer.from(JSON.stringify(offline)), qos: 1 as const, retain: true },
@@ -152,7 +152,7 @@ export class DeviceSync {
     if (!this.client.connected) return;
     const { deviceId, tenantId, model, softwareVersion } = this.options;
     const { digest, users } = this.store.users.digest(tenantId);
-    const state: DeviceState = {
+    const state = this.#signed('state', {
       device_id: deviceId,
       tenant_id: tenantId,
       state: 'online',
@@ -164,7 +164,7 @@ export class DeviceSync {
       version: softwareVersion,
       boot: this.#boot,
       time: new Date().toISOString(),
-    };
+    } satisfies Omit<DeviceState, 'auth'>);
     this.client.publish(syncTopics(this.options.prefix, tenantId).state(deviceId), JSON.stringify(state), { qos: 1, retain: true });
   }
 
@@ -190,7 +190,7 @@ export class DeviceSync {
         resolve(a);
       });
       const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
-      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify({ device_id: deviceId, change_id: changeId, body, fleet_check: true }), { qos: 1 });
+      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: true })), { qos: 1 });
     });
     if (!ack) {
       logger.warn({ wait_ms: ms }, 'sync: the hub did not answer an enrolment in time; enrolled on this door\'s own check and queued');
@@ -269,7 +269,7 @@ export class DeviceSync {
       }
       this.#sentAt.set(r.change_id, now);
       inFlight++;
-      this.client.publish(topics.submit, JSON.stringify({ device_id: deviceId, change_id: r.change_id, body }), { qos: 1 });
+      this.client.publish(topics.submit, JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body })), { qos: 1 });
     }
   }
 
@@ -296,7 +296,7 @@ export class DeviceSync {
     this.#eventsInFlight = true;
     setTimeout(() => (this.#eventsInFlight = false), FETCH_TIMEOUT_MS).unref();
     const sentAt = Date.now();
-    const batch: DoorEvents = {
+    const batch = this.#signed('events', {
       device_id: this.options.deviceId,
       events: events.map((e) => ({
         event_id: e.id,
@@ -310,7 +310,7 @@ export class DeviceSync {
         time: e.createdAt,
         delayed: sentAt - Date.parse(e.createdAt) > DELAYED_AFTER_MS,
       })),
-    };
+    } satisfies Omit<DoorEvents, 'auth'>);
     this.client.publish(syncTopics(this.options.prefix, this.options.tenantId).events, JSON.stringify(batch), { qos: 1 });
   }
 
@@ -356,10 +356,15 @@ export class DeviceSync {
     for (const off of this.#off.splice(0)) off();
     // a clean stop says offline itself (the broker sends the last will only when a link breaks)
     if (this.client.connected) {
-      const offline: DeviceState = { device_id: this.options.deviceId, tenant_id: this.options.tenantId, state: 'offline' };
+      const offline = offlineState(this.options);
       await this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true }).catch(() => undefined);
     }
     await this.client.endAsync();
+  }
+
+  /** A message of this device, with its MAC under the tenant key (the hub refuses one without). */
+  #signed<T extends object>(purpose: MessagePurpose, message: T): T & { auth: MessageAuth } {
+    return authenticate({ key: this.options.tenantKey, keyVersion: this.options.keyVersion }, purpose, this.options.tenantId, message);
   }
 
   #message(topic: string, payload: Buffer): void {
@@ -383,6 +388,10 @@ export class DeviceSync {
       const msg = parseMessage(replySchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a reply was refused');
       const reply = msg.value;
+      // an ack or a snapshot chunk comes from the hub only: one a broker client made is dropped
+      if (reply.type !== 'range' && !isAuthentic(this.replica.keyOf(tenantId), 'reply', tenantId, reply)) {
+        return logger.warn({ type: reply.type }, 'sync: a reply not authenticated by the tenant key was refused (forged or altered)');
+      }
       if (reply.type === 'events_ack') {
         markForwarded(this.store.db, reply.event_ids);
         this.#eventsInFlight = false;
@@ -436,4 +445,10 @@ export class DeviceSync {
     if (result.refused) this.options.logger.warn({ seq: result.refused.seq, reason: result.refused.reason }, 'sync: a change was refused and not applied');
     else if (result.gap) this.fetch();
   }
+}
+
+/** The retained state a device leaves behind when it goes (its last will, or said on a clean stop). */
+function offlineState(options: DeviceSyncOptions): DeviceState {
+  const state = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' as const };
+  return authenticate({ key: options.tenantKey, keyVersion: options.keyVersion }, 'state', options.tenantId, state);
 }

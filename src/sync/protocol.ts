@@ -16,6 +16,13 @@ export const MAX_CHANGES_PER_BATCH = 50;
 const base64 = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9+/]*={0,2}$/, { error: 'base64' });
 const externalUserId = z.string().min(1).max(128);
 
+export const authSchema = z
+  .strictObject({
+    key_version: z.int().min(1).describe('Version of the tenant key the MAC was made with'),
+    mac: base64(44).length(44).describe('HMAC-SHA256 under a key derived from the tenant key, over the message without `auth` (sync/envelope.ts)'),
+  })
+  .describe('Made by whoever holds the tenant key (the hub, or a device of the tenant); a message whose MAC does not verify is refused and logged');
+
 export const sealedTemplateSchema = z
   .strictObject({ nonce: base64(16).length(16), ciphertext: base64(1024) })
   .describe('AES-256-GCM under the tenant key (sync/envelope.ts); 128 float32 = 512 bytes + 16-byte tag');
@@ -84,7 +91,8 @@ export const changeSchema = z
       seq: z.int().min(1).describe("The change's place in its tenant's log: 1, 2, 3 … without gaps"),
       change_id: z.uuid().describe('Chosen by whoever made the change; the hub sequences a change_id once, so a retry is harmless'),
       origin: z.string().min(1).max(64).describe('`hub` or the device id where the change was made'),
-      committed_at: z.iso.datetime().describe("The hub's commit time (for display; order is by seq only, never by clocks)"),
+      committed_at: z.iso.datetime().describe("The hub's commit time (for display; order is by seq only, never by clocks); the only field `auth` does not cover"),
+      auth: authSchema.describe('Made by the hub when it sequenced the change (and again when a deletion blanked it)'),
     }),
   )
   .meta({ id: 'SyncChange' });
@@ -139,6 +147,7 @@ export const submissionSchema = z
       .describe(
         'An enrolment waiting on the hub before it succeeds: the hub refuses it if the face is already enrolled under another id anywhere in the fleet, and otherwise sequences it at the next version (re-sealed for that version); the ack gives the version',
       ),
+    auth: authSchema,
   })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
@@ -195,6 +204,7 @@ export const doorEventsSchema = z
       )
       .min(1)
       .max(MAX_EVENTS_PER_BATCH),
+    auth: authSchema,
   })
   .meta({ id: 'SyncDoorEvents', description: 'Access decisions, remote unlocks and alarms of a door, for the central store (kept once per event_id)' });
 
@@ -202,7 +212,7 @@ export type DoorEvents = z.output<typeof doorEventsSchema>;
 
 export const replySchema = z
   .discriminatedUnion('type', [
-    z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH) }),
+    z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH), auth: authSchema }),
     z.strictObject({
       type: z.literal('ack'),
       change_id: z.uuid(),
@@ -211,6 +221,7 @@ export const replySchema = z
       reason: z.string().nullable(),
       version: z.int().min(1).optional().describe('The version the change was sequenced at (fleet_check)'),
       score: z.number().optional().describe('fleet_check refused: similarity to the person already enrolled'),
+      auth: authSchema,
     }),
     z.strictObject({
       type: z.literal('range'),
@@ -219,7 +230,8 @@ export const replySchema = z
       changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH),
       snapshot: z.boolean().optional().describe('The device is new, or the log before its cursor is compacted: load a snapshot, then the log after it'),
       more: z.boolean().optional().describe('More ranges answer the same fetch (ask again only after the last)'),
-    }),
+    })
+      .describe('Not authenticated as a whole (each change is): a forged one can at most make the device ask again, or reload a snapshot'),
     z.strictObject({
       type: z.literal('snapshot'),
       tenant_id: z.uuid(),
@@ -229,6 +241,7 @@ export const replySchema = z
       tenant: tenantSettingsSchema.omit({ kind: true }).optional().describe("The tenant's settings as of `seq` (with the first chunk)"),
       next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
       more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
+      auth: authSchema,
     }),
   ])
   .meta({ id: 'SyncReply' });
@@ -246,6 +259,7 @@ export const deviceStateSchema = z
     version: z.string().max(32).optional().describe('Software version'),
     boot: z.int().min(0).optional().describe('Counts the starts of the sync client on this device'),
     time: z.iso.datetime().optional().describe("The device's clock (shown, never used for ordering)"),
+    auth: authSchema,
   })
   .meta({ id: 'SyncDeviceState', description: 'Sparkplug-style device state: retained, with a last will of `offline`' });
 

@@ -1,6 +1,6 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { Store } from '../store/index.ts';
-import { EnvelopeError, openTemplate } from './envelope.ts';
+import { EnvelopeError, isAuthentic, openTemplate } from './envelope.ts';
 import type { Change, SnapshotUser, SyncReply, TenantSettings } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
@@ -39,6 +39,11 @@ export class Replica {
     /** The embedding model this device runs. */
     private readonly model: string,
   ) {}
+
+  /** The tenant's key of a version, for checking a message's MAC. */
+  keyOf(tenantId: string): (keyVersion: number) => Buffer | undefined {
+    return (keyVersion) => this.tenantKey(tenantId, keyVersion);
+  }
 
   cursor(tenantId: string): number {
     const row = this.store.db.prepare('SELECT applied_seq FROM sync_cursors WHERE tenant_id = ?').get(tenantId) as { applied_seq: number } | undefined;
@@ -96,6 +101,9 @@ export class Replica {
 
   /** One change inside the batch's transaction; returns why it was refused, or null. */
   #applyOne(change: Change, after: (() => void)[]): string | null {
+    // only the hub, which holds the tenant key, makes a change: a forged one stops here, and the
+    // real change of that number is applied when it comes
+    if (!isAuthentic(this.keyOf(change.tenant_id), 'change', change.tenant_id, change, ['committed_at'])) return 'unauthenticated';
     const gallery = this.index.of(change.tenant_id);
     switch (change.kind) {
       // a change blanked by a later deletion: only its place in the order is left
@@ -177,6 +185,8 @@ export class Replica {
   #applyChunk(tenantId: string, chunk: SnapshotChunk, after: (() => void)[]): { applied: number; removed: number; done: boolean; ignored: boolean } {
     const progress = this.snapshot(tenantId);
     if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
+    // a chunk says who exists: a forged one could erase people (DeviceSync checks replies; this is the last line)
+    if (!isAuthentic(this.keyOf(tenantId), 'reply', tenantId, chunk)) return { applied: 0, removed: 0, done: false, ignored: true };
     const pending = new Set(
       (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
     );
