@@ -138,10 +138,12 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     assert.ok(bob);
     local.db.prepare('DELETE FROM templates WHERE user_id = ?').run(bob.id);
     local.db.prepare('DELETE FROM users WHERE id = ?').run(bob.id);
+    local.groups.set(tenantId, 'phantom', ['staff']);
     assert.notEqual(local.users.digest(tenantId).digest, await hub!.store.digest(tenantId));
     syncOf().publishState();
     await until(() => local.users.digest(tenantId).digest === digestAtHub, 15_000, 'the door holding the hub\'s people again');
     assert.equal(local.users.get(tenantId, 'phantom'), undefined);
+    assert.deepEqual(local.groups.of(tenantId, 'phantom'), [], 'and its group membership');
     assert.ok(local.users.get(tenantId, 'bob'));
     assert.equal(syncOf().cursor, head, 'the log goes on from where it was');
     const row = await hub!.store.pool.query<{ repaired_at: Date | null }>('SELECT repaired_at FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, `door-${process.pid}`]);

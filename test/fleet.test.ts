@@ -267,6 +267,8 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     // the log goes on: the hub's next change is applied at both doors
     await hubStore.changeGroup(tenantId, 'bob', 'night', true);
     await until(() => doors.every((d) => d.device.svc.service.store.groups.isMember(tenantId, 'night', 'bob')), 15_000, 'the real change at both doors');
+    // people, versions and groups: the doors' digests are the hub's
+    for (const door of doors) assert.equal(door.device.svc.service.store.users.digest(tenantId).digest, await hubStore.digest(tenantId));
   });
 
   it('refuses a tampered envelope and one sealed with another tenant’s key; the cursor stays', async function () {

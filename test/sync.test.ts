@@ -347,8 +347,10 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     assert.deepEqual(store.tenants.get(tenantId), { ...store.tenants.get(tenantId), name: 'acme-hq', allowedOrigins: ['https://app.example.com'], livenessMode: 'active' });
     assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night', 'staff']);
     assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), true);
+    const inGroups = store.users.digest(tenantId).digest;
     replica.apply(tenantId, [change({ kind: 'user.groups', external_user_id: 'alice', groups: ['night'] })]);
     assert.equal(store.groups.isMember(tenantId, 'staff', 'alice'), false, 'the list replaces the earlier one');
+    assert.notEqual(store.users.digest(tenantId).digest, inGroups, 'the digest covers the groups: a copy that differs only in them is found');
     replica.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 })]);
     assert.deepEqual(store.groups.of(tenantId, 'alice'), []);
     assert.equal(replica.cursor(tenantId), 5);

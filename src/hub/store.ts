@@ -646,10 +646,10 @@ export class HubStore {
     return { seq, applied, devices, complete: devices > 0 && applied === devices };
   }
 
-  /** The digest of the tenant's live users at the hub (the devices compute the same). */
+  /** The digest of the tenant's live users, versions and groups at the hub (the devices compute the same). */
   async digest(tenantId: string): Promise<string> {
-    const r = await this.pool.query<{ external_user_id: string; version: number }>('SELECT external_user_id, version FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
-    return userSetDigest(r.rows.map((u) => [u.external_user_id, u.version]));
+    const r = await this.pool.query<{ external_user_id: string; version: number; groups: string[] }>('SELECT external_user_id, version, groups FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
+    return userSetDigest(r.rows.map((u) => [u.external_user_id, u.version, u.groups]));
   }
 
   /** Stores door events once each (a resent event is already there); returns the ids now held. */

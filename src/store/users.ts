@@ -154,13 +154,15 @@ export class UserStore {
   }
 
   /**
-   * SHA-256 of the sorted `external_user_id:version` lines of a tenant's live users: two copies of
-   * the tenant agree exactly when their digests do (the hub compares it with its own).
+   * The digest of a tenant's live users, their versions and their groups (sync/digest.ts): two
+   * copies of the tenant agree exactly when their digests do (the hub compares it with its own).
    */
   digest(tenantId: string): { digest: string; users: number } {
-    const rows = this.#sql('SELECT external_user_id, version FROM users WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY external_user_id')
-      .all(tenantId) as { external_user_id: string; version: number }[];
-    return { digest: userSetDigest(rows.map((r) => [r.external_user_id, r.version])), users: rows.length };
+    const rows = this.#sql(
+      `SELECT u.external_user_id, u.version, (SELECT json_group_array(g.group_name) FROM group_members g WHERE g.tenant_id = u.tenant_id AND g.external_user_id = u.external_user_id) AS groups
+       FROM users u WHERE u.tenant_id = ? AND u.deleted_at IS NULL`,
+    ).all(tenantId) as { external_user_id: string; version: number; groups: string }[];
+    return { digest: userSetDigest(rows.map((r) => [r.external_user_id, r.version, JSON.parse(r.groups) as string[]])), users: rows.length };
   }
 
   /** Flags a live user whose fleet template this device cannot use (made by a model it does not run). */

@@ -252,7 +252,7 @@ export const deviceStateSchema = z
     tenant_id: z.uuid(),
     state: z.enum(['online', 'offline']),
     applied_seq: z.int().min(0).optional().describe('The last change of the log applied here'),
-    digest: z.string().max(64).optional().describe('SHA-256 (hex) of the sorted `external_user_id:version` lines of the people this device holds'),
+    digest: z.string().max(64).optional().describe('SHA-256 (hex) of the sorted `external_user_id:version` lines of the people this device holds (`:group,group` added for a person in groups)'),
     users: z.int().min(0).optional(),
     pending: z.int().min(0).optional().describe('Changes made here and not yet acknowledged by the hub (the digest cannot match the hub\'s until they are)'),
     model: z.string().max(100).optional(),
