@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import type { Settings } from '../config/settings.ts';
 import { createLogger } from '../core/logger.ts';
 import { HubStore } from '../hub/store.ts';
@@ -55,7 +56,14 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
   const databaseUrl = opts.databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
   if (!databaseUrl) throw new CommandError('the hub needs its PostgreSQL database: --database-url postgres://… or AUTHFACE_HUB_DATABASE_URL');
   const logger = createLogger(settings.LOG_LEVEL);
-  const hub = await startHub(settings, { databaseUrl, brokerUrl, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
+  const caFile = settings.AUTHFACE_HUB_BROKER_CA_FILE;
+  let brokerCa: Buffer | undefined;
+  try {
+    brokerCa = caFile ? fs.readFileSync(caFile) : undefined;
+  } catch (err) {
+    throw new CommandError(`AUTHFACE_HUB_BROKER_CA_FILE: cannot read ${caFile} (${(err as NodeJS.ErrnoException).code})`);
+  }
+  const hub = await startHub(settings, { databaseUrl, brokerUrl, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
     // what is committed is in PostgreSQL and what is not is asked again by the devices: a stop
     // does not wait long for a backlog of answers (a reconnect storm) to drain

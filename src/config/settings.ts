@@ -115,6 +115,10 @@ export const settingsSpec = {
     schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
     doc: 'The hub only: the broker it shares with the devices (their `mqtt.url`).',
   },
+  AUTHFACE_HUB_BROKER_CA_FILE: {
+    schema: z.string().min(1).optional(),
+    doc: "The hub only: CA certificate (PEM) that signed the broker's TLS certificate, for an `mqtts://` or `wss://` broker with a private CA (the devices' `mqtt.ca_file`). Broker credentials go in the URL (`mqtts://hub:password@broker`).",
+  },
   AUTHFACE_HUB_LOG_RETENTION_DAYS: {
     schema: positiveInt.max(3650).default(30),
     doc: "The hub only: each tenant's change log keeps this many days (deletions too, then their id goes from the log); a device offline for longer loads a snapshot when it returns.",

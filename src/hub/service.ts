@@ -18,6 +18,8 @@ const COMPACT_INTERVAL_MS = 3_600_000;
 export interface HubOptions {
   databaseUrl: string;
   brokerUrl: string;
+  /** CA of the broker's TLS certificate (AUTHFACE_HUB_BROKER_CA_FILE, read). */
+  brokerCa?: Buffer;
   prefix: string;
   masterKey: Buffer;
   logger: Logger;
@@ -52,7 +54,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       onIdleError: (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'),
     });
     stack.push(() => store.close());
-    const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger });
+    const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger, ca: options.brokerCa });
     stack.push(() => sync.close());
     const tenantKey = (tenantId: string) => store.tenantKey(tenantId);
     const biometry = postgresBiometryStore(store, {

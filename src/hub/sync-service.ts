@@ -39,9 +39,11 @@ const HEAD_INTERVAL_MS = 5000;
 export interface HubSyncOptions {
   url: string;
   prefix: string;
-  /** Broker credentials of the hub. */
+  /** Broker credentials of the hub (or in the URL). */
   username?: string;
   password?: string;
+  /** The CA that signed the broker's TLS certificate, when not a public one. */
+  ca?: Buffer;
   logger: Logger;
 }
 
@@ -70,7 +72,7 @@ export class HubSync {
   }
 
   static async start(store: HubStore, options: HubSyncOptions): Promise<HubSync> {
-    const clientOptions = syncClientOptions('authface-hub', { username: options.username, password: options.password });
+    const clientOptions = syncClientOptions('authface-hub', { username: options.username, password: options.password, ...(options.ca ? { ca: options.ca } : {}) });
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
     const subscribe = async () => {

@@ -45,9 +45,18 @@ export async function startMosquitto(users: Record<string, string>): Promise<Own
         .replace(/^acl_file .*/, `acl_file ${path.join(dir, 'acl')}`),
     )
     .join('\n');
-  // global options go before the listener: put ours first
-  fs.writeFileSync(path.join(dir, 'mosquitto.conf'), `persistence false\nlog_dest stderr\n${process.getuid?.() === 0 ? 'user root\n' : ''}${conf}\n`);
   fs.chmodSync(passwd, 0o600);
+  // global options go before the listener: put ours first
+  const stop = await runMosquitto(dir, port, `persistence false\nlog_dest stderr\n${process.getuid?.() === 0 ? 'user root\n' : ''}${conf}\n`);
+  return { url: `mqtt://127.0.0.1:${port}`, port, dir, close: stop };
+}
+
+/**
+ * Runs Mosquitto with `conf` (written to `dir`) until it listens on `port`; the function it returns
+ * stops it and removes `dir`.
+ */
+export async function runMosquitto(dir: string, port: number, conf: string): Promise<() => Promise<void>> {
+  fs.writeFileSync(path.join(dir, 'mosquitto.conf'), conf);
   const child: ChildProcess = spawn('mosquitto', ['-c', path.join(dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr?.on('data', (d) => (log += d));
@@ -60,15 +69,10 @@ export async function startMosquitto(users: Record<string, string>): Promise<Own
     if (i > 100 || child.exitCode !== null) throw new Error(`mosquitto did not start:\n${log}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    port,
-    dir,
-    async close() {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
+  return async () => {
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+    fs.rmSync(dir, { recursive: true, force: true });
   };
 }
