@@ -50,6 +50,15 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     return { kind: 'user.upsert', external_user_id: externalUserId, version: 1, model: EMBEDDING_MODEL, key_version: 1, template };
   };
 
+  /** Resolves right after the hub's next periodic head: a change the hub makes then reaches the door only with the one after (5 s later). */
+  const afterFreshHead = async () => {
+    const watcher = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+    const fresh = new Promise<void>((resolve) => watcher.on('message', (_t, _p, packet) => !packet.retain && resolve()));
+    await watcher.subscribeAsync(syncTopics(prefix, tenantId).head, { qos: 1 });
+    await fresh;
+    await watcher.endAsync();
+  };
+
   before(async function () {
     img = await photos();
     brokerUrl = (await testBroker()).url;
@@ -91,20 +100,48 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     // bob enrolled centrally and not published: the door cannot know him (its own check passes)
     // until the hub's next periodic head (every 5 s), so the enrolment starts right after one
     const bob = await upsertOf('bob', img.personB);
-    const watcher = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
-    const freshHead = new Promise<void>((resolve) => watcher.on('message', (_t, _p, packet) => !packet.retain && resolve()));
-    await watcher.subscribeAsync(syncTopics(prefix, tenantId).head, { qos: 1 });
-    await freshHead;
-    await watcher.endAsync();
+    await afterFreshHead();
     assert.equal((await hub!.store.append(tenantId, bob, { origin: 'hub' })).status, 'sequenced');
     assert.equal(door.svc.service.store.users.get(tenantId, 'bob'), undefined);
     const { result } = await api.run('enroll', thrice(img.personB), { externalUserId: 'robert' });
     assert.deepEqual([result.status, result.reason], ['fail', 'conflict'], JSON.stringify(result));
     assert.ok((result.score as number) >= 0.9, 'the score of the person it matched');
-    assert.match(door.svc.logs(), /the hub refused an enrolment made here/, 'refused by the hub, not by the door');
+    assert.match(door.svc.logs(), /the hub refused a template made here/, 'refused by the hub, not by the door');
     assert.equal(door.svc.service.store.users.get(tenantId, 'robert'), undefined);
     const robert = await hub!.store.pool.query(`SELECT 1 FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'robert'`, [tenantId]);
     assert.equal(robert.rowCount, 0, 'nothing sequenced, nothing recorded');
+  });
+
+  it("an update at the door goes through the hub too: one made on an older copy is decided again on the hub's newer template", async function () {
+    await until(() => door.svc.service.store.users.get(tenantId, 'bob')?.version === 1, 10_000, 'bob at the door');
+    // bob's template is replaced centrally (v2) and not yet published when he updates at the door
+    await afterFreshHead();
+    const v2 = { ...(await upsertOf('bob', img.personB)), version: 2 };
+    const { key } = await hub!.store.tenantKey(tenantId);
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personB), { mode: 'capture' }, { lane: 'test', priority: false });
+    v2.template = sealTemplate(key, probe.embedding!, { tenantId, externalUserId: 'bob', version: 2, model: EMBEDDING_MODEL, keyVersion: 1 });
+    assert.equal((await hub!.store.append(tenantId, v2, { origin: 'hub' })).status, 'sequenced');
+    const { result } = await api.run('update_embedding', thrice(img.personB), { externalUserId: 'bob' });
+    assert.equal(result.status, 'success', JSON.stringify(result));
+    const versions = await hub!.store.pool.query<{ origin: string; version: number }>(
+      `SELECT origin, (body->>'version')::int AS version FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'bob' ORDER BY seq`,
+      [tenantId],
+    );
+    assert.deepEqual(versions.rows.map((r) => `${r.origin}:${r.version}`), ['hub:1', 'hub:2', `door-${process.pid}:3`], "the door's update sequenced after the hub's, not over it");
+    assert.equal(door.svc.service.store.users.get(tenantId, 'bob')?.version, 3);
+    await until(() => syncOf().pending() === 0, 5_000, 'nothing left to send');
+    assert.deepEqual(await hub!.store.conflicts(tenantId), [], 'no conflict to resolve: it was decided again');
+  });
+
+  it('an update whose new face the hub holds under another id (one the door has not seen) is refused at the door', async function () {
+    await afterFreshHead();
+    // the same person as alice, enrolled centrally as someone else and not yet published
+    assert.equal((await hub!.store.append(tenantId, await upsertOf('alice-twin', img.personA[2]), { origin: 'hub' })).status, 'sequenced');
+    const { result } = await api.run('update_embedding', thrice(img.personA[1]), { externalUserId: 'alice' });
+    assert.deepEqual([result.status, result.reason], ['fail', 'conflict'], JSON.stringify(result));
+    assert.equal(door.svc.service.store.users.get(tenantId, 'alice')?.version, 1, "alice's template unchanged");
+    assert.equal((await hub!.store.userState(hub!.store.pool, tenantId, 'alice'))?.version, 1);
+    assert.ok(await hub!.biometry.eraseUser(tenantId, 'alice-twin', () => ({ tenantId, type: 'user_deleted', flow: null, sessionId: null, externalUserId: 'erased', result: 'success', reason: null, score: null })));
   });
 
   it('a door behind the compacted log loads a snapshot: it ends with exactly the hub\'s people, a deletion made meanwhile applied', async function () {
@@ -123,7 +160,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     assert.equal(local.digest(tenantId).digest, await hub!.store.digest(tenantId));
     assert.match(door.svc.logs(), /loading a snapshot/);
     // the hub's own index forgot her too, though her deletion was compacted away before it read it
-    const check = await hub!.sync.fleetCheck!(tenantId, await upsertOf('zed', img.personA[0]));
+    const check = await hub!.sync.fleetCheck!(tenantId, await upsertOf('zed', img.personA[0]), 'enroll');
     assert.equal(check.ok, true, JSON.stringify(check));
   });
 
@@ -163,8 +200,8 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
       for (const h of [hub!, second]) {
         const check = h.sync.fleetCheck;
         assert.ok(check);
-        h.sync.fleetCheck = async (t, body) => {
-          const verdict = await check(t, body);
+        h.sync.fleetCheck = async (t, body, kind) => {
+          const verdict = await check(t, body, kind);
           firstVerdicts.push(verdict.ok ? 'ok' : verdict.reason);
           if (++passed === 2) release();
           if (passed <= 2) await bothChecked;
@@ -185,7 +222,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
         const changeId = crypto.randomUUID();
         const body = bodies[externalUserId];
         // as a door of the tenant sends it: authenticated with the tenant key
-        const submission = authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: true });
+        const submission = authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const });
         device.publish(topics.submit, JSON.stringify(submission), { qos: 1 });
         return changeId;
       };

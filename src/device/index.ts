@@ -19,8 +19,8 @@ import { type DeviceConfig, DeviceConfigError } from './config.ts';
 
 /** How long a fleet door that has just (re)connected waits to catch up before a decision. */
 const CATCH_UP_WAIT_MS = 3000;
-/** How long an enrolment waits for the hub's fleet-wide check before the door enrols on its own. */
-const HUB_ENROLMENT_WAIT_MS = 2000;
+/** How long an enrolment or update waits for the hub's fleet-wide check before the door writes on its own. */
+const HUB_COMMIT_WAIT_MS = 2000;
 
 export interface Device {
   config: DeviceConfig;
@@ -116,9 +116,7 @@ export async function startDevice(
       logger: deps.logger,
     });
     const fleet = sync;
-    deps.sessions.commitEnrolmentsThrough((tenantId, externalUserId, embedding) =>
-      tenantId === tenant.id ? fleet.commitEnrolment(externalUserId, embedding, HUB_ENROLMENT_WAIT_MS) : Promise.resolve({ status: 'unreachable' }),
-    );
+    deps.sessions.commitWritesThrough((tenantId, write) => (tenantId === tenant.id ? fleet.commitThroughHub(write, HUB_COMMIT_WAIT_MS) : Promise.resolve({ status: 'unreachable' })));
   }
   deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id, remote_commands: commands.enabled, sync: sync !== null }, 'device ready');
   return {
@@ -132,7 +130,7 @@ export async function startDevice(
     mqttLink: () => mqtt?.link ?? (link as MqttLink),
     sync,
     async close() {
-      deps.sessions.commitEnrolmentsThrough(null);
+      deps.sessions.commitWritesThrough(null);
       await sync?.close().catch(() => undefined);
       await mqtt?.close().catch(() => undefined);
       await broker?.close();

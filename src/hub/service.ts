@@ -99,9 +99,10 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
 }
 
 /**
- * An enrolment a door waits on: its template opened with the tenant key, compared with the whole
- * fleet's people (the hub's index, brought up to the log first), and re-sealed at the version the
- * hub gives it (the door may not have seen the person's latest tombstone).
+ * An enrolment or update a door waits on: its template opened with the tenant key, compared with
+ * the whole fleet's other people (the hub's index, brought up to the log first), and re-sealed at
+ * the version the hub gives it (the door may not have seen the person's latest tombstone). An
+ * update must start from the version the hub has: one made on an older copy is `stale_version`.
  */
 function fleetCheck(
   store: HubStore,
@@ -110,7 +111,7 @@ function fleetCheck(
   tenantKey: (tenantId: string) => Promise<{ key: Buffer; keyVersion: number }>,
   duplicateThreshold: number,
 ): FleetCheck {
-  return async (tenantId, body) => {
+  return async (tenantId, body, kind) => {
     const { key, keyVersion } = await tenantKey(tenantId);
     let embedding: Float32Array;
     try {
@@ -124,7 +125,10 @@ function fleetCheck(
     const nearest = index.of(tenantId).best(embedding, body.external_user_id);
     if (nearest && nearest.score >= duplicateThreshold) return { ok: false, reason: 'duplicate_face', score: nearest.score };
     const row = await store.userState(store.pool, tenantId, body.external_user_id);
-    if (row && !row.deleted) return { ok: false, reason: 'already_enrolled' };
+    const live = row !== undefined && !row.deleted;
+    if (kind === 'enroll' && live) return { ok: false, reason: 'already_enrolled' };
+    if (kind === 'update' && !live) return { ok: false, reason: 'user_not_found' };
+    if (kind === 'update' && row?.version !== body.version - 1) return { ok: false, reason: 'stale_version', version: row?.version };
     const version = (row?.version ?? 0) + 1;
     const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });
     return { ok: true, body: { ...body, version, key_version: keyVersion, template }, checkedThrough };

@@ -28,7 +28,11 @@ type Unsigned<T> = T extends unknown ? Omit<T, 'auth'> : never;
  * The hub's side of an enrolment a door waits on (a submission with fleet_check): the fleet-wide
  * 1:N duplicate check, and the template re-sealed at the version the hub will sequence.
  */
-export type FleetCheck = (tenantId: string, body: UserUpsert) => Promise<{ ok: true; body: UserUpsert; checkedThrough: number } | { ok: false; reason: string; score?: number }>;
+export type FleetCheck = (
+  tenantId: string,
+  body: UserUpsert,
+  kind: 'enroll' | 'update',
+) => Promise<{ ok: true; body: UserUpsert; checkedThrough: number } | { ok: false; reason: string; score?: number; version?: number }>;
 
 /** An enrolment whose duplicate check keeps being overtaken by other templates is checked at most this often. */
 const MAX_FLEET_CHECKS = 5;
@@ -195,12 +199,16 @@ export class HubSync {
   async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
     const { device_id, change_id, body } = submission;
     // a retry of a change already sequenced is only acknowledged (the check ran the first time)
-    const checks = submission.fleet_check === true && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
+    const kind = submission.fleet_check;
+    const checks = kind !== undefined && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
     for (let attempt = 1; attempt <= MAX_FLEET_CHECKS; attempt++) {
       let checked: { body: SubmittedChange; checkedThrough?: number } = { body };
       if (checks && body.kind === 'user.upsert') {
-        const verdict = this.fleetCheck ? await this.fleetCheck(tenantId, body) : { ok: false as const, reason: 'hub_starting' };
-        if (!verdict.ok) return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: verdict.reason, ...(verdict.score !== undefined ? { score: verdict.score } : {}) } };
+        const verdict = this.fleetCheck ? await this.fleetCheck(tenantId, body, kind) : { ok: false as const, reason: 'hub_starting' };
+        if (!verdict.ok) {
+          const { reason, score, version } = verdict as { reason: string; score?: number; version?: number };
+          return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason, ...(score !== undefined ? { score } : {}), ...(version !== undefined ? { version } : {}) } };
+        }
         checked = verdict;
       }
       const result = await this.store.append(tenantId, checked.body, { origin: device_id, changeId: change_id, checkedThrough: checked.checkedThrough });

@@ -38,11 +38,17 @@ export interface DoorSessionOptions {
 }
 
 /**
- * What the fleet's hub said of an enrolment the door waited on: sequenced (at a version), refused
- * (the face is enrolled elsewhere in the fleet, or the id already is), or no answer in time.
+ * What the fleet's hub said of an enrolment or update the door waited on: sequenced (at a
+ * version); refused (the face is enrolled elsewhere in the fleet, the id already is, or the person
+ * is not enrolled); changed (the person has a newer template at the hub: decide again on it); or
+ * no answer in time.
  */
-export type EnrolmentVerdict = { status: 'sequenced'; version: number } | { status: 'refused'; reason: 'conflict' | 'already_enrolled'; score: number | null } | { status: 'unreachable' };
-export type EnrolmentCommit = (tenantId: string, externalUserId: string, embedding: Float32Array) => Promise<EnrolmentVerdict>;
+export type FleetVerdict =
+  | { status: 'sequenced'; version: number }
+  | { status: 'refused'; reason: 'conflict' | 'already_enrolled' | 'user_not_found'; score: number | null }
+  | { status: 'changed' }
+  | { status: 'unreachable' };
+export type FleetCommit = (tenantId: string, write: UserWrite) => Promise<FleetVerdict>;
 
 /** How a session ends: a decision, or a failure or expiry without one. */
 type Ending = Omit<Decision, 'status'> & { status: 'success' | 'fail' | 'expired' };
@@ -58,7 +64,7 @@ const MAX_DECISION_ATTEMPTS = 3;
  */
 export class SessionService {
   readonly #finishing = new KeyedQueue();
-  #commitEnrolment: EnrolmentCommit | null = null;
+  #commitThroughHub: FleetCommit | null = null;
 
   constructor(
     private readonly store: BiometryStore,
@@ -68,11 +74,11 @@ export class SessionService {
   ) {}
 
   /**
-   * A fleet device: each enrolment is committed through the hub (its fleet-wide 1:N duplicate
-   * check) before it succeeds here; without an answer in time it is made here and queued.
+   * A fleet device: each enrolment and update is committed through the hub (its fleet-wide 1:N
+   * duplicate check) before it succeeds here; without an answer in time it is made here and queued.
    */
-  commitEnrolmentsThrough(commit: EnrolmentCommit | null): void {
-    this.#commitEnrolment = commit;
+  commitWritesThrough(commit: FleetCommit | null): void {
+    this.#commitThroughHub = commit;
   }
 
   async create(tenant: Tenant, flow: Flow, input: NewSession, door?: DoorSessionOptions): Promise<{ clientState: string; biometryUrl: string; token: string }> {
@@ -174,8 +180,10 @@ export class SessionService {
   async #finishNow(session: Session, run: () => Promise<Ending>): Promise<Session> {
     for (let attempt = 1; ; attempt++) {
       const eventId = newEventId();
-      const decision: Ending =
+      const decision: Ending | null =
         attempt <= MAX_DECISION_ATTEMPTS ? await this.#throughHub(session, await run()) : { status: 'fail', reason: 'conflict', score: null, externalUserId: session.externalUserId };
+      // the person changed at the hub since this copy: decide again on the newer one
+      if (decision === null) continue;
       const written = await this.store.finishSession(
         session,
         { status: decision.status, reason: decision.reason, score: decision.score, resultUserId: decision.externalUserId, eventId },
@@ -214,14 +222,21 @@ export class SessionService {
     }
   }
 
-  /** An enrolment decided here, as the fleet's hub judges it (when this device is in a fleet). */
-  async #throughHub(session: Session, decision: Ending): Promise<Ending> {
+  /** An enrolment or update decided here, as the fleet's hub judges it (when this device is in a fleet); null: decide again. */
+  async #throughHub(session: Session, decision: Ending): Promise<Ending | null> {
     const write = decision.write;
-    if (write?.kind !== 'enroll' || !this.#commitEnrolment) return decision;
-    const verdict = await this.#commitEnrolment(session.tenantId, write.externalUserId, write.embedding);
-    if (verdict.status === 'sequenced') return { ...decision, write: { ...write, version: verdict.version } };
-    if (verdict.status === 'refused') return { status: 'fail', reason: verdict.reason, score: verdict.score, externalUserId: session.externalUserId };
-    return decision;
+    if (!write || !this.#commitThroughHub) return decision;
+    const verdict = await this.#commitThroughHub(session.tenantId, write);
+    switch (verdict.status) {
+      case 'sequenced':
+        return { ...decision, write: { ...write, version: verdict.version } };
+      case 'refused':
+        return { status: 'fail', reason: verdict.reason, score: verdict.score, externalUserId: session.externalUserId };
+      case 'changed':
+        return null;
+      case 'unreachable':
+        return decision;
+    }
   }
 
   #announceWrite(session: Session, write: UserWrite): void {

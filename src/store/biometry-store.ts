@@ -87,10 +87,10 @@ export interface AuditAccess {
 
 /**
  * The enrolment or template update a decision makes; `update` holds the user as the decision read
- * it. `version`: the fleet's hub already sequenced this enrolment at that version (the door waited
- * on it), so the person may have arrived through the log first, which is not a conflict.
+ * it. `version`: the fleet's hub already sequenced this enrolment or update at that version (the
+ * door waited on it), so it may have arrived through the log first, which is not a conflict.
  */
-export type UserWrite = ({ kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array }) & {
+export type UserWrite = ({ kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array; version?: number }) & {
   /**
    * The hub: the place in the tenant's log its 1:N index had reached when the decision was made.
    * A template sequenced after it (by another hub process, or a door) was not compared, so the

@@ -54,8 +54,11 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
             if (!current) users.enroll(session.tenantId, write.externalUserId, write.embedding, write.version);
           } else if (write?.kind === 'update') {
             const current = users.get(session.tenantId, write.user.externalUserId);
-            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
-            users.replaceTemplate(current, write.embedding);
+            const arrivedFromHub = current && write.version !== undefined && current.version >= write.version;
+            if (!arrivedFromHub) {
+              if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
+              users.replaceTemplate(current, write.embedding);
+            }
           }
           // another request finished it first: roll back whatever this decision wrote
           if (!sessions.finish(session.id, outcome)) throw new Rollback('already_finished');

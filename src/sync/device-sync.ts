@@ -22,7 +22,8 @@ import {
   type SyncReply,
   syncTopics,
 } from './protocol.ts';
-import type { EnrolmentVerdict } from '../sessions/service.ts';
+import type { FleetVerdict } from '../sessions/service.ts';
+import type { UserWrite } from '../store/biometry-store.ts';
 import { Replica } from './replica.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
@@ -169,16 +170,19 @@ export class DeviceSync {
   }
 
   /**
-   * Commits an enrolment through the hub before it succeeds here: the hub checks the face against
-   * the whole fleet and sequences it (at the version it gives). No answer within `ms` (or no
-   * link): `unreachable`, and the door enrols on its own check and queues the change.
+   * Commits an enrolment or update through the hub before it succeeds here: the hub checks the
+   * face against the whole fleet and sequences it (at the version it gives). No answer within `ms`
+   * (or no link): `unreachable`, and the door writes on its own check and queues the change.
    */
-  async commitEnrolment(externalUserId: string, embedding: Float32Array, ms: number): Promise<EnrolmentVerdict> {
+  async commitThroughHub(write: UserWrite, ms: number): Promise<FleetVerdict> {
     if (!this.client.connected) return { status: 'unreachable' };
     const { tenantId, keyVersion, model, deviceId, logger } = this.options;
     const changeId = crypto.randomUUID();
-    const version = 1; // a placeholder the envelope is bound to: the hub re-seals at the fleet's version
-    const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId, version, model, keyVersion });
+    const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
+    // an enrolment's version is a placeholder the envelope is bound to (the hub re-seals at the
+    // fleet's); an update's says which copy it was made on
+    const version = write.kind === 'enroll' ? 1 : write.user.version + 1;
+    const template = sealTemplate(this.options.tenantKey, write.embedding, { tenantId, externalUserId, version, model, keyVersion });
     const ack = await new Promise<Extract<SyncReply, { type: 'ack' }> | null>((resolve) => {
       const timer = setTimeout(() => {
         this.#awaitingHub.delete(changeId);
@@ -190,21 +194,32 @@ export class DeviceSync {
         resolve(a);
       });
       const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
-      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: true })), { qos: 1 });
+      const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
+      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify(submission), { qos: 1 });
     });
     if (!ack) {
-      logger.warn({ wait_ms: ms }, 'sync: the hub did not answer an enrolment in time; enrolled on this door\'s own check and queued');
+      logger.warn({ wait_ms: ms }, "sync: the hub did not answer in time; written on this door's own check and queued");
       return { status: 'unreachable' };
     }
     if (ack.status === 'sequenced' && ack.version !== undefined) {
       this.#sequencedAtHub.add(`${externalUserId}:${ack.version}`);
       return { status: 'sequenced', version: ack.version };
     }
-    if (ack.status === 'refused' && (ack.reason === 'duplicate_face' || ack.reason === 'already_enrolled')) {
-      logger.info({ reason: ack.reason }, 'sync: the hub refused an enrolment made here (the fleet already holds this face or id)');
-      return { status: 'refused', reason: ack.reason === 'duplicate_face' ? 'conflict' : 'already_enrolled', score: ack.score ?? null };
+    const refusals: Record<string, 'conflict' | 'already_enrolled' | 'user_not_found'> = { duplicate_face: 'conflict', already_enrolled: 'already_enrolled', user_not_found: 'user_not_found' };
+    const refusal = ack.status === 'refused' && ack.reason !== null ? refusals[ack.reason] : undefined;
+    if (refusal) {
+      logger.info({ reason: ack.reason, change: write.kind }, 'sync: the hub refused a template made here (the fleet already holds this face or id, or not the person)');
+      return { status: 'refused', reason: refusal, score: ack.score ?? null };
     }
-    logger.warn({ status: ack.status, reason: ack.reason }, 'sync: the hub could not take an enrolment; enrolled on this door\'s own check and queued');
+    if (ack.status === 'refused' && ack.reason === 'stale_version') {
+      // the person has a newer template at the hub: fetch it, then decide again on it
+      const newer = ack.version ?? version;
+      this.fetch(true);
+      const until = Date.now() + ms;
+      while ((this.store.users.get(tenantId, externalUserId)?.version ?? 0) < newer && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+      return { status: 'changed' };
+    }
+    logger.warn({ status: ack.status, reason: ack.reason }, "sync: the hub could not take a template made here; written on this door's own check and queued");
     return { status: 'unreachable' };
   }
 

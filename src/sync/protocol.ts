@@ -142,10 +142,10 @@ export const submissionSchema = z
     change_id: z.uuid(),
     body: submittedChangeSchema,
     fleet_check: z
-      .boolean()
+      .enum(['enroll', 'update'])
       .optional()
       .describe(
-        'An enrolment waiting on the hub before it succeeds: the hub refuses it if the face is already enrolled under another id anywhere in the fleet, and otherwise sequences it at the next version (re-sealed for that version); the ack gives the version',
+        "A template the door waits on before its session succeeds. `enroll`: refused if the face is already enrolled under another id anywhere in the fleet (`duplicate_face`) or the id is (`already_enrolled`); otherwise sequenced at the next version (re-sealed for it). `update` (its `version` is the door's version + 1): refused as `duplicate_face` likewise, `user_not_found` when the person is not enrolled at the hub, `stale_version` (with the hub's `version`) when the hub's is not the door's. The ack gives the version",
       ),
     auth: authSchema,
   })
@@ -216,10 +216,10 @@ export const replySchema = z
     z.strictObject({
       type: z.literal('ack'),
       change_id: z.uuid(),
-      status: z.enum(['sequenced', 'conflict', 'refused']).describe('refused: a fleet_check found the face enrolled under another id, or could not open the template (nothing recorded)'),
+      status: z.enum(['sequenced', 'conflict', 'refused']).describe('refused: a fleet_check did not pass, or could not open the template (nothing recorded)'),
       seq: z.int().min(1).nullable(),
       reason: z.string().nullable(),
-      version: z.int().min(1).optional().describe('The version the change was sequenced at (fleet_check)'),
+      version: z.int().min(1).optional().describe('The version the change was sequenced at (fleet_check); refused as stale_version: the version the hub has'),
       score: z.number().optional().describe('fleet_check refused: similarity to the person already enrolled'),
       auth: authSchema,
     }),
