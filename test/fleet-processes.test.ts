@@ -89,7 +89,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('enrol at the front door, identified at the back door; deleted at the back door, no longer at the front', async function () {
+  it('enrol at the front door, identified at the back door; updated at the back door, the front door has the new template; deleted at the back door, no longer at the front', async function () {
     const enrolled = (await doors[0].api.run('enroll', thrice(img.personA[0]), { externalUserId: 'alice' })).result;
     assert.equal(enrolled.status, 'success', JSON.stringify(enrolled));
     let result: Record<string, unknown> = {};
@@ -99,6 +99,14 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       await new Promise((r) => setTimeout(r, 250));
     }
     assert.deepEqual([result.status, result.external_user_id], ['success', 'alice']);
+    const updated = (await doors[1].api.run('update_embedding', thrice(img.personA[2]), { externalUserId: 'alice' })).result;
+    assert.equal(updated.status, 'success', JSON.stringify(updated));
+    let version = 0;
+    for (let i = 0; i < 40 && version !== 2; i++) {
+      version = (await doors[0].api.post<{ user: { version: number } }>('/biometry/v1/get-user', { external_user_id: 'alice' })).body.user.version;
+      if (version !== 2) await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.equal(version, 2, "the back door's update at the front door");
     assert.equal((await doors[1].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
     let gone = false;
     for (let i = 0; i < 40 && !gone; i++) {
