@@ -29,6 +29,8 @@ export interface AppDeps {
   isReady: () => boolean;
   /** Door control and the kiosk, when this service runs as a device. */
   device: DeviceDeps | null;
+  /** The hub's fleet endpoints (devices joining), when this service is the hub. */
+  fleet?: Router;
 }
 
 /** The HTTP application: small middlewares in a row, one error layer, one router per concern. */
@@ -87,6 +89,7 @@ export function createApp(deps: AppDeps): Koa {
     capturePageRoutes(),
     pinRoutes(deps),
     ...(deps.device ? [kioskRoutes(deps.device)] : []),
+    ...(deps.fleet ? [deps.fleet] : []),
   ]) {
     app.use(router.routes());
     app.use(router.allowedMethods({ throw: false }));

@@ -16,7 +16,8 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
+import { hubDeviceAdd, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
+import { join } from './join.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
@@ -282,6 +283,26 @@ hubGroup
   .requiredOption('--tenant <id>', 'tenant id')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubGroupList(loadSettings(), opts)));
+hub
+  .command('device')
+  .description("the fleet's devices")
+  .command('add')
+  .description('print a short-lived, single-use code with which one device joins the tenant (`authface join` on the device)')
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--name <device_id>', "the device's id (an MQTT topic level)")
+  .addOption(new Option('--ttl-minutes <n>', 'how long the code is valid').argParser((v) => {
+      const n = positive(v);
+      if (n > 24 * 60) throw new InvalidArgumentError('at most a day (1440)');
+      return n;
+    }).default(15))
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; name: string; ttlMinutes: number; databaseUrl?: string }) => print(await hubDeviceAdd(loadSettings(), opts)));
+program
+  .command('join')
+  .description("join a fleet with the code `authface hub device add` printed: makes this device's key pair, writes its tenant key and device file")
+  .requiredOption('--hub <url>', "the hub's address (https://…; http only for a hub on this machine)")
+  .requiredOption('--code <code>', 'the claim code')
+  .action(async (opts: { hub: string; code: string }) => print(await join(loadSettings(), opts)));
 hub
   .command('wrap-key')
   .description("print the tenant key wrapped to one device's public key: save it as that device's sync.tenant_key_file")

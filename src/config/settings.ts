@@ -115,6 +115,10 @@ export const settingsSpec = {
     schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
     doc: 'The hub only: the broker it shares with the devices (their `mqtt.url`).',
   },
+  AUTHFACE_HUB_DEVICE_BROKER_URL: {
+    schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
+    doc: 'The hub only: the broker URL a device is given when it joins (`authface join`), when the devices reach the broker at another address than the hub (default: the hub\'s broker URL).',
+  },
   AUTHFACE_HUB_BROKER_CA_FILE: {
     schema: z.string().min(1).optional(),
     doc: "The hub only: CA certificate (PEM) that signed the broker's TLS certificate, for an `mqtts://` or `wss://` broker with a private CA (the devices' `mqtt.ca_file`). Broker credentials go in the URL (`mqtts://hub:password@broker`).",

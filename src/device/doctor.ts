@@ -11,6 +11,7 @@ import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
 import { runningService } from '../store/backup.ts';
 import { DATABASE_FILE } from '../store/database.ts';
 import { openStore } from '../store/index.ts';
+import { loadTenantKey } from '../sync/device-key.ts';
 import type { DeviceConfig } from './config.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -34,7 +35,17 @@ const run = (cmd: string, args: string[], timeout = 5000) =>
  */
 export async function diagnose(settings: Settings, device: DeviceConfig | null): Promise<Check[]> {
   // files first: opening the database tightens modes it finds too loose
-  return [checkModels(), checkFiles(settings), checkDatabase(settings), checkIdentification(settings, device), await checkCamera(device), checkGpio(device), await checkBroker(settings, device), await checkClock()];
+  return [
+    checkModels(),
+    checkFiles(settings),
+    checkDatabase(settings),
+    checkIdentification(settings, device),
+    await checkCamera(device),
+    checkGpio(device),
+    await checkBroker(settings, device),
+    checkFleet(settings, device),
+    await checkClock(),
+  ];
 }
 
 /**
@@ -194,6 +205,18 @@ async function checkBroker(settings: Settings, device: DeviceConfig | null): Pro
     return { name: 'broker', status: 'ok', detail: `connected to ${url.replace(/\/\/[^@/]*@/, '//')}` };
   } catch (err) {
     return { name: 'broker', status: 'fail', detail: `cannot connect to ${url.replace(/\/\/[^@/]*@/, '//')}: ${describeMqttError(err as Error)}`, fix: 'check mqtt.url, the credentials and the CA file; is the broker running and reachable?' };
+  }
+}
+
+/** A fleet device's tenant key opens with its own key pair (what `authface join` wrote). */
+function checkFleet(settings: Settings, device: DeviceConfig | null): Check {
+  if (!device?.sync) return { name: 'fleet', status: 'skip', detail: 'not in a fleet (no sync section)' };
+  if (!device.tenant_id) return { name: 'fleet', status: 'fail', detail: 'sync without tenant_id', fix: 'authface join --hub https://… --code … writes both' };
+  try {
+    const { keyVersion } = loadTenantKey(device.sync.tenant_key_file, settings.dataDir, { tenantId: device.tenant_id, deviceId: device.device_id });
+    return { name: 'fleet', status: 'ok', detail: `tenant ${device.tenant_id}: its key (version ${keyVersion}) opens with this device's key pair` };
+  } catch (err) {
+    return { name: 'fleet', status: 'fail', detail: (err as Error).message, fix: 'join again with a new code: authface hub device add at the hub, then authface join --hub https://… --code … here' };
   }
 }
 

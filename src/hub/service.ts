@@ -7,7 +7,9 @@ import type { Settings } from '../config/settings.ts';
 import type { Logger } from '../core/logger.ts';
 import type { BiometryStore } from '../store/biometry-store.ts';
 import { postgresBiometryStore } from './biometry-store.ts';
+import { fleetRoutes } from '../api/routes/fleet.ts';
 import { HubGallery } from './gallery.ts';
+import { deviceJoin } from './join.ts';
 import { HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
@@ -18,6 +20,8 @@ const COMPACT_INTERVAL_MS = 3_600_000;
 export interface HubOptions {
   databaseUrl: string;
   brokerUrl: string;
+  /** The broker URL devices are given when they join (default: brokerUrl). */
+  deviceBrokerUrl?: string;
   /** CA of the broker's TLS certificate (AUTHFACE_HUB_BROKER_CA_FILE, read). */
   brokerCa?: Buffer;
   prefix: string;
@@ -77,6 +81,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       version: options.version,
       isReady: () => parts.analyzer.isReady,
       device: null,
+      fleet: fleetRoutes({ join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? options.brokerUrl, prefix: options.prefix }) }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot
     const compact = () =>

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { OperatorError } from '../errors.ts';
+import { generateCommandKeys } from '../access/signed-command.ts';
 import { type MessageAuth, authenticate } from '../sync/envelope.ts';
 import { userSetDigest } from '../sync/digest.ts';
 import {
@@ -175,9 +176,39 @@ const MIGRATIONS = [
   `ALTER TABLE hub_users ADD COLUMN groups jsonb NOT NULL DEFAULT '[]';`,
   // each change's MAC under the tenant key (sync/envelope.ts): a broker client cannot forge one
   `ALTER TABLE hub_changes ADD COLUMN auth jsonb;`,
+  // joining with a code: single-use claims (only their hash is kept), and each device's public key
+  `CREATE TABLE hub_claims (
+     tenant_id   uuid NOT NULL REFERENCES hub_tenants (tenant_id),
+     code_hash   bytea NOT NULL,
+     device_id   text NOT NULL,
+     expires_at  timestamptz NOT NULL,
+     used_at     timestamptz,
+     created_at  timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (tenant_id, code_hash)
+   );
+   -- a code is 80 random bits: its hash names one claim without a (cross-shard) unique constraint
+   CREATE INDEX hub_claims_code ON hub_claims (code_hash);
+   ALTER TABLE hub_devices ADD COLUMN public_key text, ADD COLUMN joined_at timestamptz;
+   -- the key the hub signs each tenant's remote commands with (Ed25519), sealed like the tenant keys
+   CREATE TABLE hub_command_keys (
+     tenant_id   uuid PRIMARY KEY REFERENCES hub_tenants (tenant_id),
+     public_key  text NOT NULL,
+     nonce       bytea NOT NULL,
+     sealed      bytea NOT NULL
+   );`,
 ];
 
 export class HubError extends OperatorError {}
+
+/** Why a claim code was refused (`authface join` says which, and what to do). */
+export class ClaimError extends Error {
+  constructor(
+    readonly reason: 'unknown_code' | 'code_used' | 'code_expired',
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 export interface TenantKey {
   key: Buffer;
@@ -290,9 +321,6 @@ export class HubStore {
   async #keyWithin(db: pg.PoolClient, tenantId: string): Promise<TenantKey> {
     const cached = this.#keys.get(tenantId);
     if (cached) return cached;
-    const masterKey = this.masterKey;
-    if (!masterKey) throw new HubError('the hub needs AUTHFACE_HUB_MASTER_KEY: it opens the tenant keys that seal templates and authenticate every change');
-    const aad = (version: number) => Buffer.from(JSON.stringify(['authface:hub-tenant-key:v1', tenantId, version]));
     const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
       'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
       [tenantId],
@@ -300,26 +328,60 @@ export class HubStore {
     let opened: TenantKey;
     if (row.rows[0]) {
       const { key_version, nonce, sealed } = row.rows[0];
-      const decipher = crypto.createDecipheriv('aes-256-gcm', masterKey, nonce);
-      decipher.setAAD(aad(key_version));
-      decipher.setAuthTag(sealed.subarray(sealed.length - 16));
-      try {
-        opened = { key: Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - 16)), decipher.final()]), keyVersion: key_version };
-      } catch {
-        throw new HubError(`the hub master key does not open the key of tenant ${tenantId}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
-      }
+      opened = { key: this.#unseal({ nonce, sealed }, ['authface:hub-tenant-key:v1', tenantId, key_version], `the key of tenant ${tenantId}`), keyVersion: key_version };
     } else {
       const key = crypto.randomBytes(32);
-      const nonce = crypto.randomBytes(12);
-      const cipher = crypto.createCipheriv('aes-256-gcm', masterKey, nonce);
-      cipher.setAAD(aad(1));
-      const sealed = Buffer.concat([cipher.update(key), cipher.final(), cipher.getAuthTag()]);
+      const { nonce, sealed } = this.#seal(key, ['authface:hub-tenant-key:v1', tenantId, 1]);
       await db.query('INSERT INTO hub_tenant_keys (tenant_id, key_version, nonce, sealed) VALUES ($1, 1, $2, $3)', [tenantId, nonce, sealed]);
       opened = { key, keyVersion: 1 };
     }
     // cached once the transaction commits: a key made in one that rolls back never existed
     this.#afterCommit.get(db)?.push(() => this.#keys.set(tenantId, opened));
     return opened;
+  }
+
+  /**
+   * The Ed25519 key the hub signs the tenant's remote commands with (made on first use); devices
+   * get its public half when they join. The private half is stored sealed under the master key.
+   */
+  async commandKey(tenantId: string): Promise<{ publicKey: string; privateKey: crypto.KeyObject }> {
+    return this.#transaction(async (db) => {
+      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      const aad = ['authface:hub-command-key:v1', tenantId];
+      const r = await db.query<{ public_key: string; nonce: Buffer; sealed: Buffer }>('SELECT public_key, nonce, sealed FROM hub_command_keys WHERE tenant_id = $1', [tenantId]);
+      if (r.rows[0]) {
+        const pem = this.#unseal(r.rows[0], aad, `the command key of tenant ${tenantId}`);
+        return { publicKey: r.rows[0].public_key, privateKey: crypto.createPrivateKey(pem.toString()) };
+      }
+      const { privatePem, publicKey } = generateCommandKeys();
+      const { nonce, sealed } = this.#seal(Buffer.from(privatePem), aad);
+      await db.query('INSERT INTO hub_command_keys (tenant_id, public_key, nonce, sealed) VALUES ($1, $2, $3, $4)', [tenantId, publicKey, nonce, sealed]);
+      return { publicKey, privateKey: crypto.createPrivateKey(privatePem) };
+    });
+  }
+
+  /** A secret sealed under the master key (AES-256-GCM), bound to `aad`. */
+  #seal(secret: Buffer, aad: unknown[]): { nonce: Buffer; sealed: Buffer } {
+    const nonce = crypto.randomBytes(12);
+    const cipher = crypto.createCipheriv('aes-256-gcm', this.#requireMasterKey(), nonce);
+    cipher.setAAD(Buffer.from(JSON.stringify(aad)));
+    return { nonce, sealed: Buffer.concat([cipher.update(secret), cipher.final(), cipher.getAuthTag()]) };
+  }
+
+  #unseal(box: { nonce: Buffer; sealed: Buffer }, aad: unknown[], what: string): Buffer {
+    const decipher = crypto.createDecipheriv('aes-256-gcm', this.#requireMasterKey(), box.nonce);
+    decipher.setAAD(Buffer.from(JSON.stringify(aad)));
+    decipher.setAuthTag(box.sealed.subarray(box.sealed.length - 16));
+    try {
+      return Buffer.concat([decipher.update(box.sealed.subarray(0, box.sealed.length - 16)), decipher.final()]);
+    } catch {
+      throw new HubError(`the hub master key does not open ${what}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
+    }
+  }
+
+  #requireMasterKey(): Buffer {
+    if (!this.masterKey) throw new HubError('the hub needs AUTHFACE_HUB_MASTER_KEY: it opens the tenant keys that seal templates and authenticate every change');
+    return this.masterKey;
   }
 
   /** The MAC of a change as the hub sequences it (every field but committed_at, which the commit sets). */
@@ -596,6 +658,50 @@ export class HubStore {
   }
 
   /**
+   * A claim for a new device of the tenant: a short single-use code valid for `ttlSeconds`
+   * (`authface hub device add`). Only its SHA-256 is stored. A device id already joined is refused;
+   * an earlier unused code for the same id stops working.
+   */
+  async addDevice(tenantId: string, deviceId: string, ttlSeconds: number): Promise<{ code: string; expiresAt: Date }> {
+    return this.#transaction(async (db) => {
+      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      const joined = await db.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL', [tenantId, deviceId]);
+      if ((joined.rowCount ?? 0) > 0) throw new HubError(`device ${deviceId} has already joined tenant ${tenantId}: choose another name`);
+      await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
+      const code = newClaimCode();
+      const r = await db.query<{ expires_at: Date }>(
+        `INSERT INTO hub_claims (tenant_id, code_hash, device_id, expires_at) VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at`,
+        [tenantId, claimHash(code), deviceId, ttlSeconds],
+      );
+      return { code, expiresAt: r.rows[0].expires_at };
+    });
+  }
+
+  /**
+   * Uses a claim code once: the device's public key is registered under the claim's device id.
+   * Refused (ClaimError) when the code is unknown, used or expired; nothing changes then.
+   */
+  async claim(code: string, publicKey: string): Promise<{ tenantId: string; deviceId: string }> {
+    return this.#transaction(async (db) => {
+      const r = await db.query<{ tenant_id: string; device_id: string; used_at: Date | null; expired: boolean }>(
+        'SELECT tenant_id, device_id, used_at, expires_at <= now() AS expired FROM hub_claims WHERE code_hash = $1 FOR UPDATE',
+        [claimHash(code)],
+      );
+      const claim = r.rows[0];
+      if (!claim) throw new ClaimError('unknown_code', 'this code is not one the hub gave: check it, or ask for a new one (authface hub device add)');
+      if (claim.used_at) throw new ClaimError('code_used', 'this code has already been used: a code joins one device once (authface hub device add gives a new one)');
+      if (claim.expired) throw new ClaimError('code_expired', 'this code has expired: ask for a new one (authface hub device add)');
+      await db.query('UPDATE hub_claims SET used_at = now() WHERE tenant_id = $1 AND code_hash = $2', [claim.tenant_id, claimHash(code)]);
+      await db.query(
+        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, joined_at) VALUES ($1, $2, 'offline', $3, now())
+         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, joined_at = now()`,
+        [claim.tenant_id, claim.device_id, publicKey],
+      );
+      return { tenantId: claim.tenant_id, deviceId: claim.device_id };
+    });
+  }
+
+  /**
    * Records what a device reported. A device at the head with nothing of its own on the way whose
    * user set differs from the hub's has diverged: it is flagged, and `repair` says to tell it to
    * reload a snapshot (at most once per REPAIR_INTERVAL, so a device that stays different is not
@@ -849,4 +955,18 @@ interface ChangeRow {
 
 function toChange(row: ChangeRow): Change {
   return { ...row.body, tenant_id: row.tenant_id, seq: Number(row.seq), change_id: row.change_id, origin: row.origin, committed_at: row.committed_at.toISOString(), auth: row.auth };
+}
+
+// Crockford's base32 without the letters read as others (no I, L, O, U): 16 of them are 80 bits
+const CLAIM_ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+function newClaimCode(): string {
+  const bytes = crypto.randomBytes(16);
+  const chars = [...bytes].map((b) => CLAIM_ALPHABET[b % 32]).join('');
+  return chars.match(/.{4}/g)!.join('-');
+}
+
+/** The stored form of a code: typed in any case, with or without its dashes. */
+function claimHash(code: string): Buffer {
+  return crypto.createHash('sha256').update(code.toUpperCase().replace(/[^0-9A-Z]/g, '')).digest();
 }

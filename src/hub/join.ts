@@ -1,0 +1,61 @@
+import { z } from 'zod';
+import { ServiceError } from '../errors.ts';
+import { type WrappedTenantKey, wrapTenantKey } from '../sync/envelope.ts';
+import { ClaimError, type HubStore } from './store.ts';
+
+export const joinRequestSchema = z.strictObject({
+  code: z.string().min(16).max(40).describe('The claim code `authface hub device add` printed'),
+  public_key: z
+    .string()
+    .regex(/^[A-Za-z0-9+/]{43}=$/, { error: "an X25519 public key in base64 (44 characters), as `authface sync key` prints it" })
+    .describe("The device's X25519 public key: the tenant key comes back wrapped to it (the private key never leaves the device)"),
+});
+
+export type JoinRequest = z.output<typeof joinRequestSchema>;
+
+const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/);
+
+/** What a device receives when it joins: all it needs to write its configuration (checked on the device). */
+export const joinReplySchema = z.strictObject({
+  device_id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
+  tenant_id: z.uuid(),
+  broker: z.strictObject({ url: z.string().regex(/^(mqtts?|wss?):\/\//), topic_prefix: z.string().min(1).max(64) }),
+  tenant_key: z
+    .strictObject({ tenantId: z.uuid(), deviceId: z.string(), keyVersion: z.int().min(1), ephemeralPublicKey: base64, nonce: base64, ciphertext: base64 })
+    .describe("The tenant key wrapped to the device's public key (its sync.tenant_key_file)"),
+  command_public_key: z.string().regex(/^[A-Za-z0-9+/]{43}=$/).describe("The Ed25519 key the hub signs this tenant's remote commands with (the device's remote_commands.public_key)"),
+});
+
+export type JoinReply = z.output<typeof joinReplySchema> & { tenant_key: WrappedTenantKey };
+
+export interface JoinOptions {
+  /** The broker URL the devices use (it may differ from the hub's own). */
+  brokerUrl: string;
+  prefix: string;
+}
+
+/**
+ * A device joining with a claim code (`authface join`): the code is used once, the device's
+ * public key registered under the claim's device id, and the tenant key wrapped to it.
+ */
+export function deviceJoin(store: HubStore, options: JoinOptions): (request: JoinRequest) => Promise<JoinReply> {
+  return async ({ code, public_key }) => {
+    let claimed: { tenantId: string; deviceId: string };
+    try {
+      claimed = await store.claim(code, public_key);
+    } catch (err) {
+      if (!(err instanceof ClaimError)) throw err;
+      throw new ServiceError(err.reason === 'unknown_code' ? 'unauthorized' : 'gone', err.reason, err.message);
+    }
+    const { tenantId, deviceId } = claimed;
+    const { key, keyVersion } = await store.tenantKey(tenantId);
+    const { publicKey } = await store.commandKey(tenantId);
+    return {
+      device_id: deviceId,
+      tenant_id: tenantId,
+      broker: { url: options.brokerUrl, topic_prefix: options.prefix },
+      tenant_key: wrapTenantKey(key, public_key, { tenantId, deviceId, keyVersion }),
+      command_public_key: publicKey,
+    };
+  };
+}
