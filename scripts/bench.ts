@@ -17,7 +17,7 @@
  *  9. a snapshot of 100,000 people to a new door (chunked, through Mosquitto), and peak memory;
  * 10. 200 simulated doors reconnecting at once after 1,000 changes: time to converge, and the hub's
  *     API latency meanwhile.
- * Options: --only frames|search|http|door|queue|store|identify|sync|snapshot|reconnect (sync runs the last two too), --frames N (default 40).
+ * Options: --only frames|search|http|door|queue|store|identify|sync|snapshot|reconnect|join (sync runs snapshot and reconnect too), --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -621,6 +621,71 @@ async function benchReconnect(doorCount = 200): Promise<void> {
   }
 }
 
+/**
+ * Joining: from `authface hub device add` to a door that recognises the tenant's people. The hub
+ * (`authface hub serve`, its own process) holds `people`; the time is the code, the join (key pair,
+ * request, files) and the snapshot the new door then loads through the broker.
+ */
+async function benchJoin(people = 10_000): Promise<void> {
+  const { createTestDatabase, HubStore, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { serveHub, stop } = await import('../test/support/cli.ts');
+  const { join } = await import('../src/cli/join.ts');
+  const { loadDeviceConfig } = await import('../src/device/config.ts');
+  const { loadTenantKey } = await import('../src/sync/device-key.ts');
+  const brokerUrl = 'mqtt://127.0.0.1:1883';
+  const prefix = `authface-bench-join-${process.pid}`;
+  const masterKey = crypto.randomBytes(32);
+  const db = await createTestDatabase();
+  const hubStore = await HubStore.open(db.url, { masterKey });
+  const tenantId = crypto.randomUUID();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-join-'));
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  let hub: Awaited<ReturnType<typeof serveHub>> | undefined;
+  let sync: ReturnType<typeof DeviceSync.start> | undefined;
+  let store: ReturnType<typeof openStore> | undefined;
+  try {
+    await hubStore.createTenant(tenantId, 'bench');
+    const { key } = await hubStore.tenantKey(tenantId);
+    const ids = Array.from({ length: people }, (_, i) => `person-${String(i).padStart(6, '0')}`);
+    const templates = ids.map((id) => JSON.stringify(sealTemplate(key, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
+    await hubStore.pool.query(
+      `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
+       SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
+      [tenantId, EMBEDDING_MODEL, ids, templates],
+    );
+    await hubStore.pool.query('ANALYZE hub_users');
+    hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
+    const started = performance.now();
+    const { code } = await hubStore.addDevice(tenantId, 'bench-door', 900);
+    const dataDir = path.join(dir, 'door');
+    const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
+    const joinedAt = performance.now();
+    const config = loadDeviceConfig(joined.config_file);
+    const { key: tenantKey, keyVersion } = loadTenantKey(config.sync!.tenant_key_file, dataDir, { tenantId, deviceId: config.device_id });
+    store = openStore(dataDir, undefined);
+    store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+    const index = new GalleryIndex();
+    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, tenantKey, keyVersion, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    const head = await hubStore.headSeq(tenantId);
+    while (!(sync.cursor === head && index.of(tenantId).size === people)) await new Promise((r) => setTimeout(r, 20));
+    const done = performance.now();
+    results.join = {
+      people,
+      device_add_and_join_ms: Math.round(joinedAt - started),
+      snapshot_seconds: Number(((done - joinedAt) / 1000).toFixed(1)),
+      until_the_door_recognises_everyone_seconds: Number(((done - started) / 1000).toFixed(1)),
+    };
+    console.log('join', JSON.stringify(results.join));
+  } finally {
+    await sync?.close();
+    store?.close();
+    if (hub) await stop(hub);
+    await hubStore.close();
+    await db.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
@@ -631,6 +696,7 @@ if (!only || only === 'identify') await benchIdentify();
 if (!only || only === 'sync') await benchSync();
 if (!only || only === 'sync' || only === 'snapshot') await benchSnapshot();
 if (!only || only === 'sync' || only === 'reconnect') await benchReconnect();
+if (!only || only === 'join') await benchJoin();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);
