@@ -223,7 +223,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
         const body = bodies[externalUserId];
         // as a door of the tenant sends it: authenticated with the tenant key
         const submission = authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const });
-        device.publish(topics.submit, JSON.stringify(submission), { qos: 1 });
+        device.publish(topics.submit('racer'), JSON.stringify(submission), { qos: 1 });
         return changeId;
       };
       const [erin, frank] = [submit('erin'), submit('frank')];

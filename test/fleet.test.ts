@@ -250,7 +250,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
       ];
       await c.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes }), { qos: 1 });
       // a deletion submitted for sequencing, as if from a door
-      await c.publishAsync(topics.submit, JSON.stringify({ device_id: 'intruder', change_id: crypto.randomUUID(), body: { kind: 'user.delete', external_user_id: 'bob', version: 99 } }), { qos: 1 });
+      await c.publishAsync(topics.submit('intruder'), JSON.stringify({ device_id: 'intruder', change_id: crypto.randomUUID(), body: { kind: 'user.delete', external_user_id: 'bob', version: 99 } }), { qos: 1 });
       await new Promise((r) => setTimeout(r, 1500));
     } finally {
       await c.endAsync();

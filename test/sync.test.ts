@@ -34,7 +34,7 @@ describe('sync protocol document', function () {
   it('firmware-config/sync-protocol.md is the one generated from the schemas (npm run docs:protocol)', function () {
     const file = fs.readFileSync(path.join(ROOT, 'firmware-config', 'sync-protocol.md'), 'utf8');
     assert.equal(file, protocolDocument());
-    for (const topic of ['log', 'head', 'submit', 'fetch', 'snapshot', 'events', 'state/<device_id>', 'device/<device_id>']) assert.ok(file.includes(`/sync/<t>/${topic}\``), topic);
+    for (const topic of ['log', 'head', 'submit/<device_id>', 'fetch/<device_id>', 'snapshot/<device_id>', 'events/<device_id>', 'state/<device_id>', 'device/<device_id>']) assert.ok(file.includes(`/sync/<t>/${topic}\``), topic);
   });
 });
 

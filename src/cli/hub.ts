@@ -63,7 +63,7 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
   } catch (err) {
     throw new CommandError(`AUTHFACE_HUB_BROKER_CA_FILE: cannot read ${caFile} (${(err as NodeJS.ErrnoException).code})`);
   }
-  const hub = await startHub(settings, { databaseUrl, brokerUrl, deviceBrokerUrl: settings.AUTHFACE_HUB_DEVICE_BROKER_URL, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
+  const hub = await startHub(settings, { databaseUrl, brokerUrl, deviceBrokerUrl: settings.AUTHFACE_HUB_DEVICE_BROKER_URL, brokerAcl: settings.AUTHFACE_HUB_BROKER_ACL, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
     // what is committed is in PostgreSQL and what is not is asked again by the devices: a stop
     // does not wait long for a backlog of answers (a reconnect storm) to drain
@@ -149,6 +149,7 @@ export async function hubDeviceAdd(
   opts: { tenant: string; name: string; ttlMinutes: number; databaseUrl?: string },
 ): Promise<{ device_id: string; code: string; expires_at: string; on_the_device: string }> {
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(opts.name)) throw new CommandError(`--name ${opts.name}: use 1-64 letters, digits, - or _ (it is the device_id, an MQTT topic level)`);
+  if (opts.name === 'sync') throw new CommandError('--name sync: the fleet log uses that topic level; choose another name');
   return withHub(settings, opts.databaseUrl, async (store) => {
     const { code, expiresAt } = await store.addDevice(opts.tenant, opts.name, opts.ttlMinutes * 60);
     return { device_id: opts.name, code, expires_at: expiresAt.toISOString(), on_the_device: `authface join --hub ${settings.publicUrl} --code ${code}` };

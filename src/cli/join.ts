@@ -27,8 +27,11 @@ export async function join(settings: Settings, opts: { hub: string; code: string
   unwrapTenantKey(reply.tenant_key, privateKeyPem, { tenantId: reply.tenant_id, deviceId: reply.device_id });
   const tenantKeyFile = path.join(dataDir, 'tenant-key.json');
   writePrivate(tenantKeyFile, `${JSON.stringify(reply.tenant_key, null, 2)}\n`);
+  // the device's own broker client, when the hub manages the broker's rights
+  const passwordFile = path.join(dataDir, 'broker-password');
+  if (reply.broker.password) writePrivate(passwordFile, reply.broker.password);
   const configFile = path.resolve(settings.AUTHFACE_DEVICE_CONFIG ?? path.join(dataDir, 'device.yaml'));
-  const config = joinedConfig(configFile, reply, tenantKeyFile);
+  const config = joinedConfig(configFile, reply, tenantKeyFile, reply.broker.password ? passwordFile : undefined);
   parseDeviceConfig(config, configFile);
   writePrivate(configFile, stringifyYaml(config));
   return {
@@ -75,7 +78,7 @@ async function requestJoin(hub: string, code: string, publicKey: string): Promis
 }
 
 /** The device file with the fleet's settings: an existing one keeps everything else. */
-function joinedConfig(file: string, reply: JoinReply, tenantKeyFile: string): Record<string, unknown> {
+function joinedConfig(file: string, reply: JoinReply, tenantKeyFile: string, passwordFile: string | undefined): Record<string, unknown> {
   let current: Record<string, unknown> = {};
   if (fs.existsSync(file)) {
     try {
@@ -92,7 +95,12 @@ function joinedConfig(file: string, reply: JoinReply, tenantKeyFile: string): Re
     device_id: reply.device_id,
     tenant_id: reply.tenant_id,
     doors: rest.doors ?? [{ id: 'main' }],
-    mqtt: { ...section('mqtt'), url: reply.broker.url, topic_prefix: reply.broker.topic_prefix },
+    mqtt: {
+      ...section('mqtt'),
+      url: reply.broker.url,
+      topic_prefix: reply.broker.topic_prefix,
+      ...(reply.broker.username && passwordFile ? { username: reply.broker.username, password_file: passwordFile } : {}),
+    },
     sync: { tenant_key_file: tenantKeyFile },
     remote_commands: { ...section('remote_commands'), enabled: true, public_key: reply.command_public_key },
   };

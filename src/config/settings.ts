@@ -119,6 +119,10 @@ export const settingsSpec = {
     schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),
     doc: 'The hub only: the broker URL a device is given when it joins (`authface join`), when the devices reach the broker at another address than the hub (default: the hub\'s broker URL).',
   },
+  AUTHFACE_HUB_BROKER_ACL: {
+    schema: z.enum(['none', 'mosquitto-dynsec']).default('none'),
+    doc: "The hub only: `mosquitto-dynsec`: the broker runs Mosquitto's dynamic security plugin and the hub's broker user (in its URL) holds the plugin's admin role; each device that joins gets a broker client of its own that may publish only its own state and events and read only its tenant's log and its own command topic (firmware-config/README.md, \"Broker rights\"). `none`: the broker's users and ACLs are managed by hand.",
+  },
   AUTHFACE_HUB_BROKER_CA_FILE: {
     schema: z.string().min(1).optional(),
     doc: "The hub only: CA certificate (PEM) that signed the broker's TLS certificate, for an `mqtts://` or `wss://` broker with a private CA (the devices' `mqtt.ca_file`). Broker credentials go in the URL (`mqtts://hub:password@broker`).",

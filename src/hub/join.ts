@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ServiceError } from '../errors.ts';
 import { type WrappedTenantKey, wrapTenantKey } from '../sync/envelope.ts';
+import type { BrokerAdmin } from './broker-admin.ts';
 import { ClaimError, type HubStore } from './store.ts';
 
 export const joinRequestSchema = z.strictObject({
@@ -19,7 +20,12 @@ const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/);
 export const joinReplySchema = z.strictObject({
   device_id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
   tenant_id: z.uuid(),
-  broker: z.strictObject({ url: z.string().regex(/^(mqtts?|wss?):\/\//), topic_prefix: z.string().min(1).max(64) }),
+  broker: z.strictObject({
+    url: z.string().regex(/^(mqtts?|wss?):\/\//),
+    topic_prefix: z.string().min(1).max(64),
+    username: z.string().min(1).max(64).optional().describe("The device's own broker client (the hub manages the broker's rights)"),
+    password: z.string().min(16).max(128).optional(),
+  }),
   tenant_key: z
     .strictObject({ tenantId: z.uuid(), deviceId: z.string(), keyVersion: z.int().min(1), ephemeralPublicKey: base64, nonce: base64, ciphertext: base64 })
     .describe("The tenant key wrapped to the device's public key (its sync.tenant_key_file)"),
@@ -32,6 +38,8 @@ export interface JoinOptions {
   /** The broker URL the devices use (it may differ from the hub's own). */
   brokerUrl: string;
   prefix: string;
+  /** When the hub manages the broker's rights: a broker client of its own for each device. */
+  brokerAdmin?: BrokerAdmin;
 }
 
 /**
@@ -50,10 +58,18 @@ export function deviceJoin(store: HubStore, options: JoinOptions): (request: Joi
     const { tenantId, deviceId } = claimed;
     const { key, keyVersion } = await store.tenantKey(tenantId);
     const { publicKey } = await store.commandKey(tenantId);
+    let credentials: { username: string; password: string } | undefined;
+    try {
+      credentials = await options.brokerAdmin?.addDevice(tenantId, deviceId);
+    } catch (err) {
+      // the device got nothing: its code works again
+      await store.unclaim(code);
+      throw new ServiceError('unavailable', 'broker_unavailable', `the hub could not create the device's broker client (${(err as Error).message}); try again`);
+    }
     return {
       device_id: deviceId,
       tenant_id: tenantId,
-      broker: { url: options.brokerUrl, topic_prefix: options.prefix },
+      broker: { url: options.brokerUrl, topic_prefix: options.prefix, ...credentials },
       tenant_key: wrapTenantKey(key, public_key, { tenantId, deviceId, keyVersion }),
       command_public_key: publicKey,
     };

@@ -9,8 +9,9 @@ import type { BiometryStore } from '../store/biometry-store.ts';
 import { postgresBiometryStore } from './biometry-store.ts';
 import { fleetRoutes } from '../api/routes/fleet.ts';
 import { HubGallery } from './gallery.ts';
+import { BrokerAdmin } from './broker-admin.ts';
 import { deviceJoin } from './join.ts';
-import { HubStore } from './store.ts';
+import { HubError, HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { EnvelopeError, openTemplate, sealTemplate } from '../sync/envelope.ts';
@@ -22,6 +23,8 @@ export interface HubOptions {
   brokerUrl: string;
   /** The broker URL devices are given when they join (default: brokerUrl). */
   deviceBrokerUrl?: string;
+  /** The hub administers the broker's dynamic security plugin: a broker client per device. */
+  brokerAcl?: 'none' | 'mosquitto-dynsec';
   /** CA of the broker's TLS certificate (AUTHFACE_HUB_BROKER_CA_FILE, read). */
   brokerCa?: Buffer;
   prefix: string;
@@ -58,6 +61,16 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       onIdleError: (err) => logger.warn({ problem: err.message }, 'hub: a database connection was dropped; it is replaced on the next query'),
     });
     stack.push(() => store.close());
+    // the broker's rights first: giving the hub's user its role makes the broker drop its connections
+    let brokerAdmin: BrokerAdmin | undefined;
+    if (options.brokerAcl === 'mosquitto-dynsec') {
+      const admin = await BrokerAdmin.connect(options.brokerUrl, options.prefix, options.brokerCa ? { ca: options.brokerCa } : {});
+      stack.push(() => admin.close());
+      const hubUser = decodeURIComponent(new URL(options.brokerUrl).username);
+      if (!hubUser) throw new HubError("AUTHFACE_HUB_BROKER_ACL=mosquitto-dynsec needs the hub's broker user in the broker URL (mqtt://hub:password@broker)");
+      await admin.allowHub(hubUser);
+      brokerAdmin = admin;
+    }
     const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger, ca: options.brokerCa });
     stack.push(() => sync.close());
     const tenantKey = (tenantId: string) => store.tenantKey(tenantId);
@@ -81,7 +94,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       version: options.version,
       isReady: () => parts.analyzer.isReady,
       device: null,
-      fleet: fleetRoutes({ join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? options.brokerUrl, prefix: options.prefix }) }),
+      fleet: fleetRoutes({ join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }) }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot
     const compact = () =>
@@ -138,4 +151,12 @@ function fleetCheck(
     const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });
     return { ok: true, body: { ...body, version, key_version: keyVersion, template }, checkedThrough };
   };
+}
+
+/** A broker URL without the hub's own credentials (what a device is told to connect to). */
+function withoutCredentials(url: string): string {
+  const u = new URL(url);
+  u.username = '';
+  u.password = '';
+  return u.toString().replace(/\/$/, '');
 }

@@ -665,8 +665,9 @@ export class HubStore {
   async addDevice(tenantId: string, deviceId: string, ttlSeconds: number): Promise<{ code: string; expiresAt: Date }> {
     return this.#transaction(async (db) => {
       if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
-      const joined = await db.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL', [tenantId, deviceId]);
-      if ((joined.rowCount ?? 0) > 0) throw new HubError(`device ${deviceId} has already joined tenant ${tenantId}: choose another name`);
+      // a device id names the device's own topics and broker client: unique on the broker, so across tenants
+      const joined = await db.query<{ tenant_id: string }>('SELECT tenant_id FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
+      if (joined.rows[0]) throw new HubError(`device ${deviceId} has already joined${joined.rows[0].tenant_id === tenantId ? '' : ' another tenant'}: choose another name`);
       await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
       const code = newClaimCode();
       const r = await db.query<{ expires_at: Date }>(
@@ -699,6 +700,11 @@ export class HubStore {
       );
       return { tenantId: claim.tenant_id, deviceId: claim.device_id };
     });
+  }
+
+  /** Makes a used code usable again (its device could not be given what it needs). */
+  async unclaim(code: string): Promise<void> {
+    await this.pool.query('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1', [claimHash(code)]);
   }
 
   /**

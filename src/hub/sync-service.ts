@@ -82,7 +82,7 @@ export class HubSync {
     const subscribe = async () => {
       // several hubs on one database share the work: each submission, fetch and event batch goes
       // to one of them (an MQTT shared subscription); device states (retained) go to all
-      const shared = (kind: string) => `$share/authface-hub/${options.prefix}/sync/+/${kind}`;
+      const shared = (kind: string) => `$share/authface-hub/${options.prefix}/sync/+/${kind}/+`;
       await client.subscribeAsync([shared('submit'), shared('fetch'), shared('snapshot'), shared('events'), `${options.prefix}/sync/+/state/+`], { qos: 1 });
       await hub.publishHeads();
     };
@@ -142,19 +142,26 @@ export class HubSync {
       }
       return;
     }
-    if (topic === topics.submit) {
+    // a device's own topic: the device_id inside must be the topic's (a broker ACL keeps each device to its own)
+    const device = levels.length === 4 ? levels[3] : undefined;
+    const another = (value: { device_id: string }) => value.device_id !== device;
+    if (device === undefined) return;
+    if (kind === 'submit') {
       const msg = await this.#authentic(tenantId, 'submission', submissionSchema, payload);
+      if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: a submission on another device's topic was refused");
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
       await this.#reply(tenantId, msg.value.device_id, ack);
       if (change) this.#queueChange(tenantId, change);
-    } else if (topic === topics.events) {
+    } else if (kind === 'events') {
       const msg = await this.#authentic(tenantId, 'events', doorEventsSchema, payload);
+      if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: door events on another device's topic were refused");
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
       const held = await this.store.recordDoorEvents(tenantId, msg.value);
       await this.#reply(tenantId, msg.value.device_id, { type: 'events_ack', event_ids: held });
-    } else if (topic === topics.fetch) {
+    } else if (kind === 'fetch') {
       const msg = parseMessage(fetchRequestSchema, payload);
+      if (msg.ok && another(msg.value)) return;
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
       const head = await this.store.headSeq(tenantId);
       const after = msg.value.after;
@@ -175,8 +182,9 @@ export class HubSync {
         if (!more) break;
         from = page.last;
       }
-    } else if (topic === topics.snapshot) {
+    } else if (kind === 'snapshot') {
       const msg = parseMessage(snapshotRequestSchema, payload);
+      if (msg.ok && another(msg.value)) return;
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a snapshot request was refused');
       // several chunks per request: a round trip per chunk would cost more than applying it
       let after = msg.value.after;

@@ -195,7 +195,7 @@ export class DeviceSync {
       });
       const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
       const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
-      this.client.publish(syncTopics(this.options.prefix, tenantId).submit, JSON.stringify(submission), { qos: 1 });
+      this.client.publish(syncTopics(this.options.prefix, tenantId).submit(deviceId), JSON.stringify(submission), { qos: 1 });
     });
     if (!ack) {
       logger.warn({ wait_ms: ms }, "sync: the hub did not answer in time; written on this door's own check and queued");
@@ -244,10 +244,10 @@ export class DeviceSync {
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
     const topics = syncTopics(this.options.prefix, this.options.tenantId);
     if (snapshot) {
-      this.client.publish(topics.snapshot, JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
+      this.client.publish(topics.snapshot(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
       return;
     }
-    this.client.publish(topics.fetch, JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
+    this.client.publish(topics.fetch(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
   }
 
   /**
@@ -284,7 +284,7 @@ export class DeviceSync {
       }
       this.#sentAt.set(r.change_id, now);
       inFlight++;
-      this.client.publish(topics.submit, JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body })), { qos: 1 });
+      this.client.publish(topics.submit(deviceId), JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body })), { qos: 1 });
     }
   }
 
@@ -326,7 +326,7 @@ export class DeviceSync {
         delayed: sentAt - Date.parse(e.createdAt) > DELAYED_AFTER_MS,
       })),
     } satisfies Omit<DoorEvents, 'auth'>);
-    this.client.publish(syncTopics(this.options.prefix, this.options.tenantId).events, JSON.stringify(batch), { qos: 1 });
+    this.client.publish(syncTopics(this.options.prefix, this.options.tenantId).events(this.options.deviceId), JSON.stringify(batch), { qos: 1 });
   }
 
   /**

@@ -18,10 +18,10 @@ import {
 const MESSAGES: { topic: string; direction: string; schema: z.ZodType }[] = [
   { topic: '<prefix>/sync/<t>/log', direction: 'hub → devices, QoS 1', schema: changeBatchSchema },
   { topic: '<prefix>/sync/<t>/head', direction: 'hub → devices, QoS 1, retained', schema: headSchema },
-  { topic: '<prefix>/sync/<t>/submit', direction: 'device → hub, QoS 1', schema: submissionSchema },
-  { topic: '<prefix>/sync/<t>/fetch', direction: 'device → hub, QoS 1', schema: fetchRequestSchema },
-  { topic: '<prefix>/sync/<t>/snapshot', direction: 'device → hub, QoS 1', schema: snapshotRequestSchema },
-  { topic: '<prefix>/sync/<t>/events', direction: 'device → hub, QoS 1', schema: doorEventsSchema },
+  { topic: '<prefix>/sync/<t>/submit/<device_id>', direction: 'device → hub, QoS 1', schema: submissionSchema },
+  { topic: '<prefix>/sync/<t>/fetch/<device_id>', direction: 'device → hub, QoS 1', schema: fetchRequestSchema },
+  { topic: '<prefix>/sync/<t>/snapshot/<device_id>', direction: 'device → hub, QoS 1', schema: snapshotRequestSchema },
+  { topic: '<prefix>/sync/<t>/events/<device_id>', direction: 'device → hub, QoS 1', schema: doorEventsSchema },
   { topic: '<prefix>/sync/<t>/state/<device_id>', direction: 'device → hub, QoS 1, retained; last will `offline`', schema: deviceStateSchema },
   { topic: '<prefix>/sync/<t>/device/<device_id>', direction: 'hub → one device, QoS 1', schema: replySchema },
 ];

@@ -121,16 +121,19 @@ export function syncTopics(prefix: string, tenantId: string) {
     log: `${base}/log`,
     /** hub → devices, retained: the tenant's last sequence number, so a device that missed a message sees the gap. */
     head: `${base}/head`,
+    // what a device sends goes to a topic of its own, so a broker ACL can keep each device to its
+    // own (firmware-config/README.md, "Broker rights"); the hub refuses a message whose device_id
+    // is not the topic's
     /** device → hub: a change made at the device (Submission). */
-    submit: `${base}/submit`,
+    submit: (deviceId: string) => `${base}/submit/${deviceId}`,
     /** device → hub: "send me the changes after N" (FetchRequest). */
-    fetch: `${base}/fetch`,
+    fetch: (deviceId: string) => `${base}/fetch/${deviceId}`,
     /** device → hub: "send me the users after this one" (SnapshotRequest). */
-    snapshot: `${base}/snapshot`,
+    snapshot: (deviceId: string) => `${base}/snapshot/${deviceId}`,
     /** hub → one device: acks of its submissions and the ranges it fetched. */
     reply: (deviceId: string) => `${base}/device/${deviceId}`,
     /** device → hub: door events for the central store (DoorEvents), each sent until acknowledged. */
-    events: `${base}/events`,
+    events: (deviceId: string) => `${base}/events/${deviceId}`,
     /** device → hub, retained, with an `offline` last will: how the device is (DeviceState). */
     state: (deviceId: string) => `${base}/state/${deviceId}`,
   };

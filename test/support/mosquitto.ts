@@ -76,3 +76,25 @@ export async function runMosquitto(dir: string, port: number, conf: string): Pro
     fs.rmSync(dir, { recursive: true, force: true });
   };
 }
+
+/**
+ * A Mosquitto of our own with the dynamic security plugin Debian ships, set up with one admin
+ * client (`mosquitto_ctrl dynsec init`): the hub administers the broker as that user.
+ */
+export async function startDynsecMosquitto(admin: { username: string; password: string }): Promise<OwnMosquitto> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-dynsec-'));
+  const port = await freePort();
+  const config = path.join(dir, 'dynsec.json');
+  execFileSync('mosquitto_ctrl', ['dynsec', 'init', config, admin.username, admin.password], { stdio: 'ignore' });
+  const conf = [
+    'persistence false',
+    'log_dest stderr',
+    ...(process.getuid?.() === 0 ? ['user root'] : []),
+    'plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so',
+    `plugin_opt_config_file ${config}`,
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous false',
+  ];
+  const close = await runMosquitto(dir, port, `${conf.join('\n')}\n`);
+  return { url: `mqtt://127.0.0.1:${port}`, port, dir, close };
+}

@@ -1,0 +1,148 @@
+import crypto from 'node:crypto';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { HubError } from './store.ts';
+
+const CONTROL = '$CONTROL/dynamic-security/v1';
+const HUB_ROLE = 'authface-hub';
+const ANSWER_TIMEOUT_MS = 10_000;
+
+interface Answer {
+  error?: string;
+  data?: unknown;
+}
+
+interface Acl {
+  acltype: 'publishClientSend' | 'publishClientReceive' | 'subscribePattern' | 'unsubscribePattern';
+  topic: string;
+  allow: boolean;
+  priority?: number;
+}
+
+/** The broker rights of one device, as topics (the same list documents the EMQX equivalent). */
+export function deviceRights(prefix: string, tenantId: string, deviceId: string): { publish: string[]; subscribe: string[] } {
+  const sync = `${prefix}/sync/${tenantId}`;
+  const own = `${prefix}/${deviceId}`;
+  return {
+    // its own state and events: door events, status and command results, and what it sends the hub
+    publish: [`${own}/status`, `${own}/door/+/access`, `${own}/door/+/alarm`, `${own}/command/result`, ...['submit', 'fetch', 'snapshot', 'events', 'state'].map((k) => `${sync}/${k}/${deviceId}`)],
+    // its tenant's log and head, the hub's replies to it, and its own command topic
+    subscribe: [`${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${own}/command`],
+  };
+}
+
+/**
+ * The hub as administrator of Mosquitto's dynamic security plugin: each device that joins gets a
+ * broker client of its own (a random password, given to the device once) and a role with exactly
+ * the rights of deviceRights; nothing else. The hub's own user gets a role for the sync topics.
+ */
+export class BrokerAdmin {
+  readonly #waiting = new Map<string, (answer: Answer[]) => void>();
+
+  private constructor(
+    private readonly client: MqttClient,
+    private readonly prefix: string,
+  ) {}
+
+  /** Connects as the hub's broker user, which must hold the plugin's admin role. */
+  static async connect(url: string, prefix: string, options: IClientOptions = {}): Promise<BrokerAdmin> {
+    const client = await mqtt.connectAsync(url, { ...options, clientId: `authface-hub-admin-${crypto.randomBytes(6).toString('hex')}`, protocolVersion: 5, reconnectPeriod: 1000 });
+    const admin = new BrokerAdmin(client, prefix);
+    client.on('message', (_topic, payload) => admin.#answer(payload));
+    const granted = await client.subscribeAsync(`${CONTROL}/response`, { qos: 1 });
+    if (granted.some((g) => g.qos > 2)) {
+      await client.endAsync();
+      throw new HubError("the hub's broker user may not administer the broker's dynamic security plugin: give it the plugin's admin role (mosquitto_ctrl dynsec init …)");
+    }
+    return admin;
+  }
+
+  async close(): Promise<void> {
+    await this.client.endAsync();
+  }
+
+  /**
+   * Lets the hub's own user publish and read the sync topics (the plugin's admin role may only
+   * read them). Adding a role to a client makes the broker disconnect it: the hub's connections
+   * reconnect by themselves, and the role is checked again once this one is back.
+   */
+  async allowHub(username: string): Promise<void> {
+    if (await this.#hasRole(username, HUB_ROLE)) return;
+    const topic = `${this.prefix}/sync/#`;
+    const acls: Acl[] = [
+      { acltype: 'publishClientSend', topic, allow: true },
+      { acltype: 'publishClientReceive', topic, allow: true },
+      { acltype: 'subscribePattern', topic, allow: true },
+    ];
+    await this.#run([{ command: 'createRole', rolename: HUB_ROLE, acls }], ['Role already exists']);
+    const reconnected = new Promise<void>((resolve) => this.client.once('connect', () => resolve()));
+    await this.client.publishAsync(CONTROL, JSON.stringify({ commands: [{ command: 'addClientRole', username, rolename: HUB_ROLE }] }), { qos: 1 });
+    await Promise.race([reconnected, new Promise((r) => setTimeout(r, ANSWER_TIMEOUT_MS))]);
+    if (!(await this.#hasRole(username, HUB_ROLE))) throw new HubError(`the broker did not give the hub's user ${username} the role ${HUB_ROLE}`);
+  }
+
+  async #hasRole(username: string, rolename: string): Promise<boolean> {
+    const [answer] = await this.#run([{ command: 'getClient', username }]);
+    const client = (answer.data as { client?: { roles?: { rolename: string }[] } } | undefined)?.client;
+    return client?.roles?.some((r) => r.rolename === rolename) ?? false;
+  }
+
+  /** A broker client for a device that joins (any earlier one of that name is replaced); returns its credentials. */
+  async addDevice(tenantId: string, deviceId: string): Promise<{ username: string; password: string }> {
+    const rolename = `authface-device-${deviceId}`;
+    const { publish, subscribe } = deviceRights(this.prefix, tenantId, deviceId);
+    const acls: Acl[] = [
+      ...publish.map((topic): Acl => ({ acltype: 'publishClientSend', topic, allow: true })),
+      ...subscribe.flatMap((topic): Acl[] => [
+        { acltype: 'subscribePattern', topic, allow: true },
+        { acltype: 'publishClientReceive', topic, allow: true },
+      ]),
+    ];
+    const password = crypto.randomBytes(24).toString('base64url');
+    await this.#run([{ command: 'deleteClient', username: deviceId }, { command: 'deleteRole', rolename }], ['Client not found', 'Role not found']);
+    await this.#run([
+      { command: 'createRole', rolename, acls },
+      { command: 'createClient', username: deviceId, password, roles: [{ rolename }] },
+    ]);
+    return { username: deviceId, password };
+  }
+
+  /** Removes a device's broker client and role: it can no longer connect (revocation). */
+  async removeDevice(deviceId: string): Promise<void> {
+    await this.#run([{ command: 'deleteClient', username: deviceId }, { command: 'deleteRole', rolename: `authface-device-${deviceId}` }], ['Client not found', 'Role not found']);
+  }
+
+  /** Sends commands and waits for their answers; an error not in `tolerated` fails the call. */
+  async #run(commands: Record<string, unknown>[], tolerated: string[] = []): Promise<Answer[]> {
+    const correlation = crypto.randomUUID();
+    const answered = new Promise<Answer[]>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiting.delete(correlation);
+        reject(new HubError('the broker did not answer the dynamic security commands: is its dynamic security plugin loaded?'));
+      }, ANSWER_TIMEOUT_MS);
+      this.#waiting.set(correlation, (answers) => {
+        clearTimeout(timer);
+        resolve(answers);
+      });
+    });
+    await this.client.publishAsync(CONTROL, JSON.stringify({ commands: commands.map((c, i) => ({ ...c, correlationData: `${correlation}:${i}` })) }), { qos: 1 });
+    const answers = await answered;
+    const failed = answers.find((a) => a.error && !tolerated.includes(a.error));
+    if (failed) throw new HubError(`the broker refused a dynamic security command: ${failed.error}`);
+    return answers;
+  }
+
+  #answer(payload: Buffer): void {
+    let parsed: { responses?: (Answer & { correlationData?: string })[] };
+    try {
+      parsed = JSON.parse(payload.toString('utf8')) as typeof parsed;
+    } catch {
+      return;
+    }
+    const responses = parsed.responses ?? [];
+    const correlation = responses[0]?.correlationData?.split(':')[0];
+    const waiting = correlation && this.#waiting.get(correlation);
+    if (!waiting) return;
+    this.#waiting.delete(correlation);
+    waiting(responses);
+  }
+}

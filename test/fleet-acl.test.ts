@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import mqtt, { type MqttClient } from 'mqtt';
+import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { GalleryIndex } from '../src/biometrics/gallery.ts';
+import { join } from '../src/cli/join.ts';
+import { loadSettings } from '../src/config/settings.ts';
+import { EventBus } from '../src/core/events.ts';
+import { createLogger } from '../src/core/logger.ts';
+import { type DeviceConfig, loadDeviceConfig } from '../src/device/config.ts';
+import { type Hub, startHub } from '../src/hub/service.ts';
+import { brokerOptions } from '../src/mqtt/bridge.ts';
+import { type Store, openStore } from '../src/store/index.ts';
+import { DeviceSync } from '../src/sync/device-sync.ts';
+import { loadTenantKey } from '../src/sync/device-key.ts';
+import { sealTemplate } from '../src/sync/envelope.ts';
+import { syncTopics } from '../src/sync/protocol.ts';
+import { type OwnMosquitto, startDynsecMosquitto } from './support/mosquitto.ts';
+import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+import { sharedAnalyzer } from './support/service.ts';
+
+/**
+ * Each device holds only its own rights on the broker: the hub administers Mosquitto's dynamic
+ * security plugin (as Debian ships it), and each device that joins gets a broker client whose
+ * role lets it publish its own state and events and read its tenant's log and its own command
+ * topic, nothing else.
+ */
+describe("broker rights: each device's own client through Mosquitto's dynamic security plugin", function () {
+  this.timeout(120_000);
+  const prefix = 'authface';
+  const hubUser = { username: 'hub', password: crypto.randomBytes(12).toString('hex') };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-acl-'));
+  const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 1.7 + k)));
+  let broker: OwnMosquitto;
+  let db: TestDatabase;
+  let hub: Hub;
+  let tenantA: string;
+  let tenantB: string;
+  const devices: Record<string, { config: DeviceConfig; dataDir: string }> = {};
+  const clients: MqttClient[] = [];
+  let sync: DeviceSync | undefined;
+  let store: Store | undefined;
+
+  /** A raw MQTT connection with a joined device's credentials, as its device file gives them. */
+  const connectAs = async (name: string) => {
+    const { config } = devices[name];
+    const c = await mqtt.connectAsync(config.mqtt.url!, { ...brokerOptions(config.mqtt), clientId: `probe-${name}-${crypto.randomBytes(4).toString('hex')}`, protocolVersion: 5, reconnectPeriod: 0 });
+    clients.push(c);
+    return c;
+  };
+  const denied = (p: Promise<unknown>) => assert.rejects(p, /Not authorized/);
+
+  before(async function () {
+    broker = await startDynsecMosquitto(hubUser);
+    db = await createTestDatabase();
+    const brokerUrl = `mqtt://${hubUser.username}:${hubUser.password}@127.0.0.1:${broker.port}`;
+    hub = await startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), {
+      databaseUrl: db.url,
+      brokerUrl,
+      brokerAcl: 'mosquitto-dynsec',
+      prefix,
+      masterKey: crypto.randomBytes(32),
+      logger: createLogger('silent'),
+      version: 'test',
+      analyzer: await sharedAnalyzer(),
+    });
+    tenantA = (await hub.biometry.tenants.create({ name: 'a', allowedOrigins: [], livenessMode: 'passive' })).id;
+    tenantB = (await hub.biometry.tenants.create({ name: 'b', allowedOrigins: [], livenessMode: 'passive' })).id;
+    for (const [name, tenant] of [['a1', tenantA], ['a2', tenantA], ['b1', tenantB]] as const) {
+      const { code } = await hub.store.addDevice(tenant, name, 600);
+      const dataDir = path.join(dir, name);
+      const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
+      devices[name] = { config: loadDeviceConfig(joined.config_file), dataDir };
+    }
+  });
+  after(async function () {
+    for (const c of clients) await c.endAsync(true);
+    await sync?.close();
+    store?.close();
+    await hub?.close();
+    await db?.drop();
+    await broker?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a joined device has a broker client of its own, and with it replicates both ways', async function () {
+    const { config, dataDir } = devices.a1;
+    assert.equal(config.mqtt.username, 'a1');
+    assert.ok(config.mqtt.password_file);
+    assert.equal(fs.statSync(config.mqtt.password_file).mode & 0o777, 0o600, 'the password file is private');
+    assert.equal(config.mqtt.url, `mqtt://127.0.0.1:${broker.port}`, "the device is not given the hub's own credentials");
+    const { key, keyVersion } = loadTenantKey(config.sync!.tenant_key_file, dataDir, { tenantId: tenantA, deviceId: 'a1' });
+    store = openStore(dataDir, undefined);
+    store.tenants.create({ id: tenantA, name: 'a', allowedOrigins: [], livenessMode: 'passive' });
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'a1', tenantId: tenantA, url: config.mqtt.url!, prefix, broker: brokerOptions(config.mqtt), tenantKey: key, keyVersion, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    const template = sealTemplate(key, face(1), { tenantId: tenantA, externalUserId: 'alice', version: 1, model: EMBEDDING_MODEL, keyVersion });
+    assert.equal((await hub.sync.submit(tenantA, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template })).status, 'sequenced');
+    for (let i = 0; i < 200 && !store.users.get(tenantA, 'alice'); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(store.users.get(tenantA, 'alice'), "the hub's change at the door (it reads its tenant's log)");
+    store.users.enroll(tenantA, 'bob', face(2));
+    for (let i = 0; i < 200 && sync.pending() > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(sync.pending(), 0, "the door's change acknowledged (it publishes to its own topics)");
+    assert.equal((await hub.store.userState(hub.store.pool, tenantA, 'bob'))?.version, 1);
+  });
+
+  it("a device's credentials cannot read another tenant's log, publish another device's events, or send a command", async function () {
+    const a1 = await connectAs('a1');
+    const a = syncTopics(prefix, tenantA);
+    const b = syncTopics(prefix, tenantB);
+    // its own: allowed
+    await a1.subscribeAsync([a.log, a.head, a.reply('a1'), `${prefix}/a1/command`], { qos: 1 });
+    await a1.publishAsync(`${prefix}/a1/status`, 'online', { qos: 1 });
+    // another tenant's log, and the hub's replies to another device
+    await denied(a1.subscribeAsync(b.log, { qos: 1 }));
+    await denied(a1.subscribeAsync(b.head, { qos: 1 }));
+    await denied(a1.subscribeAsync(a.reply('a2'), { qos: 1 }));
+    await denied(a1.subscribeAsync(`${prefix}/#`, { qos: 1 }));
+    // another device's events, submissions and state; the log itself
+    await denied(a1.publishAsync(a.events('a2'), '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.submit('a2'), '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.state('a2'), '{}', { qos: 1, retain: true }));
+    await denied(a1.publishAsync(`${prefix}/a2/door/main/access`, '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.log, '{}', { qos: 1 }));
+    await denied(a1.publishAsync(b.events('b1'), '{}', { qos: 1 }));
+    // a command, to any door (its own included): only the hub's admins send them
+    for (const door of ['a1', 'a2', 'b1']) await denied(a1.publishAsync(`${prefix}/${door}/command`, '{}', { qos: 1 }));
+    // and a device of the other tenant is kept to its own the same way
+    const b1 = await connectAs('b1');
+    await denied(b1.subscribeAsync(a.log, { qos: 1 }));
+    await b1.subscribeAsync(b.log, { qos: 1 });
+  });
+
+  it('the same password does not work for another device, and a wrong one is refused at connect', async function () {
+    const { config } = devices.a1;
+    const password = fs.readFileSync(config.mqtt.password_file!, 'utf8');
+    await assert.rejects(mqtt.connectAsync(config.mqtt.url!, { username: 'a2', password, protocolVersion: 5, reconnectPeriod: 0 }), /Bad User Name or Password|Not authorized/);
+    await assert.rejects(mqtt.connectAsync(config.mqtt.url!, { username: 'a1', password: 'guess', protocolVersion: 5, reconnectPeriod: 0 }), /Bad User Name or Password|Not authorized/);
+  });
+});
