@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
+import { signCommand } from '../src/access/signed-command.ts';
 import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { join } from '../src/cli/join.ts';
@@ -127,6 +128,11 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     await denied(a1.publishAsync(b.events('b1'), '{}', { qos: 1 }));
     // a command, to any door (its own included): only the hub's admins send them
     for (const door of ['a1', 'a2', 'b1']) await denied(a1.publishAsync(`${prefix}/${door}/command`, '{}', { qos: 1 }));
+    // the hub may: a command it signs reaches the door's command topic
+    const received = new Promise<string>((resolve) => a1.on('message', (topic) => topic.endsWith('/a1/command') && resolve(topic)));
+    const { privateKey } = await hub.store.commandKey(tenantA);
+    assert.equal(await hub.sync.sendCommand('a1', signCommand(privateKey, { command: 'unlock', device: 'a1', door: 'main', request_id: 'req_acl' }), 300), null, 'nobody answers on this probe');
+    assert.equal(await received, `${prefix}/a1/command`);
     // and a device of the other tenant is kept to its own the same way
     const b1 = await connectAs('b1');
     await denied(b1.subscribeAsync(a.log, { qos: 1 }));

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { parse as parseYaml } from 'yaml';
+import { generateCommandKeys, signCommand } from '../src/access/signed-command.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { authface, serve, serveHub, stop } from './support/cli.ts';
@@ -28,6 +29,7 @@ describe('joining a fleet with one code (authface hub device add, authface join)
   let door: ChildProcess | undefined;
   let brokerUrl: string;
   let tenantId: string;
+  let hubKey: string;
 
   const hubCli = (args: string[]) => authface(['hub', ...args, '--database-url', db.url], { ...hubEnv, ...(hub ? { PUBLIC_URL: hub.url } : {}) });
   const addDevice = async (name: string) => JSON.parse((await hubCli(['device', 'add', '--tenant', tenantId, '--name', name])).stdout) as { device_id: string; code: string; expires_at: string; on_the_device: string };
@@ -37,7 +39,9 @@ describe('joining a fleet with one code (authface hub device add, authface join)
   before(async function () {
     brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
-    tenantId = (JSON.parse((await hubCli(['tenant', 'add', '--name', 'acme', '--allowed-origin', 'https://app.example.com'])).stdout) as { tenant_id: string }).tenant_id;
+    const added = JSON.parse((await hubCli(['tenant', 'add', '--name', 'acme', '--allowed-origin', 'https://app.example.com'])).stdout) as { tenant_id: string; api_key: string };
+    tenantId = added.tenant_id;
+    hubKey = added.api_key;
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, hubEnv);
   });
   after(async function () {
@@ -94,6 +98,37 @@ describe('joining a fleet with one code (authface hub device add, authface join)
     const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
     const session = await fetch(`${served.url}/biometry/v1/identify`, { method: 'POST', headers: { authorization: `Bearer ${api_key}`, 'content-type': 'application/json' }, body: JSON.stringify({ client_state: crypto.randomUUID(), redirect_url: 'https://app.example.com/done' }) });
     assert.equal(session.status, 200);
+  });
+
+  it("the hub's API has a door unlock with a command signed by the tenant's key; a broker client's own command is ignored; another tenant cannot", async function () {
+    const command = (key: string, body: Record<string, unknown>) =>
+      fetch(`${hub!.url}/fleet/v1/command`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const unlocked = await command(hubKey, { device_id: 'front', door_id: 'main', command: 'unlock' });
+    assert.equal(unlocked.status, 200);
+    const outcome = (await unlocked.json()) as { answered: boolean; ok: boolean; request_id: string };
+    assert.deepEqual([outcome.answered, outcome.ok], [true, true], JSON.stringify(outcome));
+    // a client of the broker signs its own command with a key of its own: the door ignores it
+    const { privatePem } = generateCommandKeys();
+    const forged = signCommand(crypto.createPrivateKey(privatePem), { command: 'unlock', device: 'front', door: 'main', request_id: 'req_forged' });
+    const c = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+    await c.publishAsync(`${prefix}/front/command`, JSON.stringify(forged), { qos: 1 });
+    await c.endAsync();
+    // the door's remote openings, as the central store has them
+    const store = await HubStore.open(db.url);
+    try {
+      const unlocks = async () => (await store.pool.query(`SELECT 1 FROM hub_access_events WHERE tenant_id = $1 AND type = 'remote_unlock'`, [tenantId])).rowCount;
+      for (let i = 0; i < 40 && (await unlocks()) === 0; i++) await new Promise((r) => setTimeout(r, 250));
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(await unlocks(), 1, "one remote opening: the hub's");
+    } finally {
+      await store.close();
+    }
+    // another tenant's key does not reach this tenant's door; an unknown door is a clear 404
+    const other = JSON.parse((await hubCli(['tenant', 'add', '--name', 'other'])).stdout) as { api_key: string };
+    const foreign = await command(other.api_key, { device_id: 'front', door_id: 'main', command: 'unlock' });
+    assert.equal(foreign.status, 404);
+    assert.equal(((await foreign.json()) as { error: { code: string } }).error.code, 'device_not_found');
+    assert.equal((await command(hubKey, { device_id: 'front', door_id: 'main', command: 'open_session' })).status, 400, 'open_session needs its biometry_url');
   });
 
   it('a code works once; an expired or unknown one is refused with a clear message; a joined name is not given twice', async function () {

@@ -1,5 +1,6 @@
 import crypto from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { Waiters } from '../core/waiters.ts';
 import { HubError } from './store.ts';
 
 const CONTROL = '$CONTROL/dynamic-security/v1';
@@ -36,7 +37,7 @@ export function deviceRights(prefix: string, tenantId: string, deviceId: string)
  * the rights of deviceRights; nothing else. The hub's own user gets a role for the sync topics.
  */
 export class BrokerAdmin {
-  readonly #waiting = new Map<string, (answer: Answer[]) => void>();
+  readonly #waiting = new Waiters<Answer[]>();
 
   private constructor(
     private readonly client: MqttClient,
@@ -68,10 +69,15 @@ export class BrokerAdmin {
   async allowHub(username: string): Promise<void> {
     if (await this.#hasRole(username, HUB_ROLE)) return;
     const topic = `${this.prefix}/sync/#`;
+    const results = `${this.prefix}/+/command/result`;
     const acls: Acl[] = [
       { acltype: 'publishClientSend', topic, allow: true },
       { acltype: 'publishClientReceive', topic, allow: true },
       { acltype: 'subscribePattern', topic, allow: true },
+      // the commands it signs, and their results
+      { acltype: 'publishClientSend', topic: `${this.prefix}/+/command`, allow: true },
+      { acltype: 'publishClientReceive', topic: results, allow: true },
+      { acltype: 'subscribePattern', topic: results, allow: true },
     ];
     await this.#run([{ command: 'createRole', rolename: HUB_ROLE, acls }], ['Role already exists']);
     const reconnected = new Promise<void>((resolve) => this.client.once('connect', () => resolve()));
@@ -114,18 +120,10 @@ export class BrokerAdmin {
   /** Sends commands and waits for their answers; an error not in `tolerated` fails the call. */
   async #run(commands: Record<string, unknown>[], tolerated: string[] = []): Promise<Answer[]> {
     const correlation = crypto.randomUUID();
-    const answered = new Promise<Answer[]>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#waiting.delete(correlation);
-        reject(new HubError('the broker did not answer the dynamic security commands: is its dynamic security plugin loaded?'));
-      }, ANSWER_TIMEOUT_MS);
-      this.#waiting.set(correlation, (answers) => {
-        clearTimeout(timer);
-        resolve(answers);
-      });
-    });
+    const answered = this.#waiting.wait(correlation, ANSWER_TIMEOUT_MS);
     await this.client.publishAsync(CONTROL, JSON.stringify({ commands: commands.map((c, i) => ({ ...c, correlationData: `${correlation}:${i}` })) }), { qos: 1 });
     const answers = await answered;
+    if (!answers) throw new HubError('the broker did not answer the dynamic security commands: is its dynamic security plugin loaded?');
     const failed = answers.find((a) => a.error && !tolerated.includes(a.error));
     if (failed) throw new HubError(`the broker refused a dynamic security command: ${failed.error}`);
     return answers;
@@ -140,9 +138,6 @@ export class BrokerAdmin {
     }
     const responses = parsed.responses ?? [];
     const correlation = responses[0]?.correlationData?.split(':')[0];
-    const waiting = correlation && this.#waiting.get(correlation);
-    if (!waiting) return;
-    this.#waiting.delete(correlation);
-    waiting(responses);
+    if (correlation) this.#waiting.settle(correlation, responses);
   }
 }

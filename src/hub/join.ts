@@ -56,22 +56,23 @@ export function deviceJoin(store: HubStore, options: JoinOptions): (request: Joi
       throw new ServiceError(err.reason === 'unknown_code' ? 'unauthorized' : 'gone', err.reason, err.message);
     }
     const { tenantId, deviceId } = claimed;
-    const { key, keyVersion } = await store.tenantKey(tenantId);
-    const { publicKey } = await store.commandKey(tenantId);
-    let credentials: { username: string; password: string } | undefined;
+    let keys: { key: Buffer; keyVersion: number; commandKey: string; credentials?: { username: string; password: string } };
     try {
-      credentials = await options.brokerAdmin?.addDevice(tenantId, deviceId);
+      const { key, keyVersion } = await store.tenantKey(tenantId);
+      const { publicKey } = await store.commandKey(tenantId);
+      keys = { key, keyVersion, commandKey: publicKey, credentials: await options.brokerAdmin?.addDevice(tenantId, deviceId) };
     } catch (err) {
       // the device got nothing: its code works again
       await store.unclaim(code);
-      throw new ServiceError('unavailable', 'broker_unavailable', `the hub could not create the device's broker client (${(err as Error).message}); try again`);
+      throw new ServiceError('unavailable', 'join_unavailable', `the hub could not prepare this device's keys or broker client (${(err as Error).message}); try again`);
     }
+    const { key, keyVersion, commandKey, credentials } = keys;
     return {
       device_id: deviceId,
       tenant_id: tenantId,
       broker: { url: options.brokerUrl, topic_prefix: options.prefix, ...credentials },
       tenant_key: wrapTenantKey(key, public_key, { tenantId, deviceId, keyVersion }),
-      command_public_key: publicKey,
+      command_public_key: commandKey,
     };
   };
 }

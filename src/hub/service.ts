@@ -10,6 +10,7 @@ import { postgresBiometryStore } from './biometry-store.ts';
 import { fleetRoutes } from '../api/routes/fleet.ts';
 import { HubGallery } from './gallery.ts';
 import { BrokerAdmin } from './broker-admin.ts';
+import { hubCommands } from './commands.ts';
 import { deviceJoin } from './join.ts';
 import { HubError, HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
@@ -94,7 +95,11 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       version: options.version,
       isReady: () => parts.analyzer.isReady,
       device: null,
-      fleet: fleetRoutes({ join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }) }),
+      fleet: fleetRoutes({
+        tenants: biometry.tenants,
+        join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }),
+        command: hubCommands(store, sync),
+      }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot
     const compact = () =>

@@ -702,6 +702,12 @@ export class HubStore {
     });
   }
 
+  /** Whether the device has joined the tenant (it holds the tenant's keys). */
+  async hasJoined(tenantId: string, deviceId: string): Promise<boolean> {
+    const r = await this.pool.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL', [tenantId, deviceId]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
   /** Makes a used code usable again (its device could not be given what it needs). */
   async unclaim(code: string): Promise<void> {
     await this.pool.query('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1', [claimHash(code)]);

@@ -17,9 +17,23 @@ import {
   submissionSchema,
   syncTopics,
 } from '../sync/protocol.ts';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
+import type { SignedCommand } from '../access/signed-command.ts';
+import { Waiters } from '../core/waiters.ts';
 import { type AppendResult, HubError, type HubStore, type TenantKey } from './store.ts';
+
+/** What a device answers a command with (access/remote-commands.ts). */
+const commandReplySchema = z.object({ request_id: z.string().nullable(), command: z.string(), door: z.string(), ok: z.boolean(), error: z.string().optional() });
+export type CommandReply = z.output<typeof commandReplySchema>;
+
+function safeJson(payload: Buffer): unknown {
+  try {
+    return JSON.parse(payload.toString('utf8'));
+  } catch {
+    return null;
+  }
+}
 
 /** A message before its MAC is added. */
 type Unsigned<T> = T extends unknown ? Omit<T, 'auth'> : never;
@@ -62,6 +76,8 @@ export class HubSync {
   readonly #timer: NodeJS.Timeout;
   /** Sequenced changes waiting to be published, per tenant. */
   readonly #outgoing = new Map<string, Change[]>();
+  /** Commands sent and waiting for their result, by request id. */
+  readonly #commands = new Waiters<CommandReply>();
   /** Set by the hub's API once its 1:N index is loaded; until then fleet checks are refused as `hub_starting`. */
   fleetCheck: FleetCheck | null = null;
   #closing = false;
@@ -83,7 +99,8 @@ export class HubSync {
       // several hubs on one database share the work: each submission, fetch and event batch goes
       // to one of them (an MQTT shared subscription); device states (retained) go to all
       const shared = (kind: string) => `$share/authface-hub/${options.prefix}/sync/+/${kind}/+`;
-      await client.subscribeAsync([shared('submit'), shared('fetch'), shared('snapshot'), shared('events'), `${options.prefix}/sync/+/state/+`], { qos: 1 });
+      // device states (retained) and the results of commands go to every hub (each waits for its own)
+      await client.subscribeAsync([shared('submit'), shared('fetch'), shared('snapshot'), shared('events'), `${options.prefix}/sync/+/state/+`, `${options.prefix}/+/command/result`], { qos: 1 });
       await hub.publishHeads();
     };
     client.on('connect', () => void subscribe().catch((err: Error) => options.logger.error({ problem: err.message }, 'hub: cannot subscribe')));
@@ -91,6 +108,18 @@ export class HubSync {
     await subscribe();
     options.logger.info({ url: options.url.replace(/\/\/[^@/]*@/, '//') }, 'hub connected to the broker');
     return hub;
+  }
+
+  /**
+   * Sends a signed command to a device's command topic and waits up to `ms` for its result (the
+   * device answers on its command/result topic with the request id); null: no answer in time.
+   */
+  async sendCommand(deviceId: string, command: SignedCommand, ms: number): Promise<CommandReply | null> {
+    const requestId = command.request_id;
+    if (!requestId) throw new Error('a command the hub sends carries a request_id');
+    const answered = this.#commands.wait(requestId, ms);
+    await this.client.publishAsync(`${this.options.prefix}/${deviceId}/command`, JSON.stringify(command), { qos: 1 });
+    return answered;
   }
 
   /** Publishes a change sequenced elsewhere in this process (the hub's API), after its commit. */
@@ -124,6 +153,11 @@ export class HubSync {
 
   async #message(topic: string, payload: Buffer): Promise<void> {
     if (this.#closing) return;
+    if (topic.endsWith('/command/result')) {
+      const reply = commandReplySchema.safeParse(safeJson(payload));
+      if (reply.success && reply.data.request_id) this.#commands.settle(reply.data.request_id, reply.data);
+      return;
+    }
     const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>[/<device>]
     const [, tenantId, kind] = levels;
     const topics = syncTopics(this.options.prefix, tenantId);

@@ -3,6 +3,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
+import { Waiters } from '../core/waiters.ts';
 import { markForwarded, unforwardedDoorEvents } from '../store/audit.ts';
 import type { Store } from '../store/index.ts';
 import { syncClientOptions } from './client-options.ts';
@@ -76,7 +77,7 @@ export class DeviceSync {
   readonly #sentAt = new Map<string, number>();
   #flushScheduled = false;
   /** Enrolments waiting on the hub's fleet check: change_id → what to do with its ack. */
-  readonly #awaitingHub = new Map<string, (ack: Extract<SyncReply, { type: 'ack' }>) => void>();
+  readonly #awaitingHub = new Waiters<Extract<SyncReply, { type: 'ack' }>>();
   /** Enrolments the hub sequenced for this device (`user:version`): their local write is not sent again. */
   readonly #sequencedAtHub = new Set<string>();
   /** Starts of the sync client on this device (kept in the database). */
@@ -183,20 +184,11 @@ export class DeviceSync {
     // fleet's); an update's says which copy it was made on
     const version = write.kind === 'enroll' ? 1 : write.user.version + 1;
     const template = sealTemplate(this.options.tenantKey, write.embedding, { tenantId, externalUserId, version, model, keyVersion });
-    const ack = await new Promise<Extract<SyncReply, { type: 'ack' }> | null>((resolve) => {
-      const timer = setTimeout(() => {
-        this.#awaitingHub.delete(changeId);
-        resolve(null);
-      }, ms);
-      this.#awaitingHub.set(changeId, (a) => {
-        clearTimeout(timer);
-        this.#awaitingHub.delete(changeId);
-        resolve(a);
-      });
-      const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
-      const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
-      this.client.publish(syncTopics(this.options.prefix, tenantId).submit(deviceId), JSON.stringify(submission), { qos: 1 });
-    });
+    const answered = this.#awaitingHub.wait(changeId, ms);
+    const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
+    const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
+    this.client.publish(syncTopics(this.options.prefix, tenantId).submit(deviceId), JSON.stringify(submission), { qos: 1 });
+    const ack = await answered;
     if (!ack) {
       logger.warn({ wait_ms: ms }, "sync: the hub did not answer in time; written on this door's own check and queued");
       return { status: 'unreachable' };
@@ -414,8 +406,7 @@ export class DeviceSync {
         return;
       }
       if (reply.type === 'ack') {
-        const waiting = this.#awaitingHub.get(reply.change_id);
-        if (waiting) return waiting(reply);
+        if (this.#awaitingHub.settle(reply.change_id, reply)) return;
         this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(reply.change_id);
         this.#sentAt.delete(reply.change_id);
         this.#flushSoon();
