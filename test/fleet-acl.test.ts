@@ -35,7 +35,7 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
   const hubUser = { username: 'hub', password: crypto.randomBytes(12).toString('hex') };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-acl-'));
   const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 1.7 + k)));
-  let broker: OwnMosquitto;
+  let broker: OwnMosquitto | undefined;
   let db: TestDatabase;
   let hub: Hub;
   let tenantA: string;
@@ -57,7 +57,8 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
   before(async function () {
     broker = await startDynsecMosquitto(hubUser);
     db = await createTestDatabase();
-    const brokerUrl = `mqtt://${hubUser.username}:${hubUser.password}@127.0.0.1:${broker.port}`;
+    const port = broker.port;
+    const brokerUrl = `mqtt://${hubUser.username}:${hubUser.password}@127.0.0.1:${port}`;
     hub = await startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), {
       databaseUrl: db.url,
       brokerUrl,
@@ -92,7 +93,7 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     assert.equal(config.mqtt.username, 'a1');
     assert.ok(config.mqtt.password_file);
     assert.equal(fs.statSync(config.mqtt.password_file).mode & 0o777, 0o600, 'the password file is private');
-    assert.equal(config.mqtt.url, `mqtt://127.0.0.1:${broker.port}`, "the device is not given the hub's own credentials");
+    assert.equal(config.mqtt.url, `mqtt://127.0.0.1:${broker!.port}`, "the device is not given the hub's own credentials");
     const { key, keyVersion } = loadTenantKey(config.sync!.tenant_key_file, dataDir, { tenantId: tenantA, deviceId: 'a1' });
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantA, name: 'a', allowedOrigins: [], livenessMode: 'passive' });
@@ -144,5 +145,18 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     const password = fs.readFileSync(config.mqtt.password_file!, 'utf8');
     await assert.rejects(mqtt.connectAsync(config.mqtt.url!, { username: 'a2', password, protocolVersion: 5, reconnectPeriod: 0 }), /Bad User Name or Password|Not authorized/);
     await assert.rejects(mqtt.connectAsync(config.mqtt.url!, { username: 'a1', password: 'guess', protocolVersion: 5, reconnectPeriod: 0 }), /Bad User Name or Password|Not authorized/);
+  });
+
+  it('a join the hub cannot give a broker client to fails plainly, and its code works again', async function () {
+    const { code } = await hub.store.addDevice(tenantA, 'a3', 600);
+    await sync?.close();
+    sync = undefined;
+    for (const c of clients.splice(0)) await c.endAsync(true);
+    await broker!.close(); // the broker is gone: the hub cannot create the device's client
+    broker = undefined;
+    await assert.rejects(join(loadSettings({ AUTHFACE_DATA_DIR: path.join(dir, 'a3') }), { hub: hub.url, code }), /could not prepare this device's keys or broker client/);
+    const claim = await hub.store.pool.query<{ used_at: Date | null }>(`SELECT used_at FROM hub_claims WHERE device_id = 'a3'`);
+    assert.equal(claim.rows[0]?.used_at, null, 'the code is not spent');
+    assert.equal(fs.existsSync(path.join(dir, 'a3', 'device.yaml')), false);
   });
 });

@@ -119,6 +119,7 @@ export class BrokerAdmin {
 
   /** Sends commands and waits for their answers; an error not in `tolerated` fails the call. */
   async #run(commands: Record<string, unknown>[], tolerated: string[] = []): Promise<Answer[]> {
+    if (!this.client.connected) throw new HubError('the hub is not connected to the broker, so it cannot manage its clients');
     const correlation = crypto.randomUUID();
     const answered = this.#waiting.wait(correlation, ANSWER_TIMEOUT_MS);
     await this.client.publishAsync(CONTROL, JSON.stringify({ commands: commands.map((c, i) => ({ ...c, correlationData: `${correlation}:${i}` })) }), { qos: 1 });
