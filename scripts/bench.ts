@@ -376,6 +376,27 @@ const fleetModules = async () => ({
   ...(await import('../src/core/events.ts')),
 });
 
+/**
+ * `people` enrolled at the hub straight into its table (`person-000000`…, random faces sealed
+ * under the tenant key), as a fleet that has grown for a while: the log that made them is not there.
+ */
+async function seedHubPeople(hubStore: import('../src/hub/store.ts').HubStore, tenantId: string, people: number): Promise<void> {
+  const { sealTemplate, EMBEDDING_MODEL } = await fleetModules();
+  const { key } = await hubStore.tenantKey(tenantId);
+  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
+  for (let from = 0; from < people; from += 5000) {
+    const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `person-${String(from + i).padStart(6, '0')}`);
+    const templates = ids.map((id) => JSON.stringify(sealTemplate(key, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
+    await hubStore.pool.query(
+      `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
+       SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
+      [tenantId, EMBEDDING_MODEL, ids, templates],
+    );
+  }
+  // the planner learns the table's size, as after any bulk load
+  await hubStore.pool.query('ANALYZE hub_users');
+}
+
 /** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
 async function benchSync(): Promise<void> {
   const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
@@ -473,10 +494,9 @@ async function benchSync(): Promise<void> {
  * one door that joins (its store, index and sync client in this process with the hub).
  */
 async function benchSnapshot(people = 100_000): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const tenantId = crypto.randomUUID();
-  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
   const db = await createTestDatabase();
   const hubStore = await HubStore.open(db.url, { masterKey: crypto.randomBytes(32) });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-snapshot-'));
@@ -486,18 +506,9 @@ async function benchSnapshot(people = 100_000): Promise<void> {
   try {
     await hubStore.createTenant(tenantId, 'bench');
     const { key: tenantKey } = await hubStore.tenantKey(tenantId);
-    for (let from = 0; from < people; from += 5000) {
-      const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `person-${String(from + i).padStart(6, '0')}`);
-      const templates = ids.map((id) => JSON.stringify(sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
-      await hubStore.pool.query(
-        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
-         SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
-        [tenantId, EMBEDDING_MODEL, ids, templates],
-      );
-    }
-    // the log before them is compacted away; the planner learns the table's size, as after any bulk load
+    await seedHubPeople(hubStore, tenantId, people);
+    // the log before them is compacted away
     await hubStore.pool.query('UPDATE hub_tenants SET next_seq = 2, compacted_seq = 1 WHERE tenant_id = $1', [tenantId]);
-    await hubStore.pool.query('ANALYZE hub_users');
     const prefix = `authface-bench-snapshot-${process.pid}`;
     hub = await HubSync.start(hubStore, { url: 'mqtt://127.0.0.1:1883', prefix, logger });
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
@@ -627,7 +638,7 @@ async function benchReconnect(doorCount = 200): Promise<void> {
  * request, files) and the snapshot the new door then loads through the broker.
  */
 async function benchJoin(people = 10_000): Promise<void> {
-  const { createTestDatabase, HubStore, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const { serveHub, stop } = await import('../test/support/cli.ts');
   const { join } = await import('../src/cli/join.ts');
   const { loadDeviceConfig } = await import('../src/device/config.ts');
@@ -639,21 +650,12 @@ async function benchJoin(people = 10_000): Promise<void> {
   const hubStore = await HubStore.open(db.url, { masterKey });
   const tenantId = crypto.randomUUID();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-join-'));
-  const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
   let hub: Awaited<ReturnType<typeof serveHub>> | undefined;
   let sync: ReturnType<typeof DeviceSync.start> | undefined;
   let store: ReturnType<typeof openStore> | undefined;
   try {
     await hubStore.createTenant(tenantId, 'bench');
-    const { key } = await hubStore.tenantKey(tenantId);
-    const ids = Array.from({ length: people }, (_, i) => `person-${String(i).padStart(6, '0')}`);
-    const templates = ids.map((id) => JSON.stringify(sealTemplate(key, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
-    await hubStore.pool.query(
-      `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
-       SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
-      [tenantId, EMBEDDING_MODEL, ids, templates],
-    );
-    await hubStore.pool.query('ANALYZE hub_users');
+    await seedHubPeople(hubStore, tenantId, people);
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
     const started = performance.now();
     const { code } = await hubStore.addDevice(tenantId, 'bench-door', 900);

@@ -13,6 +13,7 @@ import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { sealTemplate } from '../src/sync/envelope.ts';
 import { authface } from './support/cli.ts';
+import { until } from './support/mqtt.ts';
 import { type TlsMosquitto, startTlsMosquitto } from './support/tls.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 
@@ -46,13 +47,6 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
     syncs.push(sync);
     return { store, sync, problems };
   };
-  const until = async (check: () => boolean | Promise<boolean>, what: string, ms = 15_000) => {
-    const end = Date.now() + ms;
-    while (!(await check())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
 
   before(async function () {
     broker = await startTlsMosquitto();
@@ -74,12 +68,12 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
   it('a door with the CA replicates both ways through the TLS broker; one without it never connects', async function () {
     const trusted = door('trusted', broker.ca);
     const stranger = door('stranger', undefined);
-    await until(() => trusted.sync.connected, 'the door with the CA on the broker');
+    await until(() => trusted.sync.connected, 15_000, 'the door with the CA on the broker');
     const template = sealTemplate(tenantKey, face(1), { tenantId, externalUserId: 'alice', version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
     assert.equal((await hub.submit(tenantId, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: EMBEDDING_MODEL, key_version: 1, template })).status, 'sequenced');
-    await until(() => trusted.store.users.get(tenantId, 'alice') !== undefined, 'the hub\'s change at the door');
+    await until(() => trusted.store.users.get(tenantId, 'alice') !== undefined, 15_000, "the hub's change at the door");
     trusted.store.users.enroll(tenantId, 'bob', face(2));
-    await until(async () => trusted.sync.pending() === 0 && (await hubStore.digest(tenantId)) === trusted.store.users.digest(tenantId).digest, 'the door\'s change at the hub');
+    await until(async () => trusted.sync.pending() === 0 && (await hubStore.digest(tenantId)) === trusted.store.users.digest(tenantId).digest, 15_000, "the door's change at the hub");
     assert.equal(stranger.sync.connected, false);
     assert.ok(stranger.problems.some((p) => /self[- ]signed|unable to verify|certificate/i.test(p)), stranger.problems.join('; '));
     assert.equal(stranger.store.users.get(tenantId, 'alice'), undefined);

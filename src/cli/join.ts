@@ -4,11 +4,11 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import type { Settings } from '../config/settings.ts';
 import { parseDeviceConfig } from '../device/config.ts';
 import { type JoinReply, joinReplySchema } from '../hub/join.ts';
+import { isSecureUrl } from '../sessions/origins.ts';
 import { loadDeviceKey } from '../sync/device-key.ts';
 import { unwrapTenantKey } from '../sync/envelope.ts';
 import { CommandError } from './errors.ts';
 
-const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
 const JOIN_TIMEOUT_MS = 15_000;
 
 /**
@@ -52,7 +52,7 @@ function hubUrl(text: string): string {
   } catch {
     throw new CommandError(`--hub ${text} is not a URL such as https://hub.example.com`);
   }
-  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+  if (!isSecureUrl(url)) {
     throw new CommandError(`--hub ${text}: use https:// (plain http only for a hub on this machine): the code must not travel in the clear`);
   }
   return url.origin;

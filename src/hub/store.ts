@@ -196,6 +196,8 @@ const MIGRATIONS = [
      nonce       bytea NOT NULL,
      sealed      bytea NOT NULL
    );`,
+  // changes sequenced before they were authenticated, found at each start without reading the log
+  `CREATE INDEX hub_changes_unauthenticated ON hub_changes (tenant_id, seq) WHERE auth IS NULL;`,
 ];
 
 export class HubError extends OperatorError {}

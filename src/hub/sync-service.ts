@@ -246,9 +246,9 @@ export class HubSync {
     for (let attempt = 1; attempt <= MAX_FLEET_CHECKS; attempt++) {
       let checked: { body: SubmittedChange; checkedThrough?: number } = { body };
       if (checks && body.kind === 'user.upsert') {
-        const verdict = this.fleetCheck ? await this.fleetCheck(tenantId, body, kind) : { ok: false as const, reason: 'hub_starting' };
+        const verdict: Awaited<ReturnType<FleetCheck>> = this.fleetCheck ? await this.fleetCheck(tenantId, body, kind) : { ok: false, reason: 'hub_starting' };
         if (!verdict.ok) {
-          const { reason, score, version } = verdict as { reason: string; score?: number; version?: number };
+          const { reason, score, version } = verdict;
           return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason, ...(score !== undefined ? { score } : {}), ...(version !== undefined ? { version } : {}) } };
         }
         checked = verdict;

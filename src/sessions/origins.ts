@@ -2,6 +2,11 @@ import { ServiceError } from '../errors.ts';
 
 const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '[::1]']);
 
+/** https, or plain http to this machine only: where a secret (a capture token, a claim code) may go. */
+export function isSecureUrl(url: URL): boolean {
+  return url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
+}
+
 /**
  * The origins a tenant allows redirect_url to point to: `https://host[:port]`, or plain http on
  * this machine only (`http://localhost:3000`). A loopback origin may leave its port open
@@ -37,8 +42,7 @@ export function assertRedirectAllowed(allowedOrigins: readonly string[], redirec
   } catch {
     throw new ServiceError('invalid_request', 'invalid_redirect_url', 'redirect_url must be an absolute URL');
   }
-  const secure = url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
-  if (!secure) {
+  if (!isSecureUrl(url)) {
     throw new ServiceError('invalid_request', 'insecure_redirect_url', 'redirect_url must use https (http only for localhost)');
   }
   if (url.username || url.password) {
