@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { TenantKeyring } from '../src/sync/keyring.ts';
 import os from 'node:os';
 import path from 'node:path';
 import { EMBEDDING_MODEL } from '../src/biometrics/embedding.ts';
@@ -28,7 +29,7 @@ const send = (message: unknown) => process.send?.(message);
 process.on('message', async (message: { command: string; head?: number; digest?: string }) => {
   if (message.command === 'connect') {
     doors.forEach((d, i) => {
-      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, tenantKey: Buffer.from(keyHex, 'hex'), keyVersion: 1, model: EMBEDDING_MODEL, logger });
+      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, Buffer.from(keyHex, 'hex')), model: EMBEDDING_MODEL, logger });
     });
     send({ done: 'connect' });
   } else if (message.command === 'disconnect') {

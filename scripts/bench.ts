@@ -39,6 +39,7 @@ import { startService } from '../src/service.ts';
 import { openStore } from '../src/store/index.ts';
 import { photos } from '../test/support/photos.ts';
 import { closeSharedAnalyzer } from '../test/support/service.ts';
+import { TenantKeyring } from '../src/sync/keyring.ts';
 
 const args = process.argv.slice(2);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
@@ -382,7 +383,7 @@ const fleetModules = async () => ({
  */
 async function seedHubPeople(hubStore: import('../src/hub/store.ts').HubStore, tenantId: string, people: number): Promise<void> {
   const { sealTemplate, EMBEDDING_MODEL } = await fleetModules();
-  const { key } = await hubStore.tenantKey(tenantId);
+  const { key } = await hubStore.keys.current(tenantId);
   const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
   for (let from = 0; from < people; from += 5000) {
     const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `person-${String(from + i).padStart(6, '0')}`);
@@ -407,7 +408,7 @@ async function benchSync(): Promise<void> {
   const hubStore = await HubStore.open(db.url, { masterKey: crypto.randomBytes(32) });
   const tenantId = crypto.randomUUID();
   await hubStore.createTenant(tenantId, 'bench');
-  const { key: tenantKey } = await hubStore.tenantKey(tenantId);
+  const { key: tenantKey } = await hubStore.keys.current(tenantId);
   const dirs: string[] = [];
   const devices: { sync: ReturnType<typeof DeviceSync.start>; store: ReturnType<typeof openStore> }[] = [];
   const hub = await HubSync.start(hubStore, { url, prefix, logger });
@@ -417,7 +418,7 @@ async function benchSync(): Promise<void> {
     dirs.push(dir);
     const store = openStore(dir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
     devices.push({ sync, store });
     return sync;
   };
@@ -505,7 +506,7 @@ async function benchSnapshot(people = 100_000): Promise<void> {
   const store = openStore(dir, undefined);
   try {
     await hubStore.createTenant(tenantId, 'bench');
-    const { key: tenantKey } = await hubStore.tenantKey(tenantId);
+    const { key: tenantKey } = await hubStore.keys.current(tenantId);
     await seedHubPeople(hubStore, tenantId, people);
     // the log before them is compacted away
     await hubStore.pool.query('UPDATE hub_tenants SET next_seq = 2, compacted_seq = 1 WHERE tenant_id = $1', [tenantId]);
@@ -516,7 +517,7 @@ async function benchSnapshot(people = 100_000): Promise<void> {
     const rssAtStart = peakRss;
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
     const started = performance.now();
-    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'new-door', tenantId, url: 'mqtt://127.0.0.1:1883', prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'new-door', tenantId, url: 'mqtt://127.0.0.1:1883', prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
     while (sync.cursor !== 1) await new Promise((r) => setTimeout(r, 20));
     const seconds = (performance.now() - started) / 1000;
     clearInterval(sampler);
@@ -556,10 +557,10 @@ async function benchReconnect(doorCount = 200): Promise<void> {
   const masterKey = crypto.randomBytes(32);
   const db = await createTestDatabase();
   const hubStore = await HubStore.open(db.url, { masterKey });
-  const api = postgresBiometryStore(hubStore, { tenantKey: (t) => hubStore.tenantKey(t), model: EMBEDDING_MODEL });
+  const api = postgresBiometryStore(hubStore, { model: EMBEDDING_MODEL });
   const tenant = await api.tenants.create({ name: 'bench', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' });
   const { apiKey } = await api.tenants.createKey(tenant.id);
-  const { key } = await hubStore.tenantKey(tenant.id);
+  const { key } = await hubStore.keys.current(tenant.id);
   const hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
   const devices = fork(path.join(path.dirname(new URL(import.meta.url).pathname), 'bench-devices.ts'), [String(doorCount), brokerUrl, prefix, tenant.id, key.toString('hex')], {
     execArgv: ['--import', 'tsx'],
@@ -642,7 +643,7 @@ async function benchJoin(people = 10_000): Promise<void> {
   const { serveHub, stop } = await import('../test/support/cli.ts');
   const { join } = await import('../src/cli/join.ts');
   const { loadDeviceConfig } = await import('../src/device/config.ts');
-  const { loadTenantKey } = await import('../src/sync/device-key.ts');
+  const { loadKeyring } = await import('../src/sync/keyring.ts');
   const brokerUrl = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-join-${process.pid}`;
   const masterKey = crypto.randomBytes(32);
@@ -663,11 +664,11 @@ async function benchJoin(people = 10_000): Promise<void> {
     const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
     const joinedAt = performance.now();
     const config = loadDeviceConfig(joined.config_file);
-    const { key: tenantKey, keyVersion } = loadTenantKey(config.sync!.tenant_key_file, dataDir, { tenantId, deviceId: config.device_id });
+    const keyring = loadKeyring(config.sync!.tenant_key_file, dataDir, { tenantId, deviceId: config.device_id });
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
     const index = new GalleryIndex();
-    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, tenantKey, keyVersion, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, keyring, model: EMBEDDING_MODEL, logger: createLogger('silent') });
     const head = await hubStore.headSeq(tenantId);
     while (!(sync.cursor === head && index.of(tenantId).size === people)) await new Promise((r) => setTimeout(r, 20));
     const done = performance.now();

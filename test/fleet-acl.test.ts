@@ -16,7 +16,7 @@ import { type Hub, startHub } from '../src/hub/service.ts';
 import { brokerOptions } from '../src/mqtt/bridge.ts';
 import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
-import { loadTenantKey } from '../src/sync/device-key.ts';
+import { loadKeyring } from '../src/sync/keyring.ts';
 import { sealTemplate } from '../src/sync/envelope.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { type OwnMosquitto, startDynsecMosquitto } from './support/mosquitto.ts';
@@ -94,10 +94,11 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     assert.ok(config.mqtt.password_file);
     assert.equal(fs.statSync(config.mqtt.password_file).mode & 0o777, 0o600, 'the password file is private');
     assert.equal(config.mqtt.url, `mqtt://127.0.0.1:${broker!.port}`, "the device is not given the hub's own credentials");
-    const { key, keyVersion } = loadTenantKey(config.sync!.tenant_key_file, dataDir, { tenantId: tenantA, deviceId: 'a1' });
+    const keyring = loadKeyring(config.sync!.tenant_key_file, dataDir, { tenantId: tenantA, deviceId: 'a1' });
+    const { key, keyVersion } = keyring.latest;
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantA, name: 'a', allowedOrigins: [], livenessMode: 'passive' });
-    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'a1', tenantId: tenantA, url: config.mqtt.url!, prefix, broker: brokerOptions(config.mqtt), tenantKey: key, keyVersion, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'a1', tenantId: tenantA, url: config.mqtt.url!, prefix, broker: brokerOptions(config.mqtt), keyring, model: EMBEDDING_MODEL, logger: createLogger('silent') });
     const template = sealTemplate(key, face(1), { tenantId: tenantA, externalUserId: 'alice', version: 1, model: EMBEDDING_MODEL, keyVersion });
     assert.equal((await hub.sync.submit(tenantA, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template })).status, 'sequenced');
     for (let i = 0; i < 200 && !store.users.get(tenantA, 'alice'); i++) await new Promise((r) => setTimeout(r, 50));
@@ -131,7 +132,7 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     for (const door of ['a1', 'a2', 'b1']) await denied(a1.publishAsync(`${prefix}/${door}/command`, '{}', { qos: 1 }));
     // the hub may: a command it signs reaches the door's command topic
     const received = new Promise<string>((resolve) => a1.on('message', (topic) => topic.endsWith('/a1/command') && resolve(topic)));
-    const { privateKey } = await hub.store.commandKey(tenantA);
+    const { privateKey } = await hub.store.keys.commandKey(tenantA);
     assert.equal(await hub.sync.sendCommand('a1', signCommand(privateKey, { command: 'unlock', device: 'a1', door: 'main', request_id: 'req_acl' }), 300), null, 'nobody answers on this probe');
     assert.equal(await received, `${prefix}/a1/command`);
     // and a device of the other tenant is kept to its own the same way

@@ -43,7 +43,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   const syncOf = () => door.svc.service.device?.sync as DeviceSync;
   /** A person's template at version 1, sealed under the tenant key as a door would send it. */
   const upsertOf = async (externalUserId: string, photo: Buffer): Promise<UserUpsert> => {
-    const { key } = await hub!.store.tenantKey(tenantId);
+    const { key } = await hub!.store.keys.current(tenantId);
     const probe = await door.svc.service.analyzer.analyze(Buffer.from(photo), { mode: 'capture' }, { lane: 'test', priority: false });
     assert.ok(probe.embedding);
     const template = sealTemplate(key, probe.embedding, { tenantId, externalUserId, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
@@ -65,7 +65,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     db = await createTestDatabase();
     hub = await startTheHub();
     tenantId = (await hub.biometry.tenants.create({ name: 'acme', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' })).id;
-    const { key } = await hub.store.tenantKey(tenantId);
+    const { key } = await hub.store.keys.current(tenantId);
     const keyFile = path.join(keysDir, 'door.json');
     door = await startTestDevice(
       { device_id: `door-${process.pid}`, tenant_id: tenantId, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { url: brokerUrl, topic_prefix: prefix }, sync: { tenant_key_file: keyFile } },
@@ -117,7 +117,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     // bob's template is replaced centrally (v2) and not yet published when he updates at the door
     await afterFreshHead();
     const v2 = { ...(await upsertOf('bob', img.personB)), version: 2 };
-    const { key } = await hub!.store.tenantKey(tenantId);
+    const { key } = await hub!.store.keys.current(tenantId);
     const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personB), { mode: 'capture' }, { lane: 'test', priority: false });
     v2.template = sealTemplate(key, probe.embedding!, { tenantId, externalUserId: 'bob', version: 2, model: EMBEDDING_MODEL, keyVersion: 1 });
     assert.equal((await hub!.store.append(tenantId, v2, { origin: 'hub' })).status, 'sequenced');
@@ -216,7 +216,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
         if (reply.type === 'ack') acks.set(reply.change_id, reply);
       });
       await device.subscribeAsync(topics.reply('racer'), { qos: 1 });
-      const key = await hub!.store.tenantKey(tenantId);
+      const key = await hub!.store.keys.current(tenantId);
       const bodies = { erin: await upsertOf('erin', img.personA[1]), frank: await upsertOf('frank', img.personA[1]) };
       const submit = (externalUserId: 'erin' | 'frank') => {
         const changeId = crypto.randomUUID();

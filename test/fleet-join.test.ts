@@ -76,7 +76,7 @@ describe('joining a fleet with one code (authface hub device add, authface join)
       const config = parseYaml(fs.readFileSync(joined.config_file, 'utf8')) as { device_id: string; tenant_id: string; mqtt: { url: string; topic_prefix: string }; sync: { tenant_key_file: string }; remote_commands: { enabled: boolean; public_key: string } };
       assert.deepEqual([config.device_id, config.tenant_id, config.mqtt.url, config.mqtt.topic_prefix], ['front', tenantId, brokerUrl, prefix]);
       assert.equal(config.sync.tenant_key_file, joined.tenant_key_file);
-      assert.deepEqual(config.remote_commands, { enabled: true, public_key: (await held.commandKey(tenantId)).publicKey }, "the hub's command key: only commands it signs are accepted");
+      assert.deepEqual(config.remote_commands, { enabled: true, public_key: (await held.keys.commandKey(tenantId)).publicKey }, "the hub's command key: only commands it signs are accepted");
     } finally {
       await held.close();
     }

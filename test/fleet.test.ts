@@ -97,7 +97,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     hubStore = await HubStore.open(db.url, { masterKey });
     // the doors take the tenant's settings from the hub's log (their API sessions redirect there)
     await hubStore.createTenant(tenantId, 'acme', { allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
-    tenantKey = (await hubStore.tenantKey(tenantId)).key;
+    tenantKey = (await hubStore.keys.current(tenantId)).key;
     hub = await startHub();
     for (const name of ['front', 'back']) {
       const device = await startDoor(name);

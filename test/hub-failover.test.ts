@@ -17,6 +17,7 @@ import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { unwrapTenantKey } from '../src/sync/envelope.ts';
 import { loadDeviceKey } from '../src/sync/device-key.ts';
+import { TenantKeyring } from '../src/sync/keyring.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { userSetDigest } from '../src/sync/digest.ts';
 import { CLI, authface, serve, serveHub, servedChildren, stop } from './support/cli.ts';
@@ -68,8 +69,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
       tenantId,
       url,
       prefix,
-      tenantKey: unwrapTenantKey(wrapped, loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: 'door' }),
-      keyVersion: 1,
+      keyring: TenantKeyring.of(tenantId, unwrapTenantKey(wrapped.keys[0], loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: 'door' })),
       model: EMBEDDING_MODEL,
       logger: createLogger('silent'),
     });

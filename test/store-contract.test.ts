@@ -57,7 +57,7 @@ const implementations: { name: string; open(): Promise<Harness> }[] = [
       const db = await createTestDatabase();
       const hub = await HubStore.open(db.url, { masterKey: Buffer.from(MASTER_KEY, 'hex') });
       const sequenced: Change[] = [];
-      const store = postgresBiometryStore(hub, { tenantKey: (t) => hub.tenantKey(t), model: EMBEDDING_MODEL, onSequenced: (c) => sequenced.push(c) });
+      const store = postgresBiometryStore(hub, { model: EMBEDDING_MODEL, onSequenced: (c) => sequenced.push(c) });
       return {
         store,
         async dump() {

@@ -16,6 +16,7 @@ import { syncTopics } from '../src/sync/protocol.ts';
 import { startChaosProxy } from './support/chaos-proxy.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+import { TenantKeyring } from '../src/sync/keyring.ts';
 
 /**
  * Replication under a partition, and a broker that duplicates and reorders: two door replicas
@@ -45,7 +46,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     }
   };
   const connect = (door: { store: Store; index: GalleryIndex }, name: string) =>
-    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
 
   before(async function () {
     url = (await testBroker()).url;
@@ -60,7 +61,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
       doors.push({ store, index, sync: undefined as unknown as DeviceSync });
     }
     await hubStore.createTenant(tenantId, 'acme');
-    tenantKey = (await hubStore.tenantKey(tenantId)).key;
+    tenantKey = (await hubStore.keys.current(tenantId)).key;
     hub = await HubSync.start(hubStore, { url, prefix, logger });
     doors.forEach((d, i) => (d.sync = connect(d, ['a', 'b'][i])));
     await poll(() => doors.every((d) => d.sync.connected), 'both doors on the broker');
@@ -129,7 +130,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     dirs.push(dir);
     const c = { store: openStore(dir, undefined), index: new GalleryIndex(), sync: undefined as unknown as DeviceSync };
     c.store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
-    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger });
+    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
     try {
       const head0 = await hubStore.headSeq(tenantId);
       await poll(() => c.sync.cursor === head0, 'the new door c loading its snapshot through the proxy');

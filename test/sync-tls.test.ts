@@ -16,6 +16,7 @@ import { authface } from './support/cli.ts';
 import { until } from './support/mqtt.ts';
 import { type TlsMosquitto, startTlsMosquitto } from './support/tls.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
+import { TenantKeyring } from '../src/sync/keyring.ts';
 
 /**
  * TLS to the broker is supported on top of the protocol's own encryption and MACs: the hub and a
@@ -43,7 +44,7 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
     store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
     const problems: string[] = [];
     const watching = { ...logger, warn: (o: { problem?: string }) => problems.push(String(o.problem)) } as unknown as typeof logger;
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url: broker.url, prefix, broker: ca ? { ca } : {}, tenantKey, keyVersion: 1, model: EMBEDDING_MODEL, logger: watching });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url: broker.url, prefix, broker: ca ? { ca } : {}, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger: watching });
     syncs.push(sync);
     return { store, sync, problems };
   };
@@ -53,7 +54,7 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
     db = await createTestDatabase();
     hubStore = await HubStore.open(db.url, { masterKey: crypto.randomBytes(32) });
     await hubStore.createTenant(tenantId, 'acme');
-    tenantKey = (await hubStore.tenantKey(tenantId)).key;
+    tenantKey = (await hubStore.keys.current(tenantId)).key;
     hub = await HubSync.start(hubStore, { url: broker.url, prefix, logger, ca: broker.ca });
   });
   after(async function () {

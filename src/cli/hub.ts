@@ -10,6 +10,10 @@ import { VERSION } from '../service.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { parseMasterKey } from '../store/crypto.ts';
 import { loadDeviceKey } from '../sync/device-key.ts';
+import mqtt from 'mqtt';
+import { BrokerAdmin } from '../hub/broker-admin.ts';
+import { type Revocation, revokeDevice } from '../hub/revocation.ts';
+import { syncClientOptions } from '../sync/client-options.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { CommandError } from './errors.ts';
@@ -56,13 +60,7 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
   const databaseUrl = opts.databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
   if (!databaseUrl) throw new CommandError('the hub needs its PostgreSQL database: --database-url postgres://… or AUTHFACE_HUB_DATABASE_URL');
   const logger = createLogger(settings.LOG_LEVEL);
-  const caFile = settings.AUTHFACE_HUB_BROKER_CA_FILE;
-  let brokerCa: Buffer | undefined;
-  try {
-    brokerCa = caFile ? fs.readFileSync(caFile) : undefined;
-  } catch (err) {
-    throw new CommandError(`AUTHFACE_HUB_BROKER_CA_FILE: cannot read ${caFile} (${(err as NodeJS.ErrnoException).code})`);
-  }
+  const brokerCa = readBrokerCa(settings);
   const hub = await startHub(settings, { databaseUrl, brokerUrl, deviceBrokerUrl: settings.AUTHFACE_HUB_DEVICE_BROKER_URL, brokerAcl: settings.AUTHFACE_HUB_BROKER_ACL, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
     // what is committed is in PostgreSQL and what is not is asked again by the devices: a stop
@@ -87,9 +85,9 @@ export async function hubTenantAdd(
   const allowedOrigins = opts.allowedOrigins ?? [];
   if (allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
   return withHub(settings, opts.databaseUrl, async (store) => {
-    const api = postgresBiometryStore(store, { tenantKey: (t) => store.tenantKey(t), model: EMBEDDING_MODEL });
+    const api = postgresBiometryStore(store, { model: EMBEDDING_MODEL });
     const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
-    const { keyVersion } = await store.tenantKey(tenant.id);
+    const { keyVersion } = await store.keys.current(tenant.id);
     const { apiKey } = await api.tenants.createKey(tenant.id);
     return { tenant_id: tenant.id, key_version: keyVersion, api_key: apiKey, allowed_origins: allowedOrigins };
   }, masterKey);
@@ -156,13 +154,64 @@ export async function hubDeviceAdd(
   });
 }
 
-/** `authface hub wrap-key`: the tenant key wrapped to one device's public key, for its sync.tenant_key_file. */
+/**
+ * `authface hub device revoke`: marks the device revoked and rotates the tenant key (one
+ * transaction), then, over the broker with the hub's credentials, sends the device its signed
+ * revocation and every other joined device the new key version, and removes its broker client
+ * when the hub manages the broker's rights. Run again after a failure, it sends the notices again.
+ */
+export async function hubDeviceRevoke(
+  settings: Settings,
+  opts: { tenant: string; name: string; databaseUrl?: string; brokerUrl?: string; prefix: string },
+): Promise<Revocation & { took_ms: number }> {
+  const masterKey = hubMasterKey(settings);
+  const brokerUrl = opts.brokerUrl ?? settings.AUTHFACE_HUB_BROKER_URL;
+  if (!brokerUrl) throw new CommandError('revoking tells the devices over the broker: --broker-url mqtt://hub:…@… or AUTHFACE_HUB_BROKER_URL (the hub\'s own)');
+  const started = performance.now();
+  const ca = readBrokerCa(settings);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
+    let client: mqtt.MqttClient;
+    try {
+      client = await mqtt.connectAsync(brokerUrl, { ...syncClientOptions('authface-hub-revoke', ca ? { ca } : {}), reconnectPeriod: 0 });
+    } catch (err) {
+      throw new CommandError(`cannot reach the broker to tell the devices (${(err as Error).message}); nothing was revoked: try again once it is up`);
+    }
+    let admin: BrokerAdmin | undefined;
+    try {
+      if (settings.AUTHFACE_HUB_BROKER_ACL === 'mosquitto-dynsec') admin = await BrokerAdmin.connect(brokerUrl, opts.prefix, ca ? { ca } : {});
+      const revocation = await revokeDevice(store, {
+        tenantId: opts.tenant,
+        deviceId: opts.name,
+        prefix: opts.prefix,
+        publish: async (topic, payload) => void (await client.publishAsync(topic, payload, { qos: 1, retain: true })),
+        brokerAdmin: admin,
+      });
+      return { ...revocation, took_ms: Math.round(performance.now() - started) };
+    } finally {
+      await admin?.close();
+      await client.endAsync();
+    }
+  }, masterKey);
+}
+
+/** The CA of the broker's certificate (AUTHFACE_HUB_BROKER_CA_FILE), when set. */
+function readBrokerCa(settings: Settings): Buffer | undefined {
+  const caFile = settings.AUTHFACE_HUB_BROKER_CA_FILE;
+  try {
+    return caFile ? fs.readFileSync(caFile) : undefined;
+  } catch (err) {
+    throw new CommandError(`AUTHFACE_HUB_BROKER_CA_FILE: cannot read ${caFile} (${(err as NodeJS.ErrnoException).code})`);
+  }
+}
+
+/** `authface hub wrap-key`: every version of the tenant key wrapped to one device's public key, for its sync.tenant_key_file. */
 export async function hubWrapKey(settings: Settings, opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }): Promise<unknown> {
   const masterKey = hubMasterKey(settings);
   return withHub(settings, opts.databaseUrl, async (store) => {
     await knownTenant(store, opts.tenant);
-    const { key, keyVersion } = await store.tenantKey(opts.tenant);
-    return wrapTenantKey(key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion });
+    const versions = await store.keys.all(opts.tenant);
+    return { keys: versions.map((k) => ({ ...wrapTenantKey(k.key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion: k.keyVersion }), sinceSeq: k.sinceSeq })) };
   }, masterKey);
 }
 

@@ -6,7 +6,7 @@ import { parseDeviceConfig } from '../device/config.ts';
 import { type JoinReply, joinReplySchema } from '../hub/join.ts';
 import { isSecureUrl } from '../sessions/origins.ts';
 import { loadDeviceKey } from '../sync/device-key.ts';
-import { unwrapTenantKey } from '../sync/envelope.ts';
+import { unwrapKeys, writeKeyFile, writePrivateFile } from '../sync/keyring.ts';
 import { CommandError } from './errors.ts';
 
 const JOIN_TIMEOUT_MS = 15_000;
@@ -23,17 +23,17 @@ export async function join(settings: Settings, opts: { hub: string; code: string
   const dataDir = path.resolve(settings.dataDir);
   const { publicKey, privateKeyPem } = loadDeviceKey(dataDir);
   const reply = await requestJoin(hub, opts.code, publicKey);
-  // the key must open here before anything is written
-  unwrapTenantKey(reply.tenant_key, privateKeyPem, { tenantId: reply.tenant_id, deviceId: reply.device_id });
+  // every key version must open here before anything is written
+  unwrapKeys(reply.tenant_keys, privateKeyPem, { tenantId: reply.tenant_id, deviceId: reply.device_id });
   const tenantKeyFile = path.join(dataDir, 'tenant-key.json');
-  writePrivate(tenantKeyFile, `${JSON.stringify(reply.tenant_key, null, 2)}\n`);
+  writeKeyFile(tenantKeyFile, reply.tenant_keys);
   // the device's own broker client, when the hub manages the broker's rights
   const passwordFile = path.join(dataDir, 'broker-password');
-  if (reply.broker.password) writePrivate(passwordFile, reply.broker.password);
+  if (reply.broker.password) writePrivateFile(passwordFile, reply.broker.password);
   const configFile = path.resolve(settings.AUTHFACE_DEVICE_CONFIG ?? path.join(dataDir, 'device.yaml'));
-  const config = joinedConfig(configFile, reply, tenantKeyFile, reply.broker.password ? passwordFile : undefined);
+  const config = joinedConfig(configFile, reply, { hub, tenantKeyFile, passwordFile: reply.broker.password ? passwordFile : undefined });
   parseDeviceConfig(config, configFile);
-  writePrivate(configFile, stringifyYaml(config));
+  writePrivateFile(configFile, stringifyYaml(config));
   return {
     device_id: reply.device_id,
     tenant_id: reply.tenant_id,
@@ -78,7 +78,8 @@ async function requestJoin(hub: string, code: string, publicKey: string): Promis
 }
 
 /** The device file with the fleet's settings: an existing one keeps everything else. */
-function joinedConfig(file: string, reply: JoinReply, tenantKeyFile: string, passwordFile: string | undefined): Record<string, unknown> {
+function joinedConfig(file: string, reply: JoinReply, files: { hub: string; tenantKeyFile: string; passwordFile: string | undefined }): Record<string, unknown> {
+  const { tenantKeyFile, passwordFile } = files;
   let current: Record<string, unknown> = {};
   if (fs.existsSync(file)) {
     try {
@@ -101,15 +102,7 @@ function joinedConfig(file: string, reply: JoinReply, tenantKeyFile: string, pas
       topic_prefix: reply.broker.topic_prefix,
       ...(reply.broker.username && passwordFile ? { username: reply.broker.username, password_file: passwordFile } : {}),
     },
-    sync: { tenant_key_file: tenantKeyFile },
+    sync: { tenant_key_file: tenantKeyFile, hub_url: files.hub },
     remote_commands: { ...section('remote_commands'), enabled: true, public_key: reply.command_public_key },
   };
-}
-
-/** Written whole or not at all (a temporary file renamed), readable by this user only. */
-function writePrivate(file: string, content: string): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, content, { mode: 0o600 });
-  fs.renameSync(tmp, file);
 }

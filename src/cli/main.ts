@@ -16,7 +16,7 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubDeviceAdd, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
+import { hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
 import { join } from './join.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
@@ -283,9 +283,17 @@ hubGroup
   .requiredOption('--tenant <id>', 'tenant id')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubGroupList(loadSettings(), opts)));
-hub
-  .command('device')
-  .description("the fleet's devices")
+const hubDevice = hub.command('device').description("the fleet's devices");
+hubDevice
+  .command('revoke')
+  .description("revoke a lost or stolen device: its broker client is removed, the tenant key rotates for the others, and it erases its templates if it comes back")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--name <device_id>', "the device's id")
+  .addOption(databaseUrl())
+  .option('--broker-url <url>', 'the broker, with the hub\'s credentials (or AUTHFACE_HUB_BROKER_URL)')
+  .option('--prefix <level>', 'first topic level, as the devices\' mqtt.topic_prefix', 'authface')
+  .action(async (opts: { tenant: string; name: string; databaseUrl?: string; brokerUrl?: string; prefix: string }) => print(await hubDeviceRevoke(loadSettings(), opts)));
+hubDevice
   .command('add')
   .description('print a short-lived, single-use code with which one device joins the tenant (`authface join` on the device)')
   .requiredOption('--tenant <id>', 'tenant id')

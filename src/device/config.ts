@@ -169,7 +169,11 @@ export const deviceConfigSchema = z
       .strictObject({
         tenant_key_file: z
           .string()
-          .describe("The tenant key wrapped for this device: made at the hub with `authface hub wrap-key --tenant <tenant_id> --device <device_id> --public-key <key>`, where the key is what `authface sync key` prints here."),
+          .describe("The tenant key wrapped for this device (every version): `authface join` writes it, or make it at the hub with `authface hub wrap-key --tenant <tenant_id> --device <device_id> --public-key <key>`, where the key is what `authface sync key` prints here. The device adds the versions the hub sends after a rotation."),
+        hub_url: z
+          .url({ protocol: /^https?$/ })
+          .optional()
+          .describe("The hub's URL (`authface join` writes it): when the broker turns this device away, it asks the hub for its notice there (a device the hub revoked erases its templates and keys)."),
       })
       .optional()
       .describe('Fleet sync through a hub: enrolments, updates and deletions made at any door of the tenant reach every other (README, "A fleet"). Needs `mqtt.url`, the broker the hub uses, and `tenant_id`, the hub\'s tenant.'),

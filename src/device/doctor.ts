@@ -11,7 +11,7 @@ import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
 import { runningService } from '../store/backup.ts';
 import { DATABASE_FILE } from '../store/database.ts';
 import { openStore } from '../store/index.ts';
-import { loadTenantKey } from '../sync/device-key.ts';
+import { loadKeyring } from '../sync/keyring.ts';
 import type { DeviceConfig } from './config.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
@@ -213,8 +213,8 @@ function checkFleet(settings: Settings, device: DeviceConfig | null): Check {
   if (!device?.sync) return { name: 'fleet', status: 'skip', detail: 'not in a fleet (no sync section)' };
   if (!device.tenant_id) return { name: 'fleet', status: 'fail', detail: 'sync without tenant_id', fix: 'authface join --hub https://… --code … writes both' };
   try {
-    const { keyVersion } = loadTenantKey(device.sync.tenant_key_file, settings.dataDir, { tenantId: device.tenant_id, deviceId: device.device_id });
-    return { name: 'fleet', status: 'ok', detail: `tenant ${device.tenant_id}: its key (version ${keyVersion}) opens with this device's key pair` };
+    const versions = loadKeyring(device.sync.tenant_key_file, settings.dataDir, { tenantId: device.tenant_id, deviceId: device.device_id }).versions();
+    return { name: 'fleet', status: 'ok', detail: `tenant ${device.tenant_id}: its key (version ${versions.join(', ')}) opens with this device's key pair` };
   } catch (err) {
     return { name: 'fleet', status: 'fail', detail: (err as Error).message, fix: 'join again with a new code: authface hub device add at the hub, then authface join --hub https://… --code … here' };
   }

@@ -12,7 +12,9 @@ import { EmbeddedBroker } from '../mqtt/broker.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { Store } from '../store/index.ts';
 import { DeviceSync } from '../sync/device-sync.ts';
-import { loadTenantKey } from '../sync/device-key.ts';
+import { loadKeyring } from '../sync/keyring.ts';
+import { assertNotRevoked } from '../sync/revoked.ts';
+import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
@@ -70,8 +72,10 @@ export async function startDevice(
   const kioskSecret = KioskSecret.load(deps.store.dataDir);
   const commands = new RemoteCommands(config, { access, kiosk, nonces: deps.store.nonces, logger: deps.logger });
 
-  // the fleet's tenant key is opened first: a missing or foreign key file stops the start here
-  const fleetKey = config.sync ? loadTenantKey(config.sync.tenant_key_file, deps.store.dataDir, { tenantId: tenant.id, deviceId: config.device_id }) : null;
+  // the fleet's tenant key is opened first: a missing or foreign key file, or a device the hub
+  // revoked, stops the start here
+  if (config.sync) assertNotRevoked(deps.store, config.device_id);
+  const keyring = config.sync ? loadKeyring(config.sync.tenant_key_file, deps.store.dataDir, { tenantId: tenant.id, deviceId: config.device_id }) : null;
   let broker: EmbeddedBroker | null = null;
   let mqtt: MqttBridge | null = null;
   let link: MqttLink | null = null;
@@ -101,16 +105,19 @@ export async function startDevice(
     await broker?.close();
     broker = null;
   }
-  if (config.sync && url && fleetKey) {
-    const { key, keyVersion } = fleetKey;
+  if (config.sync && url && keyring) {
+    const { public_key: commandKey } = config.remote_commands;
     sync = DeviceSync.start(deps.store, deps.index, deps.events, {
       deviceId: config.device_id,
       tenantId: tenant.id,
       url,
       prefix: config.mqtt.topic_prefix,
       broker: brokerOptions(config.mqtt),
-      tenantKey: key,
-      keyVersion,
+      keyring,
+      keyFile: config.sync.tenant_key_file,
+      noticeKey: commandKey ? publicKeyFromBase64(commandKey) : undefined,
+      hubUrl: config.sync.hub_url,
+      secretFiles: config.mqtt.password_file ? [config.mqtt.password_file] : [],
       model: EMBEDDING_MODEL,
       softwareVersion: deps.version,
       logger: deps.logger,

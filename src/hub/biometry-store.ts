@@ -18,8 +18,6 @@ import type { HubStore } from './store.ts';
  * tenant_id first.
  */
 export interface PostgresBiometryOptions {
-  /** The tenant key of a tenant (opened with the hub's master key). */
-  tenantKey: (tenantId: string) => Promise<{ key: Buffer; keyVersion: number }>;
   /** The embedding model the hub's engine runs. */
   model: string;
   /** Called after the commit of each change this store sequenced (to publish it on the log). */
@@ -37,20 +35,12 @@ class Rollback extends Error {
 
 export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOptions): BiometryStore {
   const { pool } = hub;
-  const tenantKeys = new Map<string, { key: Buffer; keyVersion: number }>();
-  const keyOf = async (tenantId: string) => {
-    let k = tenantKeys.get(tenantId);
-    if (!k) {
-      k = await options.tenantKey(tenantId);
-      tenantKeys.set(tenantId, k);
-    }
-    return k;
-  };
   const open = async (tenantId: string, row: UserRow): Promise<Float32Array | undefined> => {
     if (!row.template || row.model === null || row.key_version === null) return undefined;
-    const { key } = await keyOf(tenantId);
+    const sealedWith = await hub.keys.version(tenantId, row.key_version);
+    if (!sealedWith) return undefined;
     try {
-      return openTemplate(key, row.template, { tenantId, externalUserId: row.external_user_id, version: row.version, model: row.model, keyVersion: row.key_version }, options.model);
+      return openTemplate(sealedWith.key, row.template, { tenantId, externalUserId: row.external_user_id, version: row.version, model: row.model, keyVersion: row.key_version }, options.model);
     } catch (err) {
       if (err instanceof EnvelopeError) return undefined;
       throw err;
@@ -212,12 +202,13 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
 
     async finishSession(session, outcome, auditEvent, write) {
       const tenantId = session.tenantId;
-      const sealed = write && (await keyOf(tenantId));
       let change: Change | undefined;
       try {
         await hub.transaction(async (db) => {
-          if (write && sealed) {
+          if (write) {
             await hub.lockTenant(db, tenantId);
+            // the key read under the tenant's lock: a rotation cannot slip between seal and sequence
+            const sealed = await hub.keys.current(tenantId, db);
             const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
             // a template sequenced after what the decision's 1:N check saw (another hub process, a door)
             if (write.checkedThrough !== undefined && (await hub.lastTemplateAfter(db, tenantId, write.checkedThrough)) > 0) throw new Rollback('write_conflict');

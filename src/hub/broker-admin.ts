@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { Waiters } from '../core/waiters.ts';
-import { HubError } from './store.ts';
+import { HubError } from './errors.ts';
 
 const CONTROL = '$CONTROL/dynamic-security/v1';
 const HUB_ROLE = 'authface-hub';
@@ -26,8 +26,8 @@ export function deviceRights(prefix: string, tenantId: string, deviceId: string)
   return {
     // its own state and events: door events, status and command results, and what it sends the hub
     publish: [`${own}/status`, `${own}/door/+/access`, `${own}/door/+/alarm`, `${own}/command/result`, ...['submit', 'fetch', 'snapshot', 'events', 'state'].map((k) => `${sync}/${k}/${deviceId}`)],
-    // its tenant's log and head, the hub's replies to it, and its own command topic
-    subscribe: [`${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${own}/command`],
+    // its tenant's log and head, the hub's replies and notices to it, and its own command topic
+    subscribe: [`${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${sync}/notice/${deviceId}`, `${own}/command`],
   };
 }
 

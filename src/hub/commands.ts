@@ -37,7 +37,7 @@ export function hubCommands(store: HubStore, sync: HubSync): (tenantId: string, 
   return async (tenantId, request) => {
     if (!(await store.hasJoined(tenantId, request.device_id))) throw new ServiceError('not_found', 'device_not_found', `no device ${request.device_id} has joined this tenant`);
     if (request.command === 'open_session' && !request.biometry_url) throw new ServiceError('invalid_request', 'biometry_url_required', 'open_session needs the biometry_url to show');
-    const { privateKey } = await store.commandKey(tenantId);
+    const { privateKey } = await store.keys.commandKey(tenantId);
     const requestId = `req_${crypto.randomUUID()}`;
     const command = signCommand(privateKey, { command: request.command, device: request.device_id, door: request.door_id, request_id: requestId, biometry_url: request.biometry_url });
     const reply = await sync.sendCommand(request.device_id, command, COMMAND_WAIT_MS);

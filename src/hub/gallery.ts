@@ -21,7 +21,7 @@ export class HubGallery {
 
   constructor(
     private readonly store: HubStore,
-    private readonly tenantKey: (tenantId: string) => Promise<Buffer>,
+    private readonly tenantKey: (tenantId: string, keyVersion: number) => Promise<{ key: Buffer } | undefined>,
     private readonly model: string,
   ) {}
 
@@ -75,7 +75,9 @@ export class HubGallery {
   async #upsert(gallery: Gallery, tenantId: string, u: SnapshotUser): Promise<void> {
     try {
       const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
-      gallery.upsert(u.external_user_id, openTemplate(await this.tenantKey(tenantId), u.template, binding, this.model));
+      const sealedWith = await this.tenantKey(tenantId, u.key_version);
+      if (!sealedWith) throw new EnvelopeError('wrong_key', `no key version ${u.key_version} in tenant ${tenantId}`);
+      gallery.upsert(u.external_user_id, openTemplate(sealedWith.key, u.template, binding, this.model));
     } catch (err) {
       if (!(err instanceof EnvelopeError)) throw err;
       gallery.remove(u.external_user_id); // made by another model, or unreadable: not matchable here

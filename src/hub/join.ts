@@ -1,8 +1,11 @@
 import { z } from 'zod';
 import { ServiceError } from '../errors.ts';
-import { type WrappedTenantKey, wrapTenantKey } from '../sync/envelope.ts';
+import { wrapTenantKey } from '../sync/envelope.ts';
+import { MAX_KEY_VERSIONS, wrappedKeySchema } from '../sync/keyring.ts';
 import type { BrokerAdmin } from './broker-admin.ts';
-import { ClaimError, type HubStore } from './store.ts';
+import { ClaimError } from './errors.ts';
+import type { TenantKeyVersion } from './keys.ts';
+import type { HubStore } from './store.ts';
 
 export const joinRequestSchema = z.strictObject({
   code: z.string().min(16).max(40).describe('The claim code `authface hub device add` printed'),
@@ -14,8 +17,6 @@ export const joinRequestSchema = z.strictObject({
 
 export type JoinRequest = z.output<typeof joinRequestSchema>;
 
-const base64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/);
-
 /** What a device receives when it joins: all it needs to write its configuration (checked on the device). */
 export const joinReplySchema = z.strictObject({
   device_id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/),
@@ -26,13 +27,16 @@ export const joinReplySchema = z.strictObject({
     username: z.string().min(1).max(64).optional().describe("The device's own broker client (the hub manages the broker's rights)"),
     password: z.string().min(16).max(128).optional(),
   }),
-  tenant_key: z
-    .strictObject({ tenantId: z.uuid(), deviceId: z.string(), keyVersion: z.int().min(1), ephemeralPublicKey: base64, nonce: base64, ciphertext: base64 })
-    .describe("The tenant key wrapped to the device's public key (its sync.tenant_key_file)"),
+  tenant_keys: z
+    .array(wrappedKeySchema)
+    .min(1)
+    .max(MAX_KEY_VERSIONS)
+    .describe("Every version of the tenant key wrapped to the device's public key (its sync.tenant_key_file): older versions open what was sealed before a rotation"),
+
   command_public_key: z.string().regex(/^[A-Za-z0-9+/]{43}=$/).describe("The Ed25519 key the hub signs this tenant's remote commands with (the device's remote_commands.public_key)"),
 });
 
-export type JoinReply = z.output<typeof joinReplySchema> & { tenant_key: WrappedTenantKey };
+export type JoinReply = z.output<typeof joinReplySchema>;
 
 export interface JoinOptions {
   /** The broker URL the devices use (it may differ from the hub's own). */
@@ -56,23 +60,24 @@ export function deviceJoin(store: HubStore, options: JoinOptions): (request: Joi
       throw new ServiceError(err.reason === 'unknown_code' ? 'unauthorized' : 'gone', err.reason, err.message);
     }
     const { tenantId, deviceId } = claimed;
-    let keys: { key: Buffer; keyVersion: number; commandKey: string; credentials?: { username: string; password: string } };
+    let keys: { versions: TenantKeyVersion[]; commandKey: string; credentials?: { username: string; password: string } };
     try {
-      const { key, keyVersion } = await store.tenantKey(tenantId);
-      const { publicKey } = await store.commandKey(tenantId);
-      keys = { key, keyVersion, commandKey: publicKey, credentials: await options.brokerAdmin?.addDevice(tenantId, deviceId) };
+      const versions = await store.keys.all(tenantId);
+      const { publicKey } = await store.keys.commandKey(tenantId);
+      keys = { versions, commandKey: publicKey, credentials: await options.brokerAdmin?.addDevice(tenantId, deviceId) };
     } catch (err) {
       // the device got nothing: its code works again
       await store.unclaim(code);
       throw new ServiceError('unavailable', 'join_unavailable', `the hub could not prepare this device's keys or broker client (${(err as Error).message}); try again`);
     }
-    const { key, keyVersion, commandKey, credentials } = keys;
+    const { versions, commandKey, credentials } = keys;
     return {
       device_id: deviceId,
       tenant_id: tenantId,
       broker: { url: options.brokerUrl, topic_prefix: options.prefix, ...credentials },
-      tenant_key: wrapTenantKey(key, public_key, { tenantId, deviceId, keyVersion }),
+      tenant_keys: versions.map((k) => ({ ...wrapTenantKey(k.key, public_key, { tenantId, deviceId, keyVersion: k.keyVersion }), sinceSeq: k.sinceSeq })),
       command_public_key: commandKey,
+
     };
   };
 }

@@ -11,8 +11,10 @@ import { fleetRoutes } from '../api/routes/fleet.ts';
 import { HubGallery } from './gallery.ts';
 import { BrokerAdmin } from './broker-admin.ts';
 import { hubCommands } from './commands.ts';
+import { deviceNotice } from './revocation.ts';
 import { deviceJoin } from './join.ts';
-import { HubError, HubStore } from './store.ts';
+import { HubError } from './errors.ts';
+import { HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { EnvelopeError, openTemplate, sealTemplate } from '../sync/envelope.ts';
@@ -74,13 +76,11 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     }
     const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger, ca: options.brokerCa });
     stack.push(() => sync.close());
-    const tenantKey = (tenantId: string) => store.tenantKey(tenantId);
     const biometry = postgresBiometryStore(store, {
-      tenantKey,
       model: EMBEDDING_MODEL,
       onSequenced: (change) => sync.publish(change),
     });
-    const gallery = new HubGallery(store, async (t) => (await tenantKey(t)).key, EMBEDDING_MODEL);
+    const gallery = new HubGallery(store, (t, v) => store.keys.version(t, v), EMBEDDING_MODEL);
     await gallery.markHeads();
     const parts = await composeBiometry(settings, { store: biometry, logger, analyzer: options.analyzer, refreshGallery: (t) => gallery.refresh(parts.index, t) }, stack);
     const app = createApp({
@@ -99,6 +99,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
         tenants: biometry.tenants,
         join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }),
         command: hubCommands(store, sync),
+        notice: (tenantId, deviceId) => deviceNotice(store, tenantId, deviceId),
       }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot
@@ -111,7 +112,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     const compactor = setInterval(() => void compact(), COMPACT_INTERVAL_MS);
     compactor.unref();
     stack.push(() => clearInterval(compactor));
-    sync.fleetCheck = fleetCheck(store, parts.index, gallery, tenantKey, settings.AUTHFACE_DUPLICATE_THRESHOLD);
+    sync.fleetCheck = fleetCheck(store, parts.index, gallery, settings.AUTHFACE_DUPLICATE_THRESHOLD);
     const { server, url } = await listen(app, settings, logger, stack);
     logger.info({ broker: options.brokerUrl.replace(/\/\/[^@/]*@/, '//'), prefix: options.prefix, url }, 'hub ready');
     return { store, biometry, sync, server, url, close: unwind };
@@ -131,15 +132,17 @@ function fleetCheck(
   store: HubStore,
   index: GalleryIndex,
   gallery: HubGallery,
-  tenantKey: (tenantId: string) => Promise<{ key: Buffer; keyVersion: number }>,
   duplicateThreshold: number,
 ): FleetCheck {
   return async (tenantId, body, kind) => {
-    const { key, keyVersion } = await tenantKey(tenantId);
+    // re-sealed under the current version (the store re-seals again if a rotation passes it before the append)
+    const { key, keyVersion } = await store.keys.current(tenantId);
+    const sealedWith = await store.keys.version(tenantId, body.key_version);
     let embedding: Float32Array;
     try {
+      if (!sealedWith) throw new EnvelopeError('wrong_key', `no key version ${body.key_version}`);
       const binding = { tenantId, externalUserId: body.external_user_id, version: body.version, model: body.model, keyVersion: body.key_version };
-      embedding = openTemplate(key, body.template, binding, EMBEDDING_MODEL);
+      embedding = openTemplate(sealedWith.key, body.template, binding, EMBEDDING_MODEL);
     } catch (err) {
       if (err instanceof EnvelopeError) return { ok: false, reason: err.code === 'wrong_model' ? 'wrong_model' : 'template_unreadable' };
       throw err;

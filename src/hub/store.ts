@@ -1,8 +1,8 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
-import { OperatorError } from '../errors.ts';
-import { generateCommandKeys } from '../access/signed-command.ts';
-import { type MessageAuth, authenticate } from '../sync/envelope.ts';
+import { HubError, ClaimError } from './errors.ts';
+import { HubKeys, type TenantKey, type TenantKeyVersion } from './keys.ts';
+import { EnvelopeError, type MessageAuth, authenticate, openTemplate, sealTemplate } from '../sync/envelope.ts';
 import { userSetDigest } from '../sync/digest.ts';
 import {
   type AdminChange,
@@ -198,24 +198,10 @@ const MIGRATIONS = [
    );`,
   // changes sequenced before they were authenticated, found at each start without reading the log
   `CREATE INDEX hub_changes_unauthenticated ON hub_changes (tenant_id, seq) WHERE auth IS NULL;`,
+  // key rotation (a revoked device): each key version authenticates the log from since_seq on
+  `ALTER TABLE hub_tenant_keys ADD COLUMN since_seq bigint NOT NULL DEFAULT 1;
+   ALTER TABLE hub_devices ADD COLUMN revoked_at timestamptz;`,
 ];
-
-export class HubError extends OperatorError {}
-
-/** Why a claim code was refused (`authface join` says which, and what to do). */
-export class ClaimError extends Error {
-  constructor(
-    readonly reason: 'unknown_code' | 'code_used' | 'code_expired',
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-export interface TenantKey {
-  key: Buffer;
-  keyVersion: number;
-}
 
 /**
  * `duplicate`: the change_id had been sequenced before (a retry); the change is the one it got then.
@@ -250,15 +236,27 @@ export class HubStore {
   readonly #pending = new Map<string, PendingAppend[]>();
   readonly #draining = new Set<string>();
 
-  /** Tenant keys opened with the master key, by tenant (the latest version). */
-  readonly #keys = new Map<string, TenantKey>();
   /** What to do once a transaction of #transaction commits, by its connection. */
   readonly #afterCommit = new WeakMap<pg.PoolClient, (() => void)[]>();
 
+  /** The tenant keys and command keys, sealed under the master key. */
+  readonly keys: HubKeys;
+
   private constructor(
     readonly pool: pg.Pool,
-    readonly masterKey: Buffer | null,
-  ) {}
+    masterKey: Buffer | null,
+  ) {
+    this.keys = new HubKeys(
+      pool,
+      masterKey,
+      (tenantId, run) =>
+        this.#transaction(async (db) => {
+          if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+          return run(db);
+        }),
+      (db, done) => this.#afterCommit.get(db)?.push(done),
+    );
+  }
 
   /**
    * Connects and brings the schema up to date (each migration in its own transaction, once).
@@ -273,7 +271,7 @@ export class HubStore {
     const store = new HubStore(pool, options.masterKey ?? null);
     try {
       await store.#migrate();
-      if (store.masterKey) await store.#authenticateOldChanges();
+      if (store.keys.masterKey) await store.#authenticateOldChanges();
     } catch (err) {
       await store.close();
       throw err;
@@ -303,89 +301,6 @@ export class HubStore {
     });
   }
 
-  /**
-   * The tenant's current key (made on first use), opened with the hub's master key. It is stored
-   * sealed: AES-256-GCM under the master key, bound to tenant and key version.
-   */
-  async tenantKey(tenantId: string): Promise<TenantKey> {
-    const cached = this.#keys.get(tenantId);
-    if (cached) return cached;
-    return this.#transaction(async (db) => {
-      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
-      return this.#keyWithin(db, tenantId);
-    });
-  }
-
-  /**
-   * The tenant key through `db` (the caller's transaction, which may hold the tenant's row: a
-   * second connection would wait for it). Made when the tenant has none yet.
-   */
-  async #keyWithin(db: pg.PoolClient, tenantId: string): Promise<TenantKey> {
-    const cached = this.#keys.get(tenantId);
-    if (cached) return cached;
-    const row = await db.query<{ key_version: number; nonce: Buffer; sealed: Buffer }>(
-      'SELECT key_version, nonce, sealed FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1',
-      [tenantId],
-    );
-    let opened: TenantKey;
-    if (row.rows[0]) {
-      const { key_version, nonce, sealed } = row.rows[0];
-      opened = { key: this.#unseal({ nonce, sealed }, ['authface:hub-tenant-key:v1', tenantId, key_version], `the key of tenant ${tenantId}`), keyVersion: key_version };
-    } else {
-      const key = crypto.randomBytes(32);
-      const { nonce, sealed } = this.#seal(key, ['authface:hub-tenant-key:v1', tenantId, 1]);
-      await db.query('INSERT INTO hub_tenant_keys (tenant_id, key_version, nonce, sealed) VALUES ($1, 1, $2, $3)', [tenantId, nonce, sealed]);
-      opened = { key, keyVersion: 1 };
-    }
-    // cached once the transaction commits: a key made in one that rolls back never existed
-    this.#afterCommit.get(db)?.push(() => this.#keys.set(tenantId, opened));
-    return opened;
-  }
-
-  /**
-   * The Ed25519 key the hub signs the tenant's remote commands with (made on first use); devices
-   * get its public half when they join. The private half is stored sealed under the master key.
-   */
-  async commandKey(tenantId: string): Promise<{ publicKey: string; privateKey: crypto.KeyObject }> {
-    return this.#transaction(async (db) => {
-      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
-      const aad = ['authface:hub-command-key:v1', tenantId];
-      const r = await db.query<{ public_key: string; nonce: Buffer; sealed: Buffer }>('SELECT public_key, nonce, sealed FROM hub_command_keys WHERE tenant_id = $1', [tenantId]);
-      if (r.rows[0]) {
-        const pem = this.#unseal(r.rows[0], aad, `the command key of tenant ${tenantId}`);
-        return { publicKey: r.rows[0].public_key, privateKey: crypto.createPrivateKey(pem.toString()) };
-      }
-      const { privatePem, publicKey } = generateCommandKeys();
-      const { nonce, sealed } = this.#seal(Buffer.from(privatePem), aad);
-      await db.query('INSERT INTO hub_command_keys (tenant_id, public_key, nonce, sealed) VALUES ($1, $2, $3, $4)', [tenantId, publicKey, nonce, sealed]);
-      return { publicKey, privateKey: crypto.createPrivateKey(privatePem) };
-    });
-  }
-
-  /** A secret sealed under the master key (AES-256-GCM), bound to `aad`. */
-  #seal(secret: Buffer, aad: unknown[]): { nonce: Buffer; sealed: Buffer } {
-    const nonce = crypto.randomBytes(12);
-    const cipher = crypto.createCipheriv('aes-256-gcm', this.#requireMasterKey(), nonce);
-    cipher.setAAD(Buffer.from(JSON.stringify(aad)));
-    return { nonce, sealed: Buffer.concat([cipher.update(secret), cipher.final(), cipher.getAuthTag()]) };
-  }
-
-  #unseal(box: { nonce: Buffer; sealed: Buffer }, aad: unknown[], what: string): Buffer {
-    const decipher = crypto.createDecipheriv('aes-256-gcm', this.#requireMasterKey(), box.nonce);
-    decipher.setAAD(Buffer.from(JSON.stringify(aad)));
-    decipher.setAuthTag(box.sealed.subarray(box.sealed.length - 16));
-    try {
-      return Buffer.concat([decipher.update(box.sealed.subarray(0, box.sealed.length - 16)), decipher.final()]);
-    } catch {
-      throw new HubError(`the hub master key does not open ${what}: set AUTHFACE_HUB_MASTER_KEY to the key the hub was set up with`);
-    }
-  }
-
-  #requireMasterKey(): Buffer {
-    if (!this.masterKey) throw new HubError('the hub needs AUTHFACE_HUB_MASTER_KEY: it opens the tenant keys that seal templates and authenticate every change');
-    return this.masterKey;
-  }
-
   /** The MAC of a change as the hub sequences it (every field but committed_at, which the commit sets). */
   #authOf(key: TenantKey, tenantId: string, change: { seq: number; changeId: string; origin: string; body: ChangeBody }): MessageAuth {
     return authenticate(key, 'change', tenantId, { ...change.body, tenant_id: tenantId, seq: change.seq, change_id: change.changeId, origin: change.origin }).auth;
@@ -397,7 +312,7 @@ export class HubStore {
       const done = await this.#transaction(async (db) => {
         const r = await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE auth IS NULL LIMIT 500 FOR UPDATE');
         for (const row of r.rows) {
-          const auth = this.#authOf(await this.#keyWithin(db, row.tenant_id), row.tenant_id, { seq: Number(row.seq), changeId: row.change_id, origin: row.origin, body: row.body });
+          const auth = this.#authOf(await this.keys.current(row.tenant_id, db), row.tenant_id, { seq: Number(row.seq), changeId: row.change_id, origin: row.origin, body: row.body });
           await db.query('UPDATE hub_changes SET auth = $3 WHERE tenant_id = $1 AND seq = $2', [row.tenant_id, row.seq, JSON.stringify(auth)]);
         }
         return r.rowCount === 0;
@@ -461,7 +376,8 @@ export class HubStore {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new Error(`no tenant ${tenantId} at the hub`);
     let next = Number(counter.rows[0].next_seq);
-    const key = await this.#keyWithin(db, tenantId);
+    const key = await this.keys.current(tenantId, db);
+    batch = await this.#sealedUnder(key, tenantId, batch);
     // what the batch needs to know, read in two queries rather than two per change
     const known = new Map<string, Change>(
       (await db.query<ChangeRow>('SELECT * FROM hub_changes WHERE tenant_id = $1 AND change_id = ANY($2::uuid[])', [tenantId, batch.map((b) => b.changeId)])).rows.map((r) => [
@@ -601,6 +517,33 @@ export class HubStore {
   }
 
   /**
+   * Templates sealed under an older version of the tenant key (a door that had not yet received the
+   * new one, or a check made just before a rotation) are re-sealed under the current version before
+   * they are sequenced: a device revoked by that rotation cannot read any later change.
+   */
+  async #sealedUnder(key: TenantKey, tenantId: string, batch: readonly PendingAppend[]): Promise<readonly PendingAppend[]> {
+    if (!batch.some((b) => b.body.kind === 'user.upsert' && b.body.key_version < key.keyVersion)) return batch;
+    const out: PendingAppend[] = [];
+    for (const item of batch) {
+      const body = item.body;
+      const older = body.kind === 'user.upsert' && body.key_version < key.keyVersion ? await this.keys.version(tenantId, body.key_version) : undefined;
+      if (body.kind !== 'user.upsert' || !older) {
+        out.push(item);
+        continue;
+      }
+      const binding = { tenantId, externalUserId: body.external_user_id, version: body.version, model: body.model };
+      try {
+        const embedding = openTemplate(older.key, body.template, { ...binding, keyVersion: body.key_version }, body.model);
+        out.push({ ...item, body: { ...body, key_version: key.keyVersion, template: sealTemplate(key.key, embedding, { ...binding, keyVersion: key.keyVersion }) } });
+      } catch (err) {
+        if (!(err instanceof EnvelopeError)) throw err;
+        out.push(item); // unreadable here: the doors refuse it as they would have
+      }
+    }
+    return out;
+  }
+
+  /**
    * Sequences a change only an admin makes at the hub (a tenant's settings, a person's groups)
    * and applies it to the central state, in `db`'s transaction. The tenant's counter row is locked
    * first, as everywhere. A person's groups are set only while they are enrolled.
@@ -609,7 +552,7 @@ export class HubStore {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
     const seq = Number(counter.rows[0].next_seq);
-    const key = await this.#keyWithin(db, tenantId);
+    const key = await this.keys.current(tenantId, db);
     if (body.kind === 'user.groups') {
       const r = await db.query('UPDATE hub_users SET groups = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted', [tenantId, body.external_user_id, JSON.stringify(body.groups)]);
       if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
@@ -668,8 +611,10 @@ export class HubStore {
     return this.#transaction(async (db) => {
       if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
       // a device id names the device's own topics and broker client: unique on the broker, so across tenants
-      const joined = await db.query<{ tenant_id: string }>('SELECT tenant_id FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
-      if (joined.rows[0]) throw new HubError(`device ${deviceId} has already joined${joined.rows[0].tenant_id === tenantId ? '' : ' another tenant'}: choose another name`);
+      const joined = await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
+      const taken = joined.rows[0];
+      if (taken?.revoked) throw new HubError(`device ${deviceId} was revoked: its name stays retired (a notice to it names it); choose another name`);
+      if (taken) throw new HubError(`device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`);
       await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
       const code = newClaimCode();
       const r = await db.query<{ expires_at: Date }>(
@@ -704,15 +649,52 @@ export class HubStore {
     });
   }
 
-  /** Whether the device has joined the tenant (it holds the tenant's keys). */
+  /** Whether the device has joined the tenant (it holds the tenant's keys) and was not revoked since. */
   async hasJoined(tenantId: string, deviceId: string): Promise<boolean> {
-    const r = await this.pool.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL', [tenantId, deviceId]);
+    const r = await this.pool.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL AND revoked_at IS NULL', [tenantId, deviceId]);
     return (r.rowCount ?? 0) > 0;
   }
 
   /** Makes a used code usable again (its device could not be given what it needs). */
   async unclaim(code: string): Promise<void> {
     await this.pool.query('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1', [claimHash(code)]);
+  }
+
+  /**
+   * Revokes a joined device: it is marked revoked, and the tenant's key rotates in the same
+   * transaction (the new version authenticates the log from the next change on, and seals every
+   * template sequenced from then). Returns the key version and the devices that are to receive it.
+   * Revoking a device already revoked changes nothing and returns the same (its notices can be sent again).
+   */
+  async revokeDevice(tenantId: string, deviceId: string): Promise<{ revokedAt: Date; publicKey: string; key: TenantKeyVersion; rotated: boolean }> {
+    return this.#transaction(async (db) => {
+      const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+      if (!counter.rows[0]) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      const r = await db.query<{ public_key: string | null; revoked_at: Date | null }>('SELECT public_key, revoked_at FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 FOR UPDATE', [tenantId, deviceId]);
+      const device = r.rows[0];
+      if (!device?.public_key) throw new HubError(`no device ${deviceId} has joined tenant ${tenantId} (authface hub device list)`);
+      if (device.revoked_at) return { revokedAt: device.revoked_at, publicKey: device.public_key, key: (await this.keys.current(tenantId, db)) as TenantKeyVersion, rotated: false };
+      const revoked = await db.query<{ revoked_at: Date }>('UPDATE hub_devices SET revoked_at = now() WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at', [tenantId, deviceId]);
+      // an unused code for this device stops working too
+      await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
+      const key = await this.keys.rotate(db, tenantId, Number(counter.rows[0].next_seq));
+      return { revokedAt: revoked.rows[0].revoked_at, publicKey: device.public_key, key, rotated: true };
+    });
+  }
+
+  /** The tenant's joined devices and their public keys (revoked ones with the time they were revoked). */
+  async joinedDevices(tenantId: string): Promise<{ deviceId: string; publicKey: string; revokedAt: Date | null }[]> {
+    const r = await this.pool.query<{ device_id: string; public_key: string; revoked_at: Date | null }>(
+      'SELECT device_id, public_key, revoked_at FROM hub_devices WHERE tenant_id = $1 AND public_key IS NOT NULL ORDER BY device_id',
+      [tenantId],
+    );
+    return r.rows.map((d) => ({ deviceId: d.device_id, publicKey: d.public_key, revokedAt: d.revoked_at }));
+  }
+
+  /** The ids of the tenant's revoked devices. */
+  async revokedDevices(tenantId: string): Promise<Set<string>> {
+    const r = await this.pool.query<{ device_id: string }>('SELECT device_id FROM hub_devices WHERE tenant_id = $1 AND revoked_at IS NOT NULL', [tenantId]);
+    return new Set(r.rows.map((d) => d.device_id));
   }
 
   /**

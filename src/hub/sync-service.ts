@@ -21,7 +21,10 @@ import { z } from 'zod';
 import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
 import type { SignedCommand } from '../access/signed-command.ts';
 import { Waiters } from '../core/waiters.ts';
-import { type AppendResult, HubError, type HubStore, type TenantKey } from './store.ts';
+import { HubError } from './errors.ts';
+import type { TenantKey } from './keys.ts';
+import { sendNotice } from './revocation.ts';
+import type { AppendResult, HubStore } from './store.ts';
 
 /** What a device answers a command with (access/remote-commands.ts). */
 const commandReplySchema = z.object({ request_id: z.string().nullable(), command: z.string(), door: z.string(), ok: z.boolean(), error: z.string().optional() });
@@ -50,6 +53,12 @@ export type FleetCheck = (
 
 /** An enrolment whose duplicate check keeps being overtaken by other templates is checked at most this often. */
 const MAX_FLEET_CHECKS = 5;
+
+/** How long the hub uses its list of a tenant's revoked devices before reading it again (a revocation is made by the CLI). */
+const REVOKED_TTL_MS = 1000;
+
+/** A device is sent its notice again at most this often (it speaks under an old key, or after its revocation). */
+const RENOTICE_INTERVAL_MS = 10_000;
 
 /** How often the hub republishes each tenant's head, so a device that missed a message finds out. */
 const HEAD_INTERVAL_MS = 5000;
@@ -81,6 +90,10 @@ export class HubSync {
   /** Set by the hub's API once its 1:N index is loaded; until then fleet checks are refused as `hub_starting`. */
   fleetCheck: FleetCheck | null = null;
   #closing = false;
+  /** Each tenant's revoked devices, and when the list was read. */
+  readonly #revoked = new Map<string, { ids: Set<string>; at: number }>();
+  /** When each device (`tenant/device`) was last sent its notice again. */
+  readonly #renoticed = new Map<string, number>();
 
   private constructor(
     private readonly client: MqttClient,
@@ -161,9 +174,16 @@ export class HubSync {
     const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>[/<device>]
     const [, tenantId, kind] = levels;
     const topics = syncTopics(this.options.prefix, tenantId);
+    // a revoked device is not heard at all (its broker client is gone too, where the hub manages it):
+    // it is told again that it is revoked, and erases what it holds
+    if (levels.length === 4 && (await this.#isRevoked(tenantId, levels[3]))) {
+      if (payload.length > 0) await this.#renotice(tenantId, levels[3]);
+      return;
+    }
     if (kind === 'state' && levels.length === 4) {
       if (payload.length === 0) return; // a retained state being cleared
       const msg = await this.#authentic(tenantId, 'state', deviceStateSchema, payload);
+      if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, levels[3]);
       if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
         return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
       }
@@ -182,6 +202,7 @@ export class HubSync {
     if (device === undefined) return;
     if (kind === 'submit') {
       const msg = await this.#authentic(tenantId, 'submission', submissionSchema, payload);
+      if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
       if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: a submission on another device's topic was refused");
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
@@ -189,6 +210,7 @@ export class HubSync {
       if (change) this.#queueChange(tenantId, change);
     } else if (kind === 'events') {
       const msg = await this.#authentic(tenantId, 'events', doorEventsSchema, payload);
+      if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
       if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: door events on another device's topic were refused");
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
       const held = await this.store.recordDoorEvents(tenantId, msg.value);
@@ -269,23 +291,51 @@ export class HubSync {
 
   /** Authenticates a reply to one device with the tenant key and sends it. */
   async #reply(tenantId: string, deviceId: string, reply: Unsigned<SyncReply>): Promise<void> {
-    const signed = authenticate(await this.store.tenantKey(tenantId), 'reply', tenantId, reply);
+    const signed = authenticate(await this.store.keys.current(tenantId), 'reply', tenantId, reply);
     await this.client.publishAsync(syncTopics(this.options.prefix, tenantId).reply(deviceId), JSON.stringify(signed), { qos: 1 });
   }
 
-  /** Parses a device's message and checks its MAC under the tenant key (a tenant this hub does not hold is refused too). */
-  async #authentic<S extends z.ZodType<{ auth: MessageAuth }>>(tenantId: string, purpose: MessagePurpose, schema: S, payload: Buffer): Promise<{ ok: true; value: z.output<S> } | { ok: false; problem: string }> {
+  /**
+   * Parses a device's message and checks its MAC under the tenant's current key version (a tenant
+   * this hub does not hold is refused too). `oldKey`: made under an older version, by a device
+   * that has not yet received the new one (or by a device revoked since).
+   */
+  async #authentic<S extends z.ZodType<{ auth: MessageAuth }>>(
+    tenantId: string,
+    purpose: MessagePurpose,
+    schema: S,
+    payload: Buffer,
+  ): Promise<{ ok: true; value: z.output<S> } | { ok: false; problem: string; oldKey?: boolean }> {
     const msg = parseMessage(schema, payload);
     if (!msg.ok) return msg;
     let key: TenantKey;
     try {
-      key = await this.store.tenantKey(tenantId);
+      key = await this.store.keys.current(tenantId);
     } catch (err) {
       if (err instanceof HubError) return { ok: false, problem: err.message };
       throw err;
     }
+    if (msg.value.auth.key_version < key.keyVersion) return { ok: false, problem: `made under key version ${msg.value.auth.key_version}; the tenant's is ${key.keyVersion}`, oldKey: true };
     if (!isAuthentic((v) => (v === key.keyVersion ? key.key : undefined), purpose, tenantId, msg.value)) return { ok: false, problem: 'not authenticated by the tenant key (forged or altered)' };
     return msg;
+  }
+
+  async #isRevoked(tenantId: string, deviceId: string): Promise<boolean> {
+    let known = this.#revoked.get(tenantId);
+    if (!known || Date.now() - known.at > REVOKED_TTL_MS) {
+      known = { ids: await this.store.revokedDevices(tenantId), at: Date.now() };
+      this.#revoked.set(tenantId, known);
+    }
+    return known.ids.has(deviceId);
+  }
+
+  /** Sends a device its notice again (retained), at most once per RENOTICE_INTERVAL_MS. */
+  async #renotice(tenantId: string, deviceId: string): Promise<void> {
+    const id = `${tenantId}/${deviceId}`;
+    if (Date.now() - (this.#renoticed.get(id) ?? 0) < RENOTICE_INTERVAL_MS) return;
+    this.#renoticed.set(id, Date.now());
+    const sent = await sendNotice(this.store, this.options.prefix, (topic, payload) => this.client.publishAsync(topic, payload, { qos: 1, retain: true }).then(() => undefined), tenantId, deviceId);
+    if (sent) this.options.logger.info({ tenant: tenantId, device: deviceId, notice: sent.kind }, 'hub: a device was sent its notice again');
   }
 
   /**

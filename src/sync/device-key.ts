@@ -1,8 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { type DeviceKeyPair, type WrappedTenantKey, generateDeviceKeyPair, unwrapTenantKey } from './envelope.ts';
+import { type DeviceKeyPair, generateDeviceKeyPair } from './envelope.ts';
 import crypto from 'node:crypto';
-import { OperatorError } from '../errors.ts';
 
 export const DEVICE_KEY_FILE = 'device.key';
 
@@ -25,15 +24,4 @@ export function loadDeviceKey(dataDir: string): DeviceKeyPair {
   const privateKeyPem = fs.readFileSync(file, 'utf8');
   const spki = crypto.createPublicKey(privateKeyPem).export({ type: 'spki', format: 'der' });
   return { privateKeyPem, publicKey: spki.subarray(spki.length - 32).toString('base64') };
-}
-
-/** The tenant key from the wrapped-key file the hub made for this device (`authface hub wrap-key`). */
-export function loadTenantKey(file: string, dataDir: string, expect: { tenantId: string; deviceId: string }): { key: Buffer; keyVersion: number } {
-  let wrapped: WrappedTenantKey;
-  try {
-    wrapped = JSON.parse(fs.readFileSync(file, 'utf8')) as WrappedTenantKey;
-  } catch (err) {
-    throw new OperatorError(`sync.tenant_key_file ${file} cannot be read (${(err as Error).message.split('\n')[0]}): make it with \`authface hub wrap-key\` at the hub`);
-  }
-  return { key: unwrapTenantKey(wrapped, loadDeviceKey(dataDir).privateKeyPem, expect), keyVersion: wrapped.keyVersion };
 }

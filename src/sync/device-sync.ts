@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { EventBus } from '../core/events.ts';
@@ -26,8 +27,16 @@ import {
 import type { FleetVerdict } from '../sessions/service.ts';
 import type { UserWrite } from '../store/biometry-store.ts';
 import { Replica } from './replica.ts';
+import { loadDeviceKey } from './device-key.ts';
+import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
+import { fleetNoticeSchema, isSignedNotice } from './notice.ts';
+import { wipeRevokedDevice } from './revoked.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
+/** CONNACK codes of a broker that turns the device away (MQTT 3: 4, 5; MQTT 5: 134, 135). */
+const BROKER_REFUSALS = new Set([4, 5, 134, 135]);
+/** The hub is asked for this device's notice at most this often. */
+const ASK_HUB_INTERVAL_MS = 30_000;
 /** Outbox changes sent ahead of the hub's acknowledgements. */
 const OUTBOX_WINDOW = 200;
 /**
@@ -45,9 +54,18 @@ export interface DeviceSyncOptions {
   prefix: string;
   /** Credentials and TLS of the broker (the device's mqtt section). */
   broker?: IClientOptions;
-  /** The tenant key this device holds (unwrapped with its key pair), and its version. */
-  tenantKey: Buffer;
-  keyVersion: number;
+  /** The versions of the tenant key this device holds (unwrapped with its key pair). */
+  keyring: TenantKeyring;
+  /** Where the keyring is kept (sync.tenant_key_file): versions the hub sends later are added there. */
+  keyFile?: string;
+  /** The hub's command key (remote_commands.public_key): only a notice it signed is obeyed. */
+  noticeKey?: crypto.KeyObject;
+  /** The hub's URL (sync.hub_url): asked for this device's notice when the broker turns it away. */
+  hubUrl?: string;
+  /** Files erased with the templates when the hub revokes this device (the broker password). */
+  secretFiles?: string[];
+  /** Called once this device, revoked by the hub, has erased its templates and keys. */
+  onRevoked?: (erased: number) => void;
   model: string;
   /** Software version, in the device's state. */
   softwareVersion?: string;
@@ -82,6 +100,10 @@ export class DeviceSync {
   readonly #sequencedAtHub = new Set<string>();
   /** Starts of the sync client on this device (kept in the database). */
   readonly #boot: number;
+  readonly #index: GalleryIndex;
+  /** When the hub was last asked for this device's notice. */
+  #askedHubAt = 0;
+  #revoked = false;
 
   private constructor(
     private readonly client: MqttClient,
@@ -91,7 +113,8 @@ export class DeviceSync {
   ) {
     store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_boot', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1`).run();
     this.#boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
-    this.replica = new Replica(store, index, (tenantId, version) => (tenantId === options.tenantId && version === options.keyVersion ? options.tenantKey : undefined), options.model);
+    this.replica = new Replica(store, index, (tenantId) => (tenantId === options.tenantId ? options.keyring : undefined), options.model);
+    this.#index = index;
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
@@ -117,7 +140,7 @@ export class DeviceSync {
     client.on('connect', () => {
       sync.#caughtUp = false;
       client
-        .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId)], { qos: 1 })
+        .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId), topics.notice(options.deviceId)], { qos: 1 })
         .then(() => {
           sync.publishState();
           sync.fetch(true);
@@ -134,7 +157,11 @@ export class DeviceSync {
         options.logger.error({ topic, problem: (err as Error).message }, 'sync: a message could not be applied');
       }
     });
-    client.on('error', (err) => options.logger.warn({ problem: err.message }, 'sync: broker error'));
+    client.on('error', (err) => {
+      options.logger.warn({ problem: err.message }, 'sync: broker error');
+      // turned away by the broker: the hub may have revoked this device (and removed its client)
+      if (BROKER_REFUSALS.has((err as Error & { code?: number }).code ?? 0)) void sync.askHub();
+    });
     return sync;
   }
 
@@ -177,13 +204,14 @@ export class DeviceSync {
    */
   async commitThroughHub(write: UserWrite, ms: number): Promise<FleetVerdict> {
     if (!this.client.connected) return { status: 'unreachable' };
-    const { tenantId, keyVersion, model, deviceId, logger } = this.options;
+    const { tenantId, model, deviceId, logger } = this.options;
+    const { key, keyVersion } = this.options.keyring.latest;
     const changeId = crypto.randomUUID();
     const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
     // an enrolment's version is a placeholder the envelope is bound to (the hub re-seals at the
     // fleet's); an update's says which copy it was made on
     const version = write.kind === 'enroll' ? 1 : write.user.version + 1;
-    const template = sealTemplate(this.options.tenantKey, write.embedding, { tenantId, externalUserId, version, model, keyVersion });
+    const template = sealTemplate(key, write.embedding, { tenantId, externalUserId, version, model, keyVersion });
     const answered = this.#awaitingHub.wait(changeId, ms);
     const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
     const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
@@ -250,7 +278,8 @@ export class DeviceSync {
    */
   flush(): void {
     if (!this.client.connected) return;
-    const { tenantId, keyVersion, model, deviceId } = this.options;
+    const { tenantId, model, deviceId } = this.options;
+    const { key, keyVersion } = this.options.keyring.latest;
     const topics = syncTopics(this.options.prefix, tenantId);
     const now = Date.now();
     const rows = this.store.db
@@ -271,7 +300,7 @@ export class DeviceSync {
           this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(r.change_id);
           continue;
         }
-        const template = sealTemplate(this.options.tenantKey, embedding, { tenantId, externalUserId: r.external_user_id, version: r.version, model, keyVersion });
+        const template = sealTemplate(key, embedding, { tenantId, externalUserId: r.external_user_id, version: r.version, model, keyVersion });
         body = { kind: 'user.upsert', external_user_id: r.external_user_id, version: r.version, model, key_version: keyVersion, template };
       }
       this.#sentAt.set(r.change_id, now);
@@ -371,13 +400,15 @@ export class DeviceSync {
 
   /** A message of this device, with its MAC under the tenant key (the hub refuses one without). */
   #signed<T extends object>(purpose: MessagePurpose, message: T): T & { auth: MessageAuth } {
-    return authenticate({ key: this.options.tenantKey, keyVersion: this.options.keyVersion }, purpose, this.options.tenantId, message);
+    return authenticate(this.options.keyring.latest, purpose, this.options.tenantId, message);
   }
 
   #message(topic: string, payload: Buffer): void {
     const { tenantId, deviceId, logger } = this.options;
     const topics = syncTopics(this.options.prefix, tenantId);
-    if (topic === topics.log) {
+    if (topic === topics.notice(deviceId)) {
+      if (payload.length > 0) this.#notice(payload, 'broker');
+    } else if (topic === topics.log) {
       const msg = parseMessage(changeBatchSchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
       // while a snapshot loads, the log after it is fetched once it is done
@@ -396,7 +427,7 @@ export class DeviceSync {
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a reply was refused');
       const reply = msg.value;
       // an ack or a snapshot chunk comes from the hub only: one a broker client made is dropped
-      if (reply.type !== 'range' && !isAuthentic(this.replica.keyOf(tenantId), 'reply', tenantId, reply)) {
+      if (reply.type !== 'range' && !isAuthentic(this.replica.replyKey(tenantId), 'reply', tenantId, reply)) {
         return logger.warn({ type: reply.type }, 'sync: a reply not authenticated by the tenant key was refused (forged or altered)');
       }
       if (reply.type === 'events_ack') {
@@ -445,10 +476,84 @@ export class DeviceSync {
     }
   }
 
+  /**
+   * A notice of the hub about this device (sync/notice.ts), from its retained notice topic or the
+   * hub's HTTP endpoint. It must be for this tenant and device and signed with the hub's command
+   * key; anything else is refused and logged. New key versions are added to the keyring (and its
+   * file); a revocation of this device's own key pair erases its templates and keys.
+   */
+  #notice(payload: Buffer | string, from: 'broker' | 'hub'): void {
+    const { tenantId, deviceId, logger, noticeKey, keyring } = this.options;
+    const msg = parseMessage(fleetNoticeSchema, typeof payload === 'string' ? Buffer.from(payload) : payload);
+    if (!msg.ok) return logger.warn({ from, problem: msg.problem }, 'sync: a notice was refused');
+    const notice = msg.value;
+    if (notice.tenant_id !== tenantId || notice.device_id !== deviceId) return logger.warn({ from }, 'sync: a notice for another device was refused');
+    if (!noticeKey || !isSignedNotice(noticeKey, notice)) return logger.warn({ from, kind: notice.kind }, "sync: a notice not signed by the hub's command key was refused");
+    const own = loadDeviceKey(this.store.dataDir);
+    if (notice.kind === 'revoked') {
+      if (notice.public_key !== own.publicKey) return logger.warn({ from }, "sync: a revocation of another key pair under this device's name was ignored");
+      if (this.#revoked) return;
+      this.#revoked = true;
+      const erased = wipeRevokedDevice(this.store, this.#index, { tenant_id: tenantId, device_id: deviceId, revoked_at: notice.revoked_at }, [
+        ...(this.options.keyFile ? [this.options.keyFile] : []),
+        ...(this.options.secretFiles ?? []),
+      ]);
+      logger.error({ from, erased, revoked_at: notice.revoked_at }, 'sync: the hub revoked this device: its templates and keys are erased, and it no longer syncs');
+      this.options.onRevoked?.(erased);
+      void this.close();
+      return;
+    }
+    const fresh = notice.keys.filter((k) => !keyring.has(k.keyVersion));
+    if (fresh.length === 0) return;
+    let versions;
+    try {
+      versions = unwrapKeys(fresh, own.privateKeyPem, { tenantId, deviceId });
+    } catch (err) {
+      return logger.warn({ from, problem: (err as Error).message }, 'sync: a key notice does not open with this device\'s key pair');
+    }
+    keyring.add(versions);
+    if (this.options.keyFile) {
+      const kept = fs.existsSync(this.options.keyFile) ? readKeyFile(this.options.keyFile) : [];
+      writeKeyFile(this.options.keyFile, [...kept.filter((k) => !fresh.some((f) => f.keyVersion === k.keyVersion)), ...fresh].sort((a, b) => a.keyVersion - b.keyVersion));
+    }
+    logger.info({ from, key_versions: keyring.versions() }, 'sync: the hub rotated the tenant key; this device holds the new version');
+    // what waited on the new version goes now
+    this.#sentAt.clear();
+    this.publishState();
+    this.fetch(true);
+    this.flush();
+    this.flushEvents(true);
+  }
+
+  /**
+   * Asks the hub (sync.hub_url) for this device's notice: when the broker turns the device away
+   * (the hub removes a revoked device's client), or a change comes under a key version it does
+   * not hold. At most once per ASK_HUB_INTERVAL_MS.
+   */
+  async askHub(): Promise<void> {
+    const { hubUrl, tenantId, deviceId, logger } = this.options;
+    if (!hubUrl || this.#revoked || Date.now() - this.#askedHubAt < ASK_HUB_INTERVAL_MS) return;
+    this.#askedHubAt = Date.now();
+    try {
+      const res = await fetch(new URL('/fleet/v1/notice', hubUrl), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ tenant_id: tenantId, device_id: deviceId }),
+        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+      });
+      if (!res.ok) return logger.warn({ status: res.status }, 'sync: the hub has no notice for this device');
+      const body = (await res.json()) as { notice?: unknown };
+      this.#notice(JSON.stringify(body.notice ?? null), 'hub');
+    } catch (err) {
+      logger.warn({ problem: (err as Error).message }, 'sync: cannot ask the hub for this device\'s notice');
+    }
+  }
+
   #apply(changes: Parameters<Replica['apply']>[1]): void {
     const result = this.replica.apply(this.options.tenantId, changes);
     if (result.applied > 0) this.#stateSoon();
     if (result.refused) this.options.logger.warn({ seq: result.refused.seq, reason: result.refused.reason }, 'sync: a change was refused and not applied');
+    if (result.refused?.reason === 'unknown_key') void this.askHub();
     else if (result.gap) this.fetch();
   }
 }
@@ -456,5 +561,5 @@ export class DeviceSync {
 /** The retained state a device leaves behind when it goes (its last will, or said on a clean stop). */
 function offlineState(options: DeviceSyncOptions): DeviceState {
   const state = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' as const };
-  return authenticate({ key: options.tenantKey, keyVersion: options.keyVersion }, 'state', options.tenantId, state);
+  return authenticate(options.keyring.latest, 'state', options.tenantId, state);
 }

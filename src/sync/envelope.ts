@@ -19,6 +19,12 @@ export class EnvelopeError extends OperatorError {
   }
 }
 
+/** A version of a tenant's key. */
+export interface TenantKey {
+  key: Buffer;
+  keyVersion: number;
+}
+
 export interface TemplateBinding {
   tenantId: string;
   externalUserId: string;
@@ -192,7 +198,7 @@ function mac(key: Buffer, purpose: MessagePurpose, tenantId: string, message: ob
 }
 
 /** `message` with its `auth` (the fields the MAC covers are all of them but `auth` itself and `exclude`). */
-export function authenticate<T extends object>(key: { key: Buffer; keyVersion: number }, purpose: MessagePurpose, tenantId: string, message: T, exclude: readonly string[] = []): T & { auth: MessageAuth } {
+export function authenticate<T extends object>(key: TenantKey, purpose: MessagePurpose, tenantId: string, message: T, exclude: readonly string[] = []): T & { auth: MessageAuth } {
   const covered = omit(message, ['auth', ...exclude]);
   return { ...message, auth: { key_version: key.keyVersion, mac: mac(messageKey(key.key), purpose, tenantId, covered).toString('base64') } };
 }

@@ -136,6 +136,8 @@ export function syncTopics(prefix: string, tenantId: string) {
     events: (deviceId: string) => `${base}/events/${deviceId}`,
     /** device → hub, retained, with an `offline` last will: how the device is (DeviceState). */
     state: (deviceId: string) => `${base}/state/${deviceId}`,
+    /** hub → one device, retained: its standing, signed with the command key (sync/notice.ts: its keys, or its revocation). */
+    notice: (deviceId: string) => `${base}/notice/${deviceId}`,
   };
 }
 

@@ -1,6 +1,7 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, isAuthentic, openTemplate } from './envelope.ts';
+import type { TenantKeyring } from './keyring.ts';
 import type { Change, SnapshotUser, SyncReply, TenantSettings } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
@@ -34,15 +35,19 @@ export class Replica {
   constructor(
     private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit' | 'tenants' | 'groups'>,
     private readonly index: GalleryIndex,
-    /** The tenant key of a key version (unwrapped with this device's key pair), or undefined when unknown. */
-    private readonly tenantKey: (tenantId: string, keyVersion: number) => Buffer | undefined,
+    /** The tenant's key versions this device holds (unwrapped with its key pair), or undefined for a tenant it does not sync. */
+    private readonly keyring: (tenantId: string) => TenantKeyring | undefined,
     /** The embedding model this device runs. */
     private readonly model: string,
   ) {}
 
-  /** The tenant's key of a version, for checking a message's MAC. */
-  keyOf(tenantId: string): (keyVersion: number) => Buffer | undefined {
-    return (keyVersion) => this.tenantKey(tenantId, keyVersion);
+  /**
+   * The key a reply of the hub (an ack, a snapshot chunk) must be authenticated with: the newest
+   * version held. A device revoked by a rotation has only older ones, so it cannot forge a reply.
+   */
+  replyKey(tenantId: string): (keyVersion: number) => Buffer | undefined {
+    const latest = this.keyring(tenantId)?.latest;
+    return (keyVersion) => (latest && keyVersion === latest.keyVersion ? latest.key : undefined);
   }
 
   cursor(tenantId: string): number {
@@ -103,7 +108,10 @@ export class Replica {
   #applyOne(change: Change, after: (() => void)[]): string | null {
     // only the hub, which holds the tenant key, makes a change: a forged one stops here, and the
     // real change of that number is applied when it comes
-    if (!isAuthentic(this.keyOf(change.tenant_id), 'change', change.tenant_id, change, ['committed_at'])) return 'unauthenticated';
+    const ring = this.keyring(change.tenant_id);
+    // a version this device does not hold yet: the hub's notice of it is on its way (or asked for)
+    if (ring && change.auth && change.auth.key_version > ring.latest.keyVersion) return 'unknown_key';
+    if (!ring || !isAuthentic((v) => ring.changeKey(change.seq, v), 'change', change.tenant_id, change, ['committed_at'])) return 'unauthenticated';
     const gallery = this.index.of(change.tenant_id);
     switch (change.kind) {
       // a change blanked by a later deletion: only its place in the order is left
@@ -127,7 +135,7 @@ export class Replica {
   /** A person's template from the hub (an upsert of the log, or a user of a snapshot); returns why it was refused, or null. */
   #applyTemplate(tenantId: string, u: SnapshotUser, after: (() => void)[]): string | null {
     const gallery = this.index.of(tenantId);
-    const key = this.tenantKey(tenantId, u.key_version);
+    const key = this.keyring(tenantId)?.key(u.key_version);
     if (!key) return `no tenant key of version ${u.key_version} on this device`;
     const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
     try {
@@ -186,7 +194,7 @@ export class Replica {
     const progress = this.snapshot(tenantId);
     if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
     // a chunk says who exists: a forged one could erase people (DeviceSync checks replies; this is the last line)
-    if (!isAuthentic(this.keyOf(tenantId), 'reply', tenantId, chunk)) return { applied: 0, removed: 0, done: false, ignored: true };
+    if (!isAuthentic(this.replyKey(tenantId), 'reply', tenantId, chunk)) return { applied: 0, removed: 0, done: false, ignored: true };
     const pending = new Set(
       (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
     );
