@@ -689,6 +689,100 @@ async function benchJoin(people = 10_000): Promise<void> {
   }
 }
 
+/**
+ * Revocation (`--only revoke`): a tenant of `doors` joined doors on a Mosquitto whose rights the
+ * hub manages; one is revoked with the CLI's code path. Measured from the start of the command:
+ * until it returns (the key rotated, every notice sent, the broker client removed: from then on the
+ * revoked door can read no new change), until the revoked door has erased its people, and until
+ * every other door holds the new key version.
+ */
+async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people = 200): Promise<void> {
+  const { createTestDatabase, HubStore, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { serveHub, stop } = await import('../test/support/cli.ts');
+  const { startDynsecMosquitto } = await import('../test/support/mosquitto.ts');
+  const { join } = await import('../src/cli/join.ts');
+  const { hubDeviceRevoke } = await import('../src/cli/hub.ts');
+  const { loadDeviceConfig } = await import('../src/device/config.ts');
+  const { loadKeyring } = await import('../src/sync/keyring.ts');
+  const { publicKeyFromBase64 } = await import('../src/access/signed-command.ts');
+  const { brokerOptions } = await import('../src/mqtt/bridge.ts');
+  const hubUser = { username: 'hub', password: crypto.randomBytes(12).toString('hex') };
+  const broker = await startDynsecMosquitto(hubUser);
+  const brokerUrl = `mqtt://${hubUser.username}:${hubUser.password}@127.0.0.1:${broker.port}`;
+  const masterKey = crypto.randomBytes(32);
+  const hubEnv = { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex'), AUTHFACE_HUB_BROKER_ACL: 'mosquitto-dynsec' };
+  const db = await createTestDatabase();
+  const hubStore = await HubStore.open(db.url, { masterKey });
+  const tenantId = crypto.randomUUID();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-revoke-'));
+  let hub: Awaited<ReturnType<typeof serveHub>> | undefined;
+  const running: { name: string; store: ReturnType<typeof openStore>; sync: ReturnType<typeof DeviceSync.start>; keyring: ReturnType<typeof loadKeyring> }[] = [];
+  try {
+    await hubStore.createTenant(tenantId, 'bench');
+    await seedHubPeople(hubStore, tenantId, people);
+    hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix: 'authface' }, hubEnv);
+    for (let i = 0; i < doors; i++) {
+      const name = `door-${i}`;
+      const { code } = await hubStore.addDevice(tenantId, name, 900);
+      const dataDir = path.join(dir, name);
+      const config = loadDeviceConfig((await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code })).config_file);
+      const keyring = loadKeyring(config.sync!.tenant_key_file, dataDir, { tenantId, deviceId: name });
+      const store = openStore(dataDir, undefined);
+      store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
+      const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), {
+        deviceId: name,
+        tenantId,
+        url: config.mqtt.url!,
+        prefix: config.mqtt.topic_prefix,
+        broker: brokerOptions(config.mqtt),
+        keyring,
+        keyFile: config.sync!.tenant_key_file,
+        noticeKey: publicKeyFromBase64(config.remote_commands.public_key!),
+        hubUrl: config.sync!.hub_url,
+        secretFiles: [config.mqtt.password_file!],
+        model: EMBEDDING_MODEL,
+        logger: createLogger('silent'),
+      });
+      running.push({ name, store, sync, keyring });
+    }
+    const head = await hubStore.headSeq(tenantId);
+    while (!running.every((d) => d.sync.cursor === head)) await new Promise((r) => setTimeout(r, 20));
+    const [stolen, ...others] = running;
+    const held = () => (stolen.store.db.prepare('SELECT COUNT(*) AS n FROM users WHERE tenant_id = ?').get(tenantId) as { n: number }).n;
+    const started = performance.now();
+    let erasedAt = 0;
+    let rekeyedAt = 0;
+    const watch = setInterval(() => {
+      const now = performance.now();
+      if (!erasedAt && held() === 0) erasedAt = now;
+      if (!rekeyedAt && others.every((d) => d.keyring.has(2))) rekeyedAt = now;
+    }, 2);
+    const revocation = await hubDeviceRevoke(loadSettings({ ...hubEnv, LOG_LEVEL: 'silent' }), { tenant: tenantId, name: stolen.name, databaseUrl: db.url, brokerUrl, prefix: 'authface' });
+    const returnedAt = performance.now();
+    while (!erasedAt || !rekeyedAt) await new Promise((r) => setTimeout(r, 5));
+    clearInterval(watch);
+    results.revoke = {
+      doors,
+      people,
+      command_ms: Math.round(returnedAt - started),
+      revoked_door_erased_ms: Math.round(erasedAt - started),
+      all_other_doors_rekeyed_ms: Math.round(rekeyedAt - started),
+      rekeyed: revocation.rekeyed.length,
+    };
+    console.log('revoke', JSON.stringify(results.revoke));
+  } finally {
+    for (const d of running) {
+      await d.sync.close();
+      d.store.close();
+    }
+    if (hub) await stop(hub);
+    await hubStore.close();
+    await db.drop();
+    await broker.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();
@@ -700,6 +794,7 @@ if (!only || only === 'sync') await benchSync();
 if (!only || only === 'sync' || only === 'snapshot') await benchSnapshot();
 if (!only || only === 'sync' || only === 'reconnect') await benchReconnect();
 if (!only || only === 'join') await benchJoin();
+if (!only || only === 'revoke') await benchRevoke();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);

@@ -116,6 +116,13 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
     // the stolen door, connected, heard it at once: nothing of the tenant is left on it
     await until(() => peopleAt('stolen').length === 0, 15_000, 'the stolen door erased its people');
     const erasedAfter = Math.round(performance.now() - started);
+    const rows = new Database(path.join(stolen.dataDir, DATABASE_FILE), { readonly: true });
+    try {
+      assert.deepEqual(rows.prepare('SELECT COUNT(*) AS n FROM users').get(), { n: 0 }, 'not even a tombstone is left');
+      assert.deepEqual(rows.prepare('SELECT COUNT(*) AS n FROM templates').get(), { n: 0 }, 'no template is left');
+    } finally {
+      rows.close();
+    }
     assert.equal(fs.existsSync(stolen.config.sync!.tenant_key_file), false, 'its tenant key file is gone');
     assert.equal(fs.existsSync(stolen.config.mqtt.password_file!), false, 'its broker password is gone');
     assert.match(stolen.door!.output(), /the hub revoked this device/);

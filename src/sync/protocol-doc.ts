@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { fleetNoticeSchema } from './notice.ts';
 import {
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
@@ -24,6 +25,7 @@ const MESSAGES: { topic: string; direction: string; schema: z.ZodType }[] = [
   { topic: '<prefix>/sync/<t>/events/<device_id>', direction: 'device → hub, QoS 1', schema: doorEventsSchema },
   { topic: '<prefix>/sync/<t>/state/<device_id>', direction: 'device → hub, QoS 1, retained; last will `offline`', schema: deviceStateSchema },
   { topic: '<prefix>/sync/<t>/device/<device_id>', direction: 'hub → one device, QoS 1', schema: replySchema },
+  { topic: '<prefix>/sync/<t>/notice/<device_id>', direction: 'hub → one device, QoS 1, retained; signed with the command key (also `POST /fleet/v1/notice`)', schema: fleetNoticeSchema },
 ];
 
 /**

@@ -14,7 +14,7 @@ export interface RevokedMark {
 
 /**
  * What a device does with the hub's signed revocation: every person of the fleet tenant is erased
- * (templates, PINs, groups; audit entries keep a pseudonym, as for any erasure), with what was
+ * (templates, PINs, groups, tombstones; audit entries keep a pseudonym, as for any erasure), with what was
  * waiting for the hub, and the tenant key file and broker password are deleted. A mark in the
  * database says why the device holds nothing, so it does not start syncing again: it must join anew.
  * Returns how many people were erased.
@@ -27,6 +27,8 @@ export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<
   try {
     store.db.transaction(() => {
       for (const id of people) store.eraseUser(tenantId, id, () => null);
+      // not even the tombstones stay: this device will never be offered these people again
+      store.db.prepare('DELETE FROM users WHERE tenant_id = ?').run(tenantId);
       for (const table of ['sync_outbox', 'sync_cursors', 'sync_snapshots', 'group_members']) store.db.prepare(`DELETE FROM ${table} WHERE tenant_id = ?`).run(tenantId);
       store.db
         .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value')
