@@ -35,7 +35,10 @@ export async function serve(env: Record<string, string>, opts: { cwd?: string } 
         resolve(m[1]);
       }
     });
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code}:\n${output}`)));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`serve exited with ${code}:\n${output}`));
+    });
   });
   for (let i = 0; i < 120 && (await fetch(`${url}/readyz`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 250));
   return { child, url, output: () => output };
