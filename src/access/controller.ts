@@ -1,4 +1,4 @@
-import type { AccessEvent, CoreEvents, EventBus } from '../core/events.ts';
+import type { AccessEvent, CoreEvents, DoorStatus, EventBus } from '../core/events.ts';
 import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
 import type { AuditLog } from '../store/audit.ts';
@@ -15,6 +15,8 @@ interface DoorState {
   /** When the relay was last released for a legitimate opening. */
   releasedAt: number;
   heldTimer: NodeJS.Timeout | undefined;
+  /** When the released relay locks again. */
+  lockTimer: NodeJS.Timeout | undefined;
   /** external_user_id → when they were last granted here (the cool-down). */
   recent: Map<string, number>;
 }
@@ -39,7 +41,7 @@ export class AccessController {
   ) {
     for (const door of config.doors) {
       const { relay, contact } = hardware.get(door.id) as DoorDrivers;
-      const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, heldTimer: undefined, recent: new Map() };
+      const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, heldTimer: undefined, lockTimer: undefined, recent: new Map() };
       contact?.onChange((open) => this.#contactChanged(state, open));
       this.#doors.set(door.id, state);
     }
@@ -48,6 +50,16 @@ export class AccessController {
 
   door(id: string): DoorState | undefined {
     return this.#doors.get(id);
+  }
+
+  /** What each door is now (its lock, its contact). */
+  statuses(): DoorStatus[] {
+    return [...this.#doors.values()].map((d) => this.#status(d));
+  }
+
+  #status(door: DoorState): DoorStatus {
+    const unlocked = Date.now() - door.releasedAt < door.config.relay.pulse_ms;
+    return { doorId: door.config.id, lock: unlocked ? 'unlocked' : 'locked', contact: door.contact ? (door.contact.isOpen() ? 'open' : 'closed') : null, time: new Date().toISOString() };
   }
 
 
@@ -64,7 +76,10 @@ export class AccessController {
   /** Stops listening; the hardware is closed by whoever opened it. */
   close(): void {
     this.#unsubscribe();
-    for (const d of this.#doors.values()) clearTimeout(d.heldTimer);
+    for (const d of this.#doors.values()) {
+      clearTimeout(d.heldTimer);
+      clearTimeout(d.lockTimer);
+    }
   }
 
   #sessionFinished(e: CoreEvents['session.finished']): void {
@@ -106,6 +121,11 @@ export class AccessController {
   #release(door: DoorState): void {
     door.releasedAt = Date.now();
     door.relay.pulse(door.config.relay.pulse_ms);
+    this.events.emit('door.state', this.#status(door));
+    // the relay locks again at the end of the pulse (a pulse in the meantime extends it)
+    clearTimeout(door.lockTimer);
+    door.lockTimer = setTimeout(() => this.events.emit('door.state', this.#status(door)), door.config.relay.pulse_ms);
+    door.lockTimer.unref();
   }
 
   #record(door: DoorState, type: 'access_decision' | 'remote_unlock', d: Omit<AccessEvent, 'eventId' | 'doorId' | 'time'>): AccessEvent {
@@ -127,6 +147,7 @@ export class AccessController {
   }
 
   #contactChanged(door: DoorState, open: boolean): void {
+    this.events.emit('door.state', this.#status(door));
     clearTimeout(door.heldTimer);
     if (!open) return;
     const expected = Date.now() - door.releasedAt <= door.config.relay.pulse_ms + OPEN_GRACE_MS;

@@ -4,7 +4,8 @@ import mqtt from 'mqtt';
 import { type CommandFields, type SignedCommand, generateCommandKeys, readPrivateKey, signCommand } from '../access/signed-command.ts';
 import type { DeviceConfig } from '../device/config.ts';
 import { OperatorError } from '../errors.ts';
-import { brokerOptions, describeMqttError, topicsFor } from '../mqtt/bridge.ts';
+import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
+import { topicsFor } from '../mqtt/topics.ts';
 
 /**
  * The admin's side of remote commands: a key pair (the private key stays with the admin, the

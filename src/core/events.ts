@@ -22,6 +22,8 @@ export interface CoreEvents {
   /** A door's decision on an identify session or a remote unlock (src/access). */
   'access.decided': AccessEvent;
   'door.alarm': { eventId: string; doorId: string; type: 'door_forced' | 'door_held_open' | 'pin_lockout'; time: string };
+  /** A door's lock (its relay released or not) or contact changed. */
+  'door.state': DoorStatus;
   /** An enroll/update session to run on a door's kiosk screen. */
   'kiosk.open': { doorId: string; biometryUrl: string };
 }
@@ -38,6 +40,15 @@ export interface AccessEvent {
   factor: Factor | null;
   externalUserId: string | null;
   score: number | null;
+  time: string;
+}
+
+/** What a door is now: its lock, and its contact when it has one. */
+export interface DoorStatus {
+  doorId: string;
+  lock: 'locked' | 'unlocked';
+  /** null: the door has no contact. */
+  contact: 'open' | 'closed' | null;
   time: string;
 }
 

@@ -97,6 +97,16 @@ const mqtt = z
       .default(5)
       .describe('MQTT version towards `url`: 5 lets the device refuse retained commands that the broker delivers live and cap what the broker sends it; use 4 only for a broker without MQTT 5. The embedded broker speaks 3.1.1.'),
     max_packet_bytes: z.int().min(1024).max(16 * 1024 * 1024).default(65_536).describe('Largest MQTT packet accepted: the embedded broker closes a connection that sends a larger one; an MQTT 5 broker is asked not to send larger ones.'),
+    home_assistant: z
+      .strictObject({
+        discovery: z
+          .boolean()
+          .default(true)
+          .describe('Publish Home Assistant MQTT discovery for each door (a lock, a contact sensor, a last-access sensor) on the broker of `url`. Turned off, the device removes what it published.'),
+        discovery_prefix: id.default('homeassistant').describe("Home Assistant's discovery prefix."),
+      })
+      .default({ discovery: true, discovery_prefix: 'homeassistant' })
+      .describe('Home Assistant (README, "Home Assistant"). Only with a broker of your own (`url`).'),
     embedded: z
       .strictObject({
         host: z.string().default('127.0.0.1').describe('Interface of the embedded broker.'),
@@ -109,7 +119,14 @@ const mqtt = z
       .default({ host: '127.0.0.1', port: 1883 })
       .describe('The embedded broker used when no `url` is given. It refuses anonymous clients; see firmware-config/README.md, "MQTT security".'),
   })
-  .default({ reject_unauthorized: true, topic_prefix: 'authface', protocol_version: 5, max_packet_bytes: 65_536, embedded: { host: '127.0.0.1', port: 1883 } })
+  .default({
+    reject_unauthorized: true,
+    topic_prefix: 'authface',
+    protocol_version: 5,
+    max_packet_bytes: 65_536,
+    home_assistant: { discovery: true, discovery_prefix: 'homeassistant' },
+    embedded: { host: '127.0.0.1', port: 1883 },
+  })
   .describe('MQTT: access events, device status, commands.');
 
 const remoteCommands = z

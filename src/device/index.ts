@@ -97,7 +97,7 @@ export async function startDevice(
       });
       deps.logger.info({ url: broker.url }, 'embedded MQTT broker started');
     }
-    mqtt = await MqttBridge.start(config, url ?? (broker as EmbeddedBroker).url, { events: deps.events, commands, logger: deps.logger, version: deps.version, credentials: broker?.device });
+    mqtt = await MqttBridge.start(config, url ?? (broker as EmbeddedBroker).url, { events: deps.events, commands, logger: deps.logger, version: deps.version, credentials: broker?.device, doors: () => access.statuses() });
   } catch (err) {
     // doors keep working without MQTT; /readyz, doctor and the device status say what is wrong
     link = unavailableLink(url, (err as Error).message);

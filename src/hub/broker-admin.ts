@@ -25,7 +25,8 @@ export function deviceRights(prefix: string, tenantId: string, deviceId: string)
   const own = `${prefix}/${deviceId}`;
   return {
     // its own state and events: door events, status and command results, and what it sends the hub
-    publish: [`${own}/status`, `${own}/door/+/access`, `${own}/door/+/alarm`, `${own}/command/result`, ...['submit', 'fetch', 'snapshot', 'events', 'state'].map((k) => `${sync}/${k}/${deviceId}`)],
+    // (and Home Assistant's discovery of its doors under the default prefix)
+    publish: [`${own}/status`, `${own}/door/+/access`, `${own}/door/+/alarm`, `${own}/door/+/state`, `homeassistant/+/${deviceId}/+/config`, `${own}/command/result`, ...['submit', 'fetch', 'snapshot', 'events', 'state'].map((k) => `${sync}/${k}/${deviceId}`)],
     // its tenant's log and head, the hub's replies and notices to it, and its own command topic
     subscribe: [`${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${sync}/notice/${deviceId}`, `${own}/command`],
   };

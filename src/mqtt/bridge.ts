@@ -2,7 +2,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { RemoteCommands } from '../access/remote-commands.ts';
-import type { EventBus } from '../core/events.ts';
+import type { DoorStatus, EventBus } from '../core/events.ts';
+import { discoveryMessages } from './home-assistant.ts';
+import { topicsFor } from './topics.ts';
 import type { Logger } from '../core/logger.ts';
 import type { DeviceConfig } from '../device/config.ts';
 import { OperatorError } from '../errors.ts';
@@ -48,7 +50,7 @@ export class MqttBridge {
   static async start(
     config: DeviceConfig,
     url: string,
-    deps: { events: EventBus; commands: RemoteCommands; logger: Logger; version: string; credentials?: DeviceCredentials },
+    deps: { events: EventBus; commands: RemoteCommands; logger: Logger; version: string; credentials?: DeviceCredentials; doors: () => DoorStatus[] },
   ): Promise<MqttBridge> {
     const topics = topicsFor(config.mqtt.topic_prefix, config.device_id);
     const embedded = deps.credentials !== undefined;
@@ -78,6 +80,9 @@ export class MqttBridge {
         JSON.stringify({ state: 'online', device_id: config.device_id, doors: config.doors.map((d) => d.id), version: deps.version, time: new Date().toISOString() }),
         { qos: 1, retain: true },
       );
+      // each door's lock and contact, retained (Home Assistant's entities read them)
+      for (const status of deps.doors()) bridge.#publishState(status);
+      if (!embedded) bridge.#homeAssistant(config, deps.version);
       if (deps.commands.enabled) {
         // MQTT 5: keep the retain flag as published (a retained command is refused), and get no
         // retained message at all when subscribing
@@ -117,6 +122,7 @@ export class MqttBridge {
           time: e.time,
         }),
       ),
+      deps.events.on('door.state', (e) => bridge.#publishState(e)),
       deps.events.on('door.alarm', (e) =>
         bridge.#publish(topics.alarm(e.doorId), { event_id: e.eventId, device_id: config.device_id, door_id: e.doorId, alarm: e.type, time: e.time }),
       ),
@@ -155,6 +161,19 @@ export class MqttBridge {
   #publish(topic: string, payload: object): void {
     this.client.publish(topic, JSON.stringify(payload), { qos: 1 });
   }
+
+  #publishState(status: DoorStatus): void {
+    this.client.publish(this.topics.state(status.doorId), JSON.stringify({ door_id: status.doorId, lock: status.lock, contact: status.contact, time: status.time }), { qos: 1, retain: true });
+  }
+
+  /**
+   * Home Assistant's discovery for each door, retained (at every connection: the broker may have
+   * lost it); turned off, an empty retained message removes each entity.
+   */
+  #homeAssistant(config: DeviceConfig, version: string): void {
+    const on = config.mqtt.home_assistant.discovery;
+    for (const m of discoveryMessages(config, version)) this.client.publish(m.topic, on ? JSON.stringify(m.payload) : '', { qos: 1, retain: true });
+  }
 }
 
 /** A link that never started (the embedded broker could not listen, a secret file is missing). */
@@ -192,16 +211,5 @@ export function brokerOptions(m: Pick<DeviceConfig['mqtt'], 'username' | 'passwo
     cert: read('cert_file', m.cert_file),
     key: read('key_file', m.key_file),
     rejectUnauthorized: m.reject_unauthorized,
-  };
-}
-
-export function topicsFor(prefix: string, deviceId: string) {
-  const base = `${prefix}/${deviceId}`;
-  return {
-    status: `${base}/status`,
-    command: `${base}/command`,
-    commandResult: `${base}/command/result`,
-    access: (door: string) => `${base}/door/${door}/access`,
-    alarm: (door: string) => `${base}/door/${door}/alarm`,
   };
 }
