@@ -13,8 +13,8 @@ export default tseslint.config(
     },
   },
   {
-    // the capture page runs in the browser
-    files: ['src/capture/page/**/*.js'],
+    // the capture page and the console's script run in the browser
+    files: ['src/capture/page/**/*.js', 'src/console/assets/**/*.js'],
     languageOptions: { globals: globals.browser },
   },
 );

@@ -31,6 +31,8 @@ export interface AppDeps {
   device: DeviceDeps | null;
   /** The hub's fleet endpoints (devices joining), when this service is the hub. */
   fleet?: Router;
+  /** The admin console (/console), at the hub or on a standalone device. */
+  console?: Router;
 }
 
 /** The HTTP application: small middlewares in a row, one error layer, one router per concern. */
@@ -90,6 +92,7 @@ export function createApp(deps: AppDeps): Koa {
     pinRoutes(deps),
     ...(deps.device ? [kioskRoutes(deps.device)] : []),
     ...(deps.fleet ? [deps.fleet] : []),
+    ...(deps.console ? [deps.console] : []),
   ]) {
     app.use(router.routes());
     app.use(router.allowedMethods({ throw: false }));

@@ -8,7 +8,7 @@ import { type ErrorKind, ServiceError } from '../errors.ts';
 import type { TenantAccess } from '../store/biometry-store.ts';
 import type { Tenant } from '../store/tenants.ts';
 
-const STATUS: Record<ErrorKind, number> = {
+export const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
   unauthorized: 401,
   forbidden: 403,
@@ -116,9 +116,9 @@ export async function readImage(ctx: Context, limit: number): Promise<Uint8Array
   return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
 }
 
-async function readBody(ctx: Context, limit: number): Promise<Buffer>;
-async function readBody(ctx: Context, limit: number, encoding: 'utf8'): Promise<string>;
-async function readBody(ctx: Context, limit: number, encoding?: 'utf8'): Promise<Buffer | string> {
+export async function readBody(ctx: Context, limit: number): Promise<Buffer>;
+export async function readBody(ctx: Context, limit: number, encoding: 'utf8'): Promise<string>;
+export async function readBody(ctx: Context, limit: number, encoding?: 'utf8'): Promise<Buffer | string> {
   const declared = Number(ctx.get('content-length') || NaN);
   if (declared > limit) {
     ctx.req.resume(); // drain without keeping it

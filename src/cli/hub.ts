@@ -14,6 +14,8 @@ import mqtt from 'mqtt';
 import { BrokerAdmin } from '../hub/broker-admin.ts';
 import { type Revocation, revokeDevice } from '../hub/revocation.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
+import { setHubAdmin } from '../console/hub-source.ts';
+import { hashPassword } from '../mqtt/users-file.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { CommandError } from './errors.ts';
@@ -136,6 +138,16 @@ export async function hubGroupList(settings: Settings, opts: { tenant: string; d
     await knownTenant(store, opts.tenant);
     return (await store.groupMembers(opts.tenant)).map((m) => ({ external_user_id: m.externalUserId, groups: m.groups }));
   });
+}
+
+/** At least this long: an admin opens doors from the console. */
+const MIN_ADMIN_PASSWORD = 12;
+
+/** `authface hub admin add`: an admin of the console (or a new password for one). */
+export async function hubAdminAdd(settings: Settings, opts: { name: string; password: string; databaseUrl?: string }): Promise<{ admin: string; status: 'added' | 'updated' }> {
+  if (!/^[A-Za-z0-9_.@-]{1,64}$/.test(opts.name)) throw new CommandError(`--name ${opts.name}: use 1-64 letters, digits, _ . @ or -`);
+  if (opts.password.length < MIN_ADMIN_PASSWORD) throw new CommandError(`the password must be at least ${MIN_ADMIN_PASSWORD} characters (an admin can open every door)`);
+  return withHub(settings, opts.databaseUrl, async (store) => ({ admin: opts.name, status: await setHubAdmin(store, opts.name, hashPassword(opts.password)) }));
 }
 
 /**

@@ -16,7 +16,7 @@ import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
+import { hubAdminAdd, hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
 import { join } from './join.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
@@ -283,6 +283,18 @@ hubGroup
   .requiredOption('--tenant <id>', 'tenant id')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubGroupList(loadSettings(), opts)));
+hub
+  .command('admin')
+  .description('admins of the console (/console at the hub)')
+  .command('add')
+  .description('add an admin of the console, or set the password of one (its open sessions end); only a scrypt hash is stored')
+  .requiredOption('--name <name>', 'the name to sign in with')
+  .option('--password-file <file>', 'read the password from this file (default: the first line on standard input)')
+  .addOption(databaseUrl())
+  .action(async (opts: { name: string; passwordFile?: string; databaseUrl?: string }) => {
+    const password = opts.passwordFile ? fs.readFileSync(opts.passwordFile, 'utf8').trim() : (await firstLine(process.stdin)).trim();
+    print(await hubAdminAdd(loadSettings(), { ...opts, password }));
+  });
 const hubDevice = hub.command('device').description("the fleet's devices");
 hubDevice
   .command('revoke')

@@ -120,6 +120,7 @@ export async function startDevice(
       secretFiles: config.mqtt.password_file ? [config.mqtt.password_file] : [],
       model: EMBEDDING_MODEL,
       softwareVersion: deps.version,
+      doors: config.doors.map((d) => d.id),
       logger: deps.logger,
     });
     const fleet = sync;

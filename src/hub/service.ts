@@ -12,6 +12,8 @@ import { HubGallery } from './gallery.ts';
 import { BrokerAdmin } from './broker-admin.ts';
 import { hubCommands } from './commands.ts';
 import { deviceNotice } from './revocation.ts';
+import { consoleRoutes } from '../console/routes.ts';
+import { hubConsoleSource } from '../console/hub-source.ts';
 import { deviceJoin } from './join.ts';
 import { HubError } from './errors.ts';
 import { HubStore } from './store.ts';
@@ -83,6 +85,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     const gallery = new HubGallery(store, (t, v) => store.keys.version(t, v), EMBEDDING_MODEL);
     await gallery.markHeads();
     const parts = await composeBiometry(settings, { store: biometry, logger, analyzer: options.analyzer, refreshGallery: (t) => gallery.refresh(parts.index, t) }, stack);
+    const commands = hubCommands(store, sync);
     const app = createApp({
       logger,
       metrics: parts.metrics,
@@ -95,10 +98,17 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       version: options.version,
       isReady: () => parts.analyzer.isReady,
       device: null,
+      console: consoleRoutes(
+        hubConsoleSource(store, async (tenantId, deviceId, doorId) => {
+          const outcome = await commands(tenantId, { device_id: deviceId, door_id: doorId, command: 'unlock' });
+          return { ok: outcome.ok === true, error: outcome.answered ? outcome.error : 'the door did not answer within 5 s' };
+        }),
+        logger,
+      ),
       fleet: fleetRoutes({
         tenants: biometry.tenants,
         join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }),
-        command: hubCommands(store, sync),
+        command: commands,
         notice: (tenantId, deviceId) => deviceNotice(store, tenantId, deviceId),
       }),
     });

@@ -201,6 +201,19 @@ const MIGRATIONS = [
   // key rotation (a revoked device): each key version authenticates the log from since_seq on
   `ALTER TABLE hub_tenant_keys ADD COLUMN since_seq bigint NOT NULL DEFAULT 1;
    ALTER TABLE hub_devices ADD COLUMN revoked_at timestamptz;`,
+  // the admin console: its accounts (made with the CLI) and sign-in sessions (only hashes of the tokens)
+  `ALTER TABLE hub_devices ADD COLUMN doors jsonb;
+   CREATE TABLE hub_admins (
+     name           text PRIMARY KEY,
+     password_hash  text NOT NULL,
+     created_at     timestamptz NOT NULL DEFAULT now()
+   );
+   CREATE TABLE hub_console_sessions (
+     token_hash  bytea PRIMARY KEY,
+     admin       text NOT NULL REFERENCES hub_admins (name) ON DELETE CASCADE,
+     csrf        text NOT NULL,
+     expires_at  timestamptz NOT NULL
+   );`,
 ];
 
 /**
@@ -710,15 +723,16 @@ export class HubStore {
       diverged = state.digest !== (await this.digest(state.tenant_id));
     }
     const r = await this.pool.query<{ repair: boolean }>(
-      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen, repaired_at)
-       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now(), CASE WHEN $10 THEN now() END)
+      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen, repaired_at, doors)
+       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now(), CASE WHEN $10 THEN now() END, $12::jsonb)
        ON CONFLICT (tenant_id, device_id) DO UPDATE SET state = excluded.state, last_seen = now(),
          applied_seq = COALESCE($4, hub_devices.applied_seq), digest = COALESCE($5, hub_devices.digest), users = COALESCE($6, hub_devices.users),
          model = COALESCE($7, hub_devices.model), version = COALESCE($8, hub_devices.version), boot = COALESCE($9, hub_devices.boot),
+         doors = COALESCE($12::jsonb, hub_devices.doors),
          diverged = CASE WHEN $4::bigint IS NULL THEN hub_devices.diverged ELSE excluded.diverged END,
          repaired_at = CASE WHEN $10 AND (hub_devices.repaired_at IS NULL OR hub_devices.repaired_at < now() - $11::interval) THEN now() ELSE hub_devices.repaired_at END
        RETURNING $10::boolean AND repaired_at = now() AS repair`,
-      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged, REPAIR_INTERVAL],
+      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged, REPAIR_INTERVAL, state.doors ? JSON.stringify(state.doors) : null],
     );
     return { diverged, repair: r.rows[0]?.repair === true };
   }

@@ -69,6 +69,8 @@ export interface DeviceSyncOptions {
   model: string;
   /** Software version, in the device's state. */
   softwareVersion?: string;
+  /** The device's doors, in its state. */
+  doors?: string[];
   logger: Logger;
 }
 
@@ -192,6 +194,7 @@ export class DeviceSync {
       model,
       version: softwareVersion,
       boot: this.#boot,
+      doors: this.options.doors,
       time: new Date().toISOString(),
     } satisfies Omit<DeviceState, 'auth'>);
     this.client.publish(syncTopics(this.options.prefix, tenantId).state(deviceId), JSON.stringify(state), { qos: 1, retain: true });

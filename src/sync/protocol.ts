@@ -263,6 +263,7 @@ export const deviceStateSchema = z
     model: z.string().max(100).optional(),
     version: z.string().max(32).optional().describe('Software version'),
     boot: z.int().min(0).optional().describe('Counts the starts of the sync client on this device'),
+    doors: z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)).max(64).optional().describe("The device's doors (the console lists them, and opens one remotely)"),
     time: z.iso.datetime().optional().describe("The device's clock (shown, never used for ordering)"),
     auth: authSchema,
   })

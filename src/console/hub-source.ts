@@ -1,0 +1,149 @@
+import type { HubStore } from '../hub/store.ts';
+import type { ActivityFilter, ConsoleDevice, ConsoleEvent, ConsoleSource } from './source.ts';
+
+/** Opens a door remotely through the hub's signed commands (hub/commands.ts). */
+export type HubUnlock = (tenantId: string, deviceId: string, doorId: string) => Promise<{ ok: boolean; error: string | null }>;
+
+interface EventRow {
+  id: string;
+  device_id: string;
+  door_id: string | null;
+  type: string;
+  result: string | null;
+  reason: string | null;
+  external_user_id: string | null;
+  time: Date;
+}
+
+const toEvent = (r: EventRow): ConsoleEvent => ({
+  id: r.id,
+  deviceId: r.device_id,
+  doorId: r.door_id,
+  type: r.type,
+  result: r.result,
+  reason: r.reason,
+  externalUserId: r.external_user_id,
+  time: r.time.toISOString(),
+});
+
+/** Door events as the devices sent them, and the hub's own audit trail, in one shape. */
+const ACTIVITY = `
+  SELECT event_id AS id, device_id, door_id, type, result, reason, external_user_id, received_at AS time
+  FROM hub_access_events WHERE tenant_id = $1
+  UNION ALL
+  SELECT id, 'hub' AS device_id, door_id, type, result, reason, external_user_id, created_at AS time
+  FROM hub_audit_events WHERE tenant_id = $1`;
+
+/** The console at the hub: every tenant, every device of each, from the hub's database. */
+export function hubConsoleSource(store: HubStore, unlock: HubUnlock): ConsoleSource {
+  const { pool } = store;
+  return {
+    scope: 'hub',
+    async tenants() {
+      const r = await pool.query<{ tenant_id: string; name: string }>('SELECT tenant_id, name FROM hub_tenants ORDER BY name, tenant_id');
+      return r.rows.map((t) => ({ id: t.tenant_id, name: t.name }));
+    },
+    async devices(tenantId) {
+      const head = await store.headSeq(tenantId);
+      const r = await pool.query<{ device_id: string; state: string; applied_seq: string; diverged: boolean; version: string | null; model: string | null; last_seen: Date; users: number | null; revoked_at: Date | null; boot: number | null }>(
+        'SELECT device_id, state, applied_seq, diverged, version, model, last_seen, users, revoked_at, boot FROM hub_devices WHERE tenant_id = $1 ORDER BY device_id',
+        [tenantId],
+      );
+      return r.rows.map(
+        (d): ConsoleDevice => ({
+          deviceId: d.device_id,
+          state: d.revoked_at ? 'revoked' : d.boot === null && d.state === 'offline' ? 'never_seen' : d.state === 'online' ? 'online' : 'offline',
+          lag: head - Number(d.applied_seq),
+          diverged: d.diverged,
+          version: d.version,
+          model: d.model,
+          lastSeen: d.boot === null ? null : d.last_seen.toISOString(),
+          users: d.users,
+        }),
+      );
+    },
+    async doors(tenantId) {
+      const r = await pool.query<{ device_id: string; doors: string[] | null }>('SELECT device_id, doors FROM hub_devices WHERE tenant_id = $1 AND revoked_at IS NULL ORDER BY device_id', [tenantId]);
+      return r.rows.flatMap((d) => (d.doors ?? []).map((doorId) => ({ deviceId: d.device_id, doorId })));
+    },
+    async doorEventsSince(tenantId, since, limit) {
+      const r = await pool.query<EventRow>(
+        `SELECT event_id AS id, device_id, door_id, type, result, reason, external_user_id, received_at AS time
+         FROM hub_access_events WHERE tenant_id = $1 AND date_trunc('milliseconds', received_at) > $2 ORDER BY received_at, event_id LIMIT $3`,
+        [tenantId, since, limit],
+      );
+      return r.rows.map(toEvent);
+    },
+    unlock,
+    async people(tenantId, query, limit) {
+      const pattern = `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+      const total = await pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND external_user_id ILIKE $2', [tenantId, pattern]);
+      const r = await pool.query<{ external_user_id: string; version: number; groups: string[]; updated_at: Date; held_by: string[] }>(
+        `SELECT u.external_user_id, u.version, u.groups, u.updated_at,
+                ARRAY(SELECT d.device_id FROM hub_devices d WHERE d.tenant_id = u.tenant_id AND d.revoked_at IS NULL AND d.applied_seq >= u.seq ORDER BY d.device_id) AS held_by
+         FROM hub_users u WHERE u.tenant_id = $1 AND NOT u.deleted AND u.external_user_id ILIKE $2
+         ORDER BY u.external_user_id COLLATE "C" LIMIT $3`,
+        [tenantId, pattern, limit],
+      );
+      return {
+        total: total.rows[0].n,
+        people: r.rows.map((u) => ({ externalUserId: u.external_user_id, version: u.version, groups: u.groups, updatedAt: u.updated_at.toISOString(), heldBy: u.held_by })),
+      };
+    },
+    async erasures(tenantId) {
+      const r = await pool.query<{ external_user_id: string; applied: number; devices: number }>(
+        `SELECT u.external_user_id,
+                (SELECT COUNT(*)::int FROM hub_devices d WHERE d.tenant_id = u.tenant_id AND d.revoked_at IS NULL AND d.applied_seq >= u.seq) AS applied,
+                (SELECT COUNT(*)::int FROM hub_devices d WHERE d.tenant_id = u.tenant_id AND d.revoked_at IS NULL) AS devices
+         FROM hub_users u WHERE u.tenant_id = $1 AND u.deleted ORDER BY u.seq DESC LIMIT 100`,
+        [tenantId],
+      );
+      return r.rows.map((e) => ({ externalUserId: e.external_user_id, applied: e.applied, devices: e.devices, complete: e.applied === e.devices }));
+    },
+    conflicts: (tenantId) => store.conflicts(tenantId),
+    async activity(tenantId, filter: ActivityFilter) {
+      const where: string[] = [];
+      const params: unknown[] = [tenantId];
+      const add = (sql: string, value: unknown) => {
+        params.push(value);
+        where.push(sql.replace('?', `$${params.length}`));
+      };
+      if (filter.door) add('door_id = ?', filter.door);
+      if (filter.person) add('external_user_id = ?', filter.person);
+      if (filter.from) add('time >= ?', filter.from);
+      if (filter.to) add('time < ?', filter.to);
+      params.push(filter.limit);
+      const r = await pool.query<EventRow>(
+        `SELECT * FROM (${ACTIVITY}) AS a ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY time DESC, id DESC LIMIT $${params.length}`,
+        params,
+      );
+      return r.rows.map(toEvent);
+    },
+    async admin(name) {
+      const r = await pool.query<{ name: string; password_hash: string }>('SELECT name, password_hash FROM hub_admins WHERE name = $1', [name]);
+      return r.rows[0] ? { name: r.rows[0].name, passwordHash: r.rows[0].password_hash } : null;
+    },
+    async createSession(tokenHash, session) {
+      await pool.query('DELETE FROM hub_console_sessions WHERE expires_at < now()');
+      await pool.query('INSERT INTO hub_console_sessions (token_hash, admin, csrf, expires_at) VALUES ($1, $2, $3, $4)', [tokenHash, session.admin, session.csrf, session.expiresAt]);
+    },
+    async session(tokenHash) {
+      const r = await pool.query<{ admin: string; csrf: string; expires_at: Date }>('SELECT admin, csrf, expires_at FROM hub_console_sessions WHERE token_hash = $1 AND expires_at > now()', [tokenHash]);
+      return r.rows[0] ? { admin: r.rows[0].admin, csrf: r.rows[0].csrf, expiresAt: r.rows[0].expires_at.toISOString() } : null;
+    },
+    async deleteSession(tokenHash) {
+      await pool.query('DELETE FROM hub_console_sessions WHERE token_hash = $1', [tokenHash]);
+    },
+  };
+}
+
+/** Adds an admin of the console, or sets the password of one (`authface hub admin add`). */
+export async function setHubAdmin(store: HubStore, name: string, passwordHash: string): Promise<'added' | 'updated'> {
+  const r = await store.pool.query<{ added: boolean }>(
+    'INSERT INTO hub_admins (name, password_hash) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash RETURNING (xmax = 0) AS added',
+    [name, passwordHash],
+  );
+  // a new password ends the admin's open sessions
+  if (!r.rows[0].added) await store.pool.query('DELETE FROM hub_console_sessions WHERE admin = $1', [name]);
+  return r.rows[0].added ? 'added' : 'updated';
+}

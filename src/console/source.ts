@@ -1,0 +1,102 @@
+/**
+ * What the admin console reads and does, behind one interface with two implementations: the hub's
+ * (PostgreSQL: every device of every tenant) and a standalone device's (SQLite: itself only). The
+ * console's pages and routes know nothing else.
+ */
+
+export interface ConsoleTenant {
+  id: string;
+  name: string;
+}
+
+export interface ConsoleDevice {
+  deviceId: string;
+  state: 'online' | 'offline' | 'revoked' | 'never_seen';
+  /** Changes of the tenant's log the device has not applied yet (null: not in a fleet). */
+  lag: number | null;
+  diverged: boolean;
+  version: string | null;
+  model: string | null;
+  lastSeen: string | null;
+  users: number | null;
+}
+
+export interface ConsoleDoor {
+  deviceId: string;
+  doorId: string;
+}
+
+export interface ConsoleEvent {
+  id: string;
+  deviceId: string;
+  doorId: string | null;
+  /** access_decision, remote_unlock, door_alarm, or an audit event type (enroll, identify, …). */
+  type: string;
+  result: string | null;
+  reason: string | null;
+  externalUserId: string | null;
+  time: string;
+}
+
+export interface ConsolePerson {
+  externalUserId: string;
+  version: number;
+  groups: string[];
+  updatedAt: string;
+  /** The devices that hold this version (they applied the change that made it). */
+  heldBy: string[];
+}
+
+export interface ConsoleErasure {
+  /** The person's id while the tombstone keeps it (the log's retention). */
+  externalUserId: string;
+  applied: number;
+  devices: number;
+  complete: boolean;
+}
+
+export interface ConsoleConflict {
+  changeId: string;
+  origin: string;
+  externalUserId: string;
+  reason: string;
+}
+
+export interface ActivityFilter {
+  door?: string;
+  person?: string;
+  from?: string;
+  to?: string;
+  limit: number;
+}
+
+export interface ConsoleAdmin {
+  name: string;
+  passwordHash: string;
+}
+
+export interface ConsoleSession {
+  admin: string;
+  csrf: string;
+  expiresAt: string;
+}
+
+export interface ConsoleSource {
+  /** `hub`: the fleet; `device`: this device only. */
+  readonly scope: 'hub' | 'device';
+  tenants(): Promise<ConsoleTenant[]>;
+  devices(tenantId: string): Promise<ConsoleDevice[]>;
+  doors(tenantId: string): Promise<ConsoleDoor[]>;
+  /** Door events (decisions, openings, alarms) after `afterId`'s time, newest last (the live feed polls this). */
+  doorEventsSince(tenantId: string, since: string, limit: number): Promise<ConsoleEvent[]>;
+  unlock(tenantId: string, deviceId: string, doorId: string): Promise<{ ok: boolean; error: string | null }>;
+  people(tenantId: string, query: string, limit: number): Promise<{ people: ConsolePerson[]; total: number }>;
+  erasures(tenantId: string): Promise<ConsoleErasure[]>;
+  conflicts(tenantId: string): Promise<ConsoleConflict[]>;
+  /** Door events and the audit trail, newest first. */
+  activity(tenantId: string, filter: ActivityFilter): Promise<ConsoleEvent[]>;
+  admin(name: string): Promise<ConsoleAdmin | null>;
+  createSession(tokenHash: Buffer, session: ConsoleSession): Promise<void>;
+  session(tokenHash: Buffer): Promise<ConsoleSession | null>;
+  deleteSession(tokenHash: Buffer): Promise<void>;
+}

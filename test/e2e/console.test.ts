@@ -1,0 +1,234 @@
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import mqtt from 'mqtt';
+import type { Browser, Page } from 'playwright-core';
+import type { SimulatedRelay } from '../../src/access/hardware.ts';
+import { EMBEDDING_MODEL, normalize } from '../../src/biometrics/embedding.ts';
+import { join } from '../../src/cli/join.ts';
+import { loadSettings } from '../../src/config/settings.ts';
+import { setHubAdmin } from '../../src/console/hub-source.ts';
+import { createLogger } from '../../src/core/logger.ts';
+import { type Hub, startHub } from '../../src/hub/service.ts';
+import { hashPassword } from '../../src/mqtt/users-file.ts';
+import { sealTemplate } from '../../src/sync/envelope.ts';
+import { syncTopics } from '../../src/sync/protocol.ts';
+import { ROOT } from '../support/datasets.ts';
+import { launch, requireChromium } from '../support/browser.ts';
+import { testBroker, until } from '../support/mqtt.ts';
+import { type TestDatabase, createTestDatabase } from '../support/postgres.ts';
+import { type TestService, sharedAnalyzer, startTestService } from '../support/service.ts';
+
+const SCREENS = path.join(ROOT, 'artifacts', 'console');
+
+/**
+ * The admin console at the hub, driven in Debian's Chromium against a real hub (PostgreSQL,
+ * Mosquitto) with two real doors that joined with codes: sign-in, every page, a remote unlock
+ * from the keyboard, the live feed, the CSV export; and its walls (cookie flags, CSRF, Origin,
+ * CSP, throttled sign-in). A screenshot of each page goes to artifacts/console/.
+ */
+describe('the admin console at the hub (Chromium, a hub and two doors)', function () {
+  requireChromium(this);
+  this.timeout(180_000);
+  const prefix = `authface-console-${process.pid}`;
+  const password = 'a long console password';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-console-'));
+  const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 1.7 + k)));
+  let brokerUrl: string;
+  let db: TestDatabase;
+  let hub: Hub;
+  let tenantId: string;
+  const doors: Record<string, TestService> = {};
+  let browser: Browser;
+  let page: Page;
+  const cspViolations: string[] = [];
+
+  const shot = async (name: string) => {
+    fs.mkdirSync(SCREENS, { recursive: true });
+    await page.screenshot({ path: path.join(SCREENS, `${name}.png`), fullPage: true });
+  };
+  const go = (p: string) => page.goto(`${hub.url}${p}${p.includes('?') ? '&' : '?'}tenant=${tenantId}`);
+
+  before(async function () {
+    brokerUrl = (await testBroker()).url;
+    db = await createTestDatabase();
+    hub = await startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), {
+      databaseUrl: db.url,
+      brokerUrl,
+      prefix,
+      masterKey: crypto.randomBytes(32),
+      logger: createLogger('silent'),
+      version: 'test',
+      analyzer: await sharedAnalyzer(),
+    });
+    tenantId = (await hub.biometry.tenants.create({ name: 'Acme offices', allowedOrigins: [], livenessMode: 'passive' })).id;
+    await hub.biometry.tenants.create({ name: 'Other tenant', allowedOrigins: [], livenessMode: 'passive' });
+    await setHubAdmin(hub.store, 'ada', hashPassword(password));
+    // people at the hub: alice and bob enrolled, bob deleted since (an erasure to follow)
+    const { key, keyVersion } = await hub.store.keys.current(tenantId);
+    for (const [i, id] of ['alice', 'bob', 'carol'].entries()) {
+      const template = sealTemplate(key, face(i), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion });
+      await hub.sync.submit(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template });
+    }
+    await hub.store.changeGroup(tenantId, 'alice', 'staff', true);
+    await hub.sync.submit(tenantId, { kind: 'user.delete', external_user_id: 'bob', version: 2 });
+    for (const name of ['front', 'back']) {
+      const { code } = await hub.store.addDevice(tenantId, name, 600);
+      const dataDir = path.join(dir, name);
+      const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
+      doors[name] = await startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: joined.config_file });
+    }
+    const head = await hub.store.headSeq(tenantId);
+    await until(async () => (await hub.store.devices(tenantId)).filter((d) => d.state === 'online' && d.appliedSeq === head).length === 2, 30_000, 'both doors online at the head');
+    browser = await launch({ camera: 'none' });
+    page = await browser.newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+    page.on('console', (m) => {
+      if (/Content Security Policy|Refused to/.test(m.text())) cspViolations.push(m.text());
+    });
+  });
+  after(async function () {
+    await browser?.close();
+    for (const d of Object.values(doors)) await d.close();
+    await hub?.close();
+    const c = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+    if (tenantId) await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    await c.endAsync();
+    await db?.drop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('an admin signs in with the keyboard; the session cookie is HttpOnly and SameSite=Strict', async function () {
+    await page.goto(`${hub.url}/console`);
+    assert.match(page.url(), /\/console\/signin$/, 'signed out: the sign-in page');
+    await shot('signin');
+    // the name field has the focus; Tab to the password, Enter to sign in
+    await page.keyboard.type('ada');
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(password);
+    const [response] = await Promise.all([page.waitForResponse((r) => r.url().endsWith('/console/signin') && r.request().method() === 'POST'), page.keyboard.press('Enter')]);
+    const cookie = (await response.allHeaders())['set-cookie'] ?? '';
+    assert.match(cookie, /authface_console=[^;]+;.*httponly/i);
+    assert.match(cookie, /authface_console=[^;]+;.*samesite=strict/i);
+    await page.waitForURL(/\/console\/fleet/);
+    const csp = (await page.request.get(`${hub.url}/console/fleet`)).headers()['content-security-policy'];
+    assert.match(csp, /script-src 'self'/);
+    assert.doesNotMatch(csp, /unsafe-inline/);
+  });
+
+  it('Fleet: both doors online, up to date, with their software and model; filtered by tenant', async function () {
+    await go('/console/fleet');
+    const rows = page.locator('tbody tr');
+    assert.equal(await rows.count(), 2);
+    for (const name of ['back', 'front']) {
+      const row = page.locator('tbody tr', { has: page.locator(`th:text-is("${name}")`) });
+      assert.match(await row.innerText(), /online/);
+      assert.match(await row.innerText(), /up to date/);
+      assert.match(await row.innerText(), new RegExp(EMBEDDING_MODEL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    }
+    assert.match(await page.locator('.summary').innerText(), /2 of 2 devices online/);
+    await shot('fleet');
+    // the other tenant has no device
+    await page.selectOption('#tenant', { label: 'Other tenant' });
+    await page.click('.tenant button');
+    assert.match(await page.locator('main').innerText(), /No device has joined this tenant yet/);
+  });
+
+  it('Doors: a remote unlock from the keyboard opens the door; the live feed shows it', async function () {
+    await go('/console/doors');
+    const relay = doors.front.service.device!.access.door('main')!.relay as SimulatedRelay;
+    const pulses = relay.pulses.length;
+    // keyboard only: focus the front door's button, press Enter
+    const button = page.getByRole('button', { name: 'Unlock main on front' });
+    await button.focus();
+    await Promise.all([page.waitForURL(/outcome=ok/), page.keyboard.press('Enter')]);
+    assert.match(await page.locator('[role=status]').innerText(), /main on front was unlocked/);
+    assert.equal(relay.pulses.length, pulses + 1, "the front door's relay pulsed once");
+    // the door's event reaches the hub and the live feed (server-sent events) without a reload
+    await page.locator('#live li', { hasText: 'front / main Remote unlock' }).first().waitFor({ timeout: 15_000 });
+    const before = await page.locator('#live li').count();
+    doors.back.service.device!.access.unlock('main', 'test');
+    await until(async () => (await page.locator('#live li').count()) > before, 15_000, 'a new event in the live feed');
+    assert.match(await page.locator('#live li').first().innerText(), /back \/ main Remote unlock · granted/);
+    const ids = await page.locator('#live li').evaluateAll((items) => items.map((li) => li.getAttribute('data-id')));
+    assert.equal(new Set(ids).size, ids.length, 'each event once (the page and the feed do not both add it)');
+    await shot('doors');
+  });
+
+  it('People: searchable; on which doors; the erasure of a deleted person and its progress', async function () {
+    await go('/console/people');
+    await page.fill('#q', 'ali');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/q=ali/);
+    const rows = page.locator('tbody tr');
+    assert.equal(await rows.count(), 1);
+    assert.match(await rows.first().innerText(), /alice[\s\S]*staff[\s\S]*2 of 2/);
+    assert.match(await page.locator('main').innerText(), /bob: applied on 2 of 2 devices \(complete\)/);
+    await go('/console/people');
+    await shot('people');
+  });
+
+  it('Activity: filtered by door and person; exported as CSV', async function () {
+    await go('/console/activity');
+    await page.fill('#f-door', 'main');
+    await page.click('.filters button');
+    await page.waitForURL(/door=main/);
+    const doorsShown = await page.locator('tbody tr td:nth-child(3)').allInnerTexts();
+    assert.ok(doorsShown.length >= 2 && doorsShown.every((d) => d === 'main'), `only door main: ${doorsShown.join(', ')}`);
+    assert.match(await page.locator('tbody').innerText(), /Remote unlock/);
+    await shot('activity');
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('a[download]')]);
+    const csv = fs.readFileSync((await download.path())!, 'utf8').split('\r\n');
+    assert.equal(csv[0], 'time,device_id,door_id,event,result,reason,external_user_id');
+    assert.ok(csv.filter((l) => l.includes(',main,remote_unlock,granted,')).length >= 2, 'both openings in the export');
+    // a person's filter (nobody opened a door by face here)
+    await go('/console/activity?person=alice');
+    assert.match(await page.locator('main').innerText(), /No event matches/);
+    assert.deepEqual(cspViolations, [], 'no page broke its Content-Security-Policy');
+  });
+
+  it('a form without the CSRF token, or from another origin, changes nothing; sign-in is throttled; signing out ends the session', async function () {
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === 'authface_console');
+    assert.ok(session && session.httpOnly && session.sameSite === 'Strict');
+    const post = (body: Record<string, string>, headers: Record<string, string> = {}) =>
+      fetch(`${hub.url}/console/doors/unlock`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: `authface_console=${session.value}`, ...headers },
+        body: new URLSearchParams(body),
+      });
+    const relay = doors.front.service.device!.access.door('main')!.relay as SimulatedRelay;
+    const pulses = relay.pulses.length;
+    const form = { tenant: tenantId, device_id: 'front', door_id: 'main' };
+    assert.equal((await post(form)).status, 403, 'no token');
+    assert.equal((await post({ ...form, _csrf: 'guess' })).status, 403, 'a wrong token');
+    const csrf = await page.locator('input[name=_csrf]').first().getAttribute('value');
+    assert.equal((await post({ ...form, _csrf: csrf! }, { origin: 'https://evil.example' })).status, 403, 'another origin');
+    assert.equal((await post({ ...form, _csrf: csrf! })).status, 302, 'the right token, same origin: accepted');
+    await until(() => relay.pulses.length === pulses + 1, 5000, 'one pulse');
+    // sign-in: a wrong password is refused, and after five a name waits
+    const signIn = async (pw: string) => {
+      const start = await fetch(`${hub.url}/console/signin`);
+      const login = /name="_login" value="([^"]+)"/.exec(await start.text())![1];
+      return fetch(`${hub.url}/console/signin`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: `authface_console_login=${login}` },
+        body: new URLSearchParams({ _login: login, name: 'ada', password: pw }),
+      });
+    };
+    const statuses = [];
+    for (let i = 0; i < 6; i++) statuses.push((await signIn('wrong password')).status);
+    assert.deepEqual(statuses, [401, 401, 401, 401, 401, 429]);
+    assert.equal((await signIn(password)).status, 429, 'even the right password waits');
+    // signing out ends the session on the server, not only in this browser
+    await go('/console/fleet');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.waitForURL(/\/console\/signin/);
+    const old = await fetch(`${hub.url}/console/fleet`, { redirect: 'manual', headers: { cookie: `authface_console=${session.value}` } });
+    assert.equal(old.status, 302);
+    assert.match(old.headers.get('location') ?? '', /\/console\/signin/);
+  });
+});
