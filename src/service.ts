@@ -4,6 +4,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
+import { consoleRoutes } from './console/routes.ts';
+import { EMBEDDING_MODEL } from './biometrics/embedding.ts';
+import { deviceConsoleSource } from './console/device-source.ts';
 import { composeBiometry, listen } from './biometry.ts';
 import type { GalleryIndex } from './biometrics/gallery.ts';
 import type { FaceAnalyzer } from './biometrics/index.ts';
@@ -109,6 +112,10 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
         mqttLink: () => device.mqttLink(),
         version: VERSION,
       },
+      // the device's own console: its doors, people and audit trail
+      console: device
+        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, version: VERSION, model: EMBEDDING_MODEL, lag: () => null }), logger)
+        : undefined,
     });
 
     const { server, url } = await listen(app, settings, logger, stack);

@@ -15,6 +15,7 @@ import { BrokerAdmin } from '../hub/broker-admin.ts';
 import { type Revocation, revokeDevice } from '../hub/revocation.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
 import { setHubAdmin } from '../console/hub-source.ts';
+import { adminProblem } from '../console/admins.ts';
 import { hashPassword } from '../mqtt/users-file.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
@@ -140,13 +141,10 @@ export async function hubGroupList(settings: Settings, opts: { tenant: string; d
   });
 }
 
-/** At least this long: an admin opens doors from the console. */
-const MIN_ADMIN_PASSWORD = 12;
-
 /** `authface hub admin add`: an admin of the console (or a new password for one). */
 export async function hubAdminAdd(settings: Settings, opts: { name: string; password: string; databaseUrl?: string }): Promise<{ admin: string; status: 'added' | 'updated' }> {
-  if (!/^[A-Za-z0-9_.@-]{1,64}$/.test(opts.name)) throw new CommandError(`--name ${opts.name}: use 1-64 letters, digits, _ . @ or -`);
-  if (opts.password.length < MIN_ADMIN_PASSWORD) throw new CommandError(`the password must be at least ${MIN_ADMIN_PASSWORD} characters (an admin can open every door)`);
+  const problem = adminProblem(opts.name, opts.password);
+  if (problem) throw new CommandError(problem);
   return withHub(settings, opts.databaseUrl, async (store) => ({ admin: opts.name, status: await setHubAdmin(store, opts.name, hashPassword(opts.password)) }));
 }
 

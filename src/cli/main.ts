@@ -14,7 +14,9 @@ import { parseAllowedOrigin } from '../sessions/origins.ts';
 import { backupDatabase, restoreDatabase } from '../store/backup.ts';
 import { type Store, openStore } from '../store/index.ts';
 import type { LivenessMode } from '../store/tenants.ts';
-import { type BrokerRole, setUser } from '../mqtt/users-file.ts';
+import { type BrokerRole, hashPassword, setUser } from '../mqtt/users-file.ts';
+import { adminProblem } from '../console/admins.ts';
+import { setDeviceAdmin } from '../console/device-source.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
 import { hubAdminAdd, hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
 import { join } from './join.ts';
@@ -176,6 +178,19 @@ tenant
     withStore((store) => updateTenant(store, opts.tenant, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness })),
   );
 
+program
+  .command('admin')
+  .description("admins of this device's console (/console)")
+  .command('add')
+  .description("add an admin of this device's console, or set the password of one (its open sessions end); only a scrypt hash is stored")
+  .requiredOption('--name <name>', 'the name to sign in with')
+  .option('--password-file <file>', 'read the password from this file (default: the first line on standard input)')
+  .action(async (opts: { name: string; passwordFile?: string }) => {
+    const password = opts.passwordFile ? fs.readFileSync(opts.passwordFile, 'utf8').trim() : (await firstLine(process.stdin)).trim();
+    const problem = adminProblem(opts.name, password);
+    if (problem) throw new CommandError(problem);
+    withStore((store) => ({ admin: opts.name, status: setDeviceAdmin(store, opts.name, hashPassword(password)) }), { create: true });
+  });
 const key = program.command('key').description('manage API keys');
 key
   .command('create')

@@ -148,6 +148,10 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   `CREATE TABLE group_members (tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL, group_name TEXT NOT NULL,
                               PRIMARY KEY (tenant_id, external_user_id, group_name));
    CREATE INDEX group_members_group ON group_members (tenant_id, group_name);`,
+  // the device's own console: its admins (made with the CLI) and sign-in sessions (hashes of the tokens)
+  `CREATE TABLE console_admins (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at TEXT NOT NULL);
+   CREATE TABLE console_sessions (token_hash BLOB PRIMARY KEY, admin TEXT NOT NULL REFERENCES console_admins (name) ON DELETE CASCADE,
+                                  csrf TEXT NOT NULL, expires_at TEXT NOT NULL);`,
 ];
 
 /**

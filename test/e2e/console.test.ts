@@ -20,6 +20,8 @@ import { launch, requireChromium } from '../support/browser.ts';
 import { testBroker, until } from '../support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from '../support/postgres.ts';
 import { type TestService, sharedAnalyzer, startTestService } from '../support/service.ts';
+import { authface } from '../support/cli.ts';
+import { type TestDevice, startTestDevice } from '../support/device.ts';
 
 const SCREENS = path.join(ROOT, 'artifacts', 'console');
 
@@ -232,3 +234,68 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.match(old.headers.get('location') ?? '', /\/console\/signin/);
   });
 });
+
+/**
+ * The same console on a standalone device, limited to it: its doors, its people, its audit
+ * trail; an admin made on the device with `authface admin add`.
+ */
+describe('the console on a standalone device (Chromium)', function () {
+  requireChromium(this);
+  this.timeout(120_000);
+  const password = 'another long password';
+  let device: TestDevice;
+  let browser: Browser;
+  let page: Page;
+
+  before(async function () {
+    device = await startTestDevice({
+      device_id: 'lobby',
+      liveness: 'passive',
+      doors: [
+        { id: 'entrance', relay: { driver: 'simulated', pulse_ms: 300 } },
+        { id: 'storeroom', relay: { driver: 'simulated', pulse_ms: 300 } },
+      ],
+    });
+    const { store } = device.svc.service;
+    store.users.enroll(device.tenantId, 'dora', normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k))));
+    const added = await authface(['admin', 'add', '--name', 'keeper', '--password-file', writePassword(device.dir, password)], { AUTHFACE_DATA_DIR: device.svc.dataDir });
+    assert.equal(JSON.parse(added.stdout).status, 'added');
+    browser = await launch({ camera: 'none' });
+    page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  });
+  after(async function () {
+    await browser?.close();
+    await device?.close();
+  });
+
+  it('signs in, shows only this device, opens its door, lists its people and its activity', async function () {
+    await page.goto(`${device.svc.url}/console`);
+    await page.fill('#name', 'keeper');
+    await page.fill('#password', password);
+    await Promise.all([page.waitForURL(/\/console\/fleet/), page.press('#password', 'Enter')]);
+    assert.equal(await page.locator('tbody tr').count(), 1);
+    assert.match(await page.locator('tbody tr').innerText(), /lobby\s+online/);
+    await page.screenshot({ path: path.join(SCREENS, 'device-fleet.png'), fullPage: true });
+
+    await page.goto(`${device.svc.url}/console/doors`);
+    const relay = device.relay('storeroom');
+    await Promise.all([page.waitForURL(/outcome=ok/), page.getByRole('button', { name: 'Unlock storeroom on lobby' }).press('Enter')]);
+    assert.equal(relay.pulses.length, 1, 'the storeroom opened once');
+    await page.locator('#live li', { hasText: 'lobby / storeroom Remote unlock' }).first().waitFor({ timeout: 10_000 });
+    device.svc.service.device!.access.unlock('entrance', 'test');
+    await page.locator('#live li', { hasText: 'lobby / entrance Remote unlock' }).first().waitFor({ timeout: 10_000 });
+    await page.screenshot({ path: path.join(SCREENS, 'device-doors.png'), fullPage: true });
+
+    await page.goto(`${device.svc.url}/console/people`);
+    assert.match(await page.locator('tbody').innerText(), /dora[\s\S]*1 of 1 \(lobby\)/);
+    await page.goto(`${device.svc.url}/console/activity?door=storeroom`);
+    assert.equal(await page.locator('tbody tr').count(), 1);
+    await page.screenshot({ path: path.join(SCREENS, 'device-activity.png'), fullPage: true });
+  });
+});
+
+function writePassword(dir: string, password: string): string {
+  const file = path.join(dir, 'admin-password');
+  fs.writeFileSync(file, `${password}\n`, { mode: 0o600 });
+  return file;
+}
