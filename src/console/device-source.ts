@@ -1,4 +1,5 @@
 import type { AccessController } from '../access/controller.ts';
+import type { KioskService } from '../access/kiosk.ts';
 import type { DeviceConfig } from '../device/config.ts';
 import type { Store } from '../store/index.ts';
 import type { ActivityFilter, ConsoleEvent, ConsoleSource } from './source.ts';
@@ -20,8 +21,16 @@ const DOOR_EVENTS = `type IN ('access_decision', 'remote_unlock', 'door_alarm')`
  * people and its audit trail, from its SQLite database). A remote unlock here is the device's own
  * door controller, for an admin signed in on this device.
  */
-export function deviceConsoleSource(deps: { config: DeviceConfig; store: Store; access: AccessController; version: string; model: string; lag: () => number | null }): ConsoleSource {
-  const { config, store, access } = deps;
+export function deviceConsoleSource(deps: {
+  config: DeviceConfig;
+  store: Store;
+  access: AccessController;
+  kiosk: KioskService;
+  version: string;
+  model: string;
+  lag: () => number | null;
+}): ConsoleSource {
+  const { config, store, access, kiosk } = deps;
   const { db } = store;
   const deviceId = config.device_id;
   const toEvent = (r: AuditRow): ConsoleEvent => ({ id: r.id, deviceId, doorId: r.door_id, type: r.type, result: r.result, reason: r.reason, externalUserId: r.external_user_id, time: r.created_at });
@@ -48,6 +57,15 @@ export function deviceConsoleSource(deps: { config: DeviceConfig; store: Store; 
     async unlock(_tenantId, device, doorId) {
       if (device !== deviceId) return { ok: false, error: `this console opens the doors of ${deviceId} only` };
       return access.unlock(doorId, 'console') ? { ok: true, error: null } : { ok: false, error: `no door ${doorId}` };
+    },
+    async openSession(_tenantId, device, doorId, biometryUrl) {
+      if (device !== deviceId) return { ok: false, error: `this console shows links on the doors of ${deviceId} only` };
+      try {
+        await kiosk.open(doorId, biometryUrl);
+        return { ok: true, error: null };
+      } catch (err) {
+        return { ok: false, error: (err as Error).message };
+      }
     },
     async people(tenantId, query, limit) {
       const pattern = `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;

@@ -1,8 +1,8 @@
 import type { HubStore } from '../hub/store.ts';
 import type { ActivityFilter, ConsoleDevice, ConsoleEvent, ConsoleSource } from './source.ts';
 
-/** Opens a door remotely through the hub's signed commands (hub/commands.ts). */
-export type HubUnlock = (tenantId: string, deviceId: string, doorId: string) => Promise<{ ok: boolean; error: string | null }>;
+/** A signed command to a door through the hub (hub/commands.ts): unlock, or show a capture link on its screen. */
+export type HubCommand = (tenantId: string, deviceId: string, doorId: string, biometryUrl?: string) => Promise<{ ok: boolean; error: string | null }>;
 
 interface EventRow {
   id: string;
@@ -35,7 +35,7 @@ const ACTIVITY = `
   FROM hub_audit_events WHERE tenant_id = $1`;
 
 /** The console at the hub: every tenant, every device of each, from the hub's database. */
-export function hubConsoleSource(store: HubStore, unlock: HubUnlock): ConsoleSource {
+export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleSource {
   const { pool } = store;
   return {
     scope: 'hub',
@@ -74,7 +74,8 @@ export function hubConsoleSource(store: HubStore, unlock: HubUnlock): ConsoleSou
       );
       return r.rows.map(toEvent);
     },
-    unlock,
+    unlock: (tenantId, deviceId, doorId) => command(tenantId, deviceId, doorId),
+    openSession: (tenantId, deviceId, doorId, biometryUrl) => command(tenantId, deviceId, doorId, biometryUrl),
     async people(tenantId, query, limit) {
       const pattern = `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
       const total = await pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND external_user_id ILIKE $2', [tenantId, pattern]);

@@ -141,7 +141,7 @@ export function doorsBody(opts: { doors: ConsoleDoor[]; recent: ConsoleEvent[]; 
     opts.doors.length === 0
       ? `<p>${esc(t('doors.none'))}</p>`
       : `<table>
-    <thead><tr><th scope="col">${esc(t('doors.device'))}</th><th scope="col">${esc(t('doors.door'))}</th><th scope="col"><span class="visually-hidden">${esc(t('doors.unlock'))}</span></th></tr></thead>
+    <thead><tr><th scope="col">${esc(t('doors.device'))}</th><th scope="col">${esc(t('doors.door'))}</th><th scope="col">${esc(t('doors.actions'))}</th></tr></thead>
     <tbody>${opts.doors
       .map(
         (d) => `<tr><td>${esc(d.deviceId)}</td><th scope="row">${esc(d.doorId)}</th><td>
@@ -151,10 +151,20 @@ export function doorsBody(opts: { doors: ConsoleDoor[]; recent: ConsoleEvent[]; 
           <input type="hidden" name="device_id" value="${esc(d.deviceId)}">
           <input type="hidden" name="door_id" value="${esc(d.doorId)}">
           <button type="submit" aria-label="${esc(t('doors.unlock.label', { door: d.doorId, device: d.deviceId }))}">${esc(t('doors.unlock'))}</button>
+        </form>
+        <form class="show" method="post" action="/console/doors/open-session">
+          <input type="hidden" name="_csrf" value="${esc(opts.csrf)}">
+          <input type="hidden" name="tenant" value="${esc(opts.tenantId)}">
+          <input type="hidden" name="device_id" value="${esc(d.deviceId)}">
+          <input type="hidden" name="door_id" value="${esc(d.doorId)}">
+          <label for="link-${esc(d.deviceId)}-${esc(d.doorId)}">${esc(t('doors.link'))}</label>
+          <input id="link-${esc(d.deviceId)}-${esc(d.doorId)}" name="biometry_url" type="url" required aria-describedby="link-hint">
+          <button type="submit" aria-label="${esc(t('doors.show.label', { door: d.doorId, device: d.deviceId }))}">${esc(t('doors.show'))}</button>
         </form></td></tr>`,
       )
       .join('')}</tbody>
-  </table>`;
+  </table>
+  <p class="hint" id="link-hint">${esc(t('doors.link.hint'))}</p>`;
   return `${opts.notice ? `<p class="${opts.noticeOk ? 'ok' : 'error'}" role="status">${esc(opts.notice)}</p>` : ''}
   ${doors}
   <h2>${esc(t('doors.alarms'))}</h2>

@@ -168,7 +168,8 @@ export function consoleRoutes(source: ConsoleSource, logger: Logger): Router {
     const doorEvents = recent.filter((e) => ['access_decision', 'remote_unlock', 'door_alarm'].includes(e.type));
     const outcome = typeof ctx.query.outcome === 'string' ? ctx.query.outcome : null;
     const [device, door, error] = ['device', 'door', 'error'].map((k) => (typeof ctx.query[k] === 'string' ? (ctx.query[k] as string) : ''));
-    const notice = outcome === 'ok' ? t('doors.unlocked', { door, device }) : outcome === 'failed' ? t('doors.unlock_failed', { door, device, error }) : null;
+    const notices: Record<string, string> = { ok: 'doors.unlocked', failed: 'doors.unlock_failed', shown: 'doors.shown', show_failed: 'doors.show_failed' };
+    const notice = outcome && notices[outcome] ? t(notices[outcome], { door, device, error }) : null;
     html(
       ctx,
       layout(
@@ -179,7 +180,7 @@ export function consoleRoutes(source: ConsoleSource, logger: Logger): Router {
           recent: doorEvents.slice(0, 20),
           alarms: doorEvents.filter((e) => e.type === 'door_alarm').slice(0, 10),
           notice,
-          noticeOk: outcome === 'ok',
+          noticeOk: outcome === 'ok' || outcome === 'shown',
           csrf: frame.csrf,
           tenantId,
           since: doorEvents[0]?.time ?? new Date().toISOString(),
@@ -196,6 +197,18 @@ export function consoleRoutes(source: ConsoleSource, logger: Logger): Router {
     const { ok, error } = await source.unlock(tenantId, deviceId, doorId);
     logger.info({ admin: (ctx.state as ConsoleState).session.admin, device: deviceId, door: doorId, ok }, 'console: remote unlock');
     const query = new URLSearchParams({ tenant: tenantId, outcome: ok ? 'ok' : 'failed', device: deviceId, door: doorId, ...(error ? { error } : {}) });
+    ctx.redirect(`/console/doors?${query.toString()}`);
+  });
+
+  router.post('/doors/open-session', async (ctx) => {
+    const form = await checkForm(ctx);
+    const [tenantId, deviceId, doorId, biometryUrl] = ['tenant', 'device_id', 'door_id', 'biometry_url'].map((k) => (form.get(k) ?? '').trim());
+    const known = (await source.doors(tenantId)).some((d) => d.deviceId === deviceId && d.doorId === doorId);
+    if (!known) throw new ServiceError('not_found', 'door_not_found', `no door ${doorId} on ${deviceId}`);
+    if (!/^https?:\/\/\S{1,2040}$/.test(biometryUrl)) throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url: an http(s) capture link');
+    const { ok, error } = await source.openSession(tenantId, deviceId, doorId, biometryUrl);
+    logger.info({ admin: (ctx.state as ConsoleState).session.admin, device: deviceId, door: doorId, ok }, 'console: a capture link shown on a door');
+    const query = new URLSearchParams({ tenant: tenantId, outcome: ok ? 'shown' : 'show_failed', device: deviceId, door: doorId, ...(error ? { error } : {}) });
     ctx.redirect(`/console/doors?${query.toString()}`);
   });
 

@@ -90,6 +90,8 @@ export interface ConsoleSource {
   /** Door events (decisions, openings, alarms) after `afterId`'s time, newest last (the live feed polls this). */
   doorEventsSince(tenantId: string, since: string, limit: number): Promise<ConsoleEvent[]>;
   unlock(tenantId: string, deviceId: string, doorId: string): Promise<{ ok: boolean; error: string | null }>;
+  /** Shows an enroll or update session's capture link (made on that device) on the door's kiosk screen. */
+  openSession(tenantId: string, deviceId: string, doorId: string, biometryUrl: string): Promise<{ ok: boolean; error: string | null }>;
   people(tenantId: string, query: string, limit: number): Promise<{ people: ConsolePerson[]; total: number }>;
   erasures(tenantId: string): Promise<ConsoleErasure[]>;
   conflicts(tenantId: string): Promise<ConsoleConflict[]>;

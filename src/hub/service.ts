@@ -99,8 +99,11 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       isReady: () => parts.analyzer.isReady,
       device: null,
       console: consoleRoutes(
-        hubConsoleSource(store, async (tenantId, deviceId, doorId) => {
-          const outcome = await commands(tenantId, { device_id: deviceId, door_id: doorId, command: 'unlock' });
+        hubConsoleSource(store, async (tenantId, deviceId, doorId, biometryUrl) => {
+          const outcome = await commands(
+            tenantId,
+            biometryUrl ? { device_id: deviceId, door_id: doorId, command: 'open_session', biometry_url: biometryUrl } : { device_id: deviceId, door_id: doorId, command: 'unlock' },
+          );
           return { ok: outcome.ok === true, error: outcome.answered ? outcome.error : 'the door did not answer within 5 s' };
         }),
         logger,

@@ -21,6 +21,7 @@ import { testBroker, until } from '../support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from '../support/postgres.ts';
 import { type TestService, sharedAnalyzer, startTestService } from '../support/service.ts';
 import { authface } from '../support/cli.ts';
+import { Client } from '../support/client.ts';
 import { type TestDevice, startTestDevice } from '../support/device.ts';
 
 const SCREENS = path.join(ROOT, 'artifacts', 'console');
@@ -65,7 +66,7 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
       version: 'test',
       analyzer: await sharedAnalyzer(),
     });
-    tenantId = (await hub.biometry.tenants.create({ name: 'Acme offices', allowedOrigins: [], livenessMode: 'passive' })).id;
+    tenantId = (await hub.biometry.tenants.create({ name: 'Acme offices', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' })).id;
     await hub.biometry.tenants.create({ name: 'Other tenant', allowedOrigins: [], livenessMode: 'passive' });
     await setHubAdmin(hub.store, 'ada', hashPassword(password));
     // people at the hub: alice and bob enrolled, bob deleted since (an erasure to follow)
@@ -156,6 +157,31 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     const ids = await page.locator('#live li').evaluateAll((items) => items.map((li) => li.getAttribute('data-id')));
     assert.equal(new Set(ids).size, ids.length, 'each event once (the page and the feed do not both add it)');
     await shot('doors');
+  });
+
+  it("Doors: an enrolment link made at a door is shown on that door's screen; another door's link is refused", async function () {
+    const sessionAt = async (name: string) => {
+      const { apiKey } = doors[name].service.store.tenants.createKey(tenantId);
+      return (await new Client(doors[name].url, apiKey).start('enroll', { externalUserId: `new-${name}` })).biometryUrl;
+    };
+    const opened: string[] = [];
+    const off = doors.front.service.events.on('kiosk.open', (e) => opened.push(`${e.doorId} ${e.biometryUrl}`));
+    try {
+      await go('/console/doors');
+      const link = await sessionAt('front');
+      await page.getByRole('textbox', { name: 'Capture link (biometry_url)' }).nth(1).fill(link); // back, front: the second row
+      await Promise.all([page.waitForURL(/outcome=shown/), page.getByRole('button', { name: 'Show an enrolment link on the screen of main on front' }).press('Enter')]);
+      assert.match(await page.locator('[role=status]').innerText(), /The link is on the screen of main on front/);
+      assert.equal(opened.length, 1);
+      assert.match(opened[0], /^main \/capture\?t=/, "the front door's kiosk opens its own capture page");
+      // a link of the back door is not one the front door shows
+      await page.getByRole('textbox', { name: 'Capture link (biometry_url)' }).nth(1).fill(await sessionAt('back'));
+      await Promise.all([page.waitForURL(/outcome=show_failed/), page.getByRole('button', { name: 'Show an enrolment link on the screen of main on front' }).press('Enter')]);
+      assert.match(await page.locator('[role=status]').innerText(), /main on front did not show the link: /);
+      assert.equal(opened.length, 1);
+    } finally {
+      off();
+    }
   });
 
   it('People: searchable; on which doors; the erasure of a deleted person and its progress', async function () {
