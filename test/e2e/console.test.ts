@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import type { Browser, Page } from 'playwright-core';
-import type { SimulatedRelay } from '../../src/access/hardware.ts';
+import type { SimulatedContact, SimulatedRelay } from '../../src/access/hardware.ts';
 import { EMBEDDING_MODEL, normalize } from '../../src/biometrics/embedding.ts';
 import { join } from '../../src/cli/join.ts';
 import { loadSettings } from '../../src/config/settings.ts';
@@ -210,9 +210,14 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     const csv = fs.readFileSync((await download.path())!, 'utf8').split('\r\n');
     assert.equal(csv[0], 'time,device_id,door_id,event,result,reason,external_user_id');
     assert.ok(csv.filter((l) => l.includes(',main,remote_unlock,granted,')).length >= 2, 'both openings in the export');
-    // a person's filter (nobody opened a door by face here)
+    // a person's filter (nobody opened a door by face here), and a time window (UTC, as shown)
     await go('/console/activity?person=alice');
     assert.match(await page.locator('main').innerText(), /No event matches/);
+    const minute = (ms: number) => new Date(Date.now() + ms).toISOString().slice(0, 16);
+    await go(`/console/activity?door=main&from=${minute(60_000)}`);
+    assert.match(await page.locator('main').innerText(), /No event matches/, 'nothing after the next minute');
+    await go(`/console/activity?door=main&from=${minute(-600_000)}&to=${minute(120_000)}`);
+    assert.ok((await page.locator('tbody tr').count()) >= 2, 'both openings in the last ten minutes');
     assert.deepEqual(cspViolations, [], 'no page broke its Content-Security-Policy');
   });
 
@@ -280,6 +285,7 @@ describe('the console on a standalone device (Chromium)', function () {
       doors: [
         { id: 'entrance', relay: { driver: 'simulated', pulse_ms: 300 } },
         { id: 'storeroom', relay: { driver: 'simulated', pulse_ms: 300 } },
+        { id: 'yard', relay: { driver: 'simulated', pulse_ms: 300 }, contact: { driver: 'simulated', pin: 5 } },
       ],
     });
     const { store } = device.svc.service;
@@ -310,6 +316,11 @@ describe('the console on a standalone device (Chromium)', function () {
     await page.locator('#live li', { hasText: 'lobby / storeroom Remote unlock' }).first().waitFor({ timeout: 10_000 });
     device.svc.service.device!.access.unlock('entrance', 'test');
     await page.locator('#live li', { hasText: 'lobby / entrance Remote unlock' }).first().waitFor({ timeout: 10_000 });
+    // the yard gate forced open (never unlocked): an alarm, live and in the alarms list
+    (device.svc.service.device!.access.door('yard')!.contact as SimulatedContact).set(true);
+    await page.locator('#live li', { hasText: 'lobby / yard Alarm · door_forced' }).first().waitFor({ timeout: 10_000 });
+    await page.reload();
+    assert.match(await page.locator('h2:text-is("Alarms") + ul').innerText(), /yard Alarm · door_forced/);
     await page.screenshot({ path: path.join(SCREENS, 'device-doors.png'), fullPage: true });
 
     await page.goto(`${device.svc.url}/console/people`);
