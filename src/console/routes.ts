@@ -48,7 +48,15 @@ interface ConsoleState {
  * the server (they work with the keyboard and without script); one small script adds the live
  * door feed (server-sent events). Every string is in src/console/locales/en.json.
  */
-export function consoleRoutes(source: ConsoleSource, logger: Logger): Router {
+export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; publicUrl: string }): Router {
+  const { logger } = options;
+  // Secure cookies when the console is reached over https (also behind a proxy that ends TLS)
+  const secure = options.publicUrl.startsWith('https:');
+  const setCookie = (ctx: Context, name: string, value: string, maxAgeSeconds: number) => {
+    // the cookies library refuses a Secure cookie on a plain connection unless told it is secure
+    if (secure) (ctx.cookies as unknown as { secure: boolean }).secure = true;
+    ctx.cookies.set(name, value, { httpOnly: true, sameSite: 'strict', secure: secure || ctx.secure, path: '/console', maxAge: maxAgeSeconds * 1000, overwrite: true });
+  };
   const router = new Router({ prefix: '/console' });
   const failures = new Map<string, number[]>();
 
@@ -297,10 +305,6 @@ export function consoleRoutes(source: ConsoleSource, logger: Logger): Router {
 
 /** A hash of a password nobody knows, so an unknown name takes as long as a known one. */
 const DUMMY_HASH = hashPassword(crypto.randomBytes(24).toString('base64url'));
-
-function setCookie(ctx: Context, name: string, value: string, maxAgeSeconds: number): void {
-  ctx.cookies.set(name, value, { httpOnly: true, sameSite: 'strict', secure: ctx.secure, path: '/console', maxAge: maxAgeSeconds * 1000, overwrite: true });
-}
 
 /**
  * A browser sends Origin with every POST: one from another site (or `null`, an opaque origin) is

@@ -106,7 +106,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
           );
           return { ok: outcome.ok === true, error: outcome.answered ? outcome.error : 'the door did not answer within 5 s' };
         }),
-        logger,
+        { logger, publicUrl: settings.publicUrl },
       ),
       fleet: fleetRoutes({
         tenants: biometry.tenants,

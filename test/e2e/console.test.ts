@@ -331,6 +331,19 @@ describe('the console on a standalone device (Chromium)', function () {
   });
 });
 
+describe('the console behind a proxy that ends TLS', function () {
+  it('sets its cookies Secure when PUBLIC_URL is https, though the connection it sees is plain', async function () {
+    const device = await startTestDevice({ device_id: 'tls', doors: [{ id: 'main', relay: { driver: 'simulated' } }] }, { PUBLIC_URL: 'https://door.example.com' });
+    try {
+      const res = await fetch(`${device.svc.url}/console/signin`);
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('set-cookie') ?? '', /authface_console_login=[^;]+;.*secure/i);
+    } finally {
+      await device.close();
+    }
+  });
+});
+
 function writePassword(dir: string, password: string): string {
   const file = path.join(dir, 'admin-password');
   fs.writeFileSync(file, `${password}\n`, { mode: 0o600 });
