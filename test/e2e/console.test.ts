@@ -193,7 +193,14 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.equal(await rows.count(), 1);
     assert.match(await rows.first().innerText(), /alice[\s\S]*staff[\s\S]*2 of 2/);
     assert.match(await page.locator('main').innerText(), /bob: applied on 2 of 2 devices \(complete\)/);
+    // a door's change made on an old copy of alice: a conflict for an admin
+    const { key, keyVersion } = await hub.store.keys.current(tenantId);
+    const stale = sealTemplate(key, face(9), { tenantId, externalUserId: 'alice', version: 1, model: EMBEDDING_MODEL, keyVersion });
+    const result = await hub.store.append(tenantId, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template: stale }, { origin: 'front' });
+    assert.equal(result.status, 'conflict');
     await go('/console/people');
+    const conflict = page.locator('h2:text-is("Conflicts waiting for a decision") + table tbody tr');
+    assert.match(await conflict.innerText(), /alice\s+front\s+stale_version/);
     await shot('people');
   });
 
