@@ -659,7 +659,7 @@ async function benchJoin(people = 10_000): Promise<void> {
     await seedHubPeople(hubStore, tenantId, people);
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix }, { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') });
     const started = performance.now();
-    const { code } = await hubStore.addDevice(tenantId, 'bench-door', 900);
+    const { code } = await hubStore.devices.add(tenantId, 'bench-door', 900);
     const dataDir = path.join(dir, 'door');
     const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
     const joinedAt = performance.now();
@@ -723,7 +723,7 @@ async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people
     hub = await serveHub({ databaseUrl: db.url, brokerUrl, prefix: 'authface' }, hubEnv);
     for (let i = 0; i < doors; i++) {
       const name = `door-${i}`;
-      const { code } = await hubStore.addDevice(tenantId, name, 900);
+      const { code } = await hubStore.devices.add(tenantId, name, 900);
       const dataDir = path.join(dir, name);
       const config = loadDeviceConfig((await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code })).config_file);
       const keyring = loadKeyring(config.sync!.tenant_key_file, dataDir, { tenantId, deviceId: name });

@@ -72,7 +72,7 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     tenantA = (await hub.biometry.tenants.create({ name: 'a', allowedOrigins: [], livenessMode: 'passive' })).id;
     tenantB = (await hub.biometry.tenants.create({ name: 'b', allowedOrigins: [], livenessMode: 'passive' })).id;
     for (const [name, tenant] of [['a1', tenantA], ['a2', tenantA], ['b1', tenantB]] as const) {
-      const { code } = await hub.store.addDevice(tenant, name, 600);
+      const { code } = await hub.store.devices.add(tenant, name, 600);
       const dataDir = path.join(dir, name);
       const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
       devices[name] = { config: loadDeviceConfig(joined.config_file), dataDir };
@@ -149,7 +149,7 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
   });
 
   it('a join the hub cannot give a broker client to fails plainly, and its code works again', async function () {
-    const { code } = await hub.store.addDevice(tenantA, 'a3', 600);
+    const { code } = await hub.store.devices.add(tenantA, 'a3', 600);
     await sync?.close();
     sync = undefined;
     for (const c of clients.splice(0)) await c.endAsync(true);

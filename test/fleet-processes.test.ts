@@ -188,7 +188,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
           await new Promise((r) => setTimeout(r, 50));
         }
       };
-      await poll(async () => (await hubStore.devices(tenantId)).filter((d) => d.state === 'online' && d.lag === 0).length === 2, 'both doors online and in step');
+      await poll(async () => (await hubStore.devices.list(tenantId)).filter((d) => d.state === 'online' && d.lag === 0).length === 2, 'both doors online and in step');
       // the skewed door reports its own time a day ahead, and it made no difference to anything above
       const c = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
       const states: Record<string, { time?: string }> = {};
@@ -198,8 +198,8 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       await c.endAsync();
       const ahead = Date.parse(states.back.time as string) - Date.parse(states.front.time as string);
       assert.ok(ahead > 86_000_000 && ahead < 86_800_000, `the back door's clock is a day ahead (${ahead} ms)`);
-      assert.equal((await hubStore.erasureStatus(tenantId, 'alice'))?.complete, true);
-      assert.equal((await hubStore.erasureStatus(tenantId, 'bob'))?.complete, true, 'the deletion made at the hub too');
+      assert.equal((await hubStore.devices.erasureStatus(tenantId, 'alice'))?.complete, true);
+      assert.equal((await hubStore.devices.erasureStatus(tenantId, 'bob'))?.complete, true, 'the deletion made at the hub too');
       // what an admin sees
       const status = JSON.parse((await authface(['hub', 'status', '--tenant', tenantId, '--database-url', db.url], hubEnv)).stdout) as {
         head: number;
@@ -212,7 +212,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       const exited = new Promise((r) => doors[0].child.once('exit', r));
       doors[0].child.kill('SIGKILL');
       await exited;
-      await poll(async () => (await hubStore.devices(tenantId)).find((d) => d.deviceId === 'front')?.state === 'offline', 'the front door offline');
+      await poll(async () => (await hubStore.devices.list(tenantId)).find((d) => d.deviceId === 'front')?.state === 'offline', 'the front door offline');
     } finally {
       await hubStore.close();
     }

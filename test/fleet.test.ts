@@ -144,8 +144,8 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.deepEqual(central.rows[0], { deleted: true, template: null });
     assert.equal((await identify(1, img.personA[1])).status, 'fail');
     // the hub shows the erasure complete once both doors report having applied it
-    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete at the hub');
-    assert.deepEqual(await hubStore.erasureStatus(tenantId, 'alice'), { seq: 4, applied: 2, devices: 2, complete: true });
+    await untilAsync(async () => (await hubStore.devices.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete at the hub');
+    assert.deepEqual(await hubStore.devices.erasureStatus(tenantId, 'alice'), { seq: 4, applied: 2, devices: 2, complete: true });
   });
 
   it('a door that was offline catches up on reconnect, and applies a deletion it missed before its first decision', async function () {
@@ -155,10 +155,10 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal((await doors[0].api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
     assert.equal((await doors[0].api.post('/biometry/v1/delete-user', { external_user_id: 'alice' })).status, 200);
     await untilAsync(async () => (await hubStore.headSeq(tenantId)) === 7, 'the hub sequencing the changes');
-    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.applied === 1, 'the front door reporting the deletion');
-    const pending = await hubStore.erasureStatus(tenantId, 'alice');
+    await untilAsync(async () => (await hubStore.devices.erasureStatus(tenantId, 'alice'))?.applied === 1, 'the front door reporting the deletion');
+    const pending = await hubStore.devices.erasureStatus(tenantId, 'alice');
     assert.deepEqual([pending?.applied, pending?.devices, pending?.complete], [1, 2, false], 'applied on 1 of 2 doors while the back door is offline');
-    const back = (await hubStore.devices(tenantId)).find((d) => d.deviceId.startsWith('back'));
+    const back = (await hubStore.devices.list(tenantId)).find((d) => d.deviceId.startsWith('back'));
     assert.deepEqual([back?.state, back?.lag], ['offline', 3], 'the back door is offline (its last will) and 3 changes behind');
     const bootBefore = back?.boot ?? 0;
     // the back door comes back while the hub is slow to answer (here: down for a moment), and
@@ -176,9 +176,9 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     assert.equal(syncOf(1).cursor, 7);
     assert.deepEqual([knows(1, 'bob'), knows(1, 'alice')], [true, false]);
     assert.equal((await atDoor(1, img.personB)).externalUserId, 'bob');
-    await untilAsync(async () => (await hubStore.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete again');
-    await untilAsync(async () => (await hubStore.devices(tenantId)).every((d) => d.state === 'online' && d.lag === 0), 'both doors online and in step');
-    const devices = await hubStore.devices(tenantId);
+    await untilAsync(async () => (await hubStore.devices.erasureStatus(tenantId, 'alice'))?.complete === true, 'the erasure complete again');
+    await untilAsync(async () => (await hubStore.devices.list(tenantId)).every((d) => d.state === 'online' && d.lag === 0), 'both doors online and in step');
+    const devices = await hubStore.devices.list(tenantId);
     assert.equal(devices.find((d) => d.deviceId.startsWith('back'))?.boot, bootBefore + 1, 'the boot counter counts the restart');
     assert.ok(devices.every((d) => !d.diverged), 'the doors hold exactly the hub\'s user set');
   });

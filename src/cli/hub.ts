@@ -159,7 +159,7 @@ export async function hubDeviceAdd(
   if (!/^[A-Za-z0-9_-]{1,64}$/.test(opts.name)) throw new CommandError(`--name ${opts.name}: use 1-64 letters, digits, - or _ (it is the device_id, an MQTT topic level)`);
   if (opts.name === 'sync') throw new CommandError('--name sync: the fleet log uses that topic level; choose another name');
   return withHub(settings, opts.databaseUrl, async (store) => {
-    const { code, expiresAt } = await store.addDevice(opts.tenant, opts.name, opts.ttlMinutes * 60);
+    const { code, expiresAt } = await store.devices.add(opts.tenant, opts.name, opts.ttlMinutes * 60);
     return { device_id: opts.name, code, expires_at: expiresAt.toISOString(), on_the_device: `authface join --hub ${settings.publicUrl} --code ${code}` };
   });
 }
@@ -232,7 +232,7 @@ export async function hubWrapKey(settings: Settings, opts: { tenant: string; dev
 export async function hubStatus(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<unknown> {
   return withHub(settings, opts.databaseUrl, async (store) => {
     await knownTenant(store, opts.tenant);
-    const devices = await store.devices(opts.tenant);
+    const devices = await store.devices.list(opts.tenant);
     return {
       tenant_id: opts.tenant,
       head: await store.headSeq(opts.tenant),

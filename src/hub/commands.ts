@@ -35,7 +35,7 @@ export interface CommandOutcome {
  */
 export function hubCommands(store: HubStore, sync: HubSync): (tenantId: string, request: CommandRequest) => Promise<CommandOutcome> {
   return async (tenantId, request) => {
-    if (!(await store.hasJoined(tenantId, request.device_id))) throw new ServiceError('not_found', 'device_not_found', `no device ${request.device_id} has joined this tenant`);
+    if (!(await store.devices.hasJoined(tenantId, request.device_id))) throw new ServiceError('not_found', 'device_not_found', `no device ${request.device_id} has joined this tenant`);
     if (request.command === 'open_session' && !request.biometry_url) throw new ServiceError('invalid_request', 'biometry_url_required', 'open_session needs the biometry_url to show');
     const { privateKey } = await store.keys.commandKey(tenantId);
     const requestId = `req_${crypto.randomUUID()}`;

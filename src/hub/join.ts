@@ -54,7 +54,7 @@ export function deviceJoin(store: HubStore, options: JoinOptions): (request: Joi
   return async ({ code, public_key }) => {
     let claimed: { tenantId: string; deviceId: string };
     try {
-      claimed = await store.claim(code, public_key);
+      claimed = await store.devices.claim(code, public_key);
     } catch (err) {
       if (!(err instanceof ClaimError)) throw err;
       throw new ServiceError(err.reason === 'unknown_code' ? 'unauthorized' : 'gone', err.reason, err.message);
@@ -67,7 +67,7 @@ export function deviceJoin(store: HubStore, options: JoinOptions): (request: Joi
       keys = { versions, commandKey: publicKey, credentials: await options.brokerAdmin?.addDevice(tenantId, deviceId) };
     } catch (err) {
       // the device got nothing: its code works again
-      await store.unclaim(code);
+      await store.devices.unclaim(code);
       throw new ServiceError('unavailable', 'join_unavailable', `the hub could not prepare this device's keys or broker client (${(err as Error).message}); try again`);
     }
     const { versions, commandKey, credentials } = keys;

@@ -10,7 +10,7 @@ export type RetainedPublish = (topic: string, payload: string) => Promise<void>;
 
 /** The notice for one joined device as it stands now: every key version wrapped to it, or its revocation; null for a device that never joined. */
 export async function deviceNotice(store: HubStore, tenantId: string, deviceId: string): Promise<FleetNotice | null> {
-  const device = (await store.joinedDevices(tenantId)).find((d) => d.deviceId === deviceId);
+  const device = (await store.devices.joined(tenantId)).find((d) => d.deviceId === deviceId);
   if (!device) return null;
   const { privateKey } = await store.keys.commandKey(tenantId);
   if (device.revokedAt) {
@@ -50,11 +50,11 @@ export async function revokeDevice(
   options: { tenantId: string; deviceId: string; prefix: string; publish: RetainedPublish; brokerAdmin?: BrokerAdmin },
 ): Promise<Revocation> {
   const { tenantId, deviceId, prefix, publish } = options;
-  const { revokedAt, key } = await store.revokeDevice(tenantId, deviceId);
+  const { revokedAt, key } = await store.devices.revoke(tenantId, deviceId);
   const sent = await sendNotice(store, prefix, publish, tenantId, deviceId);
   if (sent?.kind !== 'revoked') throw new HubError(`device ${deviceId} was not recorded as revoked`);
   const rekeyed: string[] = [];
-  for (const d of await store.joinedDevices(tenantId)) {
+  for (const d of await store.devices.joined(tenantId)) {
     if (d.revokedAt) continue;
     await sendNotice(store, prefix, publish, tenantId, d.deviceId);
     rekeyed.push(d.deviceId);

@@ -187,7 +187,7 @@ export class HubSync {
       if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
         return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
       }
-      const { diverged, repair } = await this.store.recordDeviceState(msg.value);
+      const { diverged, repair } = await this.store.devices.recordState(msg.value);
       if (diverged) this.options.logger.warn({ tenant: tenantId, device: msg.value.device_id, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
       if (repair) {
         // the snapshot makes the device hold exactly the hub's people, then the log follows
@@ -323,7 +323,7 @@ export class HubSync {
   async #isRevoked(tenantId: string, deviceId: string): Promise<boolean> {
     let known = this.#revoked.get(tenantId);
     if (!known || Date.now() - known.at > REVOKED_TTL_MS) {
-      known = { ids: await this.store.revokedDevices(tenantId), at: Date.now() };
+      known = { ids: await this.store.devices.revoked(tenantId), at: Date.now() };
       this.#revoked.set(tenantId, known);
     }
     return known.ids.has(deviceId);

@@ -78,13 +78,13 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     await hub.store.changeGroup(tenantId, 'alice', 'staff', true);
     await hub.sync.submit(tenantId, { kind: 'user.delete', external_user_id: 'bob', version: 2 });
     for (const name of ['front', 'back']) {
-      const { code } = await hub.store.addDevice(tenantId, name, 600);
+      const { code } = await hub.store.devices.add(tenantId, name, 600);
       const dataDir = path.join(dir, name);
       const joined = await join(loadSettings({ AUTHFACE_DATA_DIR: dataDir }), { hub: hub.url, code });
       doors[name] = await startTestService({ AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: joined.config_file });
     }
     const head = await hub.store.headSeq(tenantId);
-    await until(async () => (await hub.store.devices(tenantId)).filter((d) => d.state === 'online' && d.appliedSeq === head).length === 2, 30_000, 'both doors online at the head');
+    await until(async () => (await hub.store.devices.list(tenantId)).filter((d) => d.state === 'online' && d.appliedSeq === head).length === 2, 30_000, 'both doors online at the head');
     browser = await launch({ camera: 'none' });
     page = await browser.newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
     page.on('console', (m) => {

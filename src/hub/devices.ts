@@ -1,0 +1,177 @@
+import crypto from 'node:crypto';
+import type { DeviceState } from '../sync/protocol.ts';
+import { ClaimError, HubError } from './errors.ts';
+import type { TenantKeyVersion } from './keys.ts';
+import type { HubStore } from './store.ts';
+
+/** A device that stays diverged is told to reload a snapshot at most this often. */
+const REPAIR_INTERVAL = '10 minutes';
+
+/**
+ * The devices of each tenant at the hub: single-use claim codes, the public key each device joined
+ * with, revocation (with the key rotation it takes), and the state each device reports.
+ */
+export class HubDevices {
+  constructor(private readonly store: HubStore) {}
+
+  /**
+   * A claim for a new device of the tenant: a short single-use code valid for `ttlSeconds`
+   * (`authface hub device add`). Only its SHA-256 is stored. A device id already joined is refused;
+   * an earlier unused code for the same id stops working.
+   */
+  async add(tenantId: string, deviceId: string, ttlSeconds: number): Promise<{ code: string; expiresAt: Date }> {
+    return this.store.transaction(async (db) => {
+      if (!(await this.store.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      // a device id names the device's own topics and broker client: unique on the broker, so across tenants
+      const joined = await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
+      const taken = joined.rows[0];
+      if (taken?.revoked) throw new HubError(`device ${deviceId} was revoked: its name stays retired (a notice to it names it); choose another name`);
+      if (taken) throw new HubError(`device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`);
+      await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
+      const code = newClaimCode();
+      const r = await db.query<{ expires_at: Date }>(
+        `INSERT INTO hub_claims (tenant_id, code_hash, device_id, expires_at) VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at`,
+        [tenantId, claimHash(code), deviceId, ttlSeconds],
+      );
+      return { code, expiresAt: r.rows[0].expires_at };
+    });
+  }
+
+  /**
+   * Uses a claim code once: the device's public key is registered under the claim's device id.
+   * Refused (ClaimError) when the code is unknown, used or expired; nothing changes then.
+   */
+  async claim(code: string, publicKey: string): Promise<{ tenantId: string; deviceId: string }> {
+    return this.store.transaction(async (db) => {
+      const r = await db.query<{ tenant_id: string; device_id: string; used_at: Date | null; expired: boolean }>(
+        'SELECT tenant_id, device_id, used_at, expires_at <= now() AS expired FROM hub_claims WHERE code_hash = $1 FOR UPDATE',
+        [claimHash(code)],
+      );
+      const claim = r.rows[0];
+      if (!claim) throw new ClaimError('unknown_code', 'this code is not one the hub gave: check it, or ask for a new one (authface hub device add)');
+      if (claim.used_at) throw new ClaimError('code_used', 'this code has already been used: a code joins one device once (authface hub device add gives a new one)');
+      if (claim.expired) throw new ClaimError('code_expired', 'this code has expired: ask for a new one (authface hub device add)');
+      await db.query('UPDATE hub_claims SET used_at = now() WHERE tenant_id = $1 AND code_hash = $2', [claim.tenant_id, claimHash(code)]);
+      await db.query(
+        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, joined_at) VALUES ($1, $2, 'offline', $3, now())
+         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, joined_at = now()`,
+        [claim.tenant_id, claim.device_id, publicKey],
+      );
+      return { tenantId: claim.tenant_id, deviceId: claim.device_id };
+    });
+  }
+
+  /** Whether the device has joined the tenant (it holds the tenant's keys) and was not revoked since. */
+  async hasJoined(tenantId: string, deviceId: string): Promise<boolean> {
+    const r = await this.store.pool.query('SELECT 1 FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL AND revoked_at IS NULL', [tenantId, deviceId]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  /** Makes a used code usable again (its device could not be given what it needs). */
+  async unclaim(code: string): Promise<void> {
+    await this.store.pool.query('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1', [claimHash(code)]);
+  }
+
+  /**
+   * Revokes a joined device: it is marked revoked, and the tenant's key rotates in the same
+   * transaction (the new version authenticates the log from the next change on, and seals every
+   * template sequenced from then). Returns the key version and the devices that are to receive it.
+   * Revoking a device already revoked changes nothing and returns the same (its notices can be sent again).
+   */
+  async revoke(tenantId: string, deviceId: string): Promise<{ revokedAt: Date; publicKey: string; key: TenantKeyVersion; rotated: boolean }> {
+    return this.store.transaction(async (db) => {
+      const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
+      if (!counter.rows[0]) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      const r = await db.query<{ public_key: string | null; revoked_at: Date | null }>('SELECT public_key, revoked_at FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 FOR UPDATE', [tenantId, deviceId]);
+      const device = r.rows[0];
+      if (!device?.public_key) throw new HubError(`no device ${deviceId} has joined tenant ${tenantId} (authface hub device list)`);
+      if (device.revoked_at) return { revokedAt: device.revoked_at, publicKey: device.public_key, key: (await this.store.keys.current(tenantId, db)) as TenantKeyVersion, rotated: false };
+      const revoked = await db.query<{ revoked_at: Date }>('UPDATE hub_devices SET revoked_at = now() WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at', [tenantId, deviceId]);
+      // an unused code for this device stops working too
+      await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
+      const key = await this.store.keys.rotate(db, tenantId, Number(counter.rows[0].next_seq));
+      return { revokedAt: revoked.rows[0].revoked_at, publicKey: device.public_key, key, rotated: true };
+    });
+  }
+
+  /** The tenant's joined devices and their public keys (revoked ones with the time they were revoked). */
+  async joined(tenantId: string): Promise<{ deviceId: string; publicKey: string; revokedAt: Date | null }[]> {
+    const r = await this.store.pool.query<{ device_id: string; public_key: string; revoked_at: Date | null }>(
+      'SELECT device_id, public_key, revoked_at FROM hub_devices WHERE tenant_id = $1 AND public_key IS NOT NULL ORDER BY device_id',
+      [tenantId],
+    );
+    return r.rows.map((d) => ({ deviceId: d.device_id, publicKey: d.public_key, revokedAt: d.revoked_at }));
+  }
+
+  /** The ids of the tenant's revoked devices. */
+  async revoked(tenantId: string): Promise<Set<string>> {
+    const r = await this.store.pool.query<{ device_id: string }>('SELECT device_id FROM hub_devices WHERE tenant_id = $1 AND revoked_at IS NOT NULL', [tenantId]);
+    return new Set(r.rows.map((d) => d.device_id));
+  }
+
+  /**
+   * Records what a device reported. A device at the head with nothing of its own on the way whose
+   * user set differs from the hub's has diverged: it is flagged, and `repair` says to tell it to
+   * reload a snapshot (at most once per REPAIR_INTERVAL, so a device that stays different is not
+   * sent one snapshot after another).
+   */
+  async recordState(state: DeviceState): Promise<{ diverged: boolean; repair: boolean }> {
+    let diverged = false;
+    const settled = state.applied_seq !== undefined && (state.pending ?? 0) === 0;
+    if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === (await this.store.headSeq(state.tenant_id))) {
+      diverged = state.digest !== (await this.store.digest(state.tenant_id));
+    }
+    const r = await this.store.pool.query<{ repair: boolean }>(
+      `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen, repaired_at, doors)
+       VALUES ($1, $2, $3, COALESCE($4, 0), $5, $6, $7, $8, $9, $10, now(), CASE WHEN $10 THEN now() END, $12::jsonb)
+       ON CONFLICT (tenant_id, device_id) DO UPDATE SET state = excluded.state, last_seen = now(),
+         applied_seq = COALESCE($4, hub_devices.applied_seq), digest = COALESCE($5, hub_devices.digest), users = COALESCE($6, hub_devices.users),
+         model = COALESCE($7, hub_devices.model), version = COALESCE($8, hub_devices.version), boot = COALESCE($9, hub_devices.boot),
+         doors = COALESCE($12::jsonb, hub_devices.doors),
+         diverged = CASE WHEN $4::bigint IS NULL THEN hub_devices.diverged ELSE excluded.diverged END,
+         repaired_at = CASE WHEN $10 AND (hub_devices.repaired_at IS NULL OR hub_devices.repaired_at < now() - $11::interval) THEN now() ELSE hub_devices.repaired_at END
+       RETURNING $10::boolean AND repaired_at = now() AS repair`,
+      [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged, REPAIR_INTERVAL, state.doors ? JSON.stringify(state.doors) : null],
+    );
+    return { diverged, repair: r.rows[0]?.repair === true };
+  }
+
+  async list(tenantId: string): Promise<{ deviceId: string; state: string; appliedSeq: number; lag: number; diverged: boolean; boot: number | null }[]> {
+    const head = await this.store.headSeq(tenantId);
+    const r = await this.store.pool.query<{ device_id: string; state: string; applied_seq: string; diverged: boolean; boot: number | null }>(
+      'SELECT device_id, state, applied_seq, diverged, boot FROM hub_devices WHERE tenant_id = $1 ORDER BY device_id',
+      [tenantId],
+    );
+    return r.rows.map((d) => ({ deviceId: d.device_id, state: d.state, appliedSeq: Number(d.applied_seq), lag: head - Number(d.applied_seq), diverged: d.diverged, boot: d.boot }));
+  }
+
+  /** Whether a person's deletion has reached every device of the tenant ("applied on 7 of 8"). */
+  async erasureStatus(tenantId: string, externalUserId: string): Promise<{ seq: number; applied: number; devices: number; complete: boolean } | null> {
+    const del = await this.store.pool.query<{ seq: string }>(
+      `SELECT seq FROM hub_changes WHERE tenant_id = $1 AND external_user_id = $2 AND kind = 'user.delete' ORDER BY seq DESC LIMIT 1`,
+      [tenantId, externalUserId],
+    );
+    if (!del.rows[0]) return null;
+    const seq = Number(del.rows[0].seq);
+    const counts = await this.store.pool.query<{ devices: number; applied: number }>(
+      'SELECT COUNT(*)::int AS devices, COUNT(*) FILTER (WHERE applied_seq >= $2)::int AS applied FROM hub_devices WHERE tenant_id = $1',
+      [tenantId, seq],
+    );
+    const { devices, applied } = counts.rows[0];
+    return { seq, applied, devices, complete: devices > 0 && applied === devices };
+  }
+}
+
+// Crockford's base32 without the letters read as others (no I, L, O, U): 16 of them are 80 bits
+const CLAIM_ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+function newClaimCode(): string {
+  const bytes = crypto.randomBytes(16);
+  const chars = [...bytes].map((b) => CLAIM_ALPHABET[b % 32]).join('');
+  return chars.match(/.{4}/g)!.join('-');
+}
+
+/** The stored form of a code: typed in any case, with or without its dashes. */
+function claimHash(code: string): Buffer {
+  return crypto.createHash('sha256').update(code.toUpperCase().replace(/[^0-9A-Z]/g, '')).digest();
+}
