@@ -9,10 +9,8 @@ import type { SimulatedContact, SimulatedRelay } from '../../src/access/hardware
 import { EMBEDDING_MODEL, normalize } from '../../src/biometrics/embedding.ts';
 import { join } from '../../src/cli/join.ts';
 import { loadSettings } from '../../src/config/settings.ts';
-import { setHubAdmin } from '../../src/console/hub-source.ts';
 import { createLogger } from '../../src/core/logger.ts';
 import { type Hub, startHub } from '../../src/hub/service.ts';
-import { hashPassword } from '../../src/mqtt/users-file.ts';
 import { sealTemplate } from '../../src/sync/envelope.ts';
 import { syncTopics } from '../../src/sync/protocol.ts';
 import { ROOT } from '../support/datasets.ts';
@@ -68,7 +66,13 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     });
     tenantId = (await hub.biometry.tenants.create({ name: 'Acme offices', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' })).id;
     await hub.biometry.tenants.create({ name: 'Other tenant', allowedOrigins: [], livenessMode: 'passive' });
-    await setHubAdmin(hub.store, 'ada', hashPassword(password));
+    // the admin as an operator makes one; a short password is refused with the reason
+    const passwordFile = writePassword(dir, password);
+    assert.equal(JSON.parse((await authface(['hub', 'admin', 'add', '--name', 'ada', '--password-file', passwordFile, '--database-url', db.url], {})).stdout).status, 'added');
+    await assert.rejects(
+      authface(['hub', 'admin', 'add', '--name', 'eve', '--password-file', writePassword(path.join(dir, 'short'), 'short'), '--database-url', db.url], {}),
+      (err: { stderr: string }) => /at least 12 characters/.test(err.stderr),
+    );
     // people at the hub: alice and bob enrolled, bob deleted since (an erasure to follow)
     const { key, keyVersion } = await hub.store.keys.current(tenantId);
     for (const [i, id] of ['alice', 'bob', 'carol'].entries()) {
@@ -352,6 +356,7 @@ describe('the console behind a proxy that ends TLS', function () {
 });
 
 function writePassword(dir: string, password: string): string {
+  fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, 'admin-password');
   fs.writeFileSync(file, `${password}\n`, { mode: 0o600 });
   return file;
