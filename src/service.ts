@@ -114,7 +114,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       },
       // the device's own console: its doors, people and audit trail
       console: device
-        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION, model: EMBEDDING_MODEL, lag: () => null }), { logger, publicUrl: settings.publicUrl })
+        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION, model: EMBEDDING_MODEL }), { logger, publicUrl: settings.publicUrl })
         : undefined,
     });
 

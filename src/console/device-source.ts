@@ -28,7 +28,6 @@ export function deviceConsoleSource(deps: {
   kiosk: KioskService;
   version: string;
   model: string;
-  lag: () => number | null;
 }): ConsoleSource {
   const { config, store, access, kiosk } = deps;
   const { db } = store;
@@ -43,7 +42,8 @@ export function deviceConsoleSource(deps: {
     },
     async devices(tenantId) {
       const { n } = db.prepare('SELECT COUNT(*) AS n FROM users WHERE tenant_id = ? AND deleted_at IS NULL').get(tenantId) as { n: number };
-      return [{ deviceId, state: 'online', lag: deps.lag(), diverged: false, version: deps.version, model: deps.model, lastSeen: new Date().toISOString(), users: n }];
+      // the console runs on the device itself: online; how far it is behind the hub is the hub's console's to say
+      return [{ deviceId, state: 'online', lag: null, diverged: false, version: deps.version, model: deps.model, lastSeen: new Date().toISOString(), users: n }];
     },
     async doors() {
       return config.doors.map((d) => ({ deviceId, doorId: d.id }));

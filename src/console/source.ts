@@ -87,7 +87,7 @@ export interface ConsoleSource {
   tenants(): Promise<ConsoleTenant[]>;
   devices(tenantId: string): Promise<ConsoleDevice[]>;
   doors(tenantId: string): Promise<ConsoleDoor[]>;
-  /** Door events (decisions, openings, alarms) after `afterId`'s time, newest last (the live feed polls this). */
+  /** Door events (decisions, openings, alarms) after `since` (ISO time), oldest first (the live feed polls this). */
   doorEventsSince(tenantId: string, since: string, limit: number): Promise<ConsoleEvent[]>;
   unlock(tenantId: string, deviceId: string, doorId: string): Promise<{ ok: boolean; error: string | null }>;
   /** Shows an enroll or update session's capture link (made on that device) on the door's kiosk screen. */

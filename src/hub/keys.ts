@@ -49,13 +49,21 @@ export class HubKeys {
     if (!db) {
       const known = this.#current.get(tenantId);
       if (known && Date.now() - known.checkedAt < CURRENT_KEY_TTL_MS) return this.#versions.get(`${tenantId}:${known.keyVersion}`) as TenantKeyVersion;
-      return this.withTenant(tenantId, (tx) => this.current(tenantId, tx));
+      // versions are only ever added: the newest committed one is current, read without locking
+      // the tenant's row (this runs for every device message); only the first is made under it
+      const opened = await this.#latest(tenantId, this.pool);
+      if (!opened) return this.withTenant(tenantId, (tx) => this.current(tenantId, tx));
+      this.#current.set(tenantId, { keyVersion: opened.keyVersion, checkedAt: Date.now() });
+      return opened;
     }
-    const r = await db.query<{ key_version: number }>('SELECT key_version FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1', [tenantId]);
-    const opened = r.rows[0] ? await this.version(tenantId, r.rows[0].key_version, db) : await this.#make(db, tenantId, 1, 1);
-    if (!opened) throw new HubError(`the key of tenant ${tenantId} vanished while it was read`);
+    const opened = (await this.#latest(tenantId, db)) ?? (await this.#make(db, tenantId, 1, 1));
     this.afterCommit(db, () => this.#current.set(tenantId, { keyVersion: opened.keyVersion, checkedAt: Date.now() }));
     return opened;
+  }
+
+  async #latest(tenantId: string, db: pg.Pool | pg.PoolClient): Promise<TenantKeyVersion | undefined> {
+    const r = await db.query<{ key_version: number }>('SELECT key_version FROM hub_tenant_keys WHERE tenant_id = $1 ORDER BY key_version DESC LIMIT 1', [tenantId]);
+    return r.rows[0] && this.version(tenantId, r.rows[0].key_version, db);
   }
 
   /** A version of the tenant's key (to open a template sealed under it), or undefined when there is no such version. */

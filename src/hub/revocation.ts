@@ -8,16 +8,30 @@ import type { HubStore } from './store.ts';
 /** Publishes a retained message (the hub's broker connection, or the CLI's own). */
 export type RetainedPublish = (topic: string, payload: string) => Promise<void>;
 
-/** The notice for one joined device as it stands now: every key version wrapped to it, or its revocation; null for a device that never joined. */
+type JoinedDevice = Awaited<ReturnType<HubStore['devices']['joined']>>[number];
+
+/**
+ * Signs the notices of some joined devices as they stand now: every key version wrapped to each,
+ * or its revocation. The keys and the command key are read once for all of them.
+ */
+async function noticesFor(store: HubStore, tenantId: string, devices: readonly JoinedDevice[]): Promise<FleetNotice[]> {
+  if (devices.length === 0) return [];
+  const { privateKey } = await store.keys.commandKey(tenantId);
+  const versions = devices.some((d) => !d.revokedAt) ? await store.keys.all(tenantId) : [];
+  return devices.map((device) => {
+    const { deviceId } = device;
+    if (device.revokedAt) {
+      return signNotice(privateKey, { kind: 'revoked', tenant_id: tenantId, device_id: deviceId, public_key: device.publicKey, revoked_at: device.revokedAt.toISOString() });
+    }
+    const keys = versions.map((k) => ({ ...wrapTenantKey(k.key, device.publicKey, { tenantId, deviceId, keyVersion: k.keyVersion }), sinceSeq: k.sinceSeq }));
+    return signNotice(privateKey, { kind: 'tenant_keys', tenant_id: tenantId, device_id: deviceId, keys });
+  });
+}
+
+/** The notice of one joined device as it stands now (`POST /fleet/v1/notice`); null for a device that never joined. */
 export async function deviceNotice(store: HubStore, tenantId: string, deviceId: string): Promise<FleetNotice | null> {
   const device = (await store.devices.joined(tenantId)).find((d) => d.deviceId === deviceId);
-  if (!device) return null;
-  const { privateKey } = await store.keys.commandKey(tenantId);
-  if (device.revokedAt) {
-    return signNotice(privateKey, { kind: 'revoked', tenant_id: tenantId, device_id: deviceId, public_key: device.publicKey, revoked_at: device.revokedAt.toISOString() });
-  }
-  const keys = (await store.keys.all(tenantId)).map((k) => ({ ...wrapTenantKey(k.key, device.publicKey, { tenantId, deviceId, keyVersion: k.keyVersion }), sinceSeq: k.sinceSeq }));
-  return signNotice(privateKey, { kind: 'tenant_keys', tenant_id: tenantId, device_id: deviceId, keys });
+  return device ? (await noticesFor(store, tenantId, [device]))[0] : null;
 }
 
 /** Publishes a device's notice, retained on its notice topic (it reads it at its next connection if it is away). */
@@ -51,14 +65,18 @@ export async function revokeDevice(
 ): Promise<Revocation> {
   const { tenantId, deviceId, prefix, publish } = options;
   const { revokedAt, key } = await store.devices.revoke(tenantId, deviceId);
-  const sent = await sendNotice(store, prefix, publish, tenantId, deviceId);
-  if (sent?.kind !== 'revoked') throw new HubError(`device ${deviceId} was not recorded as revoked`);
-  const rekeyed: string[] = [];
-  for (const d of await store.devices.joined(tenantId)) {
-    if (d.revokedAt) continue;
-    await sendNotice(store, prefix, publish, tenantId, d.deviceId);
-    rekeyed.push(d.deviceId);
-  }
+  const joined = await store.devices.joined(tenantId);
+  // the revoked device first (while its client may still be connected), then the others
+  const told = [...joined.filter((d) => d.deviceId === deviceId), ...joined.filter((d) => !d.revokedAt)];
+  const notices = await noticesFor(store, tenantId, told);
+  if (notices[0]?.device_id !== deviceId || notices[0].kind !== 'revoked') throw new HubError(`device ${deviceId} was not recorded as revoked`);
+  for (const notice of notices) await publish(syncTopics(prefix, tenantId).notice(notice.device_id), JSON.stringify(notice));
   await options.brokerAdmin?.removeDevice(deviceId);
-  return { device_id: deviceId, revoked_at: revokedAt.toISOString(), key_version: key.keyVersion, rekeyed, broker_client_removed: options.brokerAdmin !== undefined };
+  return {
+    device_id: deviceId,
+    revoked_at: revokedAt.toISOString(),
+    key_version: key.keyVersion,
+    rekeyed: notices.slice(1).map((n) => n.device_id),
+    broker_client_removed: options.brokerAdmin !== undefined,
+  };
 }

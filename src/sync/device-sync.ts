@@ -35,6 +35,8 @@ import { wipeRevokedDevice } from './revoked.ts';
 const FETCH_TIMEOUT_MS = 5000;
 /** CONNACK codes of a broker that turns the device away (MQTT 3: 4, 5; MQTT 5: 134, 135). */
 const BROKER_REFUSALS = new Set([4, 5, 134, 135]);
+/** How long a clean stop waits for the broker to take the device's offline state. */
+const CLOSE_WAIT_MS = 2000;
 /** The hub is asked for this device's notice at most this often. */
 const ASK_HUB_INTERVAL_MS = 30_000;
 /** Outbox changes sent ahead of the hub's acknowledgements. */
@@ -64,8 +66,6 @@ export interface DeviceSyncOptions {
   hubUrl?: string;
   /** Files erased with the templates when the hub revokes this device (the broker password). */
   secretFiles?: string[];
-  /** Called once this device, revoked by the hub, has erased its templates and keys. */
-  onRevoked?: (erased: number) => void;
   model: string;
   /** Software version, in the device's state. */
   softwareVersion?: string;
@@ -393,12 +393,16 @@ export class DeviceSync {
     clearTimeout(this.#stateTimer);
     this.store.users.changeJournal = null;
     for (const off of this.#off.splice(0)) off();
-    // a clean stop says offline itself (the broker sends the last will only when a link breaks)
-    if (this.client.connected) {
+    // a clean stop says offline itself (the broker sends the last will only when a link breaks),
+    // but does not wait for ever: a link the broker has just cut (a revocation removes the
+    // device's client) never acknowledges it, and ending then would wait for that too
+    let said = !this.client.connected;
+    if (!said) {
       const offline = offlineState(this.options);
-      await this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true }).catch(() => undefined);
+      const published = this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true });
+      said = await Promise.race([published.then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), CLOSE_WAIT_MS).unref())]);
     }
-    await this.client.endAsync();
+    await this.client.endAsync(!said);
   }
 
   /** A message of this device, with its MAC under the tenant key (the hub refuses one without). */
@@ -485,9 +489,9 @@ export class DeviceSync {
    * key; anything else is refused and logged. New key versions are added to the keyring (and its
    * file); a revocation of this device's own key pair erases its templates and keys.
    */
-  #notice(payload: Buffer | string, from: 'broker' | 'hub'): void {
+  #notice(payload: Buffer, from: 'broker' | 'hub'): void {
     const { tenantId, deviceId, logger, noticeKey, keyring } = this.options;
-    const msg = parseMessage(fleetNoticeSchema, typeof payload === 'string' ? Buffer.from(payload) : payload);
+    const msg = parseMessage(fleetNoticeSchema, payload);
     if (!msg.ok) return logger.warn({ from, problem: msg.problem }, 'sync: a notice was refused');
     const notice = msg.value;
     if (notice.tenant_id !== tenantId || notice.device_id !== deviceId) return logger.warn({ from }, 'sync: a notice for another device was refused');
@@ -502,7 +506,6 @@ export class DeviceSync {
         ...(this.options.secretFiles ?? []),
       ]);
       logger.error({ from, erased, revoked_at: notice.revoked_at }, 'sync: the hub revoked this device: its templates and keys are erased, and it no longer syncs');
-      this.options.onRevoked?.(erased);
       void this.close();
       return;
     }
@@ -546,7 +549,7 @@ export class DeviceSync {
       });
       if (!res.ok) return logger.warn({ status: res.status }, 'sync: the hub has no notice for this device');
       const body = (await res.json()) as { notice?: unknown };
-      this.#notice(JSON.stringify(body.notice ?? null), 'hub');
+      this.#notice(Buffer.from(JSON.stringify(body.notice ?? null)), 'hub');
     } catch (err) {
       logger.warn({ problem: (err as Error).message }, 'sync: cannot ask the hub for this device\'s notice');
     }
