@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { TenantKeyring } from '../src/sync/keyring.ts';
 import os from 'node:os';
 import path from 'node:path';
-import { EMBEDDING_MODEL } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { EventBus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -29,7 +29,7 @@ const send = (message: unknown) => process.send?.(message);
 process.on('message', async (message: { command: string; head?: number; digest?: string }) => {
   if (message.command === 'connect') {
     doors.forEach((d, i) => {
-      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, Buffer.from(keyHex, 'hex')), model: EMBEDDING_MODEL, logger });
+      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, Buffer.from(keyHex, 'hex')), model: FLEET_MODEL, logger });
     });
     send({ done: 'connect' });
   } else if (message.command === 'disconnect') {

@@ -40,6 +40,8 @@ import { openStore } from '../src/store/index.ts';
 import { photos } from '../test/support/photos.ts';
 import { closeSharedAnalyzer } from '../test/support/service.ts';
 import { TenantKeyring } from '../src/sync/keyring.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
+import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
 
 const args = process.argv.slice(2);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
@@ -69,19 +71,27 @@ async function benchFrames(): Promise<void> {
   const models = new ModelFiles();
   const runtime = await loadRuntime('auto', models);
   const engine = await FaceEngine.create({ backend: runtime.backend, maxPixels: 25_000_000, quality: DEFAULT_QUALITY }, runtime);
-  for (const f of input.slice(0, 3)) await engine.analyze(new Uint8Array(f), { mode: 'capture' });
+  for (const f of input.slice(0, 3)) await engine.analyze(new Uint8Array(f), { mode: 'capture', models: [PRIMARY_MODEL, FLEET_MODEL] });
   const ours: number[] = [];
   let found = 0;
   for (const f of input) {
     const t = performance.now();
-    const r = await engine.analyze(new Uint8Array(f), { mode: 'capture' });
+    const r = await engine.analyze(new Uint8Array(f), { mode: 'capture', models: [PRIMARY_MODEL] });
     ours.push(performance.now() - t);
-    if (r.embedding) found++;
+    if (r.embeddings[PRIMARY_MODEL]) found++;
+  }
+  // while a tenant moves to the new model, its frames are described by both
+  const both: number[] = [];
+  for (const f of input) {
+    const t = performance.now();
+    await engine.analyze(new Uint8Array(f), { mode: 'capture', models: [PRIMARY_MODEL, FLEET_MODEL] });
+    both.push(performance.now() - t);
   }
 
   // face-api's own pipeline on the same frames: SSD MobileNet → landmarks68 → dlib descriptor
   const { tf, faceapi } = runtime;
   loadFaceApiNet(tf, models, faceapi.nets.ssdMobilenetv1, 'face-api/ssd_mobilenetv1_model-weights_manifest.json');
+  loadFaceApiNet(tf, models, faceapi.nets.faceRecognitionNet, 'face-api/face_recognition_model-weights_manifest.json');
   const options = new faceapi.SsdMobilenetv1Options({ minConfidence: 0.2 });
   const faceApiRun = async (f: Buffer) => {
     const img = await decodeImage(new Uint8Array(f), 25_000_000);
@@ -106,9 +116,11 @@ async function benchFrames(): Promise<void> {
     size: '640x480 JPEG',
     backend: runtime.backend,
     authface_ms: { p50: pct(ours, 50), p95: pct(ours, 95), faces_found: found },
+    authface_both_models_ms: { p50: pct(both, 50), p95: pct(both, 95) },
     face_api_pipeline_ms: { p50: pct(theirs, 50), p95: pct(theirs, 95), faces_found: theirFound },
     ratio_p50: Number((pct(ours, 50) / pct(theirs, 50)).toFixed(2)),
-    note: 'authface includes detection, mesh, two landmark passes, alignment, two descriptor passes, the two presentation-attack models and the artefact checks',
+    ratio_p50_both_models: Number((pct(both, 50) / pct(theirs, 50)).toFixed(2)),
+    note: 'authface includes detection, mesh, two landmark passes, alignment, two MobileFaceNet passes (and two dlib passes in "both models"), the two presentation-attack models and the artefact checks',
   };
   console.log('frame analysis', JSON.stringify(results.frame_analysis));
 }
@@ -305,7 +317,7 @@ function benchStore(): void {
         const embedding = normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
         const s = performance.now();
         store.db.transaction(() => {
-          store.users.enroll(tenant.id, `user-${i}`, embedding);
+          store.users.enroll(tenant.id, `user-${i}`, { [FLEET_MODEL]: embedding });
           store.audit.record({ tenantId: tenant.id, type: 'session_finished', flow: 'enroll', sessionId: null, externalUserId: `user-${i}`, result: 'success', reason: null, score: null });
         })();
         t.push(performance.now() - s);
@@ -373,6 +385,7 @@ const fleetModules = async () => ({
   ...(await import('../src/sync/device-sync.ts')),
   ...(await import('../src/sync/envelope.ts')),
   ...(await import('../src/biometrics/embedding.ts')),
+  ...(await import('../src/sync/fleet-model.ts')),
   ...(await import('../src/biometrics/gallery.ts')),
   ...(await import('../src/core/events.ts')),
 });
@@ -382,16 +395,16 @@ const fleetModules = async () => ({
  * under the tenant key), as a fleet that has grown for a while: the log that made them is not there.
  */
 async function seedHubPeople(hubStore: import('../src/hub/store.ts').HubStore, tenantId: string, people: number): Promise<void> {
-  const { sealTemplate, EMBEDDING_MODEL } = await fleetModules();
+  const { sealTemplate, FLEET_MODEL } = await fleetModules();
   const { key } = await hubStore.keys.current(tenantId);
   const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
   for (let from = 0; from < people; from += 5000) {
     const ids = Array.from({ length: Math.min(5000, people - from) }, (_, i) => `person-${String(from + i).padStart(6, '0')}`);
-    const templates = ids.map((id) => JSON.stringify(sealTemplate(key, random(), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 })));
+    const templates = ids.map((id) => JSON.stringify(sealTemplate(key, random(), { tenantId, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion: 1 })));
     await hubStore.pool.query(
       `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
        SELECT $1, id, 1, false, $2, 1, t::jsonb, 0 FROM unnest($3::text[], $4::text[]) AS u(id, t)`,
-      [tenantId, EMBEDDING_MODEL, ids, templates],
+      [tenantId, FLEET_MODEL, ids, templates],
     );
   }
   // the planner learns the table's size, as after any bulk load
@@ -400,7 +413,7 @@ async function seedHubPeople(hubStore: import('../src/hub/store.ts').HubStore, t
 
 /** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
 async function benchSync(): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const url = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-${process.pid}`;
@@ -418,7 +431,7 @@ async function benchSync(): Promise<void> {
     dirs.push(dir);
     const store = openStore(dir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
     devices.push({ sync, store });
     return sync;
   };
@@ -433,9 +446,9 @@ async function benchSync(): Promise<void> {
     kind: 'user.upsert' as const,
     external_user_id: id,
     version,
-    model: EMBEDDING_MODEL,
+    model: FLEET_MODEL,
     key_version: 1,
-    template: sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version, model: EMBEDDING_MODEL, keyVersion: 1 }),
+    template: sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version, model: FLEET_MODEL, keyVersion: 1 }),
   });
   try {
     for (const name of ['a', 'b', 'c']) startDevice(name);
@@ -445,7 +458,7 @@ async function benchSync(): Promise<void> {
     const deletions: number[] = [];
     for (let i = 0; i < 40; i++) {
       const t0 = performance.now();
-      devices[0].store.users.enroll(tenantId, `p${i}`, random());
+      devices[0].store.users.enroll(tenantId, `p${i}`, { [FLEET_MODEL]: random() });
       await until(() => devices.slice(1).every((d) => d.store.users.get(tenantId, `p${i}`) !== undefined));
       toOthers.push(performance.now() - t0);
       const t1 = performance.now();
@@ -495,7 +508,7 @@ async function benchSync(): Promise<void> {
  * one door that joins (its store, index and sync client in this process with the hub).
  */
 async function benchSnapshot(people = 100_000): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const logger = createLogger('silent');
   const tenantId = crypto.randomUUID();
   const db = await createTestDatabase();
@@ -517,7 +530,7 @@ async function benchSnapshot(people = 100_000): Promise<void> {
     const rssAtStart = peakRss;
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
     const started = performance.now();
-    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'new-door', tenantId, url: 'mqtt://127.0.0.1:1883', prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'new-door', tenantId, url: 'mqtt://127.0.0.1:1883', prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
     while (sync.cursor !== 1) await new Promise((r) => setTimeout(r, 20));
     const seconds = (performance.now() - started) / 1000;
     clearInterval(sampler);
@@ -548,7 +561,7 @@ async function benchSnapshot(people = 100_000): Promise<void> {
  * hub's /biometry/v1 meanwhile, measured from this process.
  */
 async function benchReconnect(doorCount = 200): Promise<void> {
-  const { createTestDatabase, HubStore, sealTemplate, EMBEDDING_MODEL } = await fleetModules();
+  const { createTestDatabase, HubStore, sealTemplate, FLEET_MODEL } = await fleetModules();
   const { postgresBiometryStore } = await import('../src/hub/biometry-store.ts');
   const { serveHub, stop } = await import('../test/support/cli.ts');
   const { fork } = await import('node:child_process');
@@ -557,7 +570,7 @@ async function benchReconnect(doorCount = 200): Promise<void> {
   const masterKey = crypto.randomBytes(32);
   const db = await createTestDatabase();
   const hubStore = await HubStore.open(db.url, { masterKey });
-  const api = postgresBiometryStore(hubStore, { model: EMBEDDING_MODEL });
+  const api = postgresBiometryStore(hubStore, { model: FLEET_MODEL });
   const tenant = await api.tenants.create({ name: 'bench', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' });
   const { apiKey } = await api.tenants.createKey(tenant.id);
   const { key } = await hubStore.keys.current(tenant.id);
@@ -574,7 +587,7 @@ async function benchReconnect(doorCount = 200): Promise<void> {
   const enrol = (id: string) =>
     hubStore.append(
       tenant.id,
-      { kind: 'user.upsert', external_user_id: id, version: 1, model: EMBEDDING_MODEL, key_version: 1, template: sealTemplate(key, random(), { tenantId: tenant.id, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 }) },
+      { kind: 'user.upsert', external_user_id: id, version: 1, model: FLEET_MODEL, key_version: 1, template: sealTemplate(key, random(), { tenantId: tenant.id, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion: 1 }) },
       { origin: 'hub' },
     );
   const atHead = async () => ask('until', { head: await hubStore.headSeq(tenant.id), digest: await hubStore.digest(tenant.id) });
@@ -639,7 +652,7 @@ async function benchReconnect(doorCount = 200): Promise<void> {
  * request, files) and the snapshot the new door then loads through the broker.
  */
 async function benchJoin(people = 10_000): Promise<void> {
-  const { createTestDatabase, HubStore, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, DeviceSync, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const { serveHub, stop } = await import('../test/support/cli.ts');
   const { join } = await import('../src/cli/join.ts');
   const { loadDeviceConfig } = await import('../src/device/config.ts');
@@ -668,7 +681,7 @@ async function benchJoin(people = 10_000): Promise<void> {
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
     const index = new GalleryIndex();
-    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, keyring, model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, keyring, model: FLEET_MODEL, logger: createLogger('silent') });
     const head = await hubStore.headSeq(tenantId);
     while (!(sync.cursor === head && index.of(tenantId).size === people)) await new Promise((r) => setTimeout(r, 20));
     const done = performance.now();
@@ -697,7 +710,7 @@ async function benchJoin(people = 10_000): Promise<void> {
  * every other door holds the new key version.
  */
 async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people = 200): Promise<void> {
-  const { createTestDatabase, HubStore, DeviceSync, EMBEDDING_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, DeviceSync, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
   const { serveHub, stop } = await import('../test/support/cli.ts');
   const { startDynsecMosquitto } = await import('../test/support/mosquitto.ts');
   const { join } = await import('../src/cli/join.ts');
@@ -740,7 +753,7 @@ async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people
         noticeKey: publicKeyFromBase64(config.remote_commands.public_key!),
         hubUrl: config.sync!.hub_url,
         secretFiles: [config.mqtt.password_file!],
-        model: EMBEDDING_MODEL,
+        model: FLEET_MODEL,
         logger: createLogger('silent'),
       });
       running.push({ name, store, sync, keyring });

@@ -12,6 +12,7 @@ import type { FrameAnalysis } from '../src/biometrics/types.ts';
 import { loadSettings } from '../src/config/settings.ts';
 import { DEFAULT_ATTACK_LIMITS, attackSignals } from '../src/liveness/attack-signals.ts';
 import { LivenessSession, defaultLivenessOptions, drawChallenge } from '../src/liveness/index.ts';
+import { decisionThresholds, sameFaceLimits } from '../src/sessions/decisions.ts';
 
 const root = path.resolve('..', 'shared', 'datasets');
 if (!fs.existsSync(root)) {
@@ -62,7 +63,7 @@ console.log('bona fide refused:', bona.filter((r) => !r.a.face || flagged(r.a)).
 let passedActive = 0;
 for (const { a } of attacks) {
   const challenge = drawChallenge();
-  const session = new LivenessSession('active', challenge, defaultLivenessOptions(settings.AUTHFACE_MATCH_THRESHOLD));
+  const session = new LivenessSession('active', challenge, defaultLivenessOptions(sameFaceLimits(decisionThresholds(settings.AUTHFACE_TARGET_FPIR, { match: settings.AUTHFACE_MATCH_THRESHOLD, duplicate: settings.AUTHFACE_DUPLICATE_THRESHOLD, margin: settings.AUTHFACE_IDENTIFY_MARGIN }))));
   for (let i = 0; i < 10; i++) session.observe(a, { at: i * 300, lightPhase: i % challenge.colors.length });
   if (session.verdict(a.face ? 10 : 0) === null) passedActive++;
 }

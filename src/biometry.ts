@@ -1,8 +1,8 @@
 import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type Koa from 'koa';
-import { GalleryIndex } from './biometrics/gallery.ts';
-import { IdentifyPolicy } from './biometrics/identify-policy.ts';
+import { GalleryIndex, type TenantGallery } from './biometrics/gallery.ts';
+import { type Embeddings, type ModelId, MATCHERS, PRIMARY_MODEL } from './biometrics/matchers/index.ts';
 import { FaceAnalyzer } from './biometrics/index.ts';
 import { DEFAULT_QUALITY } from './biometrics/quality.ts';
 import { CaptureService, type FrameAnalyzer } from './capture/service.ts';
@@ -11,6 +11,7 @@ import { EventBus } from './core/events.ts';
 import { type Logger, loggableError } from './core/logger.ts';
 import { Metrics } from './core/metrics.ts';
 import { defaultLivenessOptions } from './liveness/index.ts';
+import { decisionThresholds, sameFaceLimits } from './sessions/decisions.ts';
 import { SessionService } from './sessions/service.ts';
 import type { BiometryStore } from './store/biometry-store.ts';
 import type { PinStore } from './store/pins.ts';
@@ -29,6 +30,8 @@ export interface Biometry {
   capture: CaptureService;
   analyzer: FaceAnalyzer;
   metrics: Metrics;
+  /** The models a tenant's captures are described with now (capturedModels). */
+  modelsFor(tenantId: string): readonly ModelId[];
   /** Expiry and retention, as the periodic sweeper runs them. */
   sweep(): Promise<{ expired: number; sessions: number; auditEvents: number }>;
 }
@@ -44,6 +47,38 @@ export interface BiometryOptions {
   pins?: PinStore | null;
   /** The hub: bring a tenant's 1:N index up to the central store before a decision. */
   refreshGallery?: (tenantId: string) => Promise<number>;
+  /** Models every capture describes the face with, whatever the tenant holds: the fleet's, where templates replicate. */
+  requiredModels?: readonly ModelId[];
+}
+
+/** The in-memory 1:N index, with every usable template of the store. */
+async function loadIndex(store: BiometryStore): Promise<GalleryIndex> {
+  const byPerson = new Map<string, { tenantId: string; externalUserId: string; templates: Embeddings }>();
+  for (const t of await store.users.activeTemplates()) {
+    const key = JSON.stringify([t.tenantId, t.externalUserId]);
+    const person = byPerson.get(key) ?? { tenantId: t.tenantId, externalUserId: t.externalUserId, templates: {} };
+    person.templates[t.model] = t.embedding;
+    byPerson.set(key, person);
+  }
+  const index = new GalleryIndex();
+  for (const p of byPerson.values()) index.of(p.tenantId).upsert(p.externalUserId, p.templates);
+  return index;
+}
+
+/**
+ * The models a capture for this tenant describes the face with, among those the store keeps: the
+ * newest it keeps (the model of new templates), those that still decide some of its people, and
+ * the required ones. Once every person holds the new model's template, the old model is no longer
+ * run for the tenant.
+ */
+export function capturedModels(gallery: TenantGallery, kept: readonly ModelId[], required: readonly ModelId[]): ModelId[] {
+  const newestKept = MATCHERS.find((m) => kept.includes(m.id))?.id;
+  const inUse = new Set<ModelId | undefined>([newestKept, ...gallery.models(), ...required]);
+  return MATCHERS.map((m) => m.id).filter((m) => kept.includes(m) && inUse.has(m));
+}
+
+function perModel<T>(value: (model: ModelId) => T): Record<ModelId, T> {
+  return Object.fromEntries(MATCHERS.map((m) => [m.id, value(m.id)])) as Record<ModelId, T>;
 }
 
 /**
@@ -68,16 +103,14 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
     });
   if (!options.analyzer) cleanup.push(() => analyzer.close());
 
-  const index = new GalleryIndex();
-  for (const t of await store.users.activeTemplates()) index.of(t.tenantId).upsert(t.externalUserId, t.embedding);
-  logger.info({ templates: index.size }, 'templates loaded');
+  const index = await loadIndex(store);
+  logger.info({ people: index.size }, 'templates loaded');
 
-  const match = options.thresholds?.match ?? settings.AUTHFACE_MATCH_THRESHOLD;
-  const thresholds = {
-    match,
+  const thresholds = decisionThresholds(settings.AUTHFACE_TARGET_FPIR, {
+    match: options.thresholds?.match ?? settings.AUTHFACE_MATCH_THRESHOLD,
     duplicate: options.thresholds?.duplicate ?? settings.AUTHFACE_DUPLICATE_THRESHOLD,
-    identify: new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: match, margin: settings.AUTHFACE_IDENTIFY_MARGIN }),
-  };
+    margin: settings.AUTHFACE_IDENTIFY_MARGIN,
+  });
   const sessions = new SessionService(store, index, events, {
     publicUrl: settings.publicUrl,
     ttlSeconds: settings.AUTHFACE_SESSION_TTL_SECONDS,
@@ -85,18 +118,23 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
     refreshGallery: options.refreshGallery,
   });
   const users = new UserService(store, index, events, options.pins ?? null);
+  const modelsFor = (tenantId: string) => capturedModels(index.of(tenantId), store.models, options.requiredModels ?? []);
   const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
     requiredFrames: 3,
     maxFrames: MAX_FRAMES_PER_SESSION,
-    sameFaceThreshold: thresholds.match,
-    liveness: defaultLivenessOptions(thresholds.match),
+    sameFace: perModel((m) => thresholds[m].match),
+    liveness: defaultLivenessOptions(sameFaceLimits(thresholds)),
+    modelsFor,
   });
   const metrics = new Metrics(events, {
     galleryTemplates: () => index.size,
     engineQueue: () => analyzer.load.queued,
     engineBusy: () => analyzer.load.busy,
     identification: () =>
-      index.sizes().map(({ tenantId, size }) => ({ tenantId, gallerySize: size, threshold: thresholds.identify.rule(size).threshold, expectedFpir: thresholds.identify.expectedFpir(size) })),
+      index.sizes().map(({ tenantId, size, byModel }) => {
+        const identify = thresholds[PRIMARY_MODEL].identify;
+        return { tenantId, gallerySize: size, byModel, threshold: identify.rule(size).threshold, expectedFpir: identify.expectedFpir(size) };
+      }),
   });
   events.on('session.finished', (e) => logger.info({ tenant: e.tenantId, flow: e.flow, status: e.status, reason: e.reason, event: e.eventId }, 'session finished'));
 
@@ -114,7 +152,7 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
     () => logger.info({ templates: index.size }, 'face engine ready'),
     (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
   );
-  return { events, index, sessions, users, capture, analyzer, metrics, sweep };
+  return { events, index, sessions, users, capture, analyzer, metrics, modelsFor, sweep };
 }
 
 /** Listens on HOST:PORT; returns the server and its URL, and queues its closing in `cleanup`. */

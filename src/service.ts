@@ -5,7 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
 import { consoleRoutes } from './console/routes.ts';
-import { EMBEDDING_MODEL } from './biometrics/embedding.ts';
+import type { ModelId } from './biometrics/matchers/index.ts';
+import { FLEET_MODEL } from './sync/fleet-model.ts';
 import { deviceConsoleSource } from './console/device-source.ts';
 import { composeBiometry, listen } from './biometry.ts';
 import type { GalleryIndex } from './biometrics/gallery.ts';
@@ -37,6 +38,8 @@ export interface Service {
   sessions: SessionService;
   capture: CaptureService;
   analyzer: FaceAnalyzer;
+  /** The models a tenant's captures are described with now. */
+  modelsFor(tenantId: string): readonly ModelId[];
   /** Expiry and retention, as the periodic sweeper runs them. */
   sweep(): Promise<{ expired: number; sessions: number; auditEvents: number }>;
   close(): Promise<void>;
@@ -48,6 +51,8 @@ export interface ServiceOverrides {
   analyzer?: FaceAnalyzer;
   /** An already validated device configuration (else AUTHFACE_DEVICE_CONFIG is read, if set). */
   device?: DeviceConfig | null;
+  /** The models whose templates are kept (default: all). Tests make a data directory of the release before MobileFaceNet with the first model only. */
+  models?: readonly ModelId[];
 }
 
 /**
@@ -71,15 +76,16 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       logger.info({ doors: deviceConfig?.doors.map((d) => d.id) }, 'door relays set to off');
     }
 
-    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY);
+    const store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY, overrides.models ? { models: overrides.models } : {});
     stack.push(() => store.close());
     const pidFile = claimPidFile(settings.dataDir);
     stack.push(() => fs.rmSync(pidFile, { force: true }));
     const biometryStore = sqliteBiometryStore(store);
     // a device's own file may set its thresholds (a busy lobby may want a stricter match)
-    const { events, index, sessions, users, capture, analyzer, metrics, sweep } = await composeBiometry(
+    const { events, index, sessions, users, capture, analyzer, metrics, sweep, modelsFor } = await composeBiometry(
       settings,
-      { store: biometryStore, logger, analyzer: overrides.analyzer, thresholds: deviceConfig?.thresholds, pins: store.pins },
+      // a fleet door describes every face with the fleet's model too: its templates replicate
+      { store: biometryStore, logger, analyzer: overrides.analyzer, thresholds: deviceConfig?.thresholds, pins: store.pins, requiredModels: deviceConfig?.sync ? [FLEET_MODEL] : [] },
       stack,
     );
     // loading the index flagged the templates that do not open
@@ -114,12 +120,12 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       },
       // the device's own console: its doors, people and audit trail
       console: device
-        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION, model: EMBEDDING_MODEL }), { logger, publicUrl: settings.publicUrl })
+        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION }), { logger, publicUrl: settings.publicUrl })
         : undefined,
     });
 
     const { server, url } = await listen(app, settings, logger, stack);
-    return { server, device, url, store, events, index, sessions, capture, analyzer, sweep, close: unwind };
+    return { server, device, url, store, events, index, sessions, capture, analyzer, modelsFor, sweep, close: unwind };
   } catch (err) {
     await unwind();
     throw err;

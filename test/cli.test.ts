@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { MATCHERS, MOBILEFACENET, PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
 import { authface, run, serve, stop } from './support/cli.ts';
 import { ROOT } from './support/datasets.ts';
 import { type Photos, photos } from './support/photos.ts';
@@ -70,7 +71,7 @@ describe('the authface command', function () {
 
   it('config prints every option with its default', async function () {
     const { stdout } = await authface(['config'], env());
-    assert.match(stdout, /\| `AUTHFACE_MATCH_THRESHOLD` \| `0.93` \|/);
+    assert.match(stdout, new RegExp(`\\| \`AUTHFACE_MATCH_THRESHOLD\` \\| \`${MOBILEFACENET.matchThreshold}\` \\|`), 'the new model\'s measured 1:1 threshold');
     assert.match(stdout, /\| `PORT` \| `8080` \|/);
   });
 
@@ -87,14 +88,16 @@ describe('the authface command', function () {
     );
     // "x/y/1.jpg" does not exist under the images directory: the runner falls back to the file name
     fs.writeFileSync(path.join(dir, '1.jpg'), img.personC);
-    const figures = JSON.parse((await authface(['eval', 'pairs', '--csv', csv, '--images', dir, '--workers', '1'], env())).stdout) as Record<string, unknown>;
+    const byModel = JSON.parse((await authface(['eval', 'pairs', '--csv', csv, '--images', dir, '--workers', '1'], env())).stdout) as Record<string, Record<string, unknown>>;
+    assert.deepEqual(Object.keys(byModel), MATCHERS.map((m) => m.id), 'every model, newest first');
+    const figures = byModel[PRIMARY_MODEL];
     for (const key of ['auc', 'eer', 'tar_at_far_0', 'tar_at_far_0.01', 'tar_at_far_0.001', 'accuracy_kfold', 'threshold', 'pairs', 'failed_to_detect', 'ms_per_image']) {
       assert.ok(key in figures, `${key} in ${JSON.stringify(figures)}`);
     }
     assert.equal(figures.pairs, 5);
     assert.equal(figures.failed_to_detect, 0);
     assert.equal(figures.auc, 1);
-    const ident = JSON.parse((await authface(['eval', 'identify', '--gallery', dir, '--workers', '1'], env())).stdout) as Record<string, unknown>;
+    const ident = JSON.parse((await authface(['eval', 'identify', '--gallery', dir, '--workers', '1', '--model', PRIMARY_MODEL], env())).stdout)[PRIMARY_MODEL] as Record<string, unknown>;
     assert.equal(ident.people, 3);
     assert.equal(ident.probes, 2);
     assert.equal(ident.rank1, 1);
@@ -105,9 +108,9 @@ describe('the authface command', function () {
     fs.mkdirSync(strangers);
     fs.writeFileSync(path.join(strangers, 'b.jpg'), img.personB);
     fs.rmSync(path.join(dir, 'b'), { recursive: true });
-    const withStrangers = JSON.parse((await authface(['eval', 'identify', '--gallery', dir, '--strangers', strangers, '--workers', '1'], env())).stdout) as Record<string, unknown>;
+    const withStrangers = JSON.parse((await authface(['eval', 'identify', '--gallery', dir, '--strangers', strangers, '--workers', '1', '--model', PRIMARY_MODEL], env())).stdout)[PRIMARY_MODEL] as Record<string, unknown>;
     assert.deepEqual([withStrangers.enrolled, withStrangers.strangers, withStrangers.fpir, withStrangers.fnir], [2, 1, 0, 0]);
-    assert.ok((withStrangers.threshold as number) > 0.93, 'the identify threshold for 2 people');
+    assert.ok((withStrangers.threshold as number) >= MOBILEFACENET.matchThreshold, 'the identify threshold for 2 people');
   });
 
   it('bin/authface.js runs the built CLI', async function () {

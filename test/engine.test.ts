@@ -1,30 +1,45 @@
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { similarity } from '../src/biometrics/embedding.ts';
-import { type FaceAnalyzer, ImageInputError, WorkerTaskError } from '../src/biometrics/index.ts';
+import { type FaceAnalyzer, type FrameAnalysis, ImageInputError, WorkerTaskError } from '../src/biometrics/index.ts';
+import { type Embeddings, MATCHERS, PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
+import { decisionThresholds } from '../src/sessions/decisions.ts';
 import { type Photos, photos } from './support/photos.ts';
 import { sharedAnalyzer } from './support/service.ts';
 
 describe('face engine: decoding and the quality gate on real photos', function () {
   let analyzer: FaceAnalyzer;
   let img: Photos;
-  let reference: Float32Array;
-
-  const analyze = async (bytes: Buffer) => analyzer.analyze(new Uint8Array(bytes), { mode: 'capture' });
+  let reference: Embeddings;
+  const models = MATCHERS.map((m) => m.id);
+  const analyze = async (bytes: Buffer) => analyzer.analyze(new Uint8Array(bytes), { mode: 'capture', models });
+  const thresholds = decisionThresholds(0.001, { match: MATCHERS[0].matchThreshold, duplicate: MATCHERS[0].duplicateThreshold, margin: MATCHERS[0].identifyMargin });
+  /**
+   * The same face again, by every model: `strength` 'identify' asks as much as identify does of a
+   * gallery of 100,000 people (the same photo re-encoded), 'verify' the 1:1 threshold.
+   */
+  const assertSameFace = (r: FrameAnalysis, strength: 'identify' | 'verify') => {
+    for (const { id } of MATCHERS) {
+      const score = similarity(reference[id] as Float32Array, r.embeddings[id] as Float32Array);
+      const needed = strength === 'identify' ? thresholds[id].identify.rule(100_000).threshold : thresholds[id].match;
+      assert.ok(score >= needed, `${id}: ${score} < ${needed}`);
+    }
+  };
 
   before(async function () {
     analyzer = await sharedAnalyzer();
     img = await photos();
     const r = await analyze(img.personB);
     assert.deepEqual(r.problems, []);
-    reference = r.embedding as Float32Array;
+    reference = r.embeddings;
+    assert.deepEqual(Object.keys(reference).sort(), [...models].sort(), 'every model asked for described the face');
   });
 
   it('decodes JPEG, PNG and WebP to the same face', async function () {
     for (const bytes of [await sharp(img.personB).png().toBuffer(), await sharp(img.personB).webp({ quality: 92 }).toBuffer()]) {
       const r = await analyze(bytes);
       assert.deepEqual(r.problems, []);
-      assert.ok(similarity(reference, r.embedding as Float32Array) > 0.97);
+      assertSameFace(r, 'identify');
     }
   });
 
@@ -35,7 +50,7 @@ describe('face engine: decoding and the quality gate on real photos', function (
     assert.equal(meta.orientation, 6);
     const r = await analyze(sideways);
     assert.deepEqual(r.problems, []);
-    assert.ok(similarity(reference, r.embedding as Float32Array) > 0.95);
+    assertSameFace(r, 'identify');
     // the analysed image is the upright one: as wide as the original (or its 1280 px working copy)
     const upright = await analyze(img.personB);
     assert.equal(r.width, upright.width);
@@ -55,7 +70,7 @@ describe('face engine: decoding and the quality gate on real photos', function (
       .toBuffer();
     const r = await analyze(tight);
     assert.ok(r.face, 'face found in the tight crop');
-    assert.ok(similarity(reference, r.embedding as Float32Array) > 0.9);
+    assertSameFace(r, 'verify');
   });
 
   it('names quality problems: blur, darkness, a small face', async function () {
@@ -70,7 +85,7 @@ describe('face engine: decoding and the quality gate on real photos', function (
     const meta = await sharp(img.personB).metadata();
     const small = await analyze(await sharp(img.personB).resize(Math.round((meta.width as number) / 12)).extend({ top: 200, bottom: 200, left: 200, right: 200, background: '#808080' }).jpeg().toBuffer());
     assert.ok(small.problems.includes('face_too_small'), `small: ${small.problems}`);
-    for (const r of [blurred, dark, bright, small]) assert.ok(r.embedding, 'the face is still found and described');
+    for (const r of [blurred, dark, bright, small]) assert.ok(r.embeddings[PRIMARY_MODEL], 'the face is still found and described');
   });
 
   it('reports pose and eye openness for a frontal open-eyed face', async function () {
@@ -78,6 +93,15 @@ describe('face engine: decoding and the quality gate on real photos', function (
     assert.ok(Math.abs(r.face!.pose.yaw) < 30);
     assert.ok(r.face!.eyeOpenness.left > 0.1 && r.face!.eyeOpenness.right > 0.1);
     assert.ok(r.face!.brightness > 40 && r.face!.brightness < 225);
+  });
+
+  it('describes the face with the models asked for only: a tenant every person of which holds the new template no longer runs the old one', async function () {
+    const only = await analyzer.analyze(new Uint8Array(img.personB), { mode: 'capture', models: [PRIMARY_MODEL] });
+    assert.deepEqual(Object.keys(only.embeddings), [PRIMARY_MODEL]);
+    assertSameFace({ ...only, embeddings: { ...reference, [PRIMARY_MODEL]: only.embeddings[PRIMARY_MODEL] } }, 'identify');
+    const none = await analyzer.analyze(new Uint8Array(img.personB), { mode: 'capture', models: [] });
+    assert.ok(none.face, 'the face is still found (a turnstile watching for someone)');
+    assert.deepEqual(none.embeddings, {});
   });
 
   it('refuses images over the pixel limit from their header, before decoding them (413)', async function () {

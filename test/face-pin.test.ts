@@ -132,8 +132,9 @@ describe('face+pin doors', function () {
     const text = await (await fetch(`${device.svc.url}/metrics`)).text();
     const value = (name: string) => Number(new RegExp(`^${name}\\{tenant="${device.tenantId}"\\} (\\S+)$`, 'm').exec(text)?.[1]);
     assert.equal(value('authface_gallery_size'), 2);
-    const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: 0.93, margin: 0.01 });
-    assert.ok(Math.abs(value('authface_identify_threshold') - policy.rule(2).threshold) < 1e-9);
+    const settings = loadSettings({});
+    const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: settings.AUTHFACE_MATCH_THRESHOLD, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
+    assert.ok(Math.abs(value('authface_identify_threshold') - policy.rule(2).threshold) < 1e-9, `${value('authface_identify_threshold')}`);
     assert.ok(value('authface_identify_expected_fpir') > 0 && value('authface_identify_expected_fpir') <= 0.001);
   });
 
@@ -142,7 +143,7 @@ describe('face+pin doors', function () {
     const check = async (doors: object[]) => (await diagnose(settings, parseDeviceConfig({ ...doorDevice, doors }))).find((c) => c.name === '1:N');
     const warned = await check(doorDevice.doors);
     assert.equal(warned?.status, 'warn');
-    assert.match(warned?.detail ?? '', /2 enrolled, identify threshold 0\.93\d+, expected FPIR/);
+    assert.match(warned?.detail ?? '', new RegExp(`2 enrolled, identify threshold ${loadSettings({}).AUTHFACE_MATCH_THRESHOLD.toFixed(4).replace('.', '\\.')}, expected FPIR`));
     assert.match(warned?.detail ?? '', /Face alone is not enough above 1 people: default \(2\) at door\(s\) front/);
     assert.match(warned?.fix ?? '', /factor: face\+pin/);
     assert.equal((await check(doorDevice.doors.filter((d) => d.factor)))?.status, 'ok');

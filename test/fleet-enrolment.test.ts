@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
-import { EMBEDDING_MODEL } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { loadSettings } from '../src/config/settings.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type Hub, startHub } from '../src/hub/service.ts';
@@ -44,10 +44,11 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   /** A person's template at version 1, sealed under the tenant key as a door would send it. */
   const upsertOf = async (externalUserId: string, photo: Buffer): Promise<UserUpsert> => {
     const { key } = await hub!.store.keys.current(tenantId);
-    const probe = await door.svc.service.analyzer.analyze(Buffer.from(photo), { mode: 'capture' }, { lane: 'test', priority: false });
-    assert.ok(probe.embedding);
-    const template = sealTemplate(key, probe.embedding, { tenantId, externalUserId, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 });
-    return { kind: 'user.upsert', external_user_id: externalUserId, version: 1, model: EMBEDDING_MODEL, key_version: 1, template };
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(photo), { mode: 'capture', models: [FLEET_MODEL] }, { lane: 'test', priority: false });
+    const embedding = probe.embeddings[FLEET_MODEL];
+    assert.ok(embedding);
+    const template = sealTemplate(key, embedding, { tenantId, externalUserId, version: 1, model: FLEET_MODEL, keyVersion: 1 });
+    return { kind: 'user.upsert', external_user_id: externalUserId, version: 1, model: FLEET_MODEL, key_version: 1, template };
   };
 
   /** Resolves right after the hub's next periodic head: a change the hub makes then reaches the door only with the one after (5 s later). */
@@ -118,8 +119,8 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     await afterFreshHead();
     const v2 = { ...(await upsertOf('bob', img.personB)), version: 2 };
     const { key } = await hub!.store.keys.current(tenantId);
-    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personB), { mode: 'capture' }, { lane: 'test', priority: false });
-    v2.template = sealTemplate(key, probe.embedding!, { tenantId, externalUserId: 'bob', version: 2, model: EMBEDDING_MODEL, keyVersion: 1 });
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personB), { mode: 'capture', models: [FLEET_MODEL] }, { lane: 'test', priority: false });
+    v2.template = sealTemplate(key, probe.embeddings[FLEET_MODEL]!, { tenantId, externalUserId: 'bob', version: 2, model: FLEET_MODEL, keyVersion: 1 });
     assert.equal((await hub!.store.append(tenantId, v2, { origin: 'hub' })).status, 'sequenced');
     const { result } = await api.run('update_embedding', thrice(img.personB), { externalUserId: 'bob' });
     assert.equal(result.status, 'success', JSON.stringify(result));
@@ -170,7 +171,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     await until(() => syncOf().cursor === head && syncOf().pending() === 0, 10_000, 'the door in step');
     const digestAtHub = await hub!.store.digest(tenantId);
     // damage that no change explains: a person the hub never had, and one of its people gone
-    local.users.replicate(tenantId, 'phantom', 1, Float32Array.from({ length: 128 }, (_, i) => (i === 0 ? 1 : 0)));
+    local.users.replicate(tenantId, 'phantom', 1, { [FLEET_MODEL]: Float32Array.from({ length: 128 }, (_, i) => (i === 0 ? 1 : 0)) });
     const bob = local.users.get(tenantId, 'bob');
     assert.ok(bob);
     local.db.prepare('DELETE FROM templates WHERE user_id = ?').run(bob.id);
@@ -243,19 +244,19 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     const through = await hub!.store.headSeq(tenantId);
     // another hub process (or a door) sequences a template after what this decision saw
     assert.equal((await hub!.store.append(tenantId, await upsertOf('grace', img.personA[2]), { origin: 'hub-2' })).status, 'sequenced');
-    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personA[2]), { mode: 'capture' }, { lane: 'test', priority: false });
-    assert.ok(probe.embedding);
+    const probe = await door.svc.service.analyzer.analyze(Buffer.from(img.personA[2]), { mode: 'capture', models: [FLEET_MODEL] }, { lane: 'test', priority: false });
+    assert.ok(probe.embeddings[FLEET_MODEL]);
     const session = await hub!.biometry.sessions.create({ tenantId, clientState: 'race-1', flow: 'enroll', externalUserId: 'heidi', redirectUrl: 'https://app.example.com/done', tokenHash: crypto.randomBytes(32), ttlSeconds: 60, challenge: null, doorId: null, candidates: null });
     assert.ok(session);
     const outcome = { status: 'success' as const, reason: null, score: null, resultUserId: 'heidi', eventId: 'evt_00000000-0000-4000-8000-000000000001' };
     const audit = { id: outcome.eventId, tenantId, type: 'session_finished' as const, flow: 'enroll' as const, sessionId: session.id, externalUserId: 'heidi', result: 'success' as const, reason: null, score: null };
-    const stale = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', embedding: probe.embedding, checkedThrough: through });
+    const stale = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', templates: probe.embeddings, checkedThrough: through });
     assert.equal(stale, 'write_conflict');
     assert.equal((await hub!.biometry.sessions.byId(tenantId, session.id))?.status, 'pending', 'the session is still open, to be decided again');
     const heidi = await hub!.store.pool.query(`SELECT 1 FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'heidi'`, [tenantId]);
     assert.equal(heidi.rowCount, 0, 'nothing sequenced');
     // decided on what is there now, it would have seen grace: the same write at the head goes through
-    const current = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', embedding: probe.embedding, checkedThrough: await hub!.store.headSeq(tenantId) });
+    const current = await hub!.biometry.finishSession(session, outcome, audit, { kind: 'enroll', externalUserId: 'heidi', templates: probe.embeddings, checkedThrough: await hub!.store.headSeq(tenantId) });
     assert.equal(current, 'finished');
     for (const id of ['grace', 'heidi']) {
       assert.ok(await hub!.biometry.eraseUser(tenantId, id, () => ({ tenantId, type: 'user_deleted', flow: null, sessionId: null, externalUserId: 'erased', result: 'success', reason: null, score: null })));

@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
-import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { type DeviceConfig, loadDeviceConfig } from '../src/device/config.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { brokerOptions } from '../src/mqtt/bridge.ts';
@@ -60,8 +61,8 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
   };
   /** Enrols a person at the hub, sealed under a given key version (what a door that had not yet been re-keyed would send). */
   const enrolAtHub = async (id: string, sealedWith: { key: Buffer; keyVersion: number }) => {
-    const template = sealTemplate(sealedWith.key, face(id.length * 7), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: sealedWith.keyVersion });
-    const result = await store.append(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: EMBEDDING_MODEL, key_version: sealedWith.keyVersion, template }, { origin: 'test' });
+    const template = sealTemplate(sealedWith.key, face(id.length * 7), { tenantId, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion: sealedWith.keyVersion });
+    const result = await store.append(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: FLEET_MODEL, key_version: sealedWith.keyVersion, template }, { origin: 'test' });
     assert.equal(result.status, 'sequenced');
     return (result as { change: Change }).change;
   };
@@ -139,7 +140,7 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
     const later = await enrolAtHub('bob', oldKeys.latest);
     assert.ok(later.kind === 'user.upsert');
     assert.equal(later.key_version, 2, 'the hub re-sealed it under the new version');
-    assert.throws(() => openTemplate(oldKeys.latest.key, later.template, { tenantId, externalUserId: 'bob', version: 1, model: EMBEDDING_MODEL, keyVersion: 2 }, EMBEDDING_MODEL), EnvelopeError);
+    assert.throws(() => openTemplate(oldKeys.latest.key, later.template, { tenantId, externalUserId: 'bob', version: 1, model: FLEET_MODEL, keyVersion: 2 }, FLEET_MODEL), EnvelopeError);
     await until(() => peopleAt('front').includes('bob'), 20_000, 'bob at the front door');
     assert.deepEqual(peopleAt('stolen'), [], 'the revoked door takes nothing more');
   });

@@ -3,7 +3,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { EMBEDDING_MODEL } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { HubSync } from '../src/hub/sync-service.ts';
@@ -283,9 +283,9 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
             kind: 'user.upsert',
             external_user_id: 'mallory',
             version: 1,
-            model: EMBEDDING_MODEL,
+            model: FLEET_MODEL,
             key_version: 1,
-            template: sealTemplate(key, new Float32Array(128).fill(0.088), { tenantId, externalUserId: 'mallory', version: 1, model: EMBEDDING_MODEL, keyVersion: 1 }),
+            template: sealTemplate(key, new Float32Array(128).fill(0.088), { tenantId, externalUserId: 'mallory', version: 1, model: FLEET_MODEL, keyVersion: 1 }),
             tenant_id: tenantId,
             seq: before + 1,
             change_id: crypto.randomUUID(),

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { resultFinal, resultOpen, sessionCreated, frameFeedback, captureFinished, captureSession } from '../src/api/schemas.ts';
+import { loadSettings } from '../src/config/settings.ts';
 import { Client, assertShape } from './support/client.ts';
 import { type Photos, photos, thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
@@ -36,7 +37,7 @@ describe('biometric flows end to end through the capture API', function () {
     const d = assertShape(resultFinal, dup.result);
     assert.equal(d.status, 'fail');
     assert.equal(d.reason, 'conflict');
-    assert.ok(d.score !== null && d.score >= 0.92, `conflict score ${d.score}`);
+    assert.ok(d.score !== null && d.score >= loadSettings({}).AUTHFACE_DUPLICATE_THRESHOLD, `conflict score ${d.score}`);
     const listed = await api.post('/biometry/v1/list-users', {});
     assert.deepEqual((listed.body.users as { external_user_id: string }[]).map((u) => u.external_user_id), ['alice']);
   });
@@ -51,14 +52,14 @@ describe('biometric flows end to end through the capture API', function () {
     const same = await api.run('verify', thrice(img.personA[2]), { externalUserId: 'alice' });
     const s = assertShape(resultFinal, same.result);
     assert.equal(s.status, 'success', JSON.stringify(same.result));
-    assert.ok(s.score !== null && s.score >= 0.93);
+    assert.ok(s.score !== null && s.score >= loadSettings({}).AUTHFACE_MATCH_THRESHOLD);
     assert.match(String(s.score), /^\d(\.\d{1,5})?$/);
 
     const other = await api.run('verify', thrice(img.personB), { externalUserId: 'alice' });
     const o = assertShape(resultFinal, other.result);
     assert.equal(o.status, 'fail');
     assert.equal(o.reason, 'below_threshold');
-    assert.ok(o.score !== null && o.score < 0.93);
+    assert.ok(o.score !== null && o.score < loadSettings({}).AUTHFACE_MATCH_THRESHOLD);
     assert.equal(o.external_user_id, 'alice');
   });
 

@@ -8,7 +8,8 @@ import crypto from 'node:crypto';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
 import { stringify } from 'yaml';
-import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { EventBus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -70,7 +71,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
       url,
       prefix,
       keyring: TenantKeyring.of(tenantId, unwrapTenantKey(wrapped.keys[0], loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: 'door' })),
-      model: EMBEDDING_MODEL,
+      model: FLEET_MODEL,
       logger: createLogger('silent'),
     });
     await poll(() => sync?.connected === true, 'the door on the broker');
@@ -91,7 +92,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
     const hub = await HubStore.open(db.url);
     try {
       const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 3.1 + k)));
-      for (let i = 0; i < 600; i++) store.users.enroll(tenantId, `p${i}`, face(i));
+      for (let i = 0; i < 600; i++) store.users.enroll(tenantId, `p${i}`, { [FLEET_MODEL]: face(i) });
       await poll(async () => (await hub.headSeq(tenantId)) >= 100, 'the first hundred sequenced');
       hubs[0].kill('SIGKILL'); // mid-stream, possibly between a commit and its publish
       await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 601 && sync.cursor === 601, 'all 600 sequenced, acknowledged and applied');
@@ -109,7 +110,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
     const hub = await HubStore.open(db.url);
     try {
       const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 1.3 + k)));
-      for (let i = 0; i < 2000; i++) store.users.enroll(tenantId, `q${i}`, face(i));
+      for (let i = 0; i < 2000; i++) store.users.enroll(tenantId, `q${i}`, { [FLEET_MODEL]: face(i) });
       await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2601, 'the hub holding 2,600 changes');
       const dataDir = path.join(dir, 'late');
       const { device_public_key } = JSON.parse((await authface(['sync', 'key'], { AUTHFACE_DATA_DIR: dataDir })).stdout) as { device_public_key: string };
@@ -150,7 +151,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
       assert.deepEqual(atKill.users.sort(), hubIds.filter((id) => Buffer.compare(Buffer.from(id), Buffer.from(upTo)) <= 0).sort(), 'exactly the people of the chunks it recorded as applied');
       // while it is down: someone it already loaded is deleted, and someone new is enrolled
       store.eraseUser(tenantId, atKill.users[0], () => null);
-      store.users.enroll(tenantId, 'new-during-the-outage', face(9999));
+      store.users.enroll(tenantId, 'new-during-the-outage', { [FLEET_MODEL]: face(9999) });
       await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2603, 'both changes at the hub');
       const again = await serve(env);
       try {
@@ -175,7 +176,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
       hubs.push(crashing);
       const head0 = await hub.headSeq(tenantId);
       const died = new Promise<string | null>((resolve) => crashing.once('exit', (_code, signal) => resolve(signal)));
-      store.users.enroll(tenantId, 'committed-then-crashed', normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k * 0.77))));
+      store.users.enroll(tenantId, 'committed-then-crashed', { [FLEET_MODEL]: normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k * 0.77))) });
       assert.equal(await died, 'SIGKILL', 'the hub died on its way to publish');
       const sequenced = () => hub.pool.query(`SELECT seq FROM hub_changes WHERE tenant_id = $1 AND external_user_id = 'committed-then-crashed'`, [tenantId]);
       assert.deepEqual((await sequenced()).rows.map((r) => Number(r.seq)), [head0 + 1], 'committed before the crash');

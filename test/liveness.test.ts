@@ -1,13 +1,18 @@
 import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { normalize } from '../src/biometrics/embedding.ts';
+import { DLIB_RESNET, MOBILEFACENET } from '../src/biometrics/matchers/index.ts';
 import { type Challenge, drawChallenge, parseHex, STEPS } from '../src/liveness/challenge.ts';
 import { DEFAULT_MOVEMENT_LIMITS, HeadMovementCheck, type MovementFrame, type MovementLimits } from '../src/liveness/head-movement.ts';
 import { type LightFrame, verifyScreenLight } from '../src/liveness/screen-light.ts';
 import { type Photos, photos } from './support/photos.ts';
 import { sharedAnalyzer } from './support/service.ts';
 
-const limits: MovementLimits = { ...DEFAULT_MOVEMENT_LIMITS, sameFace: 0.93, stepMillis: 10_000 };
+const limits: MovementLimits = {
+  ...DEFAULT_MOVEMENT_LIMITS,
+  sameFace: { [DLIB_RESNET.id]: { frontal: 0.93, turned: 0.85 }, [MOBILEFACENET.id]: { frontal: MOBILEFACENET.matchThreshold, turned: MOBILEFACENET.sameFaceTurned } } as MovementLimits['sameFace'],
+  stepMillis: 10_000,
+};
 
 function unit(seed: number): Float32Array {
   let s = seed;
@@ -21,7 +26,7 @@ const frame = (at: number, change: Partial<{ yaw: number; pitch: number; eyes: n
   at,
   pose: { yaw: change.yaw ?? 0, pitch: change.pitch ?? 0, roll: 0 },
   eyeOpenness: { left: change.eyes ?? 0.3, right: change.eyes ?? 0.3 },
-  embedding: change.who === undefined ? alice : change.who,
+  embeddings: change.who === null ? {} : { [DLIB_RESNET.id]: change.who ?? alice },
 });
 
 const run = (steps: Challenge['steps'], frames: MovementFrame[]) => {

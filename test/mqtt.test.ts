@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import mqtt from 'mqtt';
+import { loadSettings } from '../src/config/settings.ts';
 import { type CommandFields, generateCommandKeys, signCommand } from '../src/access/signed-command.ts';
 import { stringify } from 'yaml';
 import { Client } from './support/client.ts';
@@ -86,7 +87,7 @@ describe('MQTT: access events, device status with last will, commands', function
       assert.equal(granted.body.external_user_id, 'alice');
       assert.equal(granted.body.device_id, deviceId);
       assert.match(granted.body.event_id, /^evt_/);
-      assert.ok(granted.body.score > 0.93);
+      assert.ok(granted.body.score >= loadSettings({}).AUTHFACE_MATCH_THRESHOLD);
       assert.equal(denied.topic, `${base}/door/back/access`);
       assert.deepEqual([denied.body.result, denied.body.reason, denied.body.external_user_id], ['denied', 'not_identified', null]);
       assert.deepEqual(device.relay('main').pulses.map((p) => p.ms), [2500]);

@@ -16,12 +16,13 @@ import {
   thresholdForFpir,
 } from '../src/biometrics/identification.ts';
 import { IdentifyPolicy } from '../src/biometrics/identify-policy.ts';
-import { LFW_IMPOSTOR_TAIL } from '../src/biometrics/impostor-tail.ts';
-import { decide } from '../src/sessions/decisions.ts';
+import { DLIB_RESNET, MOBILEFACENET } from '../src/biometrics/matchers/index.ts';
+import { type Thresholds, decide, decisionThresholds } from '../src/sessions/decisions.ts';
 import { openStore } from '../src/store/index.ts';
 import type { Session } from '../src/store/sessions.ts';
 import type { UserAccess } from '../src/store/biometry-store.ts';
 import { guessable } from '../src/users/service.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 
 /** A unit vector close to `base` (cosine ≈ `cos`), deterministic. */
 function near(base: Float32Array, cos: number, seed: number): Float32Array {
@@ -90,7 +91,7 @@ describe('1:N figures (NIST FRTE terms)', function () {
   });
 
   it('the shipped policy: FPIR at the target for every gallery size, never below the 1:1 threshold', function () {
-    const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: 0.93, margin: 0.01 });
+    const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: 0.93, margin: 0.01 }, DLIB_RESNET.impostorTail);
     assert.equal(policy.rule(1).threshold, 0.93, 'one person: the verify threshold');
     let last = 0;
     for (const size of [10, 100, 1000, 5000, 100_000]) {
@@ -100,8 +101,11 @@ describe('1:N figures (NIST FRTE terms)', function () {
       assert.ok(policy.expectedFpir(size) <= 0.001 + 1e-9, `${size}: ${policy.expectedFpir(size)}`);
     }
     // the old fixed rule at 1,000 people: most strangers' chance of being named is far above target
-    assert.ok(modelledFpir(LFW_IMPOSTOR_TAIL, 0.93, 1000) > 0.3, 'the reproduction: 0.93 is not safe at 1,000 people');
-    assert.ok(LFW_IMPOSTOR_TAIL.comparisons > 7_000_000, 'the tail comes from the LFW run, not a placeholder');
+    assert.ok(modelledFpir(DLIB_RESNET.impostorTail, 0.93, 1000) > 0.3, 'the reproduction: 0.93 is not safe at 1,000 people');
+    for (const m of [DLIB_RESNET, MOBILEFACENET]) assert.ok(m.impostorTail.comparisons > 7_000_000, `${m.id}: the tail comes from the LFW run, not a placeholder`);
+    // the new model's policy keeps the same promise on its own scale
+    const primary = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: MOBILEFACENET.matchThreshold, margin: MOBILEFACENET.identifyMargin });
+    for (const size of [100, 1000, 100_000]) assert.ok(primary.expectedFpir(size) <= 0.001 + 1e-9, `${size}: ${primary.expectedFpir(size)}`);
   });
 });
 
@@ -127,8 +131,10 @@ describe('gallery: the two best people in one pass', function () {
 
 describe('identify decisions: threshold by gallery size, ambiguity, face+pin', function () {
   const tenantId = 't';
-  const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: 0.93, margin: 0.02 });
-  const t = { match: 0.93, duplicate: 0.92, identify: policy };
+  // people enrolled with dlib's model only (128-D), at its thresholds with a margin of 0.02
+  const policy = new IdentifyPolicy({ targetFpir: 0.001, minThreshold: 0.93, margin: 0.02 }, DLIB_RESNET.impostorTail);
+  const t: Thresholds = { ...decisionThresholds(0.001, { match: 0.5, duplicate: 0.45, margin: 0.02 }), [DLIB_RESNET.id]: { match: 0.93, duplicate: 0.92, identify: policy } };
+  const dlib = (e: Float32Array) => ({ [DLIB_RESNET.id]: e });
   const session = (over: Partial<Session> = {}): Session => ({
     id: 's', tenantId, clientState: 'c', flow: 'identify', externalUserId: null, redirectUrl: 'http://localhost/', status: 'in_progress', reason: null, score: null,
     resultUserId: null, eventId: null, createdAt: '', expiresAt: '', boundAt: null, completedAt: null, challenge: null, doorId: 'main', factor: 'face', candidates: null, ...over,
@@ -138,43 +144,43 @@ describe('identify decisions: threshold by gallery size, ambiguity, face+pin', f
 
   it('two people within the margin: refused as ambiguous_match, naming nobody', async function () {
     const index = new GalleryIndex();
-    index.of(tenantId).upsert('alice', near(alice, 0.99, 11));
-    index.of(tenantId).upsert('twin', near(alice, 0.985, 12));
-    const d = await decide(session(), alice, users, index, t);
+    index.of(tenantId).upsert('alice', dlib(near(alice, 0.99, 11)));
+    index.of(tenantId).upsert('twin', dlib(near(alice, 0.985, 12)));
+    const d = await decide(session(), dlib(alice), users, index, t);
     assert.deepEqual([d.status, d.reason, d.externalUserId], ['fail', 'ambiguous_match', null]);
     index.of(tenantId).remove('twin');
-    assert.deepEqual([(await decide(session(), alice, users, index, t)).status, (await decide(session(), alice, users, index, t)).externalUserId], ['success', 'alice']);
+    assert.deepEqual([(await decide(session(), dlib(alice), users, index, t)).status, (await decide(session(), dlib(alice), users, index, t)).externalUserId], ['success', 'alice']);
   });
 
   it('the identify threshold is the one for the gallery size: a score that passes among 2 fails among 5,000', async function () {
     const small = new GalleryIndex();
     const big = new GalleryIndex();
     const probe = near(alice, 0.955, 13);
-    small.of(tenantId).upsert('alice', alice);
-    small.of(tenantId).upsert('bob', unit(99));
-    big.of(tenantId).upsert('alice', alice);
-    for (let i = 0; i < 4999; i++) big.of(tenantId).upsert(`u${i}`, unit(1000 + i));
-    assert.equal((await decide(session(), probe, users, small, t)).status, 'success');
-    const d = await decide(session(), probe, users, big, t);
+    small.of(tenantId).upsert('alice', dlib(alice));
+    small.of(tenantId).upsert('bob', dlib(unit(99)));
+    big.of(tenantId).upsert('alice', dlib(alice));
+    for (let i = 0; i < 4999; i++) big.of(tenantId).upsert(`u${i}`, dlib(unit(1000 + i)));
+    assert.equal((await decide(session(), dlib(probe), users, small, t)).status, 'success');
+    const d = await decide(session(), dlib(probe), users, big, t);
     assert.deepEqual([d.status, d.reason], ['fail', 'not_identified']);
     assert.ok(policy.rule(5000).threshold > 0.955);
   });
 
   it('face+pin: only the PIN holders compete (1:1), a face outside them is not named, no holder names nobody', async function () {
     const index = new GalleryIndex();
-    for (let i = 0; i < 4999; i++) index.of(tenantId).upsert(`u${i}`, unit(1000 + i));
-    index.of(tenantId).upsert('alice', alice);
-    index.of(tenantId).upsert('bob', unit(77));
+    for (let i = 0; i < 4999; i++) index.of(tenantId).upsert(`u${i}`, dlib(unit(1000 + i)));
+    index.of(tenantId).upsert('alice', dlib(alice));
+    index.of(tenantId).upsert('bob', dlib(unit(77)));
     const probe = near(alice, 0.955, 14);
     const pin = (candidates: string[]) => session({ factor: 'face+pin', candidates });
     assert.deepEqual(
-      (({ status, externalUserId }) => [status, externalUserId])(await decide(pin(['alice']), probe, users, index, t)),
+      (({ status, externalUserId }) => [status, externalUserId])(await decide(pin(['alice']), dlib(probe), users, index, t)),
       ['success', 'alice'],
       'the same score that 1:5,000 refuses passes 1:1',
     );
-    assert.equal((await decide(pin(['bob']), probe, users, index, t)).reason, 'not_identified', "someone else's PIN");
-    assert.equal((await decide(pin([]), probe, users, index, t)).reason, 'not_identified', 'a PIN nobody holds');
-    assert.equal((await decide(pin(['ghost', 'alice']), probe, users, index, t)).externalUserId, 'alice', 'a holder without a template is skipped');
+    assert.equal((await decide(pin(['bob']), dlib(probe), users, index, t)).reason, 'not_identified', "someone else's PIN");
+    assert.equal((await decide(pin([]), dlib(probe), users, index, t)).reason, 'not_identified', 'a PIN nobody holds');
+    assert.equal((await decide(pin(['ghost', 'alice']), dlib(probe), users, index, t)).externalUserId, 'alice', 'a holder without a template is skipped');
   });
 
   it('guessable PINs are recognised', async function () {
@@ -193,7 +199,7 @@ describe('PIN store: salted scrypt hashes found through a keyed tag', function (
     try {
       const tenant = store.tenants.create({ name: 'pins', allowedOrigins: ['http://localhost'], livenessMode: 'passive' });
       const other = store.tenants.create({ name: 'other', allowedOrigins: ['http://localhost'], livenessMode: 'passive' });
-      for (const id of ['alice', 'bob', 'carol']) store.users.enroll(tenant.id, id, unit(id.length));
+      for (const id of ['alice', 'bob', 'carol']) store.users.enroll(tenant.id, id, { [FLEET_MODEL]: unit(id.length) });
       await store.pins.set(tenant.id, 'alice', '482913');
       await store.pins.set(tenant.id, 'bob', '482913');
       await store.pins.set(tenant.id, 'carol', '550127');

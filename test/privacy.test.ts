@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { similarity } from '../src/biometrics/embedding.ts';
+import { MOBILEFACENET, PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
 import { type Photos, photos, thrice } from './support/photos.ts';
@@ -75,13 +77,14 @@ describe('privacy: no image or frame is ever written, embeddings only encrypted'
 
   it('templates are stored encrypted: the plaintext embedding appears nowhere on disk', async function () {
     const user = svc.service.store.users.get(svc.service.store.tenants.findByApiKey(apiKey)!.id, 'alice')!;
-    const embedding = svc.service.store.users.activeEmbedding(user)!;
-    assert.equal(embedding.length, 128);
+    const templates = svc.service.store.users.templates(user);
+    assert.deepEqual(Object.keys(templates), [PRIMARY_MODEL], 'a new tenant enrols with the new model only');
+    const embedding = templates[PRIMARY_MODEL]!;
+    assert.equal(embedding.length, 512);
     // sanity: it really is the embedding of alice's face
-    const fresh = await (await sharedAnalyzer()).analyze(new Uint8Array(img.personA[1]), { mode: 'capture' });
-    let dot = 0;
-    for (let i = 0; i < 128; i++) dot += embedding[i] * (fresh.embedding as Float32Array)[i];
-    assert.ok(dot > 0.93, `stored template matches the face (${dot})`);
+    const fresh = await (await sharedAnalyzer()).analyze(new Uint8Array(img.personA[1]), { mode: 'capture', models: [PRIMARY_MODEL] });
+    const score = similarity(embedding, fresh.embeddings[PRIMARY_MODEL]!);
+    assert.ok(score >= MOBILEFACENET.matchThreshold, `stored template matches the face (${score})`);
     svc.service.store.db.pragma('wal_checkpoint(PASSIVE)');
     const plain = Buffer.from(embedding.buffer, embedding.byteOffset, 32);
     for (const { file, bytes } of filesUnder(svc.dataDir)) assert.equal(bytes.indexOf(plain), -1, `${file} holds plaintext embedding bytes`);

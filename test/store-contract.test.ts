@@ -3,7 +3,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { postgresBiometryStore } from '../src/hub/biometry-store.ts';
 import { HubStore } from '../src/hub/store.ts';
 import type { AuditInput, BiometryStore } from '../src/store/biometry-store.ts';
@@ -57,7 +58,7 @@ const implementations: { name: string; open(): Promise<Harness> }[] = [
       const db = await createTestDatabase();
       const hub = await HubStore.open(db.url, { masterKey: Buffer.from(MASTER_KEY, 'hex') });
       const sequenced: Change[] = [];
-      const store = postgresBiometryStore(hub, { model: EMBEDDING_MODEL, onSequenced: (c) => sequenced.push(c) });
+      const store = postgresBiometryStore(hub, { model: FLEET_MODEL, onSequenced: (c) => sequenced.push(c) });
       return {
         store,
         async dump() {
@@ -119,7 +120,7 @@ for (const impl of implementations) {
     const enrol = async (tenantId: string, id: string, embedding: Float32Array) => {
       const session = (await newSession(tenantId, { externalUserId: id })) as Session;
       const o = outcome('success', id);
-      return s.finishSession(session, o, audit(session, o), { kind: 'enroll', externalUserId: id, embedding });
+      return s.finishSession(session, o, audit(session, o), { kind: 'enroll', externalUserId: id, templates: { [FLEET_MODEL]: embedding } });
     };
 
     it('tenants and API keys: only the hash of a key is stored, a revoked key finds nothing', async function () {
@@ -159,7 +160,7 @@ for (const impl of implementations) {
       const o = outcome('fail');
       assert.equal(await s.finishSession(session, o, audit(session, o)), 'finished');
       const late = outcome('success', 'bob');
-      assert.equal(await s.finishSession(session, late, audit(session, late), { kind: 'enroll', externalUserId: 'bob', embedding: face(1) }), 'already_finished');
+      assert.equal(await s.finishSession(session, late, audit(session, late), { kind: 'enroll', externalUserId: 'bob', templates: { [FLEET_MODEL]: face(1) } }), 'already_finished');
       assert.equal(await s.users.get(t.id, 'bob'), undefined, 'no enrolment from the losing finish');
       assert.deepEqual((await s.audit.list(t.id)).map((e) => e.id), [o.eventId], 'one audit event');
       const stored = await s.sessions.byId(t.id, session.id);
@@ -171,19 +172,19 @@ for (const impl of implementations) {
       assert.equal(await enrol(t.id, 'carol', face(1)), 'finished');
       const carol = await s.users.get(t.id, 'carol');
       assert.deepEqual([carol?.externalUserId, carol?.version, carol?.needsReenrolment], ['carol', 1, false]);
-      assert.deepEqual(await s.users.activeEmbedding(carol!), face(1));
+      assert.deepEqual((await s.users.templates(carol!))[FLEET_MODEL], face(1));
       assert.equal(await enrol(t.id, 'carol', face(2)), 'write_conflict', 'already enrolled');
       const session = (await newSession(t.id, { flow: 'update_embedding', externalUserId: 'carol' })) as Session;
       const o = outcome('success', 'carol');
-      assert.equal(await s.finishSession(session, o, audit(session, o), { kind: 'update', user: carol!, embedding: face(3) }), 'finished');
+      assert.equal(await s.finishSession(session, o, audit(session, o), { kind: 'update', user: carol!, templates: { [FLEET_MODEL]: face(3) } }), 'finished');
       const updated = await s.users.get(t.id, 'carol');
       assert.equal(updated?.version, 2);
-      assert.deepEqual(await s.users.activeEmbedding(updated!), face(3));
+      assert.deepEqual((await s.users.templates(updated!))[FLEET_MODEL], face(3));
       assert.deepEqual((await s.users.templateVersions(updated!)).map((v) => [v.version, v.active]), [[1, false], [2, true]]);
       const stale = (await newSession(t.id, { flow: 'update_embedding', externalUserId: 'carol' })) as Session;
-      assert.equal(await s.finishSession(stale, o, audit(stale, o), { kind: 'update', user: carol!, embedding: face(4) }), 'write_conflict', 'decided on version 1, now 2');
+      assert.equal(await s.finishSession(stale, o, audit(stale, o), { kind: 'update', user: carol!, templates: { [FLEET_MODEL]: face(4) } }), 'write_conflict', 'decided on version 1, now 2');
       assert.equal((await s.sessions.byId(t.id, stale.id))?.status, 'pending', 'the session stays open to be decided again');
-      assert.deepEqual(await s.users.activeEmbedding((await s.users.get(t.id, 'carol'))!), face(3));
+      assert.deepEqual((await s.users.templates((await s.users.get(t.id, 'carol'))!))[FLEET_MODEL], face(3));
     });
 
     it('users are listed in enrolment order with paging, per tenant; templates are sealed at rest', async function () {

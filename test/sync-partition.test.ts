@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
-import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { EventBus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -46,7 +47,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     }
   };
   const connect = (door: { store: Store; index: GalleryIndex }, name: string) =>
-    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
+    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
 
   before(async function () {
     url = (await testBroker()).url;
@@ -83,11 +84,11 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
 
   it('door b cut off while door a makes 1,200 changes (deletions among them): b converges on reconnect, deletions applied', async function () {
     const [a, b] = doors;
-    a.store.users.enroll(tenantId, 'kept-before', face(0));
-    a.store.users.enroll(tenantId, 'deleted-during', face(1));
+    a.store.users.enroll(tenantId, 'kept-before', { [FLEET_MODEL]: face(0) });
+    a.store.users.enroll(tenantId, 'deleted-during', { [FLEET_MODEL]: face(1) });
     await poll(() => b.store.users.get(tenantId, 'deleted-during') !== undefined, 'b in step before the cut');
     await b.sync.close(); // the partition
-    for (let i = 0; i < 1000; i++) a.store.users.enroll(tenantId, `p${i}`, face(i + 10));
+    for (let i = 0; i < 1000; i++) a.store.users.enroll(tenantId, `p${i}`, { [FLEET_MODEL]: face(i + 10) });
     // (deleted before they were sent, their enrolments would never be sent: the deletion carries them)
     await poll(() => a.sync.pending() === 0, 'the enrolments acknowledged');
     for (let i = 0; i < 199; i++) a.store.eraseUser(tenantId, `p${i * 5}`, () => null);
@@ -130,13 +131,13 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     dirs.push(dir);
     const c = { store: openStore(dir, undefined), index: new GalleryIndex(), sync: undefined as unknown as DeviceSync };
     c.store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
-    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: EMBEDDING_MODEL, logger });
+    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
     try {
       const head0 = await hubStore.headSeq(tenantId);
       await poll(() => c.sync.cursor === head0, 'the new door c loading its snapshot through the proxy');
       // changes made at c (its submissions duplicated on the way to the hub) and at a (the log duplicated on the way to c)
-      for (let i = 0; i < 100; i++) c.store.users.enroll(tenantId, `c${i}`, face(5000 + i));
-      for (let i = 0; i < 50; i++) a.store.users.replaceTemplate(a.store.users.get(tenantId, `p${i * 5 + 1}`)!, face(9000 + i));
+      for (let i = 0; i < 100; i++) c.store.users.enroll(tenantId, `c${i}`, { [FLEET_MODEL]: face(5000 + i) });
+      for (let i = 0; i < 50; i++) a.store.users.replaceTemplate(a.store.users.get(tenantId, `p${i * 5 + 1}`)!, { [FLEET_MODEL]: face(9000 + i) });
       for (let i = 0; i < 30; i++) a.store.eraseUser(tenantId, `p${i * 5 + 2}`, () => null);
       await poll(async () => (await hubStore.headSeq(tenantId)) >= head0 + 180 && a.sync.pending() === 0 && c.sync.pending() === 0, 'the 180 changes sequenced');
       const head = await hubStore.headSeq(tenantId);

@@ -3,7 +3,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { EMBEDDING_MODEL, normalize } from '../src/biometrics/embedding.ts';
+import { normalize } from '../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { openStore, type Store } from '../src/store/index.ts';
@@ -41,13 +42,13 @@ describe('sync protocol document', function () {
 
 describe('sync envelopes: templates sealed per tenant, tenant keys wrapped per device', function () {
   const tenantKey = newTenantKey();
-  const binding: TemplateBinding = { tenantId: crypto.randomUUID(), externalUserId: 'alice', version: 3, model: EMBEDDING_MODEL, keyVersion: 1 };
+  const binding: TemplateBinding = { tenantId: crypto.randomUUID(), externalUserId: 'alice', version: 3, model: FLEET_MODEL, keyVersion: 1 };
 
   it('opens only for its tenant key, user, version, model and key version', function () {
     const sealed = sealTemplate(tenantKey, face(1), binding);
-    assert.deepEqual(openTemplate(tenantKey, sealed, binding, EMBEDDING_MODEL), face(1));
+    assert.deepEqual(openTemplate(tenantKey, sealed, binding, FLEET_MODEL), face(1));
     const refused = (b: Partial<TemplateBinding>, key = tenantKey, s = sealed) =>
-      assert.throws(() => openTemplate(key, s, { ...binding, ...b }, EMBEDDING_MODEL), (e: EnvelopeError) => e.code === 'tampered');
+      assert.throws(() => openTemplate(key, s, { ...binding, ...b }, FLEET_MODEL), (e: EnvelopeError) => e.code === 'tampered');
     refused({ externalUserId: 'mallory' });
     refused({ version: 4 });
     refused({ tenantId: crypto.randomUUID() });
@@ -60,7 +61,7 @@ describe('sync envelopes: templates sealed per tenant, tenant keys wrapped per d
 
   it('refuses a template of a model this device does not run, before opening it', function () {
     const sealed = sealTemplate(tenantKey, face(1), { ...binding, model: 'other-model/v9' });
-    assert.throws(() => openTemplate(tenantKey, sealed, { ...binding, model: 'other-model/v9' }, EMBEDDING_MODEL), (e: EnvelopeError) => e.code === 'wrong_model');
+    assert.throws(() => openTemplate(tenantKey, sealed, { ...binding, model: 'other-model/v9' }, FLEET_MODEL), (e: EnvelopeError) => e.code === 'wrong_model');
   });
 
   it('a tenant key wrapped for one device opens with that device’s private key only', function () {
@@ -87,9 +88,9 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     kind: 'user.upsert',
     external_user_id: id,
     version,
-    model: EMBEDDING_MODEL,
+    model: FLEET_MODEL,
     key_version: 1,
-    template: sealTemplate(key, face(version), { tenantId, externalUserId: id, version, model: EMBEDDING_MODEL, keyVersion: 1 }),
+    template: sealTemplate(key, face(version), { tenantId, externalUserId: id, version, model: FLEET_MODEL, keyVersion: 1 }),
   });
 
   before(async function () {
@@ -177,7 +178,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     const groups = Array.from({ length: 16 }, (_, i) => `group-with-a-rather-long-name-to-fill-the-chunk-${String(i).padStart(2, '0')}`);
     for (let i = 0; i < 64; i++) {
       const id = `p${String(i).padStart(2, '0')}`;
-      const body = { ...upsert(id, 1), template: sealTemplate(key, face(i), { tenantId: other, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion: 1 }) };
+      const body = { ...upsert(id, 1), template: sealTemplate(key, face(i), { tenantId: other, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion: 1 }) };
       await hub.append(other, body, { origin: 'hub' });
       await hub.pool.query('UPDATE hub_users SET groups = $3 WHERE tenant_id = $1 AND external_user_id = $2', [other, id, JSON.stringify(groups)]);
     }
@@ -221,7 +222,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   const change = (body: ChangeBody, at = ++seq): Change =>
     authenticate({ key, keyVersion: 1 }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
   const chunk = (c: Omit<Extract<SyncReply, { type: 'snapshot' }>, 'auth' | 'type' | 'tenant_id'>) => authenticate({ key, keyVersion: 1 }, 'reply', tenantId, { type: 'snapshot' as const, tenant_id: tenantId, ...c });
-  const upsert = (id: string, version: number, model = EMBEDDING_MODEL): SubmittedChange => ({
+  const upsert = (id: string, version: number, model: string = FLEET_MODEL): SubmittedChange => ({
     kind: 'user.upsert',
     external_user_id: id,
     version,
@@ -236,7 +237,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     // the device knows its tenant by the same id as the hub
     tenantId = store.tenants.create({ name: 'acme', allowedOrigins: ['http://localhost'], livenessMode: 'passive' }).id;
     index = new GalleryIndex();
-    replica = new Replica(store, index, (t) => (t === tenantId ? TenantKeyring.of(tenantId, key) : undefined), EMBEDDING_MODEL);
+    replica = new Replica(store, index, (t) => (t === tenantId ? TenantKeyring.of(tenantId, key) : undefined), FLEET_MODEL);
     seq = 0;
   });
   afterEach(function () {
@@ -251,7 +252,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     assert.deepEqual(replica.apply(tenantId, [c, a, b, a]), { applied: 3, duplicates: 1, gap: null, refused: null, cursor: 3 });
     assert.deepEqual(replica.apply(tenantId, [a, b, c]), { applied: 0, duplicates: 3, gap: null, refused: null, cursor: 3 });
     assert.equal(store.users.get(tenantId, 'alice')?.version, 2);
-    assert.deepEqual(index.of(tenantId).best(face(200 + 5)), { externalUserId: 'alice', score: index.of(tenantId).best(face(205))?.score });
+    assert.deepEqual(index.of(tenantId).gallery(FLEET_MODEL).best(face(200 + 5)), { externalUserId: 'alice', score: index.of(tenantId).gallery(FLEET_MODEL).best(face(205))?.score });
     assert.equal(index.of(tenantId).size, 2);
   });
 
@@ -293,18 +294,18 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
 
   it('a change made here joins the outbox in its own transaction; a change from the hub never goes back', async function () {
     // a sync client whose broker is unreachable: it keeps its outbox and sends nothing
-    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: FLEET_MODEL, logger: createLogger('silent') });
     try {
       assert.throws(() => store.db.transaction(() => {
-        store.users.enroll(tenantId, 'rolled-back', face(1));
+        store.users.enroll(tenantId, 'rolled-back', { [FLEET_MODEL]: face(1) });
         throw new Error('the enrolment fails after its insert');
       })());
       assert.equal(sync.pending(), 0, 'a rolled back enrolment leaves nothing to send');
-      store.users.enroll(tenantId, 'carol', face(2));
+      store.users.enroll(tenantId, 'carol', { [FLEET_MODEL]: face(2) });
       assert.equal(sync.pending(), 1);
       sync.replica.apply(tenantId, [change(upsert('dave', 1)), change({ kind: 'user.delete', external_user_id: 'carol', version: 2 })]);
       assert.equal(sync.pending(), 1, 'replicated changes are not sent back');
-      store.users.enroll(tenantId, 'erin', face(3));
+      store.users.enroll(tenantId, 'erin', { [FLEET_MODEL]: face(3) });
       store.eraseUser(tenantId, 'erin', () => null);
       const queued = store.db.prepare('SELECT external_user_id, kind, version FROM sync_outbox ORDER BY rowid').all();
       assert.deepEqual(queued, [
@@ -321,10 +322,10 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
     // held here before: alice (older), stale (gone at the hub), mine (enrolled here, not yet acknowledged)
     replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('stale', 1))]);
-    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: EMBEDDING_MODEL, logger: createLogger('silent') });
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: FLEET_MODEL, logger: createLogger('silent') });
     try {
-      store.users.enroll(tenantId, 'mine', face(7));
-      index.of(tenantId).upsert('mine', face(7)); // as the session service does after an enrolment
+      store.users.enroll(tenantId, 'mine', { [FLEET_MODEL]: face(7) });
+      index.of(tenantId).upsert('mine', { [FLEET_MODEL]: face(7) }); // as the session service does after an enrolment
       replica.beginSnapshot(tenantId);
       const first = chunk({ seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true });
       assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 2, removed: 0, done: false, ignored: false });
@@ -406,7 +407,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       { key, keyVersion: 1, sinceSeq: 1 },
       { key: newer, keyVersion: 2, sinceSeq: 3 },
     ]);
-    const rotated = new Replica(store, index, (t) => (t === tenantId ? ring : undefined), EMBEDDING_MODEL);
+    const rotated = new Replica(store, index, (t) => (t === tenantId ? ring : undefined), FLEET_MODEL);
     const under = (k: Buffer, v: number, body: ChangeBody, at: number): Change =>
       authenticate({ key: k, keyVersion: v }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
     assert.equal(rotated.apply(tenantId, [under(key, 1, upsert('alice', 1), 1)]).applied, 1, 'before the rotation: version 1');
@@ -418,13 +419,13 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       kind: 'user.upsert',
       external_user_id: 'carol',
       version: 1,
-      model: EMBEDDING_MODEL,
+      model: FLEET_MODEL,
       key_version: 2,
-      template: sealTemplate(newer, face(7), { tenantId, externalUserId: 'carol', version: 1, model: EMBEDDING_MODEL, keyVersion: 2 }),
+      template: sealTemplate(newer, face(7), { tenantId, externalUserId: 'carol', version: 1, model: FLEET_MODEL, keyVersion: 2 }),
     };
     assert.equal(rotated.apply(tenantId, [under(newer, 2, sealedNew, 3)]).applied, 1, 'the real change under version 2');
     assert.throws(
-      () => openTemplate(key, (sealedNew as Extract<SubmittedChange, { kind: 'user.upsert' }>).template, { tenantId, externalUserId: 'carol', version: 1, model: EMBEDDING_MODEL, keyVersion: 2 }, EMBEDDING_MODEL),
+      () => openTemplate(key, (sealedNew as Extract<SubmittedChange, { kind: 'user.upsert' }>).template, { tenantId, externalUserId: 'carol', version: 1, model: FLEET_MODEL, keyVersion: 2 }, FLEET_MODEL),
       EnvelopeError,
       'the old key does not open a template sealed after the rotation',
     );
@@ -438,7 +439,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       { ...store, users: Object.assign(Object.create(Object.getPrototypeOf(store.users)), store.users, { replicate: () => { throw new Error('disk full'); } }) },
       index,
       () => TenantKeyring.of(tenantId, key),
-      EMBEDDING_MODEL,
+      FLEET_MODEL,
     );
     assert.throws(() => broken.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 }), change(upsert('bob', 1))]), /disk full/);
     assert.equal(replica.cursor(tenantId), 1);

@@ -12,6 +12,7 @@ import type { FaceObservation } from '../src/biometrics/types.ts';
 import { loadSettings, settingsTable } from '../src/config/settings.ts';
 import { EmbeddingCipher, loadMasterKey } from '../src/store/crypto.ts';
 import { openStore } from '../src/store/index.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 
 function randomUnit(seed: number): Float32Array {
   const v = new Float32Array(128);
@@ -212,13 +213,13 @@ describe('store', function () {
     const store = openStore(dir, undefined);
     try {
       const t = store.tenants.create({ name: 't', allowedOrigins: ['https://a.example'], livenessMode: 'passive' });
-      const u = store.users.enroll(t.id, 'ext', randomUnit(1));
+      const u = store.users.enroll(t.id, 'ext', { [FLEET_MODEL]: randomUnit(1) });
       assert.equal(u.version, 1);
-      const u2 = store.users.replaceTemplate(u, randomUnit(2));
+      const u2 = store.users.replaceTemplate(u, { [FLEET_MODEL]: randomUnit(2) });
       assert.equal(u2.version, 2);
       assert.deepEqual(store.users.templateVersions(u2).map((v) => [v.version, v.active]), [[1, false], [2, true]]);
-      assert.deepEqual(store.users.activeEmbedding(u2), randomUnit(2));
-      assert.throws(() => store.users.enroll(t.id, 'ext', randomUnit(3)), /already enrolled/);
+      assert.deepEqual(store.users.templates(u2), { [FLEET_MODEL]: randomUnit(2) });
+      assert.throws(() => store.users.enroll(t.id, 'ext', { [FLEET_MODEL]: randomUnit(3) }), /already enrolled/);
       assert.ok(store.users.delete(t.id, 'ext'));
       assert.equal(store.users.delete(t.id, 'ext'), null);
       assert.equal(store.users.get(t.id, 'ext'), undefined);
@@ -227,7 +228,7 @@ describe('store', function () {
       assert.equal(tomb.version, 3);
       assert.ok(tomb.deleted_at);
       assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 0);
-      const revived = store.users.enroll(t.id, 'ext', randomUnit(4));
+      const revived = store.users.enroll(t.id, 'ext', { [FLEET_MODEL]: randomUnit(4) });
       assert.equal(revived.version, 4);
       assert.equal([...store.users.activeTemplates()].length, 1);
     } finally {

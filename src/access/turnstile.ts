@@ -100,7 +100,7 @@ export class Turnstile {
       const started = performance.now();
       try {
         const frame = await camera.grab();
-        const seen = await analyzer.analyze(frame.slice(), { mode: 'capture' }, DOOR_ROUTE);
+        const seen = await analyzer.analyze(frame.slice(), { mode: 'capture', models: [] }, DOOR_ROUTE); // presence only: no model runs
         if (seen.face && Math.max(seen.face.box.width, seen.face.box.height) >= MIN_FACE_PX && !seen.problems.includes('multiple_faces')) {
           await this.#decide(frame, kiosk, capture);
           await this.#waitUntilGone(camera, analyzer);
@@ -128,7 +128,7 @@ export class Turnstile {
     const until = performance.now() + this.deps.config.kiosk.cooldown_seconds * 1000;
     let lastSeen = performance.now();
     while (!this.#stopped && performance.now() < until) {
-      const a = await analyzer.analyze(await camera.grab(), { mode: 'capture' }, DOOR_ROUTE);
+      const a = await analyzer.analyze(await camera.grab(), { mode: 'capture', models: [] }, DOOR_ROUTE);
       if (a.face) lastSeen = performance.now();
       else if (performance.now() - lastSeen > GONE_MS) return;
       await sleep(this.deps.intervalMs);

@@ -97,20 +97,20 @@ export function chipTransform(landmarks68: readonly Point[]): Similarity {
 }
 
 /**
- * Samples the aligned 150×150 RGB chip (float 0..255). When the face is larger than the chip,
+ * Samples an aligned `size`×`size` RGB chip (float 0..255; dlib's 150 px by default). When the face is larger than the chip,
  * each chip pixel averages a grid of bilinear samples so the chip is not aliased. Pixels that
  * fall outside the image repeat its edge, which keeps tight crops usable.
  */
-export function extractChip(image: RgbImage, t: Similarity): Float32Array {
+export function extractChip(image: RgbImage, t: Similarity, size = CHIP_SIZE): Float32Array {
   const { data, width, height } = image;
   const scale = Math.hypot(t.a, t.b);
   const grid = Math.max(1, Math.ceil(scale));
   const weight = 1 / (grid * grid);
-  const out = new Float32Array(CHIP_SIZE * CHIP_SIZE * 3);
+  const out = new Float32Array(size * size * 3);
   const maxX = width - 1.001;
   const maxY = height - 1.001;
-  for (let y = 0; y < CHIP_SIZE; y++) {
-    for (let x = 0; x < CHIP_SIZE; x++) {
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
       let r = 0;
       let g = 0;
       let b = 0;
@@ -135,7 +135,7 @@ export function extractChip(image: RgbImage, t: Similarity): Float32Array {
           b += data[p00 + 2] * w00 + data[p00 + 5] * w01 + data[p10 + 2] * w10 + data[p10 + 5] * w11;
         }
       }
-      const o = (y * CHIP_SIZE + x) * 3;
+      const o = (y * size + x) * 3;
       out[o] = r * weight;
       out[o + 1] = g * weight;
       out[o + 2] = b * weight;
@@ -145,12 +145,12 @@ export function extractChip(image: RgbImage, t: Similarity): Float32Array {
 }
 
 /** The chip mirrored left to right (test-time augmentation: the descriptor of both is averaged). */
-export function mirrorChip(chip: Float32Array): Float32Array {
+export function mirrorChip(chip: Float32Array, size = CHIP_SIZE): Float32Array {
   const out = new Float32Array(chip.length);
-  for (let y = 0; y < CHIP_SIZE; y++) {
-    for (let x = 0; x < CHIP_SIZE; x++) {
-      const s = (y * CHIP_SIZE + x) * 3;
-      const d = (y * CHIP_SIZE + (CHIP_SIZE - 1 - x)) * 3;
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const s = (y * size + x) * 3;
+      const d = (y * size + (size - 1 - x)) * 3;
       out[d] = chip[s];
       out[d + 1] = chip[s + 1];
       out[d + 2] = chip[s + 2];

@@ -1,12 +1,4 @@
-/** Embeddings are 128-D dlib ResNet descriptors, L2-normalised, so similarity is a dot product. */
-export const EMBEDDING_DIM = 128;
-
-/**
- * The embedding space this engine produces: dlib's ResNet descriptor of a chip aligned the
- * authface way. Templates are sealed with it; change it when a new model or alignment makes
- * old templates incomparable, and stored templates of the old one are flagged for re-enrolment.
- */
-export const EMBEDDING_MODEL = 'dlib-resnet-v1/authface-align-1';
+/** Embeddings are L2-normalised (each model's, matchers/), so similarity is a dot product. */
 
 export function normalize(v: Float32Array): Float32Array {
   let sum = 0;

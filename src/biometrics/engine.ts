@@ -1,19 +1,13 @@
 import type { Tensor3D } from '@tensorflow/tfjs';
 import type { FaceResult } from '@vladmandic/human';
-import {
-  type Point,
-  type RgbImage,
-  CHIP_SIZE,
-  MESH_TO_68,
-  MIRROR_68,
-  averagePoints,
-  chipTransform,
-  extractChip,
-  mirrorChip,
-} from './alignment.ts';
+import { type Point, type RgbImage, CHIP_SIZE, MESH_TO_68, MIRROR_68, averagePoints, chipTransform, extractChip } from './alignment.ts';
 import { type Artefacts, measureArtefacts } from './artefacts.ts';
-import { normalize } from './embedding.ts';
 import { decodeImage } from './image.ts';
+import type { Describer } from './matchers/describer.ts';
+import { dlibDescriber } from './matchers/dlib-resnet.ts';
+import { type Embeddings, type ModelId, PRIMARY_MODEL } from './matchers/index.ts';
+import { mobileFaceNetDescriber } from './matchers/mobilefacenet.ts';
+import { ModelFiles } from './models.ts';
 import { qualityProblems } from './quality.ts';
 import { type Backend, type Runtime, loadRuntime } from './runtime.ts';
 import type { AnalyzeOptions, Box, FaceObservation, FrameAnalysis, QualityLimits } from './types.ts';
@@ -29,6 +23,12 @@ const CONFIDENT_DETECTION = 0.5;
 const COMPETING_FACE_RATIO = 0.5;
 const MAX_OVERLAP = 0.3;
 
+/** How the engine loads each model's describer (matchers/): one entry per model. */
+const DESCRIBERS: Record<ModelId, (rt: Runtime, models: ModelFiles) => Promise<Describer>> = {
+  'mobilefacenet-512/arcface5-1': (_rt, models) => mobileFaceNetDescriber(models),
+  'dlib-resnet-v1/authface-align-1': async (rt, models) => dlibDescriber(rt, models),
+};
+
 export interface EngineOptions {
   backend: 'auto' | Backend;
   maxPixels: number;
@@ -40,10 +40,14 @@ export interface EngineOptions {
  * Human's BlazeFace + face mesh find the face and its pose; face-api's 68-point landmark net runs
  * on a square crop of the detector box and on its mirror image; those two and the mesh (mapped to
  * the 68-point layout) are averaged into one landmark set; a dlib-style similarity chip is cut with
- * it; the dlib ResNet descriptor of the chip and of its mirror image are averaged and normalised.
+ * it for the quality statistics; then each model asked for (`AnalyzeOptions.models`) describes the
+ * face from those landmarks (matchers/). A model is loaded on the first frame that asks for it.
  * Runs inside a worker thread: no HTTP, no storage, and pixels are dropped after each call.
  */
 export class FaceEngine {
+  readonly #describers = new Map<ModelId, Promise<Describer>>();
+  readonly #models = new ModelFiles();
+
   private constructor(
     private readonly rt: Runtime,
     private readonly options: EngineOptions,
@@ -79,15 +83,18 @@ export class FaceEngine {
       const subject = pickSubject(faces, image, opts.mode);
       const base = { width: image.width, height: image.height, faceCount: faces.length, boxes: faces.map(toBox) };
       if (!subject) {
-        return { ...base, face: null, embedding: null, problems: ['no_face'], millis: performance.now() - started };
+        return { ...base, face: null, embeddings: {}, problems: ['no_face'], millis: performance.now() - started };
       }
-      const landmarks = await this.landmarks(pixels, image, subject);
-      const chip = extractChip(image, chipTransform(landmarks));
-      const embedding = await this.describe(chip);
-      const face = observe(subject, chip, opts.mode === 'capture' ? measureArtefacts(image, toBox(subject)) : NO_ARTEFACTS);
+      const landmarks68 = await this.landmarks(pixels, image, subject);
+      const chip150 = extractChip(image, chipTransform(landmarks68));
+      const embeddings: Embeddings = {};
+      for (const model of opts.models ?? [PRIMARY_MODEL]) {
+        embeddings[model] = await (await this.#describer(model)).describe({ image, landmarks68, chip150 });
+      }
+      const face = observe(subject, chip150, opts.mode === 'capture' ? measureArtefacts(image, toBox(subject)) : NO_ARTEFACTS);
       const problems = qualityProblems(face, this.options.quality);
       if (opts.mode === 'capture' && faces.some((f) => competes(f, subject))) problems.unshift('multiple_faces');
-      return { ...base, face, embedding, problems, millis: performance.now() - started };
+      return { ...base, face, embeddings, problems, millis: performance.now() - started };
     } finally {
       pixels.dispose();
     }
@@ -147,26 +154,21 @@ export class FaceEngine {
     }
   }
 
-  /** Mean of the descriptors of the chip and its mirror image, normalised to unit length. */
-  private async describe(chip: Float32Array): Promise<Float32Array> {
-    const { tf, faceapi } = this.rt;
-    const inputs = [chip, mirrorChip(chip)].map((c) => tf.tensor3d(c, [CHIP_SIZE, CHIP_SIZE, 3], 'float32'));
-    try {
-      const out = await faceapi.nets.faceRecognitionNet.computeFaceDescriptor(inputs);
-      const [d1, d2] = out as Float32Array[];
-      const sum = new Float32Array(d1.length);
-      for (let i = 0; i < sum.length; i++) sum[i] = d1[i] + d2[i];
-      return normalize(sum);
-    } finally {
-      for (const t of inputs) t.dispose();
+  #describer(model: ModelId): Promise<Describer> {
+    let describer = this.#describers.get(model);
+    if (!describer) {
+      describer = DESCRIBERS[model](this.rt, this.#models);
+      this.#describers.set(model, describer);
     }
+    return describer;
   }
 
-  /** The first inference of each model compiles kernels; do it before taking traffic. */
+  /** The first inference of each model compiles kernels; do it before taking traffic (the primary model only). */
   private async warmUp(): Promise<void> {
     const size = 160;
     const data = new Uint8Array(size * size * 3).fill(128);
     await this.analyzeImage({ data, width: size, height: size }, { mode: 'capture' });
+    await this.#describer(PRIMARY_MODEL);
   }
 }
 

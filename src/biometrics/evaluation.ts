@@ -14,31 +14,36 @@ import {
   trueAcceptRate,
 } from './metrics.ts';
 import { type Rule, type Search, fnir, fpir, names, thresholdForFpir } from './identification.ts';
-import type { FrameAnalysis } from './types.ts';
+import { type Embeddings, type ModelId, PRIMARY_MODEL, matcher } from './matchers/index.ts';
+import type { AnalyzeOptions, FrameAnalysis } from './types.ts';
 
 export interface Analyzer {
-  analyze(bytes: Uint8Array, options: { mode: 'photo' }): Promise<FrameAnalysis>;
+  analyze(bytes: Uint8Array, options: AnalyzeOptions): Promise<FrameAnalysis>;
 }
 
 const IMAGE_EXT = /\.(jpe?g|png|webp)$/i;
 const round = (x: number, digits = 4) => (Number.isFinite(x) ? Number(x.toFixed(digits)) : null);
 
-/** Analyses every image once, `concurrency` at a time; returns embeddings (null = no face) and timings. */
+/**
+ * Analyses every image once, `concurrency` at a time, describing each face with `models`; returns
+ * the embeddings (null = no face) and timings.
+ */
 export async function embedAll(
   analyzer: Analyzer,
   files: string[],
   concurrency: number,
+  models: readonly ModelId[] = [PRIMARY_MODEL],
   onProgress?: (done: number, total: number) => void,
-): Promise<{ embeddings: Map<string, Float32Array | null>; msPerImage: number }> {
-  const embeddings = new Map<string, Float32Array | null>();
+): Promise<{ embeddings: Map<string, Embeddings | null>; msPerImage: number }> {
+  const embeddings = new Map<string, Embeddings | null>();
   let next = 0;
   let millis = 0;
   let done = 0;
   const worker = async () => {
     while (next < files.length) {
       const file = files[next++];
-      const analysis = await analyzer.analyze(new Uint8Array(fs.readFileSync(file)), { mode: 'photo' });
-      embeddings.set(file, analysis.embedding);
+      const analysis = await analyzer.analyze(new Uint8Array(fs.readFileSync(file)), { mode: 'photo', models });
+      embeddings.set(file, analysis.face ? analysis.embeddings : null);
       millis += analysis.millis;
       onProgress?.(++done, files.length);
     }
@@ -92,26 +97,45 @@ export interface PairFigures {
 }
 
 /**
- * 1:1 figures on labelled pairs. A pair whose image has no detectable face scores −1 (rejected),
- * so detection failures count against genuine pairs rather than being dropped.
+ * 1:1 figures on labelled pairs, for each model (its own threshold is the "default" one). A pair
+ * whose image has no detectable face scores −1 (rejected), so detection failures count against
+ * genuine pairs rather than being dropped. `thresholds`: a model's threshold other than its
+ * matcher's (the service's settings).
  */
 export async function evaluatePairs(
   analyzer: Analyzer,
-  opts: { csv: string; images: string; concurrency: number; defaultThreshold: number; onProgress?: (d: number, t: number) => void },
-): Promise<PairFigures> {
+  opts: { csv: string; images: string; concurrency: number; models?: readonly ModelId[]; thresholds?: Partial<Record<ModelId, number>>; onProgress?: (d: number, t: number) => void },
+): Promise<Partial<Record<ModelId, PairFigures>>> {
+  const models = opts.models ?? [PRIMARY_MODEL];
   const labelled = readPairs(opts.csv, opts.images);
   const files = [...new Set(labelled.flatMap((p) => [p.x, p.y]))];
-  const { embeddings, msPerImage } = await embedAll(analyzer, files, opts.concurrency, opts.onProgress);
+  const { embeddings, msPerImage } = await embedAll(analyzer, files, opts.concurrency, models, opts.onProgress);
+  const out: Partial<Record<ModelId, PairFigures>> = {};
+  for (const model of models) {
+    const threshold = opts.thresholds?.[model] ?? matcher(model).matchThreshold;
+    out[model] = pairFigures(labelled, files.length, (file) => embeddings.get(file)?.[model] ?? null, threshold, msPerImage);
+  }
+  return out;
+}
+
+function pairFigures(
+  labelled: { x: string; y: string; same: boolean; fold?: number }[],
+  images: number,
+  embeddingOf: (file: string) => Float32Array | null,
+  defaultThreshold: number,
+  msPerImage: number,
+): PairFigures {
   const scored: ScoredPair[] = labelled.map((p) => {
-    const a = embeddings.get(p.x);
-    const b = embeddings.get(p.y);
+    const a = embeddingOf(p.x);
+    const b = embeddingOf(p.y);
     return { same: p.same, fold: p.fold, score: a && b ? similarity(a, b) : -1 };
   });
+  const files = new Set(labelled.flatMap((p) => [p.x, p.y]));
   const kfold = kFoldAccuracy(scored);
   const figures: PairFigures = {
     pairs: scored.length,
-    images: files.length,
-    failed_to_detect: [...embeddings.values()].filter((e) => e === null).length,
+    images,
+    failed_to_detect: [...files].filter((f) => embeddingOf(f) === null).length,
     auc: round(auc(scored)),
     eer: round(equalErrorRate(scored)),
     tar_at_far_0: round(tarAtFar(scored, 0)),
@@ -120,9 +144,9 @@ export async function evaluatePairs(
     threshold: round(bestAccuracyThreshold(scored), 5),
     threshold_at_far_0: round(thresholdAtFar(scored, 0), 5),
     at_default_threshold: {
-      threshold: opts.defaultThreshold,
-      tar: round(trueAcceptRate(scored, opts.defaultThreshold)),
-      far: round(falseAcceptRate(scored, opts.defaultThreshold), 5),
+      threshold: defaultThreshold,
+      tar: round(trueAcceptRate(scored, defaultThreshold)),
+      far: round(falseAcceptRate(scored, defaultThreshold), 5),
     },
     ms_per_image: round(msPerImage, 1),
   };
@@ -199,19 +223,21 @@ export interface IdentifyFigures {
  */
 export async function evaluateIdentify(
   analyzer: Analyzer,
-  opts: { gallery: string; strangers?: string; exclude: string[]; concurrency: number; rule: (gallerySize: number) => Rule; targets?: number[] },
+  opts: { gallery: string; strangers?: string; exclude: string[]; concurrency: number; model?: ModelId; rule: (gallerySize: number) => Rule; targets?: number[] },
 ): Promise<IdentifyFigures> {
+  const model = opts.model ?? PRIMARY_MODEL;
   const people = readPeople(opts.gallery, opts.exclude);
   const strangerFiles = opts.strangers ? readImagesUnder(opts.strangers) : [];
-  const { embeddings, msPerImage } = await embedAll(analyzer, [...people.flatMap((p) => p.files), ...strangerFiles], opts.concurrency);
-  const gallery = new Gallery();
+  const { embeddings, msPerImage } = await embedAll(analyzer, [...people.flatMap((p) => p.files), ...strangerFiles], opts.concurrency, [model]);
+  const embeddingOf = (file: string) => embeddings.get(file)?.[model];
+  const gallery = new Gallery({ dimensions: matcher(model).dimensions });
   for (const p of people) {
-    const e = embeddings.get(p.files[0]);
+    const e = embeddingOf(p.files[0]);
     if (e) gallery.upsert(p.name, e);
   }
   const searches = [
-    ...people.flatMap((p) => p.files.slice(1).map((file) => search(gallery, embeddings.get(file), p.name))),
-    ...strangerFiles.map((file) => search(gallery, embeddings.get(file))),
+    ...people.flatMap((p) => p.files.slice(1).map((file) => search(gallery, embeddingOf(file), p.name))),
+    ...strangerFiles.map((file) => search(gallery, embeddingOf(file))),
   ];
   const rule = opts.rule(gallery.size);
   const mated = searches.filter((s) => s.mated);

@@ -1,5 +1,5 @@
 import { type ImpostorTail, type Rule, modelledFpir, modelledThreshold } from './identification.ts';
-import { LFW_IMPOSTOR_TAIL } from './impostor-tail.ts';
+import { PRIMARY_MODEL, matcher } from './matchers/index.ts';
 
 export interface IdentifyPolicyOptions {
   /** The share of strangers the service may identify as somebody, whatever the gallery's size. */
@@ -14,12 +14,13 @@ export interface IdentifyPolicyOptions {
  * The identification rule for a gallery of a given size. A stranger is compared with every
  * template, so the chance that one of them passes grows with the gallery: FPIR(N) = 1 − (1 − FAR)^N.
  * The threshold is set where the modelled FPIR of a gallery this size is the target, using the
- * impostor tail measured on LFW (`npm run eval:identify`, README "1:N and strangers").
+ * model's impostor tail measured on LFW (`npm run eval:identify`, README "1:N and strangers"); the
+ * primary model's by default.
  */
 export class IdentifyPolicy {
   constructor(
     readonly options: IdentifyPolicyOptions,
-    private readonly tail: ImpostorTail = LFW_IMPOSTOR_TAIL,
+    private readonly tail: ImpostorTail = matcher(PRIMARY_MODEL).impostorTail,
   ) {}
 
   rule(gallerySize: number): Rule {

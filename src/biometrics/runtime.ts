@@ -115,7 +115,6 @@ export async function loadRuntime(preferred: 'auto' | Backend, models = new Mode
   await human.tf.ready();
 
   loadFaceApiNet(tf, models, faceapi.nets.faceLandmark68Net, 'face-api/face_landmark_68_model-weights_manifest.json');
-  loadFaceApiNet(tf, models, faceapi.nets.faceRecognitionNet, 'face-api/face_recognition_model-weights_manifest.json');
 
   for (const listener of process.listeners('uncaughtException')) {
     if (!before.uncaughtException.has(listener)) process.removeListener('uncaughtException', listener);

@@ -1,4 +1,5 @@
 import type { Artefacts } from './artefacts.ts';
+import type { Embeddings, ModelId } from './matchers/types.ts';
 
 /** What the face engine reports about one image. Plain data: it crosses a worker boundary. */
 
@@ -58,8 +59,8 @@ export interface FrameAnalysis {
   boxes: Box[];
   /** The face the frame is about (largest), if any. */
   face: FaceObservation | null;
-  /** Unit-length embedding of `face`, present when the face could be aligned. */
-  embedding: Float32Array | null;
+  /** Unit-length embeddings of `face`, one per model asked for; empty without a face. */
+  embeddings: Embeddings;
   /** Empty when the frame is usable for matching. */
   problems: QualityProblem[];
   millis: number;
@@ -81,4 +82,6 @@ export interface AnalyzeOptions {
    * like) where the subject is the face nearest the centre and bystanders are ignored.
    */
   mode: 'capture' | 'photo';
+  /** The models to describe the face with (default: the primary model only). */
+  models?: readonly ModelId[];
 }

@@ -19,7 +19,7 @@ try {
   port.on('message', async (req: AnalyzeRequest) => {
     try {
       const analysis = await engine.analyze(new Uint8Array(req.image), req.options);
-      const transfer = analysis.embedding ? [analysis.embedding.buffer as ArrayBuffer] : [];
+      const transfer = Object.values(analysis.embeddings).map((e) => e.buffer as ArrayBuffer);
       port.postMessage({ id: req.id, ok: true, result: analysis }, transfer);
     } catch (err) {
       // only the code and a fixed message cross back: never pixel data or library internals

@@ -1,5 +1,6 @@
 import type { FrameAnalysis, TaskRoute } from '../biometrics/index.ts';
 import { meanEmbedding, similarity } from '../biometrics/embedding.ts';
+import { type Embeddings, type ModelId, MATCHERS, newest } from '../biometrics/matchers/index.ts';
 import type { EventBus } from '../core/events.ts';
 import { ServiceError } from '../errors.ts';
 import { type LivenessOptions, type LivenessProgress, LivenessSession } from '../liveness/index.ts';
@@ -8,7 +9,7 @@ import type { LivenessMode } from '../store/tenants.ts';
 import { type SessionService, redirectTarget } from '../sessions/service.ts';
 
 export interface FrameAnalyzer {
-  analyze(bytes: Uint8Array, options: { mode: 'capture' }, route: TaskRoute): Promise<FrameAnalysis>;
+  analyze(bytes: Uint8Array, options: { mode: 'capture'; models: readonly ModelId[] }, route: TaskRoute): Promise<FrameAnalysis>;
 }
 
 export interface CaptureOptions {
@@ -16,9 +17,11 @@ export interface CaptureOptions {
   requiredFrames: number;
   /** Frames one session may upload in all (429 beyond). */
   maxFrames: number;
-  /** A frame must match the session's first accepted face at least this much (same person). */
-  sameFaceThreshold: number;
+  /** Per model: a frame must match the session's first accepted face at least this much (same person). */
+  sameFace: Record<ModelId, number>;
   liveness: LivenessOptions;
+  /** The models to describe a tenant's faces with: those that decide its people, and the one of new templates (biometry.ts). */
+  modelsFor(tenantId: string): readonly ModelId[];
 }
 
 /** Per-frame reasons beyond the engine's quality problems. */
@@ -53,8 +56,8 @@ interface Progress {
   /** A frame of this session is being analysed now. */
   inFlight: boolean;
   acceptedCount: number;
-  /** The first accepted embeddings (at most KEPT_EMBEDDINGS). */
-  accepted: Float32Array[];
+  /** The first accepted embeddings, one per model each (at most KEPT_EMBEDDINGS frames). */
+  accepted: Embeddings[];
   tally: Map<FrameProblem, number>;
   liveness: LivenessSession;
 }
@@ -108,7 +111,8 @@ export class CaptureService {
     progress.inFlight = true;
     let analysis: FrameAnalysis;
     try {
-      analysis = await this.analyzer.analyze(image, { mode: 'capture' }, { lane: session.tenantId, priority: session.doorId !== null });
+      const models = this.options.modelsFor(session.tenantId);
+      analysis = await this.analyzer.analyze(image, { mode: 'capture', models }, { lane: session.tenantId, priority: session.doorId !== null });
     } finally {
       progress.inFlight = false;
     }
@@ -119,14 +123,15 @@ export class CaptureService {
     if (progress.liveness.observe(analysis, { at: Date.now(), lightPhase: meta.lightPhase }).length > 0) {
       problems.push('presentation_attack_suspected');
     }
-    const first = progress.accepted[0];
-    if (problems.length === 0 && first && analysis.embedding && similarity(first, analysis.embedding) < this.options.sameFaceThreshold) {
+    const seen = newest(analysis.embeddings);
+    const first = seen && progress.accepted[0]?.[seen.model];
+    if (problems.length === 0 && seen && first && similarity(first, seen.embedding) < this.options.sameFace[seen.model]) {
       problems.push('different_face');
     }
-    const accepted = problems.length === 0 && analysis.embedding !== null;
+    const accepted = problems.length === 0 && seen !== undefined;
     if (accepted) {
       progress.acceptedCount++;
-      if (progress.accepted.length < KEPT_EMBEDDINGS) progress.accepted.push(analysis.embedding as Float32Array);
+      if (progress.accepted.length < KEPT_EMBEDDINGS) progress.accepted.push(analysis.embeddings);
     }
     for (const p of problems) progress.tally.set(p, (progress.tally.get(p) ?? 0) + 1);
     this.events.emit('frame.analysed', { tenantId: session.tenantId, accepted, problems, millis: analysis.millis });
@@ -148,7 +153,7 @@ export class CaptureService {
     const refusal = refusalReason(progress, this.options.requiredFrames);
     const finished = refusal
       ? await this.sessions.fail(session, refusal)
-      : await this.sessions.decide(session, meanEmbedding(progress.accepted));
+      : await this.sessions.decide(session, meanProbe(progress.accepted));
     return { session: finished, redirectTo: redirectTarget(finished) };
   }
 
@@ -168,6 +173,16 @@ export class CaptureService {
     }
     return p;
   }
+}
+
+/** Per model, the normalised mean of the accepted frames' embeddings (a model some frames lack averages the others). */
+function meanProbe(frames: readonly Embeddings[]): Embeddings {
+  const probe: Embeddings = {};
+  for (const { id } of MATCHERS) {
+    const list = frames.flatMap((f) => f[id] ?? []);
+    if (list.length > 0) probe[id] = meanEmbedding(list);
+  }
+  return probe;
 }
 
 /**

@@ -1,8 +1,10 @@
 import { FaceAnalyzer } from '../biometrics/index.ts';
 import { evaluateIdentify, evaluatePairs } from '../biometrics/evaluation.ts';
-import { IdentifyPolicy } from '../biometrics/identify-policy.ts';
+import { type ModelId, MATCHERS, PRIMARY_MODEL, isModelId } from '../biometrics/matchers/index.ts';
 import { DEFAULT_QUALITY } from '../biometrics/quality.ts';
 import type { Settings } from '../config/settings.ts';
+import { OperatorError } from '../errors.ts';
+import { decisionThresholds } from '../sessions/decisions.ts';
 
 /** Starts `workers` engine threads, runs the evaluation, prints its figures as JSON, stops them. */
 async function withAnalyzer(settings: Settings, workers: number, run: (analyzer: FaceAnalyzer) => Promise<unknown>): Promise<void> {
@@ -25,16 +27,25 @@ async function withAnalyzer(settings: Settings, workers: number, run: (analyzer:
   }
 }
 
+/** `--model`: a model id, or `all` (every model, newest first). */
+export function evalModels(model: string): ModelId[] {
+  if (model === 'all') return MATCHERS.map((m) => m.id);
+  if (!isModelId(model)) throw new OperatorError(`--model must be all or one of ${MATCHERS.map((m) => m.id).join(', ')}`);
+  return [model];
+}
+
 export function evalPairsCommand(
   settings: Settings,
-  opts: { csv: string; images: string; workers: number; progress: boolean },
+  opts: { csv: string; images: string; workers: number; progress: boolean; model: string },
 ): Promise<void> {
   return withAnalyzer(settings, opts.workers, async (analyzer) => {
     const figures = await evaluatePairs(analyzer, {
       csv: opts.csv,
       images: opts.images,
       concurrency: opts.workers,
-      defaultThreshold: settings.AUTHFACE_MATCH_THRESHOLD,
+      models: evalModels(opts.model),
+      // the settings' threshold is the primary model's; an older model is judged at its own
+      thresholds: { [PRIMARY_MODEL]: settings.AUTHFACE_MATCH_THRESHOLD },
       onProgress: opts.progress
         ? (done, total) => {
             if (done % 100 === 0 || done === total) process.stderr.write(`\r${done}/${total} images${done === total ? '\n' : ''}`);
@@ -47,16 +58,22 @@ export function evalPairsCommand(
 
 export function evalIdentifyCommand(
   settings: Settings,
-  opts: { gallery: string; strangers?: string; exclude: string[]; workers: number },
+  opts: { gallery: string; strangers?: string; exclude: string[]; workers: number; model: string },
 ): Promise<void> {
-  const policy = new IdentifyPolicy({ targetFpir: settings.AUTHFACE_TARGET_FPIR, minThreshold: settings.AUTHFACE_MATCH_THRESHOLD, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
-  return withAnalyzer(settings, opts.workers, (analyzer) =>
-    evaluateIdentify(analyzer, {
-      gallery: opts.gallery,
-      strangers: opts.strangers,
-      exclude: opts.exclude,
-      concurrency: opts.workers,
-      rule: (size) => policy.rule(size),
-    }),
-  );
+  const models = evalModels(opts.model);
+  const thresholds = decisionThresholds(settings.AUTHFACE_TARGET_FPIR, { match: settings.AUTHFACE_MATCH_THRESHOLD, duplicate: settings.AUTHFACE_DUPLICATE_THRESHOLD, margin: settings.AUTHFACE_IDENTIFY_MARGIN });
+  return withAnalyzer(settings, opts.workers, async (analyzer) => {
+    const out: Partial<Record<ModelId, unknown>> = {};
+    for (const model of models) {
+      out[model] = await evaluateIdentify(analyzer, {
+        gallery: opts.gallery,
+        strangers: opts.strangers,
+        exclude: opts.exclude,
+        concurrency: opts.workers,
+        model,
+        rule: (size) => thresholds[model].identify.rule(size),
+      });
+    }
+    return out;
+  });
 }

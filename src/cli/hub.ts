@@ -5,7 +5,7 @@ import { createLogger } from '../core/logger.ts';
 import { HubStore } from '../hub/store.ts';
 import { postgresBiometryStore } from '../hub/biometry-store.ts';
 import { startHub } from '../hub/service.ts';
-import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import { FLEET_MODEL } from '../sync/fleet-model.ts';
 import { VERSION } from '../service.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { parseMasterKey } from '../store/crypto.ts';
@@ -88,7 +88,7 @@ export async function hubTenantAdd(
   const allowedOrigins = opts.allowedOrigins ?? [];
   if (allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
   return withHub(settings, opts.databaseUrl, async (store) => {
-    const api = postgresBiometryStore(store, { model: EMBEDDING_MODEL });
+    const api = postgresBiometryStore(store, { model: FLEET_MODEL });
     const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
     const { keyVersion } = await store.keys.current(tenant.id);
     const { apiKey } = await api.tenants.createKey(tenant.id);

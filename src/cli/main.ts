@@ -23,6 +23,7 @@ import { join } from './join.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
 import { createTenant, findTenant, listKeys, showTenant, updateTenant } from './tenants.ts';
+import { retireTemplates, templateStatus } from './templates.ts';
 
 const program = new Command()
   .name('authface')
@@ -219,6 +220,18 @@ key
     }),
   );
 
+const templates = program.command('templates').description('templates of each face model (README, "Moving to a new model")');
+templates
+  .command('status')
+  .description('per tenant: its people, and how many hold a template of each model')
+  .action(() => withStore((store) => templateStatus(store)));
+templates
+  .command('retire')
+  .description("delete a tenant's templates of an older model, of every person who holds the new model's (people who do not keep theirs)")
+  .requiredOption('--tenant <id or name>', 'tenant id (or name)')
+  .option('--model <id>', 'the model whose templates go (default: every older model)')
+  .action((opts: { tenant: string; model?: string }) => withStore((store) => retireTemplates(store, findTenant(store, opts.tenant), opts.model)));
+
 const positive = (v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
@@ -233,7 +246,8 @@ evaluate
   .requiredOption('--images <dir>', 'directory the CSV paths are relative to (else matched by file name)')
   .option('--workers <n>', 'worker threads', positive)
   .option('--progress', 'show progress on stderr', false)
-  .action(async (opts: { csv: string; images: string; workers?: number; progress: boolean }) => {
+  .option('--model <id>', 'the model to measure, or all', 'all')
+  .action(async (opts: { csv: string; images: string; workers?: number; progress: boolean; model: string }) => {
     const settings = loadSettings();
     await evalPairsCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });
@@ -244,7 +258,8 @@ evaluate
   .option('--strangers <dir>', 'images of people who are not enrolled (flat, or one sub-folder each): the non-mated searches that measure FPIR')
   .option('--exclude <name...>', 'sub-folders that are not people (e.g. group)', [])
   .option('--workers <n>', 'worker threads', positive)
-  .action(async (opts: { gallery: string; strangers?: string; exclude: string[]; workers?: number }) => {
+  .option('--model <id>', 'the model to measure, or all', 'all')
+  .action(async (opts: { gallery: string; strangers?: string; exclude: string[]; workers?: number; model: string }) => {
     const settings = loadSettings();
     await evalIdentifyCommand(settings, { ...opts, workers: opts.workers ?? settings.AUTHFACE_WORKERS });
   });

@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { MOBILEFACENET } from '../biometrics/matchers/index.ts';
 import { OperatorError } from '../errors.ts';
 
 /**
@@ -48,24 +49,24 @@ export const settingsSpec = {
     doc: 'Finished sessions and audit events older than this many days are deleted.',
   },
   AUTHFACE_MATCH_THRESHOLD: {
-    schema: unitInterval.default(0.93),
-    doc: 'Similarity at or above which verify (1:1) accepts a face, and the lowest threshold identify ever uses (see the accuracy section of the README).',
+    schema: unitInterval.default(MOBILEFACENET.matchThreshold),
+    doc: 'Similarity (MobileFaceNet, the model of new templates) at or above which verify (1:1) accepts a face, and the lowest threshold identify ever uses. People decided by an older model are decided at its own measured thresholds (README, "Moving to a new model").',
   },
   AUTHFACE_TARGET_FPIR: {
     schema: z.coerce.number().min(1e-7).max(0.1).default(0.001),
     doc: "Share of strangers that identify (1:N) may name as somebody. The identify threshold follows the gallery's size to keep to it (README, \"1:N and strangers\").",
   },
   AUTHFACE_IDENTIFY_MARGIN: {
-    schema: z.coerce.number().min(0).max(0.2).default(0.01),
-    doc: 'Identify refuses (`ambiguous_match`) when the best and second-best people score within this of each other. 0 turns the check off.',
+    schema: z.coerce.number().min(0).max(0.2).default(MOBILEFACENET.identifyMargin),
+    doc: 'Identify refuses (`ambiguous_match`) when the best and second-best people (MobileFaceNet scores) are within this of each other. 0 turns the check off.',
   },
   AUTHFACE_FACE_ONLY_MAX_GALLERY: {
     schema: positiveInt.default(1000),
     doc: 'Above this many enrolled people in a tenant, `authface doctor` warns that face alone is not enough at its doors and suggests `factor: face+pin`.',
   },
   AUTHFACE_DUPLICATE_THRESHOLD: {
-    schema: unitInterval.default(0.92),
-    doc: 'Similarity at or above which enrollment and update_embedding report a `conflict` with another user.',
+    schema: unitInterval.default(MOBILEFACENET.duplicateThreshold),
+    doc: 'Similarity (MobileFaceNet) at or above which enrollment and update_embedding report a `conflict` with another user.',
   },
   AUTHFACE_WORKERS: {
     schema: positiveInt.max(64).default(defaultWorkers),

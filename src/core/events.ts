@@ -1,3 +1,4 @@
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import type { Factor, Flow } from '../store/sessions.ts';
 
 /** What the core announces; features (metrics, door control, sync) subscribe instead of being called. */
@@ -19,6 +20,8 @@ export interface CoreEvents {
   };
   'frame.analysed': { tenantId: string; accepted: boolean; problems: string[]; millis: number };
   'user.changed': { tenantId: string; externalUserId: string; change: 'enrolled' | 'updated' | 'deleted' };
+  /** A capture gave a person decided by an older model the newer model's template (sessions/decisions.ts). */
+  'template.migrated': { tenantId: string; models: ModelId[] };
   /** A door's decision on an identify session or a remote unlock (src/access). */
   'access.decided': AccessEvent;
   'door.alarm': { eventId: string; doorId: string; type: 'door_forced' | 'door_held_open' | 'pin_lockout'; time: string };

@@ -5,6 +5,7 @@ import path from 'node:path';
 import mqtt from 'mqtt';
 import { gpioAccessible } from '../access/hardware.ts';
 import { IdentifyPolicy } from '../biometrics/identify-policy.ts';
+import { MATCHERS, PRIMARY_MODEL, migrationProgress } from '../biometrics/matchers/index.ts';
 import { ModelFiles } from '../biometrics/models.ts';
 import type { Settings } from '../config/settings.ts';
 import { brokerOptions, describeMqttError } from '../mqtt/bridge.ts';
@@ -40,6 +41,7 @@ export async function diagnose(settings: Settings, device: DeviceConfig | null):
     checkFiles(settings),
     checkDatabase(settings),
     checkIdentification(settings, device),
+    checkMigration(settings),
     await checkCamera(device),
     checkGpio(device),
     await checkBroker(settings, device),
@@ -84,6 +86,38 @@ function checkIdentification(settings: Settings, device: DeviceConfig | null): C
       detail: `${detail}. Face alone is not enough above ${settings.AUTHFACE_FACE_ONLY_MAX_GALLERY} people: ${crowded.join(', ')}${device ? ` at door(s) ${faceOnlyDoors.join(', ')}` : ''}`,
       fix: 'add a second factor: set `factor: face+pin` on the doors of the device file and give each person a PIN (POST /device/v1/set-pin); see the README, "1:N and strangers"',
     };
+  } finally {
+    store.close();
+  }
+}
+
+/**
+ * Each tenant's move to the model of new templates: how many people hold its template. The others
+ * are still decided by the older model, and get the new template at their next strong capture
+ * (README, "Moving to a new model"); once all have it, the older templates can be retired.
+ */
+function checkMigration(settings: Settings): Check {
+  const name = 'model migration';
+  if (!fs.existsSync(path.join(settings.dataDir, DATABASE_FILE))) return { name, status: 'skip', detail: 'no database yet' };
+  let store;
+  try {
+    store = openStore(settings.dataDir, settings.AUTHFACE_MASTER_KEY, { mustExist: true });
+  } catch {
+    return { name, status: 'skip', detail: 'the database cannot be opened (see database)' };
+  }
+  try {
+    const names = new Map(store.tenants.list().map((t) => [t.id, t.name]));
+    const lines: string[] = [];
+    const retirable: string[] = [];
+    for (const c of store.users.modelCoverage()) {
+      const tenant = names.get(c.tenantId) ?? c.tenantId;
+      lines.push(`${tenant}: ${migrationProgress(c)}`);
+      const older = MATCHERS.filter((m) => m.id !== PRIMARY_MODEL && (c.byModel[m.id] ?? 0) > 0);
+      if ((c.byModel[PRIMARY_MODEL] ?? 0) === c.people && older.length > 0) retirable.push(tenant);
+    }
+    const detail = lines.join('; ') || 'nobody enrolled yet';
+    if (retirable.length === 0) return { name, status: 'ok', detail };
+    return { name, status: 'ok', detail, fix: `every person of ${retirable.join(', ')} holds the new template: \`authface templates retire --tenant <name>\` deletes the older ones` };
   } finally {
     store.close();
   }

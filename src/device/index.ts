@@ -15,7 +15,7 @@ import { DeviceSync } from '../sync/device-sync.ts';
 import { loadKeyring } from '../sync/keyring.ts';
 import { assertNotRevoked } from '../sync/revoked.ts';
 import { publicKeyFromBase64 } from '../access/signed-command.ts';
-import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import { FLEET_MODEL } from '../sync/fleet-model.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
 
@@ -118,7 +118,7 @@ export async function startDevice(
       noticeKey: commandKey ? publicKeyFromBase64(commandKey) : undefined,
       hubUrl: config.sync.hub_url,
       secretFiles: config.mqtt.password_file ? [config.mqtt.password_file] : [],
-      model: EMBEDDING_MODEL,
+      model: FLEET_MODEL,
       softwareVersion: deps.version,
       doors: config.doors.map((d) => d.id),
       logger: deps.logger,

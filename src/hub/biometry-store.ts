@@ -8,6 +8,7 @@ import type { LivenessMode, Tenant } from '../store/tenants.ts';
 import type { ActiveTemplate, User } from '../store/users.ts';
 import { EnvelopeError, type SealedTemplate, openTemplate, sealTemplate } from '../sync/envelope.ts';
 import type { Change, SubmittedChange } from '../sync/protocol.ts';
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import type { HubStore } from './store.ts';
 
 /**
@@ -18,8 +19,8 @@ import type { HubStore } from './store.ts';
  * tenant_id first.
  */
 export interface PostgresBiometryOptions {
-  /** The embedding model the hub's engine runs. */
-  model: string;
+  /** The model whose templates the hub keeps: the fleet's (sync/fleet-model.ts). */
+  model: ModelId;
   /** Called after the commit of each change this store sequenced (to publish it on the log). */
   onSequenced?: (change: Change) => void;
 }
@@ -73,6 +74,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
   };
 
   return {
+    models: [options.model],
     tenants: {
       async create(input) {
         const id = input.id ?? crypto.randomUUID();
@@ -168,9 +170,10 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
         );
         return { total: total.rows[0].n, users: rows.rows.map((r) => toUser(tenantId, r)) };
       },
-      async activeEmbedding(user) {
+      async templates(user) {
         const row = await liveUser(pool, user.tenantId, user.externalUserId);
-        return row && row.version === user.version ? open(user.tenantId, row) : undefined;
+        const embedding = row && row.version === user.version ? await open(user.tenantId, row) : undefined;
+        return embedding ? { [options.model]: embedding } : {};
       },
       async templateVersions(user) {
         // the log is the history: every template the person had since they were last deleted
@@ -186,7 +189,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
         const rows = await pool.query<UserRow & { tenant_id: string }>('SELECT * FROM hub_users WHERE NOT deleted ORDER BY tenant_id');
         for (const row of rows.rows) {
           const embedding = await open(row.tenant_id, row);
-          if (embedding) out.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, embedding });
+          if (embedding) out.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, model: options.model, embedding });
         }
         return out;
       },
@@ -205,7 +208,10 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
       let change: Change | undefined;
       try {
         await hub.transaction(async (db) => {
-          if (write) {
+          // the hub keeps the fleet model's template only: a migration to another model is a door's
+          if (write && write.kind !== 'migrate') {
+            const embedding = write.templates[options.model];
+            if (!embedding) throw new Error(`the hub keeps ${options.model} templates, and the capture made none`);
             await hub.lockTenant(db, tenantId);
             // the key read under the tenant's lock: a rotation cannot slip between seal and sequence
             const sealed = await hub.keys.current(tenantId, db);
@@ -223,7 +229,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
               version,
               model: options.model,
               key_version: sealed.keyVersion,
-              template: sealTemplate(sealed.key, write.embedding, binding),
+              template: sealTemplate(sealed.key, embedding, binding),
             });
           }
           const finished = await db.query(

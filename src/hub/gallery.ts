@@ -1,4 +1,5 @@
-import type { Gallery, GalleryIndex } from '../biometrics/gallery.ts';
+import type { GalleryIndex, TenantGallery } from '../biometrics/gallery.ts';
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import { KeyedQueue } from '../core/keyed-queue.ts';
 import { EnvelopeError, openTemplate } from '../sync/envelope.ts';
 import type { SnapshotUser } from '../sync/protocol.ts';
@@ -22,7 +23,7 @@ export class HubGallery {
   constructor(
     private readonly store: HubStore,
     private readonly tenantKey: (tenantId: string, keyVersion: number) => Promise<{ key: Buffer } | undefined>,
-    private readonly model: string,
+    private readonly model: ModelId,
   ) {}
 
   /** Remembers every tenant's head: call it before loading the templates. */
@@ -54,7 +55,7 @@ export class HubGallery {
   }
 
   /** Loads the tenant's people as they are now, like a device's snapshot; returns the head it resumes the log from. */
-  async #reload(gallery: Gallery, tenantId: string): Promise<number> {
+  async #reload(gallery: TenantGallery, tenantId: string): Promise<number> {
     const live = new Set<string>();
     let head: number | undefined;
     let after: string | null = null;
@@ -72,12 +73,12 @@ export class HubGallery {
     return head;
   }
 
-  async #upsert(gallery: Gallery, tenantId: string, u: SnapshotUser): Promise<void> {
+  async #upsert(gallery: TenantGallery, tenantId: string, u: SnapshotUser): Promise<void> {
     try {
       const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
       const sealedWith = await this.tenantKey(tenantId, u.key_version);
       if (!sealedWith) throw new EnvelopeError('wrong_key', `no key version ${u.key_version} in tenant ${tenantId}`);
-      gallery.upsert(u.external_user_id, openTemplate(sealedWith.key, u.template, binding, this.model));
+      gallery.upsert(u.external_user_id, { [this.model]: openTemplate(sealedWith.key, u.template, binding, this.model) });
     } catch (err) {
       if (!(err instanceof EnvelopeError)) throw err;
       gallery.remove(u.external_user_id); // made by another model, or unreadable: not matchable here

@@ -1,7 +1,8 @@
 import type http from 'node:http';
 import { createApp } from '../api/app.ts';
 import { composeBiometry, listen } from '../biometry.ts';
-import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import { FLEET_MODEL } from '../sync/fleet-model.ts';
+import { matcher } from '../biometrics/matchers/index.ts';
 import type { FaceAnalyzer } from '../biometrics/index.ts';
 import type { Settings } from '../config/settings.ts';
 import type { Logger } from '../core/logger.ts';
@@ -79,12 +80,16 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger, ca: options.brokerCa });
     stack.push(() => sync.close());
     const biometry = postgresBiometryStore(store, {
-      model: EMBEDDING_MODEL,
+      model: FLEET_MODEL,
       onSequenced: (change) => sync.publish(change),
     });
-    const gallery = new HubGallery(store, (t, v) => store.keys.version(t, v), EMBEDDING_MODEL);
+    const gallery = new HubGallery(store, (t, v) => store.keys.version(t, v), FLEET_MODEL);
     await gallery.markHeads();
-    const parts = await composeBiometry(settings, { store: biometry, logger, analyzer: options.analyzer, refreshGallery: (t) => gallery.refresh(parts.index, t) }, stack);
+    const parts = await composeBiometry(
+      settings,
+      { store: biometry, logger, analyzer: options.analyzer, refreshGallery: (t) => gallery.refresh(parts.index, t), requiredModels: [FLEET_MODEL] },
+      stack,
+    );
     const commands = hubCommands(store, sync);
     const app = createApp({
       logger,
@@ -125,7 +130,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     const compactor = setInterval(() => void compact(), COMPACT_INTERVAL_MS);
     compactor.unref();
     stack.push(() => clearInterval(compactor));
-    sync.fleetCheck = fleetCheck(store, parts.index, gallery, settings.AUTHFACE_DUPLICATE_THRESHOLD);
+    sync.fleetCheck = fleetCheck(store, parts.index, gallery, matcher(FLEET_MODEL).duplicateThreshold);
     const { server, url } = await listen(app, settings, logger, stack);
     logger.info({ broker: options.brokerUrl.replace(/\/\/[^@/]*@/, '//'), prefix: options.prefix, url }, 'hub ready');
     return { store, biometry, sync, server, url, close: unwind };
@@ -155,13 +160,13 @@ function fleetCheck(
     try {
       if (!sealedWith) throw new EnvelopeError('wrong_key', `no key version ${body.key_version}`);
       const binding = { tenantId, externalUserId: body.external_user_id, version: body.version, model: body.model, keyVersion: body.key_version };
-      embedding = openTemplate(sealedWith.key, body.template, binding, EMBEDDING_MODEL);
+      embedding = openTemplate(sealedWith.key, body.template, binding, FLEET_MODEL);
     } catch (err) {
       if (err instanceof EnvelopeError) return { ok: false, reason: err.code === 'wrong_model' ? 'wrong_model' : 'template_unreadable' };
       throw err;
     }
     const checkedThrough = await gallery.refresh(index, tenantId);
-    const nearest = index.of(tenantId).best(embedding, body.external_user_id);
+    const nearest = index.of(tenantId).gallery(FLEET_MODEL).best(embedding, body.external_user_id);
     if (nearest && nearest.score >= duplicateThreshold) return { ok: false, reason: 'duplicate_face', score: nearest.score };
     const row = await store.userState(store.pool, tenantId, body.external_user_id);
     const live = row !== undefined && !row.deleted;
@@ -169,7 +174,7 @@ function fleetCheck(
     if (kind === 'update' && !live) return { ok: false, reason: 'user_not_found' };
     if (kind === 'update' && row?.version !== body.version - 1) return { ok: false, reason: 'stale_version', version: row?.version };
     const version = (row?.version ?? 0) + 1;
-    const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: EMBEDDING_MODEL, keyVersion });
+    const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: FLEET_MODEL, keyVersion });
     return { ok: true, body: { ...body, version, key_version: keyVersion, template }, checkedThrough };
   };
 }

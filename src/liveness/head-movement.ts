@@ -1,5 +1,7 @@
 import { similarity } from '../biometrics/embedding.ts';
+import { type Embeddings, newest } from '../biometrics/matchers/index.ts';
 import type { Pose } from '../biometrics/types.ts';
+import type { SameFaceLimits } from './index.ts';
 import type { Step } from './challenge.ts';
 
 /** One analysed frame as the movement check sees it. */
@@ -8,7 +10,7 @@ export interface MovementFrame {
   at: number;
   pose: Pose;
   eyeOpenness: { left: number; right: number };
-  embedding: Float32Array | null;
+  embeddings: Embeddings;
 }
 
 export type MovementFailure = 'wrong_movement' | 'too_slow' | 'identity_switch' | 'missing_step';
@@ -22,9 +24,8 @@ export interface MovementLimits {
   /** Eyes count as closed below this openness and below this fraction of the person's own open eyes. */
   closedEyes: number;
   closedFraction: number;
-  /** Same-person similarity for frontal frames, and the looser one for turned faces. */
-  sameFace: number;
-  sameFaceTurned: number;
+  /** Per model: same-person similarity for frontal frames, and the looser one for turned faces. */
+  sameFace: SameFaceLimits;
   stepMillis: number;
 }
 
@@ -34,7 +35,6 @@ export const DEFAULT_MOVEMENT_LIMITS: Omit<MovementLimits, 'stepMillis' | 'sameF
   wrongDegrees: 25,
   closedEyes: 0.15,
   closedFraction: 0.6,
-  sameFaceTurned: 0.85,
 };
 
 const FRONTAL = 12;
@@ -48,7 +48,7 @@ const FRONTAL = 12;
 export class HeadMovementCheck {
   #done = 0;
   #failure: MovementFailure | null = null;
-  #reference: Float32Array | null = null;
+  #reference: Embeddings | null = null;
   #openEyes: number[] = [];
   #lastProgressAt: number | null = null;
 
@@ -124,13 +124,17 @@ export class HeadMovementCheck {
   }
 
   #sameFace(frame: MovementFrame): boolean {
-    if (!frame.embedding) return true;
+    const seen = newest(frame.embeddings);
+    if (!seen) return true;
     const turned = Math.abs(frame.pose.yaw) >= FRONTAL || Math.abs(frame.pose.pitch) >= FRONTAL;
     if (!this.#reference) {
-      if (!turned) this.#reference = frame.embedding;
+      if (!turned) this.#reference = frame.embeddings;
       return true;
     }
-    return similarity(this.#reference, frame.embedding) >= (turned ? this.limits.sameFaceTurned : this.limits.sameFace);
+    const reference = this.#reference[seen.model];
+    if (!reference) return true;
+    const limits = this.limits.sameFace[seen.model];
+    return similarity(reference, seen.embedding) >= (turned ? limits.turned : limits.frontal);
   }
 
   #fail(reason: MovementFailure): void {

@@ -1,3 +1,4 @@
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import type { FrameAnalysis } from '../biometrics/types.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { type AttackLimits, type AttackSignal, DEFAULT_ATTACK_LIMITS, attackSignals } from './attack-signals.ts';
@@ -11,11 +12,13 @@ export { drawChallenge } from './challenge.ts';
 export interface LivenessOptions {
   attack: AttackLimits;
   light: LightLimits;
-  /** Same-person similarity for frontal frames (the match threshold). */
-  sameFace: number;
+  /** Per model: same-person similarity for frontal frames (the match threshold), and for turned ones. */
+  sameFace: SameFaceLimits;
 }
 
-export const defaultLivenessOptions = (sameFace: number): LivenessOptions => ({
+export type SameFaceLimits = Record<ModelId, { frontal: number; turned: number }>;
+
+export const defaultLivenessOptions = (sameFace: SameFaceLimits): LivenessOptions => ({
   attack: DEFAULT_ATTACK_LIMITS,
   light: DEFAULT_LIGHT_LIMITS,
   sameFace,
@@ -64,7 +67,7 @@ export class LivenessSession {
       this.#flagged++;
       return signals;
     }
-    this.#movement?.observe({ at: meta.at, pose: face.pose, eyeOpenness: face.eyeOpenness, embedding: analysis.embedding });
+    this.#movement?.observe({ at: meta.at, pose: face.pose, eyeOpenness: face.eyeOpenness, embeddings: analysis.embeddings });
     const phase = meta.lightPhase;
     if (this.challenge && phase !== undefined && phase >= 0 && phase < this.challenge.colors.length) {
       this.#light.push({ phase, faceColor: face.faceColor });

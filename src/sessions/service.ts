@@ -2,8 +2,9 @@ import type { EventBus } from '../core/events.ts';
 import { KeyedQueue } from '../core/keyed-queue.ts';
 import { ServiceError } from '../errors.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { Embeddings, ModelId } from '../biometrics/matchers/index.ts';
 import { newEventId } from '../store/audit.ts';
-import type { BiometryStore, UserWrite } from '../store/biometry-store.ts';
+import type { BiometryStore, FleetWrite, UserWrite } from '../store/biometry-store.ts';
 import type { Flow, Session } from '../store/sessions.ts';
 import type { LivenessMode, Tenant } from '../store/tenants.ts';
 import { drawChallenge } from '../liveness/challenge.ts';
@@ -48,7 +49,7 @@ export type FleetVerdict =
   | { status: 'refused'; reason: 'conflict' | 'already_enrolled' | 'user_not_found'; score: number | null }
   | { status: 'changed' }
   | { status: 'unreachable' };
-export type FleetCommit = (tenantId: string, write: UserWrite) => Promise<FleetVerdict>;
+export type FleetCommit = (tenantId: string, write: FleetWrite) => Promise<FleetVerdict>;
 
 /** How a session ends: a decision, or a failure or expiry without one. */
 type Ending = Omit<Decision, 'status'> & { status: 'success' | 'fail' | 'expired' };
@@ -138,8 +139,8 @@ export class SessionService {
     return this.#reload(session);
   }
 
-  /** Decides the session on the probe embedding and records the outcome. */
-  decide(session: Session, probe: Float32Array): Promise<Session> {
+  /** Decides the session on the probe (an embedding per model) and records the outcome. */
+  decide(session: Session, probe: Embeddings): Promise<Session> {
     return this.#finish(session, async () => {
       const checkedThrough = await this.options.refreshGallery?.(session.tenantId);
       const decision = await decide(session, probe, this.store.users, this.index, this.options.thresholds);
@@ -225,7 +226,8 @@ export class SessionService {
   /** An enrolment or update decided here, as the fleet's hub judges it (when this device is in a fleet); null: decide again. */
   async #throughHub(session: Session, decision: Ending): Promise<Ending | null> {
     const write = decision.write;
-    if (!write || !this.#commitThroughHub) return decision;
+    // a migrated template stays on this door: the fleet replicates one model's (sync/fleet-model.ts)
+    if (!write || write.kind === 'migrate' || !this.#commitThroughHub) return decision;
     const verdict = await this.#commitThroughHub(session.tenantId, write);
     switch (verdict.status) {
       case 'sequenced':
@@ -241,8 +243,9 @@ export class SessionService {
 
   #announceWrite(session: Session, write: UserWrite): void {
     const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
-    this.index.of(session.tenantId).upsert(externalUserId, write.embedding);
-    this.events.emit('user.changed', { tenantId: session.tenantId, externalUserId, change: write.kind === 'enroll' ? 'enrolled' : 'updated' });
+    this.index.of(session.tenantId).upsert(externalUserId, write.templates);
+    if (write.kind === 'migrate') this.events.emit('template.migrated', { tenantId: session.tenantId, models: Object.keys(write.templates) as ModelId[] });
+    else this.events.emit('user.changed', { tenantId: session.tenantId, externalUserId, change: write.kind === 'enroll' ? 'enrolled' : 'updated' });
   }
 }
 

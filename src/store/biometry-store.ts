@@ -1,3 +1,4 @@
+import type { Embeddings, ModelId } from '../biometrics/matchers/index.ts';
 import type { AuditEvent } from './audit.ts';
 import type { Flow, Session, SessionOutcome } from './sessions.ts';
 import type { LivenessMode, Tenant } from './tenants.ts';
@@ -11,6 +12,8 @@ import type { ActiveTemplate, User } from './users.ts';
  * SQLite store it was written against.
  */
 export interface BiometryStore {
+  /** The models whose templates this store keeps (a write's templates of other models are not stored). */
+  readonly models: readonly ModelId[];
   readonly tenants: TenantAccess;
   readonly sessions: SessionAccess;
   readonly users: UserAccess;
@@ -71,10 +74,10 @@ export interface UserAccess {
   /** The live (not deleted) user, if any. */
   get(tenantId: string, externalUserId: string): Promise<User | undefined>;
   list(tenantId: string, limit: number, offset: number): Promise<{ total: number; users: User[] }>;
-  /** The user's active template, or undefined (none, or it does not open: they must enrol again). */
-  activeEmbedding(user: User): Promise<Float32Array | undefined>;
+  /** The user's usable active template of each model (empty: none opens, they must enrol again). */
+  templates(user: User): Promise<Embeddings>;
   templateVersions(user: User): Promise<{ version: number; active: boolean; createdAt: string }[]>;
-  /** Every usable active template of every tenant, for the in-memory 1:N index. */
+  /** Every usable active template of every tenant, one row per person and model, for the in-memory 1:N index. */
   activeTemplates(): Promise<ActiveTemplate[]>;
 }
 
@@ -86,11 +89,18 @@ export interface AuditAccess {
 }
 
 /**
- * The enrolment or template update a decision makes; `update` holds the user as the decision read
- * it. `version`: the fleet's hub already sequenced this enrolment or update at that version (the
- * door waited on it), so it may have arrived through the log first, which is not a conflict.
+ * The enrolment, template update or template migration a decision makes, with a template of each
+ * model the capture described the face with. `update` and `migrate` hold the user as the decision
+ * read it. `migrate` adds the templates of models the person has none of, at the same version:
+ * the person did not change, their face is now also described by a newer model. `version`: the
+ * fleet's hub already sequenced this enrolment or update at that version (the door waited on it),
+ * so it may have arrived through the log first, which is not a conflict.
  */
-export type UserWrite = ({ kind: 'enroll'; externalUserId: string; embedding: Float32Array; version?: number } | { kind: 'update'; user: User; embedding: Float32Array; version?: number }) & {
+export type UserWrite = (
+  | { kind: 'enroll'; externalUserId: string; templates: Embeddings; version?: number }
+  | { kind: 'update'; user: User; templates: Embeddings; version?: number }
+  | { kind: 'migrate'; user: User; templates: Embeddings }
+) & {
   /**
    * The hub: the place in the tenant's log its 1:N index had reached when the decision was made.
    * A template sequenced after it (by another hub process, or a door) was not compared, so the
@@ -98,5 +108,8 @@ export type UserWrite = ({ kind: 'enroll'; externalUserId: string; embedding: Fl
    */
   checkedThrough?: number;
 };
+
+/** What a fleet door commits through the hub: an enrolment or an update (a migrated template stays on the door). */
+export type FleetWrite = Extract<UserWrite, { kind: 'enroll' | 'update' }>;
 
 export type FinishResult = 'finished' | 'already_finished' | 'write_conflict';

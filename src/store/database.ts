@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { DLIB_RESNET } from '../biometrics/matchers/index.ts';
 import { type EmbeddingCipher, StoreError, legacyTemplateAad, templateAad } from './crypto.ts';
 import { eraseIdentity } from './erasure.ts';
 
@@ -8,10 +9,9 @@ export type Db = Database.Database;
 
 export const DATABASE_FILE = 'authface.db';
 
-/** What a migration written in code may need: the key that seals templates, the running model. */
+/** What a migration written in code may need: the key that seals templates. */
 export interface MigrationContext {
   cipher: EmbeddingCipher;
-  model: string;
 }
 
 /**
@@ -152,6 +152,24 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   `CREATE TABLE console_admins (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at TEXT NOT NULL);
    CREATE TABLE console_sessions (token_hash BLOB PRIMARY KEY, admin TEXT NOT NULL REFERENCES console_admins (name) ON DELETE CASCADE,
                                   csrf TEXT NOT NULL, expires_at TEXT NOT NULL);`,
+  // a template per model: a person holds one of each model at a version (README, "Moving to a new
+  // model"); every template already names its model (resealTemplates)
+  `CREATE TABLE templates_by_model (
+     id          TEXT PRIMARY KEY,
+     user_id     TEXT NOT NULL REFERENCES users(id),
+     version     INTEGER NOT NULL,
+     model       TEXT NOT NULL,
+     active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+     nonce       BLOB NOT NULL,
+     ciphertext  BLOB NOT NULL,
+     created_at  TEXT NOT NULL,
+     UNIQUE (user_id, version, model)
+   );
+   INSERT INTO templates_by_model (id, user_id, version, model, active, nonce, ciphertext, created_at)
+     SELECT id, user_id, version, COALESCE(model, 'dlib-resnet-v1/authface-align-1'), active, nonce, ciphertext, created_at FROM templates;
+   DROP TABLE templates;
+   ALTER TABLE templates_by_model RENAME TO templates;
+   CREATE INDEX templates_active ON templates (user_id) WHERE active = 1;`,
 ];
 
 /**
@@ -207,7 +225,9 @@ export function migrate(db: Db, ctx: MigrationContext): void {
   }
 }
 
-function resealTemplates(db: Db, { cipher, model }: MigrationContext): void {
+function resealTemplates(db: Db, { cipher }: MigrationContext): void {
+  // templates from before models were named were all made by the first model, dlib's
+  const model = DLIB_RESNET.id;
   const rows = db
     .prepare(
       `SELECT t.id, t.user_id, t.version, t.active, t.nonce, t.ciphertext, u.tenant_id, u.external_user_id

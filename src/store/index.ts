@@ -1,4 +1,4 @@
-import { EMBEDDING_MODEL } from '../biometrics/embedding.ts';
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import { AuditLog } from './audit.ts';
 import { EmbeddingCipher, StoreError, legacyTemplateAad, loadMasterKey, opensKeyCheck, sealKeyCheck } from './crypto.ts';
 import { type Db, LEGACY_SEAL_SCHEMA, migrate, openDatabase, schemaVersion } from './database.ts';
@@ -33,8 +33,8 @@ export interface Store {
 }
 
 export interface StoreOptions {
-  /** The embedding model the engine runs (templates are sealed for it). */
-  model: string;
+  /** The models whose templates are kept and used (default: every model the service knows). */
+  models: readonly ModelId[];
   /** Refuse to create a database where there is none (management commands). */
   mustExist?: boolean;
 }
@@ -49,9 +49,8 @@ export function openStore(dataDir: string, masterKey: string | undefined, option
   try {
     const cipher = new EmbeddingCipher(loadMasterKey(dataDir, masterKey, { sealedTemplates: countTemplates(db) }));
     verifyKey(db, cipher, dataDir);
-    const model = options.model ?? EMBEDDING_MODEL;
-    migrate(db, { cipher, model });
-    const users = new UserStore(db, cipher, model);
+    migrate(db, { cipher });
+    const users = new UserStore(db, cipher, options.models);
     const audit = new AuditLog(db);
     return {
       db,

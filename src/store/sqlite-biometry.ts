@@ -15,6 +15,7 @@ class Rollback extends Error {
 export function sqliteBiometryStore(store: Store): BiometryStore {
   const { db, tenants, sessions, users, audit } = store;
   return {
+    models: users.models,
     tenants: {
       create: async (input) => tenants.create(input),
       get: async (id) => tenants.get(id),
@@ -36,7 +37,7 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
     users: {
       get: async (tenantId, externalUserId) => users.get(tenantId, externalUserId),
       list: async (tenantId, limit, offset) => users.list(tenantId, limit, offset),
-      activeEmbedding: async (user) => users.activeEmbedding(user),
+      templates: async (user) => users.templates(user),
       templateVersions: async (user) => users.templateVersions(user),
       activeTemplates: async () => users.activeTemplates(),
     },
@@ -51,13 +52,20 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
             const current = users.get(session.tenantId, write.externalUserId);
             const arrivedFromHub = current && write.version !== undefined && current.version >= write.version;
             if (current && !arrivedFromHub) throw new Rollback('write_conflict');
-            if (!current) users.enroll(session.tenantId, write.externalUserId, write.embedding, write.version);
+            if (!current) users.enroll(session.tenantId, write.externalUserId, write.templates, write.version);
           } else if (write?.kind === 'update') {
             const current = users.get(session.tenantId, write.user.externalUserId);
             const arrivedFromHub = current && write.version !== undefined && current.version >= write.version;
             if (!arrivedFromHub) {
               if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
-              users.replaceTemplate(current, write.embedding);
+              users.replaceTemplate(current, write.templates);
+            }
+          } else if (write?.kind === 'migrate') {
+            const current = users.get(session.tenantId, write.user.externalUserId);
+            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
+            const added = users.addTemplates(current, write.templates);
+            if (added.length > 0) {
+              audit.record({ tenantId: session.tenantId, type: 'template_migrated', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason: added.join(','), score: outcome.score, doorId: session.doorId });
             }
           }
           // another request finished it first: roll back whatever this decision wrote

@@ -2,6 +2,7 @@ import crypto from 'node:crypto';
 import type { Statement } from 'better-sqlite3';
 import { type EmbeddingCipher, type TemplateBinding, templateAad } from './crypto.ts';
 import { type Db, now } from './database.ts';
+import { type Embeddings, type ModelId, MATCHERS, isModelId } from '../biometrics/matchers/index.ts';
 import { userSetDigest } from '../sync/digest.ts';
 
 export interface User {
@@ -18,6 +19,7 @@ export interface User {
 export interface ActiveTemplate {
   tenantId: string;
   externalUserId: string;
+  model: ModelId;
   embedding: Float32Array;
 }
 
@@ -69,8 +71,8 @@ export class UserStore {
   constructor(
     private readonly db: Db,
     private readonly cipher: EmbeddingCipher,
-    /** The embedding model the engine runs; templates of another model are not used. */
-    private readonly model: string,
+    /** The models whose templates are kept and used here; a template of another model is not used. */
+    readonly models: readonly ModelId[] = MATCHERS.map((m) => m.id),
   ) {}
 
   #sql(text: string): Statement {
@@ -114,28 +116,35 @@ export class UserStore {
    * Creates the user (or revives its tombstone with the next version) with its first template;
    * `version`: the one the fleet's hub sequenced this enrolment at.
    */
-  enroll(tenantId: string, externalUserId: string, embedding: Float32Array, version?: number): User {
+  enroll(tenantId: string, externalUserId: string, templates: Embeddings, version?: number): User {
     const ts = now();
     if (this.get(tenantId, externalUserId)) throw new Error('user already enrolled');
     const user = this.#createOrRevive(tenantId, externalUserId, (tombVersion) => version ?? (tombVersion ?? 0) + 1, ts);
-    this.insertTemplate(user, embedding, ts);
+    this.#insertTemplates(user, templates, ts);
     this.changeJournal?.({ tenantId, externalUserId, kind: 'upsert', version: user.version });
     return user;
   }
 
   /**
-   * A template from the fleet's change log, at the hub's version. The log's order is the
-   * authority (the hub resolved conflicts before sequencing), so it replaces whatever this device
-   * holds for the person, including a local copy of the same version.
+   * Templates from the fleet's change log, at the hub's version; returns the person's templates
+   * held afterwards. The log's order is the authority (the hub resolved conflicts before
+   * sequencing): a newer version replaces whatever this device holds for the person. At the
+   * version held here (this door's own enrolment coming back through the log), it replaces the
+   * templates of the models it carries and keeps the others: they were made from the same capture.
    */
-  replicate(tenantId: string, externalUserId: string, version: number, embedding: Float32Array): void {
+  replicate(tenantId: string, externalUserId: string, version: number, templates: Embeddings): Embeddings {
     const ts = now();
     const live = this.get(tenantId, externalUserId);
     const user = live ? { ...live, version, updatedAt: ts, needsReenrolment: false } : this.#createOrRevive(tenantId, externalUserId, () => version, ts);
     if (live) this.#sql('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(version, ts, user.id);
-    this.#sql('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
-    this.#sql('DELETE FROM templates WHERE user_id = ? AND version = ?').run(user.id, version);
-    this.insertTemplate(user, embedding, ts);
+    if (live?.version === version) {
+      for (const model of Object.keys(templates)) this.#sql('DELETE FROM templates WHERE user_id = ? AND version = ? AND model = ?').run(user.id, version, model);
+    } else {
+      this.#sql('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
+      this.#sql('DELETE FROM templates WHERE user_id = ? AND version = ?').run(user.id, version);
+    }
+    this.#insertTemplates(user, templates, ts);
+    return this.templates(user);
   }
 
   /** A new user row, or the person's tombstone brought back (kept under the pseudonym, older ones under the id). */
@@ -170,15 +179,59 @@ export class UserStore {
     this.#sql('UPDATE users SET reenrolment_reason = ? WHERE tenant_id = ? AND external_user_id = ? AND deleted_at IS NULL').run(reason, tenantId, externalUserId);
   }
 
-  /** Stores a new active template version; earlier versions stay as inactive history. */
-  replaceTemplate(user: User, embedding: Float32Array): User {
+  /** Stores a new active template version (one template per model); earlier versions stay as inactive history. */
+  replaceTemplate(user: User, templates: Embeddings): User {
     const ts = now();
     const next = { ...user, version: user.version + 1, updatedAt: ts, needsReenrolment: false };
     this.#sql('UPDATE templates SET active = 0 WHERE user_id = ? AND active = 1').run(user.id);
     this.#sql('UPDATE users SET version = ?, updated_at = ?, reenrolment_reason = NULL WHERE id = ?').run(next.version, ts, user.id);
-    this.insertTemplate(next, embedding, ts);
+    this.#insertTemplates(next, templates, ts);
     this.changeJournal?.({ tenantId: user.tenantId, externalUserId: user.externalUserId, kind: 'upsert', version: next.version });
     return next;
+  }
+
+  /**
+   * Adds the templates of models the person holds no active template of, at their current
+   * version (a migration to a newer model: the person did not change, so neither does their
+   * version, and nothing is journalled for the fleet). Returns the models added.
+   */
+  addTemplates(user: User, templates: Embeddings): ModelId[] {
+    const held = new Set((this.#sql('SELECT model FROM templates WHERE user_id = ? AND active = 1').all(user.id) as { model: string }[]).map((r) => r.model));
+    const added = (Object.keys(templates) as ModelId[]).filter((m) => !held.has(m));
+    this.#insertTemplates(user, Object.fromEntries(added.map((m) => [m, templates[m]])), now());
+    return added;
+  }
+
+  /**
+   * Deletes every template of `model` (active and history) of the tenant's people who hold an
+   * active template of another model this store keeps; returns how many people lost one, and how
+   * many still have only that model's template (they keep it: retiring it would lock them out).
+   */
+  retireModel(tenantId: string, model: ModelId): { retired: number; kept: number } {
+    const others = this.models.filter((m) => m !== model);
+    const marks = others.map(() => '?').join(', ');
+    const covered = `EXISTS (SELECT 1 FROM templates o WHERE o.user_id = t.user_id AND o.active = 1 AND o.model IN (${marks || 'NULL'}))`;
+    const inTenant = 'user_id IN (SELECT id FROM users WHERE tenant_id = ? AND deleted_at IS NULL)';
+    return this.db.transaction(() => {
+      const retired = (this.#sql(`SELECT COUNT(DISTINCT t.user_id) AS n FROM templates t WHERE t.model = ? AND t.${inTenant} AND ${covered}`).get(model, tenantId, ...others) as { n: number }).n;
+      const kept = (this.#sql(`SELECT COUNT(DISTINCT t.user_id) AS n FROM templates t WHERE t.model = ? AND t.active = 1 AND t.${inTenant} AND NOT ${covered}`).get(model, tenantId, ...others) as { n: number }).n;
+      this.#sql(`DELETE FROM templates AS t WHERE t.model = ? AND t.${inTenant} AND ${covered}`).run(model, tenantId, ...others);
+      return { retired, kept };
+    })();
+  }
+
+  /** Per tenant: its live people, and how many of them hold an active template of each model. */
+  modelCoverage(): { tenantId: string; people: number; byModel: Partial<Record<ModelId, number>> }[] {
+    const people = this.#sql('SELECT tenant_id, COUNT(*) AS n FROM users WHERE deleted_at IS NULL GROUP BY tenant_id').all() as { tenant_id: string; n: number }[];
+    const rows = this.#sql(
+      `SELECT u.tenant_id, t.model, COUNT(DISTINCT u.id) AS n FROM templates t JOIN users u ON u.id = t.user_id
+       WHERE t.active = 1 AND u.deleted_at IS NULL GROUP BY u.tenant_id, t.model`,
+    ).all() as { tenant_id: string; model: string; n: number }[];
+    return people.map((p) => ({
+      tenantId: p.tenant_id,
+      people: p.n,
+      byModel: Object.fromEntries(rows.filter((r) => r.tenant_id === p.tenant_id && isModelId(r.model)).map((r) => [r.model, r.n])),
+    }));
   }
 
   /**
@@ -198,17 +251,21 @@ export class UserStore {
     return pseudonym;
   }
 
-  /** The user's active template, or undefined; an unreadable one flags the user for re-enrolment. */
-  activeEmbedding(user: User): Float32Array | undefined {
-    const row = this.#sql('SELECT user_id, version, model, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1')
-      .get(user.id) as TemplateRow | undefined;
-    if (!row) return undefined;
-    const opened = this.#open(row, user.tenantId, user.externalUserId);
-    if ('reason' in opened) {
-      this.#flag(user.id, opened.reason);
-      return undefined;
+  /**
+   * The user's usable active template of each model kept here. When none opens (damaged, edited in
+   * the database, or made by a model not kept here) the user is flagged for re-enrolment.
+   */
+  templates(user: User): Embeddings {
+    const rows = this.#sql('SELECT user_id, version, model, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1').all(user.id) as TemplateRow[];
+    const out: Embeddings = {};
+    let reason: ReenrolmentReason | undefined;
+    for (const row of rows) {
+      const opened = this.#open(row, user.tenantId, user.externalUserId);
+      if ('reason' in opened) reason ??= opened.reason;
+      else out[row.model as ModelId] = opened.embedding;
     }
-    return opened.embedding;
+    if (reason && Object.keys(out).length === 0) this.#flag(user.id, reason);
+    return out;
   }
 
   templateVersions(user: User): { version: number; active: boolean; createdAt: string }[] {
@@ -219,9 +276,9 @@ export class UserStore {
 
   /**
    * Every usable active template of every tenant, decrypted, for building the in-memory 1:N
-   * index. A template that does not open (damaged, or edited in the database) or was made by
-   * another model is skipped, and its user is flagged for re-enrolment: one bad row never stops
-   * the door from serving everyone else.
+   * index. A template that does not open (damaged, or edited in the database) or was made by a
+   * model not kept here is skipped, and a user left with none is flagged for re-enrolment: one bad
+   * row never stops the door from serving everyone else.
    */
   activeTemplates(): ActiveTemplate[] {
     const rows = this.#sql(
@@ -231,21 +288,23 @@ export class UserStore {
       )
       .iterate() as Iterable<TemplateRow & { tenant_id: string; external_user_id: string }>;
     const usable: ActiveTemplate[] = [];
-    const unusable: { userId: string; reason: ReenrolmentReason }[] = [];
+    const unusable = new Map<string, ReenrolmentReason>();
+    const opens = new Set<string>();
     for (const row of rows) {
       const opened = this.#open(row, row.tenant_id, row.external_user_id);
       if ('reason' in opened) {
-        unusable.push({ userId: row.user_id, reason: opened.reason });
+        unusable.set(row.user_id, opened.reason);
       } else {
-        usable.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, embedding: opened.embedding });
+        opens.add(row.user_id);
+        usable.push({ tenantId: row.tenant_id, externalUserId: row.external_user_id, model: row.model as ModelId, embedding: opened.embedding });
       }
     }
-    for (const u of unusable) this.#flag(u.userId, u.reason);
+    for (const [userId, reason] of unusable) if (!opens.has(userId)) this.#flag(userId, reason);
     return usable;
   }
 
   #open(row: TemplateRow, tenantId: string, externalUserId: string): { embedding: Float32Array } | { reason: ReenrolmentReason } {
-    if (row.model !== this.model) return { reason: 'model_changed' };
+    if (!(this.models as readonly string[]).includes(row.model)) return { reason: 'model_changed' };
     try {
       return { embedding: this.cipher.open(row.nonce, row.ciphertext, templateAad({ tenantId, externalUserId, version: row.version, model: row.model })) };
     } catch {
@@ -257,13 +316,16 @@ export class UserStore {
     this.#sql('UPDATE users SET reenrolment_reason = ? WHERE id = ?').run(reason, userId);
   }
 
-  private insertTemplate(user: User, embedding: Float32Array, ts: string): void {
-    const binding: TemplateBinding = { tenantId: user.tenantId, externalUserId: user.externalUserId, version: user.version, model: this.model };
-    const { nonce, ciphertext } = this.cipher.seal(embedding, templateAad(binding));
-    this.#sql(
-        'INSERT INTO templates (id, user_id, version, active, model, nonce, ciphertext, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)',
-      )
-      .run(crypto.randomUUID(), user.id, user.version, this.model, nonce, ciphertext, ts);
+  /** One active template per model kept here, sealed for the user at their version. */
+  #insertTemplates(user: User, templates: Embeddings, ts: string): void {
+    for (const model of this.models) {
+      const embedding = templates[model];
+      if (!embedding) continue;
+      const binding: TemplateBinding = { tenantId: user.tenantId, externalUserId: user.externalUserId, version: user.version, model };
+      const { nonce, ciphertext } = this.cipher.seal(embedding, templateAad(binding));
+      this.#sql('INSERT INTO templates (id, user_id, version, active, model, nonce, ciphertext, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?)')
+        .run(crypto.randomUUID(), user.id, user.version, model, nonce, ciphertext, ts);
+    }
   }
 }
 

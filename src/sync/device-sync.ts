@@ -25,7 +25,8 @@ import {
   syncTopics,
 } from './protocol.ts';
 import type { FleetVerdict } from '../sessions/service.ts';
-import type { UserWrite } from '../store/biometry-store.ts';
+import type { FleetWrite } from '../store/biometry-store.ts';
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import { Replica } from './replica.ts';
 import { loadDeviceKey } from './device-key.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
@@ -66,7 +67,8 @@ export interface DeviceSyncOptions {
   hubUrl?: string;
   /** Files erased with the templates when the hub revokes this device (the broker password). */
   secretFiles?: string[];
-  model: string;
+  /** The model whose templates replicate (sync/fleet-model.ts). */
+  model: ModelId;
   /** Software version, in the device's state. */
   softwareVersion?: string;
   /** The device's doors, in its state. */
@@ -205,16 +207,18 @@ export class DeviceSync {
    * face against the whole fleet and sequences it (at the version it gives). No answer within `ms`
    * (or no link): `unreachable`, and the door writes on its own check and queues the change.
    */
-  async commitThroughHub(write: UserWrite, ms: number): Promise<FleetVerdict> {
-    if (!this.client.connected) return { status: 'unreachable' };
+  async commitThroughHub(write: FleetWrite, ms: number): Promise<FleetVerdict> {
     const { tenantId, model, deviceId, logger } = this.options;
+    const embedding = write.templates[model];
+    // without the fleet model's template the hub cannot check it: the door decides, the outbox waits
+    if (!this.client.connected || !embedding) return { status: 'unreachable' };
     const { key, keyVersion } = this.options.keyring.latest;
     const changeId = crypto.randomUUID();
     const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
     // an enrolment's version is a placeholder the envelope is bound to (the hub re-seals at the
     // fleet's); an update's says which copy it was made on
     const version = write.kind === 'enroll' ? 1 : write.user.version + 1;
-    const template = sealTemplate(key, write.embedding, { tenantId, externalUserId, version, model, keyVersion });
+    const template = sealTemplate(key, embedding, { tenantId, externalUserId, version, model, keyVersion });
     const answered = this.#awaitingHub.wait(changeId, ms);
     const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
     const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
@@ -298,7 +302,7 @@ export class DeviceSync {
         body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
       } else {
         const user = this.store.users.get(tenantId, r.external_user_id);
-        const embedding = user && user.version === r.version ? this.store.users.activeEmbedding(user) : undefined;
+        const embedding = user && user.version === r.version ? this.store.users.templates(user)[model] : undefined;
         if (!embedding) {
           this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(r.change_id);
           continue;

@@ -1,4 +1,5 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, isAuthentic, openTemplate } from './envelope.ts';
 import type { TenantKeyring } from './keyring.ts';
@@ -37,8 +38,8 @@ export class Replica {
     private readonly index: GalleryIndex,
     /** The tenant's key versions this device holds (unwrapped with its key pair), or undefined for a tenant it does not sync. */
     private readonly keyring: (tenantId: string) => TenantKeyring | undefined,
-    /** The embedding model this device runs. */
-    private readonly model: string,
+    /** The model whose templates replicate (sync/fleet-model.ts). */
+    private readonly model: ModelId,
   ) {}
 
   /**
@@ -140,8 +141,8 @@ export class Replica {
     const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
     try {
       const embedding = openTemplate(key, u.template, binding, this.model);
-      this.store.users.replicate(tenantId, u.external_user_id, u.version, embedding);
-      after.push(() => gallery.upsert(u.external_user_id, embedding));
+      const held = this.store.users.replicate(tenantId, u.external_user_id, u.version, { [this.model]: embedding });
+      after.push(() => gallery.upsert(u.external_user_id, held));
       return null;
     } catch (err) {
       if (!(err instanceof EnvelopeError)) throw err;

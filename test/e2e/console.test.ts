@@ -6,7 +6,8 @@ import path from 'node:path';
 import mqtt from 'mqtt';
 import type { Browser, Page } from 'playwright-core';
 import type { SimulatedContact, SimulatedRelay } from '../../src/access/hardware.ts';
-import { EMBEDDING_MODEL, normalize } from '../../src/biometrics/embedding.ts';
+import { normalize } from '../../src/biometrics/embedding.ts';
+import { FLEET_MODEL } from '../../src/sync/fleet-model.ts';
 import { join } from '../../src/cli/join.ts';
 import { loadSettings } from '../../src/config/settings.ts';
 import { createLogger } from '../../src/core/logger.ts';
@@ -76,8 +77,8 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     // people at the hub: alice and bob enrolled, bob deleted since (an erasure to follow)
     const { key, keyVersion } = await hub.store.keys.current(tenantId);
     for (const [i, id] of ['alice', 'bob', 'carol'].entries()) {
-      const template = sealTemplate(key, face(i), { tenantId, externalUserId: id, version: 1, model: EMBEDDING_MODEL, keyVersion });
-      await hub.sync.submit(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template });
+      const template = sealTemplate(key, face(i), { tenantId, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion });
+      await hub.sync.submit(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: FLEET_MODEL, key_version: keyVersion, template });
     }
     await hub.store.changeGroup(tenantId, 'alice', 'staff', true);
     await hub.sync.submit(tenantId, { kind: 'user.delete', external_user_id: 'bob', version: 2 });
@@ -132,7 +133,7 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
       const row = page.locator('tbody tr', { has: page.locator(`th:text-is("${name}")`) });
       assert.match(await row.innerText(), /online/);
       assert.match(await row.innerText(), /up to date/);
-      assert.match(await row.innerText(), new RegExp(EMBEDDING_MODEL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+      assert.match(await row.innerText(), new RegExp(FLEET_MODEL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
     }
     assert.match(await page.locator('.summary').innerText(), /2 of 2 devices online/);
     await shot('fleet');
@@ -199,8 +200,8 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.match(await page.locator('main').innerText(), /bob: applied on 2 of 2 devices \(complete\)/);
     // a door's change made on an old copy of alice: a conflict for an admin
     const { key, keyVersion } = await hub.store.keys.current(tenantId);
-    const stale = sealTemplate(key, face(9), { tenantId, externalUserId: 'alice', version: 1, model: EMBEDDING_MODEL, keyVersion });
-    const result = await hub.store.append(tenantId, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: EMBEDDING_MODEL, key_version: keyVersion, template: stale }, { origin: 'front' });
+    const stale = sealTemplate(key, face(9), { tenantId, externalUserId: 'alice', version: 1, model: FLEET_MODEL, keyVersion });
+    const result = await hub.store.append(tenantId, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: FLEET_MODEL, key_version: keyVersion, template: stale }, { origin: 'front' });
     assert.equal(result.status, 'conflict');
     await go('/console/people');
     const conflict = page.locator('h2:text-is("Conflicts waiting for a decision") + table tbody tr');
@@ -300,7 +301,7 @@ describe('the console on a standalone device (Chromium)', function () {
       ],
     });
     const { store } = device.svc.service;
-    store.users.enroll(device.tenantId, 'dora', normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k))));
+    store.users.enroll(device.tenantId, 'dora', { [FLEET_MODEL]: normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(k))) });
     const added = await authface(['admin', 'add', '--name', 'keeper', '--password-file', writePassword(device.dir, password)], { AUTHFACE_DATA_DIR: device.svc.dataDir });
     assert.equal(JSON.parse(added.stdout).status, 'added');
     browser = await launch({ camera: 'none' });

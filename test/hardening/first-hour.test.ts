@@ -15,6 +15,7 @@ import { kioskHeaders, startTestDevice } from '../support/device.ts';
 import { freePort } from '../support/mosquitto.ts';
 import { type Photos, photos } from '../support/photos.ts';
 import { type TestService, startTestService } from '../support/service.ts';
+import { FLEET_MODEL } from '../../src/sync/fleet-model.ts';
 
 /** What `authface` wrote when it refused to start: exit code and standard error. */
 async function refusal(args: string[], env: Record<string, string>): Promise<{ code: number; stderr: string }> {
@@ -63,7 +64,7 @@ describe('the first hour of a new operator', function () {
     it('a key that does not open the existing data (which doctor passed)', async function () {
       const store = openStore(dataDir, undefined);
       const t = store.tenants.create({ name: 'default', allowedOrigins: ['https://a.example'], livenessMode: 'passive' });
-      store.users.enroll(t.id, 'alice', normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5)));
+      store.users.enroll(t.id, 'alice', { [FLEET_MODEL]: normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5)) });
       store.close();
       const wrong = crypto.randomBytes(32).toString('hex');
       assertOneLine(await refusal(['serve'], { AUTHFACE_DATA_DIR: dataDir, AUTHFACE_MASTER_KEY: wrong }), /the master key does not open this database/);

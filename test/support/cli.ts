@@ -8,19 +8,24 @@ import { freePort } from './mosquitto.ts';
 export const run = promisify(execFile);
 // tsx by its absolute address (its package's "." export): the CLI is also run from other working
 // directories. Not import.meta.resolve: under tsx's hooks it leaves message ports open.
-export const CLI = ['--import', pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, path.join(ROOT, 'src/cli/main.ts')];
+export const CLI = cliIn(ROOT);
+
+/** The `authface` command from the sources of a checkout at `root` (this one, or an earlier release's). */
+export function cliIn(root: string): string[] {
+  return ['--import', pathToFileURL(path.join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href, path.join(root, 'src/cli/main.ts')];
+}
 
 /** Runs the `authface` command (from source) to its end. */
-export function authface(args: string[], env: Record<string, string>, opts: { cwd?: string } = {}) {
-  return run(process.execPath, [...CLI, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, LOG_LEVEL: 'warn', ...env } });
+export function authface(args: string[], env: Record<string, string>, opts: { cwd?: string; cli?: string[] } = {}) {
+  return run(process.execPath, [...(opts.cli ?? CLI), ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, LOG_LEVEL: 'warn', ...env } });
 }
 
 /** Every `authface serve` started by a test: the run stops any a failing test left behind. */
 export const servedChildren = new Set<ChildProcess>();
 
 /** Starts `authface serve`, waits until it is ready and returns its URL and what it printed. */
-export async function serve(env: Record<string, string>, opts: { cwd?: string } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
-  const child = spawn(process.execPath, [...CLI, 'serve'], { cwd: opts.cwd ?? ROOT, env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env } });
+export async function serve(env: Record<string, string>, opts: { cwd?: string; cli?: string[] } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+  const child = spawn(process.execPath, [...(opts.cli ?? CLI), 'serve'], { cwd: opts.cwd ?? ROOT, env: { ...process.env, PORT: '0', LOG_LEVEL: 'info', ...env } });
   servedChildren.add(child);
   child.once('exit', () => servedChildren.delete(child));
   let output = '';

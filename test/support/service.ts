@@ -4,6 +4,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../../src/biometrics/index.ts';
+import type { ModelId } from '../../src/biometrics/matchers/index.ts';
 import { DEFAULT_QUALITY } from '../../src/biometrics/quality.ts';
 import { loadSettings } from '../../src/config/settings.ts';
 import type { DeviceConfig } from '../../src/device/config.ts';
@@ -39,7 +40,7 @@ export interface TestService {
 /** A real service on a free port with its own temporary data directory. */
 export async function startTestService(
   env: Record<string, string> = {},
-  opts: { ownAnalyzer?: FaceAnalyzer; device?: DeviceConfig } = {},
+  opts: { ownAnalyzer?: FaceAnalyzer; device?: DeviceConfig; models?: readonly ModelId[] } = {},
 ): Promise<TestService> {
   const ownDir = env.AUTHFACE_DATA_DIR === undefined;
   const dataDir = env.AUTHFACE_DATA_DIR ?? fs.mkdtempSync(path.join(os.tmpdir(), 'authface-test-'));
@@ -52,7 +53,7 @@ export async function startTestService(
     },
   });
   const logger = pino({ level: 'debug' }, sink);
-  const service = await startService(settings, { logger, analyzer: opts.ownAnalyzer ?? (await sharedAnalyzer()), device: opts.device });
+  const service = await startService(settings, { logger, analyzer: opts.ownAnalyzer ?? (await sharedAnalyzer()), device: opts.device, models: opts.models });
   const url = service.url;
   return {
     url,
