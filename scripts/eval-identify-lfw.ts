@@ -421,7 +421,7 @@ fs.mkdirSync(args.out, { recursive: true });
 fs.writeFileSync(path.join(args.out, 'lfw-identify.json'), `${JSON.stringify(report, null, 2)}\n`);
 const colours = ['#1f77b4', '#d62728'];
 await detPlotPng(
-  'Auth Face 1:N on LFW: strangers vs enrolled (solid: MobileFaceNet, dotted: dlib)',
+  'Auth Face 1:N on LFW (solid: MobileFaceNet, dashed: dlib)',
   results.flatMap((r) => [
     ...r.measured.map((m, i) => ({
       label: `${m.size} enrolled${r.model === PRIMARY_MODEL ? '' : ' (dlib)'}`,

@@ -45,11 +45,14 @@ export class Gallery {
   #approx: Float32Array = new Float32Array(0);
   readonly dimensions: number;
 
-  /** `dimensions`: of the model's embeddings (128 by default). `simd: false` forces the JS scan (tests compare both). */
-  constructor(options: { dimensions?: number; simd?: boolean } = {}) {
+  /**
+   * `dimensions`: of the model's embeddings (128 by default). `simd: false` forces the JS scan,
+   * `compact: false` the float32 SIMD scan of wide rows (tests and the benchmark compare them).
+   */
+  constructor(options: { dimensions?: number; simd?: boolean; compact?: boolean } = {}) {
     this.dimensions = options.dimensions ?? 128;
     if (this.dimensions * 4 > ROWS_AT) throw new Error(`a gallery holds at most ${ROWS_AT / 4} dimensions`);
-    const compact = this.dimensions > COMPACT_ABOVE;
+    const compact = (options.compact ?? true) && this.dimensions > COMPACT_ABOVE;
     const module = options.simd === false ? null : simdModule(this.dimensions, compact);
     this.#compact = compact && module !== null;
     if (module) {

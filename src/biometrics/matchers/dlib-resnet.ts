@@ -13,7 +13,8 @@ export function dlibDescriber(rt: Runtime, models: ModelFiles): Describer {
   const { tf, faceapi } = rt;
   loadFaceApiNet(tf, models, faceapi.nets.faceRecognitionNet, 'face-api/face_recognition_model-weights_manifest.json');
   return {
-    async describe({ chip150 }: AlignedFace): Promise<Float32Array> {
+    async describe(face: AlignedFace): Promise<Float32Array> {
+      const chip150 = await face.chip150('detector');
       const inputs = [chip150, mirrorChip(chip150)].map((c) => tf.tensor3d(c, [CHIP_SIZE, CHIP_SIZE, 3], 'float32'));
       try {
         const out = await faceapi.nets.faceRecognitionNet.computeFaceDescriptor(inputs);

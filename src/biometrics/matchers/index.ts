@@ -21,9 +21,9 @@ export const MOBILEFACENET: Matcher = {
   name: 'MobileFaceNet',
   dimensions: 512,
   matchThreshold: 0.42,
-  duplicateThreshold: 0.365,
+  duplicateThreshold: 0.375,
   identifyMargin: 0.02,
-  sameFaceTurned: 0.3,
+  sameFaceTurned: 0.05,
   impostorTail: IMPOSTOR_TAILS['mobilefacenet-512/arcface5-1'],
 };
 

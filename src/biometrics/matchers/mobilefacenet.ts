@@ -49,8 +49,9 @@ function toInput(chip: Float32Array, into: Float32Array): void {
 }
 
 /**
- * The 512-D MobileFaceNet descriptor: a least-squares similarity takes the five points onto the
- * ArcFace template, a 112 px chip is sampled through it with antialiasing (alignment.ts), and the
+ * The 512-D MobileFaceNet descriptor: the five points of the landmarks framed on the face mesh
+ * (engine.ts: on the detector's box a badly framed face costs this model far more than dlib's), a
+ * least-squares similarity takes them onto the ArcFace template, a 112 px chip is sampled through it with antialiasing (alignment.ts), and the
  * outputs of the chip and of its mirror image are summed and normalised (the graph has no
  * normalisation of its own). Runs on onnxruntime-node's CPU library, one thread per engine
  * worker: the pool already gives each core a worker.
@@ -72,8 +73,8 @@ export async function mobileFaceNetDescriber(models: ModelFiles): Promise<Descri
     return out[outputName].data as Float32Array;
   };
   return {
-    async describe({ image, landmarks68 }: AlignedFace): Promise<Float32Array> {
-      const chip = extractChip(image, fitSimilarity(ARCFACE_TEMPLATE, fivePoints(landmarks68)), SIDE);
+    async describe(face: AlignedFace): Promise<Float32Array> {
+      const chip = extractChip(face.image, fitSimilarity(ARCFACE_TEMPLATE, fivePoints(await face.landmarks('mesh'))), SIDE);
       const plain = await run(chip);
       const sum = Float32Array.from(plain);
       const mirrored = await run(mirrorChip(chip, SIDE));
