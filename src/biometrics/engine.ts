@@ -26,6 +26,7 @@ const CONFIDENT_DETECTION = 0.5;
  * engine and its accuracy").
  */
 const MESH_FRAMING_MIRROR = false;
+const MESH_BOX_SCALE = 1.15;
 const COMPETING_FACE_RATIO = 0.5;
 const MAX_OVERLAP = 0.3;
 
@@ -204,7 +205,12 @@ function toBox(f: FaceResult): Box {
   return { x: f.box[0], y: f.box[1], width: f.box[2], height: f.box[3] };
 }
 
-/** The bounding box of the face mesh (Human's mesh refines its own crop, so it holds the face even when the detector box is off). */
+/**
+ * The landmark crop of the mesh framing: the bounding box of the face mesh (Human's mesh refines
+ * its own crop, so it holds the face even when the detector box is off), grown by MESH_BOX_SCALE
+ * about its centre. The mesh box alone is tighter than the crops the landmark net expects: on bbt's
+ * tight face crops one probe of 32 then lost its rank-1 (README, "The face engine").
+ */
 function meshBox(f: FaceResult): Box {
   let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
   for (const [x, y] of f.mesh) {
@@ -213,7 +219,8 @@ function meshBox(f: FaceResult): Box {
     x1 = Math.max(x1, x);
     y1 = Math.max(y1, y);
   }
-  return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+  const [w, h] = [(x1 - x0) * MESH_BOX_SCALE, (y1 - y0) * MESH_BOX_SCALE];
+  return { x: (x0 + x1) / 2 - w / 2, y: (y0 + y1) / 2 - h / 2, width: w, height: h };
 }
 
 function faceSide(f: FaceResult): number {
