@@ -49,82 +49,79 @@ function uleb(n: number): number[] {
 const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
 const name = (s: string) => [...uleb(s.length), ...Buffer.from(s)];
 
-function scoresBody(dimensions: number): number[] {
-  // params: 0 probe, 1 rows, 2 count, 3 out; locals: 4 end (i32), 5..8 accumulators (v128)
-  const [probe, rows, count, out, end] = [0, 1, 2, 3, 4];
-  const acc = (k: number) => 5 + (k % 4);
-  const code: number[] = [
-    op.localGet, out, op.localGet, count, op.i32Const, 4, op.i32Mul, op.i32Add, op.localSet, end,
-    op.block, 0x40,
-    op.localGet, count, op.i32Eqz, op.brIf, 0,
-    op.loop, 0x40,
-  ];
-  for (let k = 0; k < dimensions / 4; k++) {
-    const offset = uleb(16 * k);
-    code.push(op.localGet, probe, ...simd(V128_LOAD), 4, ...offset);
-    code.push(op.localGet, rows, ...simd(V128_LOAD), 4, ...offset);
-    code.push(...simd(F32X4_MUL));
-    if (k >= 4) code.push(op.localGet, acc(k), ...simd(F32X4_ADD));
-    code.push(op.localSet, acc(k));
-  }
-  code.push(
-    op.localGet, out,
-    op.localGet, 5, op.localGet, 6, ...simd(F32X4_ADD), op.localGet, 7, ...simd(F32X4_ADD), op.localGet, 8, ...simd(F32X4_ADD),
-    op.localTee, 5, ...simd(F32X4_EXTRACT_LANE), 0,
-    op.localGet, 5, ...simd(F32X4_EXTRACT_LANE), 1, op.f32Add,
-    op.localGet, 5, ...simd(F32X4_EXTRACT_LANE), 2, op.f32Add,
-    op.localGet, 5, ...simd(F32X4_EXTRACT_LANE), 3, op.f32Add,
-    op.f32Store, 2, 0,
-    op.localGet, rows, op.i32Const, ...sleb(dimensions * 4), op.i32Add, op.localSet, rows,
-    op.localGet, out, op.i32Const, 4, op.i32Add, op.localTee, out,
-    op.localGet, end, op.i32LtU, op.brIf, 0,
-    op.end,
-    op.end,
-    op.end,
-  );
-  const locals = [2, 1, I32, 4, V128];
-  const body = [...locals, ...code];
-  return [...uleb(body.length), ...body];
+/** What differs between the float32 and the int8 scan: the values a step takes, its products, the lanes' type. */
+interface ScanKind {
+  /** Row values one step covers (16 bytes of the row). */
+  perStep: number;
+  bytesPerValue: number;
+  /** The step's products as one v128 of partial sums, from the probe and row chunks in locals P and R. */
+  products: number[];
+  laneAdd: number[];
+  laneExtract: number[];
+  scalarAdd: number;
+  store: number;
 }
 
+// params: 0 probe, 1 rows, 2 count, 3 out; locals: 4 end (i32), 5..8 accumulators, 9 and 10 the step's probe and row (v128)
+const [PROBE, ROWS, COUNT, OUT, END, P, R] = [0, 1, 2, 3, 4, 9, 10];
+
+const F32_SCAN: ScanKind = {
+  perStep: 4,
+  bytesPerValue: 4,
+  products: [op.localGet, P, op.localGet, R, ...simd(F32X4_MUL)],
+  laneAdd: simd(F32X4_ADD),
+  laneExtract: simd(F32X4_EXTRACT_LANE),
+  scalarAdd: op.f32Add,
+  store: op.f32Store,
+};
+
 /**
- * The same scan over int8 rows (a compact copy of 512-D templates: a quarter of the bytes to
- * read): `scores(probe, rows, count, out)` writes each row's integer dot product with the int8
- * probe as an i32. 16 values a step: the products widen to i16 (127 × 127 fits), pairs add into
- * i32 lanes, four independent accumulators.
+ * int8 rows (a compact copy of 512-D templates: a quarter of the bytes to read), an i32 dot product
+ * per row: the 16 products of a step widen to i16 (127 × 127 fits) in two halves, and pairs of them
+ * add into i32 lanes.
  */
-function int8ScoresBody(dimensions: number): number[] {
-  // params: 0 probe, 1 rows, 2 count, 3 out; locals: 4 end (i32), 5..8 accumulators, 9 and 10 the step's probe and row (v128)
-  const [probe, rows, count, out, end, P, R] = [0, 1, 2, 3, 4, 9, 10];
+const INT8_SCAN: ScanKind = {
+  perStep: 16,
+  bytesPerValue: 1,
+  products: [
+    op.localGet, P, op.localGet, R, ...simd(I16X8_EXTMUL_LOW_I8X16_S), ...simd(I32X4_EXTADD_PAIRWISE_I16X8_S),
+    op.localGet, P, op.localGet, R, ...simd(I16X8_EXTMUL_HIGH_I8X16_S), ...simd(I32X4_EXTADD_PAIRWISE_I16X8_S),
+    ...simd(I32X4_ADD),
+  ],
+  laneAdd: simd(I32X4_ADD),
+  laneExtract: simd(I32X4_EXTRACT_LANE),
+  scalarAdd: op.i32Add,
+  store: I32_STORE,
+};
+
+/** The body of `scores`: one row a loop turn, the row's steps unrolled into four independent accumulators. */
+function scoresBody(dimensions: number, kind: ScanKind): number[] {
   const acc = (k: number) => 5 + (k % 4);
   const code: number[] = [
-    op.localGet, out, op.localGet, count, op.i32Const, 4, op.i32Mul, op.i32Add, op.localSet, end,
+    op.localGet, OUT, op.localGet, COUNT, op.i32Const, 4, op.i32Mul, op.i32Add, op.localSet, END,
     op.block, 0x40,
-    op.localGet, count, op.i32Eqz, op.brIf, 0,
+    op.localGet, COUNT, op.i32Eqz, op.brIf, 0,
     op.loop, 0x40,
   ];
-  for (let k = 0; k < dimensions / 16; k++) {
+  for (let k = 0; k < dimensions / kind.perStep; k++) {
     const offset = uleb(16 * k);
-    // the step's 16 int8 products, as two i16x8 halves, each widened to i32x4 pairs
-    code.push(op.localGet, probe, ...simd(V128_LOAD), 4, ...offset, op.localSet, P);
-    code.push(op.localGet, rows, ...simd(V128_LOAD), 4, ...offset, op.localSet, R);
-    code.push(op.localGet, P, op.localGet, R, ...simd(I16X8_EXTMUL_LOW_I8X16_S), ...simd(I32X4_EXTADD_PAIRWISE_I16X8_S));
-    code.push(op.localGet, P, op.localGet, R, ...simd(I16X8_EXTMUL_HIGH_I8X16_S), ...simd(I32X4_EXTADD_PAIRWISE_I16X8_S));
-    code.push(...simd(I32X4_ADD));
-    if (k >= 4) code.push(op.localGet, acc(k), ...simd(I32X4_ADD));
+    code.push(op.localGet, PROBE, ...simd(V128_LOAD), 4, ...offset, op.localSet, P);
+    code.push(op.localGet, ROWS, ...simd(V128_LOAD), 4, ...offset, op.localSet, R);
+    code.push(...kind.products);
+    if (k >= 4) code.push(op.localGet, acc(k), ...kind.laneAdd);
     code.push(op.localSet, acc(k));
   }
   code.push(
-    op.localGet, out,
-    op.localGet, 5, op.localGet, 6, ...simd(I32X4_ADD), op.localGet, 7, ...simd(I32X4_ADD), op.localGet, 8, ...simd(I32X4_ADD),
-    op.localTee, 5, ...simd(I32X4_EXTRACT_LANE), 0,
-    op.localGet, 5, ...simd(I32X4_EXTRACT_LANE), 1, op.i32Add,
-    op.localGet, 5, ...simd(I32X4_EXTRACT_LANE), 2, op.i32Add,
-    op.localGet, 5, ...simd(I32X4_EXTRACT_LANE), 3, op.i32Add,
-    I32_STORE, 2, 0,
-    op.localGet, rows, op.i32Const, ...sleb(dimensions), op.i32Add, op.localSet, rows,
-    op.localGet, out, op.i32Const, 4, op.i32Add, op.localTee, out,
-    op.localGet, end, op.i32LtU, op.brIf, 0,
+    op.localGet, OUT,
+    op.localGet, 5, op.localGet, 6, ...kind.laneAdd, op.localGet, 7, ...kind.laneAdd, op.localGet, 8, ...kind.laneAdd,
+    op.localTee, 5, ...kind.laneExtract, 0,
+    op.localGet, 5, ...kind.laneExtract, 1, kind.scalarAdd,
+    op.localGet, 5, ...kind.laneExtract, 2, kind.scalarAdd,
+    op.localGet, 5, ...kind.laneExtract, 3, kind.scalarAdd,
+    kind.store, 2, 0,
+    op.localGet, ROWS, op.i32Const, ...sleb(dimensions * kind.bytesPerValue), op.i32Add, op.localSet, ROWS,
+    op.localGet, OUT, op.i32Const, 4, op.i32Add, op.localTee, OUT,
+    op.localGet, END, op.i32LtU, op.brIf, 0,
     op.end,
     op.end,
     op.end,
@@ -154,7 +151,7 @@ function moduleBytes(dimensions: number, int8: boolean): Uint8Array {
     ...section(2, [1, ...name('env'), ...name('memory'), 0x02, 0x00, 1]), // import memory, min 1 page
     ...section(3, [1, 0]),
     ...section(7, [1, ...name('scores'), 0x00, 0]),
-    ...section(10, [1, ...(int8 ? int8ScoresBody(dimensions) : scoresBody(dimensions))]),
+    ...section(10, [1, ...scoresBody(dimensions, int8 ? INT8_SCAN : F32_SCAN)]),
   ]);
 }
 
