@@ -77,10 +77,6 @@ export function capturedModels(gallery: TenantGallery, kept: readonly ModelId[],
   return MATCHERS.map((m) => m.id).filter((m) => kept.includes(m) && inUse.has(m));
 }
 
-function perModel<T>(value: (model: ModelId) => T): Record<ModelId, T> {
-  return Object.fromEntries(MATCHERS.map((m) => [m.id, value(m.id)])) as Record<ModelId, T>;
-}
-
 /**
  * Builds the face engine, the 1:N index (loaded from the store's templates), the session, user
  * and capture services and the metrics, and starts the sweeper. `cleanup` collects what must be
@@ -122,7 +118,6 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
   const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
     requiredFrames: 3,
     maxFrames: MAX_FRAMES_PER_SESSION,
-    sameFace: perModel((m) => thresholds[m].match),
     liveness: defaultLivenessOptions(sameFaceLimits(thresholds)),
     modelsFor,
   });

@@ -17,8 +17,7 @@ export interface CaptureOptions {
   requiredFrames: number;
   /** Frames one session may upload in all (429 beyond). */
   maxFrames: number;
-  /** Per model: a frame must match the session's first accepted face at least this much (same person). */
-  sameFace: Record<ModelId, number>;
+  /** Liveness limits; a frame must match the session's first accepted face at `liveness.sameFace[model].frontal` (same person). */
   liveness: LivenessOptions;
   /** The models to describe a tenant's faces with: those that decide its people, and the one of new templates (biometry.ts). */
   modelsFor(tenantId: string): readonly ModelId[];
@@ -125,7 +124,7 @@ export class CaptureService {
     }
     const seen = newest(analysis.embeddings);
     const first = seen && progress.accepted[0]?.[seen.model];
-    if (problems.length === 0 && seen && first && similarity(first, seen.embedding) < this.options.sameFace[seen.model]) {
+    if (problems.length === 0 && seen && first && similarity(first, seen.embedding) < this.options.liveness.sameFace[seen.model].frontal) {
       problems.push('different_face');
     }
     const accepted = problems.length === 0 && seen !== undefined;
