@@ -21,7 +21,7 @@ import {
   unwrapTenantKey,
   wrapTenantKey,
 } from '../src/sync/envelope.ts';
-import { type Change, type ChangeBody, type SubmittedChange, type SyncReply, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
+import { type Change, type ChangeBody, type SubmittedChange, type UserUpsert, type SyncReply, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -222,7 +222,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   const change = (body: ChangeBody, at = ++seq): Change =>
     authenticate({ key, keyVersion: 1 }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
   const chunk = (c: Omit<Extract<SyncReply, { type: 'snapshot' }>, 'auth' | 'type' | 'tenant_id'>) => authenticate({ key, keyVersion: 1 }, 'reply', tenantId, { type: 'snapshot' as const, tenant_id: tenantId, ...c });
-  const upsert = (id: string, version: number, model: string = FLEET_MODEL): SubmittedChange => ({
+  const upsert = (id: string, version: number, model: string = FLEET_MODEL): UserUpsert => ({
     kind: 'user.upsert',
     external_user_id: id,
     version,

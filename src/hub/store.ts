@@ -3,16 +3,19 @@ import pg from 'pg';
 import { HubError } from './errors.ts';
 import { HubDevices } from './devices.ts';
 import { HubKeys, type TenantKey } from './keys.ts';
-import { EnvelopeError, type MessageAuth, authenticate, openTemplate, sealTemplate } from '../sync/envelope.ts';
+import { EnvelopeError, type MessageAuth, type SealedTemplate, authenticate, resealTemplate } from '../sync/envelope.ts';
 import { userSetDigest } from '../sync/digest.ts';
 import {
   type AdminChange,
   type Change,
   type ChangeBody,
   type DoorEvents,
+  type ModelTemplate,
   type SnapshotUser,
   type SubmittedChange,
   type TenantSettings,
+  type UserUpsert,
+  CHANGE_FIELDS_OUTSIDE_AUTH,
   MAX_CHUNK_BYTES,
   MAX_GROUPS_PER_USER,
 } from '../sync/protocol.ts';
@@ -214,6 +217,8 @@ const MIGRATIONS = [
      csrf        text NOT NULL,
      expires_at  timestamptz NOT NULL
    );`,
+  // a person's templates of further models at their version (user.upsert's `templates`)
+  `ALTER TABLE hub_users ADD COLUMN templates jsonb NOT NULL DEFAULT '[]';`,
 ];
 
 /**
@@ -233,6 +238,34 @@ export interface AppendMeta {
 
 /** At most this many changes of a tenant in one transaction. */
 const GROUP_COMMIT_MAX = 200;
+
+/** A person as the hub holds them, read with their row locked before a batch is decided. */
+interface HeldUser {
+  version: number;
+  deleted: boolean;
+  model: string | null;
+  key_version: number | null;
+  template: SealedTemplate | null;
+  templates: ModelTemplate[];
+}
+
+/**
+ * A door's templates of further models, as the upsert the log carries: the person's first template
+ * as the hub holds it, at the same version (a device of an earlier release applies it again and
+ * holds what it held), and their further templates with these replacing those of the same model.
+ */
+function withFurtherTemplates(body: Extract<SubmittedChange, { kind: 'user.templates' }>, held: HeldUser): UserUpsert {
+  const kept = held.templates.filter((t) => !body.templates.some((n) => n.model === t.model));
+  return {
+    kind: 'user.upsert',
+    external_user_id: body.external_user_id,
+    version: body.version,
+    model: held.model as string,
+    key_version: held.key_version as number,
+    template: held.template as SealedTemplate,
+    templates: [...kept, ...body.templates],
+  };
+}
 
 interface PendingAppend {
   body: SubmittedChange;
@@ -317,7 +350,7 @@ export class HubStore {
 
   /** The MAC of a change as the hub sequences it (every field but committed_at, which the commit sets). */
   #authOf(key: TenantKey, tenantId: string, change: { seq: number; changeId: string; origin: string; body: ChangeBody }): MessageAuth {
-    return authenticate(key, 'change', tenantId, { ...change.body, tenant_id: tenantId, seq: change.seq, change_id: change.changeId, origin: change.origin }).auth;
+    return authenticate(key, 'change', tenantId, { ...change.body, tenant_id: tenantId, seq: change.seq, change_id: change.changeId, origin: change.origin }, CHANGE_FIELDS_OUTSIDE_AUTH).auth;
   }
 
   /** Changes sequenced before changes were authenticated get their MAC (once, at the first start with the master key). */
@@ -399,25 +432,25 @@ export class HubStore {
         toChange(r),
       ]),
     );
-    const users = new Map<string, { version: number; deleted: boolean }>(
+    const users = new Map<string, HeldUser>(
       (
-        await db.query<{ external_user_id: string; version: number; deleted: boolean }>(
-          'SELECT external_user_id, version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = ANY($2::text[]) FOR UPDATE',
+        await db.query<HeldUser & { external_user_id: string }>(
+          'SELECT external_user_id, version, deleted, model, key_version, template, templates FROM hub_users WHERE tenant_id = $1 AND external_user_id = ANY($2::text[]) FOR UPDATE',
           [tenantId, [...new Set(batch.map((b) => b.body.external_user_id))]],
         )
-      ).rows.map((u) => [u.external_user_id, { version: u.version, deleted: u.deleted }]),
+      ).rows.map(({ external_user_id, ...u }) => [external_user_id, u]),
     );
     // decide every change in order first, then write the batch in a few multi-row statements
     const results: AppendResult[] = [];
-    const rows: { seq: number; changeId: string; origin: string; body: SubmittedChange }[] = [];
+    const rows: { seq: number; changeId: string; origin: string; body: ChangeBody & { external_user_id: string } }[] = [];
     const conflicts: { changeId: string; origin: string; body: SubmittedChange; reason: 'stale_version' | 'deleted' }[] = [];
-    const finalState = new Map<string, { seq: number; body: SubmittedChange; version: number }>();
+    const finalState = new Map<string, { seq: number; body: UserUpsert | Extract<SubmittedChange, { kind: 'user.delete' }>; version: number }>();
     const deletions: { user: string; seq: number }[] = [];
     const pending = new Set<string>(); // change_ids sequenced in this batch (a retry within it is a duplicate)
     // the last template sequenced: an enrolment whose duplicate check saw less must be checked again
     const checks = batch.flatMap((b) => (b.checkedThrough === undefined ? [] : [b.checkedThrough]));
     let lastTemplate = checks.length > 0 ? await this.lastTemplateAfter(db, tenantId, Math.min(...checks)) : 0;
-    for (const { body, changeId, origin, checkedThrough } of batch) {
+    for (const { body: submitted, changeId, origin, checkedThrough } of batch) {
       const existing = known.get(changeId);
       if (existing || pending.has(changeId)) {
         // its change is filled in below, once the batch's rows are written
@@ -428,20 +461,28 @@ export class HubStore {
         results.push({ status: 'recheck' });
         continue;
       }
-      const current = users.get(body.external_user_id);
-      if (body.kind === 'user.upsert' && current && body.version <= current.version) {
+      const current = users.get(submitted.external_user_id);
+      if (submitted.kind === 'user.templates') {
+        // templates of further models from a door's capture: only onto the version they were made at
+        // (a person updated or deleted since has another face, or none; nothing to keep for an admin)
+        if (!current || current.deleted || current.version !== submitted.version || !current.template || !current.model || !current.key_version) {
+          results.push({ status: 'conflict', reason: current?.deleted ? 'deleted' : 'stale_version' });
+          continue;
+        }
+      } else if (submitted.kind === 'user.upsert' && current && submitted.version <= current.version) {
         const reason = current.deleted ? 'deleted' : 'stale_version';
-        conflicts.push({ changeId, origin, body, reason });
+        conflicts.push({ changeId, origin, body: submitted, reason });
         results.push({ status: 'conflict', reason });
         continue;
       }
+      const body = submitted.kind === 'user.templates' ? withFurtherTemplates(submitted, current as HeldUser) : submitted;
       const seq = next++;
       pending.add(changeId);
       rows.push({ seq, changeId, origin, body });
       if (body.kind === 'user.upsert') lastTemplate = seq;
       // the tombstone keeps the highest version seen, so no older upsert can bring the person back
       const version = body.kind === 'user.upsert' ? body.version : Math.max(body.version, current?.version ?? 0);
-      users.set(body.external_user_id, { version, deleted: body.kind === 'user.delete' });
+      users.set(body.external_user_id, body.kind === 'user.upsert' ? { version, deleted: false, model: body.model, key_version: body.key_version, template: body.template, templates: body.templates ?? [] } : { version, deleted: true, model: null, key_version: null, template: null, templates: [] });
       finalState.set(body.external_user_id, { seq, body, version });
       if (body.kind === 'user.delete') deletions.push({ user: body.external_user_id, seq });
       results.push({ status: 'sequenced', change: undefined as unknown as Change });
@@ -503,14 +544,23 @@ export class HubStore {
     }
     const live = [...finalState].filter(([, f]) => f.body.kind === 'user.upsert');
     if (live.length > 0) {
-      const up = live.map(([, f]) => f.body as Extract<SubmittedChange, { kind: 'user.upsert' }>);
+      const up = live.map(([, f]) => f.body as UserUpsert);
       await db.query(
-        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, seq)
-         SELECT $1, u, v, false, m, k, t::jsonb, s FROM unnest($2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::bigint[]) AS x(u, v, m, k, t, s)
+        `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, model, key_version, template, templates, seq)
+         SELECT $1, u, v, false, m, k, t::jsonb, f::jsonb, s FROM unnest($2::text[], $3::int[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bigint[]) AS x(u, v, m, k, t, f, s)
          ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = false, model = excluded.model,
-           key_version = excluded.key_version, template = excluded.template, seq = excluded.seq, updated_at = now(),
+           key_version = excluded.key_version, template = excluded.template, templates = excluded.templates, seq = excluded.seq, updated_at = now(),
            created_at = CASE WHEN hub_users.deleted THEN now() ELSE hub_users.created_at END`,
-        [tenantId, up.map((b) => b.external_user_id), up.map((b) => b.version), up.map((b) => b.model), up.map((b) => b.key_version), up.map((b) => JSON.stringify(b.template)), live.map(([, f]) => f.seq)],
+        [
+          tenantId,
+          up.map((b) => b.external_user_id),
+          up.map((b) => b.version),
+          up.map((b) => b.model),
+          up.map((b) => b.key_version),
+          up.map((b) => JSON.stringify(b.template)),
+          up.map((b) => JSON.stringify(b.templates ?? [])),
+          live.map(([, f]) => f.seq),
+        ],
       );
     }
     const gone = [...finalState].filter(([, f]) => f.body.kind === 'user.delete');
@@ -518,7 +568,7 @@ export class HubStore {
       await db.query(
         `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq)
          SELECT $1, u, v, true, s FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(u, v, s)
-         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, groups = '[]', seq = excluded.seq`,
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, templates = '[]', groups = '[]', seq = excluded.seq`,
         [tenantId, gone.map(([u]) => u), gone.map(([, f]) => f.version), gone.map(([, f]) => f.seq)],
       );
     }
@@ -536,23 +586,41 @@ export class HubStore {
    * they are sequenced: a device revoked by that rotation cannot read any later change.
    */
   async #sealedUnder(key: TenantKey, tenantId: string, batch: readonly PendingAppend[]): Promise<readonly PendingAppend[]> {
-    if (!batch.some((b) => b.body.kind === 'user.upsert' && b.body.key_version < key.keyVersion)) return batch;
+    const older = (b: SubmittedChange) =>
+      (b.kind === 'user.upsert' && b.key_version < key.keyVersion) || (b.kind !== 'user.delete' && (b.templates ?? []).some((t) => t.key_version < key.keyVersion));
+    if (!batch.some((b) => older(b.body))) return batch;
     const out: PendingAppend[] = [];
     for (const item of batch) {
       const body = item.body;
-      const older = body.kind === 'user.upsert' && body.key_version < key.keyVersion ? await this.keys.version(tenantId, body.key_version) : undefined;
-      if (body.kind !== 'user.upsert' || !older) {
+      if (body.kind === 'user.delete' || !older(body)) {
         out.push(item);
         continue;
       }
-      const binding = { tenantId, externalUserId: body.external_user_id, version: body.version, model: body.model };
-      try {
-        const embedding = openTemplate(older.key, body.template, { ...binding, keyVersion: body.key_version }, body.model);
-        out.push({ ...item, body: { ...body, key_version: key.keyVersion, template: sealTemplate(key.key, embedding, { ...binding, keyVersion: key.keyVersion }) } });
-      } catch (err) {
-        if (!(err instanceof EnvelopeError)) throw err;
-        out.push(item); // unreadable here: the doors refuse it as they would have
+      const person = { tenantId, externalUserId: body.external_user_id, version: body.version };
+      const reseal = async (sealed: SealedTemplate, model: string, keyVersion: number): Promise<SealedTemplate | null> => {
+        const from = await this.keys.version(tenantId, keyVersion);
+        if (!from) return null;
+        try {
+          return resealTemplate(sealed, { key: from.key, binding: { ...person, model, keyVersion } }, { key: key.key, binding: { ...person, model, keyVersion: key.keyVersion } });
+        } catch (err) {
+          if (!(err instanceof EnvelopeError)) throw err;
+          return null;
+        }
+      };
+      // a further template that does not open here is left out (the person keeps the first one)
+      const templates: ModelTemplate[] = [];
+      for (const t of body.templates ?? []) {
+        const sealed = t.key_version < key.keyVersion ? await reseal(t.template, t.model, t.key_version) : t.template;
+        if (sealed) templates.push({ model: t.model, key_version: sealed === t.template ? t.key_version : key.keyVersion, template: sealed });
       }
+      if (body.kind === 'user.templates') {
+        out.push({ ...item, body: { ...body, templates } });
+        continue;
+      }
+      // a first template unreadable here stays as it is: the doors refuse it as they would have
+      const first = body.key_version < key.keyVersion ? await reseal(body.template, body.model, body.key_version) : null;
+      const resealed: UserUpsert = first ? { ...body, key_version: key.keyVersion, template: first } : body;
+      out.push({ ...item, body: body.templates ? { ...resealed, templates } : resealed });
     }
     return out;
   }
@@ -643,7 +711,7 @@ export class HubStore {
    * The first chunk carries the tenant's settings, read with the head. A chunk whose users would
    * pass MAX_CHUNK_BYTES ends early (its `next` is its last user).
    */
-  async snapshotChunk(tenantId: string, after: string | null, limit: number): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
+  async snapshotChunk(tenantId: string, after: string | null, limit: number, models: readonly string[] = []): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
     const head = await this.pool.query<{ next_seq: string; name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active' }>(
       'SELECT next_seq, name, allowed_origins, liveness_mode FROM hub_tenants WHERE tenant_id = $1',
       [tenantId],
@@ -651,16 +719,17 @@ export class HubStore {
     const t = head.rows[0];
     const seq = t ? Number(t.next_seq) - 1 : 0;
     const r = await this.pool.query<SnapshotUser & { groups: string[] }>(
-      `SELECT external_user_id, version, model, key_version, template, groups FROM hub_users
-       WHERE tenant_id = $1 AND NOT deleted AND external_user_id COLLATE "C" > $2
+      `SELECT external_user_id, version, model, key_version, template, groups,
+              ${FURTHER_TEMPLATES_SQL("jsonb_build_object('templates', templates)", '$4')}->'templates' AS templates
+       FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND external_user_id COLLATE "C" > $2
        ORDER BY external_user_id COLLATE "C" LIMIT $3`,
       // ids are never empty: '' is before the first (and keeps the condition an index range)
-      [tenantId, after ?? '', limit],
+      [tenantId, after ?? '', limit, models],
     );
     const users: SnapshotUser[] = [];
     let bytes = 0;
-    for (const { groups, ...u } of r.rows) {
-      const user = groups.length > 0 ? { ...u, groups } : u;
+    for (const { groups, templates, ...u } of r.rows) {
+      const user = { ...u, ...(templates ? { templates } : {}), ...(groups.length > 0 ? { groups } : {}) };
       bytes += JSON.stringify(user).length;
       if (bytes > MAX_CHUNK_BYTES && users.length > 0) break;
       users.push(user);
@@ -735,13 +804,17 @@ export class HubStore {
    * The same as changesAfter, as the JSON text of the array, built by PostgreSQL: a device's
    * backfill is relayed without the hub parsing and re-serialising every change.
    */
-  async changesAfterJson(tenantId: string, afterSeq: number, limit: number): Promise<{ json: string; count: number; last: number }> {
+  async changesAfterJson(tenantId: string, afterSeq: number, limit: number, models: readonly string[] = []): Promise<{ json: string; count: number; last: number }> {
+    // a device of an earlier release (no models named) gets no further templates; a range that
+    // carries them ends early before MAX_CHUNK_BYTES (its first change always goes)
     const r = await this.pool.query<{ json: string; count: number; last: string | null }>(
       `SELECT COALESCE(json_agg(c ORDER BY seq), '[]')::text AS json, COUNT(*)::int AS count, MAX(seq) AS last FROM (
-         SELECT seq, body || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
-                'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) AS c
-         FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS page`,
-      [tenantId, afterSeq, limit],
+         SELECT seq, c, SUM(octet_length(c::text)) OVER (ORDER BY seq) AS upto, row_number() OVER (ORDER BY seq) AS n FROM (
+           SELECT seq, (body - 'templates') || ${FURTHER_TEMPLATES_SQL('body', '$4')} || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
+                  'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) AS c
+           FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS rows) AS page
+       WHERE n = 1 OR upto <= $5`,
+      [tenantId, afterSeq, limit, models, MAX_CHUNK_BYTES],
     );
     return { json: r.rows[0].json, count: r.rows[0].count, last: Number(r.rows[0].last ?? afterSeq) };
   }
@@ -815,6 +888,14 @@ interface ChangeRow {
   body: ChangeBody;
   committed_at: Date;
   auth: MessageAuth;
+}
+
+/**
+ * SQL of `{"templates": [...]}` with the further templates of `holder` (a jsonb with a `templates`
+ * member) made by the models in the text[] parameter `models`, or `{}` when there are none.
+ */
+function FURTHER_TEMPLATES_SQL(holder: string, models: string): string {
+  return `COALESCE((SELECT jsonb_build_object('templates', jsonb_agg(t)) FROM jsonb_array_elements(COALESCE(${holder}->'templates', '[]')) AS t WHERE t->>'model' = ANY(${models}::text[]) HAVING COUNT(*) > 0), '{}')`;
 }
 
 function toChange(row: ChangeRow): Change {

@@ -231,8 +231,9 @@ export class HubSync {
       const limit = Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH);
       let from = after;
       for (let i = 0; i < msg.value.batches; i++) {
-        const page = await this.store.changesAfterJson(tenantId, from, limit);
-        const more = page.count === limit && page.last < head && i < msg.value.batches - 1;
+        const page = await this.store.changesAfterJson(tenantId, from, limit, msg.value.models);
+        // a range that carries further templates may end before `limit` (MAX_CHUNK_BYTES)
+        const more = page.count > 0 && page.last < head && i < msg.value.batches - 1;
         const reply = `{"type":"range","tenant_id":${JSON.stringify(tenantId)},"head":${head},"changes":${page.json}${more ? ',"more":true' : ''}}`;
         await this.client.publishAsync(topics.reply(msg.value.device_id), reply, { qos: 1 });
         if (!more) break;
@@ -245,7 +246,7 @@ export class HubSync {
       // several chunks per request: a round trip per chunk would cost more than applying it
       let after = msg.value.after;
       for (let i = 0; i < msg.value.chunks; i++) {
-        const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK));
+        const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK), msg.value.models);
         const more = chunk.next !== null && i < msg.value.chunks - 1;
         await this.#reply(tenantId, msg.value.device_id, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more });
         if (!more) break;
@@ -277,6 +278,10 @@ export class HubSync {
       }
       const result = await this.store.append(tenantId, checked.body, { origin: device_id, changeId: change_id, checkedThrough: checked.checkedThrough });
       if (result.status === 'recheck') continue;
+      if (result.status === 'conflict' && body.kind === 'user.templates') {
+        this.options.logger.info({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, "hub: templates made on a person's earlier version were left out");
+        return { ack: { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason } };
+      }
       if (result.status === 'conflict') {
         this.options.logger.warn({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, 'hub: a change was refused as a conflict (recorded for an admin)');
         return { ack: { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason } };
@@ -341,6 +346,8 @@ export class HubSync {
   /**
    * Queues a sequenced change for the tenant's log. The changes committed together go out together:
    * one message of up to MAX_CHANGES_PER_BATCH, one head, so a door applies them in one transaction.
+   * The log carries no further templates (every device takes it, those of an earlier release too):
+   * a device that takes them fetches an upsert from its own reply topic.
    */
   #queueChange(tenantId: string, change: Change): void {
     const queue = this.#outgoing.get(tenantId) ?? [];
@@ -350,7 +357,7 @@ export class HubSync {
   }
 
   async #publishQueued(tenantId: string): Promise<void> {
-    const changes = this.#outgoing.get(tenantId) ?? [];
+    const changes = (this.#outgoing.get(tenantId) ?? []).map(({ templates: _, ...c }: Change & { templates?: unknown }) => c as Change);
     this.#outgoing.delete(tenantId);
     const topics = syncTopics(this.options.prefix, tenantId);
     for (let i = 0; i < changes.length; i += MAX_CHANGES_PER_BATCH) {

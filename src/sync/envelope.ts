@@ -85,6 +85,14 @@ export function openTemplate(tenantKey: Buffer, sealed: SealedTemplate, binding:
   }
 }
 
+/**
+ * The same template sealed for another binding: a version the hub gave an enrolment, or the tenant
+ * key's current version. Throws as openTemplate does when it does not open.
+ */
+export function resealTemplate(sealed: SealedTemplate, from: { key: Buffer; binding: TemplateBinding }, to: { key: Buffer; binding: TemplateBinding }): SealedTemplate {
+  return sealTemplate(to.key, openTemplate(from.key, sealed, from.binding, from.binding.model), to.binding);
+}
+
 export interface DeviceKeyPair {
   /** Raw X25519 public key, base64 (44 characters): what the hub registers. */
   publicKey: string;

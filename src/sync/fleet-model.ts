@@ -1,9 +1,9 @@
 import { DLIB_RESNET, type ModelId } from '../biometrics/matchers/index.ts';
 
 /**
- * The model whose templates the fleet replicates. A change of the log carries one template, of at
- * most 128 floats, and doors of the previous release refuse anything else, so for now it stays the
- * first model's. A door makes the newer model's template of each person from its own captures
- * (README, "Moving to a new model"), and keeps it when the person comes back through the log.
+ * The model of every change's first template: the one the hub checks duplicates with, and the only
+ * one a door of the previous release takes (its schema holds at most 128 floats and nothing else).
+ * The newer model's template travels beside it, in the upsert's `templates`, which the hub leaves
+ * out for those doors (README, "Moving to a new model", in a fleet).
  */
 export const FLEET_MODEL: ModelId = DLIB_RESNET.id;

@@ -27,6 +27,24 @@ export const sealedTemplateSchema = z
   .strictObject({ nonce: base64(16).length(16), ciphertext: base64(1024) })
   .describe('AES-256-GCM under the tenant key (sync/envelope.ts); 128 float32 = 512 bytes + 16-byte tag');
 
+/** At most this many further models' templates travel with a person's template. */
+export const MAX_FURTHER_TEMPLATES = 4;
+
+export const modelTemplateSchema = z
+  .strictObject({
+    model: z.string().min(1).max(100),
+    key_version: z.int().min(1).describe('Version of the tenant key that sealed it'),
+    template: z
+      .strictObject({ nonce: base64(16).length(16), ciphertext: base64(2800) })
+      .describe('AES-256-GCM under the tenant key, bound like the first template (tenant, person, version, this model, key version); 512 float32 = 2,048 bytes + 16-byte tag'),
+  })
+  .describe("The person's template of another model, made from the same capture as the first");
+
+const furtherTemplates = z
+  .array(modelTemplateSchema)
+  .max(MAX_FURTHER_TEMPLATES)
+  .refine((list) => new Set(list.map((t) => t.model)).size === list.length, { error: 'one template per model' });
+
 export const userUpsertSchema = z
   .strictObject({
     kind: z.literal('user.upsert'),
@@ -35,8 +53,29 @@ export const userUpsertSchema = z
     model: z.string().min(1).max(100).describe('Embedding model that made the template; a device refuses a model it does not run'),
     key_version: z.int().min(1).describe('Version of the tenant key that sealed it'),
     template: sealedTemplateSchema,
+    templates: furtherTemplates
+      .optional()
+      .describe(
+        "The person's templates of further models at the same version (sync/fleet-model.ts). Outside the change's `auth`: each is sealed and bound to this person and version, so it can be left out but not altered. The hub leaves them out for a device of an earlier release (its request names no `models`)",
+      ),
   })
-  .describe('A person enrolled or their template updated');
+  .describe('A person enrolled or their template updated (at the version a device already holds: the same capture, with templates of further models)');
+
+/**
+ * A change's fields its `auth` does not cover: the hub's commit time (for display) and the further
+ * templates, which their own sealing binds; a device of an earlier release gets the change without
+ * them, and its MAC still verifies.
+ */
+export const CHANGE_FIELDS_OUTSIDE_AUTH = ['committed_at', 'templates'] as const;
+
+export const userTemplatesSchema = z
+  .strictObject({
+    kind: z.literal('user.templates'),
+    external_user_id: externalUserId,
+    version: z.int().min(1).describe("The person's version the templates were made at: refused as `stale_version` unless it is the hub's"),
+    templates: furtherTemplates.min(1),
+  })
+  .describe("A device's templates of further models for a person it already holds (a migration from its own capture): the hub sequences them as a `user.upsert` at the same version, with the template it has");
 
 export const userDeleteSchema = z
   .strictObject({
@@ -75,7 +114,7 @@ export const userGroupsSchema = z
   .describe("The groups a person is in, set at the hub (`authface hub group add|remove`): a door whose policy allows some groups opens for their members. A deletion blanks it like the person's templates");
 
 /** What a device or the hub's API submits for sequencing. */
-export const submittedChangeSchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema]);
+export const submittedChangeSchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userTemplatesSchema]);
 
 /** Changes only an admin at the hub makes (a device's submission of one is refused by its schema). */
 export const adminChangeSchema = z.discriminatedUnion('kind', [tenantSettingsSchema, userGroupsSchema]);
@@ -109,6 +148,7 @@ export type SubmittedChange = z.output<typeof submittedChangeSchema>;
 export type AdminChange = z.output<typeof adminChangeSchema>;
 export type TenantSettings = z.output<typeof tenantSettingsSchema>;
 export type UserUpsert = z.output<typeof userUpsertSchema>;
+export type ModelTemplate = z.output<typeof modelTemplateSchema>;
 export type SnapshotUser = z.output<typeof snapshotUserSchema>;
 export type Change = z.output<typeof changeSchema>;
 export type ChangeBatch = z.output<typeof changeBatchSchema>;
@@ -162,6 +202,11 @@ export const fetchRequestSchema = z
     after: z.int().min(0),
     limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH),
     batches: z.int().min(1).max(MAX_CHUNKS_PER_REQUEST).default(1).describe('Ranges of `limit` changes the hub sends in a row for this request'),
+    models: z
+      .array(z.string().min(1).max(100))
+      .max(MAX_FURTHER_TEMPLATES + 1)
+      .optional()
+      .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
   })
   .meta({ id: 'SyncFetch' });
 
@@ -177,6 +222,11 @@ export const snapshotRequestSchema = z
     after: z.string().max(128).nullable().describe('The last external_user_id applied (byte order), or null for the first chunk'),
     limit: z.int().min(1).max(MAX_USERS_PER_CHUNK),
     chunks: z.int().min(1).max(MAX_CHUNKS_PER_REQUEST).default(1).describe('Chunks the hub sends in a row for this request, each after the one before'),
+    models: z
+      .array(z.string().min(1).max(100))
+      .max(MAX_FURTHER_TEMPLATES + 1)
+      .optional()
+      .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
   })
   .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
 
