@@ -2,6 +2,7 @@ import { type ModelId, MATCHERS, PRIMARY_MODEL, isModelId, migrationProgress } f
 import type { Store } from '../store/index.ts';
 import type { Tenant } from '../store/tenants.ts';
 import { CommandError } from './errors.ts';
+import { FLEET_MODEL } from '../sync/fleet-model.ts';
 
 /** `authface templates status`: per tenant, its people and how many hold each model's template. */
 export function templateStatus(store: Store) {
@@ -18,6 +19,10 @@ export function templateStatus(store: Store) {
 export function retireTemplates(store: Store, tenant: Tenant, model?: string) {
   if (model !== undefined && !isModelId(model)) throw new CommandError(`--model must be one of ${MATCHERS.map((m) => m.id).join(', ')}`);
   if (model === PRIMARY_MODEL) throw new CommandError(`${PRIMARY_MODEL} is the model of new templates: it cannot be retired`);
+  const fleet = store.db.prepare('SELECT 1 FROM sync_cursors WHERE tenant_id = ? UNION SELECT 1 FROM sync_snapshots WHERE tenant_id = ?').get(tenant.id, tenant.id) !== undefined;
+  if (fleet && (model === undefined || model === FLEET_MODEL)) {
+    throw new CommandError(`${tenant.name} is a fleet tenant: its ${FLEET_MODEL} templates are the ones the fleet replicates and checks duplicates with, and doors of an earlier release decide by them, so its doors keep them`);
+  }
   const older: ModelId[] = model ? [model] : MATCHERS.map((m) => m.id).filter((m) => m !== PRIMARY_MODEL);
   const results = older.map((m) => {
     const { retired, kept } = store.db.transaction(() => {

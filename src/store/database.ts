@@ -170,6 +170,13 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    DROP TABLE templates;
    ALTER TABLE templates_by_model RENAME TO templates;
    CREATE INDEX templates_active ON templates (user_id) WHERE active = 1;`,
+  // the outbox also carries a migration's templates of further models (a person's version unchanged)
+  `CREATE TABLE sync_outbox_kinds (change_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL,
+                                  kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete', 'templates')), version INTEGER NOT NULL, created_at TEXT NOT NULL);
+   INSERT INTO sync_outbox_kinds SELECT change_id, tenant_id, external_user_id, kind, version, created_at FROM sync_outbox ORDER BY rowid;
+   DROP TABLE sync_outbox;
+   ALTER TABLE sync_outbox_kinds RENAME TO sync_outbox;
+   CREATE INDEX sync_outbox_user ON sync_outbox (tenant_id, external_user_id);`,
 ];
 
 /**

@@ -55,7 +55,8 @@ interface TemplateRow {
 export interface LocalUserChange {
   tenantId: string;
   externalUserId: string;
-  kind: 'upsert' | 'delete';
+  /** `templates`: templates of further models added at the person's version (a migration). */
+  kind: 'upsert' | 'delete' | 'templates';
   version: number;
 }
 
@@ -193,12 +194,13 @@ export class UserStore {
   /**
    * Adds the templates of models the person holds no active template of, at their current
    * version (a migration to a newer model: the person did not change, so neither does their
-   * version, and nothing is journalled for the fleet). Returns the models added.
+   * version; the fleet gets them as `templates`). Returns the models added.
    */
   addTemplates(user: User, templates: Embeddings): ModelId[] {
     const held = new Set((this.#sql('SELECT model FROM templates WHERE user_id = ? AND active = 1').all(user.id) as { model: string }[]).map((r) => r.model));
-    const added = (Object.keys(templates) as ModelId[]).filter((m) => !held.has(m));
+    const added = (Object.keys(templates) as ModelId[]).filter((m) => !held.has(m) && this.models.includes(m));
     this.#insertTemplates(user, Object.fromEntries(added.map((m) => [m, templates[m]])), now());
+    if (added.length > 0) this.changeJournal?.({ tenantId: user.tenantId, externalUserId: user.externalUserId, kind: 'templates', version: user.version });
     return added;
   }
 

@@ -12,6 +12,7 @@ import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic, sealT
 import {
   type DeviceState,
   type DoorEvents,
+  type ModelTemplate,
   type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
@@ -26,7 +27,8 @@ import {
 } from './protocol.ts';
 import type { FleetVerdict } from '../sessions/service.ts';
 import type { FleetWrite } from '../store/biometry-store.ts';
-import type { ModelId } from '../biometrics/matchers/index.ts';
+import type { Embeddings, ModelId } from '../biometrics/matchers/index.ts';
+import type { LocalUserChange } from '../store/users.ts';
 import { Replica } from './replica.ts';
 import { loadDeviceKey } from './device-key.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
@@ -108,6 +110,8 @@ export class DeviceSync {
   /** When the hub was last asked for this device's notice. */
   #askedHubAt = 0;
   #revoked = false;
+  /** The models other than the fleet's whose templates this device keeps (they travel as an upsert's `templates`). */
+  readonly #furtherModels: ModelId[];
 
   private constructor(
     private readonly client: MqttClient,
@@ -119,6 +123,7 @@ export class DeviceSync {
     this.#boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
     this.replica = new Replica(store, index, (tenantId) => (tenantId === options.tenantId ? options.keyring : undefined), options.model);
     this.#index = index;
+    this.#furtherModels = store.users.models.filter((m) => m !== options.model);
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
@@ -220,7 +225,8 @@ export class DeviceSync {
     const version = write.kind === 'enroll' ? 1 : write.user.version + 1;
     const template = sealTemplate(key, embedding, { tenantId, externalUserId, version, model, keyVersion });
     const answered = this.#awaitingHub.wait(changeId, ms);
-    const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template };
+    const templates = this.#sealFurther(write.templates, { externalUserId, version });
+    const body: SubmittedChange = { kind: 'user.upsert', external_user_id: externalUserId, version, model, key_version: keyVersion, template, ...(templates.length > 0 ? { templates } : {}) };
     const submission = this.#signed('submission', { device_id: deviceId, change_id: changeId, body, fleet_check: write.kind });
     this.client.publish(syncTopics(this.options.prefix, tenantId).submit(deviceId), JSON.stringify(submission), { qos: 1 });
     const ack = await answered;
@@ -271,10 +277,10 @@ export class DeviceSync {
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
     const topics = syncTopics(this.options.prefix, this.options.tenantId);
     if (snapshot) {
-      this.client.publish(topics.snapshot(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
+      this.client.publish(topics.snapshot(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes() }), { qos: 1 });
       return;
     }
-    this.client.publish(topics.fetch(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST }), { qos: 1 });
+    this.client.publish(topics.fetch(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes() }), { qos: 1 });
   }
 
   /**
@@ -291,29 +297,49 @@ export class DeviceSync {
     const now = Date.now();
     const rows = this.store.db
       .prepare('SELECT change_id, external_user_id, kind, version FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid LIMIT ?')
-      .all(tenantId, OUTBOX_WINDOW * 2) as { change_id: string; external_user_id: string; kind: 'upsert' | 'delete'; version: number }[];
+      .all(tenantId, OUTBOX_WINDOW * 2) as { change_id: string; external_user_id: string; kind: LocalUserChange['kind']; version: number }[];
     let inFlight = [...this.#sentAt.values()].filter((at) => now - at < FETCH_TIMEOUT_MS).length;
     for (const r of rows) {
       if (inFlight >= OUTBOX_WINDOW) break;
       const sentAt = this.#sentAt.get(r.change_id);
       if (sentAt !== undefined && now - sentAt < FETCH_TIMEOUT_MS) continue;
-      let body: SubmittedChange;
+      let body: SubmittedChange | undefined;
       if (r.kind === 'delete') {
         body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
       } else {
         const user = this.store.users.get(tenantId, r.external_user_id);
-        const embedding = user && user.version === r.version ? this.store.users.templates(user)[model] : undefined;
-        if (!embedding) {
-          this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(r.change_id);
-          continue;
+        const held = user && user.version === r.version ? this.store.users.templates(user) : {};
+        const embedding = held[model];
+        const person = { externalUserId: r.external_user_id, version: r.version };
+        const templates = this.#sealFurther(held, person);
+        if (r.kind === 'templates' && templates.length > 0) body = { kind: 'user.templates', external_user_id: r.external_user_id, version: r.version, templates };
+        else if (r.kind === 'upsert' && embedding) {
+          const template = sealTemplate(key, embedding, { tenantId, ...person, model, keyVersion });
+          body = { kind: 'user.upsert', external_user_id: r.external_user_id, version: r.version, model, key_version: keyVersion, template, ...(templates.length > 0 ? { templates } : {}) };
         }
-        const template = sealTemplate(key, embedding, { tenantId, externalUserId: r.external_user_id, version: r.version, model, keyVersion });
-        body = { kind: 'user.upsert', external_user_id: r.external_user_id, version: r.version, model, key_version: keyVersion, template };
+      }
+      if (!body) {
+        this.store.db.prepare('DELETE FROM sync_outbox WHERE change_id = ?').run(r.change_id);
+        continue;
       }
       this.#sentAt.set(r.change_id, now);
       inFlight++;
       this.client.publish(topics.submit(deviceId), JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body })), { qos: 1 });
     }
+  }
+
+  /** The person's templates of the further models, sealed for the fleet at `version`. */
+  #sealFurther(held: Embeddings, person: { externalUserId: string; version: number }): ModelTemplate[] {
+    const { key, keyVersion } = this.options.keyring.latest;
+    return this.#furtherModels.flatMap((model) => {
+      const embedding = held[model];
+      return embedding ? [{ model, key_version: keyVersion, template: sealTemplate(key, embedding, { tenantId: this.options.tenantId, ...person, model, keyVersion }) }] : [];
+    });
+  }
+
+  /** What a fetch or snapshot request asks for: every model kept here (the fleet's first). */
+  #takes(): string[] {
+    return [this.options.model, ...this.#furtherModels];
   }
 
   /** One flush for a burst of local changes (an import of a thousand people is one burst). */
@@ -424,7 +450,12 @@ export class DeviceSync {
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
       // while a snapshot loads, the log after it is fetched once it is done
       if (this.replica.snapshot(tenantId)) return;
-      this.#apply(msg.value.changes);
+      // the log carries no further templates (devices of an earlier release read it too): from
+      // the first upsert on, this device takes the changes from a range it fetches, which does
+      const upsert = this.#furtherModels.length === 0 ? undefined : Math.min(...msg.value.changes.filter((c) => c.kind === 'user.upsert').map((c) => c.seq));
+      if (upsert === undefined || upsert === Infinity) return this.#apply(msg.value.changes);
+      this.#apply(msg.value.changes.filter((c) => c.seq < upsert));
+      this.fetch(true);
     } else if (topic === topics.head) {
       const msg = parseMessage(headSchema, payload);
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);

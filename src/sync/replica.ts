@@ -1,9 +1,9 @@
 import type { GalleryIndex } from '../biometrics/gallery.ts';
-import type { ModelId } from '../biometrics/matchers/index.ts';
+import { type Embeddings, type ModelId, isModelId } from '../biometrics/matchers/index.ts';
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, isAuthentic, openTemplate } from './envelope.ts';
 import type { TenantKeyring } from './keyring.ts';
-import type { Change, SnapshotUser, SyncReply, TenantSettings } from './protocol.ts';
+import { type Change, type SnapshotUser, type SyncReply, type TenantSettings, CHANGE_FIELDS_OUTSIDE_AUTH } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
 
@@ -112,7 +112,7 @@ export class Replica {
     const ring = this.keyring(change.tenant_id);
     // a version this device does not hold yet: the hub's notice of it is on its way (or asked for)
     if (ring && change.auth && change.auth.key_version > ring.latest.keyVersion) return 'unknown_key';
-    if (!ring || !isAuthentic((v) => ring.changeKey(change.seq, v), 'change', change.tenant_id, change, ['committed_at'])) return 'unauthenticated';
+    if (!ring || !isAuthentic((v) => ring.changeKey(change.seq, v), 'change', change.tenant_id, change, CHANGE_FIELDS_OUTSIDE_AUTH)) return 'unauthenticated';
     const gallery = this.index.of(change.tenant_id);
     switch (change.kind) {
       // a change blanked by a later deletion: only its place in the order is left
@@ -141,7 +141,7 @@ export class Replica {
     const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
     try {
       const embedding = openTemplate(key, u.template, binding, this.model);
-      const held = this.store.users.replicate(tenantId, u.external_user_id, u.version, { [this.model]: embedding });
+      const held = this.store.users.replicate(tenantId, u.external_user_id, u.version, { ...this.#further(tenantId, u), [this.model]: embedding });
       after.push(() => gallery.upsert(u.external_user_id, held));
       return null;
     } catch (err) {
@@ -152,6 +152,25 @@ export class Replica {
       after.push(() => gallery.remove(u.external_user_id));
       return null;
     }
+  }
+
+  /**
+   * The person's templates of further models kept here. One that does not open is left out (the
+   * person is decided by the fleet model's, and this door makes its own at their next capture): it
+   * travels outside the change's MAC, so a broker client could have swapped it for garbage.
+   */
+  #further(tenantId: string, u: SnapshotUser): Embeddings {
+    const out: Embeddings = {};
+    for (const t of u.templates ?? []) {
+      const key = this.keyring(tenantId)?.key(t.key_version);
+      if (!key || !isModelId(t.model) || t.model === this.model || !this.store.users.models.includes(t.model)) continue;
+      try {
+        out[t.model] = openTemplate(key, t.template, { tenantId, externalUserId: u.external_user_id, version: u.version, model: t.model, keyVersion: t.key_version }, t.model);
+      } catch (err) {
+        if (!(err instanceof EnvelopeError)) throw err;
+      }
+    }
+    return out;
   }
 
   #applyTenant(tenantId: string, t: Omit<TenantSettings, 'kind'>): void {
@@ -205,7 +224,7 @@ export class Replica {
     for (const u of chunk.users) {
       this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
       if (pending.has(u.external_user_id)) continue;
-      if (this.store.users.get(tenantId, u.external_user_id)?.version === u.version) continue;
+      if (this.#holds(tenantId, u)) continue;
       const refusal = this.#applyTemplate(tenantId, u, after);
       if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
       applied++;
@@ -235,6 +254,16 @@ export class Replica {
       this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = ?, after_user = ? WHERE tenant_id = ?').run(seq, chunk.next, tenantId);
     }
     return { applied, removed, done: chunk.next === null, ignored: false };
+  }
+
+  /** Whether this device holds the person at the chunk's version with every template of it that it keeps. */
+  #holds(tenantId: string, u: SnapshotUser): boolean {
+    const user = this.store.users.get(tenantId, u.external_user_id);
+    if (user?.version !== u.version) return false;
+    const kept = (u.templates ?? []).filter((t) => isModelId(t.model) && this.store.users.models.includes(t.model));
+    if (kept.length === 0) return true;
+    const held = this.store.users.templates(user);
+    return kept.every((t) => held[t.model as ModelId]);
   }
 
   #moveTo(tenantId: string, seq: number): number {
