@@ -5,11 +5,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { stringify } from 'yaml';
 import mqtt from 'mqtt';
 import { HubStore } from '../src/hub/store.ts';
 import { ROOT } from './support/datasets.ts';
-import { authface, serve, serveHub, stop } from './support/cli.ts';
+import { authface, joinDoorByCli, serve, serveHub, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type Photos, photos, thrice } from './support/photos.ts';
@@ -55,25 +54,11 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     hubApi = new Client(hub.url, hubKey);
     for (const name of ['front', 'back']) {
       const dataDir = path.join(dir, name);
-      const env = doorEnv(name);
-      const { device_public_key } = JSON.parse((await authface(['sync', 'key'], env)).stdout) as { device_public_key: string };
-      const wrapped = (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', name, '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout;
+      const { env, configFile } = await joinDoorByCli(name, { dir, tenantId, databaseUrl: db.url, hubEnv, brokerUrl, prefix });
       assert.equal(fs.statSync(path.join(dataDir, 'device.key')).mode & 0o777, 0o600);
-      fs.writeFileSync(path.join(dir, `${name}-tenant-key.json`), wrapped);
-      fs.writeFileSync(
-        path.join(dir, `${name}.yaml`),
-        stringify({
-          device_id: name,
-          tenant_id: tenantId,
-          liveness: 'passive',
-          doors: [{ id: 'main', relay: { driver: 'simulated' } }],
-          mqtt: { url: brokerUrl, topic_prefix: prefix },
-          sync: { tenant_key_file: path.join(dir, `${name}-tenant-key.json`) },
-        }),
-      );
       // the back door's clock is a day ahead: order comes from the hub's sequence, never from clocks
       const skewed: Record<string, string> = name === 'back' ? { NODE_OPTIONS: `--import=${pathToFileURL(path.join(ROOT, 'test', 'support', 'skewed-clock.mjs')).href}`, AUTHFACE_TEST_CLOCK_SKEW_MS: String(86_400_000) } : {};
-      const served = await serve({ ...env, ...skewed, AUTHFACE_DEVICE_CONFIG: path.join(dir, `${name}.yaml`) });
+      const served = await serve({ ...env, ...skewed, AUTHFACE_DEVICE_CONFIG: configFile });
       // the integrator's key for the fleet tenant on this door; the tenant's origins and liveness
       // come from the hub's log (tenant add made them its first change)
       const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };

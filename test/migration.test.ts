@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,17 +6,16 @@ import { DLIB_RESNET, MOBILEFACENET, PRIMARY_MODEL } from '../src/biometrics/mat
 import { retireTemplates, templateStatus } from '../src/cli/templates.ts';
 import { authface, cliIn, serve, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
-import { ROOT, requireShared, shared } from './support/datasets.ts';
+import { requireShared, shared } from './support/datasets.ts';
+import { previousRelease } from './support/previous-release.ts';
 import { thrice } from './support/photos.ts';
 import { type TestService, startTestService } from './support/service.ts';
 
 /**
  * The move from dlib's descriptor to MobileFaceNet with nobody enrolling again. The data directory
- * is made by the previous release itself: its sources at PREVIOUS_RELEASE (the last commit before
- * MobileFaceNet) are taken from this repository's history, and its `authface serve` enrols eight
+ * is made by the previous release itself (support/previous-release.ts), and its `authface serve` enrols eight
  * people of bbt (five face crops each) through the API. Then this release opens the directory.
  */
-const PREVIOUS_RELEASE = '3a504769a69e31dac86efc946809aac7c0292961';
 describe('moving to a new face model without re-enrolment (a data directory of the previous release)', function () {
   requireShared(this);
   this.timeout(600_000);
@@ -105,20 +103,3 @@ describe('moving to a new face model without re-enrolment (a data directory of t
     assert.deepEqual(svc.service.modelsFor(tenant.id), [MOBILEFACENET.id]);
   });
 });
-
-/**
- * The previous release's sources, from this repository's history, in a temporary directory that
- * uses this checkout's installed packages and models (the release needs nothing this one lacks).
- */
-function previousRelease(): string {
-  try {
-    execFileSync('git', ['-C', ROOT, 'cat-file', '-e', `${PREVIOUS_RELEASE}^{commit}`]);
-  } catch {
-    throw new Error(`the upgrade test needs commit ${PREVIOUS_RELEASE} of this repository's history (a shallow clone lacks it: git fetch --unshallow)`);
-  }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-previous-release-'));
-  const archive = execFileSync('git', ['-C', ROOT, 'archive', '--format=tar', PREVIOUS_RELEASE, 'src', 'bin', 'package.json']);
-  execFileSync('tar', ['-x', '-C', dir], { input: archive });
-  for (const entry of ['node_modules', 'models']) fs.symlinkSync(path.join(ROOT, entry), path.join(dir, entry));
-  return dir;
-}

@@ -1,6 +1,8 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { stringify } from 'yaml';
 import { promisify } from 'node:util';
 import { ROOT } from './datasets.ts';
 import { freePort } from './mosquitto.ts';
@@ -78,4 +80,35 @@ export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; p
     child.once('exit', (code) => reject(new Error(`hub serve exited with ${code}:\n${out}`)));
   });
   return Object.assign(child, { url });
+}
+
+/**
+ * Joins a door to a hub's tenant the way an operator does with the CLI: `authface sync key` on the
+ * door (with `cli`, this release's or an earlier one's), `authface hub wrap-key` at the hub, and
+ * the door's config file (a simulated relay, the broker, the wrapped key). Returns the config's
+ * path and the door's environment.
+ */
+export async function joinDoorByCli(
+  name: string,
+  fleet: { dir: string; tenantId: string; databaseUrl: string; hubEnv: Record<string, string>; brokerUrl: string; prefix: string },
+  cli: string[] = CLI,
+): Promise<{ env: Record<string, string>; configFile: string }> {
+  const env = { AUTHFACE_DATA_DIR: path.join(fleet.dir, name) };
+  const { device_public_key } = JSON.parse((await authface(['sync', 'key'], env, { cli })).stdout) as { device_public_key: string };
+  const wrapped = (await authface(['hub', 'wrap-key', '--tenant', fleet.tenantId, '--device', name, '--public-key', device_public_key, '--database-url', fleet.databaseUrl], fleet.hubEnv)).stdout;
+  const keyFile = path.join(fleet.dir, `${name}-tenant-key.json`);
+  fs.writeFileSync(keyFile, wrapped);
+  const configFile = path.join(fleet.dir, `${name}.yaml`);
+  fs.writeFileSync(
+    configFile,
+    stringify({
+      device_id: name,
+      tenant_id: fleet.tenantId,
+      liveness: 'passive',
+      doors: [{ id: 'main', relay: { driver: 'simulated' } }],
+      mqtt: { url: fleet.brokerUrl, topic_prefix: fleet.prefix },
+      sync: { tenant_key_file: keyFile },
+    }),
+  );
+  return { env, configFile };
 }
