@@ -20,8 +20,7 @@ import { HubError } from './errors.ts';
 import { HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
-import { EnvelopeError, openTemplate, resealTemplate, sealTemplate } from '../sync/envelope.ts';
-import type { ModelTemplate } from '../sync/protocol.ts';
+import { EnvelopeError, openTemplate, sealTemplate } from '../sync/envelope.ts';
 
 const COMPACT_INTERVAL_MS = 3_600_000;
 
@@ -175,19 +174,10 @@ function fleetCheck(
     if (kind === 'update' && !live) return { ok: false, reason: 'user_not_found' };
     if (kind === 'update' && row?.version !== body.version - 1) return { ok: false, reason: 'stale_version', version: row?.version };
     const version = (row?.version ?? 0) + 1;
-    const to = { tenantId, externalUserId: body.external_user_id, version, keyVersion };
-    const template = sealTemplate(key, embedding, { ...to, model: FLEET_MODEL });
+    const template = sealTemplate(key, embedding, { tenantId, externalUserId: body.external_user_id, version, model: FLEET_MODEL, keyVersion });
     // the further templates (of the same capture) follow it to that version; one that does not open is left out
-    const templates: ModelTemplate[] = [];
-    for (const t of body.templates ?? []) {
-      const from = await store.keys.version(tenantId, t.key_version);
-      try {
-        if (from) templates.push({ model: t.model, key_version: keyVersion, template: resealTemplate(t.template, { key: from.key, binding: { ...to, version: body.version, model: t.model, keyVersion: t.key_version } }, { key, binding: { ...to, model: t.model } }) });
-      } catch (err) {
-        if (!(err instanceof EnvelopeError)) throw err;
-      }
-    }
-    return { ok: true, body: { ...body, version, key_version: keyVersion, template, ...(body.templates ? { templates } : {}) }, checkedThrough };
+    const templates = body.templates && (await store.resealTemplates(tenantId, { externalUserId: body.external_user_id, version: body.version }, body.templates, { version, key: { key, keyVersion } }));
+    return { ok: true, body: { ...body, version, key_version: keyVersion, template, ...(templates ? { templates } : {}) }, checkedThrough };
   };
 }
 

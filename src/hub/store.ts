@@ -596,31 +596,41 @@ export class HubStore {
         out.push(item);
         continue;
       }
-      const person = { tenantId, externalUserId: body.external_user_id, version: body.version };
-      const reseal = async (sealed: SealedTemplate, model: string, keyVersion: number): Promise<SealedTemplate | null> => {
-        const from = await this.keys.version(tenantId, keyVersion);
-        if (!from) return null;
-        try {
-          return resealTemplate(sealed, { key: from.key, binding: { ...person, model, keyVersion } }, { key: key.key, binding: { ...person, model, keyVersion: key.keyVersion } });
-        } catch (err) {
-          if (!(err instanceof EnvelopeError)) throw err;
-          return null;
-        }
-      };
-      // a further template that does not open here is left out (the person keeps the first one)
-      const templates: ModelTemplate[] = [];
-      for (const t of body.templates ?? []) {
-        const sealed = t.key_version < key.keyVersion ? await reseal(t.template, t.model, t.key_version) : t.template;
-        if (sealed) templates.push({ model: t.model, key_version: sealed === t.template ? t.key_version : key.keyVersion, template: sealed });
-      }
+      const person = { externalUserId: body.external_user_id, version: body.version };
+      const to = { version: body.version, key };
+      const templates = body.templates && (await this.resealTemplates(tenantId, person, body.templates, to));
       if (body.kind === 'user.templates') {
-        out.push({ ...item, body: { ...body, templates } });
+        out.push({ ...item, body: { ...body, templates: templates ?? [] } });
         continue;
       }
       // a first template unreadable here stays as it is: the doors refuse it as they would have
-      const first = body.key_version < key.keyVersion ? await reseal(body.template, body.model, body.key_version) : null;
-      const resealed: UserUpsert = first ? { ...body, key_version: key.keyVersion, template: first } : body;
-      out.push({ ...item, body: body.templates ? { ...resealed, templates } : resealed });
+      const [first] = await this.resealTemplates(tenantId, person, [{ model: body.model, key_version: body.key_version, template: body.template }], to);
+      const resealed: UserUpsert = first ? { ...body, key_version: first.key_version, template: first.template } : body;
+      out.push({ ...item, body: templates ? { ...resealed, templates } : resealed });
+    }
+    return out;
+  }
+
+  /**
+   * A person's templates sealed for `to` (another version, or the tenant key's current version);
+   * one already sealed so is kept as it is, and one that does not open here is left out.
+   */
+  async resealTemplates(tenantId: string, person: { externalUserId: string; version: number }, templates: readonly ModelTemplate[], to: { version: number; key: TenantKey }): Promise<ModelTemplate[]> {
+    const out: ModelTemplate[] = [];
+    for (const t of templates) {
+      if (person.version === to.version && t.key_version === to.key.keyVersion) {
+        out.push(t);
+        continue;
+      }
+      const from = await this.keys.version(tenantId, t.key_version);
+      if (!from) continue;
+      const binding = { tenantId, externalUserId: person.externalUserId, model: t.model };
+      try {
+        const template = resealTemplate(t.template, { key: from.key, binding: { ...binding, version: person.version, keyVersion: t.key_version } }, { key: to.key.key, binding: { ...binding, version: to.version, keyVersion: to.key.keyVersion } });
+        out.push({ model: t.model, key_version: to.key.keyVersion, template });
+      } catch (err) {
+        if (!(err instanceof EnvelopeError)) throw err;
+      }
     }
     return out;
   }

@@ -452,10 +452,9 @@ export class DeviceSync {
       if (this.replica.snapshot(tenantId)) return;
       // the log carries no further templates (devices of an earlier release read it too): from
       // the first upsert on, this device takes the changes from a range it fetches, which does
-      const upsert = this.#furtherModels.length === 0 ? undefined : Math.min(...msg.value.changes.filter((c) => c.kind === 'user.upsert').map((c) => c.seq));
-      if (upsert === undefined || upsert === Infinity) return this.#apply(msg.value.changes);
-      this.#apply(msg.value.changes.filter((c) => c.seq < upsert));
-      this.fetch(true);
+      const firstUpsert = this.#furtherModels.length === 0 ? Infinity : msg.value.changes.reduce((first, c) => (c.kind === 'user.upsert' ? Math.min(first, c.seq) : first), Infinity);
+      this.#apply(msg.value.changes.filter((c) => c.seq < firstUpsert));
+      if (firstUpsert !== Infinity) this.fetch(true);
     } else if (topic === topics.head) {
       const msg = parseMessage(headSchema, payload);
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
