@@ -9,7 +9,7 @@ import { AccessController } from '../src/access/controller.ts';
 import { PinGate } from '../src/access/pin-gate.ts';
 import { DoorHardware, type SimulatedContact, type SimulatedRelay } from '../src/access/hardware.ts';
 import { checkPolicy, fileGroups } from '../src/access/policy.ts';
-import { EventBus, type AccessEvent, type CoreEvents } from '../src/core/events.ts';
+import { EventBus, type AccessEvent, type CoreEvents, type DoorStatus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type DeviceConfig, deviceConfigReference, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
 import { openStore } from '../src/store/index.ts';
@@ -235,6 +235,24 @@ describe('access controller (simulated relay and contact)', function () {
     assert.equal(e?.reason, 'remote_unlock');
     assert.equal(relay('main').pulses.length, 1);
     assert.equal(access.unlock('nope', 'test'), null);
+  });
+
+  it('the door announces itself locked at the end of the pulse, whatever the wall clock reads then', async function () {
+    // a timer may fire a millisecond before Date.now() has moved on by the pulse, and a box without
+    // a real-time clock steps its clock when NTP answers: neither may leave the lock shown unlocked
+    const states: DoorStatus[] = [];
+    events.on('door.state', (s) => s.doorId === 'main' && states.push(s));
+    const realNow = Date.now;
+    try {
+      access.unlock('main', 'test');
+      assert.equal(states.at(-1)?.lock, 'unlocked');
+      Date.now = () => realNow() - 20;
+      await new Promise((r) => setTimeout(r, 1500 + 100));
+      assert.equal(states.at(-1)?.lock, 'locked', 'the last state announced');
+      assert.equal(access.statuses().find((s) => s.doorId === 'main')?.lock, 'locked', 'the state asked for');
+    } finally {
+      Date.now = realNow;
+    }
   });
 
   it('a door opened without a grant raises door_forced; a door left open raises door_held_open', async function () {

@@ -12,8 +12,10 @@ interface DoorState {
   config: DoorConfig;
   relay: Relay;
   contact: DoorContact | null;
-  /** When the relay was last released for a legitimate opening. */
+  /** When the relay was last released for a legitimate opening (monotonic clock: NTP may step the wall clock). */
   releasedAt: number;
+  /** Between a release and the end of its pulse (set by the lock timer, never derived from a clock). */
+  unlocked: boolean;
   heldTimer: NodeJS.Timeout | undefined;
   /** When the released relay locks again. */
   lockTimer: NodeJS.Timeout | undefined;
@@ -41,7 +43,7 @@ export class AccessController {
   ) {
     for (const door of config.doors) {
       const { relay, contact } = hardware.get(door.id) as DoorDrivers;
-      const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, heldTimer: undefined, lockTimer: undefined, recent: new Map() };
+      const state: DoorState = { config: door, relay, contact, releasedAt: -Infinity, unlocked: false, heldTimer: undefined, lockTimer: undefined, recent: new Map() };
       contact?.onChange((open) => this.#contactChanged(state, open));
       this.#doors.set(door.id, state);
     }
@@ -58,8 +60,7 @@ export class AccessController {
   }
 
   #status(door: DoorState): DoorStatus {
-    const unlocked = Date.now() - door.releasedAt < door.config.relay.pulse_ms;
-    return { doorId: door.config.id, lock: unlocked ? 'unlocked' : 'locked', contact: door.contact ? (door.contact.isOpen() ? 'open' : 'closed') : null, time: new Date().toISOString() };
+    return { doorId: door.config.id, lock: door.unlocked ? 'unlocked' : 'locked', contact: door.contact ? (door.contact.isOpen() ? 'open' : 'closed') : null, time: new Date().toISOString() };
   }
 
 
@@ -119,12 +120,16 @@ export class AccessController {
   }
 
   #release(door: DoorState): void {
-    door.releasedAt = Date.now();
+    door.releasedAt = performance.now();
+    door.unlocked = true;
     door.relay.pulse(door.config.relay.pulse_ms);
     this.events.emit('door.state', this.#status(door));
     // the relay locks again at the end of the pulse (a pulse in the meantime extends it)
     clearTimeout(door.lockTimer);
-    door.lockTimer = setTimeout(() => this.events.emit('door.state', this.#status(door)), door.config.relay.pulse_ms);
+    door.lockTimer = setTimeout(() => {
+      door.unlocked = false;
+      this.events.emit('door.state', this.#status(door));
+    }, door.config.relay.pulse_ms);
     door.lockTimer.unref();
   }
 
@@ -150,7 +155,7 @@ export class AccessController {
     this.events.emit('door.state', this.#status(door));
     clearTimeout(door.heldTimer);
     if (!open) return;
-    const expected = Date.now() - door.releasedAt <= door.config.relay.pulse_ms + OPEN_GRACE_MS;
+    const expected = performance.now() - door.releasedAt <= door.config.relay.pulse_ms + OPEN_GRACE_MS;
     if (!expected) this.#alarm(door, 'door_forced');
     const held = (door.config.contact?.held_open_seconds ?? 30) * 1000;
     door.heldTimer = setTimeout(() => this.#alarm(door, 'door_held_open'), held);
