@@ -113,8 +113,34 @@ describe('decisions across two models, and the guard rails of migration', functi
   it('a person with the new template is decided by it; the score is on its scale', async function () {
     const probe = { [DLIB_RESNET.id]: dlib(999), [PRIMARY_MODEL]: near(mfn(102), 0.8, 6) };
     const d = await decide(session('identify'), probe, users, index, t);
-    assert.deepEqual([d.status, d.externalUserId, d.write], ['success', 'new2', undefined]);
+    assert.deepEqual([d.status, d.externalUserId], ['success', 'new2']);
     assert.ok(Math.abs((d.score as number) - 0.8) < 1e-3);
+  });
+
+  it("a strong capture of a person decided by the new model joins their template (adapt), with the new model's embedding only", async function () {
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const probe = { [DLIB_RESNET.id]: dlib(998), [PRIMARY_MODEL]: near(mfn(103), (mfnRule + 1) / 2, 14) };
+    for (const [flow, id] of [['identify', null], ['verify', 'new3']] as const) {
+      const d = await decide(session(flow, id), probe, users, index, t);
+      assert.deepEqual([d.status, d.externalUserId], ['success', 'new3'], flow);
+      assert.deepEqual(d.write && { kind: d.write.kind, user: 'user' in d.write && d.write.user.externalUserId, models: Object.keys(d.write.templates) }, { kind: 'adapt', user: 'new3', models: [PRIMARY_MODEL] }, flow);
+      assert.equal(d.write?.templates[PRIMARY_MODEL], probe[PRIMARY_MODEL], flow);
+    }
+  });
+
+  it('a capture that verifies at 1:1 but is not strong, or looks like another person, does not join a template', async function () {
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const weak = (t[PRIMARY_MODEL].match + mfnRule) / 2;
+    assert.ok(weak >= t[PRIMARY_MODEL].match && weak < mfnRule);
+    const d = await decide(session('verify', 'new4'), { [DLIB_RESNET.id]: dlib(997), [PRIMARY_MODEL]: near(mfn(104), weak, 15) }, users, index, t);
+    assert.deepEqual([d.status, d.write], ['success', undefined], 'verified, not strong');
+    // strong for new4, and at new0's duplicate threshold too: a blend of the two faces
+    const blend = normalize(Float32Array.from(mfn(104), (v, i) => 1.6 * v + mfn(100)[i]));
+    const toNew0 = blend.reduce((sum, v, i) => sum + v * mfn(100)[i], 0);
+    const toNew4 = blend.reduce((sum, v, i) => sum + v * mfn(104)[i], 0);
+    assert.ok(toNew4 >= mfnRule && toNew0 >= t[PRIMARY_MODEL].duplicate && toNew4 - toNew0 >= t[PRIMARY_MODEL].identify.rule(15).margin, `${toNew4} ${toNew0}`);
+    const other = await decide(session('verify', 'new4'), { [DLIB_RESNET.id]: dlib(996), [PRIMARY_MODEL]: blend }, users, index, t);
+    assert.deepEqual([other.status, other.write], ['success', undefined], "another person's face by the new model");
   });
 
   it('verify at a score that passes 1:1 but is not strong: success, and no new template', async function () {

@@ -12,6 +12,8 @@ import type { FaceObservation } from '../src/biometrics/types.ts';
 import { loadSettings, settingsTable } from '../src/config/settings.ts';
 import { EmbeddingCipher, loadMasterKey } from '../src/store/crypto.ts';
 import { openStore } from '../src/store/index.ts';
+import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
+import { CAPTURE_REFRESH_MS, MAX_CAPTURES } from '../src/store/users.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 
 function randomUnit(seed: number): Float32Array {
@@ -231,6 +233,69 @@ describe('store', function () {
       const revived = store.users.enroll(t.id, 'ext', { [FLEET_MODEL]: randomUnit(4) });
       assert.equal(revived.version, 4);
       assert.equal([...store.users.activeTemplates()].length, 1);
+    } finally {
+      store.close();
+    }
+  });
+
+  it('further captures: beside the enrolment template, capped, never replacing it, averaged in, bound to their slot, local, and erased with the person', function () {
+    const store = openStore(dir, undefined);
+    try {
+      const mfnId = PRIMARY_MODEL;
+      const unit512 = (seed: number) => {
+        let x = seed * 7919;
+        return normalize(Float32Array.from({ length: 512 }, () => ((x = (x * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff) - 0.5));
+      };
+      const journal: string[] = [];
+      store.users.changeJournal = (c) => journal.push(c.kind);
+      const t = store.tenants.create({ name: 't', allowedOrigins: [], livenessMode: 'passive' });
+      const enrolment = unit512(1);
+      const u = store.users.enroll(t.id, 'ext', { [FLEET_MODEL]: randomUnit(1), [mfnId]: enrolment });
+      const day = 24 * 3600 * 1000;
+      const same = (a: Float32Array | undefined, b: Float32Array, what = 'the same template') => assert.ok(a && similarity(a, b) > 1 - 1e-6, what);
+      const start = Date.now();
+      assert.deepEqual(store.users.addCapture(u, mfnId, unit512(2), new Date(start)), { slot: 1, replaced: false });
+      assert.deepEqual(store.users.addCapture(u, mfnId, unit512(3), new Date(start + day)), { slot: 2, replaced: false });
+      assert.equal(store.users.addCapture(u, mfnId, unit512(4), new Date(start + 2 * day)), null, `capped at ${MAX_CAPTURES}: a fresh set is kept as it is`);
+      assert.deepEqual(store.users.captureCounts(u), { [mfnId]: MAX_CAPTURES });
+      // the person's template is the mean of all three; the enrolment template alone is what replicates
+      same(store.users.templates(u)[mfnId], meanEmbedding([enrolment, unit512(2), unit512(3)]));
+      same(store.users.enrolmentTemplates(u)[mfnId], enrolment);
+      const indexed = store.users.activeTemplates().filter((a) => a.model === mfnId);
+      assert.equal(indexed.length, 1, 'one row per person and model in the 1:N index');
+      same(indexed[0].embedding, meanEmbedding([enrolment, unit512(2), unit512(3)]));
+      // once the oldest capture is CAPTURE_REFRESH_MS old, a new one replaces it, never the enrolment
+      assert.deepEqual(store.users.addCapture(u, mfnId, unit512(5), new Date(start + CAPTURE_REFRESH_MS)), { slot: 1, replaced: true });
+      same(store.users.templates(u)[mfnId], meanEmbedding([enrolment, unit512(5), unit512(3)]));
+      same(store.users.enrolmentTemplates(u)[mfnId], enrolment);
+      assert.deepEqual(journal, ['upsert'], 'a capture is not a change of the fleet: nothing journalled');
+      // a capture sealed for slot 1 moved into slot 2, or over the enrolment template, does not open
+      const rows = store.db.prepare('SELECT id, capture, nonce, ciphertext FROM templates WHERE model = ? ORDER BY capture').all(mfnId) as { id: string; capture: number; nonce: Buffer; ciphertext: Buffer }[];
+      const move = store.db.prepare('UPDATE templates SET nonce = ?, ciphertext = ? WHERE id = ?');
+      move.run(rows[1].nonce, rows[1].ciphertext, rows[2].id);
+      same(store.users.templates(u)[mfnId], meanEmbedding([enrolment, unit512(5)]), 'the moved capture is skipped');
+      move.run(rows[1].nonce, rows[1].ciphertext, rows[0].id);
+      assert.deepEqual(store.users.templates(u)[mfnId], undefined, 'captures never decide without the enrolment template they joined');
+      assert.ok(store.users.templates(u)[FLEET_MODEL], 'the other model still decides');
+      move.run(rows[0].nonce, rows[0].ciphertext, rows[0].id);
+      move.run(rows[2].nonce, rows[2].ciphertext, rows[2].id);
+      // the same version coming back from the hub keeps them; a new version (an update) erases them
+      store.users.replicate(t.id, 'ext', u.version, { [mfnId]: enrolment });
+      assert.deepEqual(store.users.captureCounts(u), { [mfnId]: 2 });
+      const u2 = store.users.replaceTemplate(u, { [FLEET_MODEL]: randomUnit(2), [mfnId]: unit512(6) });
+      assert.deepEqual(store.users.captureCounts(u2), {});
+      same(store.users.templates(u2)[mfnId], unit512(6));
+      assert.deepEqual(store.users.templateVersions(u2).map((v) => [v.version, v.active]), [[1, false], [1, false], [2, true], [2, true]], 'history: enrolment templates only');
+      store.users.addCapture(u2, mfnId, unit512(7), new Date());
+      const v3 = store.users.replicate(t.id, 'ext', 3, { [FLEET_MODEL]: randomUnit(3) });
+      assert.deepEqual(Object.keys(v3), [FLEET_MODEL], 'a newer version from the hub: the captures of the old face are gone');
+      assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates WHERE capture > 0').get() as { n: number }).n, 0);
+      // deletion takes every template: enrolment, history and captures
+      const u3 = store.users.get(t.id, 'ext') as NonNullable<ReturnType<typeof store.users.get>>;
+      store.users.replicate(t.id, 'ext', 3, { [mfnId]: unit512(8) });
+      store.users.addCapture(u3, mfnId, unit512(9), new Date());
+      assert.ok(store.users.delete(t.id, 'ext'));
+      assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM templates').get() as { n: number }).n, 0);
     } finally {
       store.close();
     }

@@ -208,8 +208,8 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
       let change: Change | undefined;
       try {
         await hub.transaction(async (db) => {
-          // the hub keeps the fleet model's template only: a migration to another model is a door's
-          if (write && write.kind !== 'migrate') {
+          // the hub keeps the fleet model's enrolment template only: a migration to another model and a capture are a door's
+          if (write && write.kind !== 'migrate' && write.kind !== 'adapt') {
             const embedding = write.templates[options.model];
             if (!embedding) throw new Error(`the hub keeps ${options.model} templates, and the capture made none`);
             await hub.lockTenant(db, tenantId);

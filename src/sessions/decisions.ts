@@ -78,14 +78,14 @@ export async function decide(session: Session, probe: Embeddings, users: UserAcc
       if (!model) return fail('reenrolment_required', null);
       const score = similarity(probe[model] as Float32Array, held[model] as Float32Array);
       if (score < t[model].match) return fail('below_threshold', score);
-      return { status: 'success', reason: null, score, externalUserId: user.externalUserId, write: migration(user, held, model, score, gallery, probe, t) };
+      return { status: 'success', reason: null, score, externalUserId: user.externalUserId, write: templateWrite(user, held, model, score, gallery, probe, t) };
     }
     case 'identify': {
       const found = identify(gallery, probe, t, session.candidates);
       if (found.status === 'fail') return fail(found.reason, found.score, null);
-      // a person decided by an older model: this capture may give them the new model's template
-      const user = found.model !== PRIMARY_MODEL && probe[PRIMARY_MODEL] ? await users.get(session.tenantId, found.externalUserId) : undefined;
-      const write = user ? migration(user, await users.templates(user), found.model, found.score, gallery, probe, t) : undefined;
+      // a strong capture may give the person the new model's template, or join their template
+      const user = probe[PRIMARY_MODEL] && strong(found.model, found.score, gallery, t) ? await users.get(session.tenantId, found.externalUserId) : undefined;
+      const write = user ? templateWrite(user, await users.templates(user), found.model, found.score, gallery, probe, t) : undefined;
       return { status: 'success', reason: null, score: found.score, externalUserId: found.externalUserId, write };
     }
     case 'update_embedding': {
@@ -166,18 +166,25 @@ function candidateMatches(gallery: TenantGallery, model: ModelId, probe: Float32
   return out.sort((a, b) => b.score - a.score);
 }
 
+/** A match strong enough to write from: at the model's identify threshold for a gallery of the tenant's whole size (above its 1:1 threshold). */
+function strong(model: ModelId, score: number, gallery: TenantGallery, t: Thresholds): boolean {
+  return score >= t[model].identify.rule(gallery.size).threshold;
+}
+
 /**
- * The primary model's template for a person decided by an older one, from this capture's frames,
- * when it is safe to keep (README, "Moving to a new model"): the old model matched them strongly
- * (at its identify threshold for a gallery of this tenant's size, above the 1:1 threshold), the
- * capture passed its liveness (it is being decided at all), and the new template is not another
- * person's face by the new model's duplicate threshold.
+ * What a capture that verified or identified a person strongly may write, from its own frames,
+ * with the same guard rails for both (README, "Moving to a new model" and "Templates from door
+ * captures"): the match was strong; the capture passed its liveness (it is being decided at all);
+ * and the new model's embedding is not another person's face by its duplicate threshold.
+ * - `migrate`: a person decided by an older model gets the primary model's template.
+ * - `adapt`: a person decided by the primary model keeps the capture beside their enrolment
+ *   template (the store caps how many, and never replaces the enrolment template).
  */
-function migration(user: User, held: Embeddings, decidedBy: ModelId, score: number, gallery: TenantGallery, probe: Embeddings, t: Thresholds): UserWrite | undefined {
+function templateWrite(user: User, held: Embeddings, decidedBy: ModelId, score: number, gallery: TenantGallery, probe: Embeddings, t: Thresholds): UserWrite | undefined {
   const fresh = probe[PRIMARY_MODEL];
-  if (decidedBy === PRIMARY_MODEL || held[PRIMARY_MODEL] || !fresh) return undefined;
-  if (score < t[decidedBy].identify.rule(gallery.size).threshold) return undefined;
+  if (!fresh || !strong(decidedBy, score, gallery, t)) return undefined;
+  if (decidedBy !== PRIMARY_MODEL && held[PRIMARY_MODEL]) return undefined;
   const other = gallery.gallery(PRIMARY_MODEL).best(fresh, user.externalUserId);
   if (other && other.score >= t[PRIMARY_MODEL].duplicate) return undefined;
-  return { kind: 'migrate', user, templates: { [PRIMARY_MODEL]: fresh } };
+  return { kind: decidedBy === PRIMARY_MODEL ? 'adapt' : 'migrate', user, templates: { [PRIMARY_MODEL]: fresh } };
 }

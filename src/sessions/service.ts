@@ -205,7 +205,7 @@ export class SessionService {
       // the user changed since the decision read it: decide again on what is there now
       if (written === 'write_conflict') continue;
       if (written === 'already_finished') return this.#reload(session);
-      if (decision.write) this.#announceWrite(session, decision.write);
+      if (decision.write) await this.#announceWrite(session, decision.write);
       this.events.emit('session.finished', {
         tenantId: session.tenantId,
         sessionId: session.id,
@@ -226,8 +226,8 @@ export class SessionService {
   /** An enrolment or update decided here, as the fleet's hub judges it (when this device is in a fleet); null: decide again. */
   async #throughHub(session: Session, decision: Ending): Promise<Ending | null> {
     const write = decision.write;
-    // a migrated template stays on this door: the fleet replicates one model's (sync/fleet-model.ts)
-    if (!write || write.kind === 'migrate' || !this.#commitThroughHub) return decision;
+    // a migrated template stays on this door until its outbox sends it, a capture stays on it for good
+    if (!write || write.kind === 'migrate' || write.kind === 'adapt' || !this.#commitThroughHub) return decision;
     const verdict = await this.#commitThroughHub(session.tenantId, write);
     switch (verdict.status) {
       case 'sequenced':
@@ -241,8 +241,14 @@ export class SessionService {
     }
   }
 
-  #announceWrite(session: Session, write: UserWrite): void {
+  async #announceWrite(session: Session, write: UserWrite): Promise<void> {
     const externalUserId = write.kind === 'enroll' ? write.externalUserId : write.user.externalUserId;
+    if (write.kind === 'adapt') {
+      // the person's template is now the mean with this capture (or unchanged, when the store kept none)
+      const user = await this.store.users.get(session.tenantId, externalUserId);
+      if (user) this.index.of(session.tenantId).upsert(externalUserId, await this.store.users.templates(user));
+      return;
+    }
     this.index.of(session.tenantId).upsert(externalUserId, write.templates);
     if (write.kind === 'migrate') this.events.emit('template.migrated', { tenantId: session.tenantId, models: Object.keys(write.templates) as ModelId[] });
     else this.events.emit('user.changed', { tenantId: session.tenantId, externalUserId, change: write.kind === 'enroll' ? 'enrolled' : 'updated' });

@@ -6,7 +6,7 @@ import type { Factor } from './sessions.ts';
 export interface AuditEvent {
   id: string;
   tenantId: string;
-  type: 'session_finished' | 'user_deleted' | 'access_decision' | 'remote_unlock' | 'door_alarm' | 'pin_set' | 'pin_removed' | 'pin_lockout' | 'template_migrated' | 'templates_retired';
+  type: 'session_finished' | 'user_deleted' | 'access_decision' | 'remote_unlock' | 'door_alarm' | 'pin_set' | 'pin_removed' | 'pin_lockout' | 'template_migrated' | 'template_adapted' | 'templates_retired';
   flow: string | null;
   sessionId: string | null;
   externalUserId: string | null;

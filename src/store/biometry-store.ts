@@ -94,12 +94,15 @@ export interface AuditAccess {
  * read it. `migrate` adds the templates of models the person has none of, at the same version:
  * the person did not change, their face is now also described by a newer model. `version`: the
  * fleet's hub already sequenced this enrolment or update at that version (the door waited on it),
- * so it may have arrived through the log first, which is not a conflict.
+ * so it may have arrived through the log first, which is not a conflict. `adapt` keeps the capture
+ * (one model's embedding) as a further capture beside the person's enrolment template, at the same
+ * version; a store that keeps no captures (the hub) ignores it, as it ignores `migrate`.
  */
 export type UserWrite = (
   | { kind: 'enroll'; externalUserId: string; templates: Embeddings; version?: number }
   | { kind: 'update'; user: User; templates: Embeddings; version?: number }
   | { kind: 'migrate'; user: User; templates: Embeddings }
+  | { kind: 'adapt'; user: User; templates: Embeddings }
 ) & {
   /**
    * The hub: the place in the tenant's log its 1:N index had reached when the decision was made.

@@ -125,11 +125,15 @@ export interface TemplateBinding {
   externalUserId: string;
   version: number;
   model: string;
+  /** A further capture's slot (1, 2…); the enrolment template has none. */
+  capture?: number;
 }
 
 export function templateAad(b: TemplateBinding): string {
-  // JSON: no separator inside an id can make two different bindings read the same
-  return JSON.stringify(['authface:template:v2', b.tenantId, b.externalUserId, b.version, b.model]);
+  // JSON: no separator inside an id can make two different bindings read the same; a capture is
+  // bound to its slot, so no row can stand in for the enrolment template or for another capture
+  const slot = b.capture ? [b.capture] : [];
+  return JSON.stringify(['authface:template:v2', b.tenantId, b.externalUserId, b.version, b.model, ...slot]);
 }
 
 /** Before schema LEGACY_SEAL_SCHEMA + 1 a template was bound to its row only (kept to re-seal them once). */

@@ -177,6 +177,25 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    DROP TABLE sync_outbox;
    ALTER TABLE sync_outbox_kinds RENAME TO sync_outbox;
    CREATE INDEX sync_outbox_user ON sync_outbox (tenant_id, external_user_id);`,
+  // further captures of a person (a guarded adaptive update, README "Templates from door
+  // captures"): slot 0 is the enrolment template, 1… the captures that joined it
+  `CREATE TABLE templates_with_captures (
+     id          TEXT PRIMARY KEY,
+     user_id     TEXT NOT NULL REFERENCES users(id),
+     version     INTEGER NOT NULL,
+     model       TEXT NOT NULL,
+     capture     INTEGER NOT NULL DEFAULT 0 CHECK (capture >= 0),
+     active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+     nonce       BLOB NOT NULL,
+     ciphertext  BLOB NOT NULL,
+     created_at  TEXT NOT NULL,
+     UNIQUE (user_id, version, model, capture)
+   );
+   INSERT INTO templates_with_captures (id, user_id, version, model, active, nonce, ciphertext, created_at)
+     SELECT id, user_id, version, model, active, nonce, ciphertext, created_at FROM templates;
+   DROP TABLE templates;
+   ALTER TABLE templates_with_captures RENAME TO templates;
+   CREATE INDEX templates_active ON templates (user_id) WHERE active = 1;`,
 ];
 
 /**

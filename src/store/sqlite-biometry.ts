@@ -1,3 +1,4 @@
+import type { ModelId } from '../biometrics/matchers/index.ts';
 import type { BiometryStore, FinishResult } from './biometry-store.ts';
 import type { Store } from './index.ts';
 
@@ -66,6 +67,16 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
             const added = users.addTemplates(current, write.templates);
             if (added.length > 0) {
               audit.record({ tenantId: session.tenantId, type: 'template_migrated', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason: added.join(','), score: outcome.score, doorId: session.doorId });
+            }
+          } else if (write?.kind === 'adapt') {
+            const current = users.get(session.tenantId, write.user.externalUserId);
+            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
+            for (const [model, embedding] of Object.entries(write.templates) as [ModelId, Float32Array][]) {
+              const kept = users.addCapture(current, model, embedding);
+              if (kept) {
+                const reason = `${model} capture ${kept.slot}${kept.replaced ? ' replaced' : ''}`;
+                audit.record({ tenantId: session.tenantId, type: 'template_adapted', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason, score: outcome.score, doorId: session.doorId });
+              }
             }
           }
           // another request finished it first: roll back whatever this decision wrote

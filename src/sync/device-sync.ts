@@ -308,7 +308,7 @@ export class DeviceSync {
         body = { kind: 'user.delete', external_user_id: r.external_user_id, version: r.version };
       } else {
         const user = this.store.users.get(tenantId, r.external_user_id);
-        const held = user && user.version === r.version ? this.store.users.templates(user) : {};
+        const held = user && user.version === r.version ? this.store.users.enrolmentTemplates(user) : {};
         const embedding = held[model];
         const person = { externalUserId: r.external_user_id, version: r.version };
         const templates = this.#sealFurther(held, person);

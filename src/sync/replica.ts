@@ -262,7 +262,7 @@ export class Replica {
     if (user?.version !== u.version) return false;
     const kept = (u.templates ?? []).filter((t) => isModelId(t.model) && this.store.users.models.includes(t.model));
     if (kept.length === 0) return true;
-    const held = this.store.users.templates(user);
+    const held = this.store.users.enrolmentTemplates(user);
     return kept.every((t) => held[t.model as ModelId]);
   }
 
