@@ -1,6 +1,6 @@
 import type { AccessController } from '../access/controller.ts';
 import type { KioskService } from '../access/kiosk.ts';
-import { PRIMARY_MODEL, matcher, migrationProgress } from '../biometrics/matchers/index.ts';
+import { PRIMARY_MODEL, matcher } from '../biometrics/matchers/index.ts';
 import type { DeviceConfig } from '../device/config.ts';
 import type { Store } from '../store/index.ts';
 import type { ActivityFilter, ConsoleEvent, ConsoleSource } from './source.ts';
@@ -43,10 +43,10 @@ export function deviceConsoleSource(deps: {
     async devices(tenantId) {
       const { n } = db.prepare('SELECT COUNT(*) AS n FROM users WHERE tenant_id = ? AND deleted_at IS NULL').get(tenantId) as { n: number };
       // the console runs on the device itself: online; how far it is behind the hub is the hub's console's to say
-      // the model column tells how far the tenant's move to the new face model has come
-      const coverage = store.users.modelCoverage().find((c) => c.tenantId === tenantId);
-      const model = coverage ? migrationProgress(coverage) : matcher(PRIMARY_MODEL).name;
-      return [{ deviceId, state: 'online', lag: null, diverged: false, version: deps.version, model, lastSeen: new Date().toISOString(), users: n }];
+      return [{ deviceId, state: 'online', lag: null, diverged: false, version: deps.version, model: matcher(PRIMARY_MODEL).name, lastSeen: new Date().toISOString(), users: n }];
+    },
+    async modelCoverage(tenantId) {
+      return store.users.modelCoverage().find((c) => c.tenantId === tenantId) ?? { people: 0, byModel: {} };
     },
     async doors() {
       return config.doors.map((d) => ({ deviceId, doorId: d.id }));

@@ -1,3 +1,4 @@
+import { isModelId } from '../biometrics/matchers/index.ts';
 import type { HubStore } from '../hub/store.ts';
 import type { ActivityFilter, ConsoleDevice, ConsoleEvent, ConsoleSource } from './source.ts';
 
@@ -61,6 +62,20 @@ export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleS
           users: d.users,
         }),
       );
+    },
+    async modelCoverage(tenantId) {
+      // a person's first template is the fleet model's (hub_users.model), the further ones are in `templates`
+      const r = await pool.query<{ people: number; by_model: Record<string, number> | null }>(
+        `SELECT COUNT(*)::int AS people,
+                (SELECT jsonb_object_agg(model, n) FROM (
+                   SELECT m.model, COUNT(DISTINCT u2.external_user_id)::int AS n
+                   FROM hub_users u2, LATERAL (SELECT u2.model UNION SELECT t->>'model' FROM jsonb_array_elements(u2.templates) t) m (model)
+                   WHERE u2.tenant_id = $1 AND NOT u2.deleted AND m.model IS NOT NULL GROUP BY m.model) per_model) AS by_model
+         FROM hub_users WHERE tenant_id = $1 AND NOT deleted`,
+        [tenantId],
+      );
+      const { people, by_model } = r.rows[0];
+      return { people, byModel: Object.fromEntries(Object.entries(by_model ?? {}).filter(([model]) => isModelId(model))) };
     },
     async doors(tenantId) {
       const r = await pool.query<{ device_id: string; doors: string[] | null }>('SELECT device_id, doors FROM hub_devices WHERE tenant_id = $1 AND revoked_at IS NULL ORDER BY device_id', [tenantId]);

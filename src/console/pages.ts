@@ -1,7 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ConsoleConflict, ConsoleDevice, ConsoleDoor, ConsoleErasure, ConsoleEvent, ConsolePerson, ConsoleTenant } from './source.ts';
+import { migrationProgress } from '../biometrics/matchers/index.ts';
+import type { ConsoleConflict, ConsoleDevice, ConsoleDoor, ConsoleErasure, ConsoleEvent, ConsolePerson, ConsoleTenant, ModelCoverage } from './source.ts';
 
 /** The console's own files (styles, script, locales) live in the source tree, from src/ or dist/ alike. */
 export const CONSOLE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'src', 'console');
@@ -102,8 +103,10 @@ export function signInPage(opts: { loginToken: string; error?: string; scope: 'h
 
 const when = (iso: string | null) => (iso ? `<time datetime="${esc(iso)}">${esc(iso.replace('T', ' ').slice(0, 19))}</time>` : '—');
 
-export function fleetBody(devices: ConsoleDevice[]): string {
-  if (devices.length === 0) return `<p>${esc(t('fleet.none'))}</p>`;
+export function fleetBody(devices: ConsoleDevice[], coverage: ModelCoverage): string {
+  // how far the tenant's move to the new face model has come (README, "Moving to a new model")
+  const migration = coverage.people > 0 ? `<p class="migration">${esc(migrationProgress(coverage))}</p>` : '';
+  if (devices.length === 0) return `${migration}<p>${esc(t('fleet.none'))}</p>`;
   const online = devices.filter((d) => d.state === 'online').length;
   const rows = devices
     .map(
@@ -118,7 +121,7 @@ export function fleetBody(devices: ConsoleDevice[]): string {
     </tr>`,
     )
     .join('');
-  return `<p class="summary">${esc(t('fleet.summary', { online, total: devices.length }))}</p>
+  return `<p class="summary">${esc(t('fleet.summary', { online, total: devices.length }))}</p>${migration}
   <table>
     <thead><tr><th scope="col">${esc(t('fleet.device'))}</th><th scope="col">${esc(t('fleet.state'))}</th><th scope="col">${esc(t('fleet.lag'))}</th><th scope="col">${esc(t('fleet.users'))}</th><th scope="col">${esc(t('fleet.version'))}</th><th scope="col">${esc(t('fleet.model'))}</th><th scope="col">${esc(t('fleet.seen'))}</th></tr></thead>
     <tbody>${rows}</tbody>

@@ -166,7 +166,7 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
 
   router.get('/fleet', async (ctx) => {
     const frame = await frameOf(ctx, 'fleet');
-    html(ctx, layout(frame, t('fleet.title'), fleetBody(await source.devices(frame.tenant.id))));
+    html(ctx, layout(frame, t('fleet.title'), fleetBody(await source.devices(frame.tenant.id), await source.modelCoverage(frame.tenant.id))));
   });
 
   router.get('/doors', async (ctx) => {

@@ -1,3 +1,5 @@
+import type { ModelId } from '../biometrics/matchers/index.ts';
+
 /**
  * What the admin console reads and does, behind one interface with two implementations: the hub's
  * (PostgreSQL: every device of every tenant) and a standalone device's (SQLite: itself only). The
@@ -19,6 +21,11 @@ export interface ConsoleDevice {
   model: string | null;
   lastSeen: string | null;
   users: number | null;
+}
+
+export interface ModelCoverage {
+  people: number;
+  byModel: Partial<Record<ModelId, number>>;
 }
 
 export interface ConsoleDoor {
@@ -86,6 +93,8 @@ export interface ConsoleSource {
   readonly scope: 'hub' | 'device';
   tenants(): Promise<ConsoleTenant[]>;
   devices(tenantId: string): Promise<ConsoleDevice[]>;
+  /** The tenant's live people, and how many hold a template of each model (the move to a new model). */
+  modelCoverage(tenantId: string): Promise<ModelCoverage>;
   doors(tenantId: string): Promise<ConsoleDoor[]>;
   /** Door events (decisions, openings, alarms) after `since` (ISO time), oldest first (the live feed polls this). */
   doorEventsSince(tenantId: string, since: string, limit: number): Promise<ConsoleEvent[]>;

@@ -7,6 +7,7 @@ import mqtt from 'mqtt';
 import type { Browser, Page } from 'playwright-core';
 import type { SimulatedContact, SimulatedRelay } from '../../src/access/hardware.ts';
 import { normalize } from '../../src/biometrics/embedding.ts';
+import { PRIMARY_MODEL } from '../../src/biometrics/matchers/index.ts';
 import { FLEET_MODEL } from '../../src/sync/fleet-model.ts';
 import { join } from '../../src/cli/join.ts';
 import { loadSettings } from '../../src/config/settings.ts';
@@ -78,7 +79,10 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     const { key, keyVersion } = await hub.store.keys.current(tenantId);
     for (const [i, id] of ['alice', 'bob', 'carol'].entries()) {
       const template = sealTemplate(key, face(i), { tenantId, externalUserId: id, version: 1, model: FLEET_MODEL, keyVersion });
-      await hub.sync.submit(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: FLEET_MODEL, key_version: keyVersion, template });
+      // carol was enrolled at a door of this release: MobileFaceNet's template travels beside dlib's
+      const mfn = normalize(Float32Array.from({ length: 512 }, (_, k) => Math.cos(i * 2.3 + k * 0.9)));
+      const further = id === 'carol' ? { templates: [{ model: PRIMARY_MODEL, key_version: keyVersion, template: sealTemplate(key, mfn, { tenantId, externalUserId: id, version: 1, model: PRIMARY_MODEL, keyVersion }) }] } : {};
+      await hub.sync.submit(tenantId, { kind: 'user.upsert', external_user_id: id, version: 1, model: FLEET_MODEL, key_version: keyVersion, template, ...further });
     }
     await hub.store.changeGroup(tenantId, 'alice', 'staff', true);
     await hub.sync.submit(tenantId, { kind: 'user.delete', external_user_id: 'bob', version: 2 });
@@ -136,6 +140,7 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
       assert.match(await row.innerText(), new RegExp(FLEET_MODEL.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
     }
     assert.match(await page.locator('.summary').innerText(), /2 of 2 devices online/);
+    assert.equal(await page.locator('.migration').innerText(), '1 of 2 people have the MobileFaceNet template (1 still decided by an older model)', "the tenant's move to the new model, from the hub's people");
     await shot('fleet');
     // the other tenant has no device
     await page.selectOption('#tenant', { label: 'Other tenant' });
@@ -319,6 +324,7 @@ describe('the console on a standalone device (Chromium)', function () {
     await Promise.all([page.waitForURL(/\/console\/fleet/), page.press('#password', 'Enter')]);
     assert.equal(await page.locator('tbody tr').count(), 1);
     assert.match(await page.locator('tbody tr').innerText(), /lobby\s+online/);
+    assert.equal(await page.locator('.migration').innerText(), '0 of 1 people have the MobileFaceNet template (1 still decided by an older model)');
     await page.screenshot({ path: path.join(SCREENS, 'device-fleet.png'), fullPage: true });
 
     await page.goto(`${device.svc.url}/console/doors`);
