@@ -62,11 +62,12 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
               users.replaceTemplate(current, write.templates);
             }
           } else if (write?.kind === 'migrate') {
+            // a template event is not a door event (those reach the hub's activity): no door_id, the session names the door
             const current = users.get(session.tenantId, write.user.externalUserId);
             if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
             const added = users.addTemplates(current, write.templates);
             if (added.length > 0) {
-              audit.record({ tenantId: session.tenantId, type: 'template_migrated', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason: added.join(','), score: outcome.score, doorId: session.doorId });
+              audit.record({ tenantId: session.tenantId, type: 'template_migrated', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason: added.join(','), score: outcome.score });
             }
           } else if (write?.kind === 'adapt') {
             const current = users.get(session.tenantId, write.user.externalUserId);
@@ -75,7 +76,7 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
               const kept = users.addCapture(current, model, embedding);
               if (kept) {
                 const reason = `${model} capture ${kept.slot}${kept.replaced ? ' replaced' : ''}`;
-                audit.record({ tenantId: session.tenantId, type: 'template_adapted', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason, score: outcome.score, doorId: session.doorId });
+                audit.record({ tenantId: session.tenantId, type: 'template_adapted', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason, score: outcome.score });
               }
             }
           }

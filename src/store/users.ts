@@ -347,13 +347,15 @@ export class UserStore {
       .iterate() as Iterable<TemplateRow & { tenant_id: string; external_user_id: string }>;
     const usable: ActiveTemplate[] = [];
     const unusable = new Map<string, ReenrolmentReason>();
+    const flagged: [string, ReenrolmentReason][] = [];
     let person: { userId: string; tenantId: string; externalUserId: string; opened: Opened[] } | undefined;
     const flush = () => {
       if (!person) return;
       const { tenantId, externalUserId } = person;
       const templates = Object.entries(combined(person.opened));
       const reason = unusable.get(person.userId);
-      if (templates.length === 0 && reason) this.#flag(person.userId, reason);
+      // flagged once the rows are read: the connection is busy while they are iterated
+      if (templates.length === 0 && reason) flagged.push([person.userId, reason]);
       for (const [model, embedding] of templates) usable.push({ tenantId, externalUserId, model: model as ModelId, embedding });
     };
     for (const row of rows) {
@@ -366,6 +368,7 @@ export class UserStore {
       else person.opened.push({ model: row.model as ModelId, capture: row.capture, embedding: opened.embedding });
     }
     flush();
+    for (const [userId, reason] of flagged) this.#flag(userId, reason);
     return usable;
   }
 
