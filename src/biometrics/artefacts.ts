@@ -51,15 +51,23 @@ function borderScore(image: RgbImage, face: Box): number {
   const gy = new Float32Array(w * h);
   const mags: number[] = [];
   for (let y = 1; y < h - 1; y++) {
-    for (let x = 1; x < w - 1; x++) {
-      const i = y * w + x;
+    for (let x = 1, i = y * w + 1; x < w - 1; x++, i++) {
       gx[i] = Math.abs(g[i + 1] - g[i - 1]);
       gy[i] = Math.abs(g[i + w] - g[i - w]);
-      if ((x + y) % 7 === 0) mags.push(gx[i] + gy[i]);
     }
+    // the frame's texture, sampled on every 7th diagonal
+    for (let x = 1 + ((7 - ((y + 1) % 7)) % 7); x < w - 1; x += 7) mags.push(gx[y * w + x] + gy[y * w + x]);
   }
-  mags.sort((a, b) => a - b);
-  const strong = Math.max(12, 4 * (mags[Math.floor(mags.length / 2)] ?? 0));
+  const sorted = Float64Array.from(mags).sort();
+  const strong = Math.max(12, 4 * (sorted[Math.floor(sorted.length / 2)] ?? 0));
+  // where a line across x (vertical lines) or across y (horizontal ones) meets a strong edge,
+  // allowing one pixel of wobble across the line: read once here, not once per line and slope
+  const edgeAcrossX = new Uint8Array(w * h);
+  const edgeAcrossY = new Uint8Array(w * h);
+  for (let i = w; i < w * (h - 1); i++) {
+    edgeAcrossX[i] = gx[i] >= strong || gx[i - 1] >= strong || gx[i + 1] >= strong ? 1 : 0;
+    edgeAcrossY[i] = gy[i] >= strong || gy[i - w] >= strong || gy[i + w] >= strong ? 1 : 0;
+  }
 
   /** Best fraction of `length` positions along a line (any of ANGLES) with a strong edge. */
   const bestLine = (vertical: boolean, from: number, to: number, spanStart: number, spanEnd: number): number => {
@@ -68,6 +76,9 @@ function borderScore(image: RgbImage, face: Box): number {
     const length = s1 - s0;
     if (length < 10) return 0;
     const lim = vertical ? w - 2 : h - 2;
+    const edge = vertical ? edgeAcrossX : edgeAcrossY;
+    // position s on the line through c at `slope` is pixel (along, across) = (s, p)
+    const [alongStride, acrossStride] = vertical ? [w, 1] : [1, w];
     let best = 0;
     for (let c = Math.max(1, Math.round(from)); c <= Math.min(lim, Math.round(to)); c++) {
       for (const slope of ANGLES) {
@@ -75,11 +86,7 @@ function borderScore(image: RgbImage, face: Box): number {
         for (let s = s0; s < s1; s++) {
           const p = Math.round(c + slope * (s - s0));
           if (p < 1 || p > lim) continue;
-          // allow one pixel of wobble across the line
-          const i = vertical ? s * w + p : p * w + s;
-          const step = vertical ? 1 : w;
-          const grad = vertical ? gx : gy;
-          if (Math.max(grad[i], grad[i - step], grad[i + step]) >= strong) hits++;
+          hits += edge[s * alongStride + p * acrossStride];
         }
         best = Math.max(best, hits / length);
       }
@@ -97,9 +104,29 @@ function borderScore(image: RgbImage, face: Box): number {
   return Math.max(Math.min(left, right), Math.min(top, bottom), Math.min(left, top, bottom), Math.min(right, top, bottom));
 }
 
+/** cos and sin of −2πj/len for every stage of an FFT of length n, computed once per length. */
+const twiddles = new Map<number, { cos: Float64Array; sin: Float64Array }>();
+function twiddlesOf(n: number): { cos: Float64Array; sin: Float64Array } {
+  let t = twiddles.get(n);
+  if (!t) {
+    // stage `len` reads its j-th factor at offset len/2 − 1 + j (the stages' halves add up to n − 1)
+    t = { cos: new Float64Array(n), sin: new Float64Array(n) };
+    for (let len = 2; len <= n; len <<= 1) {
+      const ang = (-2 * Math.PI) / len;
+      for (let j = 0; j < len / 2; j++) {
+        t.cos[len / 2 - 1 + j] = Math.cos(ang * j);
+        t.sin[len / 2 - 1 + j] = Math.sin(ang * j);
+      }
+    }
+    twiddles.set(n, t);
+  }
+  return t;
+}
+
 /** In-place radix-2 FFT of a complex signal (re, im) of power-of-two length. */
 function fft(re: Float64Array, im: Float64Array): void {
   const n = re.length;
+  const { cos, sin } = twiddlesOf(n);
   for (let i = 1, j = 0; i < n; i++) {
     let bit = n >> 1;
     for (; j & bit; bit >>= 1) j ^= bit;
@@ -110,11 +137,11 @@ function fft(re: Float64Array, im: Float64Array): void {
     }
   }
   for (let len = 2; len <= n; len <<= 1) {
-    const ang = (-2 * Math.PI) / len;
+    const base = len / 2 - 1;
     for (let i = 0; i < n; i += len) {
       for (let j = 0; j < len / 2; j++) {
-        const wr = Math.cos(ang * j);
-        const wi = Math.sin(ang * j);
+        const wr = cos[base + j];
+        const wi = sin[base + j];
         const ur = re[i + j];
         const ui = im[i + j];
         const vr = re[i + j + len / 2] * wr - im[i + j + len / 2] * wi;
@@ -150,11 +177,9 @@ function moireScore(image: RgbImage, face: Box): number {
     }
   }
   mean /= n * n;
+  const hann = Float64Array.from({ length: n }, (_, x) => Math.sin((Math.PI * (x + 0.5)) / n) ** 2);
   for (let y = 0; y < n; y++) {
-    for (let x = 0; x < n; x++) {
-      const hann = Math.sin((Math.PI * (x + 0.5)) / n) ** 2 * Math.sin((Math.PI * (y + 0.5)) / n) ** 2;
-      re[y * n + x] = (re[y * n + x] - mean) * hann;
-    }
+    for (let x = 0; x < n; x++) re[y * n + x] = (re[y * n + x] - mean) * (hann[x] * hann[y]);
   }
   // 2-D FFT: rows then columns
   const rowRe = new Float64Array(n);
@@ -181,8 +206,8 @@ function moireScore(image: RgbImage, face: Box): number {
     for (let u = 0; u < n / 2; u++) {
       const fu = u;
       const fv = v <= n / 2 ? v : n - v;
-      const r = Math.hypot(fu, fv);
-      if (r < n / 8 || r > n / 2) continue;
+      const r2 = fu * fu + fv * fv; // integers: the band's radii compared exactly
+      if (r2 < (n / 8) ** 2 || r2 > (n / 2) ** 2) continue;
       if (fu <= 1 || fv <= 1) continue;
       if (Math.abs(fu - Math.round(fu / block) * block) <= 1 || Math.abs(fv - Math.round(fv / block) * block) <= 1) continue;
       band.push(re[v * n + u] ** 2 + im[v * n + u] ** 2);
