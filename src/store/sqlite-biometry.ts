@@ -61,22 +61,20 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
               if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
               users.replaceTemplate(current, write.templates);
             }
-          } else if (write?.kind === 'migrate') {
+          } else if (write?.kind === 'migrate' || write?.kind === 'adapt') {
+            // both add to the person at the version the decision read
+            const current = users.get(session.tenantId, write.user.externalUserId);
+            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
             // a template event is not a door event (those reach the hub's activity): no door_id, the session names the door
-            const current = users.get(session.tenantId, write.user.externalUserId);
-            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
-            const added = users.addTemplates(current, write.templates);
-            if (added.length > 0) {
-              audit.record({ tenantId: session.tenantId, type: 'template_migrated', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason: added.join(','), score: outcome.score });
-            }
-          } else if (write?.kind === 'adapt') {
-            const current = users.get(session.tenantId, write.user.externalUserId);
-            if (!current || current.version !== write.user.version) throw new Rollback('write_conflict');
-            for (const [model, embedding] of Object.entries(write.templates) as [ModelId, Float32Array][]) {
-              const kept = users.addCapture(current, model, embedding);
-              if (kept) {
-                const reason = `${model} capture ${kept.slot}${kept.replaced ? ' replaced' : ''}`;
-                audit.record({ tenantId: session.tenantId, type: 'template_adapted', flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason, score: outcome.score });
+            const templateEvent = (type: 'template_migrated' | 'template_adapted', reason: string) =>
+              audit.record({ tenantId: session.tenantId, type, flow: session.flow, sessionId: session.id, externalUserId: current.externalUserId, result: 'success', reason, score: outcome.score });
+            if (write.kind === 'migrate') {
+              const added = users.addTemplates(current, write.templates);
+              if (added.length > 0) templateEvent('template_migrated', added.join(','));
+            } else {
+              for (const [model, embedding] of Object.entries(write.templates) as [ModelId, Float32Array][]) {
+                const kept = users.addCapture(current, model, embedding);
+                if (kept) templateEvent('template_adapted', `${model} capture ${kept.slot}${kept.replaced ? ' replaced' : ''}`);
               }
             }
           }

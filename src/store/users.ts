@@ -305,23 +305,22 @@ export class UserStore {
     return this.#opened(user, 'SELECT user_id, version, model, capture, nonce, ciphertext FROM templates WHERE user_id = ? AND active = 1 AND capture = 0');
   }
 
-  /** The captures each model holds beside the enrolment template (how many, per model). */
-  captureCounts(user: User): Partial<Record<ModelId, number>> {
-    const rows = this.#sql('SELECT model, COUNT(*) AS n FROM templates WHERE user_id = ? AND active = 1 AND capture > 0 GROUP BY model').all(user.id) as { model: string; n: number }[];
-    return Object.fromEntries(rows.filter((r) => isModelId(r.model)).map((r) => [r.model, r.n]));
+  #opened(user: User, query: string): Embeddings {
+    const person: OpenedPerson = { opened: [] };
+    for (const row of this.#sql(query).all(user.id) as TemplateRow[]) this.#openInto(person, row, user.tenantId, user.externalUserId);
+    return this.#combinedOrFlagged(user.id, person);
   }
 
-  #opened(user: User, query: string): Embeddings {
-    const rows = this.#sql(query).all(user.id) as TemplateRow[];
-    const opened: Opened[] = [];
-    let reason: ReenrolmentReason | undefined;
-    for (const row of rows) {
-      const o = this.#open(row, user.tenantId, user.externalUserId);
-      if ('reason' in o) reason ??= o.reason;
-      else opened.push({ model: row.model as ModelId, capture: row.capture, embedding: o.embedding });
-    }
-    const out = combined(opened);
-    if (reason && Object.keys(out).length === 0) this.#flag(user.id, reason);
+  #openInto(person: OpenedPerson, row: TemplateRow, tenantId: string, externalUserId: string): void {
+    const o = this.#open(row, tenantId, externalUserId);
+    if ('reason' in o) person.unusable ??= o.reason;
+    else person.opened.push({ model: row.model as ModelId, capture: row.capture, embedding: o.embedding });
+  }
+
+  /** The person's templates combined per model; a person left with none of a row that did not open is flagged for re-enrolment. */
+  #combinedOrFlagged(userId: string, person: OpenedPerson): Embeddings {
+    const out = combined(person.opened);
+    if (person.unusable && Object.keys(out).length === 0) this.#flag(userId, person.unusable);
     return out;
   }
 
@@ -342,33 +341,22 @@ export class UserStore {
     const rows = this.#sql(
         `SELECT u.tenant_id, u.external_user_id, t.user_id, t.version, t.model, t.capture, t.nonce, t.ciphertext
          FROM templates t JOIN users u ON u.id = t.user_id
-         WHERE t.active = 1 AND u.deleted_at IS NULL ORDER BY t.user_id`,
+         WHERE t.active = 1 AND u.deleted_at IS NULL`,
       )
       .iterate() as Iterable<TemplateRow & { tenant_id: string; external_user_id: string }>;
-    const usable: ActiveTemplate[] = [];
-    const unusable = new Map<string, ReenrolmentReason>();
-    const flagged: [string, ReenrolmentReason][] = [];
-    let person: { userId: string; tenantId: string; externalUserId: string; opened: Opened[] } | undefined;
-    const flush = () => {
-      if (!person) return;
-      const { tenantId, externalUserId } = person;
-      const templates = Object.entries(combined(person.opened));
-      const reason = unusable.get(person.userId);
-      // flagged once the rows are read: the connection is busy while they are iterated
-      if (templates.length === 0 && reason) flagged.push([person.userId, reason]);
-      for (const [model, embedding] of templates) usable.push({ tenantId, externalUserId, model: model as ModelId, embedding });
-    };
+    const people = new Map<string, OpenedPerson & { tenantId: string; externalUserId: string }>();
     for (const row of rows) {
-      if (person?.userId !== row.user_id) {
-        flush();
-        person = { userId: row.user_id, tenantId: row.tenant_id, externalUserId: row.external_user_id, opened: [] };
-      }
-      const opened = this.#open(row, row.tenant_id, row.external_user_id);
-      if ('reason' in opened) unusable.set(row.user_id, opened.reason);
-      else person.opened.push({ model: row.model as ModelId, capture: row.capture, embedding: opened.embedding });
+      let person = people.get(row.user_id);
+      if (!person) people.set(row.user_id, (person = { tenantId: row.tenant_id, externalUserId: row.external_user_id, opened: [] }));
+      this.#openInto(person, row, row.tenant_id, row.external_user_id);
     }
-    flush();
-    for (const [userId, reason] of flagged) this.#flag(userId, reason);
+    // combined (and flagged) once the rows are read: the connection is busy while they are iterated
+    const usable: ActiveTemplate[] = [];
+    for (const [userId, person] of people) {
+      for (const [model, embedding] of Object.entries(this.#combinedOrFlagged(userId, person))) {
+        usable.push({ tenantId: person.tenantId, externalUserId: person.externalUserId, model: model as ModelId, embedding });
+      }
+    }
     return usable;
   }
 
@@ -411,6 +399,12 @@ interface Opened {
   model: ModelId;
   capture: number;
   embedding: Float32Array;
+}
+
+/** A person's rows as they opened: the templates, and why one did not (if any did not). */
+interface OpenedPerson {
+  opened: Opened[];
+  unusable?: ReenrolmentReason;
 }
 
 /**
