@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
+import * as ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { similarity } from '../src/biometrics/embedding.ts';
 import { type FaceAnalyzer, type FrameAnalysis, ImageInputError, WorkerTaskError } from '../src/biometrics/index.ts';
 import { type Embeddings, MATCHERS, PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
+import { MOBILEFACENET_FILE, tunedSession } from '../src/biometrics/matchers/mobilefacenet.ts';
+import { ModelFiles } from '../src/biometrics/models.ts';
 import { decisionThresholds } from '../src/sessions/decisions.ts';
 import { type Photos, photos } from './support/photos.ts';
 import { sharedAnalyzer } from './support/service.ts';
@@ -121,5 +124,26 @@ describe('face engine: decoding and the quality gate on real photos', function (
     const whole = await sharp(img.personB).jpeg().toBuffer();
     const badBody = Buffer.concat([whole.subarray(0, Math.floor(whole.length / 2)), Buffer.alloc(3000, 0xff)]);
     await assert.rejects(analyze(badBody), (err: unknown) => err instanceof WorkerTaskError && err.code === 'invalid_image');
+  });
+});
+
+describe("MobileFaceNet's ONNX session: the fastest optimisation level on this CPU, never a different function", function () {
+  it('takes the faster of the levels it timed, and answers as the unoptimised-layout session does', async function () {
+    this.timeout(60_000);
+    const file = new ModelFiles().read(MOBILEFACENET_FILE);
+    const tuned = await tunedSession(file);
+    const levels = Object.keys(tuned.timings);
+    assert.deepEqual(levels.sort(), ['all', 'extended']);
+    for (const l of levels) assert.ok(tuned.timings[l as 'all'] > 0, `${l} was timed`);
+    assert.ok(tuned.timings[tuned.level] <= Math.min(...Object.values(tuned.timings)), `${tuned.level} is the fastest: ${JSON.stringify(tuned.timings)}`);
+
+    const plain = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'extended', intraOpNumThreads: 1 });
+    const input = Float32Array.from({ length: 3 * 112 * 112 }, (_v, i) => ((i * 7919) % 255) / 128 - 1);
+    const expected = (await plain.run({ [plain.inputNames[0]]: new ort.Tensor('float32', input, [1, 3, 112, 112]) }))[plain.outputNames[0]].data as Float32Array;
+    const got = await tuned.run(input);
+    assert.equal(got.length, 512);
+    const worst = Math.max(...got.map((v, i) => Math.abs(v - expected[i])));
+    assert.ok(worst < 1e-4, `outputs differ by ${worst}`);
+    await plain.release();
   });
 });
