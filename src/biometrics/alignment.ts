@@ -109,17 +109,28 @@ export function extractChip(image: RgbImage, t: Similarity, size = CHIP_SIZE): F
   const out = new Float32Array(size * size * 3);
   const maxX = width - 1.001;
   const maxY = height - 1.001;
+  // a and b times each sample's chip coordinate (rows and columns sample alike), computed once
+  // rather than per sample: the same products, so the chip is bit-identical
+  const aTimes = new Float64Array(size * grid);
+  const bTimes = new Float64Array(size * grid);
+  for (let i = 0; i < size; i++) {
+    for (let s = 0; s < grid; s++) {
+      const c = i + (s + 0.5) / grid - 0.5;
+      aTimes[i * grid + s] = t.a * c;
+      bTimes[i * grid + s] = t.b * c;
+    }
+  }
   for (let y = 0; y < size; y++) {
     for (let x = 0; x < size; x++) {
       let r = 0;
       let g = 0;
       let b = 0;
       for (let sy = 0; sy < grid; sy++) {
-        const cy = y + (sy + 0.5) / grid - 0.5;
+        const bcy = bTimes[y * grid + sy];
+        const acy = aTimes[y * grid + sy];
         for (let sx = 0; sx < grid; sx++) {
-          const cx = x + (sx + 0.5) / grid - 0.5;
-          const ix = Math.min(Math.max(t.a * cx - t.b * cy + t.tx, 0), maxX);
-          const iy = Math.min(Math.max(t.b * cx + t.a * cy + t.ty, 0), maxY);
+          const ix = Math.min(Math.max(aTimes[x * grid + sx] - bcy + t.tx, 0), maxX);
+          const iy = Math.min(Math.max(bTimes[x * grid + sx] + acy + t.ty, 0), maxY);
           const x0 = ix | 0;
           const y0 = iy | 0;
           const fx = ix - x0;
