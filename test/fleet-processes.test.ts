@@ -7,6 +7,8 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import mqtt from 'mqtt';
 import { HubStore } from '../src/hub/store.ts';
+import { MOBILEFACENET } from '../src/biometrics/matchers/index.ts';
+import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { ROOT } from './support/datasets.ts';
 import { authface, joinDoorByCli, serve, serveHub, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
@@ -29,7 +31,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
   let hubApi: Client;
   let img: Photos;
   let brokerUrl: string;
-  const doors: { child: ChildProcess; api: Client }[] = [];
+  const doors: { child: ChildProcess; api: Client; env: Record<string, string> }[] = [];
   let tenantId: string;
   const doorEnv = (name: string) => ({ AUTHFACE_DATA_DIR: path.join(dir, name) });
 
@@ -64,7 +66,7 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
       const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
       const api = new Client(served.url, api_key);
       await startsSession(api, 'https://app.example.com/callback');
-      doors.push({ child: served.child, api });
+      doors.push({ child: served.child, api, env });
     }
   });
   after(async function () {
@@ -116,6 +118,14 @@ describe('fleet as processes: authface hub serve and two authface serve doors (o
     const details = (await hubApi.post<{ user: { version: number; templates: unknown[] } }>('/biometry/v1/get-user', { external_user_id: 'bob' })).body.user;
     assert.equal(details.templates.length, 1);
     for (const door of [0, 1]) {
+      // the hub made the new model's template too (before any capture at a door could migrate bob)
+      let arrived = false;
+      for (let i = 0; i < 40 && !arrived; i++) {
+        arrived = (await doors[door].api.post('/biometry/v1/get-user', { external_user_id: 'bob' })).status === 200;
+        if (!arrived) await new Promise((r) => setTimeout(r, 250));
+      }
+      const [status] = JSON.parse((await authface(['templates', 'status'], doors[door].env)).stdout) as { people: number; by_model: Record<string, number> }[];
+      assert.deepEqual([status.people, status.by_model[MOBILEFACENET.id], status.by_model[FLEET_MODEL]], [1, 1, 1], `door ${door}: ${JSON.stringify(status)}`);
       const result = await identifiedAt(door, img.personA[1]);
       assert.deepEqual([result.status, result.external_user_id], ['success', 'bob'], `door ${door}`);
     }

@@ -128,6 +128,20 @@ describe('decisions across two models, and the guard rails of migration', functi
     }
   });
 
+  it("a store that does not learn from captures (the hub's) gets the same decisions and no migration or capture write", async function () {
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const cases = [
+      { flow: 'identify', id: null, probe: { [DLIB_RESNET.id]: near(dlib(3), (dlibRule + 1) / 2, 5), [PRIMARY_MODEL]: mfn(3) }, expected: 'old2' },
+      { flow: 'verify', id: 'new3', probe: { [DLIB_RESNET.id]: dlib(998), [PRIMARY_MODEL]: near(mfn(103), (mfnRule + 1) / 2, 14) }, expected: 'new3' },
+    ] as const;
+    for (const c of cases) {
+      const learning = await decide(session(c.flow, c.id), c.probe, users, index, t);
+      assert.ok(learning.write, `${c.flow}: a door would write`);
+      const d = await decide(session(c.flow, c.id), c.probe, users, index, t, { learnsFromCaptures: false });
+      assert.deepEqual([d.status, d.externalUserId, d.score, d.write], ['success', c.expected, learning.score, undefined], c.flow);
+    }
+  });
+
   it('a capture that verifies at 1:1 but is not strong, or looks like another person, does not join a template', async function () {
     const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
     const weak = (t[PRIMARY_MODEL].match + mfnRule) / 2;

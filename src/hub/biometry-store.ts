@@ -7,8 +7,8 @@ import type { Session } from '../store/sessions.ts';
 import type { LivenessMode, Tenant } from '../store/tenants.ts';
 import type { ActiveTemplate, User } from '../store/users.ts';
 import { EnvelopeError, type SealedTemplate, openTemplate, sealTemplate } from '../sync/envelope.ts';
-import type { Change, SubmittedChange } from '../sync/protocol.ts';
-import type { ModelId } from '../biometrics/matchers/index.ts';
+import type { Change, ModelTemplate, SubmittedChange } from '../sync/protocol.ts';
+import { MATCHERS, type ModelId } from '../biometrics/matchers/index.ts';
 import type { HubStore } from './store.ts';
 
 /**
@@ -19,8 +19,13 @@ import type { HubStore } from './store.ts';
  * tenant_id first.
  */
 export interface PostgresBiometryOptions {
-  /** The model whose templates the hub keeps: the fleet's (sync/fleet-model.ts). */
+  /** The model the hub decides and checks duplicates by: the fleet's (sync/fleet-model.ts). */
   model: ModelId;
+  /**
+   * Models an enrolment or update at the hub also makes a template of, sent to the doors with the
+   * person's first template (the upsert's `templates`), so nobody enrolled here has to migrate.
+   */
+  furtherModels?: readonly ModelId[];
   /** Called after the commit of each change this store sequenced (to publish it on the log). */
   onSequenced?: (change: Change) => void;
 }
@@ -73,8 +78,10 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
     return toAudit(r.rows[0]);
   };
 
+  const further = options.furtherModels ?? [];
   return {
-    models: [options.model],
+    models: MATCHERS.map((m) => m.id).filter((m) => m === options.model || further.includes(m)),
+    learnsFromCaptures: false,
     tenants: {
       async create(input) {
         const id = input.id ?? crypto.randomUUID();
@@ -208,7 +215,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
       let change: Change | undefined;
       try {
         await hub.transaction(async (db) => {
-          // the hub keeps the fleet model's enrolment template only: a migration to another model and a capture are a door's
+          // a migration and a capture are a door's (learnsFromCaptures): the hub writes enrolments and updates
           if (write && write.kind !== 'migrate' && write.kind !== 'adapt') {
             const embedding = write.templates[options.model];
             if (!embedding) throw new Error(`the hub keeps ${options.model} templates, and the capture made none`);
@@ -223,6 +230,10 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
             if (write.kind === 'enroll' ? live : !live || row.version !== write.user.version) throw new Rollback('write_conflict');
             const version = (row?.version ?? 0) + 1;
             const binding = { tenantId, externalUserId, version, model: options.model, keyVersion: sealed.keyVersion };
+            const templates: ModelTemplate[] = further.flatMap((model) => {
+              const made = write.templates[model];
+              return made ? [{ model, key_version: sealed.keyVersion, template: sealTemplate(sealed.key, made, { ...binding, model }) }] : [];
+            });
             change = await sequence(db, tenantId, {
               kind: 'user.upsert',
               external_user_id: externalUserId,
@@ -230,6 +241,7 @@ export function postgresBiometryStore(hub: HubStore, options: PostgresBiometryOp
               model: options.model,
               key_version: sealed.keyVersion,
               template: sealTemplate(sealed.key, embedding, binding),
+              ...(templates.length > 0 ? { templates } : {}),
             });
           }
           const finished = await db.query(

@@ -2,7 +2,7 @@ import type http from 'node:http';
 import { createApp } from '../api/app.ts';
 import { composeBiometry, listen } from '../biometry.ts';
 import { FLEET_MODEL } from '../sync/fleet-model.ts';
-import { matcher } from '../biometrics/matchers/index.ts';
+import { MATCHERS, matcher } from '../biometrics/matchers/index.ts';
 import type { FaceAnalyzer } from '../biometrics/index.ts';
 import type { Settings } from '../config/settings.ts';
 import type { Logger } from '../core/logger.ts';
@@ -81,6 +81,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     stack.push(() => sync.close());
     const biometry = postgresBiometryStore(store, {
       model: FLEET_MODEL,
+      furtherModels: MATCHERS.map((m) => m.id).filter((m) => m !== FLEET_MODEL),
       onSequenced: (change) => sync.publish(change),
     });
     const gallery = new HubGallery(store, (t, v) => store.keys.version(t, v), FLEET_MODEL);

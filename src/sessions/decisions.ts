@@ -54,8 +54,11 @@ export interface Decision {
  * session service then decides again), and the service runs one enrolment of a tenant at a time,
  * so the 1:N duplicate check and the enrolment cannot race.
  */
-export async function decide(session: Session, probe: Embeddings, users: UserAccess, index: GalleryIndex, t: Thresholds): Promise<Decision> {
+export async function decide(session: Session, probe: Embeddings, users: UserAccess, index: GalleryIndex, t: Thresholds, opts: { learnsFromCaptures: boolean } = { learnsFromCaptures: true }): Promise<Decision> {
   const gallery = index.of(session.tenantId);
+  // a strong capture may give the person the new model's template, or join their template
+  const fromCapture = (user: User, held: Embeddings, decidedBy: ModelId, score: number) =>
+    opts.learnsFromCaptures ? templateWrite(user, held, decidedBy, score, gallery, probe, t) : undefined;
   const fail = (reason: string, score: number | null, externalUserId = session.externalUserId): Decision => ({ status: 'fail', reason, score, externalUserId });
   // enrolment and update compare the face with everyone: every model in use must have described it
   const writes = session.flow === 'enroll' || session.flow === 'update_embedding';
@@ -78,14 +81,13 @@ export async function decide(session: Session, probe: Embeddings, users: UserAcc
       if (!model) return fail('reenrolment_required', null);
       const score = similarity(probe[model] as Float32Array, held[model] as Float32Array);
       if (score < t[model].match) return fail('below_threshold', score);
-      return { status: 'success', reason: null, score, externalUserId: user.externalUserId, write: templateWrite(user, held, model, score, gallery, probe, t) };
+      return { status: 'success', reason: null, score, externalUserId: user.externalUserId, write: fromCapture(user, held, model, score) };
     }
     case 'identify': {
       const found = identify(gallery, probe, t, session.candidates);
       if (found.status === 'fail') return fail(found.reason, found.score, null);
-      // a strong capture may give the person the new model's template, or join their template
-      const user = probe[PRIMARY_MODEL] && strong(found.model, found.score, gallery, t) ? await users.get(session.tenantId, found.externalUserId) : undefined;
-      const write = user ? templateWrite(user, await users.templates(user), found.model, found.score, gallery, probe, t) : undefined;
+      const user = opts.learnsFromCaptures && probe[PRIMARY_MODEL] && strong(found.model, found.score, gallery, t) ? await users.get(session.tenantId, found.externalUserId) : undefined;
+      const write = user ? fromCapture(user, await users.templates(user), found.model, found.score) : undefined;
       return { status: 'success', reason: null, score: found.score, externalUserId: found.externalUserId, write };
     }
     case 'update_embedding': {

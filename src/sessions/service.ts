@@ -143,7 +143,7 @@ export class SessionService {
   decide(session: Session, probe: Embeddings): Promise<Session> {
     return this.#finish(session, async () => {
       const checkedThrough = await this.options.refreshGallery?.(session.tenantId);
-      const decision = await decide(session, probe, this.store.users, this.index, this.options.thresholds);
+      const decision = await decide(session, probe, this.store.users, this.index, this.options.thresholds, { learnsFromCaptures: this.store.learnsFromCaptures });
       return decision.write && checkedThrough !== undefined ? { ...decision, write: { ...decision.write, checkedThrough } } : decision;
     });
   }

@@ -14,6 +14,11 @@ import type { ActiveTemplate, User } from './users.ts';
 export interface BiometryStore {
   /** The models whose templates this store keeps (a write's templates of other models are not stored). */
   readonly models: readonly ModelId[];
+  /**
+   * Whether a capture that verified or identified a person strongly may add to their templates
+   * (`migrate`, `adapt`): a door's store does; the hub's keeps what enrolment and update made.
+   */
+  readonly learnsFromCaptures: boolean;
   readonly tenants: TenantAccess;
   readonly sessions: SessionAccess;
   readonly users: UserAccess;

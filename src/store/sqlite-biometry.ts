@@ -17,6 +17,7 @@ export function sqliteBiometryStore(store: Store): BiometryStore {
   const { db, tenants, sessions, users, audit } = store;
   return {
     models: users.models,
+    learnsFromCaptures: true,
     tenants: {
       create: async (input) => tenants.create(input),
       get: async (id) => tenants.get(id),
