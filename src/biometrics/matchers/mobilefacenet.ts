@@ -92,13 +92,12 @@ export async function tunedSession(file: Uint8Array): Promise<TunedSession> {
   // any fixed input does: the cost does not depend on the values, and a rewrite that changed the
   // function would show on any of them
   const probe = Float32Array.from({ length: 3 * SIDE * SIDE }, (_v, i) => Math.sin(i / 97) * 0.8);
-  const reference = await runOn(sessions.get('extended')!, probe);
+  // each level's first pass (it allocates) checks it against the first level's, `extended`
+  const outputs = new Map<Level, Float32Array>();
+  for (const [level, session] of sessions) outputs.set(level, await runOn(session, probe));
+  const reference = outputs.get(OPTIMISATION_LEVELS[0])!;
+  const agrees = (l: Level) => outputs.get(l)!.every((v, i) => Math.abs(v - reference[i]) <= SAME_OUTPUT);
   const times = new Map<Level, number[]>(OPTIMISATION_LEVELS.map((l) => [l, []]));
-  const agrees = new Map<Level, boolean>();
-  for (const [level, session] of sessions) {
-    const out = await runOn(session, probe); // the first pass allocates
-    agrees.set(level, out.every((v, i) => Math.abs(v - reference[i]) <= SAME_OUTPUT));
-  }
   for (let k = 0; k < TIMED_PASSES; k++) {
     for (const [level, session] of sessions) {
       const t = performance.now();
@@ -107,7 +106,7 @@ export async function tunedSession(file: Uint8Array): Promise<TunedSession> {
     }
   }
   const timings = Object.fromEntries([...times].map(([l, t]) => [l, median(t)])) as Record<Level, number>;
-  const level = OPTIMISATION_LEVELS.filter((l) => agrees.get(l)).reduce((a, b) => (timings[b] < timings[a] ? b : a));
+  const level = OPTIMISATION_LEVELS.filter(agrees).reduce((a, b) => (timings[b] < timings[a] ? b : a));
   for (const [l, session] of sessions) if (l !== level) await session.release();
   const chosen = sessions.get(level)!;
   return { level, timings, run: (input) => runOn(chosen, input) };
