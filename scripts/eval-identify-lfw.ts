@@ -14,6 +14,8 @@
  *   FNIR there, and the effect of the ambiguity margin.
  * - A gallery of 5,000 cannot be built from 2,086 people: its figures are modelled from the tail
  *   (FPIR = 1 − (1 − FAR)^N) and from the genuine scores (FNIR), and marked so.
+ *   Galleries up to 100,000 are modelled at the rule alone; the largest whose FNIR stays within
+ *   40 % is `face_only_limit`, the default of AUTHFACE_FACE_ONLY_MAX_GALLERY.
  * - Templates from several photos (people with three or more): one photo, the mean of two, the
  *   best of two templates, and a guarded adaptive update (the second photo joins only when it is
  *   identified and scores at least a floor against the first).
@@ -58,6 +60,10 @@ if (!fs.existsSync(args.images)) {
 const TRIALS = Number(args.trials);
 const MEASURED_SIZES = [100, 1000];
 const MODELLED_SIZE = 5000;
+/** Larger galleries, modelled the same way: where face alone stops being enough (AUTHFACE_FACE_ONLY_MAX_GALLERY). */
+const LARGER_SIZES = [5000, 10_000, 20_000, 30_000, 50_000, 100_000];
+/** The FNIR at the rule this project accepts for a face-only door (its target at 1,000 people). */
+const FACE_ONLY_MAX_FNIR = 0.4;
 const TARGETS = [0.001, 0.0001];
 /** The lowest scores (against the enrolment photo) at which a door capture may join a template, tried in the adaptive update. */
 const ADAPT_FLOORS = [0, 0.5, 0.6, 0.7];
@@ -280,6 +286,12 @@ function evaluateModel(model: ModelId) {
       curve: Array.from({ length: 60 }, (_, i) => from + ((to - from) * i) / 59).map((t) => ({ fpir: modelledFpir(tail, t, MODELLED_SIZE), fnir: frr(t) })),
     };
   })();
+  // the largest gallery (on LARGER_SIZES) whose modelled FNIR at the rule stays within FACE_ONLY_MAX_FNIR
+  const larger = LARGER_SIZES.map((size) => {
+    const threshold = fitted.rule(size).threshold;
+    return { gallery: size, threshold: round(threshold, 5), fpir: round(modelledFpir(tail, threshold, size), 5), fnir: round(genuine.filter((g) => g < threshold).length / genuine.length) };
+  });
+  const faceOnlyLimit = { max_fnir: FACE_ONLY_MAX_FNIR, gallery: larger.filter((g) => g.fnir <= FACE_ONLY_MAX_FNIR).at(-1)?.gallery ?? null };
   const modelCheck = measured.map((m) => ({ gallery: m.size, threshold: round(m.rule.threshold, 5), measured_fpir: m.figures.fpir, modelled_fpir: round(modelledFpir(tail, m.rule.threshold, m.size), 5), measured_at_margin_0: round(fpir(m.searches, { threshold: m.rule.threshold, margin: 0 }), 5) }));
 
   // templates from several photos: people with three or more, probes from the third photo on
@@ -313,7 +325,7 @@ function evaluateModel(model: ModelId) {
     });
     return { gallery: size, rule_gallery_size: size, one_photo: figures(size, one, rule), mean_of_two: figures(size, mean, rule), best_of_two: figures(size, best, rule), adaptive };
   })();
-  return { model, policy, fitted, tail, sortedImpostor, genuine, allPairs: pairs, measured, modelled, modelCheck, photos, byPerson };
+  return { model, policy, fitted, tail, sortedImpostor, genuine, allPairs: pairs, measured, modelled, larger, faceOnlyLimit, modelCheck, photos, byPerson };
 }
 
 const results = MODELS.map(evaluateModel);
@@ -427,6 +439,8 @@ const report = {
         far_at_verify_threshold: round(countAtLeast(r.sortedImpostor, thresholds[r.model].match) / r.sortedImpostor.length, 7),
         all_pairs: r.allPairs,
         galleries: [...r.measured.map((m) => ({ ...m.figures, modelled: false })), { ...r.modelled, curve: undefined }],
+        larger_galleries_at_rule: r.larger,
+        face_only_limit: r.faceOnlyLimit,
         margins: r.measured.map((m) => ({ gallery: m.size, rows: m.byMargin })),
         model_check: r.modelCheck,
         templates_from_photos: r.photos,

@@ -101,7 +101,11 @@ describe('decisions across two models, and the guard rails of migration', functi
   // ten people of the previous release (dlib only), five enrolled since (both models)
   for (let i = 0; i < 10; i++) put(`old${i}`, { [DLIB_RESNET.id]: dlib(i + 1) });
   for (let i = 0; i < 5; i++) put(`new${i}`, { [DLIB_RESNET.id]: dlib(i + 100), [MOBILEFACENET.id]: mfn(i + 100) });
-  const dlibRule = t[DLIB_RESNET.id].identify.rule(15).threshold;
+  // and sixty more: below about 55 people MobileFaceNet's identify threshold is its 1:1 one, and a
+  // capture that verifies is then strong as well
+  for (let i = 0; i < 60; i++) put(`more${i}`, { [DLIB_RESNET.id]: dlib(i + 300), [MOBILEFACENET.id]: mfn(i + 300) });
+  const SIZE = 75;
+  const dlibRule = t[DLIB_RESNET.id].identify.rule(SIZE).threshold;
 
   it("identify names a dlib person by dlib's rule for the whole tenant, and stores their new template from the same capture", async function () {
     const probe = { [DLIB_RESNET.id]: near(dlib(3), (dlibRule + 1) / 2, 5), [PRIMARY_MODEL]: mfn(3) };
@@ -118,7 +122,7 @@ describe('decisions across two models, and the guard rails of migration', functi
   });
 
   it("a strong capture of a person decided by the new model joins their template (adapt), with the new model's embedding only", async function () {
-    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(SIZE).threshold;
     const probe = { [DLIB_RESNET.id]: dlib(998), [PRIMARY_MODEL]: near(mfn(103), (mfnRule + 1) / 2, 14) };
     for (const [flow, id] of [['identify', null], ['verify', 'new3']] as const) {
       const d = await decide(session(flow, id), probe, users, index, t);
@@ -129,7 +133,7 @@ describe('decisions across two models, and the guard rails of migration', functi
   });
 
   it("a store that does not learn from captures (the hub's) gets the same decisions and no migration or capture write", async function () {
-    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(SIZE).threshold;
     const cases = [
       { flow: 'identify', id: null, probe: { [DLIB_RESNET.id]: near(dlib(3), (dlibRule + 1) / 2, 5), [PRIMARY_MODEL]: mfn(3) }, expected: 'old2' },
       { flow: 'verify', id: 'new3', probe: { [DLIB_RESNET.id]: dlib(998), [PRIMARY_MODEL]: near(mfn(103), (mfnRule + 1) / 2, 14) }, expected: 'new3' },
@@ -143,7 +147,7 @@ describe('decisions across two models, and the guard rails of migration', functi
   });
 
   it('a capture that verifies at 1:1 but is not strong, or looks like another person, does not join a template', async function () {
-    const mfnRule = t[PRIMARY_MODEL].identify.rule(15).threshold;
+    const mfnRule = t[PRIMARY_MODEL].identify.rule(SIZE).threshold;
     const weak = (t[PRIMARY_MODEL].match + mfnRule) / 2;
     assert.ok(weak >= t[PRIMARY_MODEL].match && weak < mfnRule);
     const d = await decide(session('verify', 'new4'), { [DLIB_RESNET.id]: dlib(997), [PRIMARY_MODEL]: near(mfn(104), weak, 15) }, users, index, t);
@@ -152,7 +156,7 @@ describe('decisions across two models, and the guard rails of migration', functi
     const blend = normalize(Float32Array.from(mfn(104), (v, i) => 1.6 * v + mfn(100)[i]));
     const toNew0 = blend.reduce((sum, v, i) => sum + v * mfn(100)[i], 0);
     const toNew4 = blend.reduce((sum, v, i) => sum + v * mfn(104)[i], 0);
-    assert.ok(toNew4 >= mfnRule && toNew0 >= t[PRIMARY_MODEL].duplicate && toNew4 - toNew0 >= t[PRIMARY_MODEL].identify.rule(15).margin, `${toNew4} ${toNew0}`);
+    assert.ok(toNew4 >= mfnRule && toNew0 >= t[PRIMARY_MODEL].duplicate && toNew4 - toNew0 >= t[PRIMARY_MODEL].identify.rule(SIZE).margin, `${toNew4} ${toNew0}`);
     const other = await decide(session('verify', 'new4'), { [DLIB_RESNET.id]: dlib(996), [PRIMARY_MODEL]: blend }, users, index, t);
     assert.deepEqual([other.status, other.write], ['success', undefined], "another person's face by the new model");
   });
@@ -168,8 +172,8 @@ describe('decisions across two models, and the guard rails of migration', functi
 
   it("never over another person's face: a new template that is somebody else's by the new model is not stored", async function () {
     // like new1 by the new model: at its duplicate threshold, not at its identify threshold
-    const like = (t[PRIMARY_MODEL].duplicate + t[PRIMARY_MODEL].identify.rule(15).threshold) / 2;
-    assert.ok(like >= t[PRIMARY_MODEL].duplicate && like < t[PRIMARY_MODEL].identify.rule(15).threshold);
+    const like = (t[PRIMARY_MODEL].duplicate + t[PRIMARY_MODEL].identify.rule(SIZE).threshold) / 2;
+    assert.ok(like >= t[PRIMARY_MODEL].duplicate && like < t[PRIMARY_MODEL].identify.rule(SIZE).threshold);
     const probe = { [DLIB_RESNET.id]: near(dlib(5), 0.99, 8), [PRIMARY_MODEL]: near(mfn(101), like, 9) };
     const d = await decide(session('identify'), probe, users, index, t);
     assert.deepEqual([d.status, d.externalUserId, d.write], ['success', 'old4', undefined]);

@@ -32,7 +32,7 @@ const MAX_OVERLAP = 0.3;
 
 /** How the engine loads each model's describer (matchers/): one entry per model. */
 const DESCRIBERS: Record<ModelId, (rt: Runtime, models: ModelFiles) => Promise<Describer>> = {
-  'mobilefacenet-512/arcface5-1': (_rt, models) => mobileFaceNetDescriber(models),
+  'mobilefacenet-512/arcface5-2': (_rt, models) => mobileFaceNetDescriber(models),
   'dlib-resnet-v1/authface-align-1': async (rt, models) => dlibDescriber(rt, models),
 };
 

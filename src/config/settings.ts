@@ -61,8 +61,8 @@ export const settingsSpec = {
     doc: 'Identify refuses (`ambiguous_match`) when the best and second-best people (MobileFaceNet scores) are within this of each other. 0 turns the check off.',
   },
   AUTHFACE_FACE_ONLY_MAX_GALLERY: {
-    schema: positiveInt.default(10_000),
-    doc: 'Above this many enrolled people in a tenant, `authface doctor` warns that face alone is not enough at its doors and suggests `factor: face+pin`. The default is where MobileFaceNet, at the identify rule, turns away 40 % of LFW\'s mated photos (README, "1:N and strangers").',
+    schema: positiveInt.default(30_000),
+    doc: 'Above this many enrolled people in a tenant, `authface doctor` warns that face alone is not enough at its doors and suggests `factor: face+pin`. The default is the largest modelled gallery at which MobileFaceNet, at the identify rule, turns away at most 40 % of LFW\'s mated photos (`face_only_limit` of `npm run eval:identify`; README, "1:N and strangers").',
   },
   AUTHFACE_DUPLICATE_THRESHOLD: {
     schema: unitInterval.default(MOBILEFACENET.duplicateThreshold),

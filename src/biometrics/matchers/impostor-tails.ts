@@ -4,6 +4,6 @@ import type { ModelId } from './types.ts';
 
 /** Per model: ln FAR = a − b·t, fitted on LFW impostor comparisons between FAR 0.001 and 0.00001. */
 export const IMPOSTOR_TAILS: Record<ModelId, ImpostorTail> = {
-  'mobilefacenet-512/arcface5-1': {"a":4.675,"b":33.906,"from":0.337,"fittedFrom":0.001,"fittedTo":0.00001,"comparisons":7932420},
+  'mobilefacenet-512/arcface5-2': {"a":4.11,"b":32.623,"from":0.33425,"fittedFrom":0.001,"fittedTo":0.00001,"comparisons":7932420},
   'dlib-resnet-v1/authface-align-1': {"a":168.34,"b":188.573,"from":0.92848,"fittedFrom":0.001,"fittedTo":0.00001,"comparisons":7932420},
 };

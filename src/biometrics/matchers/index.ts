@@ -15,16 +15,22 @@ export const DLIB_RESNET: Matcher = {
   impostorTail: IMPOSTOR_TAILS['dlib-resnet-v1/authface-align-1'],
 };
 
-/** MobileFaceNet (512-D, from faceplugin-face-recognition-js): the model every new template is made with. */
+/**
+ * MobileFaceNet (512-D, from faceplugin-face-recognition-js): the model every new template is made
+ * with. `arcface5-2`: its input in BGR, the order it was trained in. `-1` fed RGB, as the package's
+ * JavaScript does; its templates are not this model's: a person who also holds dlib's is decided
+ * by dlib and migrates again at their next capture, one who holds only `-1`'s is flagged
+ * `model_changed` (re-enrol).
+ */
 export const MOBILEFACENET: Matcher = {
-  id: 'mobilefacenet-512/arcface5-1',
+  id: 'mobilefacenet-512/arcface5-2',
   name: 'MobileFaceNet',
   dimensions: 512,
-  matchThreshold: 0.42,
-  duplicateThreshold: 0.375,
+  matchThreshold: 0.46,
+  duplicateThreshold: 0.417,
   identifyMargin: 0.02,
-  sameFaceTurned: 0.05,
-  impostorTail: IMPOSTOR_TAILS['mobilefacenet-512/arcface5-1'],
+  sameFaceTurned: 0.03,
+  impostorTail: IMPOSTOR_TAILS['mobilefacenet-512/arcface5-2'],
 };
 
 /** Every model, newest first: a person is decided by the first of these they hold a template of. */

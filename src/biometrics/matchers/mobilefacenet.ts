@@ -38,13 +38,17 @@ export function fivePoints(landmarks68: readonly Point[]): Point[] {
   return [mean(36, 41), mean(42, 47), landmarks68[30], landmarks68[48], landmarks68[54]];
 }
 
-/** The chip's pixels as the network wants them: planar RGB, (v − 127) / 128. */
+/**
+ * The chip's pixels as the network wants them: planar **BGR**, (v − 127) / 128. The package's own
+ * JavaScript feeds RGB, but the network was trained on OpenCV's channel order: in BGR it scores
+ * LFW k-fold 0.9947 against 0.9907 in RGB, EER 0.0073 against 0.0120 (README, "MobileFaceNet").
+ */
 function toInput(chip: Float32Array, into: Float32Array): void {
   const plane = SIDE * SIDE;
   for (let i = 0; i < plane; i++) {
-    into[i] = (chip[i * 3] - 127) / 128;
+    into[i] = (chip[i * 3 + 2] - 127) / 128;
     into[plane + i] = (chip[i * 3 + 1] - 127) / 128;
-    into[2 * plane + i] = (chip[i * 3 + 2] - 127) / 128;
+    into[2 * plane + i] = (chip[i * 3] - 127) / 128;
   }
 }
 

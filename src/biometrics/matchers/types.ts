@@ -5,7 +5,7 @@ import type { ImpostorTail } from '../identification.ts';
  * model *and* the alignment it is fed with: change it when either changes, because templates of
  * the old id are not comparable with the new ones.
  */
-export type ModelId = 'dlib-resnet-v1/authface-align-1' | 'mobilefacenet-512/arcface5-1';
+export type ModelId = 'dlib-resnet-v1/authface-align-1' | 'mobilefacenet-512/arcface5-2';
 
 /** One embedding per model (unit vectors), for one face: a probe or a person's templates. */
 export type Embeddings = Partial<Record<ModelId, Float32Array>>;
