@@ -8,10 +8,13 @@ import { EventBus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
+import { loadDeviceKey, loadSigningKey } from '../src/sync/device-key.ts';
+import { publicKeyFromBase64 } from '../src/access/signed-command.ts';
 
 /**
  * Many simulated doors in one process, for `npm run bench` (a child of it): each a store, an index
- * and a sync client of the same tenant. Commands come over IPC: `connect` (all at once),
+ * and a sync client of the same tenant. It first says each door's public keys (the parent registers
+ * them with the hub, as a join does). Commands come over IPC: `connect` (all at once, with the hub's key),
  * `disconnect`, `until <head> <digest>` (answers when every door is at the head with that user
  * set), `close`.
  */
@@ -26,10 +29,15 @@ for (let i = 0; i < Number(count); i++) {
 }
 const send = (message: unknown) => process.send?.(message);
 
-process.on('message', async (message: { command: string; head?: number; digest?: string }) => {
+/** The hub's key, given with the first `connect` (the doors learned it at join). */
+let hubKey: ReturnType<typeof publicKeyFromBase64> | undefined;
+process.on('message', async (message: { command: string; head?: number; digest?: string; hubKey?: string }) => {
   if (message.command === 'connect') {
+    if (message.hubKey) hubKey = publicKeyFromBase64(message.hubKey);
+    const key = hubKey;
+    if (!key) throw new Error('bench-devices: connect first with the hub key');
     doors.forEach((d, i) => {
-      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, Buffer.from(keyHex, 'hex')), model: FLEET_MODEL, logger });
+      d.sync = DeviceSync.start(d.store, d.index, new EventBus(), { deviceId: `sim-${i}`, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, Buffer.from(keyHex, 'hex')), hubKey: key, model: FLEET_MODEL, logger });
     });
     send({ done: 'connect' });
   } else if (message.command === 'disconnect') {
@@ -51,4 +59,4 @@ process.on('message', async (message: { command: string; head?: number; digest?:
     process.exit(0);
   }
 });
-send({ ready: doors.length });
+send({ ready: doors.length, keys: doors.map((d, i) => ({ deviceId: `sim-${i}`, publicKey: loadDeviceKey(d.store.dataDir).publicKey, signingKey: loadSigningKey(d.store.dataDir).publicKey })) });

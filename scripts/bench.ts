@@ -39,7 +39,6 @@ import { startService } from '../src/service.ts';
 import { openStore } from '../src/store/index.ts';
 import { photos } from '../test/support/photos.ts';
 import { closeSharedAnalyzer } from '../test/support/service.ts';
-import { TenantKeyring } from '../src/sync/keyring.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
 import { MOBILEFACENET_FILE, tunedSession } from '../src/biometrics/matchers/mobilefacenet.ts';
@@ -399,6 +398,8 @@ const fleetModules = async () => ({
   ...(await import('../src/sync/fleet-model.ts')),
   ...(await import('../src/biometrics/gallery.ts')),
   ...(await import('../src/core/events.ts')),
+  ...(await import('../test/support/fleet.ts')),
+  ...(await import('../src/sync/signature.ts')),
 });
 
 /**
@@ -424,7 +425,7 @@ async function seedHubPeople(hubStore: import('../src/hub/store.ts').HubStore, t
 
 /** Fleet sync: a hub and three device replicas (stores, indexes and sync clients; no engine). */
 async function benchSync(): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, sealTemplate, authenticate, signMessage, isSignedBy, FLEET_MODEL, GalleryIndex, EventBus, joinTestDoor } = await fleetModules();
   const logger = createLogger('silent');
   const url = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-${process.pid}`;
@@ -437,12 +438,14 @@ async function benchSync(): Promise<void> {
   const devices: { sync: ReturnType<typeof DeviceSync.start>; store: ReturnType<typeof openStore> }[] = [];
   const hub = await HubSync.start(hubStore, { url, prefix, logger });
   const random = () => normalize(Float32Array.from({ length: 128 }, () => Math.random() - 0.5));
-  const startDevice = (name: string) => {
+  /** A door joined (its keys registered with the hub, a few ms) and started. */
+  const startDevice = async (name: string) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-sync-'));
     dirs.push(dir);
     const store = openStore(dir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
+    const { syncOptions } = await joinTestDoor(hubStore, { tenantId, deviceId: name, dataDir: dir, brokerUrl: url, prefix });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { ...syncOptions, url, prefix, model: FLEET_MODEL, logger });
     devices.push({ sync, store });
     return sync;
   };
@@ -462,7 +465,7 @@ async function benchSync(): Promise<void> {
     template: sealTemplate(tenantKey, random(), { tenantId, externalUserId: id, version, model: FLEET_MODEL, keyVersion: 1 }),
   });
   try {
-    for (const name of ['a', 'b', 'c']) startDevice(name);
+    for (const name of ['a', 'b', 'c']) await startDevice(name);
     await until(() => devices.every((d) => d.sync.connected));
     // 1. a change made at door a, applied at b and c (submission → hub → log → apply)
     const toOthers: number[] = [];
@@ -490,11 +493,30 @@ async function benchSync(): Promise<void> {
     // 3. a new door joining: it loads a snapshot of the people, then the log after it
     const rssBefore = process.memoryUsage().rss;
     const t3 = performance.now();
-    const late = startDevice('late');
+    const late = await startDevice('late');
     const head = await hubStore.headSeq(tenantId);
     await until(() => late.cursor === head);
     const lateSeconds = (performance.now() - t3) / 1000;
+    // 4. what a signature costs per message: one change of the log (about 1 KB) signed and
+    // verified, against its tenant-key MAC in the same loop (µs each, 2,000 of each, interleaved)
+    const signer = crypto.generateKeyPairSync('ed25519');
+    const change = authenticate({ key: tenantKey, keyVersion: 1 }, 'change', tenantId, { ...upsert('sig-sample'), tenant_id: tenantId, seq: 1, change_id: crypto.randomUUID(), origin: 'hub', from: 'hub' });
+    const signed = signMessage(signer.privateKey, 'log', tenantId, change);
+    const cost = { sign: [] as number[], verify: [] as number[], mac: [] as number[] };
+    for (let i = 0; i < 2000; i++) {
+      let t = performance.now();
+      signMessage(signer.privateKey, 'log', tenantId, change);
+      cost.sign.push(performance.now() - t);
+      t = performance.now();
+      if (!isSignedBy(signer.publicKey, 'log', tenantId, signed)) throw new Error('sync bench: a signature did not verify');
+      cost.verify.push(performance.now() - t);
+      t = performance.now();
+      authenticate({ key: tenantKey, keyVersion: 1 }, 'change', tenantId, change);
+      cost.mac.push(performance.now() - t);
+    }
+    const us = (xs: number[]) => Math.round([...xs].sort((a, b) => a - b)[xs.length >> 1] * 1000);
     results.sync = {
+      per_message_us_p50: { sign: us(cost.sign), verify: us(cost.verify), tenant_key_mac: us(cost.mac), bytes: JSON.stringify(signed).length },
       change_at_one_door_to_two_others_ms: { p50: pct(toOthers, 50), p95: pct(toOthers, 95) },
       deletion_to_two_others_ms: { p50: pct(deletions, 50), p95: pct(deletions, 95) },
       changes_per_second_to_three_doors: Math.round(perSecond),
@@ -519,7 +541,7 @@ async function benchSync(): Promise<void> {
  * one door that joins (its store, index and sync client in this process with the hub).
  */
 async function benchSnapshot(people = 100_000): Promise<void> {
-  const { createTestDatabase, HubStore, HubSync, DeviceSync, FLEET_MODEL, GalleryIndex, EventBus } = await fleetModules();
+  const { createTestDatabase, HubStore, HubSync, DeviceSync, FLEET_MODEL, GalleryIndex, EventBus, joinTestDoor } = await fleetModules();
   const logger = createLogger('silent');
   const tenantId = crypto.randomUUID();
   const db = await createTestDatabase();
@@ -530,7 +552,6 @@ async function benchSnapshot(people = 100_000): Promise<void> {
   const store = openStore(dir, undefined);
   try {
     await hubStore.createTenant(tenantId, 'bench');
-    const { key: tenantKey } = await hubStore.keys.current(tenantId);
     await seedHubPeople(hubStore, tenantId, people);
     // the log before them is compacted away
     await hubStore.pool.query('UPDATE hub_tenants SET next_seq = 2, compacted_seq = 1 WHERE tenant_id = $1', [tenantId]);
@@ -540,8 +561,9 @@ async function benchSnapshot(people = 100_000): Promise<void> {
     let peakRss = process.memoryUsage().rss;
     const rssAtStart = peakRss;
     const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100);
+    const { syncOptions } = await joinTestDoor(hubStore, { tenantId, deviceId: 'new-door', dataDir: dir, brokerUrl: 'mqtt://127.0.0.1:1883', prefix });
     const started = performance.now();
-    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: 'new-door', tenantId, url: 'mqtt://127.0.0.1:1883', prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
+    sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { ...syncOptions, url: 'mqtt://127.0.0.1:1883', prefix, model: FLEET_MODEL, logger });
     while (sync.cursor !== 1) await new Promise((r) => setTimeout(r, 20));
     const seconds = (performance.now() - started) / 1000;
     clearInterval(sampler);
@@ -623,8 +645,10 @@ async function benchReconnect(doorCount = 200): Promise<void> {
     return { result, ms: { p50: pct(latencies, 50), p95: pct(latencies, 95), p99: pct(latencies, 99), requests: latencies.length } };
   };
   try {
-    await new Promise((resolve) => devices.once('message', resolve));
-    await ask('connect');
+    // the doors are registered with the hub as a join registers them
+    const { keys } = await new Promise<{ keys: { deviceId: string; publicKey: string; signingKey: string }[] }>((resolve) => devices.once('message', resolve));
+    for (const k of keys) await hubStore.devices.register(tenant.id, k.deviceId, k.publicKey, k.signingKey);
+    await ask('connect', { hubKey: (await hubStore.keys.commandKey(tenant.id)).publicKey });
     await Promise.all(Array.from({ length: 300 }, (_, i) => enrol(`person-${i}`)));
     await atHead();
     await ask('disconnect');
@@ -668,6 +692,7 @@ async function benchJoin(people = 10_000): Promise<void> {
   const { join } = await import('../src/cli/join.ts');
   const { loadDeviceConfig } = await import('../src/device/config.ts');
   const { loadKeyring } = await import('../src/sync/keyring.ts');
+  const { publicKeyFromBase64 } = await import('../src/access/signed-command.ts');
   const brokerUrl = 'mqtt://127.0.0.1:1883';
   const prefix = `authface-bench-join-${process.pid}`;
   const masterKey = crypto.randomBytes(32);
@@ -692,7 +717,8 @@ async function benchJoin(people = 10_000): Promise<void> {
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantId, name: 'bench', allowedOrigins: [], livenessMode: 'passive' });
     const index = new GalleryIndex();
-    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, keyring, model: FLEET_MODEL, logger: createLogger('silent') });
+    const hubKey = publicKeyFromBase64(config.remote_commands.public_key!);
+    sync = DeviceSync.start(store, index, new EventBus(), { deviceId: config.device_id, tenantId, url: config.mqtt.url!, prefix: config.mqtt.topic_prefix, keyring, hubKey, model: FLEET_MODEL, logger: createLogger('silent') });
     const head = await hubStore.headSeq(tenantId);
     while (!(sync.cursor === head && index.of(tenantId).size === people)) await new Promise((r) => setTimeout(r, 20));
     const done = performance.now();
@@ -761,7 +787,7 @@ async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people
         broker: brokerOptions(config.mqtt),
         keyring,
         keyFile: config.sync!.tenant_key_file,
-        noticeKey: publicKeyFromBase64(config.remote_commands.public_key!),
+        hubKey: publicKeyFromBase64(config.remote_commands.public_key!),
         hubUrl: config.sync!.hub_url,
         secretFiles: [config.mqtt.password_file!],
         model: FLEET_MODEL,

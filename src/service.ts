@@ -120,7 +120,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       },
       // the device's own console: its doors, people and audit trail
       console: device
-        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION }), { logger, publicUrl: settings.publicUrl })
+        ? consoleRoutes(deviceConsoleSource({ config: device.config, store, access: device.access, kiosk: device.kiosk, version: VERSION }), { logger, publicUrl: settings.publicUrl, trustedProxies: settings.AUTHFACE_TRUSTED_PROXIES })
         : undefined,
     });
 

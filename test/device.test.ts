@@ -34,7 +34,8 @@ describe('device configuration file', function () {
   });
 
   const base = { device_id: 'd1', doors: [{ id: 'main' }] };
-  const fleet = { ...base, tenant_id: '2d1e8b0c-0d7e-4b5a-9a41-5d6f3c2b1a00', mqtt: { url: 'mqtt://127.0.0.1:1883' }, sync: { tenant_key_file: 'tenant-key.json' } };
+  const hubKey = 'MCowBQYDK2VwAyEAx0ZL2nWvLg1PvHtGv9zXK2n8c0c=';
+  const fleet = { ...base, tenant_id: '2d1e8b0c-0d7e-4b5a-9a41-5d6f3c2b1a00', mqtt: { url: 'mqtt://127.0.0.1:1883' }, remote_commands: { public_key: hubKey }, sync: { tenant_key_file: 'tenant-key.json' } };
   const bad: [string, unknown, RegExp][] = [
     ['a device id with a space', { ...base, device_id: 'front door' }, /device_id:/],
     ['no doors', { device_id: 'd1', doors: [] }, /doors:/],
@@ -47,6 +48,7 @@ describe('device configuration file', function () {
     ['two doors with one id', { ...base, doors: [{ id: 'main' }, { id: 'main' }] }, /doors\.1\.id: door id main is used twice/],
     ['a broker URL without a scheme', { ...base, mqtt: { url: 'broker:1883' } }, /mqtt\.url:/],
     ['groups in the file of a fleet device', { ...fleet, groups: { staff: ['alice'] } }, /groups: a fleet device takes its groups from the hub/],
+    ["a fleet device without the hub's key", { ...fleet, remote_commands: {} }, /remote_commands\.public_key: sync needs the hub's key/],
   ];
   for (const [name, raw, expected] of bad) {
     it(`refuses ${name}, naming the key`, function () {

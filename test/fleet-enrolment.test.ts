@@ -9,8 +9,11 @@ import { loadSettings } from '../src/config/settings.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type Hub, startHub } from '../src/hub/service.ts';
 import type { DeviceSync } from '../src/sync/device-sync.ts';
-import { loadDeviceKey } from '../src/sync/device-key.ts';
-import { authenticate, sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
+import { writeKeyFile } from '../src/sync/keyring.ts';
+import { loadSigningKey } from '../src/sync/device-key.ts';
+import { signMessage } from '../src/sync/signature.ts';
+import { joinTestDoor } from './support/fleet.ts';
+import { authenticate, sealTemplate } from '../src/sync/envelope.ts';
 import { type UserUpsert, syncTopics } from '../src/sync/protocol.ts';
 import { Client } from './support/client.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
@@ -55,7 +58,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
   const afterFreshHead = async () => {
     const watcher = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
     const fresh = new Promise<void>((resolve) => watcher.on('message', (_t, _p, packet) => !packet.retain && resolve()));
-    await watcher.subscribeAsync(syncTopics(prefix, tenantId).head, { qos: 1 });
+    await watcher.subscribeAsync(syncTopics(prefix, tenantId).signedHead, { qos: 1 });
     await fresh;
     await watcher.endAsync();
   };
@@ -66,12 +69,21 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     db = await createTestDatabase();
     hub = await startTheHub();
     tenantId = (await hub.biometry.tenants.create({ name: 'acme', allowedOrigins: ['https://app.example.com'], livenessMode: 'passive' })).id;
-    const { key } = await hub.store.keys.current(tenantId);
     const keyFile = path.join(keysDir, 'door.json');
+    const hubStore = hub.store;
+    const hubKey = (await hubStore.keys.commandKey(tenantId)).publicKey;
     door = await startTestDevice(
-      { device_id: `door-${process.pid}`, tenant_id: tenantId, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { url: brokerUrl, topic_prefix: prefix }, sync: { tenant_key_file: keyFile } },
+      {
+        device_id: `door-${process.pid}`,
+        tenant_id: tenantId,
+        liveness: 'passive',
+        doors: [{ id: 'main', relay: { driver: 'simulated' } }],
+        mqtt: { url: brokerUrl, topic_prefix: prefix },
+        remote_commands: { public_key: hubKey },
+        sync: { tenant_key_file: keyFile },
+      },
       {},
-      { tenantId, prepare: (dataDir) => fs.writeFileSync(keyFile, JSON.stringify(wrapTenantKey(key, loadDeviceKey(dataDir).publicKey, { tenantId, deviceId: `door-${process.pid}`, keyVersion: 1 }))) },
+      { tenantId, prepare: async (dataDir) => writeKeyFile(keyFile, (await joinTestDoor(hubStore, { tenantId, deviceId: `door-${process.pid}`, dataDir, brokerUrl, prefix })).tenantKeys) },
     );
     api = new Client(door.svc.url, door.apiKey);
     await until(() => syncOf().connected, 10_000, 'the door on the broker');
@@ -80,7 +92,7 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
     await door?.close();
     await hub?.close();
     const c = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
-    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    for (const head of [syncTopics(prefix, tenantId).head, syncTopics(prefix, tenantId).signedHead]) await c.publishAsync(head, '', { retain: true });
     await c.endAsync();
     await db?.drop();
     fs.rmSync(keysDir, { recursive: true, force: true });
@@ -217,13 +229,17 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
         if (reply.type === 'ack') acks.set(reply.change_id, reply);
       });
       await device.subscribeAsync(topics.reply('racer'), { qos: 1 });
+      // a second door of the tenant, joined: the hub hears a device only in its own name and with its signature
+      const racerDir = path.join(keysDir, 'racer');
+      await joinTestDoor(hub!.store, { tenantId, deviceId: 'racer', dataDir: racerDir, brokerUrl, prefix });
+      const signingKey = loadSigningKey(racerDir).privateKey;
       const key = await hub!.store.keys.current(tenantId);
       const bodies = { erin: await upsertOf('erin', img.personA[1]), frank: await upsertOf('frank', img.personA[1]) };
       const submit = (externalUserId: 'erin' | 'frank') => {
         const changeId = crypto.randomUUID();
         const body = bodies[externalUserId];
-        // as a door of the tenant sends it: authenticated with the tenant key
-        const submission = authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const });
+        // as a door of the tenant sends it: authenticated with the tenant key, signed with its own
+        const submission = signMessage(signingKey, 'submission', tenantId, authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const }));
         device.publish(topics.submit('racer'), JSON.stringify(submission), { qos: 1 });
         return changeId;
       };

@@ -14,7 +14,9 @@ import { brokerOptions } from '../src/mqtt/bridge.ts';
 import { DATABASE_FILE } from '../src/store/database.ts';
 import { EnvelopeError, authenticate, openTemplate, sealTemplate } from '../src/sync/envelope.ts';
 import { type TenantKeyring, loadKeyring, readKeyFile } from '../src/sync/keyring.ts';
+import { loadSigningKey } from '../src/sync/device-key.ts';
 import { fleetNoticeSchema } from '../src/sync/notice.ts';
+import { signMessage } from '../src/sync/signature.ts';
 import { type Change, syncTopics } from '../src/sync/protocol.ts';
 import { authface, serve, serveHub, stop } from './support/cli.ts';
 import { type OwnMosquitto, startDynsecMosquitto } from './support/mosquitto.ts';
@@ -167,12 +169,24 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal(await store.headSeq(tenantId), head, 'nothing was sequenced');
     assert.deepEqual(peopleAt('front'), ['alice', 'bob']);
-    // its notice at the hub is its revocation, signed; the broker keeps it for the device
-    const res = await fetch(`${hub!.url}/fleet/v1/notice`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant_id: tenantId, device_id: 'stolen' }) });
-    assert.equal(res.status, 200);
-    const notice = fleetNoticeSchema.parse(((await res.json()) as { notice: unknown }).notice);
+    // its notice at the hub is its revocation, signed; the broker keeps it for the device. Over
+    // HTTP it is given only to a request signed by the device's own key (issue 18, finding 7:
+    // found, the endpoint answered anyone, and told a known name from an unknown one)
+    const ask = async (request: object) => {
+      const res = await fetch(`${hub!.url}/fleet/v1/notice`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(request) });
+      return { status: res.status, body: (await res.json()) as { notice?: unknown; error?: unknown } };
+    };
+    const signingKey = loadSigningKey(devices.stolen.dataDir).privateKey;
+    const at = new Date().toISOString();
+    const signed = await ask(signMessage(signingKey, 'notice-request', tenantId, { tenant_id: tenantId, device_id: 'stolen', at }));
+    assert.equal(signed.status, 200);
+    const notice = fleetNoticeSchema.parse(signed.body.notice);
     assert.equal(notice.kind, 'revoked');
-    const unknown = await fetch(`${hub!.url}/fleet/v1/notice`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant_id: tenantId, device_id: 'nobody' }) });
+    const unsigned = await ask({ tenant_id: tenantId, device_id: 'stolen' });
+    const unknown = await ask({ tenant_id: tenantId, device_id: 'nobody' });
+    const stale = await ask(signMessage(signingKey, 'notice-request', tenantId, { tenant_id: tenantId, device_id: 'stolen', at: new Date(Date.now() - 3_600_000).toISOString() }));
+    const otherKey = await ask(signMessage(crypto.generateKeyPairSync('ed25519').privateKey, 'notice-request', tenantId, { tenant_id: tenantId, device_id: 'stolen', at }));
+    for (const refused of [unsigned, stale, otherKey]) assert.deepEqual(refused, unknown, 'a known device without its proof is answered as an unknown one');
     assert.equal(unknown.status, 404);
     // a revoked name stays retired
     await assert.rejects(hubCli(['device', 'add', '--tenant', tenantId, '--name', 'stolen']), (err: { stderr: string }) => /was revoked/.test(err.stderr));

@@ -8,8 +8,9 @@ import { createLogger } from '../src/core/logger.ts';
 import { HubStore } from '../src/hub/store.ts';
 import { HubSync } from '../src/hub/sync-service.ts';
 import type { DeviceSync } from '../src/sync/device-sync.ts';
-import { loadDeviceKey } from '../src/sync/device-key.ts';
-import { newTenantKey, sealTemplate, wrapTenantKey } from '../src/sync/envelope.ts';
+import { newTenantKey, sealTemplate } from '../src/sync/envelope.ts';
+import { writeKeyFile } from '../src/sync/keyring.ts';
+import { joinTestDoor } from './support/fleet.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { Client } from './support/client.ts';
 import { type TestDevice, startTestDevice } from './support/device.ts';
@@ -42,7 +43,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
   const syncOf = (door: number) => doors[door].device.svc.service.device?.sync as DeviceSync;
   const startHub = () => HubSync.start(hubStore, { url, prefix, logger });
 
-  /** A fleet door as its device file sets it up: sync with the tenant key wrapped for its own key pair. */
+  /** A fleet door as its device file sets it up: joined, with the tenant key wrapped for its own key pair and the hub's key. */
   async function startDoor(name: string): Promise<TestDevice> {
     const keyFile = path.join(keysDir, `${name}.json`);
     return startTestDevice(
@@ -57,13 +58,14 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
           { id: 'lab', allow: { groups: ['staff'] }, relay: { driver: 'simulated' } },
         ],
         mqtt: { url, topic_prefix: prefix },
+        remote_commands: { public_key: (await hubStore.keys.commandKey(tenantId)).publicKey },
         sync: { tenant_key_file: keyFile },
       },
       {},
       {
         tenantId,
-        prepare: (dataDir) =>
-          fs.writeFileSync(keyFile, JSON.stringify(wrapTenantKey(tenantKey, loadDeviceKey(dataDir).publicKey, { tenantId, deviceId: `${name}-${process.pid}`, keyVersion: 1 }))),
+        prepare: async (dataDir) =>
+          writeKeyFile(keyFile, (await joinTestDoor(hubStore, { tenantId, deviceId: `${name}-${process.pid}`, dataDir, brokerUrl: url, prefix })).tenantKeys),
       },
     );
   }
@@ -112,7 +114,7 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
     // leave no retained head behind on the shared broker
     const mqtt = await import('mqtt');
     const c = await mqtt.default.connectAsync(url, { reconnectPeriod: 0 });
-    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    for (const head of [syncTopics(prefix, tenantId).head, syncTopics(prefix, tenantId).signedHead]) await c.publishAsync(head, '', { retain: true });
     await c.endAsync();
     await hubStore?.close();
     await db?.drop();
@@ -248,7 +250,8 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
         forged({ kind: 'user.delete', external_user_id: 'bob', version: 99 }, head + 2),
         forged({ kind: 'tenant.settings', name: 'evil', allowed_origins: ['https://evil.example'], liveness_mode: 'passive' }, head + 3),
       ];
-      await c.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes }), { qos: 1 });
+      // on the log the doors read (signed) and the one of earlier releases
+      for (const log of [topics.signedLog, topics.log]) await c.publishAsync(log, JSON.stringify({ tenant_id: tenantId, changes }), { qos: 1 });
       // a deletion submitted for sequencing, as if from a door
       await c.publishAsync(topics.submit('intruder'), JSON.stringify({ device_id: 'intruder', change_id: crypto.randomUUID(), body: { kind: 'user.delete', external_user_id: 'bob', version: 99 } }), { qos: 1 });
       await new Promise((r) => setTimeout(r, 1500));
@@ -294,12 +297,12 @@ describe('fleet: a hub and two doors replicate through PostgreSQL and Mosquitto'
           },
         ],
       });
-      await c.publishAsync(syncTopics(prefix, tenantId).log, JSON.stringify(forged(newTenantKey())), { qos: 1 });
+      await c.publishAsync(syncTopics(prefix, tenantId).signedLog, JSON.stringify(forged(newTenantKey())), { qos: 1 });
       const tampered = forged(tenantKey);
       const bytes = Buffer.from(tampered.changes[0].template.ciphertext, 'base64');
       bytes[0] ^= 0x80;
       tampered.changes[0].template.ciphertext = bytes.toString('base64');
-      await c.publishAsync(syncTopics(prefix, tenantId).log, JSON.stringify(tampered), { qos: 1 });
+      await c.publishAsync(syncTopics(prefix, tenantId).signedLog, JSON.stringify(tampered), { qos: 1 });
       await new Promise((r) => setTimeout(r, 1000));
     } finally {
       await c.endAsync();

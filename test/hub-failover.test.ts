@@ -7,7 +7,6 @@ import { pathToFileURL } from 'node:url';
 import crypto from 'node:crypto';
 import Database from 'better-sqlite3';
 import mqtt from 'mqtt';
-import { stringify } from 'yaml';
 import { normalize } from '../src/biometrics/embedding.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { GalleryIndex } from '../src/biometrics/gallery.ts';
@@ -17,11 +16,12 @@ import { HubStore } from '../src/hub/store.ts';
 import { type Store, openStore } from '../src/store/index.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { unwrapTenantKey } from '../src/sync/envelope.ts';
-import { loadDeviceKey } from '../src/sync/device-key.ts';
+import { loadDeviceKey, loadSigningKey } from '../src/sync/device-key.ts';
+import { publicKeyFromBase64 } from '../src/access/signed-command.ts';
 import { TenantKeyring } from '../src/sync/keyring.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { userSetDigest } from '../src/sync/digest.ts';
-import { CLI, authface, serve, serveHub, servedChildren, stop } from './support/cli.ts';
+import { CLI, authface, joinDoorByCli, serve, serveHub, servedChildren, stop } from './support/cli.ts';
 import { ROOT } from './support/datasets.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
@@ -60,7 +60,9 @@ describe('two hubs on one database, one killed mid-stream', function () {
     db = await createTestDatabase();
     tenantId = (JSON.parse((await authface(['hub', 'tenant', 'add', '--name', 'acme', '--database-url', db.url], hubEnv)).stdout) as { tenant_id: string }).tenant_id;
     const dataDir = path.join(dir, 'door');
-    const wrapped = JSON.parse((await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'door', '--public-key', loadDeviceKey(dataDir).publicKey, '--database-url', db.url], hubEnv)).stdout);
+    const keys = ['--public-key', loadDeviceKey(dataDir).publicKey, '--signing-key', loadSigningKey(dataDir).publicKey];
+    const wrapped = JSON.parse((await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'door', ...keys, '--database-url', db.url], hubEnv)).stdout);
+    const { hub_public_key } = JSON.parse((await authface(['hub', 'key', '--tenant', tenantId, '--database-url', db.url], hubEnv)).stdout) as { hub_public_key: string };
     store = openStore(dataDir, undefined);
     store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
     await startHub();
@@ -71,6 +73,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
       url,
       prefix,
       keyring: TenantKeyring.of(tenantId, unwrapTenantKey(wrapped.keys[0], loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: 'door' })),
+      hubKey: publicKeyFromBase64(hub_public_key),
       model: FLEET_MODEL,
       logger: createLogger('silent'),
     });
@@ -81,7 +84,7 @@ describe('two hubs on one database, one killed mid-stream', function () {
     store?.close();
     for (const h of hubs) if (h.exitCode === null && h.signalCode === null) await stop(h);
     const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
-    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    for (const head of [syncTopics(prefix, tenantId).head, syncTopics(prefix, tenantId).signedHead]) await c.publishAsync(head, '', { retain: true });
     for (const d of ['door', 'late']) await c.publishAsync(syncTopics(prefix, tenantId).state(d), '', { retain: true });
     await c.endAsync();
     await db?.drop();
@@ -113,13 +116,8 @@ describe('two hubs on one database, one killed mid-stream', function () {
       for (let i = 0; i < 2000; i++) store.users.enroll(tenantId, `q${i}`, { [FLEET_MODEL]: face(i) });
       await poll(async () => sync?.pending() === 0 && (await hub.headSeq(tenantId)) === 2601, 'the hub holding 2,600 changes');
       const dataDir = path.join(dir, 'late');
-      const { device_public_key } = JSON.parse((await authface(['sync', 'key'], { AUTHFACE_DATA_DIR: dataDir })).stdout) as { device_public_key: string };
-      fs.writeFileSync(path.join(dir, 'late-key.json'), (await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', 'late', '--public-key', device_public_key, '--database-url', db.url], hubEnv)).stdout);
-      fs.writeFileSync(
-        path.join(dir, 'late.yaml'),
-        stringify({ device_id: 'late', tenant_id: tenantId, liveness: 'passive', doors: [{ id: 'main', relay: { driver: 'simulated' } }], mqtt: { url, topic_prefix: prefix }, sync: { tenant_key_file: path.join(dir, 'late-key.json') } }),
-      );
-      const env = { AUTHFACE_DATA_DIR: dataDir, AUTHFACE_DEVICE_CONFIG: path.join(dir, 'late.yaml'), PORT: '0' };
+      const joined = await joinDoorByCli('late', { dir, tenantId, databaseUrl: db.url, hubEnv, brokerUrl: url, prefix });
+      const env = { ...joined.env, AUTHFACE_DEVICE_CONFIG: joined.configFile, PORT: '0' };
       const door = spawn(process.execPath, [...CLI, 'serve'], { cwd: ROOT, env: { ...process.env, ...env } });
       servedChildren.add(door);
       // read the door's own database as it loads (SQLite lets a reader in beside the writer)

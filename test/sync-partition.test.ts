@@ -17,7 +17,8 @@ import { syncTopics } from '../src/sync/protocol.ts';
 import { startChaosProxy } from './support/chaos-proxy.ts';
 import { testBroker } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
-import { TenantKeyring } from '../src/sync/keyring.ts';
+import { signMessage } from '../src/sync/signature.ts';
+import { type JoinedTestDoor, joinTestDoor } from './support/fleet.ts';
 
 /**
  * Replication under a partition, and a broker that duplicates and reorders: two door replicas
@@ -28,8 +29,6 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
   const logger = createLogger('silent');
   const prefix = `authface-partition-${process.pid}`;
   const masterKey = crypto.randomBytes(32);
-  /** The hub's key of the tenant (what `authface hub wrap-key` gives each door). */
-  let tenantKey: Buffer;
   const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.sin(i * 7.77 + k)));
   let url: string;
   let db: TestDatabase;
@@ -46,8 +45,12 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
       await new Promise((r) => setTimeout(r, 20));
     }
   };
-  const connect = (door: { store: Store; index: GalleryIndex }, name: string) =>
-    DeviceSync.start(door.store, door.index, new EventBus(), { deviceId: name, tenantId, url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
+  /** Each door joins once (its keys stay in its data directory), and connects again after a cut with the same. */
+  const joined = new Map<string, JoinedTestDoor>();
+  const connect = async (door: { store: Store; index: GalleryIndex }, name: string, brokerUrl = url) => {
+    if (!joined.has(name)) joined.set(name, await joinTestDoor(hubStore, { tenantId, deviceId: name, dataDir: door.store.dataDir, brokerUrl, prefix }));
+    return DeviceSync.start(door.store, door.index, new EventBus(), { ...joined.get(name)!.syncOptions, url: brokerUrl, prefix, model: FLEET_MODEL, logger });
+  };
 
   before(async function () {
     url = (await testBroker()).url;
@@ -62,9 +65,8 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
       doors.push({ store, index, sync: undefined as unknown as DeviceSync });
     }
     await hubStore.createTenant(tenantId, 'acme');
-    tenantKey = (await hubStore.keys.current(tenantId)).key;
     hub = await HubSync.start(hubStore, { url, prefix, logger });
-    doors.forEach((d, i) => (d.sync = connect(d, ['a', 'b'][i])));
+    for (const [i, d] of doors.entries()) d.sync = await connect(d, ['a', 'b'][i]);
     await poll(() => doors.every((d) => d.sync.connected), 'both doors on the broker');
   });
   after(async function () {
@@ -74,7 +76,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     }
     await hub?.close();
     const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
-    await c.publishAsync(syncTopics(prefix, tenantId).head, '', { retain: true });
+    for (const head of [syncTopics(prefix, tenantId).head, syncTopics(prefix, tenantId).signedHead]) await c.publishAsync(head, '', { retain: true });
     for (const name of ['a', 'b']) await c.publishAsync(syncTopics(prefix, tenantId).state(name), '', { retain: true });
     await c.endAsync();
     await hubStore?.close();
@@ -96,7 +98,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     await poll(async () => (await hubStore.headSeq(tenantId)) === 1203 && a.sync.pending() === 0, 'the hub sequencing 1,200 changes (after the tenant\'s settings and the two before the cut)');
     assert.equal(b.store.users.get(tenantId, 'p1'), undefined, 'b saw nothing while cut off');
     assert.ok(b.store.users.get(tenantId, 'deleted-during'), 'b still holds the person deleted meanwhile');
-    b.sync = connect(b, 'b');
+    b.sync = await connect(b, 'b');
     await poll(() => b.sync.cursor === 1203, 'b catching up');
     assert.equal(b.store.users.get(tenantId, 'deleted-during'), undefined);
     assert.equal(b.store.users.get(tenantId, 'p5'), undefined);
@@ -113,9 +115,11 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     assert.equal(changes.length, 1203);
     const c = await mqtt.connectAsync(url, { reconnectPeriod: 0 });
     try {
+      // the hub's own batches (signed by it), as a broker that delivers them again would
+      const { privateKey } = await hubStore.keys.commandKey(tenantId);
       const batches: string[] = [];
-      for (let i = 0; i < changes.length; i += 50) batches.push(JSON.stringify({ tenant_id: tenantId, changes: changes.slice(i, i + 50) }));
-      for (const batch of [...batches.reverse(), ...batches]) await c.publishAsync(syncTopics(prefix, tenantId).log, batch, { qos: 1 });
+      for (let i = 0; i < changes.length; i += 50) batches.push(JSON.stringify(signMessage(privateKey, 'log', tenantId, { tenant_id: tenantId, changes: changes.slice(i, i + 50), from: 'hub' })));
+      for (const batch of [...batches.reverse(), ...batches]) await c.publishAsync(syncTopics(prefix, tenantId).signedLog, batch, { qos: 1 });
       await new Promise((r) => setTimeout(r, 1500));
     } finally {
       await c.endAsync();
@@ -131,7 +135,7 @@ describe('sync: a partition of more than 1,000 changes, duplicates and reorderin
     dirs.push(dir);
     const c = { store: openStore(dir, undefined), index: new GalleryIndex(), sync: undefined as unknown as DeviceSync };
     c.store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
-    c.sync = DeviceSync.start(c.store, c.index, new EventBus(), { deviceId: 'c', tenantId, url: proxy.url, prefix, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger });
+    c.sync = await connect(c, 'c', proxy.url);
     try {
       const head0 = await hubStore.headSeq(tenantId);
       await poll(() => c.sync.cursor === head0, 'the new door c loading its snapshot through the proxy');

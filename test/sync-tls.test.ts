@@ -17,7 +17,7 @@ import { authface } from './support/cli.ts';
 import { until } from './support/mqtt.ts';
 import { type TlsMosquitto, startTlsMosquitto } from './support/tls.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
-import { TenantKeyring } from '../src/sync/keyring.ts';
+import { joinTestDoor } from './support/fleet.ts';
 
 /**
  * TLS to the broker is supported on top of the protocol's own encryption and MACs: the hub and a
@@ -38,14 +38,15 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
   const dirs: string[] = [];
   const syncs: DeviceSync[] = [];
 
-  const door = (name: string, ca: Buffer | undefined): { store: Store; sync: DeviceSync; problems: string[] } => {
+  const door = async (name: string, ca: Buffer | undefined): Promise<{ store: Store; sync: DeviceSync; problems: string[] }> => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-tls-door-'));
     dirs.push(dir);
     const store = openStore(dir, undefined);
     store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
     const problems: string[] = [];
     const watching = { ...logger, warn: (o: { problem?: string }) => problems.push(String(o.problem)) } as unknown as typeof logger;
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { deviceId: name, tenantId, url: broker.url, prefix, broker: ca ? { ca } : {}, keyring: TenantKeyring.of(tenantId, tenantKey, 1), model: FLEET_MODEL, logger: watching });
+    const { syncOptions } = await joinTestDoor(hubStore, { tenantId, deviceId: name, dataDir: dir, brokerUrl: broker.url, prefix });
+    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), { ...syncOptions, url: broker.url, prefix, broker: ca ? { ca } : {}, model: FLEET_MODEL, logger: watching });
     syncs.push(sync);
     return { store, sync, problems };
   };
@@ -68,8 +69,8 @@ describe('fleet sync over TLS (mqtts://, a private CA)', function () {
   });
 
   it('a door with the CA replicates both ways through the TLS broker; one without it never connects', async function () {
-    const trusted = door('trusted', broker.ca);
-    const stranger = door('stranger', undefined);
+    const trusted = await door('trusted', broker.ca);
+    const stranger = await door('stranger', undefined);
     await until(() => trusted.sync.connected, 15_000, 'the door with the CA on the broker');
     const template = sealTemplate(tenantKey, face(1), { tenantId, externalUserId: 'alice', version: 1, model: FLEET_MODEL, keyVersion: 1 });
     assert.equal((await hub.submit(tenantId, { kind: 'user.upsert', external_user_id: 'alice', version: 1, model: FLEET_MODEL, key_version: 1, template })).status, 'sequenced');

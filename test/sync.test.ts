@@ -30,6 +30,8 @@ import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
 import { ROOT } from './support/datasets.ts';
 import { protocolDocument } from '../src/sync/protocol-doc.ts';
 
+/** The hub's key of a device whose broker is never reached (nothing it signs arrives). */
+const unreachedHub = crypto.generateKeyPairSync('ed25519').publicKey;
 const face = (seed: number) => normalize(Float32Array.from({ length: 128 }, (_, i) => Math.sin(seed * 12.9898 + i * 78.233)));
 
 describe('sync protocol document', function () {
@@ -204,7 +206,7 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     );
     assert.ok(keys.rows.length >= 4);
     // the console's admins and their sessions span tenants: Citus reference tables (README, "Scaling out")
-    const reference = ['hub_admins', 'hub_console_sessions'];
+    const reference = ['hub_admins', 'hub_console_signins', 'hub_console_sessions'].sort();
     for (const k of keys.rows.filter((r) => !reference.includes(r.table_name))) assert.equal(k.column_name, 'tenant_id', `${k.table_name}`);
     assert.deepEqual([...new Set(keys.rows.filter((r) => r.column_name !== 'tenant_id').map((r) => r.table_name))].sort(), reference);
   });
@@ -294,7 +296,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
 
   it('a change made here joins the outbox in its own transaction; a change from the hub never goes back', async function () {
     // a sync client whose broker is unreachable: it keeps its outbox and sends nothing
-    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: FLEET_MODEL, logger: createLogger('silent') });
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), hubKey: unreachedHub, model: FLEET_MODEL, logger: createLogger('silent') });
     try {
       assert.throws(() => store.db.transaction(() => {
         store.users.enroll(tenantId, 'rolled-back', { [FLEET_MODEL]: face(1) });
@@ -322,7 +324,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
     // held here before: alice (older), stale (gone at the hub), mine (enrolled here, not yet acknowledged)
     replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('stale', 1))]);
-    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), model: FLEET_MODEL, logger: createLogger('silent') });
+    const sync = DeviceSync.start(store, index, new EventBus(), { deviceId: 'door', tenantId, url: 'mqtt://127.0.0.1:1', prefix: 'authface', keyring: TenantKeyring.of(tenantId, key, 1), hubKey: unreachedHub, model: FLEET_MODEL, logger: createLogger('silent') });
     try {
       store.users.enroll(tenantId, 'mine', { [FLEET_MODEL]: face(7) });
       index.of(tenantId).upsert('mine', { [FLEET_MODEL]: face(7) }); // as the session service does after an enrolment

@@ -10,6 +10,8 @@ import { auc, equalErrorRate, kFoldAccuracy, tarAtFar, thresholdAtFar, type Scor
 import { qualityProblems, DEFAULT_QUALITY } from '../src/biometrics/quality.ts';
 import type { FaceObservation } from '../src/biometrics/types.ts';
 import { loadSettings, settingsTable } from '../src/config/settings.ts';
+import { activityCsv } from '../src/console/pages.ts';
+import { MemorySignInThrottle, clientAddress, trustedProxies, waitAfter } from '../src/console/signin-throttle.ts';
 import { EmbeddingCipher, loadMasterKey } from '../src/store/crypto.ts';
 import { openStore } from '../src/store/index.ts';
 import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
@@ -314,5 +316,57 @@ describe('store', function () {
     } finally {
       b.close();
     }
+  });
+});
+
+describe('issue 18, finding 7: the activity CSV runs nothing in a spreadsheet', function () {
+  const row = (externalUserId: string) => activityCsv([{ id: '1', deviceId: 'front', doorId: 'main', type: 'access_decision', result: 'granted', reason: null, externalUserId, time: '2026-12-03T10:00:00.000Z' }]).split('\r\n')[1];
+  const lastCell = (id: string) => row(id).slice('2026-12-03T10:00:00.000Z,front,main,access_decision,granted,,'.length);
+
+  it('a cell holding ; or a tab is quoted (found: `a;=1+1` was left bare, a formula where ; separates cells)', function () {
+    assert.equal(lastCell('a;=1+1'), '"a;=1+1"');
+    assert.equal(lastCell('a\t=1+1'), '"a\t=1+1"');
+    assert.equal(lastCell('a,b'), '"a,b"');
+    assert.equal(lastCell('say "hi"'), '"say ""hi"""');
+  });
+
+  it('a cell a spreadsheet would run is made text, leading blanks or not', function () {
+    for (const formula of ['=HYPERLINK("x")', '+1', '-1+2', '@SUM(A1)', ' =1+1', '\t=1']) {
+      const cell = lastCell(formula);
+      const text = cell.startsWith('"') ? cell.slice(1, -1).replace(/""/g, '"') : cell;
+      assert.equal(text, `'${formula}`, formula);
+    }
+    assert.equal(lastCell('alice'), 'alice', 'a plain cell stays as it is');
+  });
+});
+
+describe('issue 18, finding 6: the sign-in throttle (per name and address)', function () {
+  it('X-Forwarded-For is read only from a trusted proxy, and names the last address before it', function () {
+    const none = trustedProxies([]);
+    const proxies = trustedProxies(['10.0.0.1', '192.168.0.0/16', '::1']);
+    // found: a client naming its own address would spread its failures over made-up addresses
+    assert.equal(clientAddress('203.0.113.9', '198.51.100.1', none), '203.0.113.9', 'no trusted proxy: the header is ignored');
+    assert.equal(clientAddress('203.0.113.9', '198.51.100.1', proxies), '203.0.113.9', 'not from a trusted proxy: ignored');
+    assert.equal(clientAddress('::ffff:10.0.0.1', '1.1.1.1, 198.51.100.1', proxies), '198.51.100.1', 'the address the proxy saw, not what the client prepended');
+    assert.equal(clientAddress('10.0.0.1', '198.51.100.1, 192.168.3.4', proxies), '198.51.100.1', 'through two trusted proxies');
+    assert.equal(clientAddress('::1', 'junk', proxies), '::1', 'no address in the header: the proxy');
+  });
+
+  it('three failures are free; then the wait doubles from 1 s up to 15 minutes; a day later it is forgotten', function () {
+    const now = 1_000_000_000;
+    assert.equal(waitAfter(2, now, now), 0);
+    assert.equal(waitAfter(3, now, now), 1000);
+    assert.equal(waitAfter(4, now, now + 500), 1500);
+    assert.equal(waitAfter(30, now, now), 15 * 60_000);
+    assert.equal(waitAfter(30, now, now + 25 * 3_600_000), 0);
+  });
+
+  it("on a door (one process, in memory): another address is not slowed, and a success clears only its own count", async function () {
+    const throttle = new MemorySignInThrottle();
+    for (let i = 0; i < 5; i++) await throttle.failed('ada', '203.0.113.9');
+    assert.ok((await throttle.wait('ada', '203.0.113.9')) > 0);
+    assert.equal(await throttle.wait('ada', '198.51.100.7'), 0);
+    await throttle.succeeded('ada', '198.51.100.7');
+    assert.ok((await throttle.wait('ada', '203.0.113.9')) > 0);
   });
 });

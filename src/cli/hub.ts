@@ -9,7 +9,8 @@ import { FLEET_MODEL } from '../sync/fleet-model.ts';
 import { VERSION } from '../service.ts';
 import type { LivenessMode } from '../store/tenants.ts';
 import { parseMasterKey } from '../store/crypto.ts';
-import { loadDeviceKey } from '../sync/device-key.ts';
+import { loadDeviceKey, loadSigningKey } from '../sync/device-key.ts';
+import { HubError } from '../hub/errors.ts';
 import mqtt from 'mqtt';
 import { BrokerAdmin } from '../hub/broker-admin.ts';
 import { type Revocation, revokeDevice } from '../hub/revocation.ts';
@@ -53,6 +54,10 @@ function hubMasterKey(settings: Settings): Buffer {
   return parseMasterKey(settings.AUTHFACE_HUB_MASTER_KEY, 'AUTHFACE_HUB_MASTER_KEY');
 }
 
+/** The hub starts on a broker without per-device rights only when told so. */
+const BROKER_ACL_UNSET =
+  'AUTHFACE_HUB_BROKER_ACL is not set: set mosquitto-dynsec for a broker whose rights the hub manages (firmware-config/mosquitto/dynsec.conf, the README\'s fleet quick start), or none for a broker without per-device rights, where any client reads every tenant\'s log and can delay or drop messages (it can forge none: README, "Security")';
+
 /**
  * `authface hub serve`: sequences and publishes the fleet's changes, and serves /biometry/v1 and
  * the capture page on the central store (HOST, PORT, PUBLIC_URL as a device), until stopped.
@@ -64,7 +69,9 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
   if (!databaseUrl) throw new CommandError('the hub needs its PostgreSQL database: --database-url postgres://… or AUTHFACE_HUB_DATABASE_URL');
   const logger = createLogger(settings.LOG_LEVEL);
   const brokerCa = readBrokerCa(settings);
-  const hub = await startHub(settings, { databaseUrl, brokerUrl, deviceBrokerUrl: settings.AUTHFACE_HUB_DEVICE_BROKER_URL, brokerAcl: settings.AUTHFACE_HUB_BROKER_ACL, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
+  const brokerAcl = settings.AUTHFACE_HUB_BROKER_ACL;
+  if (!brokerAcl) throw new CommandError(BROKER_ACL_UNSET);
+  const hub = await startHub(settings, { databaseUrl, brokerUrl, deviceBrokerUrl: settings.AUTHFACE_HUB_DEVICE_BROKER_URL, brokerAcl, brokerCa, prefix: opts.prefix, masterKey: hubMasterKey(settings), logger, version: VERSION });
   const stop = async () => {
     // what is committed is in PostgreSQL and what is not is asked again by the devices: a stop
     // does not wait long for a backlog of answers (a reconnect storm) to drain
@@ -215,11 +222,26 @@ function readBrokerCa(settings: Settings): Buffer | undefined {
   }
 }
 
-/** `authface hub wrap-key`: every version of the tenant key wrapped to one device's public key, for its sync.tenant_key_file. */
-export async function hubWrapKey(settings: Settings, opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }): Promise<unknown> {
+/**
+ * `authface hub wrap-key`: a device set up by hand. It is registered as a join registers one (its
+ * key pair, and its signing key: the hub takes sync messages in its name only with its signature),
+ * and every version of the tenant key is printed wrapped to its public key, for its
+ * sync.tenant_key_file. A device of an earlier release has no signing key: it is heard on the
+ * tenant key alone.
+ */
+export async function hubWrapKey(settings: Settings, opts: { tenant: string; device: string; publicKey: string; signingKey?: string; databaseUrl?: string }): Promise<unknown> {
   const masterKey = hubMasterKey(settings);
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(opts.publicKey)) throw new CommandError('--public-key: an X25519 public key in base64 (44 characters), as `authface sync key` prints it (device_public_key)');
+  if (opts.signingKey !== undefined && !/^[A-Za-z0-9+/]{43}=$/.test(opts.signingKey)) throw new CommandError('--signing-key: an Ed25519 public key in base64 (44 characters), as `authface sync key` prints it (device_signing_key)');
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(opts.device)) throw new CommandError('--device: 1-64 letters, digits, - or _ (the device_id of its device file)');
   return withHub(settings, opts.databaseUrl, async (store) => {
     await knownTenant(store, opts.tenant);
+    try {
+      await store.devices.register(opts.tenant, opts.device, opts.publicKey, opts.signingKey);
+    } catch (err) {
+      if (err instanceof HubError) throw new CommandError(err.message);
+      throw err;
+    }
     const versions = await store.keys.all(opts.tenant);
     return { keys: versions.map((k) => ({ ...wrapTenantKey(k.key, opts.publicKey, { tenantId: opts.tenant, deviceId: opts.device, keyVersion: k.keyVersion }), sinceSeq: k.sinceSeq })) };
   }, masterKey);
@@ -247,7 +269,16 @@ async function knownTenant(store: HubStore, tenantId: string): Promise<void> {
   if (!(await store.hasTenant(tenantId))) throw new CommandError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
 }
 
-/** `authface sync key`: this device's public key (the key pair is made on first use). */
-export function syncKey(settings: Settings): { device_public_key: string } {
-  return { device_public_key: loadDeviceKey(settings.dataDir).publicKey };
+/** `authface sync key`: this device's public keys (the key pairs are made on first use). */
+export function syncKey(settings: Settings): { device_public_key: string; device_signing_key: string } {
+  return { device_public_key: loadDeviceKey(settings.dataDir).publicKey, device_signing_key: loadSigningKey(settings.dataDir).publicKey };
+}
+
+/** `authface hub key`: the hub's key of a tenant, which signs everything the hub sends its devices (a device set up by hand sets it as remote_commands.public_key). */
+export async function hubKey(settings: Settings, opts: { tenant: string; databaseUrl?: string }): Promise<{ tenant_id: string; hub_public_key: string }> {
+  const masterKey = hubMasterKey(settings);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
+    return { tenant_id: opts.tenant, hub_public_key: (await store.keys.commandKey(opts.tenant)).publicKey };
+  }, masterKey);
 }

@@ -5,7 +5,7 @@ import type { Settings } from '../config/settings.ts';
 import { parseDeviceConfig } from '../device/config.ts';
 import { type JoinReply, joinReplySchema } from '../hub/join.ts';
 import { isSecureUrl } from '../sessions/origins.ts';
-import { loadDeviceKey } from '../sync/device-key.ts';
+import { loadDeviceKey, loadSigningKey } from '../sync/device-key.ts';
 import { unwrapKeys, writeKeyFile, writePrivateFile } from '../sync/keyring.ts';
 import { CommandError } from './errors.ts';
 
@@ -22,7 +22,7 @@ export async function join(settings: Settings, opts: { hub: string; code: string
   // absolute paths in the device file: the service may start from another directory
   const dataDir = path.resolve(settings.dataDir);
   const { publicKey, privateKeyPem } = loadDeviceKey(dataDir);
-  const reply = await requestJoin(hub, opts.code, publicKey);
+  const reply = await requestJoin(hub, opts.code, publicKey, loadSigningKey(dataDir).publicKey);
   // every key version must open here before anything is written
   unwrapKeys(reply.tenant_keys, privateKeyPem, { tenantId: reply.tenant_id, deviceId: reply.device_id });
   const tenantKeyFile = path.join(dataDir, 'tenant-key.json');
@@ -58,13 +58,13 @@ function hubUrl(text: string): string {
   return url.origin;
 }
 
-async function requestJoin(hub: string, code: string, publicKey: string): Promise<JoinReply> {
+async function requestJoin(hub: string, code: string, publicKey: string, signingKey: string): Promise<JoinReply> {
   let res: Response;
   try {
     res = await fetch(`${hub}/fleet/v1/join`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ code, public_key: publicKey }),
+      body: JSON.stringify({ code, public_key: publicKey, signing_key: signingKey }),
       signal: AbortSignal.timeout(JOIN_TIMEOUT_MS),
     });
   } catch (err) {

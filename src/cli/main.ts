@@ -18,7 +18,7 @@ import { type BrokerRole, hashPassword, setUser } from '../mqtt/users-file.ts';
 import { adminProblem } from '../console/admins.ts';
 import { setDeviceAdmin } from '../console/device-source.ts';
 import { evalIdentifyCommand, evalPairsCommand } from './eval.ts';
-import { hubAdminAdd, hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
+import { hubAdminAdd, hubDeviceAdd, hubDeviceRevoke, hubGroupChange, hubGroupList, hubKey, hubServe, hubStatus, hubTenantAdd, hubTenantUpdate, hubWrapKey, syncKey } from './hub.ts';
 import { join } from './join.ts';
 import { CommandError } from './errors.ts';
 import { keygen, send, sendOptionsFrom, sign } from './remote.ts';
@@ -355,12 +355,19 @@ program
   .action(async (opts: { hub: string; code: string }) => print(await join(loadSettings(), opts)));
 hub
   .command('wrap-key')
-  .description("print the tenant key wrapped to one device's public key: save it as that device's sync.tenant_key_file")
+  .description("register a device set up by hand and print the tenant key wrapped to its public key: save it as that device's sync.tenant_key_file")
   .requiredOption('--tenant <id>', 'tenant id')
   .requiredOption('--device <id>', 'device_id of the device')
-  .requiredOption('--public-key <key>', 'what `authface sync key` printed on the device')
+  .requiredOption('--public-key <key>', 'device_public_key, as `authface sync key` printed it on the device')
+  .option('--signing-key <key>', 'device_signing_key, as `authface sync key` printed it (a device of an earlier release has none)')
   .addOption(databaseUrl())
-  .action(async (opts: { tenant: string; device: string; publicKey: string; databaseUrl?: string }) => print(await hubWrapKey(loadSettings(), opts)));
+  .action(async (opts: { tenant: string; device: string; publicKey: string; signingKey?: string; databaseUrl?: string }) => print(await hubWrapKey(loadSettings(), opts)));
+hub
+  .command('key')
+  .description("print the hub's key of a tenant, which signs everything the hub sends: a device set up by hand sets it as remote_commands.public_key")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await hubKey(loadSettings(), opts)));
 hub
   .command('status')
   .description("a tenant's log, its devices (online, lag, diverged) and the conflicts waiting for an admin")
@@ -371,7 +378,7 @@ program
   .command('sync')
   .description('fleet sync on a device')
   .command('key')
-  .description("print this device's public key (its key pair is made in the data directory on first use) for `authface hub wrap-key`")
+  .description("print this device's public keys (its key pairs are made in the data directory on first use) for `authface hub wrap-key`")
   .action(() => print(syncKey(loadSettings())));
 
 program

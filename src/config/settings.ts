@@ -32,6 +32,14 @@ export const settingsSpec = {
     schema: z.url().optional(),
     doc: 'Base URL that people reach this service on; `biometry_url` is built from it. Default `http://localhost:<PORT>`.',
   },
+  AUTHFACE_TRUSTED_PROXIES: {
+    schema: z
+      .string()
+      .default('')
+      .transform((v) => v.split(',').map((x) => x.trim()).filter(Boolean))
+      .pipe(z.array(z.union([z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()], { error: 'an IP address or a CIDR block (10.0.0.0/8)' }))),
+    doc: "Comma-separated addresses or CIDR blocks of reverse proxies in front of this service. Only a request from one of them has its client address read from X-Forwarded-For (the console's sign-in throttle counts failures per name and address); from anyone else the header is ignored. Default: none.",
+  },
   AUTHFACE_DATA_DIR: {
     schema: z.string().min(1).optional(),
     doc: 'Directory of the SQLite database and the key files. Default: `data/` in the install directory, whatever the working directory, so the service and every CLI command use the same one.',
@@ -121,8 +129,8 @@ export const settingsSpec = {
     doc: 'The hub only: the broker URL a device is given when it joins (`authface join`), when the devices reach the broker at another address than the hub (default: the hub\'s broker URL).',
   },
   AUTHFACE_HUB_BROKER_ACL: {
-    schema: z.enum(['none', 'mosquitto-dynsec']).default('none'),
-    doc: "The hub only: `mosquitto-dynsec`: the broker runs Mosquitto's dynamic security plugin and the hub's broker user (in its URL) holds the plugin's admin role; each device that joins gets a broker client of its own that may publish only its own state and events and read only its tenant's log and its own command topic (firmware-config/README.md, \"Broker rights\"). `none`: the broker's users and ACLs are managed by hand.",
+    schema: z.enum(['none', 'mosquitto-dynsec']).optional(),
+    doc: "The hub only, and `authface hub serve` will not start without it: `mosquitto-dynsec`: the broker runs Mosquitto's dynamic security plugin (firmware-config/mosquitto/dynsec.conf) and the hub's broker user (in its URL) holds the plugin's admin role; each device that joins gets a broker client of its own that may publish only its own state and events and read only its tenant's log and its own command topic (firmware-config/README.md, \"Broker rights\"). `none`: a broker without per-device rights, or whose users and ACLs are managed by hand; on an open broker any client reads every tenant's log (sealed templates, user ids) and can delay or drop messages, though it can forge none (README, \"Security\").",
   },
   AUTHFACE_HUB_BROKER_CA_FILE: {
     schema: z.string().min(1).optional(),
@@ -166,7 +174,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
 export function settingsTable(): string {
   const rows = Object.entries(settingsSpec).map(([name, { schema, doc }]) => {
     const def = (schema as z.ZodType).safeParse(undefined);
-    const shown = def.success && def.data !== undefined ? `\`${String(def.data)}\`` : '–';
+    const shown = def.success && def.data !== undefined && String(def.data) !== '' ? `\`${String(def.data)}\`` : '–';
     return `| \`${name}\` | ${name === 'AUTHFACE_WORKERS' ? 'cores − 1' : shown} | ${doc} |`;
   });
   return ['| variable | default | meaning |', '|---|---|---|', ...rows].join('\n');

@@ -3,6 +3,7 @@ import type { KioskService } from '../access/kiosk.ts';
 import { PRIMARY_MODEL, matcher } from '../biometrics/matchers/index.ts';
 import type { DeviceConfig } from '../device/config.ts';
 import type { Store } from '../store/index.ts';
+import { MemorySignInThrottle } from './signin-throttle.ts';
 import type { ActivityFilter, ConsoleEvent, ConsoleSource } from './source.ts';
 
 interface AuditRow {
@@ -35,6 +36,8 @@ export function deviceConsoleSource(deps: {
   const toEvent = (r: AuditRow): ConsoleEvent => ({ id: r.id, deviceId, doorId: r.door_id, type: r.type, result: r.result, reason: r.reason, externalUserId: r.external_user_id, time: r.created_at });
   return {
     scope: 'device',
+    // one process: the counts live in it
+    signIns: new MemorySignInThrottle(),
     async tenants() {
       const rows = db.prepare('SELECT id, name FROM tenants ORDER BY name, id').all() as { id: string; name: string }[];
       // the tenant of the doors first

@@ -1,5 +1,6 @@
 import { isModelId } from '../biometrics/matchers/index.ts';
 import type { HubStore } from '../hub/store.ts';
+import { FORGET_AFTER_MS, type SignInThrottle, waitAfter } from './signin-throttle.ts';
 import type { ActivityFilter, ConsoleDevice, ConsoleEvent, ConsoleSource } from './source.ts';
 
 /** A signed command to a door through the hub (hub/commands.ts): unlock, or show a capture link on its screen. */
@@ -40,6 +41,7 @@ export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleS
   const { pool } = store;
   return {
     scope: 'hub',
+    signIns: postgresSignInThrottle(store),
     async tenants() {
       const r = await pool.query<{ tenant_id: string; name: string }>('SELECT tenant_id, name FROM hub_tenants ORDER BY name, tenant_id');
       return r.rows.map((t) => ({ id: t.tenant_id, name: t.name }));
@@ -162,4 +164,32 @@ export async function setHubAdmin(store: HubStore, name: string, passwordHash: s
   // a new password ends the admin's open sessions
   if (!r.rows[0].added) await store.pool.query('DELETE FROM hub_console_sessions WHERE admin = $1', [name]);
   return r.rows[0].added ? 'added' : 'updated';
+}
+
+/** The sign-in throttle's counts in PostgreSQL, on the database's clock: every hub process sees one count. */
+function postgresSignInThrottle(store: HubStore): SignInThrottle {
+  const { pool } = store;
+  const forget = `${FORGET_AFTER_MS / 1000} seconds`;
+  return {
+    async wait(name, address) {
+      const r = await pool.query<{ failures: number; last_at: string; now: string }>(
+        'SELECT failures, (extract(epoch FROM last_at) * 1000)::float8 AS last_at, (extract(epoch FROM now()) * 1000)::float8 AS now FROM hub_console_signins WHERE name = $1 AND address = $2',
+        [name, address],
+      );
+      const row = r.rows[0];
+      return row ? waitAfter(row.failures, Number(row.last_at), Number(row.now)) : 0;
+    },
+    async failed(name, address) {
+      await pool.query(
+        `INSERT INTO hub_console_signins AS s (name, address, failures, last_at) VALUES ($1, $2, 1, now())
+         ON CONFLICT (name, address) DO UPDATE SET failures = CASE WHEN s.last_at < now() - $3::interval THEN 1 ELSE s.failures + 1 END, last_at = now()`,
+        [name, address, forget],
+      );
+      // counts nobody has added to for a day are forgotten (names are the attacker's to choose)
+      if (Math.random() < 0.01) await pool.query('DELETE FROM hub_console_signins WHERE last_at < now() - $1::interval', [forget]);
+    },
+    async succeeded(name, address) {
+      await pool.query('DELETE FROM hub_console_signins WHERE name = $1 AND address = $2', [name, address]);
+    },
+  };
 }

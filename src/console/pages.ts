@@ -31,6 +31,8 @@ export interface Frame {
   section: Section;
   /** The device's own console: one tenant, no fleet-wide words. */
   scope: 'hub' | 'device';
+  /** What the operator must know on every page (the hub on a broker without per-device rights). */
+  warnings: readonly string[];
 }
 
 /** Every page: a skip link, the sections, the tenant chooser (a plain GET form), and sign-out. */
@@ -59,6 +61,7 @@ export function layout(frame: Frame, title: string, body: string): string {
     </form>
   </header>
   <main id="main" tabindex="-1">
+    ${frame.warnings.map((w) => `<p class="warn" role="alert">${esc(w)}</p>`).join('')}
     <h1>${esc(title)}</h1>
     ${body}
   </main>`,
@@ -239,12 +242,17 @@ export function activityBody(opts: { events: ConsoleEvent[]; filter: Record<stri
   }`;
 }
 
-/** CSV of activity events (a cell that a spreadsheet would run as a formula is quoted as text). */
+/**
+ * CSV of activity events. A cell that a spreadsheet would run as a formula (it starts, after any
+ * blanks, with = + - @, or with a tab or line break) is made text with a leading apostrophe, and a
+ * cell holding any separator a spreadsheet may split on (`,` `;` tab) or a quote or line break is
+ * quoted: a `;` left bare starts a new cell, and so a formula, where `;` is the separator.
+ */
 export function activityCsv(events: ConsoleEvent[]): string {
   const cell = (v: string | null) => {
     let s = v ?? '';
-    if (/^[=+\-@\t\r]/.test(s)) s = `'${s}`;
-    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+    if (/^\s*[=+\-@]|^[\t\r\n]/.test(s)) s = `'${s}`;
+    return /[",;\t\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   const header = ['time', 'device_id', 'door_id', 'event', 'result', 'reason', 'external_user_id'];
   return [header.join(','), ...events.map((e) => [e.time, e.deviceId, e.doorId, e.type, e.result, e.reason, e.externalUserId].map(cell).join(','))].join('\r\n') + '\r\n';

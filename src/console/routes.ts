@@ -10,6 +10,7 @@ import { hashSecret } from '../core/secrets.ts';
 import { ServiceError } from '../errors.ts';
 import { hashPassword, verifyPassword } from '../mqtt/users-file.ts';
 import { CONSOLE_DIR, type Frame, type Section, activityBody, activityCsv, doorsBody, esc, eventItem, fleetBody, layout, page, peopleBody, signInPage, t } from './pages.ts';
+import { clientAddress, trustedProxies } from './signin-throttle.ts';
 import type { ConsoleSession, ConsoleSource, ConsoleTenant } from './source.ts';
 
 /** Like the capture page's: this origin only, no inline script or style, forms post here only. */
@@ -27,9 +28,6 @@ export const CONSOLE_CSP = [
 const SESSION_COOKIE = 'authface_console';
 const LOGIN_COOKIE = 'authface_console_login';
 const SESSION_HOURS = 8;
-/** Failed sign-ins allowed per name in FAILURE_WINDOW_MS, then the name waits. */
-const MAX_FAILURES = 5;
-const FAILURE_WINDOW_MS = 15 * 60_000;
 const FORM_LIMIT = 8 * 1024;
 /** The live feed asks the source for new door events this often (it works across hub processes). */
 const FEED_POLL_MS = 1000;
@@ -48,7 +46,8 @@ interface ConsoleState {
  * the server (they work with the keyboard and without script); one small script adds the live
  * door feed (server-sent events). Every string is in src/console/locales/en.json.
  */
-export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; publicUrl: string }): Router {
+export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; publicUrl: string; trustedProxies?: readonly string[]; warnings?: readonly string[] }): Router {
+  const trusted = trustedProxies(options.trustedProxies ?? []);
   const { logger } = options;
   // Secure cookies when the console is reached over https (also behind a proxy that ends TLS)
   const secure = options.publicUrl.startsWith('https:');
@@ -58,7 +57,6 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     ctx.cookies.set(name, value, { httpOnly: true, sameSite: 'strict', secure: secure || ctx.secure, path: '/console', maxAge: maxAgeSeconds * 1000, overwrite: true });
   };
   const router = new Router({ prefix: '/console' });
-  const failures = new Map<string, number[]>();
 
   // an HTML answer for the console's own errors (the API's error layer answers JSON)
   router.use(async (ctx, next) => {
@@ -97,10 +95,10 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     const form = await readForm(ctx);
     const expected = ctx.cookies.get(LOGIN_COOKIE);
     if (!expected || !equal(form.get('_login') ?? '', expected)) throw new ServiceError('forbidden', 'csrf', t('error.csrf'));
-    const name = (form.get('name') ?? '').trim();
+    const name = (form.get('name') ?? '').trim().slice(0, 128);
     const password = form.get('password') ?? '';
     const now = Date.now();
-    const recent = (failures.get(name) ?? []).filter((at) => now - at < FAILURE_WINDOW_MS);
+    const address = clientAddress(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for') || undefined, trusted);
     const again = (error: string, status: number) => {
       const loginToken = crypto.randomBytes(24).toString('base64url');
       setCookie(ctx, LOGIN_COOKIE, loginToken, 10 * 60);
@@ -108,16 +106,21 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
       ctx.type = 'html';
       ctx.body = signInPage({ loginToken, error, scope: source.scope });
     };
-    if (recent.length >= MAX_FAILURES) return again(t('signin.throttled'), 429);
+    // a wait is per name and address: it slows whoever keeps failing, never the admin elsewhere
+    const wait = await source.signIns.wait(name, address);
+    if (wait > 0) {
+      ctx.set('Retry-After', String(Math.ceil(wait / 1000)));
+      return again(t('signin.throttled', { seconds: Math.ceil(wait / 1000) }), 429);
+    }
     const admin = name ? await source.admin(name) : null;
     // a name that is not an admin costs the same as a wrong password
     const ok = await verifyPassword(password, admin?.passwordHash ?? DUMMY_HASH);
     if (!admin || !ok) {
-      failures.set(name, [...recent, now]);
-      logger.warn({ admin: name.slice(0, 64) }, 'console: a sign-in failed');
+      await source.signIns.failed(name, address);
+      logger.warn({ admin: name.slice(0, 64), address }, 'console: a sign-in failed');
       return again(t('signin.failed'), 401);
     }
-    failures.delete(name);
+    await source.signIns.succeeded(name, address);
     const token = crypto.randomBytes(32).toString('base64url');
     await source.createSession(hashSecret(token), { admin: admin.name, csrf: crypto.randomBytes(24).toString('base64url'), expiresAt: new Date(now + SESSION_HOURS * 3_600_000).toISOString() });
     setCookie(ctx, SESSION_COOKIE, token, SESSION_HOURS * 3600);
@@ -157,7 +160,7 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     const tenant: ConsoleTenant | undefined = asked ? tenants.find((x) => x.id === asked) : tenants[0];
     if (!tenant) throw new ServiceError('not_found', 'tenant_not_found', asked ? `no tenant ${asked}` : 'no tenant yet (authface hub tenant add)');
     const { session } = ctx.state as ConsoleState;
-    return { admin: session.admin, csrf: session.csrf, tenants, tenant, section, scope: source.scope };
+    return { admin: session.admin, csrf: session.csrf, tenants, tenant, section, scope: source.scope, warnings: options.warnings ?? [] };
   };
   const html = (ctx: Context, body: string) => {
     ctx.type = 'html';
@@ -174,10 +177,9 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     const tenantId = frame.tenant.id;
     const recent = await source.activity(tenantId, { limit: 200 });
     const doorEvents = recent.filter((e) => ['access_decision', 'remote_unlock', 'door_alarm'].includes(e.type));
-    const outcome = typeof ctx.query.outcome === 'string' ? ctx.query.outcome : null;
-    const [device, door, error] = ['device', 'door', 'error'].map((k) => (typeof ctx.query[k] === 'string' ? (ctx.query[k] as string) : ''));
-    const notices: Record<string, string> = { ok: 'doors.unlocked', failed: 'doors.unlock_failed', shown: 'doors.shown', show_failed: 'doors.show_failed' };
-    const notice = outcome && notices[outcome] ? t(notices[outcome], { door, device, error }) : null;
+    const outcome = doorNotice((ctx.state as ConsoleState).session, ctx.query);
+    const notices: Record<DoorOutcome, string> = { ok: 'doors.unlocked', failed: 'doors.unlock_failed', shown: 'doors.shown', show_failed: 'doors.show_failed' };
+    const notice = outcome ? t(notices[outcome.outcome], { ...outcome }) : null;
     html(
       ctx,
       layout(
@@ -188,7 +190,7 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
           recent: doorEvents.slice(0, 20),
           alarms: doorEvents.filter((e) => e.type === 'door_alarm').slice(0, 10),
           notice,
-          noticeOk: outcome === 'ok' || outcome === 'shown',
+          noticeOk: outcome?.outcome === 'ok' || outcome?.outcome === 'shown',
           csrf: frame.csrf,
           tenantId,
           since: doorEvents[0]?.time ?? new Date().toISOString(),
@@ -204,8 +206,7 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     if (!known) throw new ServiceError('not_found', 'door_not_found', `no door ${doorId} on ${deviceId}`);
     const { ok, error } = await source.unlock(tenantId, deviceId, doorId);
     logger.info({ admin: (ctx.state as ConsoleState).session.admin, device: deviceId, door: doorId, ok }, 'console: remote unlock');
-    const query = new URLSearchParams({ tenant: tenantId, outcome: ok ? 'ok' : 'failed', device: deviceId, door: doorId, ...(error ? { error } : {}) });
-    ctx.redirect(`/console/doors?${query.toString()}`);
+    ctx.redirect(`/console/doors?${doorNoticeQuery((ctx.state as ConsoleState).session, tenantId, { outcome: ok ? 'ok' : 'failed', device: deviceId, door: doorId, error: error ?? '' })}`);
   });
 
   router.post('/doors/open-session', async (ctx) => {
@@ -216,8 +217,7 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     if (!/^https?:\/\/\S{1,2040}$/.test(biometryUrl)) throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url: an http(s) capture link');
     const { ok, error } = await source.openSession(tenantId, deviceId, doorId, biometryUrl);
     logger.info({ admin: (ctx.state as ConsoleState).session.admin, device: deviceId, door: doorId, ok }, 'console: a capture link shown on a door');
-    const query = new URLSearchParams({ tenant: tenantId, outcome: ok ? 'shown' : 'show_failed', device: deviceId, door: doorId, ...(error ? { error } : {}) });
-    ctx.redirect(`/console/doors?${query.toString()}`);
+    ctx.redirect(`/console/doors?${doorNoticeQuery((ctx.state as ConsoleState).session, tenantId, { outcome: ok ? 'shown' : 'show_failed', device: deviceId, door: doorId, error: error ?? '' })}`);
   });
 
   // the live door feed (server-sent events); the page works without it
@@ -314,6 +314,36 @@ function sameOrigin(ctx: Context): void {
   const origin = ctx.get('Origin');
   // this server's own origin, from the Host it was reached at (Koa's ctx.origin may echo the header)
   if (origin && origin !== `${ctx.protocol}://${ctx.host}`) throw new ServiceError('forbidden', 'csrf', t('error.csrf'));
+}
+
+type DoorOutcome = 'ok' | 'failed' | 'shown' | 'show_failed';
+interface DoorNotice {
+  outcome: DoorOutcome;
+  device: string;
+  door: string;
+  error: string;
+}
+const DOOR_OUTCOMES: readonly string[] = ['ok', 'failed', 'shown', 'show_failed'] satisfies DoorOutcome[];
+
+/**
+ * What the Doors page says after an unlock or a capture link: the redirect carries it with a MAC
+ * keyed by the session's own secret (its CSRF token), so only the server, for this session, can
+ * make the page say that a door was unlocked; a crafted link shows nothing. It works on any hub
+ * process, as the session does.
+ */
+function doorNoticeQuery(session: ConsoleSession, tenantId: string, notice: DoorNotice): string {
+  return new URLSearchParams({ tenant: tenantId, ...notice, proof: doorNoticeProof(session, tenantId, notice) }).toString();
+}
+
+function doorNotice(session: ConsoleSession, query: Context['query']): DoorNotice | null {
+  const [tenant, outcome, device, door, error, proof] = ['tenant', 'outcome', 'device', 'door', 'error', 'proof'].map((k) => (typeof query[k] === 'string' ? (query[k] as string) : ''));
+  if (!DOOR_OUTCOMES.includes(outcome)) return null;
+  const notice: DoorNotice = { outcome: outcome as DoorOutcome, device, door, error };
+  return equal(proof, doorNoticeProof(session, tenant, notice)) ? notice : null;
+}
+
+function doorNoticeProof(session: ConsoleSession, tenantId: string, notice: DoorNotice): string {
+  return crypto.createHmac('sha256', `authface-console-notice\n${session.csrf}`).update(JSON.stringify([tenantId, notice.outcome, notice.device, notice.door, notice.error])).digest('base64url');
 }
 
 /** A form that changes something: same origin, and the session's CSRF token. */

@@ -1,3 +1,4 @@
+import type { SignInThrottle } from './signin-throttle.ts';
 import type { ModelId } from '../biometrics/matchers/index.ts';
 
 /**
@@ -107,6 +108,8 @@ export interface ConsoleSource {
   /** Door events and the audit trail, newest first. */
   activity(tenantId: string, filter: ActivityFilter): Promise<ConsoleEvent[]>;
   admin(name: string): Promise<ConsoleAdmin | null>;
+  /** Failed sign-ins per name and address (PostgreSQL at the hub, shared by its processes). */
+  readonly signIns: SignInThrottle;
   createSession(tokenHash: Buffer, session: ConsoleSession): Promise<void>;
   session(tokenHash: Buffer): Promise<ConsoleSession | null>;
   deleteSession(tokenHash: Buffer): Promise<void>;

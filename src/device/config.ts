@@ -136,7 +136,7 @@ const remoteCommands = z
       .string()
       .regex(/^[A-Za-z0-9+/]{43}=$/, { error: 'an Ed25519 public key in base64 (44 characters), as `authface command keygen` prints it' })
       .optional()
-      .describe('Ed25519 public key (base64) of the admin whose signature every command must carry.'),
+      .describe("Ed25519 public key (base64) of the admin whose signature every command must carry. In a fleet it is the hub's key (`authface join` writes it): it also signs everything the hub sends this device."),
     max_age_seconds: z.int().min(5).max(300).default(30).describe('A command issued longer ago than this is refused.'),
     clock_skew_seconds: z.int().min(0).max(60).default(5).describe('A command issued this far in the future is still accepted (clocks differ a little).'),
     unlocks_per_minute: z.int().min(1).max(60).default(6).describe('Remote openings allowed per door in any 60 seconds.'),
@@ -186,7 +186,7 @@ export const deviceConfigSchema = z
       .strictObject({
         tenant_key_file: z
           .string()
-          .describe("The tenant key wrapped for this device (every version): `authface join` writes it, or make it at the hub with `authface hub wrap-key --tenant <tenant_id> --device <device_id> --public-key <key>`, where the key is what `authface sync key` prints here. The device adds the versions the hub sends after a rotation."),
+          .describe("The tenant key wrapped for this device (every version): `authface join` writes it, or make it at the hub with `authface hub wrap-key --tenant <tenant_id> --device <device_id> --public-key <key> --signing-key <key>`, with the keys `authface sync key` prints here (it registers the device, and prints the hub's key for `remote_commands.public_key`). The device adds the versions the hub sends after a rotation."),
         hub_url: z
           .url({ protocol: /^https?$/ })
           .optional()
@@ -222,6 +222,9 @@ export const deviceConfigSchema = z
     }
     if (c.sync && !c.mqtt.url) ctx.addIssue({ code: 'custom', path: ['mqtt', 'url'], message: 'sync needs the broker the hub uses: set mqtt.url' });
     if (c.sync && !c.tenant_id) ctx.addIssue({ code: 'custom', path: ['tenant_id'], message: "sync needs the hub's tenant id (authface hub tenant add prints it)" });
+    if (c.sync && !c.remote_commands.public_key) {
+      ctx.addIssue({ code: 'custom', path: ['remote_commands', 'public_key'], message: "sync needs the hub's key, which signs everything the hub sends: authface join writes it (authface hub wrap-key prints it as hub_public_key)" });
+    }
     if (c.remote_commands.enabled && !c.remote_commands.public_key) {
       ctx.addIssue({ code: 'custom', path: ['remote_commands', 'public_key'], message: 'remote commands are enabled: give the public key of the admin who signs them (authface command keygen)' });
     }

@@ -236,7 +236,16 @@ async function checkBroker(settings: Settings, device: DeviceConfig | null): Pro
   try {
     const client = await mqtt.connectAsync(url, { ...brokerOptions(device.mqtt), connectTimeout: 5000, reconnectPeriod: 0 });
     await client.endAsync();
-    return { name: 'broker', status: 'ok', detail: `connected to ${url.replace(/\/\/[^@/]*@/, '//')}` };
+    const where = url.replace(/\/\/[^@/]*@/, '//');
+    if (device.sync && !device.mqtt.username && !new URL(url).username) {
+      return {
+        name: 'broker',
+        status: 'warn',
+        detail: `connected to ${where} with no user: on a broker without per-device rights any client reads this tenant's log (sealed templates, user ids, door events) and can delay or drop messages; it can forge none (every sync message is signed by its sender)`,
+        fix: 'run the broker with rights the hub manages (firmware-config/mosquitto/dynsec.conf, AUTHFACE_HUB_BROKER_ACL=mosquitto-dynsec) and join again: the door then has a broker client of its own',
+      };
+    }
+    return { name: 'broker', status: 'ok', detail: `connected to ${where}` };
   } catch (err) {
     return { name: 'broker', status: 'fail', detail: `cannot connect to ${url.replace(/\/\/[^@/]*@/, '//')}: ${describeMqttError(err as Error)}`, fix: 'check mqtt.url, the credentials and the CA file; is the broker running and reachable?' };
   }

@@ -4,7 +4,7 @@ import type { DoorHardware } from '../access/hardware.ts';
 import { KioskService } from '../access/kiosk.ts';
 import { KioskSecret } from '../access/kiosk-secret.ts';
 import { PinGate } from '../access/pin-gate.ts';
-import { RemoteCommands } from '../access/remote-commands.ts';
+import { type CommandReply, RemoteCommands } from '../access/remote-commands.ts';
 import type { EventBus } from '../core/events.ts';
 import type { Logger } from '../core/logger.ts';
 import { MqttBridge, type MqttLink, brokerOptions, unavailableLink } from '../mqtt/bridge.ts';
@@ -12,7 +12,9 @@ import { EmbeddedBroker } from '../mqtt/broker.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { Store } from '../store/index.ts';
 import { DeviceSync } from '../sync/device-sync.ts';
+import { loadSigningKey } from '../sync/device-key.ts';
 import { loadKeyring } from '../sync/keyring.ts';
+import { signMessage } from '../sync/signature.ts';
 import { assertNotRevoked } from '../sync/revoked.ts';
 import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import { FLEET_MODEL } from '../sync/fleet-model.ts';
@@ -97,7 +99,10 @@ export async function startDevice(
       });
       deps.logger.info({ url: broker.url }, 'embedded MQTT broker started');
     }
-    mqtt = await MqttBridge.start(config, url ?? (broker as EmbeddedBroker).url, { events: deps.events, commands, logger: deps.logger, version: deps.version, credentials: broker?.device, doors: () => access.statuses() });
+    // in a fleet the hub sends commands and takes a result only with this device's signature
+    const signing = config.sync ? loadSigningKey(deps.store.dataDir) : null;
+    const signResult = signing ? (reply: CommandReply) => signMessage(signing.privateKey, 'command-result', tenant.id, { ...reply, from: config.device_id }) : undefined;
+    mqtt = await MqttBridge.start(config, url ?? (broker as EmbeddedBroker).url, { events: deps.events, commands, logger: deps.logger, version: deps.version, credentials: broker?.device, doors: () => access.statuses(), signResult });
   } catch (err) {
     // doors keep working without MQTT; /readyz, doctor and the device status say what is wrong
     link = unavailableLink(url, (err as Error).message);
@@ -115,7 +120,7 @@ export async function startDevice(
       broker: brokerOptions(config.mqtt),
       keyring,
       keyFile: config.sync.tenant_key_file,
-      noticeKey: commandKey ? publicKeyFromBase64(commandKey) : undefined,
+      hubKey: publicKeyFromBase64(commandKey as string), // the device file requires it with sync (device/config.ts)
       hubUrl: config.sync.hub_url,
       secretFiles: config.mqtt.password_file ? [config.mqtt.password_file] : [],
       model: FLEET_MODEL,

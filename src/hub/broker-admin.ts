@@ -27,9 +27,20 @@ export function deviceRights(prefix: string, tenantId: string, deviceId: string)
     // its own state and events: door events, status and command results, and what it sends the hub
     // (and Home Assistant's discovery of its doors under the default prefix)
     publish: [`${own}/status`, `${own}/door/+/access`, `${own}/door/+/alarm`, `${own}/door/+/state`, `homeassistant/+/${deviceId}/+/config`, `${own}/command/result`, ...['submit', 'fetch', 'snapshot', 'events', 'state'].map((k) => `${sync}/${k}/${deviceId}`)],
-    // its tenant's log and head, the hub's replies and notices to it, and its own command topic
-    subscribe: [`${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${sync}/notice/${deviceId}`, `${own}/command`],
+    // its tenant's log and head (signed, and unsigned for a device of an earlier release), the
+    // hub's replies and notices to it, and its own command topic
+    subscribe: [`${sync}/signed/log`, `${sync}/signed/head`, `${sync}/log`, `${sync}/head`, `${sync}/device/${deviceId}`, `${sync}/notice/${deviceId}`, `${own}/command`],
   };
+}
+
+/** A device's broker client and role: named by tenant and device. */
+function brokerName(tenantId: string, deviceId: string): { username: string; role: string } {
+  return { username: `${tenantId}/${deviceId}`, role: `authface-device-${tenantId}/${deviceId}` };
+}
+
+/** The names a device that joined before broker names held the tenant has (the device id alone). */
+function legacyBrokerName(deviceId: string): { username: string; role: string } {
+  return { username: deviceId, role: `authface-device-${deviceId}` };
 }
 
 /**
@@ -93,29 +104,58 @@ export class BrokerAdmin {
     return client?.roles?.some((r) => r.rolename === rolename) ?? false;
   }
 
-  /** A broker client for a device that joins (any earlier one of that name is replaced); returns its credentials. */
-  async addDevice(tenantId: string, deviceId: string): Promise<{ username: string; password: string }> {
-    const rolename = `authface-device-${deviceId}`;
+  /**
+   * A broker client for a device that joins (any earlier one of that name is replaced); returns its
+   * credentials. Its name is `<tenant>/<device>`, so no join in one tenant can replace another
+   * tenant's client. A device of an earlier release (`legacyName`) accepts only names of up to 64
+   * characters and gets the bare device id, as before.
+   */
+  async addDevice(tenantId: string, deviceId: string, { legacyName = false } = {}): Promise<{ username: string; password: string }> {
+    const name = legacyName ? legacyBrokerName(deviceId) : brokerName(tenantId, deviceId);
+    const acls = this.#deviceAcls(tenantId, deviceId);
+    const password = crypto.randomBytes(24).toString('base64url');
+    await this.removeDevice(tenantId, deviceId);
+    await this.#run([
+      { command: 'createRole', rolename: name.role, acls },
+      { command: 'createClient', username: name.username, password, roles: [{ rolename: name.role }] },
+    ]);
+    return { username: name.username, password };
+  }
+
+  /**
+   * Gives a device that joined with an earlier release the rights of this one (the signed log and
+   * head): each right is added to its role (under either name), and one it holds already is left as it is.
+   */
+  async updateDevice(tenantId: string, deviceId: string): Promise<void> {
+    for (const { role } of [brokerName(tenantId, deviceId), legacyBrokerName(deviceId)]) {
+      await this.#run(
+        this.#deviceAcls(tenantId, deviceId).map((acl) => ({ command: 'addRoleACL', rolename: role, ...acl })),
+        ['ACL with this topic already exists', 'Role not found'],
+      );
+    }
+  }
+
+  #deviceAcls(tenantId: string, deviceId: string): Acl[] {
     const { publish, subscribe } = deviceRights(this.prefix, tenantId, deviceId);
-    const acls: Acl[] = [
+    return [
       ...publish.map((topic): Acl => ({ acltype: 'publishClientSend', topic, allow: true })),
       ...subscribe.flatMap((topic): Acl[] => [
         { acltype: 'subscribePattern', topic, allow: true },
         { acltype: 'publishClientReceive', topic, allow: true },
       ]),
     ];
-    const password = crypto.randomBytes(24).toString('base64url');
-    await this.#run([{ command: 'deleteClient', username: deviceId }, { command: 'deleteRole', rolename }], ['Client not found', 'Role not found']);
-    await this.#run([
-      { command: 'createRole', rolename, acls },
-      { command: 'createClient', username: deviceId, password, roles: [{ rolename }] },
-    ]);
-    return { username: deviceId, password };
   }
 
-  /** Removes a device's broker client and role: it can no longer connect (revocation). */
-  async removeDevice(deviceId: string): Promise<void> {
-    await this.#run([{ command: 'deleteClient', username: deviceId }, { command: 'deleteRole', rolename: `authface-device-${deviceId}` }], ['Client not found', 'Role not found']);
+  /** Removes a device's broker client and role, under either name: it can no longer connect (revocation). */
+  async removeDevice(tenantId: string, deviceId: string): Promise<void> {
+    const names = [brokerName(tenantId, deviceId), legacyBrokerName(deviceId)];
+    await this.#run(
+      names.flatMap(({ username, role }) => [
+        { command: 'deleteClient', username },
+        { command: 'deleteRole', rolename: role },
+      ]),
+      ['Client not found', 'Role not found'],
+    );
   }
 
   /** Sends commands and waits for their answers; an error not in `tolerated` fails the call. */

@@ -40,7 +40,7 @@ export function hubCommands(store: HubStore, sync: HubSync): (tenantId: string, 
     const { privateKey } = await store.keys.commandKey(tenantId);
     const requestId = `req_${crypto.randomUUID()}`;
     const command = signCommand(privateKey, { command: request.command, device: request.device_id, door: request.door_id, request_id: requestId, biometry_url: request.biometry_url });
-    const reply = await sync.sendCommand(request.device_id, command, COMMAND_WAIT_MS);
+    const reply = await sync.sendCommand(tenantId, request.device_id, command, COMMAND_WAIT_MS);
     return { request_id: requestId, answered: reply !== null, ok: reply?.ok ?? null, error: reply?.error ?? null };
   };
 }

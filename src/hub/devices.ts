@@ -1,11 +1,17 @@
 import crypto from 'node:crypto';
+import type pg from 'pg';
 import type { DeviceState } from '../sync/protocol.ts';
 import { ClaimError, HubError } from './errors.ts';
 import type { TenantKeyVersion } from './keys.ts';
 import type { HubStore } from './store.ts';
 
-/** A device that stays diverged is told to reload a snapshot at most this often. */
-const REPAIR_INTERVAL = '10 minutes';
+/**
+ * A device found diverged is told to reload a snapshot at once; one that is still different after
+ * its repair is told again at most this often (a device that keeps differing is not sent one
+ * snapshot after another). Its states are signed by its own key, so nobody else can make it look
+ * diverged, or in step.
+ */
+const REPAIR_INTERVAL = '30 seconds';
 
 /**
  * The devices of each tenant at the hub: single-use claim codes, the public key each device joined
@@ -16,17 +22,18 @@ export class HubDevices {
 
   /**
    * A claim for a new device of the tenant: a short single-use code valid for `ttlSeconds`
-   * (`authface hub device add`). Only its SHA-256 is stored. A device id already joined is refused;
-   * an earlier unused code for the same id stops working.
+   * (`authface hub device add`). Only its SHA-256 is stored. A device id already joined, or
+   * waiting for its claim in another tenant, is refused; an earlier unused code for the same id in
+   * this tenant stops working.
    */
   async add(tenantId: string, deviceId: string, ttlSeconds: number): Promise<{ code: string; expiresAt: Date }> {
     return this.store.transaction(async (db) => {
       if (!(await this.store.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
-      // a device id names the device's own topics and broker client: unique on the broker, so across tenants
-      const joined = await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
-      const taken = joined.rows[0];
-      if (taken?.revoked) throw new HubError(`device ${deviceId} was revoked: its name stays retired (a notice to it names it); choose another name`);
-      if (taken) throw new HubError(`device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`);
+      await lockDeviceName(db, deviceId);
+      const taken = await nameTaken(db, tenantId, deviceId);
+      if (taken) throw new HubError(taken);
+      const pending = await db.query('SELECT 1 FROM hub_claims WHERE device_id = $1 AND tenant_id <> $2 AND used_at IS NULL AND expires_at > now()', [deviceId, tenantId]);
+      if (pending.rowCount) throw new HubError(`device ${deviceId} is waiting to join another tenant: choose another name`);
       await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
       const code = newClaimCode();
       const r = await db.query<{ expires_at: Date }>(
@@ -39,9 +46,11 @@ export class HubDevices {
 
   /**
    * Uses a claim code once: the device's public key is registered under the claim's device id.
-   * Refused (ClaimError) when the code is unknown, used or expired; nothing changes then.
+   * Refused (ClaimError) when the code is unknown, used or expired, or when its device id has
+   * joined since (in any tenant: codes of two tenants made before this release may name one
+   * device); nothing changes then.
    */
-  async claim(code: string, publicKey: string): Promise<{ tenantId: string; deviceId: string }> {
+  async claim(code: string, publicKey: string, signingKey?: string): Promise<{ tenantId: string; deviceId: string }> {
     return this.store.transaction(async (db) => {
       const r = await db.query<{ tenant_id: string; device_id: string; used_at: Date | null; expired: boolean }>(
         'SELECT tenant_id, device_id, used_at, expires_at <= now() AS expired FROM hub_claims WHERE code_hash = $1 FOR UPDATE',
@@ -51,11 +60,14 @@ export class HubDevices {
       if (!claim) throw new ClaimError('unknown_code', 'this code is not one the hub gave: check it, or ask for a new one (authface hub device add)');
       if (claim.used_at) throw new ClaimError('code_used', 'this code has already been used: a code joins one device once (authface hub device add gives a new one)');
       if (claim.expired) throw new ClaimError('code_expired', 'this code has expired: ask for a new one (authface hub device add)');
+      await lockDeviceName(db, claim.device_id);
+      const taken = await nameTaken(db, claim.tenant_id, claim.device_id);
+      if (taken) throw new ClaimError('name_taken', `${taken}; ask for a code under another name (authface hub device add)`);
       await db.query('UPDATE hub_claims SET used_at = now() WHERE tenant_id = $1 AND code_hash = $2', [claim.tenant_id, claimHash(code)]);
       await db.query(
-        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, joined_at) VALUES ($1, $2, 'offline', $3, now())
-         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, joined_at = now()`,
-        [claim.tenant_id, claim.device_id, publicKey],
+        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
+         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
+        [claim.tenant_id, claim.device_id, publicKey, signingKey ?? null],
       );
       return { tenantId: claim.tenant_id, deviceId: claim.device_id };
     });
@@ -67,9 +79,13 @@ export class HubDevices {
     return (r.rowCount ?? 0) > 0;
   }
 
-  /** Makes a used code usable again (its device could not be given what it needs). */
+  /** Makes a used code usable again, and its device not joined (it could not be given what it needs). */
   async unclaim(code: string): Promise<void> {
-    await this.store.pool.query('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1', [claimHash(code)]);
+    await this.store.transaction(async (db) => {
+      const r = await db.query<{ tenant_id: string; device_id: string }>('UPDATE hub_claims SET used_at = NULL WHERE code_hash = $1 RETURNING tenant_id, device_id', [claimHash(code)]);
+      const claim = r.rows[0];
+      if (claim) await db.query('UPDATE hub_devices SET public_key = NULL, signing_key = NULL, joined_at = NULL WHERE tenant_id = $1 AND device_id = $2', [claim.tenant_id, claim.device_id]);
+    });
   }
 
   /**
@@ -103,6 +119,37 @@ export class HubDevices {
     return r.rows.map((d) => ({ deviceId: d.device_id, publicKey: d.public_key, revokedAt: d.revoked_at }));
   }
 
+  /**
+   * The tenant's joined devices as senders of sync messages: each one's Ed25519 signing key (null
+   * for a device that joined with an earlier release, which signs nothing) and whether it was revoked.
+   */
+  async senders(tenantId: string): Promise<Map<string, { signingKey: string | null; revoked: boolean }>> {
+    const r = await this.store.pool.query<{ device_id: string; signing_key: string | null; revoked: boolean }>(
+      'SELECT device_id, signing_key, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE tenant_id = $1 AND public_key IS NOT NULL',
+      [tenantId],
+    );
+    return new Map(r.rows.map((d) => [d.device_id, { signingKey: d.signing_key, revoked: d.revoked }]));
+  }
+
+  /**
+   * A device set up by hand (`authface hub wrap-key`) is registered as a join registers it: its
+   * key pair, and its signing key. Refused for a name another tenant's device holds, or a revoked one.
+   */
+  async register(tenantId: string, deviceId: string, publicKey: string, signingKey?: string): Promise<void> {
+    await this.store.transaction(async (db) => {
+      if (!(await this.store.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      await lockDeviceName(db, deviceId);
+      const taken = (await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId])).rows[0];
+      if (taken?.revoked) throw new HubError(`device ${deviceId} was revoked: its name stays retired; choose another name`);
+      if (taken && taken.tenant_id !== tenantId) throw new HubError(`device ${deviceId} has joined another tenant: choose another name`);
+      await db.query(
+        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
+         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
+        [tenantId, deviceId, publicKey, signingKey ?? null],
+      );
+    });
+  }
+
   /** The ids of the tenant's revoked devices. */
   async revoked(tenantId: string): Promise<Set<string>> {
     const r = await this.store.pool.query<{ device_id: string }>('SELECT device_id FROM hub_devices WHERE tenant_id = $1 AND revoked_at IS NOT NULL', [tenantId]);
@@ -112,14 +159,17 @@ export class HubDevices {
   /**
    * Records what a device reported. A device at the head with nothing of its own on the way whose
    * user set differs from the hub's has diverged: it is flagged, and `repair` says to tell it to
-   * reload a snapshot (at most once per REPAIR_INTERVAL, so a device that stays different is not
-   * sent one snapshot after another).
+   * reload a snapshot (at once, then at most once per REPAIR_INTERVAL).
    */
   async recordState(state: DeviceState): Promise<{ diverged: boolean; repair: boolean }> {
     let diverged = false;
     const settled = state.applied_seq !== undefined && (state.pending ?? 0) === 0;
-    if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === (await this.store.headSeq(state.tenant_id))) {
-      diverged = state.digest !== (await this.store.digest(state.tenant_id));
+    const head = await this.store.headSeq(state.tenant_id);
+    if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === head) {
+      const digest = await this.store.digest(state.tenant_id);
+      // the hub's digest at that same sequence: a change sequenced between the two reads moves the
+      // head, and the state is then judged by the next one (a door is not repaired for being quick)
+      diverged = digest !== state.digest && (await this.store.headSeq(state.tenant_id)) === head;
     }
     const r = await this.store.pool.query<{ repair: boolean }>(
       `INSERT INTO hub_devices (tenant_id, device_id, state, applied_seq, digest, users, model, version, boot, diverged, last_seen, repaired_at, doors)
@@ -164,6 +214,24 @@ export class HubDevices {
 
 // Crockford's base32 without the letters read as others (no I, L, O, U): 16 of them are 80 bits
 const CLAIM_ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+/**
+ * A device id names the device's own topics (`<prefix>/<device>/…`), so it is unique across the
+ * hub, not only in its tenant. Adding and claiming a name take this lock, so two hubs (or two
+ * requests) cannot both hand it out.
+ */
+async function lockDeviceName(db: pg.PoolClient, deviceId: string): Promise<void> {
+  await db.query("SELECT pg_advisory_xact_lock(hashtext('authface-device-name'), hashtext($1))", [deviceId]);
+}
+
+/** Why the name cannot be given to a device of `tenantId`, or null when it is free. */
+async function nameTaken(db: pg.PoolClient, tenantId: string, deviceId: string): Promise<string | null> {
+  const joined = await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
+  const taken = joined.rows[0];
+  if (taken?.revoked) return `device ${deviceId} was revoked: its name stays retired (a notice to it names it); choose another name`;
+  if (taken) return `device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`;
+  return null;
+}
 
 function newClaimCode(): string {
   const bytes = crypto.randomBytes(16);

@@ -6,7 +6,7 @@ export class HubError extends OperatorError {}
 /** Why a claim code was refused (`authface join` says which, and what to do). */
 export class ClaimError extends Error {
   constructor(
-    readonly reason: 'unknown_code' | 'code_used' | 'code_expired',
+    readonly reason: 'unknown_code' | 'code_used' | 'code_expired' | 'name_taken',
     message: string,
   ) {
     super(message);

@@ -1,5 +1,7 @@
 import { wrapTenantKey } from '../sync/envelope.ts';
-import { type FleetNotice, signNotice } from '../sync/notice.ts';
+import { type FleetNotice, NOTICE_REQUEST_SKEW_MS, type NoticeRequest, signNotice } from '../sync/notice.ts';
+import { isSignedBy } from '../sync/signature.ts';
+import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import { syncTopics } from '../sync/protocol.ts';
 import type { BrokerAdmin } from './broker-admin.ts';
 import { HubError } from './errors.ts';
@@ -28,7 +30,25 @@ async function noticesFor(store: HubStore, tenantId: string, devices: readonly J
   });
 }
 
-/** The notice of one joined device as it stands now (`POST /fleet/v1/notice`); null for a device that never joined. */
+/**
+ * The notice a device asked for over HTTP (`POST /fleet/v1/notice`), or null. A device that
+ * registered a signing key must have signed its request with it, at a time near the hub's; a
+ * device of an earlier release (no signing key) is answered on its name, as before. Unknown
+ * devices, unsigned or stale requests all get the same null, so the endpoint says nothing of
+ * which names exist.
+ */
+export async function requestedNotice(store: HubStore, request: NoticeRequest): Promise<FleetNotice | null> {
+  const { tenant_id: tenantId, device_id: deviceId } = request;
+  const sender = (await store.devices.senders(tenantId)).get(deviceId);
+  if (!sender) return null;
+  if (sender.signingKey) {
+    const fresh = request.at !== undefined && Math.abs(Date.parse(request.at) - Date.now()) <= NOTICE_REQUEST_SKEW_MS;
+    if (!fresh || !isSignedBy(publicKeyFromBase64(sender.signingKey), 'notice-request', tenantId, request)) return null;
+  }
+  return deviceNotice(store, tenantId, deviceId);
+}
+
+/** The notice of one joined device as it stands now; null for a device that never joined. */
 export async function deviceNotice(store: HubStore, tenantId: string, deviceId: string): Promise<FleetNotice | null> {
   const device = (await store.devices.joined(tenantId)).find((d) => d.deviceId === deviceId);
   return device ? (await noticesFor(store, tenantId, [device]))[0] : null;
@@ -71,7 +91,7 @@ export async function revokeDevice(
   const notices = await noticesFor(store, tenantId, told);
   if (notices[0]?.device_id !== deviceId || notices[0].kind !== 'revoked') throw new HubError(`device ${deviceId} was not recorded as revoked`);
   for (const notice of notices) await publish(syncTopics(prefix, tenantId).notice(notice.device_id), JSON.stringify(notice));
-  await options.brokerAdmin?.removeDevice(deviceId);
+  await options.brokerAdmin?.removeDevice(tenantId, deviceId);
   return {
     device_id: deviceId,
     revoked_at: revokedAt.toISOString(),

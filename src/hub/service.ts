@@ -12,9 +12,10 @@ import { fleetRoutes } from '../api/routes/fleet.ts';
 import { HubGallery } from './gallery.ts';
 import { BrokerAdmin } from './broker-admin.ts';
 import { hubCommands } from './commands.ts';
-import { deviceNotice } from './revocation.ts';
+import { requestedNotice } from './revocation.ts';
 import { consoleRoutes } from '../console/routes.ts';
 import { hubConsoleSource } from '../console/hub-source.ts';
+import { t } from '../console/pages.ts';
 import { deviceJoin } from './join.ts';
 import { HubError } from './errors.ts';
 import { HubStore } from './store.ts';
@@ -75,8 +76,15 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
       const hubUser = decodeURIComponent(new URL(options.brokerUrl).username);
       if (!hubUser) throw new HubError("AUTHFACE_HUB_BROKER_ACL=mosquitto-dynsec needs the hub's broker user in the broker URL (mqtt://hub:password@broker)");
       await admin.allowHub(hubUser);
+      // devices that joined before this release get its rights (the signed log and head)
+      for (const { tenantId } of await store.heads()) {
+        for (const d of await store.devices.joined(tenantId)) if (!d.revokedAt) await admin.updateDevice(tenantId, d.deviceId);
+      }
       brokerAdmin = admin;
     }
+    // on a broker without per-device rights the signatures keep the fleet's data honest, not private
+    const warnings = brokerAdmin ? [] : [t('warning.open_broker')];
+    for (const warning of warnings) logger.warn(`hub: ${warning}`);
     const sync = await HubSync.start(store, { url: options.brokerUrl, prefix: options.prefix, logger, ca: options.brokerCa });
     stack.push(() => sync.close());
     const biometry = postgresBiometryStore(store, {
@@ -112,13 +120,13 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
           );
           return { ok: outcome.ok === true, error: outcome.answered ? outcome.error : 'the door did not answer within 5 s' };
         }),
-        { logger, publicUrl: settings.publicUrl },
+        { logger, publicUrl: settings.publicUrl, trustedProxies: settings.AUTHFACE_TRUSTED_PROXIES, warnings },
       ),
       fleet: fleetRoutes({
         tenants: biometry.tenants,
         join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }),
         command: commands,
-        notice: (tenantId, deviceId) => deviceNotice(store, tenantId, deviceId),
+        notice: (request) => requestedNotice(store, request),
       }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot

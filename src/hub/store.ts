@@ -219,6 +219,19 @@ const MIGRATIONS = [
    );`,
   // a person's templates of further models at their version (user.upsert's `templates`)
   `ALTER TABLE hub_users ADD COLUMN templates jsonb NOT NULL DEFAULT '[]';`,
+  // each device's Ed25519 signing key (sync/signature.ts): the hub takes a sync message in a
+  // device's name only with its signature; a device that joined without one (an earlier release)
+  // is heard on the tenant key alone until it upgrades
+  `ALTER TABLE hub_devices ADD COLUMN signing_key text;`,
+  // failed console sign-ins per admin name and client address (console/signin-throttle.ts),
+  // shared by every hub process
+  `CREATE TABLE hub_console_signins (
+     name      text NOT NULL,
+     address   text NOT NULL,
+     failures  integer NOT NULL,
+     last_at   timestamptz NOT NULL,
+     PRIMARY KEY (name, address)
+   );`,
 ];
 
 /**

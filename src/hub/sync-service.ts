@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Logger } from '../core/logger.ts';
 import { syncClientOptions } from '../sync/client-options.ts';
@@ -8,6 +9,7 @@ import {
   type SyncReply,
   type UserUpsert,
   MAX_CHANGES_PER_BATCH,
+  MAX_CHUNK_BYTES,
   MAX_USERS_PER_CHUNK,
   snapshotRequestSchema,
   deviceStateSchema,
@@ -19,6 +21,8 @@ import {
 } from '../sync/protocol.ts';
 import { z } from 'zod';
 import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
+import { HUB_SENDER, type SignedPurpose, isSignedBy, signMessage } from '../sync/signature.ts';
+import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import type { SignedCommand } from '../access/signed-command.ts';
 import { Waiters } from '../core/waiters.ts';
 import { HubError } from './errors.ts';
@@ -26,8 +30,16 @@ import type { TenantKey } from './keys.ts';
 import { sendNotice } from './revocation.ts';
 import type { AppendResult, HubStore } from './store.ts';
 
-/** What a device answers a command with (access/remote-commands.ts). */
-const commandReplySchema = z.object({ request_id: z.string().nullable(), command: z.string(), door: z.string(), ok: z.boolean(), error: z.string().optional() });
+/** What a device answers a command with (access/remote-commands.ts), signed by the device (`from`, `sig`) since this release. */
+const commandReplySchema = z.object({
+  request_id: z.string().nullable(),
+  command: z.string(),
+  door: z.string(),
+  ok: z.boolean(),
+  error: z.string().optional(),
+  from: z.string().optional(),
+  sig: z.string().optional(),
+});
 export type CommandReply = z.output<typeof commandReplySchema>;
 
 function safeJson(payload: Buffer): unknown {
@@ -54,8 +66,25 @@ export type FleetCheck = (
 /** An enrolment whose duplicate check keeps being overtaken by other templates is checked at most this often. */
 const MAX_FLEET_CHECKS = 5;
 
-/** How long the hub uses its list of a tenant's revoked devices before reading it again (a revocation is made by the CLI). */
-const REVOKED_TTL_MS = 1000;
+/** How long the hub uses its list of a tenant's devices (their keys, revoked or not) before reading it again (a join or a revocation is made elsewhere). */
+const SENDERS_TTL_MS = 1000;
+/** A name not in the list is looked up again if the list is older than this. */
+const UNKNOWN_RELOAD_MS = 100;
+
+/**
+ * Fetch and snapshot requests a device may make: a bucket of this many, refilled at this rate per
+ * second. A door loading 100,000 people asks about 100 times (16 chunks an answer); a door (or its
+ * stolen keys) asking in a loop is answered at this rate and no faster (#withinRate).
+ */
+const REQUEST_BURST = 50;
+const REQUESTS_PER_SECOND = 10;
+
+/** What the hub knows of a device that sends it messages. */
+interface Sender {
+  /** Its signing key; null for a device that joined with an earlier release (heard on the tenant key alone). */
+  signingKey: crypto.KeyObject | null;
+  revoked: boolean;
+}
 
 /** A device is sent its notice again at most this often (it speaks under an old key, or after its revocation). */
 const RENOTICE_INTERVAL_MS = 10_000;
@@ -87,12 +116,20 @@ export class HubSync {
   readonly #outgoing = new Map<string, Change[]>();
   /** Commands sent and waiting for their result, by request id. */
   readonly #commands = new Waiters<CommandReply>();
+  /** The device each command waiting for its result was sent to: only that device may answer it. */
+  readonly #commanded = new Map<string, { tenantId: string; deviceId: string }>();
   /** Set by the hub's API once its 1:N index is loaded; until then fleet checks are refused as `hub_starting`. */
   fleetCheck: FleetCheck | null = null;
   #closing = false;
-  /** Each tenant's revoked devices, and when the list was read. */
-  readonly #revoked = new Map<string, { ids: Set<string>; at: number }>();
-  /** When each device (`tenant/device`) was last sent its notice again. */
+  /** Each tenant's joined devices, and when the list was read. */
+  readonly #senders = new Map<string, { byId: Map<string, Sender>; at: number }>();
+  /** Each tenant's command key: the hub signs what it sends with it (the devices hold its public half). */
+  readonly #hubKeys = new Map<string, crypto.KeyObject>();
+  /** Requests left to each device (`tenant/device`) and when the bucket was last filled. */
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  /** Per device, its newest request waiting for the bucket to refill. */
+  readonly #waiting = new Map<string, { answer: () => Promise<void> }>();
+  /** When each device (`tenant/device`) was last sent its notice again, or logged as unknown. */
   readonly #renoticed = new Map<string, number>();
 
   private constructor(
@@ -127,12 +164,17 @@ export class HubSync {
    * Sends a signed command to a device's command topic and waits up to `ms` for its result (the
    * device answers on its command/result topic with the request id); null: no answer in time.
    */
-  async sendCommand(deviceId: string, command: SignedCommand, ms: number): Promise<CommandReply | null> {
+  async sendCommand(tenantId: string, deviceId: string, command: SignedCommand, ms: number): Promise<CommandReply | null> {
     const requestId = command.request_id;
     if (!requestId) throw new Error('a command the hub sends carries a request_id');
     const answered = this.#commands.wait(requestId, ms);
-    await this.client.publishAsync(`${this.options.prefix}/${deviceId}/command`, JSON.stringify(command), { qos: 1 });
-    return answered;
+    this.#commanded.set(requestId, { tenantId, deviceId });
+    try {
+      await this.client.publishAsync(`${this.options.prefix}/${deviceId}/command`, JSON.stringify(command), { qos: 1 });
+      return await answered;
+    } finally {
+      this.#commanded.delete(requestId);
+    }
   }
 
   /** Publishes a change sequenced elsewhere in this process (the hub's API), after its commit. */
@@ -147,11 +189,15 @@ export class HubSync {
     return result;
   }
 
-  /** Publishes every tenant's head (retained). */
+  /** Publishes every tenant's head (retained): signed, and unsigned while the tenant has a device of an earlier release. */
   async publishHeads(): Promise<void> {
-    for (const h of await this.store.heads()) {
-      await this.client.publishAsync(syncTopics(this.options.prefix, h.tenantId).head, JSON.stringify({ tenant_id: h.tenantId, seq: h.seq }), { qos: 1, retain: true });
-    }
+    for (const h of await this.store.heads()) await this.#publishHead(h.tenantId, h.seq);
+  }
+
+  async #publishHead(tenantId: string, seq: number): Promise<void> {
+    const topics = syncTopics(this.options.prefix, tenantId);
+    await this.#send(tenantId, topics.signedHead, 'head', { tenant_id: tenantId, seq }, { retain: true });
+    if (await this.#hasUnsignedDevices(tenantId)) await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq }), { qos: 1, retain: true });
   }
 
   /**
@@ -166,93 +212,125 @@ export class HubSync {
 
   async #message(topic: string, payload: Buffer): Promise<void> {
     if (this.#closing) return;
-    if (topic.endsWith('/command/result')) {
-      const reply = commandReplySchema.safeParse(safeJson(payload));
-      if (reply.success && reply.data.request_id) this.#commands.settle(reply.data.request_id, reply.data);
-      return;
-    }
-    const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>[/<device>]
-    const [, tenantId, kind] = levels;
+    if (topic.endsWith('/command/result')) return this.#commandResult(topic, payload);
+    const levels = topic.slice(this.options.prefix.length + 1).split('/'); // sync/<tenant>/<kind>/<device>
+    const [, tenantId, kind, device] = levels;
+    if (levels.length !== 4 || payload.length === 0) return; // a retained message being cleared
     const topics = syncTopics(this.options.prefix, tenantId);
-    // a revoked device is not heard at all (its broker client is gone too, where the hub manages it):
-    // it is told again that it is revoked, and erases what it holds
-    if (levels.length === 4 && (await this.#isRevoked(tenantId, levels[3]))) {
-      if (payload.length > 0) await this.#renotice(tenantId, levels[3]);
-      return;
-    }
-    if (kind === 'state' && levels.length === 4) {
-      if (payload.length === 0) return; // a retained state being cleared
+    // only a device that joined the tenant is heard; a revoked one is told again that it is
+    // revoked (its broker client is gone too, where the hub manages it), and erases what it holds
+    const sender = await this.#sender(tenantId, device);
+    if (!sender) return this.#unknownDevice(tenantId, device, kind);
+    if (sender.revoked) return this.#renotice(tenantId, device);
+    /** Whether a message is the device's own: for its topic, and signed by its key (if it registered one). */
+    const own = (purpose: SignedPurpose, value: { device_id: string }, raw: object): boolean => {
+      if (value.device_id !== device) return false;
+      return sender.signingKey === null || isSignedBy(sender.signingKey, purpose, tenantId, raw);
+    };
+    // a device of this release signs its requests and gets signed answers bound to them; one of an
+    // earlier release gets them in the form it reads
+    const signedForm = (raw: object) => sender.signingKey !== null || 'sig' in raw;
+    if (kind === 'state') {
       const msg = await this.#authentic(tenantId, 'state', deviceStateSchema, payload);
-      if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, levels[3]);
-      if (!msg.ok || msg.value.tenant_id !== tenantId || topic !== topics.state(msg.value.device_id)) {
-        return this.options.logger.warn({ tenant: tenantId, problem: msg.ok ? 'state on another device\'s topic' : msg.problem }, 'hub: a device state was refused');
+      if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
+      if (!msg.ok || msg.value.tenant_id !== tenantId || !own('state', msg.value, msg.raw)) {
+        return this.options.logger.warn({ tenant: tenantId, device, problem: msg.ok ? "not the device's own (another device's topic, or not signed by its key)" : msg.problem }, 'hub: a device state was refused');
       }
       const { diverged, repair } = await this.store.devices.recordState(msg.value);
-      if (diverged) this.options.logger.warn({ tenant: tenantId, device: msg.value.device_id, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
+      if (diverged) this.options.logger.warn({ tenant: tenantId, device, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
       if (repair) {
         // the snapshot makes the device hold exactly the hub's people, then the log follows
         const head = await this.store.headSeq(tenantId);
-        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
+        if (signedForm(msg.raw)) await this.#send(tenantId, topics.reply(device), 'repair', { type: 'repair', tenant_id: tenantId, device_id: device, digest: msg.value.digest ?? '', head });
+        else await this.client.publishAsync(topics.reply(device), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
       }
       return;
     }
-    // a device's own topic: the device_id inside must be the topic's (a broker ACL keeps each device to its own)
-    const device = levels.length === 4 ? levels[3] : undefined;
-    const another = (value: { device_id: string }) => value.device_id !== device;
-    if (device === undefined) return;
     if (kind === 'submit') {
       const msg = await this.#authentic(tenantId, 'submission', submissionSchema, payload);
       if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
-      if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: a submission on another device's topic was refused");
-      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a submission was refused');
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a submission was refused');
+      if (!own('submission', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a submission not the device's own (another device's topic, or not signed by its key) was refused");
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
-      await this.#reply(tenantId, msg.value.device_id, ack);
+      await this.#reply(tenantId, device, ack, signedForm(msg.raw));
       if (change) this.#queueChange(tenantId, change);
     } else if (kind === 'events') {
       const msg = await this.#authentic(tenantId, 'events', doorEventsSchema, payload);
       if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
-      if (msg.ok && another(msg.value)) return this.options.logger.warn({ tenant: tenantId, topic }, "hub: door events on another device's topic were refused");
-      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: door events were refused');
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: door events were refused');
+      if (!own('events', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: door events not the device's own (another device's topic, or not signed by its key) were refused");
       const held = await this.store.recordDoorEvents(tenantId, msg.value);
-      await this.#reply(tenantId, msg.value.device_id, { type: 'events_ack', event_ids: held });
+      await this.#reply(tenantId, device, { type: 'events_ack', event_ids: held }, signedForm(msg.raw));
     } else if (kind === 'fetch') {
       const msg = parseMessage(fetchRequestSchema, payload);
-      if (msg.ok && another(msg.value)) return;
-      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a fetch was refused');
-      const head = await this.store.headSeq(tenantId);
-      const after = msg.value.after;
-      // a new device, or one behind the retained log, starts from a snapshot of the users
-      if ((after === 0 && head > 0) || after < (await this.store.compactedSeq(tenantId))) {
-        await this.client.publishAsync(topics.reply(msg.value.device_id), JSON.stringify({ type: 'range', tenant_id: tenantId, head, changes: [], snapshot: true }), { qos: 1 });
-        return;
-      }
-      // several ranges per request, relayed as PostgreSQL writes them (a door far behind, or
-      // two hundred reconnecting at once, must not cost the hub a round trip and a parse each)
-      const limit = Math.min(msg.value.limit, MAX_CHANGES_PER_BATCH);
-      let from = after;
-      for (let i = 0; i < msg.value.batches; i++) {
-        const page = await this.store.changesAfterJson(tenantId, from, limit, msg.value.models);
-        // a range that carries further templates may end before `limit` (MAX_CHUNK_BYTES)
-        const more = page.count > 0 && page.last < head && i < msg.value.batches - 1;
-        const reply = `{"type":"range","tenant_id":${JSON.stringify(tenantId)},"head":${head},"changes":${page.json}${more ? ',"more":true' : ''}}`;
-        await this.client.publishAsync(topics.reply(msg.value.device_id), reply, { qos: 1 });
-        if (!more) break;
-        from = page.last;
-      }
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a fetch was refused');
+      if (!own('fetch', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a fetch not the device's own (another device's topic, or not signed by its key) was refused");
+      await this.#withinRate(tenantId, device, () => this.#answerFetch(tenantId, device, msg.value, signedForm(msg.raw)));
     } else if (kind === 'snapshot') {
       const msg = parseMessage(snapshotRequestSchema, payload);
-      if (msg.ok && another(msg.value)) return;
-      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, problem: msg.problem }, 'hub: a snapshot request was refused');
-      // several chunks per request: a round trip per chunk would cost more than applying it
-      let after = msg.value.after;
-      for (let i = 0; i < msg.value.chunks; i++) {
-        const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(msg.value.limit, MAX_USERS_PER_CHUNK), msg.value.models);
-        const more = chunk.next !== null && i < msg.value.chunks - 1;
-        await this.#reply(tenantId, msg.value.device_id, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more });
-        if (!more) break;
-        after = chunk.next;
-      }
+      if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a snapshot request was refused');
+      if (!own('snapshot', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a snapshot request not the device's own (another device's topic, or not signed by its key) was refused");
+      await this.#withinRate(tenantId, device, () => this.#answerSnapshot(tenantId, device, msg.value, signedForm(msg.raw)));
     }
+  }
+
+  /** Answers a snapshot request: several chunks (a round trip per chunk would cost more than applying it). */
+  async #answerSnapshot(tenantId: string, device: string, request: z.output<typeof snapshotRequestSchema>, signedForm: boolean): Promise<void> {
+    const { request_id } = request;
+    let after = request.after;
+    for (let i = 0; i < request.chunks; i++) {
+      const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(request.limit, MAX_USERS_PER_CHUNK), request.models);
+      const more = chunk.next !== null && i < request.chunks - 1;
+      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more, ...(request_id ? { request_id } : {}) }, signedForm);
+      if (!more) break;
+      after = chunk.next;
+    }
+  }
+
+  /** Answers a fetch: the ranges after the device's cursor, or "load a snapshot" for a new device or one behind the retained log. */
+  async #answerFetch(tenantId: string, device: string, request: z.output<typeof fetchRequestSchema>, signedForm: boolean): Promise<void> {
+    const topic = syncTopics(this.options.prefix, tenantId).reply(device);
+    const head = await this.store.headSeq(tenantId);
+    const { after, request_id } = request;
+    const bound = request_id ? { request_id } : {};
+    const send = async (range: Record<string, unknown>, json?: string) => {
+      if (signedForm) await this.#send(tenantId, topic, 'reply', { type: 'range', tenant_id: tenantId, head, ...range, ...bound, device_id: device });
+      else await this.client.publishAsync(topic, json ?? JSON.stringify({ type: 'range', tenant_id: tenantId, head, ...range }), { qos: 1 });
+    };
+    if ((after === 0 && head > 0) || after < (await this.store.compactedSeq(tenantId))) return send({ changes: [], snapshot: true });
+    // several ranges per request, relayed as PostgreSQL writes them (a door far behind, or two
+    // hundred reconnecting at once, must not cost the hub a round trip each)
+    const limit = Math.min(request.limit, MAX_CHANGES_PER_BATCH);
+    let from = after;
+    for (let i = 0; i < request.batches; i++) {
+      const page = await this.store.changesAfterJson(tenantId, from, limit, request.models);
+      // a range that carries further templates may end before `limit` (MAX_CHUNK_BYTES)
+      const more = page.count > 0 && page.last < head && i < request.batches - 1;
+      const legacy = `{"type":"range","tenant_id":${JSON.stringify(tenantId)},"head":${head},"changes":${page.json}${more ? ',"more":true' : ''}}`;
+      await send(signedForm ? { changes: JSON.parse(page.json) as unknown[], ...(more ? { more } : {}) } : {}, legacy);
+      if (!more) break;
+      from = page.last;
+    }
+  }
+
+  /**
+   * A door's answer to a command the hub sent: taken only from the commanded door's own result
+   * topic, for a request the hub is waiting on, and signed by that door's key (a door of an
+   * earlier release signs nothing: its answer is taken on the topic alone).
+   */
+  async #commandResult(topic: string, payload: Buffer): Promise<void> {
+    const parsed = commandReplySchema.safeParse(safeJson(payload));
+    if (!parsed.success || !parsed.data.request_id) return;
+    const reply = parsed.data;
+    const waiting = this.#commanded.get(reply.request_id!);
+    if (!waiting || topic !== `${this.options.prefix}/${waiting.deviceId}/command/result`) return;
+    const sender = await this.#sender(waiting.tenantId, waiting.deviceId);
+    if (!sender || sender.revoked) return;
+    if (sender.signingKey && !(reply.from === waiting.deviceId && isSignedBy(sender.signingKey, 'command-result', waiting.tenantId, safeJson(payload) as object))) {
+      return this.options.logger.warn({ device: waiting.deviceId }, "hub: an answer to a command not signed by the commanded door's key was refused");
+    }
+    this.#commanded.delete(reply.request_id!);
+    this.#commands.settle(reply.request_id!, reply);
   }
 
   /**
@@ -294,10 +372,94 @@ export class HubSync {
     return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'busy' } };
   }
 
-  /** Authenticates a reply to one device with the tenant key and sends it. */
-  async #reply(tenantId: string, deviceId: string, reply: Unsigned<SyncReply>): Promise<void> {
-    const signed = authenticate(await this.store.keys.current(tenantId), 'reply', tenantId, reply);
-    await this.client.publishAsync(syncTopics(this.options.prefix, tenantId).reply(deviceId), JSON.stringify(signed), { qos: 1 });
+  /**
+   * Authenticates a reply to one device with the tenant key and sends it; in the signed form also
+   * addressed to the device and signed by the hub.
+   */
+  async #reply(tenantId: string, deviceId: string, reply: Unsigned<SyncReply>, signedForm: boolean): Promise<void> {
+    const key = await this.store.keys.current(tenantId);
+    const topic = syncTopics(this.options.prefix, tenantId).reply(deviceId);
+    if (signedForm) await this.#send(tenantId, topic, 'reply', authenticate(key, 'reply', tenantId, { ...reply, device_id: deviceId }));
+    else await this.client.publishAsync(topic, JSON.stringify(authenticate(key, 'reply', tenantId, reply)), { qos: 1 });
+  }
+
+  /** Signs a message with the tenant's command key (`from: hub`) and publishes it. */
+  async #send(tenantId: string, topic: string, purpose: SignedPurpose, message: object, options: { retain?: boolean } = {}): Promise<void> {
+    const signed = signMessage(await this.#hubKey(tenantId), purpose, tenantId, { ...message, from: HUB_SENDER });
+    await this.client.publishAsync(topic, JSON.stringify(signed), { qos: 1, retain: options.retain ?? false });
+  }
+
+  async #hubKey(tenantId: string): Promise<crypto.KeyObject> {
+    let key = this.#hubKeys.get(tenantId);
+    if (!key) {
+      key = (await this.store.keys.commandKey(tenantId)).privateKey;
+      this.#hubKeys.set(tenantId, key);
+    }
+    return key;
+  }
+
+  /** A device of the tenant that joined (its signing key, whether revoked); undefined for any other name. */
+  async #sender(tenantId: string, deviceId: string): Promise<Sender | undefined> {
+    // a device that has just joined is not in a list read before: read it again (at most every
+    // UNKNOWN_RELOAD_MS, so made-up names cost the database nothing more)
+    return (await this.#devicesOf(tenantId)).get(deviceId) ?? (await this.#devicesOf(tenantId, UNKNOWN_RELOAD_MS)).get(deviceId);
+  }
+
+  async #devicesOf(tenantId: string, maxAge = SENDERS_TTL_MS): Promise<Map<string, Sender>> {
+    let known = this.#senders.get(tenantId);
+    if (!known || Date.now() - known.at > maxAge) {
+      let rows: Awaited<ReturnType<HubStore['devices']['senders']>>;
+      try {
+        rows = await this.store.devices.senders(tenantId);
+      } catch (err) {
+        // a topic naming no tenant of this hub (not a UUID, or unknown) has no devices
+        if ((err as { code?: string }).code === '22P02') rows = new Map();
+        else throw err;
+      }
+      const byId = new Map<string, Sender>();
+      for (const [id, d] of rows) byId.set(id, { signingKey: d.signingKey ? publicKeyFromBase64(d.signingKey) : null, revoked: d.revoked });
+      known = { byId, at: Date.now() };
+      this.#senders.set(tenantId, known);
+    }
+    return known.byId;
+  }
+
+  /** Whether the tenant still has a device of an earlier release, which reads the unsigned log. */
+  async #hasUnsignedDevices(tenantId: string): Promise<boolean> {
+    for (const d of (await this.#devicesOf(tenantId)).values()) if (!d.revoked && !d.signingKey) return true;
+    return false;
+  }
+
+  /**
+   * Answers a device's request now if its bucket holds one (REQUEST_BURST, refilled at
+   * REQUESTS_PER_SECOND), else as soon as it does. Only the newest request of a device waits: a
+   * later one replaces it, so a device asking in a loop costs the hub one answer per refill, and a
+   * real door that asks a lot is slowed, never dropped.
+   */
+  async #withinRate(tenantId: string, deviceId: string, answer: () => Promise<void>): Promise<void> {
+    const id = `${tenantId}/${deviceId}`;
+    const waiting = this.#waiting.get(id);
+    if (waiting) {
+      waiting.answer = answer;
+      return;
+    }
+    const now = Date.now();
+    const bucket = this.#buckets.get(id) ?? { tokens: REQUEST_BURST, at: now };
+    bucket.tokens = Math.min(REQUEST_BURST, bucket.tokens + ((now - bucket.at) / 1000) * REQUESTS_PER_SECOND);
+    bucket.at = now;
+    this.#buckets.set(id, bucket);
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return answer();
+    }
+    const later = { answer };
+    this.#waiting.set(id, later);
+    const timer = setTimeout(() => {
+      this.#waiting.delete(id);
+      if (!this.#closing) void this.#withinRate(tenantId, deviceId, later.answer).catch((err: Error) => this.options.logger.warn({ tenant: tenantId, device: deviceId, problem: err.message }, 'hub: a delayed answer failed'));
+    }, Math.ceil(((1 - bucket.tokens) / REQUESTS_PER_SECOND) * 1000));
+    timer.unref();
+    this.options.logger.debug({ tenant: tenantId, device: deviceId }, 'hub: a device asks faster than its rate; its newest request waits');
   }
 
   /**
@@ -310,7 +472,7 @@ export class HubSync {
     purpose: MessagePurpose,
     schema: S,
     payload: Buffer,
-  ): Promise<{ ok: true; value: z.output<S> } | { ok: false; problem: string; oldKey?: boolean }> {
+  ): Promise<{ ok: true; value: z.output<S>; raw: object } | { ok: false; problem: string; oldKey?: boolean }> {
     const msg = parseMessage(schema, payload);
     if (!msg.ok) return msg;
     let key: TenantKey;
@@ -325,13 +487,17 @@ export class HubSync {
     return msg;
   }
 
-  async #isRevoked(tenantId: string, deviceId: string): Promise<boolean> {
-    let known = this.#revoked.get(tenantId);
-    if (!known || Date.now() - known.at > REVOKED_TTL_MS) {
-      known = { ids: await this.store.devices.revoked(tenantId), at: Date.now() };
-      this.#revoked.set(tenantId, known);
-    }
-    return known.ids.has(deviceId);
+  /**
+   * A message in the name of a device that has not joined the tenant: nothing is answered. It is
+   * logged once per RENOTICE_INTERVAL_MS and name (a door set up by hand before this release must
+   * be registered: `authface hub wrap-key`), so made-up names cannot flood the log.
+   */
+  #unknownDevice(tenantId: string, deviceId: string, kind: string): void {
+    const id = `unknown:${tenantId}/${deviceId}`;
+    if (Date.now() - (this.#renoticed.get(id) ?? 0) < RENOTICE_INTERVAL_MS) return;
+    if (this.#renoticed.size > 10_000) this.#renoticed.clear();
+    this.#renoticed.set(id, Date.now());
+    this.options.logger.warn({ tenant: tenantId, device: deviceId, kind }, 'hub: a message in the name of a device that has not joined this tenant was ignored (register a door set up by hand with authface hub wrap-key)');
   }
 
   /** Sends a device its notice again (retained), at most once per RENOTICE_INTERVAL_MS. */
@@ -345,9 +511,9 @@ export class HubSync {
 
   /**
    * Queues a sequenced change for the tenant's log. The changes committed together go out together:
-   * one message of up to MAX_CHANGES_PER_BATCH, one head, so a door applies them in one transaction.
-   * The log carries no further templates (every device takes it, those of an earlier release too):
-   * a device that takes them fetches an upsert from its own reply topic.
+   * messages of up to MAX_CHANGES_PER_BATCH changes and MAX_CHUNK_BYTES, one head, so a door
+   * applies them in few transactions. The signed log carries each person's further templates (only
+   * devices of this release read it); the unsigned one, for devices of an earlier release, does not.
    */
   #queueChange(tenantId: string, change: Change): void {
     const queue = this.#outgoing.get(tenantId) ?? [];
@@ -357,13 +523,33 @@ export class HubSync {
   }
 
   async #publishQueued(tenantId: string): Promise<void> {
-    const changes = (this.#outgoing.get(tenantId) ?? []).map(({ templates: _, ...c }: Change & { templates?: unknown }) => c as Change);
+    const changes = this.#outgoing.get(tenantId) ?? [];
     this.#outgoing.delete(tenantId);
     const topics = syncTopics(this.options.prefix, tenantId);
-    for (let i = 0; i < changes.length; i += MAX_CHANGES_PER_BATCH) {
-      await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: changes.slice(i, i + MAX_CHANGES_PER_BATCH) }), { qos: 1 });
+    const unsigned = await this.#hasUnsignedDevices(tenantId);
+    for (const batch of batches(changes)) {
+      await this.#send(tenantId, topics.signedLog, 'log', { tenant_id: tenantId, changes: batch });
+      if (unsigned) await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: batch.map(({ templates: _, ...c }: Change & { templates?: unknown }) => c) }), { qos: 1 });
     }
-    const head = Math.max(...changes.map((c) => c.seq));
-    await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq: head }), { qos: 1, retain: true });
+    await this.#publishHead(tenantId, Math.max(...changes.map((c) => c.seq)));
   }
+}
+
+/** Changes in messages of at most MAX_CHANGES_PER_BATCH and MAX_CHUNK_BYTES (a first change always goes). */
+function batches(changes: readonly Change[]): Change[][] {
+  const out: Change[][] = [];
+  let current: Change[] = [];
+  let bytes = 0;
+  for (const change of changes) {
+    const size = JSON.stringify(change).length;
+    if (current.length > 0 && (current.length === MAX_CHANGES_PER_BATCH || bytes + size > MAX_CHUNK_BYTES)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(change);
+    bytes += size;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
 }

@@ -1,7 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import type { RemoteCommands } from '../access/remote-commands.ts';
+import type { CommandReply, RemoteCommands } from '../access/remote-commands.ts';
 import type { DoorStatus, EventBus } from '../core/events.ts';
 import { discoveryMessages } from './home-assistant.ts';
 import { topicsFor } from './topics.ts';
@@ -50,7 +50,16 @@ export class MqttBridge {
   static async start(
     config: DeviceConfig,
     url: string,
-    deps: { events: EventBus; commands: RemoteCommands; logger: Logger; version: string; credentials?: DeviceCredentials; doors: () => DoorStatus[] },
+    deps: {
+      events: EventBus;
+      commands: RemoteCommands;
+      logger: Logger;
+      version: string;
+      credentials?: DeviceCredentials;
+      doors: () => DoorStatus[];
+      /** In a fleet: a command's result signed by this device (the hub takes it only so). */
+      signResult?: (reply: CommandReply) => object;
+    },
   ): Promise<MqttBridge> {
     const topics = topicsFor(config.mqtt.topic_prefix, config.device_id);
     const embedded = deps.credentials !== undefined;
@@ -104,7 +113,7 @@ export class MqttBridge {
     client.on('message', (topic, payload, packet) => {
       if (topic !== topics.command) return;
       void deps.commands.receive(payload, { retained: packet.retain }).then(({ reply }) => {
-        if (reply) bridge.#publish(topics.commandResult, reply);
+        if (reply) bridge.#publish(topics.commandResult, deps.signResult ? deps.signResult(reply) : reply);
       });
     });
 

@@ -30,7 +30,8 @@ import type { FleetWrite } from '../store/biometry-store.ts';
 import type { Embeddings, ModelId } from '../biometrics/matchers/index.ts';
 import type { LocalUserChange } from '../store/users.ts';
 import { Replica } from './replica.ts';
-import { loadDeviceKey } from './device-key.ts';
+import { type DeviceSigningKey, loadDeviceKey, loadSigningKey } from './device-key.ts';
+import { type SignedPurpose, isSignedBy, signMessage } from './signature.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
 import { fleetNoticeSchema, isSignedNotice } from './notice.ts';
 import { wipeRevokedDevice } from './revoked.ts';
@@ -63,8 +64,11 @@ export interface DeviceSyncOptions {
   keyring: TenantKeyring;
   /** Where the keyring is kept (sync.tenant_key_file): versions the hub sends later are added there. */
   keyFile?: string;
-  /** The hub's command key (remote_commands.public_key): only a notice it signed is obeyed. */
-  noticeKey?: crypto.KeyObject;
+  /**
+   * The hub's key (the tenant's command key, remote_commands.public_key, given at join): only what
+   * it signed is taken from the hub: the log, the head, replies, notices.
+   */
+  hubKey: crypto.KeyObject;
   /** The hub's URL (sync.hub_url): asked for this device's notice when the broker turns it away. */
   hubUrl?: string;
   /** Files erased with the templates when the hub revokes this device (the broker password). */
@@ -112,6 +116,12 @@ export class DeviceSync {
   #revoked = false;
   /** The models other than the fleet's whose templates this device keeps (they travel as an upsert's `templates`). */
   readonly #furtherModels: ModelId[];
+  /** This device's signing key: the hub takes a message in its name only with its signature. */
+  readonly #signingKey: DeviceSigningKey;
+  /** The fetch or snapshot request in flight: only replies that carry its id are applied. */
+  #request: { id: string; kind: 'fetch' | 'snapshot' } | null = null;
+  /** The highest sequence the hub's signed log or head has shown this device. */
+  #seenSeq = 0;
 
   private constructor(
     private readonly client: MqttClient,
@@ -124,6 +134,7 @@ export class DeviceSync {
     this.replica = new Replica(store, index, (tenantId) => (tenantId === options.tenantId ? options.keyring : undefined), options.model);
     this.#index = index;
     this.#furtherModels = store.users.models.filter((m) => m !== options.model);
+    this.#signingKey = loadSigningKey(store.dataDir);
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
@@ -137,7 +148,7 @@ export class DeviceSync {
 
   static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
-    const offline = offlineState(options);
+    const offline = offlineState(options, loadSigningKey(store.dataDir));
     const clientOptions = {
       ...syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {}),
       will: { topic: topics.state(options.deviceId), payload: Buffer.from(JSON.stringify(offline)), qos: 1 as const, retain: true },
@@ -149,7 +160,7 @@ export class DeviceSync {
     client.on('connect', () => {
       sync.#caughtUp = false;
       client
-        .subscribeAsync([topics.log, topics.head, topics.reply(options.deviceId), topics.notice(options.deviceId)], { qos: 1 })
+        .subscribeAsync([topics.signedLog, topics.signedHead, topics.reply(options.deviceId), topics.notice(options.deviceId)], { qos: 1 })
         .then(() => {
           sync.publishState();
           sync.fetch(true);
@@ -276,11 +287,18 @@ export class DeviceSync {
     // a reply lost on the way must not stop fetching for good
     setTimeout(() => (this.#fetching = false), FETCH_TIMEOUT_MS).unref();
     const topics = syncTopics(this.options.prefix, this.options.tenantId);
+    const { deviceId } = this.options;
+    // a new id for each request: an answer to an earlier one (late, or replayed) is not applied
+    const request_id = crypto.randomUUID();
     if (snapshot) {
-      this.client.publish(topics.snapshot(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes() }), { qos: 1 });
+      this.#request = { id: request_id, kind: 'snapshot' };
+      const request = { device_id: deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
+      this.client.publish(topics.snapshot(deviceId), JSON.stringify(this.#sign('snapshot', request)), { qos: 1 });
       return;
     }
-    this.client.publish(topics.fetch(this.options.deviceId), JSON.stringify({ device_id: this.options.deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes() }), { qos: 1 });
+    this.#request = { id: request_id, kind: 'fetch' };
+    const request = { device_id: deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
+    this.client.publish(topics.fetch(deviceId), JSON.stringify(this.#sign('fetch', request)), { qos: 1 });
   }
 
   /**
@@ -428,16 +446,28 @@ export class DeviceSync {
     // device's client) never acknowledges it, and ending then would wait for that too
     let said = !this.client.connected;
     if (!said) {
-      const offline = offlineState(this.options);
+      const offline = offlineState(this.options, this.#signingKey);
       const published = this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true });
       said = await Promise.race([published.then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), CLOSE_WAIT_MS).unref())]);
     }
     await this.client.endAsync(!said);
   }
 
-  /** A message of this device, with its MAC under the tenant key (the hub refuses one without). */
-  #signed<T extends object>(purpose: MessagePurpose, message: T): T & { auth: MessageAuth } {
-    return authenticate(this.options.keyring.latest, purpose, this.options.tenantId, message);
+  /**
+   * A message of this device with its MAC under the tenant key (it holds the tenant's current key),
+   * then signed with this device's own key (it is this device's).
+   */
+  #signed<T extends object>(purpose: MessagePurpose & SignedPurpose, message: T): T & { auth: MessageAuth; sig: string } {
+    return this.#sign(purpose, authenticate(this.options.keyring.latest, purpose, this.options.tenantId, message));
+  }
+
+  #sign<T extends object>(purpose: SignedPurpose, message: T): T & { sig: string } {
+    return signMessage(this.#signingKey.privateKey, purpose, this.options.tenantId, message);
+  }
+
+  /** Whether a message from the hub carries the hub's signature (`raw`: as received). */
+  #fromHub(purpose: SignedPurpose, raw: object): boolean {
+    return (raw as { from?: unknown }).from === 'hub' && isSignedBy(this.options.hubKey, purpose, this.options.tenantId, raw);
   }
 
   #message(topic: string, payload: Buffer): void {
@@ -445,18 +475,19 @@ export class DeviceSync {
     const topics = syncTopics(this.options.prefix, tenantId);
     if (topic === topics.notice(deviceId)) {
       if (payload.length > 0) this.#notice(payload, 'broker');
-    } else if (topic === topics.log) {
+    } else if (topic === topics.signedLog) {
       const msg = parseMessage(changeBatchSchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
+      if (!this.#fromHub('log', msg.raw)) return logger.warn({}, "sync: a log message not signed by the hub's key was refused (forged or altered)");
       // while a snapshot loads, the log after it is fetched once it is done
       if (this.replica.snapshot(tenantId)) return;
-      // the log carries no further templates (devices of an earlier release read it too): from
-      // the first upsert on, this device takes the changes from a range it fetches, which does
-      const firstUpsert = this.#furtherModels.length === 0 ? Infinity : msg.value.changes.reduce((first, c) => (c.kind === 'user.upsert' ? Math.min(first, c.seq) : first), Infinity);
-      this.#apply(msg.value.changes.filter((c) => c.seq < firstUpsert));
-      if (firstUpsert !== Infinity) this.fetch(true);
-    } else if (topic === topics.head) {
+      this.#seen(msg.value.changes.at(-1)!.seq);
+      // the signed log carries each person's further templates (the unsigned one does not)
+      this.#apply(msg.value.changes);
+    } else if (topic === topics.signedHead) {
       const msg = parseMessage(headSchema, payload);
+      if (msg.ok && !this.#fromHub('head', msg.raw)) return logger.warn({}, "sync: a head not signed by the hub's key was refused (forged or altered)");
+      if (msg.ok) this.#seen(msg.value.seq);
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
@@ -467,9 +498,25 @@ export class DeviceSync {
       const msg = parseMessage(replySchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a reply was refused');
       const reply = msg.value;
-      // an ack or a snapshot chunk comes from the hub only: one a broker client made is dropped
-      if (reply.type !== 'range' && !isAuthentic(this.replica.replyKey(tenantId), 'reply', tenantId, reply)) {
-        return logger.warn({ type: reply.type }, 'sync: a reply not authenticated by the tenant key was refused (forged or altered)');
+      // a reply comes from the hub only, for this device: one a broker client or another door made
+      // (or the hub's to another device) is dropped
+      if (!this.#fromHub(reply.type === 'repair' ? 'repair' : 'reply', msg.raw) || reply.device_id !== deviceId) {
+        return logger.warn({ type: reply.type }, "sync: a reply not signed by the hub's key for this device was refused (forged, altered, or another device's)");
+      }
+      if ('auth' in reply && !isAuthentic(this.replica.replyKey(tenantId), 'reply', tenantId, reply)) {
+        return logger.warn({ type: reply.type }, "sync: a reply not authenticated by the tenant's current key was refused");
+      }
+      if (reply.type === 'repair') {
+        // the hub judged the people held here when their digest was this: if it still is, reload them
+        if (reply.digest !== this.store.users.digest(tenantId).digest || this.replica.snapshot(tenantId)) return;
+        logger.warn({ cursor: this.cursor, head: reply.head }, "sync: the hub found this device's people differ from its own; loading a snapshot");
+        this.replica.beginSnapshot(tenantId);
+        this.fetch(true);
+        return;
+      }
+      // a range or a chunk answers a request: only the one in flight
+      if ((reply.type === 'range' || reply.type === 'snapshot') && reply.request_id !== this.#request?.id) {
+        return logger.debug({ type: reply.type }, 'sync: an answer to an earlier request was ignored');
       }
       if (reply.type === 'events_ack') {
         markForwarded(this.store.db, reply.event_ids);
@@ -486,6 +533,8 @@ export class DeviceSync {
         return;
       }
       if (reply.type === 'snapshot') {
+        // a snapshot never takes the device back behind what it has applied
+        if (reply.seq < this.cursor) return logger.warn({ seq: reply.seq, cursor: this.cursor }, 'sync: a snapshot older than this device\'s cursor was refused');
         const chunk = this.replica.applySnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
         this.#lastAnswerAt = Date.now();
@@ -512,7 +561,9 @@ export class DeviceSync {
         this.#lastAnswerAt = Date.now();
         return;
       }
-      if (reply.head > this.cursor) this.fetch();
+      // the log may have gone on while this fetch was answered (its messages then found a gap, and
+      // its heads a fetch in flight): ask again up to what the hub has shown since
+      if (Math.max(reply.head, this.#seenSeq) > this.cursor) this.fetch();
       else this.#markCaughtUp();
     }
   }
@@ -524,12 +575,12 @@ export class DeviceSync {
    * file); a revocation of this device's own key pair erases its templates and keys.
    */
   #notice(payload: Buffer, from: 'broker' | 'hub'): void {
-    const { tenantId, deviceId, logger, noticeKey, keyring } = this.options;
+    const { tenantId, deviceId, logger, hubKey, keyring } = this.options;
     const msg = parseMessage(fleetNoticeSchema, payload);
     if (!msg.ok) return logger.warn({ from, problem: msg.problem }, 'sync: a notice was refused');
     const notice = msg.value;
     if (notice.tenant_id !== tenantId || notice.device_id !== deviceId) return logger.warn({ from }, 'sync: a notice for another device was refused');
-    if (!noticeKey || !isSignedNotice(noticeKey, notice)) return logger.warn({ from, kind: notice.kind }, "sync: a notice not signed by the hub's command key was refused");
+    if (!isSignedNotice(hubKey, notice)) return logger.warn({ from, kind: notice.kind }, "sync: a notice not signed by the hub's command key was refused");
     const own = loadDeviceKey(this.store.dataDir);
     if (notice.kind === 'revoked') {
       if (notice.public_key !== own.publicKey) return logger.warn({ from }, "sync: a revocation of another key pair under this device's name was ignored");
@@ -578,7 +629,7 @@ export class DeviceSync {
       const res = await fetch(new URL('/fleet/v1/notice', hubUrl), {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ tenant_id: tenantId, device_id: deviceId }),
+        body: JSON.stringify(this.#sign('notice-request', { tenant_id: tenantId, device_id: deviceId, at: new Date().toISOString() })),
         signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
       });
       if (!res.ok) return logger.warn({ status: res.status }, 'sync: the hub has no notice for this device');
@@ -587,6 +638,10 @@ export class DeviceSync {
     } catch (err) {
       logger.warn({ problem: (err as Error).message }, 'sync: cannot ask the hub for this device\'s notice');
     }
+  }
+
+  #seen(seq: number): void {
+    if (seq > this.#seenSeq) this.#seenSeq = seq;
   }
 
   #apply(changes: Parameters<Replica['apply']>[1]): void {
@@ -599,7 +654,7 @@ export class DeviceSync {
 }
 
 /** The retained state a device leaves behind when it goes (its last will, or said on a clean stop). */
-function offlineState(options: DeviceSyncOptions): DeviceState {
+function offlineState(options: DeviceSyncOptions, signingKey: DeviceSigningKey): DeviceState {
   const state = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' as const };
-  return authenticate(options.keyring.latest, 'state', options.tenantId, state);
+  return signMessage(signingKey.privateKey, 'state', options.tenantId, authenticate(options.keyring.latest, 'state', options.tenantId, state));
 }

@@ -205,9 +205,15 @@ function mac(key: Buffer, purpose: MessagePurpose, tenantId: string, message: ob
   return crypto.createHmac('sha256', key).update(`authface:${purpose}:v1\n${tenantId}\n${canonicalJson(message)}`).digest();
 }
 
-/** `message` with its `auth` (the fields the MAC covers are all of them but `auth` itself and `exclude`). */
+/**
+ * Fields a MAC never covers: its own, and the signed protocol's sender and signature, which are
+ * added after it (sync/signature.ts; the signature covers the MAC).
+ */
+const OUTSIDE_MAC = ['auth', 'from', 'sig'];
+
+/** `message` with its `auth` (the fields the MAC covers are all of them but OUTSIDE_MAC and `exclude`). */
 export function authenticate<T extends object>(key: TenantKey, purpose: MessagePurpose, tenantId: string, message: T, exclude: readonly string[] = []): T & { auth: MessageAuth } {
-  const covered = omit(message, ['auth', ...exclude]);
+  const covered = omit(message, [...OUTSIDE_MAC, ...exclude]);
   return { ...message, auth: { key_version: key.keyVersion, mac: mac(messageKey(key.key), purpose, tenantId, covered).toString('base64') } };
 }
 
@@ -226,7 +232,7 @@ export function isAuthentic(
   const key = auth && tenantKey(auth.key_version);
   if (!auth || !key) return false;
   const given = Buffer.from(auth.mac, 'base64');
-  const expected = mac(messageKey(key), purpose, tenantId, omit(message, ['auth', ...exclude]));
+  const expected = mac(messageKey(key), purpose, tenantId, omit(message, [...OUTSIDE_MAC, ...exclude]));
   return given.length === expected.length && crypto.timingSafeEqual(given, expected);
 }
 

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import { z } from 'zod';
 import { canonicalJson } from './envelope.ts';
+import { signatureSchema } from './signature.ts';
 import { MAX_KEY_VERSIONS, wrappedKeySchema } from './keyring.ts';
 
 /**
@@ -43,3 +44,19 @@ export function isSignedNotice(publicKey: crypto.KeyObject, notice: FleetNotice)
   const { sig, ...unsigned } = notice;
   return crypto.verify(null, signedBytes(unsigned), publicKey, Buffer.from(sig, 'base64url'));
 }
+
+/**
+ * A device asking the hub for its notice over HTTP (`POST /fleet/v1/notice`), signed with its own
+ * signing key (sync/signature.ts, purpose `notice-request`) at a time within NOTICE_REQUEST_SKEW_MS
+ * of the hub's. A device of an earlier release registered no signing key and sends no `at` or `sig`.
+ */
+export const noticeRequestSchema = z.strictObject({
+  tenant_id: z.uuid(),
+  device_id: id,
+  at: z.iso.datetime({ offset: false }).optional().describe("When the device asked (UTC): a request more than 15 minutes from the hub's clock is refused"),
+  sig: signatureSchema.optional(),
+});
+
+export type NoticeRequest = z.output<typeof noticeRequestSchema>;
+
+export const NOTICE_REQUEST_SKEW_MS = 15 * 60_000;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { HUB_SENDER, signatureSchema } from './signature.ts';
 
 /**
  * The replication log's messages, validated on receipt by devices and the hub alike. The hub gives
@@ -12,6 +13,23 @@ export const MAX_CHUNKS_PER_REQUEST = 16;
 
 /** A batch carries at most this many changes (about 1 KB each), so a message stays far below 64 KiB. */
 export const MAX_CHANGES_PER_BATCH = 50;
+
+/**
+ * The signed protocol's fields (sync/signature.ts). A device of this release signs every message it
+ * sends with its own key and names each request; the hub signs every message it sends with the
+ * tenant's command key, and binds each reply to the request and the device it answers. A device of
+ * an earlier release sends and takes messages without them (the hub answers in the request's form).
+ */
+const signed = {
+  sig: signatureSchema.optional(),
+};
+const fromHub = {
+  from: z.literal(HUB_SENDER).optional().describe('The sender: the hub (its key is the tenant\'s command key, which a device learned at join)'),
+  ...signed,
+};
+const requestId = z.uuid().describe('Chosen by the device for each request: the replies carry it, and a device applies only replies to the requests it sent');
+/** The device a reply is for: a reply sent to another device's topic is refused. */
+const addressee = z.string().min(1).max(64).optional().describe('The device that asked');
 
 const base64 = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9+/]*={0,2}$/, { error: 'base64' });
 const externalUserId = z.string().min(1).max(128);
@@ -140,6 +158,7 @@ export const changeBatchSchema = z
   .strictObject({
     tenant_id: z.uuid(),
     changes: z.array(changeSchema).min(1).max(MAX_CHANGES_PER_BATCH),
+    ...fromHub,
   })
   .meta({ id: 'SyncChangeBatch', description: 'Changes of one tenant in order (the hub publishes them, a device fetches a range)' });
 
@@ -161,6 +180,10 @@ export function syncTopics(prefix: string, tenantId: string) {
     log: `${base}/log`,
     /** hub → devices, retained: the tenant's last sequence number, so a device that missed a message sees the gap. */
     head: `${base}/head`,
+    /** hub → devices: the log, each batch signed by the hub (`log` carries it unsigned for devices of an earlier release, while the tenant has any). */
+    signedLog: `${base}/signed/log`,
+    /** hub → devices, retained: the head, signed by the hub. */
+    signedHead: `${base}/signed/head`,
     // what a device sends goes to a topic of its own, so a broker ACL can keep each device to its
     // own (firmware-config/README.md, "Broker rights"); the hub refuses a message whose device_id
     // is not the topic's
@@ -193,6 +216,7 @@ export const submissionSchema = z
         "A template the door waits on before its session succeeds. `enroll`: refused if the face is already enrolled under another id anywhere in the fleet (`duplicate_face`) or the id is (`already_enrolled`); otherwise sequenced at the next version (re-sealed for it). `update` (its `version` is the door's version + 1): refused as `duplicate_face` likewise, `user_not_found` when the person is not enrolled at the hub, `stale_version` (with the hub's `version`) when the hub's is not the door's. The ack gives the version",
       ),
     auth: authSchema,
+    ...signed,
   })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
@@ -207,6 +231,8 @@ export const fetchRequestSchema = z
       .max(MAX_FURTHER_TEMPLATES + 1)
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
+    request_id: requestId.optional(),
+    ...signed,
   })
   .meta({ id: 'SyncFetch' });
 
@@ -227,6 +253,8 @@ export const snapshotRequestSchema = z
       .max(MAX_FURTHER_TEMPLATES + 1)
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
+    request_id: requestId.optional(),
+    ...signed,
   })
   .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
 
@@ -234,7 +262,7 @@ export const snapshotUserSchema = userUpsertSchema.omit({ kind: true }).extend({
   groups: z.array(groupNameSchema).max(MAX_GROUPS_PER_USER).optional().describe('The groups the person is in (left out when none)'),
 });
 
-export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0) }).meta({ id: 'SyncHead' });
+export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0), ...fromHub }).meta({ id: 'SyncHead' });
 
 /** At most this many door events in one message. */
 export const MAX_EVENTS_PER_BATCH = 100;
@@ -260,6 +288,7 @@ export const doorEventsSchema = z
       .min(1)
       .max(MAX_EVENTS_PER_BATCH),
     auth: authSchema,
+    ...signed,
   })
   .meta({ id: 'SyncDoorEvents', description: 'Access decisions, remote unlocks and alarms of a door, for the central store (kept once per event_id)' });
 
@@ -267,7 +296,7 @@ export type DoorEvents = z.output<typeof doorEventsSchema>;
 
 export const replySchema = z
   .discriminatedUnion('type', [
-    z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH), auth: authSchema }),
+    z.strictObject({ type: z.literal('events_ack'), event_ids: z.array(z.string()).max(MAX_EVENTS_PER_BATCH), auth: authSchema, device_id: addressee, ...fromHub }),
     z.strictObject({
       type: z.literal('ack'),
       change_id: z.uuid(),
@@ -277,6 +306,8 @@ export const replySchema = z
       version: z.int().min(1).optional().describe('The version the change was sequenced at (fleet_check); refused as stale_version: the version the hub has'),
       score: z.number().optional().describe('fleet_check refused: similarity to the person already enrolled'),
       auth: authSchema,
+      device_id: addressee,
+      ...fromHub,
     }),
     z.strictObject({
       type: z.literal('range'),
@@ -285,8 +316,11 @@ export const replySchema = z
       changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH),
       snapshot: z.boolean().optional().describe('The device is new, or the log before its cursor is compacted: load a snapshot, then the log after it'),
       more: z.boolean().optional().describe('More ranges answer the same fetch (ask again only after the last)'),
+      request_id: requestId.optional(),
+      device_id: addressee,
+      ...fromHub,
     })
-      .describe('Not authenticated as a whole (each change is): a forged one can at most make the device ask again, or reload a snapshot'),
+      .describe('Signed by the hub and bound to the fetch it answers (to a device of an earlier release: neither, and each change is authenticated on its own)'),
     z.strictObject({
       type: z.literal('snapshot'),
       tenant_id: z.uuid(),
@@ -297,7 +331,20 @@ export const replySchema = z
       next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
       more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
       auth: authSchema,
+      request_id: requestId.optional(),
+      device_id: addressee,
+      ...fromHub,
     }),
+    z
+      .strictObject({
+        type: z.literal('repair'),
+        tenant_id: z.uuid(),
+        device_id: z.string().min(1).max(64),
+        digest: z.string().max(64).describe('The digest the device reported, which differs from the hub\'s at the same sequence: a device whose digest is no longer this ignores the repair'),
+        head: z.int().min(0),
+        ...fromHub,
+      })
+      .describe("The hub found the device's people differ from its own at the same sequence: the device reloads a snapshot at once"),
   ])
   .meta({ id: 'SyncReply' });
 
@@ -316,6 +363,7 @@ export const deviceStateSchema = z
     doors: z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)).max(64).optional().describe("The device's doors (the console lists them, and opens one remotely)"),
     time: z.iso.datetime().optional().describe("The device's clock (shown, never used for ordering)"),
     auth: authSchema,
+    ...signed,
   })
   .meta({ id: 'SyncDeviceState', description: 'Sparkplug-style device state: retained, with a last will of `offline`' });
 
@@ -323,8 +371,11 @@ export type DeviceState = z.output<typeof deviceStateSchema>;
 export type Submission = z.output<typeof submissionSchema>;
 export type SyncReply = z.output<typeof replySchema>;
 
-/** Parses a message with a schema; null (and the reason) for anything that does not fit. */
-export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer): { ok: true; value: z.output<S> } | { ok: false; problem: string } {
+/**
+ * Parses a message with a schema; the reason for anything that does not fit. `raw` is the JSON as
+ * received: a signature is checked on it, never on what the schema made of it (defaults).
+ */
+export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer): { ok: true; value: z.output<S>; raw: object } | { ok: false; problem: string } {
   let data: unknown;
   try {
     data = JSON.parse(payload.toString('utf8'));
@@ -332,5 +383,5 @@ export function parseMessage<S extends z.ZodType>(schema: S, payload: Buffer): {
     return { ok: false, problem: 'not JSON' };
   }
   const parsed = schema.safeParse(data);
-  return parsed.success ? { ok: true, value: parsed.data } : { ok: false, problem: parsed.error.issues[0]?.message ?? 'invalid' };
+  return parsed.success ? { ok: true, value: parsed.data, raw: data as object } : { ok: false, problem: parsed.error.issues[0]?.message ?? 'invalid' };
 }

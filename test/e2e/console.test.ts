@@ -12,6 +12,7 @@ import { FLEET_MODEL } from '../../src/sync/fleet-model.ts';
 import { join } from '../../src/cli/join.ts';
 import { loadSettings } from '../../src/config/settings.ts';
 import { createLogger } from '../../src/core/logger.ts';
+import { hubConsoleSource } from '../../src/console/hub-source.ts';
 import { type Hub, startHub } from '../../src/hub/service.ts';
 import { sealTemplate } from '../../src/sync/envelope.ts';
 import { syncTopics } from '../../src/sync/protocol.ts';
@@ -57,7 +58,8 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
   before(async function () {
     brokerUrl = (await testBroker()).url;
     db = await createTestDatabase();
-    hub = await startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent' }), {
+    // the test's requests come from 127.0.0.1, here a trusted proxy: X-Forwarded-For names each client
+    hub = await startHub(loadSettings({ PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'silent', AUTHFACE_TRUSTED_PROXIES: '127.0.0.1' }), {
       databaseUrl: db.url,
       brokerUrl,
       prefix,
@@ -131,6 +133,8 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
 
   it('Fleet: both doors online, up to date, with their software and model; filtered by tenant', async function () {
     await go('/console/fleet');
+    // this hub runs on an anonymous broker (AUTHFACE_HUB_BROKER_ACL none): every page says what that exposes
+    assert.match(await page.locator('[role=alert]').innerText(), /broker without per-device rights .* read every tenant's log .* cannot forge/);
     const rows = page.locator('tbody tr');
     assert.equal(await rows.count(), 2);
     for (const name of ['back', 'front']) {
@@ -167,6 +171,14 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     const ids = await page.locator('#live li').evaluateAll((items) => items.map((li) => li.getAttribute('data-id')));
     assert.equal(new Set(ids).size, ids.length, 'each event once (the page and the feed do not both add it)');
     await shot('doors');
+  });
+
+  it('issue 18, finding 7: a crafted link does not make the Doors page say a door was unlocked', async function () {
+    // found: /console/doors?outcome=ok&device=front&door=main showed "main on front was unlocked."
+    await go('/console/doors?outcome=ok&device=front&door=main');
+    assert.equal(await page.locator('[role=status]').count(), 0, 'no notice from a link the server did not make');
+    await go('/console/doors?outcome=ok&device=front&door=main&proof=' + 'A'.repeat(43));
+    assert.equal(await page.locator('[role=status]').count(), 0, 'nor with a made-up proof');
   });
 
   it("Doors: an enrolment link made at a door is shown on that door's screen; another door's link is refused", async function () {
@@ -238,7 +250,39 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.deepEqual(cspViolations, [], 'no page broke its Content-Security-Policy');
   });
 
-  it('a form without the CSRF token, or from another origin, changes nothing; sign-in is throttled; signing out ends the session', async function () {
+  it("issue 18, finding 6: failed sign-ins slow their own address, never the admin's, on every hub", async function () {
+    const signIn = async (pw: string, from: string) => {
+      const start = await fetch(`${hub.url}/console/signin`);
+      const login = /name="_login" value="([^"]+)"/.exec(await start.text())![1];
+      return fetch(`${hub.url}/console/signin`, {
+        method: 'POST',
+        redirect: 'manual',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: `authface_console_login=${login}`, 'x-forwarded-for': `10.9.9.9, ${from}` },
+        body: new URLSearchParams({ _login: login, name: 'ada', password: pw }),
+      });
+    };
+    const attacker = '203.0.113.9';
+    const statuses = [];
+    for (let i = 0; i < 6; i++) statuses.push((await signIn('wrong password', attacker)).status);
+    // the first three cost nothing; then each try from there waits (1 s, then longer)
+    assert.deepEqual(statuses, [401, 401, 401, 429, 429, 429]);
+    const refused = await signIn(password, attacker);
+    assert.equal(refused.status, 429, 'from the attacking address even the right password waits');
+    assert.ok(Number(refused.headers.get('retry-after')) >= 1);
+    // found: after five failures the name was refused everywhere for 15 minutes
+    assert.equal((await signIn(password, '198.51.100.7')).status, 302, 'the admin elsewhere signs in');
+    // the count is the database's: another hub process (another source on the same database) sees it
+    const elsewhere = hubConsoleSource(hub.store, async () => ({ ok: false, error: null }));
+    assert.ok((await elsewhere.signIns.wait('ada', attacker)) > 0);
+    assert.equal(await elsewhere.signIns.wait('ada', '198.51.100.7'), 0);
+    // the wait grows: a failure after the first wait makes the next one longer
+    await new Promise((r) => setTimeout(r, 1100));
+    assert.equal((await signIn('wrong again', attacker)).status, 401);
+    const next = await elsewhere.signIns.wait('ada', attacker);
+    assert.ok(next > 1000 && next <= 2000, `the second wait is 2 s (${next} ms)`);
+  });
+
+  it('a form without the CSRF token, or from another origin, changes nothing; signing out ends the session', async function () {
     const cookies = await page.context().cookies();
     const session = cookies.find((c) => c.name === 'authface_console');
     assert.ok(session && session.httpOnly && session.sameSite === 'Strict');
@@ -258,21 +302,6 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.equal((await post({ ...form, _csrf: csrf! }, { origin: 'https://evil.example' })).status, 403, 'another origin');
     assert.equal((await post({ ...form, _csrf: csrf! })).status, 302, 'the right token, same origin: accepted');
     await until(() => relay.pulses.length === pulses + 1, 5000, 'one pulse');
-    // sign-in: a wrong password is refused, and after five a name waits
-    const signIn = async (pw: string) => {
-      const start = await fetch(`${hub.url}/console/signin`);
-      const login = /name="_login" value="([^"]+)"/.exec(await start.text())![1];
-      return fetch(`${hub.url}/console/signin`, {
-        method: 'POST',
-        redirect: 'manual',
-        headers: { 'content-type': 'application/x-www-form-urlencoded', cookie: `authface_console_login=${login}` },
-        body: new URLSearchParams({ _login: login, name: 'ada', password: pw }),
-      });
-    };
-    const statuses = [];
-    for (let i = 0; i < 6; i++) statuses.push((await signIn('wrong password')).status);
-    assert.deepEqual(statuses, [401, 401, 401, 401, 401, 429]);
-    assert.equal((await signIn(password)).status, 429, 'even the right password waits');
     // signing out ends the session on the server, not only in this browser
     await go('/console/fleet');
     await page.getByRole('button', { name: 'Sign out' }).click();

@@ -55,6 +55,11 @@ describe('the first hour of a new operator', function () {
       }
     });
 
+    it('a hub with no AUTHFACE_HUB_BROKER_ACL (issue 18: it starts on a broker without per-device rights only when told)', async function () {
+      const r = await refusal(['hub', 'serve', '--database-url', 'postgres://127.0.0.1/none', '--broker-url', 'mqtt://127.0.0.1:1'], { AUTHFACE_DATA_DIR: dataDir, AUTHFACE_HUB_MASTER_KEY: crypto.randomBytes(32).toString('hex') });
+      assertOneLine(r, /AUTHFACE_HUB_BROKER_ACL is not set: set mosquitto-dynsec .*firmware-config\/mosquitto\/dynsec\.conf.*or none for a broker without per-device rights, where any client reads every tenant's log/);
+    });
+
     it('a malformed AUTHFACE_MASTER_KEY (which `authface config` accepted)', async function () {
       for (const command of [['serve'], ['config']]) {
         assertOneLine(await refusal(command, { AUTHFACE_DATA_DIR: dataDir, AUTHFACE_MASTER_KEY: 'secret' }), /AUTHFACE_MASTER_KEY: .*64 hex or 44 base64/);

@@ -65,7 +65,7 @@ export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; p
   const url = `http://127.0.0.1:${port}`;
   const child = spawn(process.execPath, [...CLI, 'hub', 'serve', '--database-url', opts.databaseUrl, '--broker-url', opts.brokerUrl, '--prefix', opts.prefix], {
     cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port), PUBLIC_URL: url, AUTHFACE_WORKERS: '1', ...env },
+    env: { ...process.env, LOG_LEVEL: 'info', HOST: '127.0.0.1', PORT: String(port), PUBLIC_URL: url, AUTHFACE_WORKERS: '1', AUTHFACE_HUB_BROKER_ACL: 'none', ...env },
   });
   servedChildren.add(child);
   child.once('exit', () => servedChildren.delete(child));
@@ -84,8 +84,9 @@ export async function serveHub(opts: { databaseUrl: string; brokerUrl: string; p
 
 /**
  * Joins a door to a hub's tenant the way an operator does with the CLI: `authface sync key` on the
- * door (with `cli`, this release's or an earlier one's), `authface hub wrap-key` at the hub, and
- * the door's config file (a simulated relay, the broker, the wrapped key). Returns the config's
+ * door (with `cli`, this release's or an earlier one's), `authface hub wrap-key` (which registers
+ * the door) and `authface hub key` at the hub, and the door's config file (a simulated relay, the
+ * broker, the hub's key, the wrapped key). Returns the config's
  * path and the door's environment.
  */
 export async function joinDoorByCli(
@@ -94,8 +95,11 @@ export async function joinDoorByCli(
   cli: string[] = CLI,
 ): Promise<{ env: Record<string, string>; configFile: string }> {
   const env = { AUTHFACE_DATA_DIR: path.join(fleet.dir, name) };
-  const { device_public_key } = JSON.parse((await authface(['sync', 'key'], env, { cli })).stdout) as { device_public_key: string };
-  const wrapped = (await authface(['hub', 'wrap-key', '--tenant', fleet.tenantId, '--device', name, '--public-key', device_public_key, '--database-url', fleet.databaseUrl], fleet.hubEnv)).stdout;
+  // a door of an earlier release has no signing key: it is registered without one
+  const { device_public_key, device_signing_key } = JSON.parse((await authface(['sync', 'key'], env, { cli })).stdout) as { device_public_key: string; device_signing_key?: string };
+  const signing = device_signing_key ? ['--signing-key', device_signing_key] : [];
+  const wrapped = (await authface(['hub', 'wrap-key', '--tenant', fleet.tenantId, '--device', name, '--public-key', device_public_key, ...signing, '--database-url', fleet.databaseUrl], fleet.hubEnv)).stdout;
+  const { hub_public_key } = JSON.parse((await authface(['hub', 'key', '--tenant', fleet.tenantId, '--database-url', fleet.databaseUrl], fleet.hubEnv)).stdout) as { hub_public_key: string };
   const keyFile = path.join(fleet.dir, `${name}-tenant-key.json`);
   fs.writeFileSync(keyFile, wrapped);
   const configFile = path.join(fleet.dir, `${name}.yaml`);
@@ -107,6 +111,7 @@ export async function joinDoorByCli(
       liveness: 'passive',
       doors: [{ id: 'main', relay: { driver: 'simulated' } }],
       mqtt: { url: fleet.brokerUrl, topic_prefix: fleet.prefix },
+      remote_commands: { public_key: hub_public_key },
       sync: { tenant_key_file: keyFile },
     }),
   );

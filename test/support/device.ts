@@ -39,7 +39,7 @@ export function kioskHeaders(device: TestDevice): Record<string, string> {
 export async function startTestDevice(
   device: Record<string, unknown>,
   env: Record<string, string> = {},
-  opts: { alter?: (config: DeviceConfig) => void; analyzer?: FaceAnalyzer; tenantId?: string; prepare?: (dataDir: string) => void } = {},
+  opts: { alter?: (config: DeviceConfig) => void; analyzer?: FaceAnalyzer; tenantId?: string; prepare?: (dataDir: string) => void | Promise<void> } = {},
 ): Promise<TestDevice> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-device-'));
   const dataDir = path.join(dir, 'data');
@@ -47,7 +47,7 @@ export async function startTestDevice(
   const tenant = store.tenants.create({ id: opts.tenantId, name: 'default', allowedOrigins: ['https://app.example.com', 'http://localhost'], livenessMode: 'passive' });
   const { apiKey } = store.tenants.createKey(tenant.id);
   store.close();
-  opts.prepare?.(dataDir);
+  await opts.prepare?.(dataDir);
   const mqtt = (device.mqtt ?? {}) as { url?: string; embedded?: Record<string, unknown> };
   if (!mqtt.url && !mqtt.embedded?.users_file) {
     const usersFile = path.join(dir, 'broker-users');

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -79,22 +80,19 @@ export async function runMosquitto(dir: string, port: number, conf: string): Pro
 
 /**
  * A Mosquitto of our own with the dynamic security plugin Debian ships, set up with one admin
- * client (`mosquitto_ctrl dynsec init`): the hub administers the broker as that user.
+ * client (`mosquitto_ctrl dynsec init`) as the README's fleet quick start does it: the shipped
+ * firmware-config/mosquitto/dynsec.conf, with its file and port moved here. The hub administers
+ * the broker as that user.
  */
 export async function startDynsecMosquitto(admin: { username: string; password: string }): Promise<OwnMosquitto> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-dynsec-'));
   const port = await freePort();
   const config = path.join(dir, 'dynsec.json');
   execFileSync('mosquitto_ctrl', ['dynsec', 'init', config, admin.username, admin.password], { stdio: 'ignore' });
-  const conf = [
-    'persistence false',
-    'log_dest stderr',
-    ...(process.getuid?.() === 0 ? ['user root'] : []),
-    'plugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so',
-    `plugin_opt_config_file ${config}`,
-    `listener ${port} 127.0.0.1`,
-    'allow_anonymous false',
-  ];
+  const shipped = fs.readFileSync(path.join(ROOT, 'firmware-config', 'mosquitto', 'dynsec.conf'), 'utf8');
+  const moved = shipped.replace(/^plugin_opt_config_file .*$/m, `plugin_opt_config_file ${config}`).replace(/^listener .*$/m, `listener ${port} 127.0.0.1`);
+  assert.ok(moved.includes(config) && moved.includes(`listener ${port}`), 'dynsec.conf names its config file and listener');
+  const conf = ['persistence false', 'log_dest stderr', ...(process.getuid?.() === 0 ? ['user root'] : []), moved];
   const close = await runMosquitto(dir, port, `${conf.join('\n')}\n`);
   return { url: `mqtt://127.0.0.1:${port}`, port, dir, close };
 }

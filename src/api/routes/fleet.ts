@@ -1,5 +1,4 @@
 import Router from '@koa/router';
-import { z } from 'zod';
 import type { CommandOutcome, CommandRequest } from '../../hub/commands.ts';
 import { commandRequestSchema } from '../../hub/commands.ts';
 import type { JoinReply, JoinRequest } from '../../hub/join.ts';
@@ -7,9 +6,7 @@ import { joinRequestSchema } from '../../hub/join.ts';
 import type { TenantAccess } from '../../store/biometry-store.ts';
 import { type TenantState, readJson, requireTenant } from '../http.ts';
 import { ServiceError } from '../../errors.ts';
-import type { FleetNotice } from '../../sync/notice.ts';
-
-const noticeRequestSchema = z.strictObject({ tenant_id: z.uuid(), device_id: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/) });
+import { type FleetNotice, type NoticeRequest, noticeRequestSchema } from '../../sync/notice.ts';
 
 /**
  * The hub's fleet endpoints: `POST /fleet/v1/join`, where a device trades a claim code for its
@@ -22,17 +19,17 @@ export function fleetRoutes(deps: {
   tenants: TenantAccess;
   join: (request: JoinRequest) => Promise<JoinReply>;
   command: (tenantId: string, request: CommandRequest) => Promise<CommandOutcome>;
-  notice: (tenantId: string, deviceId: string) => Promise<FleetNotice | null>;
+  notice: (request: NoticeRequest) => Promise<FleetNotice | null>;
 }): Router<TenantState> {
   const router = new Router<TenantState>({ prefix: '/fleet/v1' });
   router.post('/join', async (ctx) => {
     ctx.body = await deps.join(await readJson(ctx, joinRequestSchema));
   });
-  // a device the broker turns away asks here (no key: a notice is signed, and says only what the device is told anyway)
+  // a device the broker turns away asks here, with its request signed by its own key; the answer
+  // to an unknown device and to a request it did not sign is the same
   router.post('/notice', async (ctx) => {
-    const { tenant_id, device_id } = await readJson(ctx, noticeRequestSchema);
-    const notice = await deps.notice(tenant_id, device_id);
-    if (!notice) throw new ServiceError('not_found', 'device_not_found', `no device ${device_id} has joined tenant ${tenant_id}`);
+    const notice = await deps.notice(await readJson(ctx, noticeRequestSchema));
+    if (!notice) throw new ServiceError('not_found', 'notice_not_found', "no notice for this device: it has not joined this tenant, or the request is not signed by its key (sync/device-signing.key) at a time within 15 minutes of the hub's clock");
     ctx.body = { success: true, notice };
   });
   router.post('/command', requireTenant(deps.tenants), async (ctx) => {
