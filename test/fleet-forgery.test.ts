@@ -235,4 +235,49 @@ describe('issue 18: a fleet no broker client can rewrite', function () {
     assert.equal(answered.filter((r) => r.type === 'range' && r.snapshot).length, 0, 'the forged fetch was answered');
     assert.equal(door('front').sync.cursor, head);
   });
+
+  it('a door that never hears the hub again decides on what it applied last, never on anything forged', async function () {
+    const head = await atHead('front');
+    const frontId = door('front').joined.deviceId;
+    assert.ok(knows('front', 'bob'));
+    await hub.close(); // the hub is gone for good; what speaks now is a joined door's stolen keys
+    const keys: TenantKeyring = door('back').joined.syncOptions.keyring;
+    const forger = await brokerClient();
+    const asHub = <T extends object>(m: T) => ({ ...m, from: 'hub', sig: crypto.randomBytes(64).toString('base64url') });
+    const change = (seq: number, body: object) =>
+      authenticate(keys.latest, 'change', tenantId, { ...body, tenant_id: tenantId, seq, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
+    const mallory = sealTemplate(keys.latest.key, face(9), { tenantId, externalUserId: 'mallory', version: 1, model: FLEET_MODEL, keyVersion: keys.latest.keyVersion });
+    const forged = {
+      tenant_id: tenantId,
+      changes: [
+        change(head + 1, { kind: 'user.delete', external_user_id: 'bob', version: 99 }),
+        change(head + 2, { kind: 'user.upsert', external_user_id: 'mallory', version: 1, model: FLEET_MODEL, key_version: keys.latest.keyVersion, template: mallory }),
+      ],
+    };
+    let wrong = 0;
+    let samples = 0;
+    const sampler = setInterval(() => {
+      samples++;
+      if (!knows('front', 'bob') || knows('front', 'mallory')) wrong++;
+    }, 5);
+    try {
+      for (let i = 0; i < 10; i++) {
+        await forger.publishAsync(topics.signedLog, JSON.stringify(asHub(forged)), { qos: 1 });
+        await forger.publishAsync(topics.log, JSON.stringify(forged), { qos: 1 });
+        await forger.publishAsync(topics.signedHead, JSON.stringify(asHub({ tenant_id: tenantId, seq: head + 2 })), { qos: 1, retain: true });
+        await forger.publishAsync(topics.reply(frontId), JSON.stringify(asHub({ type: 'range', tenant_id: tenantId, head: head + 2, changes: forged.changes, device_id: frontId, more: false })), { qos: 1 });
+        await forger.publishAsync(topics.reply(frontId), JSON.stringify(asHub({ type: 'repair', tenant_id: tenantId, device_id: frontId, digest: door('front').store.users.digest(tenantId).digest, head: head + 2 })), { qos: 1 });
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    } finally {
+      clearInterval(sampler);
+    }
+    assert.ok(samples > 100, `sampled ${samples} times`);
+    assert.equal(wrong, 0, `the door held a forged change in ${wrong} of ${samples} samples`);
+    assert.equal(door('front').sync.cursor, head, 'the cursor stayed at what the hub last sent');
+    assert.equal(door('front').sync.replica.snapshot(tenantId), undefined, 'no snapshot begun on a forged repair');
+    // and it still decides on what it holds: bob is in its identify index
+    assert.ok(door('front').index.of(tenantId).modelOf('bob'));
+  });
 });
