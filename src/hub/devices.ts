@@ -64,11 +64,7 @@ export class HubDevices {
       const taken = await nameTaken(db, claim.tenant_id, claim.device_id);
       if (taken) throw new ClaimError('name_taken', `${taken}; ask for a code under another name (authface hub device add)`);
       await db.query('UPDATE hub_claims SET used_at = now() WHERE tenant_id = $1 AND code_hash = $2', [claim.tenant_id, claimHash(code)]);
-      await db.query(
-        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
-         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
-        [claim.tenant_id, claim.device_id, publicKey, signingKey ?? null],
-      );
+      await recordKeys(db, claim.tenant_id, claim.device_id, publicKey, signingKey);
       return { tenantId: claim.tenant_id, deviceId: claim.device_id };
     });
   }
@@ -139,14 +135,10 @@ export class HubDevices {
     await this.store.transaction(async (db) => {
       if (!(await this.store.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
       await lockDeviceName(db, deviceId);
-      const taken = (await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId])).rows[0];
-      if (taken?.revoked) throw new HubError(`device ${deviceId} was revoked: its name stays retired; choose another name`);
-      if (taken && taken.tenant_id !== tenantId) throw new HubError(`device ${deviceId} has joined another tenant: choose another name`);
-      await db.query(
-        `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
-         ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
-        [tenantId, deviceId, publicKey, signingKey ?? null],
-      );
+      // registering again a device of this tenant replaces its keys (a device set up anew by hand)
+      const taken = await nameTaken(db, tenantId, deviceId, { sameTenant: true });
+      if (taken) throw new HubError(taken);
+      await recordKeys(db, tenantId, deviceId, publicKey, signingKey);
     });
   }
 
@@ -224,13 +216,25 @@ async function lockDeviceName(db: pg.PoolClient, deviceId: string): Promise<void
   await db.query("SELECT pg_advisory_xact_lock(hashtext('authface-device-name'), hashtext($1))", [deviceId]);
 }
 
-/** Why the name cannot be given to a device of `tenantId`, or null when it is free. */
-async function nameTaken(db: pg.PoolClient, tenantId: string, deviceId: string): Promise<string | null> {
+/**
+ * Why the name cannot be given to a device of `tenantId`, or null when it is free. `sameTenant`:
+ * a device of this tenant that holds it may have it again (registered anew by hand).
+ */
+async function nameTaken(db: pg.PoolClient, tenantId: string, deviceId: string, { sameTenant = false } = {}): Promise<string | null> {
   const joined = await db.query<{ tenant_id: string; revoked: boolean }>('SELECT tenant_id, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE device_id = $1 AND public_key IS NOT NULL', [deviceId]);
   const taken = joined.rows[0];
   if (taken?.revoked) return `device ${deviceId} was revoked: its name stays retired (a notice to it names it); choose another name`;
-  if (taken) return `device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`;
+  if (taken && !(sameTenant && taken.tenant_id === tenantId)) return `device ${deviceId} has already joined${taken.tenant_id === tenantId ? '' : ' another tenant'}: choose another name`;
   return null;
+}
+
+/** A device's key pair and signing key, as a join or `authface hub wrap-key` registers them. */
+async function recordKeys(db: pg.PoolClient, tenantId: string, deviceId: string, publicKey: string, signingKey: string | undefined): Promise<void> {
+  await db.query(
+    `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
+     ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
+    [tenantId, deviceId, publicKey, signingKey ?? null],
+  );
 }
 
 function newClaimCode(): string {

@@ -319,14 +319,15 @@ export class HubSync {
    * earlier release signs nothing: its answer is taken on the topic alone).
    */
   async #commandResult(topic: string, payload: Buffer): Promise<void> {
-    const parsed = commandReplySchema.safeParse(safeJson(payload));
+    const raw = safeJson(payload);
+    const parsed = commandReplySchema.safeParse(raw);
     if (!parsed.success || !parsed.data.request_id) return;
     const reply = parsed.data;
     const waiting = this.#commanded.get(reply.request_id!);
     if (!waiting || topic !== `${this.options.prefix}/${waiting.deviceId}/command/result`) return;
     const sender = await this.#sender(waiting.tenantId, waiting.deviceId);
     if (!sender || sender.revoked) return;
-    if (sender.signingKey && !(reply.from === waiting.deviceId && isSignedBy(sender.signingKey, 'command-result', waiting.tenantId, safeJson(payload) as object))) {
+    if (sender.signingKey && !(reply.from === waiting.deviceId && isSignedBy(sender.signingKey, 'command-result', waiting.tenantId, raw as object))) {
       return this.options.logger.warn({ device: waiting.deviceId }, "hub: an answer to a command not signed by the commanded door's key was refused");
     }
     this.#commanded.delete(reply.request_id!);

@@ -128,13 +128,14 @@ export class DeviceSync {
     private readonly store: Store,
     private readonly options: DeviceSyncOptions,
     index: GalleryIndex,
+    signingKey: DeviceSigningKey,
   ) {
     store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_boot', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1`).run();
     this.#boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
     this.replica = new Replica(store, index, (tenantId) => (tenantId === options.tenantId ? options.keyring : undefined), options.model);
     this.#index = index;
     this.#furtherModels = store.users.models.filter((m) => m !== options.model);
-    this.#signingKey = loadSigningKey(store.dataDir);
+    this.#signingKey = signingKey;
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
@@ -148,13 +149,14 @@ export class DeviceSync {
 
   static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
-    const offline = offlineState(options, loadSigningKey(store.dataDir));
+    const signingKey = loadSigningKey(store.dataDir);
+    const offline = offlineState(options, signingKey);
     const clientOptions = {
       ...syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {}),
       will: { topic: topics.state(options.deviceId), payload: Buffer.from(JSON.stringify(offline)), qos: 1 as const, retain: true },
     };
     const client = mqtt.connect(options.url, clientOptions);
-    const sync = new DeviceSync(client, store, options, index);
+    const sync = new DeviceSync(client, store, options, index, signingKey);
     // a door event goes to the hub as soon as it is recorded (and waits in the audit log if it cannot)
     sync.#off.push(events.on('access.decided', () => sync.flushEvents()), events.on('door.alarm', () => sync.flushEvents()));
     client.on('connect', () => {

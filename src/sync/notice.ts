@@ -20,7 +20,7 @@ const common = {
   tenant_id: z.uuid(),
   device_id: id,
   issued_at: z.iso.datetime({ offset: false }),
-  sig: z.string().regex(/^[A-Za-z0-9_-]{86}$/, { error: 'sig: an Ed25519 signature, base64url' }),
+  sig: signatureSchema,
 };
 
 export const fleetNoticeSchema = z.discriminatedUnion('kind', [
