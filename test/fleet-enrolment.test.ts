@@ -235,11 +235,12 @@ describe('fleet enrolment: committed through the hub, checked against the whole 
       const signingKey = loadSigningKey(racerDir).privateKey;
       const key = await hub!.store.keys.current(tenantId);
       const bodies = { erin: await upsertOf('erin', img.personA[1]), frank: await upsertOf('frank', img.personA[1]) };
+      let sent = 0;
       const submit = (externalUserId: 'erin' | 'frank') => {
         const changeId = crypto.randomUUID();
         const body = bodies[externalUserId];
-        // as a door of the tenant sends it: authenticated with the tenant key, signed with its own
-        const submission = signMessage(signingKey, 'submission', tenantId, authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const }));
+        // as a door of the tenant sends it: authenticated with the tenant key, signed with its own, marked with when it was sent
+        const submission = signMessage(signingKey, 'submission', tenantId, authenticate(key, 'submission', tenantId, { device_id: 'racer', change_id: changeId, body, fleet_check: 'enroll' as const, sent: { boot: 1, n: ++sent } }));
         device.publish(topics.submit('racer'), JSON.stringify(submission), { qos: 1 });
         return changeId;
       };

@@ -236,6 +236,39 @@ describe('issue 18: a fleet no broker client can rewrite', function () {
     assert.equal(door('front').sync.cursor, head);
   });
 
+  it("a broker client replays a door's own signed requests and an old state: refused, at no cost to the door", async function () {
+    const frontId = door('front').joined.deviceId;
+    await atHead('front');
+    const attacker = await brokerClient();
+    const heard: { topic: string; payload: Buffer }[] = [];
+    attacker.on('message', (topic, payload) => heard.push({ topic, payload: Buffer.from(payload) }));
+    await attacker.subscribeAsync([topics.fetch(frontId), topics.state(frontId), topics.reply(frontId)], { qos: 1 });
+    await until(() => heard.some((m) => m.topic === topics.state(frontId)), 5000, "the door's retained state");
+    const oldState = heard.find((m) => m.topic === topics.state(frontId))!.payload;
+    door('front').sync.fetch(true);
+    await until(() => heard.some((m) => m.topic === topics.fetch(frontId)), 5000, "the door's fetch");
+    const fetch = heard.find((m) => m.topic === topics.fetch(frontId))!.payload;
+    const requestId = (JSON.parse(fetch.toString()) as { request_id: string }).request_id;
+    const answers = () => heard.filter((m) => m.topic === topics.reply(frontId) && (JSON.parse(m.payload.toString()) as { request_id?: string }).request_id === requestId).length;
+    await until(() => answers() === 1, 5000, 'the fetch answered');
+    // the door moves on, then the broker client plays its old state and its fetch, far past its rate
+    await enrolAtHub('replayed', 40);
+    const head = await atHead('front');
+    door('front').sync.publishState();
+    await until(async () => Number((await recorded('front')).applied_seq) === head, 5000, "the door's new state");
+    await attacker.publishAsync(topics.state(frontId), oldState, { qos: 1 });
+    for (let i = 0; i < 120; i++) void attacker.publishAsync(topics.fetch(frontId), fetch, { qos: 1 });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(answers(), 1, 'the hub answered a replayed fetch');
+    assert.equal(Number((await recorded('front')).applied_seq), head, 'the hub took the old state back');
+    // the door's own next request is answered at once: the replays cost it none of its rate
+    const before = heard.length;
+    const asked = Date.now();
+    door('front').sync.fetch(true);
+    await until(() => heard.slice(before).some((m) => m.topic === topics.reply(frontId)), 5000, "an answer to the door's own fetch");
+    assert.ok(Date.now() - asked < 1000, `the door's fetch waited ${Date.now() - asked} ms behind the replays`);
+  });
+
   it('a door that never hears the hub again decides on what it applied last, never on anything forged', async function () {
     const head = await atHead('front');
     const frontId = door('front').joined.deviceId;

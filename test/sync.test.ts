@@ -29,6 +29,7 @@ import { EventBus } from '../src/core/events.ts';
 import { createTestDatabase, type TestDatabase } from './support/postgres.ts';
 import { ROOT } from './support/datasets.ts';
 import { protocolDocument } from '../src/sync/protocol-doc.ts';
+import { userSetDigest } from '../src/sync/digest.ts';
 
 /** The hub's key of a device whose broker is never reached (nothing it signs arrives). */
 const unreachedHub = crypto.generateKeyPairSync('ed25519').publicKey;
@@ -320,7 +321,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     }
   });
 
-  it('a snapshot in chunks: users written at the hub\'s version, extras erased, a change still on its way kept, then the cursor at the snapshot\'s head', async function () {
+  it('a snapshot in chunks, staged until the last: then users written at the hub\'s version, extras erased, a change still on its way kept, and the cursor at the first chunk\'s head', async function () {
     const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
     // held here before: alice (older), stale (gone at the hub), mine (enrolled here, not yet acknowledged)
     replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('stale', 1))]);
@@ -330,13 +331,20 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       index.of(tenantId).upsert('mine', { [FLEET_MODEL]: face(7) }); // as the session service does after an enrolment
       replica.beginSnapshot(tenantId);
       const first = chunk({ seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true });
-      assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 2, removed: 0, done: false, ignored: false });
-      assert.deepEqual(replica.applySnapshotChunk(tenantId, first), { applied: 0, removed: 0, done: false, ignored: true }, 'a duplicate of the first chunk');
-      assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob' }, 'the progress, in the database');
+      assert.deepEqual(replica.stageSnapshotChunk(tenantId, first), { staged: 2, complete: false, ignored: false });
+      assert.deepEqual(replica.stageSnapshotChunk(tenantId, first), { staged: 0, complete: false, ignored: true }, 'a duplicate of the first chunk');
+      assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob', complete: false }, 'the progress, in the database');
       assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the last chunk');
+      assert.equal(store.users.get(tenantId, 'alice')?.version, 1, 'nothing of a snapshot is applied before its last chunk');
+      assert.equal(store.users.get(tenantId, 'bob'), undefined);
+      assert.ok(index.of(tenantId).ids().includes('stale'), 'the door decides on what it held');
       const last = chunk({ seq: 41, after: 'bob', users: [user('carol', 2)], next: null, more: false });
-      assert.deepEqual(replica.applySnapshotChunk(tenantId, last), { applied: 1, removed: 1, done: true, ignored: false });
+      assert.deepEqual(replica.stageSnapshotChunk(tenantId, last), { staged: 1, complete: true, ignored: false });
+      assert.equal(replica.stageSnapshotChunk(tenantId, first).ignored, true, 'a complete snapshot takes no chunk (the first chunk\'s `after` is null again)');
+      assert.equal(store.users.get(tenantId, 'carol'), undefined, 'staged, not yet applied');
+      assert.deepEqual(await replica.commitSnapshot(tenantId, 1), { applied: 3, removed: 1 });
       assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
+      assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM sync_snapshot_users').get() as { n: number }).n, 0, 'nothing staged is left');
       assert.equal(replica.snapshot(tenantId), undefined);
       const held = (store.db.prepare('SELECT external_user_id, version FROM users WHERE deleted_at IS NULL ORDER BY external_user_id').all() as { external_user_id: string; version: number }[]).map((u) => `${u.external_user_id}:${u.version}`);
       assert.deepEqual(held, ['alice:3', 'bob:1', 'carol:2', 'mine:1'], 'stale erased; mine kept for the hub');
@@ -345,6 +353,51 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     } finally {
       await sync.close();
     }
+  });
+
+  it('while a snapshot loads, a deletion of the log is applied at once and a chunk read before it does not bring the person back', async function () {
+    const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
+    replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('bob', 1))]);
+    for (const id of ['alice', 'bob']) index.of(tenantId).upsert(id, { [FLEET_MODEL]: face(id.length) });
+    replica.beginSnapshot(tenantId);
+    // the first chunk was read at 40, before alice's deletion (41); the last one after it
+    assert.equal(replica.stageSnapshotChunk(tenantId, chunk({ seq: 40, after: null, users: [user('alice', 1), user('bob', 1)], next: 'bob', more: false })).staged, 2);
+    const deletion = change({ kind: 'user.delete', external_user_id: 'alice', version: 2 }, 41);
+    assert.equal(replica.eraseDuringSnapshot(tenantId, [deletion, { ...change({ kind: 'user.delete', external_user_id: 'bob', version: 2 }, 42), auth: deletion.auth }]), 1, 'a forged deletion (the MAC of another) is not applied');
+    assert.equal(store.users.get(tenantId, 'alice'), undefined, 'erased before the snapshot completes');
+    assert.equal(index.of(tenantId).ids().includes('alice'), false, 'and not recognised');
+    assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the snapshot (the log replays the deletion)');
+    // a stale answer for the range of alice, read before the deletion: she stays out
+    replica.restartSnapshot(tenantId);
+    replica.eraseDuringSnapshot(tenantId, [deletion]);
+    replica.stageSnapshotChunk(tenantId, chunk({ seq: 40, after: null, users: [user('alice', 1), user('bob', 1)], next: null, more: false }));
+    await replica.commitSnapshot(tenantId);
+    assert.equal(store.users.get(tenantId, 'alice'), undefined, 'the staged copy read before the deletion is not applied');
+    assert.deepEqual(index.of(tenantId).ids(), ['bob']);
+    assert.equal(replica.apply(tenantId, [deletion]).applied, 1, 'the log after the snapshot replays it, harmlessly');
+  });
+
+  it('at the head a snapshot announced, the door must hold the people of its digest: one that does not loads the snapshot again', async function () {
+    const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
+    const load = async (digest: string) => {
+      replica.beginSnapshot(tenantId);
+      replica.stageSnapshotChunk(tenantId, chunk({ seq: 40, after: null, users: [user('alice', 1), user('bob', 1)], next: null, more: false, head: 42, digest }));
+      await replica.commitSnapshot(tenantId);
+      assert.equal(replica.cursor(tenantId), 40);
+    };
+    // the hub's people at 42: bob (alice deleted at 41) and carol (enrolled at 42)
+    const atHead = userSetDigest([['bob', 1, []], ['carol', 1, []]]);
+    const log = [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 }, 41), change(upsert('carol', 1), 42), change(upsert('dave', 1), 43)];
+    await load(atHead);
+    const matched = replica.apply(tenantId, log);
+    assert.equal(matched.snapshot, 'matched');
+    assert.equal(matched.cursor, 43, 'the batch goes on past the head once it matched');
+    // a snapshot that does not complete at the people the hub announced
+    await load(userSetDigest([['bob', 1, []], ['mallory', 1, []]]));
+    const differs = replica.apply(tenantId, log);
+    assert.equal(differs.snapshot, 'differs');
+    assert.equal(differs.cursor, 42, 'nothing after the head is applied: the door loads the snapshot again');
+    assert.equal(replica.checkSnapshot(tenantId), undefined, 'checked once');
   });
 
   it("applies the hub's tenant settings and a person's groups; a deletion takes the groups with the person", function () {
@@ -365,7 +418,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     assert.equal(replica.cursor(tenantId), 5);
   });
 
-  it("a snapshot's first chunk sets the tenant's settings, and each person's groups", function () {
+  it("a snapshot's first chunk sets the tenant's settings, and each person's groups", async function () {
     replica.apply(tenantId, [change(upsert('bob', 1)), change({ kind: 'user.groups', external_user_id: 'bob', groups: ['staff'] })]);
     replica.beginSnapshot(tenantId);
     const user = (id: string, groups?: string[]) => {
@@ -374,8 +427,10 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       return groups ? { ...u, groups } : u;
     };
     const tenant = { name: 'acme', allowed_origins: ['https://new.example.com'], liveness_mode: 'passive' as const };
-    const done = replica.applySnapshotChunk(tenantId, chunk({ seq: 9, after: null, users: [user('alice', ['night']), user('bob')], tenant, next: null, more: false }));
-    assert.equal(done.done, true);
+    const done = replica.stageSnapshotChunk(tenantId, chunk({ seq: 9, after: null, users: [user('alice', ['night']), user('bob')], tenant, next: null, more: false }));
+    assert.equal(done.complete, true);
+    assert.deepEqual(store.tenants.get(tenantId)?.allowedOrigins, ['http://localhost'], 'the settings wait for the commit');
+    await replica.commitSnapshot(tenantId);
     assert.deepEqual(store.tenants.get(tenantId)?.allowedOrigins, ['https://new.example.com']);
     assert.deepEqual(store.groups.of(tenantId, 'alice'), ['night']);
     assert.deepEqual(store.groups.of(tenantId, 'bob'), [], "bob's version was already here: his groups are still the hub's");
@@ -398,7 +453,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     assert.equal(isAuthentic(() => key, 'reply', tenantId, groups, ['committed_at']), false, 'a MAC binds the kind of message');
     replica.beginSnapshot(tenantId);
     const empty = chunk({ seq: 9, after: null, users: [], next: null, more: false });
-    assert.equal(replica.applySnapshotChunk(tenantId, { ...empty, auth: { ...empty.auth, mac: authenticate({ key: newTenantKey(), keyVersion: 1 }, 'reply', tenantId, empty).auth.mac } }).ignored, true, 'a forged chunk would have erased everyone');
+    assert.equal(replica.stageSnapshotChunk(tenantId, { ...empty, auth: { ...empty.auth, mac: authenticate({ key: newTenantKey(), keyVersion: 1 }, 'reply', tenantId, empty).auth.mac } }).ignored, true, 'a forged chunk would have erased everyone');
     assert.ok(store.users.get(tenantId, 'alice'));
   });
 

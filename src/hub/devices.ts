@@ -119,12 +119,12 @@ export class HubDevices {
    * The tenant's joined devices as senders of sync messages: each one's Ed25519 signing key (null
    * for a device that joined with an earlier release, which signs nothing) and whether it was revoked.
    */
-  async senders(tenantId: string): Promise<Map<string, { signingKey: string | null; revoked: boolean }>> {
-    const r = await this.store.pool.query<{ device_id: string; signing_key: string | null; revoked: boolean }>(
-      'SELECT device_id, signing_key, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE tenant_id = $1 AND public_key IS NOT NULL',
+  async senders(tenantId: string): Promise<Map<string, { signingKey: string | null; revoked: boolean; boot: number | null }>> {
+    const r = await this.store.pool.query<{ device_id: string; signing_key: string | null; revoked: boolean; boot: number | null }>(
+      'SELECT device_id, signing_key, revoked_at IS NOT NULL AS revoked, boot FROM hub_devices WHERE tenant_id = $1 AND public_key IS NOT NULL',
       [tenantId],
     );
-    return new Map(r.rows.map((d) => [d.device_id, { signingKey: d.signing_key, revoked: d.revoked }]));
+    return new Map(r.rows.map((d) => [d.device_id, { signingKey: d.signing_key, revoked: d.revoked, boot: d.boot }]));
   }
 
   /**
@@ -232,7 +232,9 @@ async function nameTaken(db: pg.PoolClient, tenantId: string, deviceId: string, 
 async function recordKeys(db: pg.PoolClient, tenantId: string, deviceId: string, publicKey: string, signingKey: string | undefined): Promise<void> {
   await db.query(
     `INSERT INTO hub_devices (tenant_id, device_id, state, public_key, signing_key, joined_at) VALUES ($1, $2, 'offline', $3, $4, now())
-     ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now()`,
+     ON CONFLICT (tenant_id, device_id) DO UPDATE SET public_key = excluded.public_key, signing_key = excluded.signing_key, joined_at = now(),
+       -- new keys: another device under the name, whose boots count afresh (hub/replay-guard.ts)
+       boot = CASE WHEN hub_devices.signing_key IS NOT DISTINCT FROM excluded.signing_key THEN hub_devices.boot END`,
     [tenantId, deviceId, publicKey, signingKey ?? null],
   );
 }

@@ -709,8 +709,29 @@ export class HubStore {
 
   /** The digest of the tenant's live users, versions and groups at the hub (the devices compute the same). */
   async digest(tenantId: string): Promise<string> {
-    const r = await this.pool.query<{ external_user_id: string; version: number; groups: string[] }>('SELECT external_user_id, version, groups FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
+    return this.#digest(this.pool, tenantId);
+  }
+
+  async #digest(db: pg.Pool | pg.PoolClient, tenantId: string): Promise<string> {
+    const r = await db.query<{ external_user_id: string; version: number; groups: string[] }>('SELECT external_user_id, version, groups FROM hub_users WHERE tenant_id = $1 AND NOT deleted', [tenantId]);
     return userSetDigest(r.rows.map((u) => [u.external_user_id, u.version, u.groups]));
+  }
+
+  /** The tenant's head and the digest of its people at it, read in one snapshot of the database. */
+  async headDigest(tenantId: string): Promise<{ head: number; digest: string }> {
+    const db = await this.pool.connect();
+    try {
+      await db.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const t = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1', [tenantId]);
+      const digest = await this.#digest(db, tenantId);
+      await db.query('COMMIT');
+      return { head: t.rows[0] ? Number(t.rows[0].next_seq) - 1 : 0, digest };
+    } catch (err) {
+      await db.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      db.release();
+    }
   }
 
   /** Stores door events once each (a resent event is already there); returns the ids now held. */

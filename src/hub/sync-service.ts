@@ -6,6 +6,7 @@ import {
   type Change,
   type Submission,
   type SubmittedChange,
+  type SentMark,
   type SyncReply,
   type UserUpsert,
   MAX_CHANGES_PER_BATCH,
@@ -28,6 +29,7 @@ import { Waiters } from '../core/waiters.ts';
 import { HubError } from './errors.ts';
 import type { TenantKey } from './keys.ts';
 import { sendNotice } from './revocation.ts';
+import { ReplayGuard } from './replay-guard.ts';
 import type { AppendResult, HubStore } from './store.ts';
 
 /** What a device answers a command with (access/remote-commands.ts), signed by the device (`from`, `sig`) since this release. */
@@ -83,7 +85,11 @@ const REQUESTS_PER_SECOND = 10;
 interface Sender {
   /** Its signing key; null for a device that joined with an earlier release (heard on the tenant key alone). */
   signingKey: crypto.KeyObject | null;
+  /** The signing key as registered (base64), naming the device's replay marks. */
+  signingKeyId: string | null;
   revoked: boolean;
+  /** The boot its last state reported (a message of an earlier boot is a replay). */
+  boot: number | null;
 }
 
 /** A device is sent its notice again at most this often (it speaks under an old key, or after its revocation). */
@@ -125,6 +131,8 @@ export class HubSync {
   readonly #senders = new Map<string, { byId: Map<string, Sender>; at: number }>();
   /** Each tenant's command key: the hub signs what it sends with it (the devices hold its public half). */
   readonly #hubKeys = new Map<string, crypto.KeyObject>();
+  /** The last message taken of each device, per purpose: a replay of an earlier one is refused. */
+  readonly #replays = new ReplayGuard();
   /** Requests left to each device (`tenant/device`) and when the bucket was last filled. */
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
   /** Per device, its newest request waiting for the bucket to refill. */
@@ -222,10 +230,14 @@ export class HubSync {
     const sender = await this.#sender(tenantId, device);
     if (!sender) return this.#unknownDevice(tenantId, device, kind);
     if (sender.revoked) return this.#renotice(tenantId, device);
-    /** Whether a message is the device's own: for its topic, and signed by its key (if it registered one). */
-    const own = (purpose: SignedPurpose, value: { device_id: string }, raw: object): boolean => {
+    /**
+     * Whether a message is the device's own: for its topic, signed by its key (if it registered
+     * one), and newer than the last the hub took of it for this purpose (not a replay).
+     */
+    const own = (purpose: SignedPurpose, value: { device_id: string; sent?: SentMark }, raw: object, lastWill = false): boolean => {
       if (value.device_id !== device) return false;
-      return sender.signingKey === null || isSignedBy(sender.signingKey, purpose, tenantId, raw);
+      if (sender.signingKey === null || sender.signingKeyId === null) return true;
+      return isSignedBy(sender.signingKey, purpose, tenantId, raw) && value.sent !== undefined && this.#replays.take(sender.signingKeyId, purpose, value.sent, sender.boot, lastWill);
     };
     // a device of this release signs its requests and gets signed answers bound to them; one of an
     // earlier release gets them in the form it reads
@@ -233,8 +245,8 @@ export class HubSync {
     if (kind === 'state') {
       const msg = await this.#authentic(tenantId, 'state', deviceStateSchema, payload);
       if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
-      if (!msg.ok || msg.value.tenant_id !== tenantId || !own('state', msg.value, msg.raw)) {
-        return this.options.logger.warn({ tenant: tenantId, device, problem: msg.ok ? "not the device's own (another device's topic, or not signed by its key)" : msg.problem }, 'hub: a device state was refused');
+      if (!msg.ok || msg.value.tenant_id !== tenantId || !own('state', msg.value, msg.raw, msg.value.state === 'offline')) {
+        return this.options.logger.warn({ tenant: tenantId, device, problem: msg.ok ? "not the device's own (another device's topic, not signed by its key, or a replay)" : msg.problem }, 'hub: a device state was refused');
       }
       const { diverged, repair } = await this.store.devices.recordState(msg.value);
       if (diverged) this.options.logger.warn({ tenant: tenantId, device, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
@@ -250,7 +262,7 @@ export class HubSync {
       const msg = await this.#authentic(tenantId, 'submission', submissionSchema, payload);
       if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a submission was refused');
-      if (!own('submission', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a submission not the device's own (another device's topic, or not signed by its key) was refused");
+      if (!own('submission', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a submission not the device's own (another device's topic, not signed by its key, or a replay) was refused");
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
       await this.#reply(tenantId, device, ack, signedForm(msg.raw));
       if (change) this.#queueChange(tenantId, change);
@@ -258,18 +270,18 @@ export class HubSync {
       const msg = await this.#authentic(tenantId, 'events', doorEventsSchema, payload);
       if (!msg.ok && msg.oldKey) await this.#renotice(tenantId, device);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: door events were refused');
-      if (!own('events', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: door events not the device's own (another device's topic, or not signed by its key) were refused");
+      if (!own('events', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: door events not the device's own (another device's topic, not signed by its key, or a replay) were refused");
       const held = await this.store.recordDoorEvents(tenantId, msg.value);
       await this.#reply(tenantId, device, { type: 'events_ack', event_ids: held }, signedForm(msg.raw));
     } else if (kind === 'fetch') {
       const msg = parseMessage(fetchRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a fetch was refused');
-      if (!own('fetch', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a fetch not the device's own (another device's topic, or not signed by its key) was refused");
+      if (!own('fetch', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a fetch not the device's own (another device's topic, not signed by its key, or a replay) was refused");
       await this.#withinRate(tenantId, device, () => this.#answerFetch(tenantId, device, msg.value, signedForm(msg.raw)));
     } else if (kind === 'snapshot') {
       const msg = parseMessage(snapshotRequestSchema, payload);
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a snapshot request was refused');
-      if (!own('snapshot', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a snapshot request not the device's own (another device's topic, or not signed by its key) was refused");
+      if (!own('snapshot', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a snapshot request not the device's own (another device's topic, not signed by its key, or a replay) was refused");
       await this.#withinRate(tenantId, device, () => this.#answerSnapshot(tenantId, device, msg.value, signedForm(msg.raw)));
     }
   }
@@ -281,7 +293,9 @@ export class HubSync {
     for (let i = 0; i < request.chunks; i++) {
       const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(request.limit, MAX_USERS_PER_CHUNK), request.models);
       const more = chunk.next !== null && i < request.chunks - 1;
-      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more, ...(request_id ? { request_id } : {}) }, signedForm);
+      // the last chunk says where the snapshot is complete: the head and the digest of the hub's people there
+      const end = chunk.next === null && signedForm ? await this.store.headDigest(tenantId) : {};
+      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more, ...end, ...(request_id ? { request_id } : {}) }, signedForm);
       if (!more) break;
       after = chunk.next;
     }
@@ -418,7 +432,7 @@ export class HubSync {
         else throw err;
       }
       const byId = new Map<string, Sender>();
-      for (const [id, d] of rows) byId.set(id, { signingKey: d.signingKey ? publicKeyFromBase64(d.signingKey) : null, revoked: d.revoked });
+      for (const [id, d] of rows) byId.set(id, { signingKey: d.signingKey ? publicKeyFromBase64(d.signingKey) : null, signingKeyId: d.signingKey, revoked: d.revoked, boot: d.boot });
       known = { byId, at: Date.now() };
       this.#senders.set(tenantId, known);
     }

@@ -196,6 +196,18 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    DROP TABLE templates;
    ALTER TABLE templates_with_captures RENAME TO templates;
    CREATE INDEX templates_active ON templates (user_id) WHERE active = 1;`,
+  // a snapshot is staged until its last chunk is in (sync/replica.ts): the users as the hub sent
+  // them (sealed under the tenant key; NULL: erased by the log during the load), the tenant's
+  // settings, and the head and digest the hub announced, checked once the log reaches that head;
+  // a snapshot an earlier release was applying chunk by chunk starts again, staged
+  `CREATE TABLE sync_snapshot_users (tenant_id TEXT NOT NULL, external_user_id TEXT NOT NULL, version INTEGER NOT NULL, user TEXT,
+                                     PRIMARY KEY (tenant_id, external_user_id));
+   ALTER TABLE sync_snapshots ADD COLUMN tenant TEXT;
+   ALTER TABLE sync_snapshots ADD COLUMN complete INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE sync_snapshots ADD COLUMN head_seq INTEGER;
+   ALTER TABLE sync_snapshots ADD COLUMN digest TEXT;
+   CREATE TABLE sync_snapshot_checks (tenant_id TEXT PRIMARY KEY, head_seq INTEGER NOT NULL, digest TEXT NOT NULL);
+   UPDATE sync_snapshots SET snapshot_seq = NULL, after_user = NULL;`,
 ];
 
 /**

@@ -13,6 +13,7 @@ import {
   type DeviceState,
   type DoorEvents,
   type ModelTemplate,
+  type SentMark,
   type SubmittedChange,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
@@ -29,7 +30,7 @@ import type { FleetVerdict } from '../sessions/service.ts';
 import type { FleetWrite } from '../store/biometry-store.ts';
 import type { Embeddings, ModelId } from '../biometrics/matchers/index.ts';
 import type { LocalUserChange } from '../store/users.ts';
-import { Replica } from './replica.ts';
+import { type ApplyResult, Replica } from './replica.ts';
 import { type DeviceSigningKey, loadDeviceKey, loadSigningKey } from './device-key.ts';
 import { type SignedPurpose, isSignedBy, signMessage } from './signature.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
@@ -122,6 +123,10 @@ export class DeviceSync {
   #request: { id: string; kind: 'fetch' | 'snapshot' } | null = null;
   /** The highest sequence the hub's signed log or head has shown this device. */
   #seenSeq = 0;
+  /** A complete snapshot is being made this device's copy. */
+  #committing = false;
+  /** Messages this device signed in this boot (their `sent` mark). */
+  #sentCount = 0;
 
   private constructor(
     private readonly client: MqttClient,
@@ -129,9 +134,9 @@ export class DeviceSync {
     private readonly options: DeviceSyncOptions,
     index: GalleryIndex,
     signingKey: DeviceSigningKey,
+    boot: number,
   ) {
-    store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_boot', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1`).run();
-    this.#boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
+    this.#boot = boot;
     this.replica = new Replica(store, index, (tenantId) => (tenantId === options.tenantId ? options.keyring : undefined), options.model);
     this.#index = index;
     this.#furtherModels = store.users.models.filter((m) => m !== options.model);
@@ -150,13 +155,17 @@ export class DeviceSync {
   static start(store: Store, index: GalleryIndex, events: EventBus, options: DeviceSyncOptions): DeviceSync {
     const topics = syncTopics(options.prefix, options.tenantId);
     const signingKey = loadSigningKey(store.dataDir);
-    const offline = offlineState(options, signingKey);
+    store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_boot', 1) ON CONFLICT (key) DO UPDATE SET value = value + 1`).run();
+    const boot = Number((store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_boot'`).get() as { value: number }).value);
+    const offline = offlineState(options, signingKey, boot);
     const clientOptions = {
       ...syncClientOptions(`authface-sync-${options.deviceId}`, options.broker ?? {}),
       will: { topic: topics.state(options.deviceId), payload: Buffer.from(JSON.stringify(offline)), qos: 1 as const, retain: true },
     };
     const client = mqtt.connect(options.url, clientOptions);
-    const sync = new DeviceSync(client, store, options, index, signingKey);
+    const sync = new DeviceSync(client, store, options, index, signingKey, boot);
+    // a snapshot complete before a crash is made this device's copy now, link or not
+    if (sync.replica.snapshot(options.tenantId)?.complete) void sync.#commitSnapshot();
     // a door event goes to the hub as soon as it is recorded (and waits in the audit log if it cannot)
     sync.#off.push(events.on('access.decided', () => sync.flushEvents()), events.on('door.alarm', () => sync.flushEvents()));
     client.on('connect', () => {
@@ -282,6 +291,8 @@ export class DeviceSync {
     if ((this.#fetching && !now) || !this.client.connected) return;
     // a snapshot being loaded goes on where it was (also after a crash): the log waits for it
     const snapshot = this.replica.snapshot(this.options.tenantId);
+    if (this.#committing) return;
+    if (snapshot?.complete) return void this.#commitSnapshot();
     // answers are arriving: the request in flight is alive (a head must not start a second stream;
     // two hundred doors catching up at once would each ask again at every head)
     if (this.#fetching && Date.now() - this.#lastAnswerAt < FETCH_TIMEOUT_MS) return;
@@ -295,12 +306,12 @@ export class DeviceSync {
     if (snapshot) {
       this.#request = { id: request_id, kind: 'snapshot' };
       const request = { device_id: deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
-      this.client.publish(topics.snapshot(deviceId), JSON.stringify(this.#sign('snapshot', request)), { qos: 1 });
+      this.client.publish(topics.snapshot(deviceId), JSON.stringify(this.#signRequest('snapshot', request)), { qos: 1 });
       return;
     }
     this.#request = { id: request_id, kind: 'fetch' };
     const request = { device_id: deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
-    this.client.publish(topics.fetch(deviceId), JSON.stringify(this.#sign('fetch', request)), { qos: 1 });
+    this.client.publish(topics.fetch(deviceId), JSON.stringify(this.#signRequest('fetch', request)), { qos: 1 });
   }
 
   /**
@@ -448,7 +459,7 @@ export class DeviceSync {
     // device's client) never acknowledges it, and ending then would wait for that too
     let said = !this.client.connected;
     if (!said) {
-      const offline = offlineState(this.options, this.#signingKey);
+      const offline = offlineState(this.options, this.#signingKey, this.#boot);
       const published = this.client.publishAsync(syncTopics(this.options.prefix, this.options.tenantId).state(this.options.deviceId), JSON.stringify(offline), { qos: 1, retain: true });
       said = await Promise.race([published.then(() => true, () => false), new Promise<boolean>((r) => setTimeout(() => r(false), CLOSE_WAIT_MS).unref())]);
     }
@@ -460,11 +471,20 @@ export class DeviceSync {
    * then signed with this device's own key (it is this device's).
    */
   #signed<T extends object>(purpose: MessagePurpose & SignedPurpose, message: T): T & { auth: MessageAuth; sig: string } {
-    return this.#sign(purpose, authenticate(this.options.keyring.latest, purpose, this.options.tenantId, message));
+    return this.#sign(purpose, authenticate(this.options.keyring.latest, purpose, this.options.tenantId, { ...message, sent: this.#nextSent() }));
+  }
+
+  /** A request signed with this device's key, marked with when it was sent (the hub refuses a replay of it). */
+  #signRequest<T extends object>(purpose: 'fetch' | 'snapshot', message: T): T & { sig: string } {
+    return this.#sign(purpose, { ...message, sent: this.#nextSent() });
   }
 
   #sign<T extends object>(purpose: SignedPurpose, message: T): T & { sig: string } {
     return signMessage(this.#signingKey.privateKey, purpose, this.options.tenantId, message);
+  }
+
+  #nextSent(): SentMark {
+    return { boot: this.#boot, n: ++this.#sentCount };
   }
 
   /** Whether a message from the hub carries the hub's signature (`raw`: as received). */
@@ -481,9 +501,9 @@ export class DeviceSync {
       const msg = parseMessage(changeBatchSchema, payload);
       if (!msg.ok) return logger.warn({ problem: msg.problem }, 'sync: a log message was refused');
       if (!this.#fromHub('log', msg.raw)) return logger.warn({}, "sync: a log message not signed by the hub's key was refused (forged or altered)");
-      // while a snapshot loads, the log after it is fetched once it is done
-      if (this.replica.snapshot(tenantId)) return;
       this.#seen(msg.value.changes.at(-1)!.seq);
+      // while a snapshot loads, the log after it is fetched once it is done; a deletion is applied at once
+      if (this.replica.snapshot(tenantId)) return void this.replica.eraseDuringSnapshot(tenantId, msg.value.changes);
       // the signed log carries each person's further templates (the unsigned one does not)
       this.#apply(msg.value.changes);
     } else if (topic === topics.signedHead) {
@@ -537,15 +557,13 @@ export class DeviceSync {
       if (reply.type === 'snapshot') {
         // a snapshot never takes the device back behind what it has applied
         if (reply.seq < this.cursor) return logger.warn({ seq: reply.seq, cursor: this.cursor }, 'sync: a snapshot older than this device\'s cursor was refused');
-        const chunk = this.replica.applySnapshotChunk(tenantId, reply);
+        const chunk = this.replica.stageSnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
         this.#lastAnswerAt = Date.now();
-        // the next request goes when the last chunk of this one is in (or the snapshot is done)
-        if (reply.more && !chunk.done) return;
+        if (chunk.complete) return void this.#commitSnapshot();
+        // the next request goes when the last chunk of this one is in
+        if (reply.more) return;
         this.#fetching = false;
-        // the state (its digest reads every user) is reported once the snapshot is complete
-        if (chunk.done) this.#stateSoon();
-        if (chunk.done) logger.info({ seq: this.cursor }, 'sync: snapshot loaded; the log follows from its sequence');
         this.fetch();
         return;
       }
@@ -646,8 +664,42 @@ export class DeviceSync {
     if (seq > this.#seenSeq) this.#seenSeq = seq;
   }
 
+  /**
+   * Makes a snapshot whose every chunk is in this device's copy (Replica.commitSnapshot), then
+   * follows the log from it. One that cannot be made (a template does not open) starts again.
+   */
+  async #commitSnapshot(): Promise<void> {
+    const { tenantId, logger } = this.options;
+    if (this.#committing) return;
+    this.#committing = true;
+    try {
+      const { applied, removed } = await this.replica.commitSnapshot(tenantId);
+      logger.info({ seq: this.cursor, applied, removed }, 'sync: snapshot loaded; the log follows from its sequence');
+      this.#snapshotChecked(this.replica.checkSnapshot(tenantId));
+    } catch (err) {
+      logger.error({ problem: (err as Error).message }, 'sync: a snapshot could not be made this device\'s copy; it is loaded again');
+      this.replica.restartSnapshot(tenantId);
+    } finally {
+      this.#committing = false;
+      this.#fetching = false;
+    }
+    // the state (its digest reads every user) is reported once the snapshot is complete
+    this.#stateSoon();
+    this.fetch();
+  }
+
+  /** The log reached the head a snapshot announced: a copy that is not the hub's there is loaded again. */
+  #snapshotChecked(verdict: ApplyResult['snapshot']): void {
+    if (verdict !== 'differs') return;
+    this.options.logger.error({ seq: this.cursor }, "sync: at the head the snapshot announced, this device's people are not the hub's (its digest differs); loading the snapshot again");
+    this.replica.beginSnapshot(this.options.tenantId);
+    this.fetch(true);
+  }
+
   #apply(changes: Parameters<Replica['apply']>[1]): void {
     const result = this.replica.apply(this.options.tenantId, changes);
+    this.#snapshotChecked(result.snapshot);
+    if (result.snapshot === 'differs') return;
     if (result.applied > 0) this.#stateSoon();
     if (result.refused) this.options.logger.warn({ seq: result.refused.seq, reason: result.refused.reason }, 'sync: a change was refused and not applied');
     if (result.refused?.reason === 'unknown_key') void this.askHub();
@@ -656,7 +708,8 @@ export class DeviceSync {
 }
 
 /** The retained state a device leaves behind when it goes (its last will, or said on a clean stop). */
-function offlineState(options: DeviceSyncOptions, signingKey: DeviceSigningKey): DeviceState {
-  const state = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' as const };
+function offlineState(options: DeviceSyncOptions, signingKey: DeviceSigningKey, boot: number): DeviceState {
+  // signed when the device connects, sent by the broker later than what it signs after: n is 0
+  const state = { device_id: options.deviceId, tenant_id: options.tenantId, state: 'offline' as const, sent: { boot, n: 0 } };
   return signMessage(signingKey.privateKey, 'state', options.tenantId, authenticate(options.keyring.latest, 'state', options.tenantId, state));
 }

@@ -23,6 +23,18 @@ export const MAX_CHANGES_PER_BATCH = 50;
 const signed = {
   sig: signatureSchema.optional(),
 };
+export const sentMarkSchema = z
+  .strictObject({
+    boot: z.int().min(0).describe("The device's boot (its state's `boot`)"),
+    n: z.int().min(0).describe('Counts the messages the device signed in this boot (0: its last will, signed when it connected)'),
+  })
+  .describe('When a device sent the message: the hub takes a message of a device only if it is newer than the last it took for the same purpose (a replay is refused)');
+export type SentMark = z.output<typeof sentMarkSchema>;
+/** What a device of this release signs. */
+const signedByDevice = {
+  ...signed,
+  sent: sentMarkSchema.optional(),
+};
 const fromHub = {
   from: z.literal(HUB_SENDER).optional().describe('The sender: the hub (its key is the tenant\'s command key, which a device learned at join)'),
   ...signed,
@@ -216,7 +228,7 @@ export const submissionSchema = z
         "A template the door waits on before its session succeeds. `enroll`: refused if the face is already enrolled under another id anywhere in the fleet (`duplicate_face`) or the id is (`already_enrolled`); otherwise sequenced at the next version (re-sealed for it). `update` (its `version` is the door's version + 1): refused as `duplicate_face` likewise, `user_not_found` when the person is not enrolled at the hub, `stale_version` (with the hub's `version`) when the hub's is not the door's. The ack gives the version",
       ),
     auth: authSchema,
-    ...signed,
+    ...signedByDevice,
   })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
 
@@ -232,7 +244,7 @@ export const fetchRequestSchema = z
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
     request_id: requestId.optional(),
-    ...signed,
+    ...signedByDevice,
   })
   .meta({ id: 'SyncFetch' });
 
@@ -254,7 +266,7 @@ export const snapshotRequestSchema = z
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
     request_id: requestId.optional(),
-    ...signed,
+    ...signedByDevice,
   })
   .meta({ id: 'SyncSnapshotRequest', description: "A chunk of the tenant's live users, in external_user_id byte order" });
 
@@ -288,7 +300,7 @@ export const doorEventsSchema = z
       .min(1)
       .max(MAX_EVENTS_PER_BATCH),
     auth: authSchema,
-    ...signed,
+    ...signedByDevice,
   })
   .meta({ id: 'SyncDoorEvents', description: 'Access decisions, remote unlocks and alarms of a door, for the central store (kept once per event_id)' });
 
@@ -330,6 +342,8 @@ export const replySchema = z
       tenant: tenantSettingsSchema.omit({ kind: true }).optional().describe("The tenant's settings as of `seq` (with the first chunk)"),
       next: z.string().max(128).nullable().describe('Ask for the chunk after this user; null: that was the last'),
       more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
+      head: z.int().min(0).optional().describe("With the last chunk (`next` null): the hub's head when it was read. The device makes the snapshot its copy only once every chunk is in, then follows the log; at this head it must hold exactly the people of `digest`, or it loads the snapshot again"),
+      digest: z.string().regex(/^[0-9a-f]{64}$/).optional().describe("With the last chunk: the digest of the hub's people at `head` (as a device state's `digest`)"),
       auth: authSchema,
       request_id: requestId.optional(),
       device_id: addressee,
@@ -363,7 +377,7 @@ export const deviceStateSchema = z
     doors: z.array(z.string().regex(/^[A-Za-z0-9_-]{1,64}$/)).max(64).optional().describe("The device's doors (the console lists them, and opens one remotely)"),
     time: z.iso.datetime().optional().describe("The device's clock (shown, never used for ordering)"),
     auth: authSchema,
-    ...signed,
+    ...signedByDevice,
   })
   .meta({ id: 'SyncDeviceState', description: 'Sparkplug-style device state: retained, with a last will of `offline`' });
 

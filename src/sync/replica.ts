@@ -7,10 +7,12 @@ import { type Change, type SnapshotUser, type SyncReply, type TenantSettings, CH
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
 
-/** A snapshot being loaded: the hub's head when it began (null before the first chunk) and the last user applied. */
+/** A snapshot being loaded: the hub's head when it began (null before the first chunk) and the last user staged. */
 export interface SnapshotProgress {
   snapshotSeq: number | null;
   afterUser: string | null;
+  /** The last chunk is staged: the snapshot is ready to be made this device's copy (Replica.commitSnapshot). */
+  complete: boolean;
 }
 
 export interface ApplyResult {
@@ -24,6 +26,8 @@ export interface ApplyResult {
   refused: { seq: number; reason: string } | null;
   /** The cursor after the batch. */
   cursor: number;
+  /** The batch reached the head a snapshot announced: whether its digest matched (Replica.checkSnapshot). */
+  snapshot?: 'matched' | 'differs' | 'unchecked';
 }
 
 /**
@@ -33,6 +37,9 @@ export interface ApplyResult {
  * The in-memory 1:N index is updated only after the commit.
  */
 export class Replica {
+  /** The index updates of a snapshot commit in progress (Replica.commitSnapshot), run after its last write. */
+  #committing: (() => void)[] | null = null;
+
   constructor(
     private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit' | 'tenants' | 'groups'>,
     private readonly index: GalleryIndex,
@@ -59,10 +66,44 @@ export class Replica {
   /** Applies what follows the cursor; the batch may be out of order, duplicated or start ahead. */
   apply(tenantId: string, changes: readonly Change[]): ApplyResult {
     const ordered = changes.filter((c) => c.tenant_id === tenantId).sort((a, b) => a.seq - b.seq);
-    return this.#asReplica(
-      (after) => this.#applyAll(tenantId, ordered, after),
-      (result) => ordered.some((c) => c.kind === 'user.delete') && result.applied > 0,
-    );
+    const run = (part: readonly Change[]) =>
+      this.#asReplica(
+        (after) => this.#applyAll(tenantId, part, after),
+        (result) => part.some((c) => c.kind === 'user.delete') && result.applied > 0,
+      );
+    // a snapshot's announced head inside the batch: stop there, and check its digest
+    const head = this.#snapshotCheck(tenantId)?.head;
+    if (head === undefined || !ordered.some((c) => c.seq > head)) {
+      const result = run(ordered);
+      return head === undefined ? result : { ...result, snapshot: this.checkSnapshot(tenantId) };
+    }
+    const first = run(ordered.filter((c) => c.seq <= head));
+    const snapshot = this.checkSnapshot(tenantId);
+    if (first.cursor < head || first.refused || snapshot === 'differs') return { ...first, snapshot };
+    const rest = run(ordered.filter((c) => c.seq > head));
+    return { ...rest, applied: first.applied + rest.applied, duplicates: first.duplicates + rest.duplicates, snapshot };
+  }
+
+  #snapshotCheck(tenantId: string): { head: number; digest: string } | undefined {
+    const row = this.store.db.prepare('SELECT head_seq, digest FROM sync_snapshot_checks WHERE tenant_id = ?').get(tenantId) as { head_seq: number; digest: string } | undefined;
+    return row && { head: row.head_seq, digest: row.digest };
+  }
+
+  /**
+   * Once the cursor is at the head the hub announced with a snapshot's last chunk, this device
+   * must hold exactly the people the hub held there (their digest): `differs` says it does not
+   * (the snapshot is loaded again). `unchecked`: changes made here and not yet acknowledged make
+   * the digests differ anyway (the hub compares them when it has them), or the cursor passed it.
+   * Undefined: nothing to check yet.
+   */
+  checkSnapshot(tenantId: string): 'matched' | 'differs' | 'unchecked' | undefined {
+    const check = this.#snapshotCheck(tenantId);
+    const cursor = this.cursor(tenantId);
+    if (!check || cursor < check.head) return undefined;
+    this.store.db.prepare('DELETE FROM sync_snapshot_checks WHERE tenant_id = ?').run(tenantId);
+    const pending = this.store.db.prepare('SELECT 1 FROM sync_outbox WHERE tenant_id = ? LIMIT 1').get(tenantId) !== undefined;
+    if (pending || cursor > check.head) return 'unchecked';
+    return this.store.users.digest(tenantId).digest === check.digest ? 'matched' : 'differs';
   }
 
   /**
@@ -136,21 +177,29 @@ export class Replica {
   /** A person's template from the hub (an upsert of the log, or a user of a snapshot); returns why it was refused, or null. */
   #applyTemplate(tenantId: string, u: SnapshotUser, after: (() => void)[]): string | null {
     const gallery = this.index.of(tenantId);
-    const key = this.keyring(tenantId)?.key(u.key_version);
-    if (!key) return `no tenant key of version ${u.key_version} on this device`;
-    const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
-    try {
-      const embedding = openTemplate(key, u.template, binding, this.model);
-      const held = this.store.users.replicate(tenantId, u.external_user_id, u.version, { ...this.#further(tenantId, u), [this.model]: embedding });
-      after.push(() => gallery.upsert(u.external_user_id, held));
-      return null;
-    } catch (err) {
-      if (!(err instanceof EnvelopeError)) throw err;
-      if (err.code !== 'wrong_model') return err.code;
+    const opened = this.#open(tenantId, u);
+    if ('refusal' in opened) return opened.refusal;
+    if (opened.embedding === 'wrong_model') {
       // the log moves on; this person cannot be recognised here until they enrol with this model
       this.store.users.flagReenrolment(tenantId, u.external_user_id, 'model_changed');
       after.push(() => gallery.remove(u.external_user_id));
       return null;
+    }
+    const held = this.store.users.replicate(tenantId, u.external_user_id, u.version, { ...this.#further(tenantId, u), [this.model]: opened.embedding });
+    after.push(() => gallery.upsert(u.external_user_id, held));
+    return null;
+  }
+
+  /** The person's template of the fleet model, opened (`wrong_model`: another model made it), or why it does not open. */
+  #open(tenantId: string, u: SnapshotUser): { embedding: Float32Array | 'wrong_model' } | { refusal: string } {
+    const key = this.keyring(tenantId)?.key(u.key_version);
+    if (!key) return { refusal: `no tenant key of version ${u.key_version} on this device` };
+    const binding = { tenantId, externalUserId: u.external_user_id, version: u.version, model: u.model, keyVersion: u.key_version };
+    try {
+      return { embedding: openTemplate(key, u.template, binding, this.model) };
+    } catch (err) {
+      if (!(err instanceof EnvelopeError)) throw err;
+      return err.code === 'wrong_model' ? { embedding: 'wrong_model' } : { refusal: err.code };
     }
   }
 
@@ -179,10 +228,10 @@ export class Replica {
 
   /** The snapshot of the tenant being loaded here, if any (it survives a restart). */
   snapshot(tenantId: string): SnapshotProgress | undefined {
-    const row = this.store.db.prepare('SELECT snapshot_seq, after_user FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as
-      | { snapshot_seq: number | null; after_user: string | null }
+    const row = this.store.db.prepare('SELECT snapshot_seq, after_user, complete FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as
+      | { snapshot_seq: number | null; after_user: string | null; complete: number }
       | undefined;
-    return row && { snapshotSeq: row.snapshot_seq, afterUser: row.after_user };
+    return row && { snapshotSeq: row.snapshot_seq, afterUser: row.after_user, complete: row.complete === 1 };
   }
 
   beginSnapshot(tenantId: string): void {
@@ -190,72 +239,178 @@ export class Replica {
   }
 
   /**
-   * Applies one chunk of a snapshot in one transaction: its users are written (at the hub's
-   * version), and users held here in the chunk's range that the hub does not have are erased,
-   * except those with a change of this device still on its way to the hub. The progress moves in
-   * the same transaction; after the last chunk the cursor is set to the snapshot's sequence, and
-   * the log after it follows. A chunk that does not answer the current request is ignored.
+   * Stages one chunk of a snapshot: its users are kept as the hub sent them (sealed under the
+   * tenant key) until the last chunk is in, and nothing this device decides on changes before
+   * then. The progress moves in the same transaction, so a crash resumes where it was. A chunk
+   * that does not follow the last one staged, or is not authenticated, is ignored.
    */
-  applySnapshotChunk(tenantId: string, chunk: SnapshotChunk): { applied: number; removed: number; done: boolean; ignored: boolean } {
-    // a chunk need not reach the disk before the next: after a power cut the snapshot resumes from
-    // the last chunk that did (WAL keeps data and progress together), and nothing here is acknowledged
-    this.store.db.pragma('synchronous = NORMAL');
-    try {
-      return this.#asReplica(
-        (after) => this.store.db.transaction(() => this.#applyChunk(tenantId, chunk, after))(),
-        (result) => result.removed > 0,
+  stageSnapshotChunk(tenantId: string, chunk: SnapshotChunk): { staged: number; complete: boolean; ignored: boolean } {
+    const ignored = { staged: 0, complete: false, ignored: true };
+    return this.store.db.transaction(() => {
+      const progress = this.snapshot(tenantId);
+      if (!progress || progress.complete || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return ignored;
+      // a chunk says who exists: a forged one could erase people (DeviceSync checks replies; this is the last line)
+      if (!isAuthentic(this.replyKey(tenantId), 'reply', tenantId, chunk)) return ignored;
+      // a person erased by the log while the snapshot loads (a tombstone here) stays erased unless re-enrolled since
+      const stage = this.store.db.prepare(
+        `INSERT INTO sync_snapshot_users (tenant_id, external_user_id, version, user) VALUES (?, ?, ?, ?)
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, user = excluded.user
+         WHERE sync_snapshot_users.user IS NOT NULL OR excluded.version > sync_snapshot_users.version`,
       );
-    } finally {
-      this.store.db.pragma('synchronous = FULL');
-    }
+      for (const u of chunk.users) {
+        // a chunk is staged only if each of its templates opens: the commit then cannot fail half way
+        const opened = this.#open(tenantId, u);
+        if ('refusal' in opened) throw new Error(`snapshot: the template of a user does not open (${opened.refusal})`);
+        stage.run(tenantId, u.external_user_id, u.version, JSON.stringify(u));
+      }
+      const complete = chunk.next === null;
+      this.store.db
+        .prepare('UPDATE sync_snapshots SET snapshot_seq = COALESCE(snapshot_seq, ?), after_user = ?, tenant = COALESCE(?, tenant), complete = ?, head_seq = ?, digest = ? WHERE tenant_id = ?')
+        .run(chunk.seq, chunk.next, chunk.tenant ? JSON.stringify(chunk.tenant) : null, complete ? 1 : 0, complete ? (chunk.head ?? null) : null, complete ? (chunk.digest ?? null) : null, tenantId);
+      return { staged: chunk.users.length, complete, ignored: false };
+    })();
   }
 
-  #applyChunk(tenantId: string, chunk: SnapshotChunk, after: (() => void)[]): { applied: number; removed: number; done: boolean; ignored: boolean } {
+  /** Drops what a snapshot has staged and loads it again from its first chunk. */
+  restartSnapshot(tenantId: string): void {
+    this.store.db.transaction(() => {
+      this.store.db.prepare('DELETE FROM sync_snapshot_users WHERE tenant_id = ?').run(tenantId);
+      this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = NULL, after_user = NULL, tenant = NULL, complete = 0, head_seq = NULL, digest = NULL WHERE tenant_id = ?').run(tenantId);
+    })();
+  }
+
+  /**
+   * A deletion of the log that arrives while a snapshot loads is applied at once (the cursor does
+   * not move: the log replays it after the snapshot): a person deleted at the hub is never
+   * recognised here, and a staged copy of them is kept out of the snapshot. Returns the erased.
+   */
+  eraseDuringSnapshot(tenantId: string, changes: readonly Change[]): number {
+    const ring = this.keyring(tenantId);
+    const deletions = changes.filter(
+      (c): c is Extract<Change, { kind: 'user.delete' }> =>
+        c.kind === 'user.delete' && c.tenant_id === tenantId && ring !== undefined && isAuthentic((v) => ring.changeKey(c.seq, v), 'change', tenantId, c, CHANGE_FIELDS_OUTSIDE_AUTH),
+    );
+    if (deletions.length === 0) return 0;
+    const gallery = this.index.of(tenantId);
+    return this.#asReplica(
+      (after) =>
+        this.store.db.transaction(() => {
+          let erased = 0;
+          for (const d of deletions) {
+            const held = this.store.users.get(tenantId, d.external_user_id);
+            if (held && held.version <= d.version) {
+              this.store.eraseUser(tenantId, d.external_user_id, () => null);
+              after.push(() => gallery.remove(d.external_user_id));
+              // a commit in progress may have written them before: its index update waits, so this follows it
+              this.#committing?.push(() => gallery.remove(d.external_user_id));
+              erased++;
+            }
+            // the tombstone (until the commit) keeps a chunk read before the deletion out
+            this.store.db
+              .prepare(
+                `INSERT INTO sync_snapshot_users (tenant_id, external_user_id, version, user) VALUES (?, ?, ?, NULL)
+                 ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, user = NULL WHERE sync_snapshot_users.version <= excluded.version`,
+              )
+              .run(tenantId, d.external_user_id, d.version);
+          }
+          return erased;
+        })(),
+      (erased) => erased > 0,
+    );
+  }
+
+  /**
+   * Makes a complete snapshot this device's copy: the staged users are written (at the hub's
+   * version), and users held here that the hub does not have are erased, except those with a
+   * change of this device still on its way to the hub. The writes go in slices (the door's API
+   * keeps answering), but what the door decides on, its 1:N index, changes once, after the last:
+   * it never decides on half a snapshot. The cursor is then the first chunk's head, and the log
+   * after it follows; the head and digest the hub announced with the last chunk are checked once
+   * the log reaches that head (`apply`).
+   */
+  async commitSnapshot(tenantId: string, slice = 256): Promise<{ applied: number; removed: number }> {
     const progress = this.snapshot(tenantId);
-    if (!progress || chunk.tenant_id !== tenantId || chunk.after !== progress.afterUser) return { applied: 0, removed: 0, done: false, ignored: true };
-    // a chunk says who exists: a forged one could erase people (DeviceSync checks replies; this is the last line)
-    if (!isAuthentic(this.replyKey(tenantId), 'reply', tenantId, chunk)) return { applied: 0, removed: 0, done: false, ignored: true };
+    if (!progress?.complete) throw new Error('snapshot: not complete');
     const pending = new Set(
       (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
     );
-    const gallery = this.index.of(tenantId);
-    if (chunk.tenant) this.#applyTenant(tenantId, chunk.tenant);
-    let applied = 0;
-    for (const u of chunk.users) {
-      this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
-      if (pending.has(u.external_user_id)) continue;
-      if (this.#holds(tenantId, u)) continue;
-      const refusal = this.#applyTemplate(tenantId, u, after);
-      if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
-      applied++;
+    const after: (() => void)[] = [];
+    this.#committing = after;
+    try {
+      return { applied: await this.#commitSlices(tenantId, pending, after, slice), removed: this.#commitEnd(tenantId, pending, after) };
+    } finally {
+      // the index follows the database at once, after the last write (also if a write failed)
+      this.#committing = null;
+      for (const run of after) run();
     }
-    const last = chunk.next === null ? null : chunk.users[chunk.users.length - 1].external_user_id;
-    const kept = new Set(chunk.users.map((u) => u.external_user_id));
-    // ids are never empty: '' is before the first (the conditions stay an index range)
-    const held = (
-      last === null
-        ? this.store.db.prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND deleted_at IS NULL').all(tenantId, progress.afterUser ?? '')
-        : this.store.db
-            .prepare('SELECT external_user_id FROM users WHERE tenant_id = ? AND external_user_id > ? AND external_user_id <= ? AND deleted_at IS NULL')
-            .all(tenantId, progress.afterUser ?? '', last)
-    ) as { external_user_id: string }[];
-    let removed = 0;
-    for (const { external_user_id: id } of held) {
-      if (kept.has(id) || pending.has(id)) continue;
-      this.store.eraseUser(tenantId, id, () => null);
-      after.push(() => gallery.remove(id));
-      removed++;
-    }
-    const seq = progress.snapshotSeq ?? chunk.seq;
-    if (chunk.next === null) {
-      this.#moveTo(tenantId, seq);
-      this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
-    } else {
-      this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = ?, after_user = ? WHERE tenant_id = ?').run(seq, chunk.next, tenantId);
-    }
-    return { applied, removed, done: chunk.next === null, ignored: false };
   }
 
+  async #commitSlices(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], slice: number): Promise<number> {
+    const page = this.store.db.prepare('SELECT external_user_id, user FROM sync_snapshot_users WHERE tenant_id = ? AND external_user_id > ? ORDER BY external_user_id LIMIT ?');
+    let applied = 0;
+    let from = '';
+    for (;;) {
+      const rows = page.all(tenantId, from, slice) as { external_user_id: string; user: string | null }[];
+      if (rows.length === 0) break;
+      from = rows[rows.length - 1].external_user_id;
+      // the index updates of every slice wait in `after`, for the end
+      const written: (() => void)[] = [];
+      applied += this.#asReplica(
+        () =>
+          this.store.db.transaction(() => {
+            let n = 0;
+            for (const row of rows) {
+              if (row.user === null) continue; // erased by the log during the load
+              const u = JSON.parse(row.user) as SnapshotUser;
+              this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
+              if (pending.has(u.external_user_id) || this.#holds(tenantId, u)) continue;
+              const refusal = this.#applyTemplate(tenantId, u, written);
+              if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
+              n++;
+            }
+            return n;
+          })(),
+        () => false,
+      );
+      after.push(...written); // the slice committed
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    return applied;
+  }
+
+  /** The commit's last transaction: who the hub does not have is erased, the cursor moves, the head and digest wait to be checked. */
+  #commitEnd(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[]): number {
+    const gallery = this.index.of(tenantId);
+    return this.#asReplica(
+      () =>
+        this.store.db.transaction(() => {
+          const tenant = (this.store.db.prepare('SELECT tenant FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as { tenant: string | null }).tenant;
+          if (tenant) this.#applyTenant(tenantId, JSON.parse(tenant) as Omit<TenantSettings, 'kind'>);
+          const gone = this.store.db
+            .prepare(
+              `SELECT u.external_user_id FROM users u WHERE u.tenant_id = ? AND u.deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM sync_snapshot_users s WHERE s.tenant_id = u.tenant_id AND s.external_user_id = u.external_user_id AND s.user IS NOT NULL)`,
+            )
+            .all(tenantId) as { external_user_id: string }[];
+          let n = 0;
+          for (const { external_user_id: id } of gone) {
+            if (pending.has(id)) continue;
+            this.store.eraseUser(tenantId, id, () => null);
+            after.push(() => gallery.remove(id));
+            n++;
+          }
+          const done = this.store.db.prepare('SELECT snapshot_seq, head_seq, digest FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as { snapshot_seq: number; head_seq: number | null; digest: string | null };
+          this.#moveTo(tenantId, done.snapshot_seq);
+          this.store.db.prepare('DELETE FROM sync_snapshot_users WHERE tenant_id = ?').run(tenantId);
+          this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
+          if (done.head_seq !== null && done.digest !== null) {
+            this.store.db.prepare('INSERT OR REPLACE INTO sync_snapshot_checks (tenant_id, head_seq, digest) VALUES (?, ?, ?)').run(tenantId, done.head_seq, done.digest);
+          }
+          return n;
+        })(),
+        (n) => n > 0,
+      );
+  }
   /** Whether this device holds the person at the chunk's version with every template of it that it keeps. */
   #holds(tenantId: string, u: SnapshotUser): boolean {
     const user = this.store.users.get(tenantId, u.external_user_id);
