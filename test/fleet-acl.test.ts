@@ -149,6 +149,26 @@ describe("broker rights: each device's own client through Mosquitto's dynamic se
     await b1.subscribeAsync(b.log, { qos: 1 });
   });
 
+  it('issue 18, findings 1–4 on dynamic security: a broker client without keys cannot connect; a joined door cannot even publish the forgeries', async function () {
+    // a broker client with no credentials (the quick start's anonymous attacker)
+    await assert.rejects(mqtt.connectAsync(`mqtt://127.0.0.1:${broker!.port}`, { protocolVersion: 5, reconnectPeriod: 0 }), /Not authorized|Bad User Name or Password/);
+    const a1 = await connectAs('a1');
+    const a = syncTopics(prefix, tenantA);
+    // 1. a range or snapshot reply to another door, or a repair, or a notice
+    await denied(a1.publishAsync(a.reply('a2'), '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.reply('a1'), '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.notice('a2'), '{}', { qos: 1, retain: true }));
+    // 2. the answer to the hub's command for another door (or for itself: the hub reads it signed)
+    await denied(a1.publishAsync(`${prefix}/a2/command/result`, '{}', { qos: 1 }));
+    // 3. another door's state (checked above) and its submissions, in its name
+    await denied(a1.publishAsync(a.state('a2'), '{}', { qos: 1, retain: true }));
+    // 4. fetch and snapshot requests in another door's name
+    await denied(a1.publishAsync(a.fetch('a2'), '{}', { qos: 1 }));
+    await denied(a1.publishAsync(a.snapshot('a2'), '{}', { qos: 1 }));
+    // what it may publish is its own, and that the hub reads signed (test/fleet-forgery.test.ts)
+    await a1.publishAsync(a.fetch('a1'), '{}', { qos: 1 });
+  });
+
   it('issue 18, finding 7: a door cannot retain a message larger than the broker allows (dynsec.conf: 128 KiB)', async function () {
     const a = syncTopics(prefix, tenantA);
     const watcher = await mqtt.connectAsync(`mqtt://${hubUser.username}:${hubUser.password}@127.0.0.1:${broker!.port}`, { protocolVersion: 5, reconnectPeriod: 0 });
