@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { DLIB_RESNET, MOBILEFACENET } from '../src/biometrics/matchers/index.ts';
 import { authface, cliIn, joinDoorByCli, serve, serveHub, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
@@ -14,6 +15,13 @@ import { testBroker } from './support/mqtt.ts';
 import { thrice } from './support/photos.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 import { previousRelease } from './support/previous-release.ts';
+import { loadDeviceKey, loadSigningKey } from '../src/sync/device-key.ts';
+import { signMessage } from '../src/sync/signature.ts';
+import { challengeSchema, proveRegistration } from '../src/sync/signing-registration.ts';
+import { authenticate, generateDeviceKeyPair } from '../src/sync/envelope.ts';
+import { loadKeyring } from '../src/sync/keyring.ts';
+import { syncTopics } from '../src/sync/protocol.ts';
+import mqtt from 'mqtt';
 
 /**
  * A fleet in the middle of its upgrade: the hub and the `new` door run this release, the `old` door
@@ -31,17 +39,17 @@ describe('a fleet while it upgrades: a door of the previous release and doors of
   let release: string;
   let db: TestDatabase;
   let pool: pg.Pool;
-  let hub: ChildProcess | undefined;
+  let hub: (ChildProcess & { url: string }) | undefined;
   let brokerUrl: string;
   let tenantId: string;
-  const doors = new Map<string, { child: ChildProcess; api: Client; dataDir: string }>();
+  const doors = new Map<string, { child: ChildProcess; api: Client; dataDir: string; env: Record<string, string> }>();
 
   async function startDoor(name: string, cli: string[]): Promise<void> {
     const dataDir = path.join(dir, name);
     const { env, configFile } = await joinDoorByCli(name, { dir, tenantId, databaseUrl: db.url, hubEnv, brokerUrl, prefix }, cli);
     const served = await serve({ ...env, AUTHFACE_DEVICE_CONFIG: configFile }, { cli });
     const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env, { cli })).stdout) as { api_key: string };
-    doors.set(name, { child: served.child, api: new Client(served.url, api_key), dataDir });
+    doors.set(name, { child: served.child, api: new Client(served.url, api_key), dataDir, env: { ...env, AUTHFACE_DEVICE_CONFIG: configFile } });
   }
 
   const door = (name: string) => doors.get(name)!;
@@ -159,5 +167,55 @@ describe('a fleet while it upgrades: a door of the previous release and doors of
     // the fleet checks duplicates with dlib's templates, and the old door decides by them: a door keeps them
     await assert.rejects(authface(['templates', 'retire', '--tenant', tenantId], { AUTHFACE_DATA_DIR: door('new').dataDir }), (err: { stderr: string }) => /is a fleet tenant/.test(err.stderr));
     assert.deepEqual(modelsAt('new', 'amy'), [DLIB_RESNET.id, MOBILEFACENET.id].sort());
+  });
+
+  it('upgraded in place, the old door registers its signing key itself, proving its device key; nobody else can register one in its name', async function () {
+    const oldDir = door('old').dataDir;
+    const keyAtHub = async () => (await pool.query<{ signing_key: string | null }>('SELECT signing_key FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, 'old'])).rows[0]?.signing_key;
+    assert.equal(await keyAtHub(), null, 'a door of the earlier release registered no signing key: it is heard on the tenant key alone');
+    const post = async (route: string, body: object) => {
+      const res = await fetch(`${hub!.url}/fleet/v1/${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    // anyone may ask for a challenge, for any name (the answers look alike), but a proof needs the door's device key
+    const attacker = crypto.generateKeyPairSync('ed25519');
+    const request = { tenant_id: tenantId, device_id: 'old', signing_key: Buffer.from(attacker.publicKey.export({ format: 'jwk' }).x as string, 'base64url').toString('base64') };
+    const asked = await post('signing-key/challenge', request);
+    assert.equal(asked.status, 200);
+    assert.deepEqual(Object.keys((await post('signing-key/challenge', { ...request, device_id: 'nobody' })).body).sort(), Object.keys(asked.body).sort());
+    const challenge = challengeSchema.parse({ challenge: asked.body.challenge, expires_at: asked.body.expires_at });
+    const withProof = (devicePrivateKeyPem: string, signer: crypto.KeyObject) =>
+      post('signing-key', signMessage(signer, 'signing-key', tenantId, { ...request, ...challenge, proof: proveRegistration(devicePrivateKeyPem, { ...request, ...challenge }) }));
+    const forged = await withProof(generateDeviceKeyPair().privateKeyPem, attacker.privateKey);
+    assert.equal(forged.status, 404, 'registered on a proof made with another device key');
+    // the door's own proof (read from its disk) but signed by a key other than the one registered
+    const realProof = await withProof(loadDeviceKey(oldDir).privateKeyPem, crypto.generateKeyPairSync('ed25519').privateKey);
+    assert.deepEqual(realProof, forged, 'refused alike');
+    assert.equal(await keyAtHub(), null);
+    // the same data and configuration, this release's code: it signs, and registers the key it signs with
+    await stop(door('old').child);
+    const { env } = door('old');
+    // the hub's address, as `authface join` writes it (this test set the door up by hand, with wrap-key)
+    const config = parseYaml(fs.readFileSync(env.AUTHFACE_DEVICE_CONFIG, 'utf8')) as { sync: Record<string, string> };
+    fs.writeFileSync(env.AUTHFACE_DEVICE_CONFIG, stringifyYaml({ ...config, sync: { ...config.sync, hub_url: hub!.url } }));
+    const served = await serve(env, { cli: cliIn(path.resolve('.')) });
+    doors.set('old', { ...door('old'), child: served.child });
+    const own = loadSigningKey(oldDir).publicKey;
+    await until('the upgraded door registers its signing key', async () => ((await keyAtHub()) === own ? true : undefined));
+    // the hub now takes what is said in its name only signed by it: a state made with the tenant
+    // key alone (all an earlier release needed; every door of the tenant holds it) is refused
+    const recorded = async () => (await pool.query<{ applied_seq: string; version: string | null }>('SELECT applied_seq, version FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, 'old'])).rows[0];
+    await until('the upgraded door reports its signed state', async () => ((await recorded()).version !== null ? true : undefined));
+    await new Promise((r) => setTimeout(r, 1500)); // the hub's list of senders is read again (at most 1 s old)
+    const keyring = loadKeyring(config.sync.tenant_key_file, oldDir, { tenantId, deviceId: 'old' });
+    const forgedState = authenticate(keyring.latest, 'state', tenantId, { device_id: 'old', tenant_id: tenantId, state: 'online' as const, applied_seq: 999_999 });
+    const client = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
+    try {
+      await client.publishAsync(syncTopics(prefix, tenantId).state('old'), JSON.stringify(forgedState), { qos: 1 });
+      await new Promise((r) => setTimeout(r, 1000));
+    } finally {
+      await client.endAsync();
+    }
+    assert.notEqual(Number((await recorded()).applied_seq), 999_999, 'the hub took a state in the door\'s name made with the tenant key alone');
   });
 });

@@ -127,6 +127,25 @@ export class HubDevices {
     return new Map(r.rows.map((d) => [d.device_id, { signingKey: d.signing_key, revoked: d.revoked, boot: d.boot }]));
   }
 
+  /** A joined device's keys and standing; undefined for a name that has not joined the tenant. */
+  async keysOf(tenantId: string, deviceId: string): Promise<{ publicKey: string; signingKey: string | null; revoked: boolean } | undefined> {
+    const r = await this.store.pool.query<{ public_key: string; signing_key: string | null; revoked: boolean }>(
+      'SELECT public_key, signing_key, revoked_at IS NOT NULL AS revoked FROM hub_devices WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL',
+      [tenantId, deviceId],
+    );
+    const d = r.rows[0];
+    return d && { publicKey: d.public_key, signingKey: d.signing_key, revoked: d.revoked };
+  }
+
+  /** Records the signing key of a device that joined with an earlier release (hub/signing-registration.ts); false if it has one, or was revoked. */
+  async registerSigningKey(tenantId: string, deviceId: string, signingKey: string): Promise<boolean> {
+    const r = await this.store.pool.query(
+      'UPDATE hub_devices SET signing_key = $3, boot = NULL WHERE tenant_id = $1 AND device_id = $2 AND public_key IS NOT NULL AND signing_key IS NULL AND revoked_at IS NULL',
+      [tenantId, deviceId, signingKey],
+    );
+    return r.rowCount === 1;
+  }
+
   /**
    * A device set up by hand (`authface hub wrap-key`) is registered as a join registers it: its
    * key pair, and its signing key. Refused for a name another tenant's device holds, or a revoked one.

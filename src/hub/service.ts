@@ -1,3 +1,4 @@
+import { registerSigningKey, signingKeyChallenge } from './signing-registration.ts';
 import type http from 'node:http';
 import { createApp } from '../api/app.ts';
 import { composeBiometry, listen } from '../biometry.ts';
@@ -127,6 +128,8 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
         join: deviceJoin(store, { brokerUrl: options.deviceBrokerUrl ?? withoutCredentials(options.brokerUrl), prefix: options.prefix, brokerAdmin }),
         command: commands,
         notice: (request) => requestedNotice(store, request),
+        signingKeyChallenge: (request) => signingKeyChallenge(store, request),
+        registerSigningKey: (request) => registerSigningKey(store, request),
       }),
     });
     // tombstone retention: the log keeps AUTHFACE_HUB_LOG_RETENTION_DAYS; a device behind it loads a snapshot

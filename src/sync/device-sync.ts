@@ -35,6 +35,7 @@ import { type DeviceSigningKey, loadDeviceKey, loadSigningKey } from './device-k
 import { type SignedPurpose, isSignedBy, signMessage } from './signature.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
 import { fleetNoticeSchema, isSignedNotice } from './notice.ts';
+import { challengeSchema, proveRegistration } from './signing-registration.ts';
 import { wipeRevokedDevice } from './revoked.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
@@ -127,6 +128,8 @@ export class DeviceSync {
   #committing = false;
   /** Messages this device signed in this boot (their `sent` mark). */
   #sentCount = 0;
+  /** When this device last asked the hub to register its signing key. */
+  #registeredAt = 0;
 
   private constructor(
     private readonly client: MqttClient,
@@ -170,6 +173,7 @@ export class DeviceSync {
     sync.#off.push(events.on('access.decided', () => sync.flushEvents()), events.on('door.alarm', () => sync.flushEvents()));
     client.on('connect', () => {
       sync.#caughtUp = false;
+      void sync.registerSigningKey();
       client
         .subscribeAsync([topics.signedLog, topics.signedHead, topics.reply(options.deviceId), topics.notice(options.deviceId)], { qos: 1 })
         .then(() => {
@@ -657,6 +661,35 @@ export class DeviceSync {
       this.#notice(Buffer.from(JSON.stringify(body.notice ?? null)), 'hub');
     } catch (err) {
       logger.warn({ problem: (err as Error).message }, 'sync: cannot ask the hub for this device\'s notice');
+    }
+  }
+
+  /**
+   * Makes sure the hub holds this device's signing key (sync/signing-registration.ts): a device that
+   * joined with an earlier release registered none, and is heard on the tenant key alone until it
+   * does. Asked of the hub (sync.hub_url) once; a device that joined with this release is told its
+   * key is the one registered. At most once per ASK_HUB_INTERVAL_MS while it fails.
+   */
+  async registerSigningKey(): Promise<void> {
+    const { hubUrl, tenantId, deviceId, logger } = this.options;
+    const key = this.#signingKey.publicKey;
+    const registered = this.store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_signing_key_registered'`).get() as { value: string } | undefined;
+    if (!hubUrl || this.#revoked || registered?.value === key || Date.now() - this.#registeredAt < ASK_HUB_INTERVAL_MS) return;
+    this.#registeredAt = Date.now();
+    const post = (route: string, body: object) =>
+      fetch(new URL(`/fleet/v1/${route}`, hubUrl), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+    try {
+      const request = { tenant_id: tenantId, device_id: deviceId, signing_key: key };
+      const asked = await post('signing-key/challenge', request);
+      if (!asked.ok) return logger.warn({ status: asked.status }, 'sync: the hub gave no challenge to register this device\'s signing key');
+      const challenge = challengeSchema.parse(Object.fromEntries(Object.entries((await asked.json()) as object).filter(([k]) => k !== 'success')));
+      const proof = proveRegistration(loadDeviceKey(this.store.dataDir).privateKeyPem, { ...request, ...challenge });
+      const answer = await post('signing-key', this.#sign('signing-key', { ...request, ...challenge, proof }));
+      if (!answer.ok) return logger.error({ status: answer.status }, 'sync: the hub refused this device\'s signing key (it holds another for this name, or the device was revoked): join the hub again');
+      this.store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_signing_key_registered', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(key);
+      logger.info({}, "sync: the hub holds this device's signing key");
+    } catch (err) {
+      logger.warn({ problem: (err as Error).message }, "sync: cannot register this device's signing key with the hub");
     }
   }
 

@@ -156,11 +156,11 @@ function wrappingKey(shared: Buffer, ephemeralPublicKey: string, devicePublicKey
 // X25519 public keys as raw 32 bytes: the SPKI DER prefix is fixed
 const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
 
-function rawPublicKey(key: crypto.KeyObject): Buffer {
+export function rawPublicKey(key: crypto.KeyObject): Buffer {
   return key.export({ type: 'spki', format: 'der' }).subarray(X25519_SPKI_PREFIX.length);
 }
 
-function x25519PublicKey(base64: string): crypto.KeyObject {
+export function x25519PublicKey(base64: string): crypto.KeyObject {
   const raw = Buffer.from(base64, 'base64');
   if (raw.length !== 32) throw new EnvelopeError('malformed', 'an X25519 public key is 32 bytes');
   return crypto.createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, raw]), format: 'der', type: 'spki' });

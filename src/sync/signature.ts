@@ -13,7 +13,7 @@ import { canonicalJson } from './envelope.ts';
  */
 export const HUB_SENDER = 'hub';
 
-export type SignedPurpose = 'log' | 'head' | 'reply' | 'repair' | 'submission' | 'events' | 'state' | 'fetch' | 'snapshot' | 'command-result' | 'notice-request';
+export type SignedPurpose = 'log' | 'head' | 'reply' | 'repair' | 'submission' | 'events' | 'state' | 'fetch' | 'snapshot' | 'command-result' | 'notice-request' | 'signing-key';
 
 export const senderSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/).describe('Who sent the message: `hub`, or the device id (the sender whose key must verify `sig`)');
 export const signatureSchema = z.string().regex(/^[A-Za-z0-9_-]{86}$/, { error: 'sig: an Ed25519 signature, base64url' }).describe("Ed25519 signature of `from`'s key over the purpose, the tenant and the message without `sig` (sync/signature.ts)");
