@@ -41,7 +41,9 @@ import { photos } from '../test/support/photos.ts';
 import { closeSharedAnalyzer } from '../test/support/service.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
 import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
-import { MOBILEFACENET_FILE, tunedSession } from '../src/biometrics/matchers/mobilefacenet.ts';
+import { MOBILEFACENET_FILE } from '../src/biometrics/matchers/mobilefacenet.ts';
+import { tunedSession } from '../src/biometrics/onnx-session.ts';
+import { PAD_FILE } from '../src/biometrics/presentation-attack.ts';
 
 const args = process.argv.slice(2);
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
@@ -117,8 +119,10 @@ async function benchFrames(): Promise<void> {
     ratio_p50: Number((pct(ours, 50) / pct(theirs, 50)).toFixed(2)),
     ratio_p50_both_models: Number((pct(both, 50) / pct(theirs, 50)).toFixed(2)),
     // the level the engine's session took, timed again here (ms a pass, median of six)
-    mobilefacenet_session: await tunedSession(models.read(MOBILEFACENET_FILE)).then((s) => ({ level: s.level, pass_ms: s.timings })),
-    note: "authface includes detection, mesh, one landmark pass on the mesh framing, alignment, two MobileFaceNet passes (\"both models\" adds dlib: two landmark passes on the detector framing and two descriptor passes), the two presentation-attack models and the artefact checks",
+    mobilefacenet_session: await tunedSession(models.read(MOBILEFACENET_FILE), 112).then((s) => ({ level: s.level, pass_ms: s.timings })),
+    // what the anti-spoofing network adds to a capture frame: one pass (its crop is sampled in about 1 ms)
+    anti_spoofing_session: await tunedSession(models.read(PAD_FILE), 128).then((s) => ({ level: s.level, pass_ms: s.timings })),
+    note: "authface includes detection, mesh, one landmark pass on the mesh framing, alignment, two MobileFaceNet passes (\"both models\" adds dlib: two landmark passes on the detector framing and two descriptor passes), Human's two presentation-attack models, the face anti-spoofing network and the artefact checks",
   };
   console.log('frame analysis', JSON.stringify(results.frame_analysis));
 }

@@ -4,7 +4,8 @@ import sharp from 'sharp';
 import { similarity } from '../src/biometrics/embedding.ts';
 import { type FaceAnalyzer, type FrameAnalysis, ImageInputError, WorkerTaskError } from '../src/biometrics/index.ts';
 import { type Embeddings, MATCHERS, PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
-import { MOBILEFACENET_FILE, tunedSession } from '../src/biometrics/matchers/mobilefacenet.ts';
+import { MOBILEFACENET_FILE } from '../src/biometrics/matchers/mobilefacenet.ts';
+import { tunedSession } from '../src/biometrics/onnx-session.ts';
 import { ModelFiles } from '../src/biometrics/models.ts';
 import { decisionThresholds } from '../src/sessions/decisions.ts';
 import { type Photos, photos } from './support/photos.ts';
@@ -131,7 +132,7 @@ describe("MobileFaceNet's ONNX session: the fastest optimisation level on this C
   it('takes the faster of the levels it timed, and answers as the unoptimised-layout session does', async function () {
     this.timeout(60_000);
     const file = new ModelFiles().read(MOBILEFACENET_FILE);
-    const tuned = await tunedSession(file);
+    const tuned = await tunedSession(file, 112);
     const levels = Object.keys(tuned.timings);
     assert.deepEqual(levels.sort(), ['all', 'extended']);
     for (const l of levels) assert.ok(tuned.timings[l as 'all'] > 0, `${l} was timed`);

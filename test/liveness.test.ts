@@ -6,6 +6,10 @@ import { type Challenge, drawChallenge, parseHex, STEPS } from '../src/liveness/
 import { DEFAULT_MOVEMENT_LIMITS, HeadMovementCheck, type MovementFrame, type MovementLimits } from '../src/liveness/head-movement.ts';
 import { type LightFrame, verifyScreenLight } from '../src/liveness/screen-light.ts';
 import { type Photos, photos } from './support/photos.ts';
+import fs from 'node:fs';
+import type { FrameAnalysis } from '../src/biometrics/types.ts';
+import { LivenessSession, type SameFaceLimits, defaultLivenessOptions } from '../src/liveness/index.ts';
+import { hasShared, shared } from './support/datasets.ts';
 import { sharedAnalyzer } from './support/service.ts';
 
 const limits: MovementLimits = {
@@ -168,5 +172,61 @@ describe('screen-light challenge (real photos tinted as a screen would light the
   it('fails when too few colours were seen', async function () {
     const frames = (await framesFor(img.personB, fixed)).slice(0, 3);
     assert.equal(verifyScreenLight(fixed, frames).passed, false);
+  });
+});
+
+describe('face anti-spoofing network (presentation-attack.ts), decided per session', function () {
+  const options = defaultLivenessOptions({ [DLIB_RESNET.id]: { frontal: 0.93, turned: 0.85 }, [MOBILEFACENET.id]: { frontal: MOBILEFACENET.matchThreshold, turned: MOBILEFACENET.sameFaceTurned } } as SameFaceLimits);
+  const analyse = async (bytes: Buffer) => (await sharedAnalyzer()).analyze(new Uint8Array(bytes), { mode: 'capture' });
+  /** The verdict of a session of these frames, each observed as the capture service does. */
+  const verdict = (mode: 'passive' | 'active', frames: FrameAnalysis[]) => {
+    const session = new LivenessSession(mode, mode === 'active' ? drawChallenge() : null, options);
+    let accepted = 0;
+    frames.forEach((a, i) => {
+      if (a.face && session.observe(a, { at: i * 300, lightPhase: i % 6 }).length === 0) accepted++;
+    });
+    return session.verdict(accepted);
+  };
+
+  it('scores every capture frame (in memory, with the frame), and real photos of real people pass as sessions', async function () {
+    const img = await photos();
+    for (const photo of [...img.personA, img.personB, img.personC]) {
+      const a = await analyse(photo);
+      assert.ok(a.face && a.face.liveScore !== null && a.face.liveScore >= 0 && a.face.liveScore <= 1, String(a.face?.liveScore));
+      assert.equal(verdict('passive', [a, a, a]), null, `a genuine photo refused (live score ${a.face.liveScore.toFixed(3)})`);
+    }
+    const photo = await (await sharedAnalyzer()).analyze(new Uint8Array(img.personB), { mode: 'photo' });
+    assert.equal(photo.face?.liveScore, null, 'only capture frames are scored');
+  });
+
+  it('the median decides: one lucky frame does not carry a session, one bad frame does not sink one', async function () {
+    const a = await analyse((await photos()).personB);
+    const at = (liveScore: number): FrameAnalysis => ({ ...a, face: { ...a.face!, liveScore } });
+    assert.equal(verdict('passive', [at(0.01), at(0.9), at(0.02)]), 'spoof_detected');
+    assert.equal(verdict('passive', [at(0.9), at(0.01), at(0.8)]), null);
+    // an attack that passed the active challenges would still meet it: it is decided before them
+    assert.equal(verdict('active', [at(0.01), at(0.02), at(0.03)]), 'spoof_detected');
+    assert.equal(verdict('active', [at(0.9), at(0.9), at(0.9)]), 'liveness_failed', 'high scores alone do not pass the challenges');
+  });
+
+  it('the shared spoof set: every replay (its frames as a session) and every print (thrice) is refused in passive mode', async function () {
+    if (!hasShared) {
+      console.log('      skipped: needs ../shared/datasets');
+      this.skip();
+    }
+    const dir = (...p: string[]) => fs.readdirSync(shared(...p)).filter((f) => /\.jpe?g$/.test(f)).sort();
+    const sessions: { name: string; frames: FrameAnalysis[] }[] = [];
+    for (const file of dir('spoof', 'print')) {
+      const a = await analyse(fs.readFileSync(shared('spoof', 'print', file)));
+      sessions.push({ name: file, frames: [a, a, a] });
+    }
+    const replays = dir('spoof', 'replay');
+    for (const name of [...new Set(replays.map((f) => f.split('_')[0]))]) {
+      const frames = [];
+      for (const f of replays.filter((r) => r.startsWith(`${name}_`))) frames.push(await analyse(fs.readFileSync(shared('spoof', 'replay', f))));
+      sessions.push({ name, frames });
+    }
+    assert.equal(sessions.length, 6);
+    for (const s of sessions) assert.equal(verdict('passive', s.frames), 'spoof_detected', `${s.name} passed`);
   });
 });

@@ -147,6 +147,7 @@ describe('quality gate', function () {
     faceColor: [150, 120, 100],
     antispoof: 0.8,
     liveness: 0.9,
+    liveScore: 0.9,
     artefacts: { border: 0, moire: 0 },
   };
   const cases: [string, Partial<FaceObservation>, string[]][] = [

@@ -1,3 +1,4 @@
+import { type PresentationAttackModel, loadPresentationAttackModel } from './presentation-attack.ts';
 import type { Tensor3D } from '@tensorflow/tfjs';
 import type { FaceResult } from '@vladmandic/human';
 import { type Point, type RgbImage, CHIP_SIZE, MESH_TO_68, MIRROR_68, averagePoints, chipTransform, extractChip } from './alignment.ts';
@@ -98,7 +99,10 @@ export class FaceEngine {
       for (const model of models) embeddings[model] = await (await this.#describer(model)).describe(aligned);
       // the quality statistics are read on a dlib-style chip: of the framing dlib uses when it runs
       const chip150 = await aligned.chip150(models.includes(DLIB_RESNET.id) ? 'detector' : 'mesh');
-      const face = observe(subject, chip150, opts.mode === 'capture' ? measureArtefacts(image, toBox(subject)) : NO_ARTEFACTS);
+      const capture = opts.mode === 'capture';
+      // on the mesh's box: it holds the face when the detector's is off, and the score moves with the box (README, "Passive anti-spoofing")
+      const liveScore = capture ? await (await this.#presentationAttack()).liveScore(image, meshBox(subject)) : null;
+      const face = observe(subject, chip150, capture ? measureArtefacts(image, toBox(subject)) : NO_ARTEFACTS, liveScore);
       const problems = qualityProblems(face, this.options.quality);
       if (opts.mode === 'capture' && faces.some((f) => competes(f, subject))) problems.unshift('multiple_faces');
       return { ...base, face, embeddings, problems, millis: performance.now() - started };
@@ -183,6 +187,13 @@ export class FaceEngine {
     };
   }
 
+  #pad: Promise<PresentationAttackModel> | undefined;
+
+  #presentationAttack(): Promise<PresentationAttackModel> {
+    this.#pad ??= loadPresentationAttackModel(this.#models);
+    return this.#pad;
+  }
+
   #describer(model: ModelId): Promise<Describer> {
     let describer = this.#describers.get(model);
     if (!describer) {
@@ -192,12 +203,14 @@ export class FaceEngine {
     return describer;
   }
 
-  /** The first inference of each model compiles kernels; do it before taking traffic (the primary model only). */
+  /** The first inference of each model compiles kernels; do it before taking traffic (the primary model and the anti-spoofing network). */
   private async warmUp(): Promise<void> {
     const size = 160;
     const data = new Uint8Array(size * size * 3).fill(128);
     await this.analyzeImage({ data, width: size, height: size }, { mode: 'capture' });
     await this.#describer(PRIMARY_MODEL);
+    // a grey square has no face for it: the anti-spoofing network is loaded here, not at the first capture
+    await this.#presentationAttack();
   }
 }
 
@@ -267,7 +280,7 @@ const RAD = 180 / Math.PI;
 
 const NO_ARTEFACTS: Artefacts = { border: 0, moire: 0 };
 
-function observe(face: FaceResult, chip: Float32Array, artefacts: Artefacts): FaceObservation {
+function observe(face: FaceResult, chip: Float32Array, artefacts: Artefacts, liveScore: number | null): FaceObservation {
   const angle = face.rotation?.angle ?? { yaw: 0, pitch: 0, roll: 0 };
   const box = toBox(face);
   const { sharpness, brightness, faceColor } = chipStatistics(chip);
@@ -282,6 +295,7 @@ function observe(face: FaceResult, chip: Float32Array, artefacts: Artefacts): Fa
     faceColor,
     antispoof: face.real ?? 0,
     liveness: face.live ?? 0,
+    liveScore,
     artefacts,
   };
 }

@@ -46,6 +46,11 @@ export interface FaceObservation {
   /** Passive presentation-attack model scores from @vladmandic/human (0..1, higher = more genuine). */
   antispoof: number;
   liveness: number;
+  /**
+   * The face anti-spoofing network's probability that the face is live (presentation-attack.ts);
+   * capture mode only (null otherwise). Kept in memory with the frame, like every other signal.
+   */
+  liveScore: number | null;
   /** Screen and print evidence in the frame (see artefacts.ts); capture mode only. */
   artefacts: Artefacts;
 }

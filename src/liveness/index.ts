@@ -11,6 +11,11 @@ export { drawChallenge } from './challenge.ts';
 
 export interface LivenessOptions {
   attack: AttackLimits;
+  /**
+   * The face anti-spoofing network's floor (presentation-attack.ts): a session whose accepted
+   * frames score below it at the median is refused as `spoof_detected`, in both modes.
+   */
+  padThreshold: number;
   light: LightLimits;
   /** Per model: same-person similarity for frontal frames (the match threshold), and for turned ones. */
   sameFace: SameFaceLimits;
@@ -18,8 +23,16 @@ export interface LivenessOptions {
 
 export type SameFaceLimits = Record<ModelId, { frontal: number; turned: number }>;
 
+/**
+ * Chosen on the dev set (`npm run eval:liveness`): the highest floor that refuses at most 5 % of
+ * the bona fide photos (3 of 62: the Silent-Face live sample among them); at it, 2 of 25 attack
+ * frames pass and no attack session does (README, "Passive anti-spoofing").
+ */
+export const DEFAULT_PAD_THRESHOLD = 0.08;
+
 export const defaultLivenessOptions = (sameFace: SameFaceLimits): LivenessOptions => ({
   attack: DEFAULT_ATTACK_LIMITS,
+  padThreshold: DEFAULT_PAD_THRESHOLD,
   light: DEFAULT_LIGHT_LIMITS,
   sameFace,
 });
@@ -45,6 +58,8 @@ export type LivenessVerdict = 'spoof_detected' | 'liveness_failed' | null;
 export class LivenessSession {
   readonly #movement: HeadMovementCheck | null;
   readonly #light: LightFrame[] = [];
+  /** The anti-spoofing network's live score of each frame without attack signals (in memory only). */
+  readonly #liveScores: number[] = [];
   #flagged = 0;
 
   constructor(
@@ -67,6 +82,7 @@ export class LivenessSession {
       this.#flagged++;
       return signals;
     }
+    if (face.liveScore !== null) this.#liveScores.push(face.liveScore);
     this.#movement?.observe({ at: meta.at, pose: face.pose, eyeOpenness: face.eyeOpenness, embeddings: analysis.embeddings });
     const phase = meta.lightPhase;
     if (this.challenge && phase !== undefined && phase >= 0 && phase < this.challenge.colors.length) {
@@ -91,8 +107,17 @@ export class LivenessSession {
   /** The decision at completion; `accepted` is how many frames passed every check. */
   verdict(accepted: number): LivenessVerdict {
     if (this.#flagged > 0 && this.#flagged >= accepted) return 'spoof_detected';
+    // the network decides over the session, not on one frame; an attack that passes the
+    // challenges by chance still meets it
+    if (this.#liveScores.length > 0 && median(this.#liveScores) < this.options.padThreshold) return 'spoof_detected';
     if (this.mode === 'passive') return null;
     if (!this.#movement || !this.challenge || this.#movement.verdict()) return 'liveness_failed';
     return verifyScreenLight(this.challenge.colors, this.#light, this.options.light).passed ? null : 'liveness_failed';
   }
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
