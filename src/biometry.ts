@@ -13,6 +13,7 @@ import { Metrics } from './core/metrics.ts';
 import { defaultLivenessOptions } from './liveness/index.ts';
 import { decisionThresholds, sameFaceLimits } from './sessions/decisions.ts';
 import { SessionService } from './sessions/service.ts';
+import type { Session } from './store/sessions.ts';
 import type { BiometryStore } from './store/biometry-store.ts';
 import type { PinStore } from './store/pins.ts';
 import { UserService } from './users/service.ts';
@@ -42,7 +43,9 @@ export interface BiometryOptions {
   /** A shared analyzer (tests); else one is made here, and closed with the rest. */
   analyzer?: FaceAnalyzer;
   /** A device file's thresholds, over the settings'. */
-  thresholds?: { match?: number; duplicate?: number };
+  thresholds?: { match?: number; duplicate?: number; pad?: number };
+  /** A session's own anti-spoofing floor (a door's `pad_threshold`), if it has one. */
+  padThresholdFor?: (session: Session) => number | undefined;
   /** The device's PINs of face+pin doors (the hub has none). */
   pins?: PinStore | null;
   /** The hub: bring a tenant's 1:N index up to the central store before a decision. */
@@ -118,7 +121,8 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
   const capture = new CaptureService(sessions, analyzer as FrameAnalyzer, events, {
     requiredFrames: 3,
     maxFrames: MAX_FRAMES_PER_SESSION,
-    liveness: defaultLivenessOptions(sameFaceLimits(thresholds)),
+    liveness: { ...defaultLivenessOptions(sameFaceLimits(thresholds)), padThreshold: options.thresholds?.pad ?? settings.AUTHFACE_PAD_THRESHOLD },
+    padThresholdFor: options.padThresholdFor,
     modelsFor,
   });
   const metrics = new Metrics(events, {

@@ -14,7 +14,7 @@ import type { FaceAnalyzer } from './biometrics/index.ts';
 import type { CaptureService } from './capture/service.ts';
 import type { Settings } from './config/settings.ts';
 import type { EventBus } from './core/events.ts';
-import { type DeviceConfig, loadDeviceConfig } from './device/config.ts';
+import { type DeviceConfig, doorPadThreshold, loadDeviceConfig } from './device/config.ts';
 import { type Device, startDevice } from './device/index.ts';
 import { type Logger, createLogger } from './core/logger.ts';
 import type { SessionService } from './sessions/service.ts';
@@ -85,7 +85,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
     const { events, index, sessions, users, capture, analyzer, metrics, sweep, modelsFor } = await composeBiometry(
       settings,
       // a fleet door describes every face with the fleet's model too: its templates replicate
-      { store: biometryStore, logger, analyzer: overrides.analyzer, thresholds: deviceConfig?.thresholds, pins: store.pins, requiredModels: deviceConfig?.sync ? [FLEET_MODEL] : [] },
+      { store: biometryStore, logger, analyzer: overrides.analyzer, thresholds: deviceConfig?.thresholds, padThresholdFor: deviceConfig ? (session) => doorPadThreshold(deviceConfig, session.doorId) : undefined, pins: store.pins, requiredModels: deviceConfig?.sync ? [FLEET_MODEL] : [] },
       stack,
     );
     // loading the index flagged the templates that do not open

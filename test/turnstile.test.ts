@@ -27,7 +27,11 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
       device_id: 'turnstile-test',
       liveness: 'passive',
       kiosk: { cooldown_seconds: 60 },
-      doors: [{ id: 'lane', relay: { driver: 'simulated', pulse_ms: 1200 } }],
+      doors: [
+        { id: 'lane', relay: { driver: 'simulated', pulse_ms: 1200 } },
+        // a door whose anti-spoofing floor nobody can meet
+        { id: 'strict', pad_threshold: 1, relay: { driver: 'simulated', pulse_ms: 1200 } },
+      ],
       camera: { driver: 'simulated', interval_ms: 100 },
       mqtt: { embedded: { port: 0 } },
     });
@@ -39,14 +43,14 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
   after(() => device?.close());
 
   /** Runs the turnstile over a camera that sees these photos until `done`, then stops it. */
-  async function watch(frames: Buffer[], done: () => boolean) {
+  async function watch(frames: Buffer[], done: () => boolean, door = 'lane') {
     const files = frames.map((f, i) => {
       const file = path.join(device.dir, `frame-${Date.now()}-${i}.jpg`);
       fs.writeFileSync(file, f);
       return file;
     });
     const s = device.svc.service;
-    const turnstile = new Turnstile('lane', {
+    const turnstile = new Turnstile(door, {
       camera: new SimulatedCamera(files),
       intervalMs: s.device!.config.camera!.interval_ms,
       analyzer: s.analyzer,
@@ -76,6 +80,17 @@ describe('headless turnstile mode (simulated camera and relay)', function () {
     await watch([img.personC], () => decisions.some((d) => d.result === 'denied'));
     assert.equal(device.relay('lane').pulses.length, before);
     assert.equal(decisions.find((d) => d.result === 'denied')?.reason, 'not_identified');
+  });
+
+  it("a door's own anti-spoofing floor (pad_threshold) applies to its sessions only: the same person is refused there as spoof_detected", async function () {
+    await watch([img.personA[1]], () => decisions.some((d) => d.doorId === 'strict'), 'strict');
+    const atStrict = decisions.find((d) => d.doorId === 'strict');
+    assert.deepEqual([atStrict?.result, atStrict?.reason], ['denied', 'spoof_detected']);
+    assert.equal(device.relay('strict').pulses.length, 0);
+    // the other door takes the same face at the service's floor (the first test saw it, unless run alone)
+    const grantedAtLane = () => decisions.some((d) => d.doorId === 'lane' && d.result === 'granted' && d.externalUserId === 'alice');
+    if (!grantedAtLane()) await watch([img.personA[1]], () => decisions.some((d) => d.doorId === 'lane'));
+    assert.ok(grantedAtLane(), 'the other door opened for her');
   });
 
   it('authface turnstile refuses a door with active liveness (there is no screen for a challenge)', async function () {

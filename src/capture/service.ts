@@ -19,6 +19,8 @@ export interface CaptureOptions {
   maxFrames: number;
   /** Liveness limits; a frame must match the session's first accepted face at `liveness.sameFace[model].frontal` (same person). */
   liveness: LivenessOptions;
+  /** A session's own anti-spoofing floor (its door's), if it has one; else `liveness.padThreshold`. */
+  padThresholdFor?: (session: Session) => number | undefined;
   /** The models to describe a tenant's faces with: those that decide its people, and the one of new templates (biometry.ts). */
   modelsFor(tenantId: string): readonly ModelId[];
 }
@@ -167,7 +169,8 @@ export class CaptureService {
     let p = this.#progress.get(session.id);
     if (!p) {
       const mode: LivenessMode = session.challenge ? 'active' : 'passive';
-      p = { frames: 0, inFlight: false, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, this.options.liveness) };
+      const padThreshold = this.options.padThresholdFor?.(session) ?? this.options.liveness.padThreshold;
+      p = { frames: 0, inFlight: false, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, { ...this.options.liveness, padThreshold }) };
       this.#progress.set(session.id, p);
     }
     return p;

@@ -1,3 +1,4 @@
+import { DEFAULT_PAD_THRESHOLD } from '../liveness/index.ts';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +60,10 @@ export const settingsSpec = {
   AUTHFACE_MATCH_THRESHOLD: {
     schema: unitInterval.default(MOBILEFACENET.matchThreshold),
     doc: 'Similarity (MobileFaceNet, the model of new templates) at or above which verify (1:1) accepts a face, and the lowest threshold identify ever uses. People decided by an older model are decided at its own measured thresholds (README, "Moving to a new model").',
+  },
+  AUTHFACE_PAD_THRESHOLD: {
+    schema: unitInterval.default(DEFAULT_PAD_THRESHOLD),
+    doc: 'The face anti-spoofing network\'s floor: a capture session whose frames score below it at the median fails as `spoof_detected`, in both liveness modes (README, "The capture page and liveness"). Raise it to refuse more attacks and more genuine faces; a device or a door may set its own (`thresholds.pad`, a door\'s `pad_threshold`).',
   },
   AUTHFACE_TARGET_FPIR: {
     schema: z.coerce.number().min(1e-7).max(0.1).default(0.001),
