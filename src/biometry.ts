@@ -122,7 +122,8 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
     requiredFrames: 3,
     maxFrames: MAX_FRAMES_PER_SESSION,
     liveness: { ...defaultLivenessOptions(sameFaceLimits(thresholds)), padThreshold: options.thresholds?.pad ?? settings.AUTHFACE_PAD_THRESHOLD },
-    padThresholdFor: options.padThresholdFor,
+    // a door's own floor, else its tenant's, else the device's or the service's (liveness.padThreshold)
+    padThresholdFor: async (session) => options.padThresholdFor?.(session) ?? (await store.tenants.get(session.tenantId))?.padThreshold,
     modelsFor,
   });
   const metrics = new Metrics(events, {

@@ -67,6 +67,17 @@ describe('the authface command', function () {
     await authface(['tenant', 'create', '--name', 'X', '--allowed-origin', 'https://a.example'], env());
     await assert.rejects(authface(['key', 'revoke', '--key-id', 'key_nope'], env()), (e: { stderr: string }) => /no active key/.test(e.stderr));
     await assert.rejects(authface(['config'], { PORT: 'x' }), (e: { stderr: string }) => /PORT/.test(e.stderr));
+    await assert.rejects(authface(['tenant', 'create', '--name', 'X', '--allowed-origin', 'https://a.example', '--pad-threshold', '2'], env()), (e: { stderr: string }) => /a number from 0 to 1/.test(e.stderr));
+  });
+
+  it("tenant create and update set a tenant's anti-spoofing floor; 'default' takes it away", async function () {
+    const { tenant_id } = JSON.parse((await authface(['tenant', 'create', '--name', 'Strict', '--allowed-origin', 'https://a.example', '--pad-threshold', '0.3'], env())).stdout) as { tenant_id: string };
+    const show = async () => (JSON.parse((await authface(['tenant', 'show', '--tenant', tenant_id], env())).stdout) as { pad_threshold: number | null }).pad_threshold;
+    assert.equal(await show(), 0.3);
+    await authface(['tenant', 'update', '--tenant', tenant_id, '--pad-threshold', '0.5'], env());
+    assert.equal(await show(), 0.5);
+    await authface(['tenant', 'update', '--tenant', tenant_id, '--pad-threshold', 'default'], env());
+    assert.equal(await show(), null);
   });
 
   it('config prints every option with its default', async function () {

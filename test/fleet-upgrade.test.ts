@@ -169,6 +169,28 @@ describe('a fleet while it upgrades: a door of the previous release and doors of
     assert.deepEqual(modelsAt('new', 'amy'), [DLIB_RESNET.id, MOBILEFACENET.id].sort());
   });
 
+  it("a tenant's anti-spoofing floor set at the hub: the door of this release takes it; the door of the earlier release, which has no such network, goes on applying the log", async function () {
+    const tenantAt = (name: string) => {
+      const sqlite = new Database(path.join(door(name).dataDir, 'authface.db'), { readonly: true, fileMustExist: true });
+      try {
+        const columns = (sqlite.prepare('PRAGMA table_info(tenants)').all() as { name: string }[]).map((c) => c.name);
+        return sqlite.prepare(`SELECT name${columns.includes('pad_threshold') ? ', pad_threshold' : ''} FROM tenants WHERE id = ?`).get(tenantId) as { name: string; pad_threshold?: number | null };
+      } finally {
+        sqlite.close();
+      }
+    };
+    const update = (...args: string[]) => authface(['hub', 'tenant', 'update', '--tenant', tenantId, ...args, '--database-url', db.url], hubEnv);
+    await update('--pad-threshold', '0.2');
+    await until('the floor at the new door', () => (tenantAt('new').pad_threshold === 0.2 ? true : undefined));
+    // a later change of the log reaches the old door: the one with the floor did not stop it
+    await update('--name', 'acme-renamed');
+    await until('the old door applies the log after it', () => (tenantAt('old').name === 'acme-renamed' ? true : undefined));
+    assert.equal(tenantAt('old').pad_threshold, undefined, 'the earlier release has no such setting');
+    assert.equal(tenantAt('new').pad_threshold, 0.2, 'a later change keeps the floor');
+    await update('--pad-threshold', 'default');
+    await until('the floor taken away at the new door', () => (tenantAt('new').pad_threshold === null ? true : undefined));
+  });
+
   it('upgraded in place, the old door registers its signing key itself, proving its device key; nobody else can register one in its name', async function () {
     const oldDir = door('old').dataDir;
     const keyAtHub = async () => (await pool.query<{ signing_key: string | null }>('SELECT signing_key FROM hub_devices WHERE tenant_id = $1 AND device_id = $2', [tenantId, 'old'])).rows[0]?.signing_key;

@@ -10,7 +10,9 @@ import fs from 'node:fs';
 import type { FrameAnalysis } from '../src/biometrics/types.ts';
 import { LivenessSession, type SameFaceLimits, defaultLivenessOptions } from '../src/liveness/index.ts';
 import { hasShared, shared } from './support/datasets.ts';
-import { sharedAnalyzer } from './support/service.ts';
+import { Client } from './support/client.ts';
+import { thrice } from './support/photos.ts';
+import { type TestService, sharedAnalyzer, startTestService } from './support/service.ts';
 
 const limits: MovementLimits = {
   ...DEFAULT_MOVEMENT_LIMITS,
@@ -228,5 +230,24 @@ describe('face anti-spoofing network (presentation-attack.ts), decided per sessi
     }
     assert.equal(sessions.length, 6);
     for (const s of sessions) assert.equal(verdict('passive', s.frames), 'spoof_detected', `${s.name} passed`);
+  });
+});
+
+describe("a tenant's own anti-spoofing floor (authface tenant update --pad-threshold)", function () {
+  let svc: TestService;
+  before(async () => (svc = await startTestService()));
+  after(() => svc?.close());
+
+  it('applies to its API sessions: a floor of 1 refuses a genuine face as spoof_detected; taken away, the service floor passes it', async function () {
+    const img = await photos();
+    const tenant = svc.tenant();
+    const api = new Client(svc.url, tenant.apiKey);
+    const tenantId = tenant.id;
+    assert.equal((await api.run('enroll', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
+    svc.service.store.tenants.update(tenantId, { padThreshold: 1 });
+    const refused = (await api.run('verify', thrice(img.personB), { externalUserId: 'bob' })).result;
+    assert.deepEqual([refused.status, refused.reason], ['fail', 'spoof_detected']);
+    svc.service.store.tenants.update(tenantId, { padThreshold: null });
+    assert.equal((await api.run('verify', thrice(img.personB), { externalUserId: 'bob' })).result.status, 'success');
   });
 });

@@ -136,6 +136,13 @@ for (const impl of implementations) {
       assert.equal(await s.tenants.get(crypto.randomUUID()), undefined);
     });
 
+    it("a tenant's own anti-spoofing floor: kept when given, absent otherwise", async function () {
+      const strict = await s.tenants.create({ name: 'strict', allowedOrigins: [], livenessMode: 'passive', padThreshold: 0.3 });
+      assert.equal((await s.tenants.get(strict.id))?.padThreshold, 0.3);
+      assert.equal((await s.tenants.findByApiKey((await s.tenants.createKey(strict.id)).apiKey))?.padThreshold, 0.3);
+      assert.equal('padThreshold' in ((await s.tenants.get((await tenant()).id)) ?? {}), false);
+    });
+
     it('sessions: client_state unique per tenant, bound once, found by token hash, expired ones listed', async function () {
       const a = await tenant();
       const b = await tenant();

@@ -21,7 +21,7 @@ import {
   unwrapTenantKey,
   wrapTenantKey,
 } from '../src/sync/envelope.ts';
-import { type Change, type ChangeBody, type SubmittedChange, type UserUpsert, type SyncReply, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
+import { type Change, type ChangeBody, type SubmittedChange, type UserUpsert, type SyncReply, CHANGE_FIELDS_OUTSIDE_AUTH, changeBatchSchema, snapshotUserSchema } from '../src/sync/protocol.ts';
 import { Replica } from '../src/sync/replica.ts';
 import { DeviceSync } from '../src/sync/device-sync.ts';
 import { createLogger } from '../src/core/logger.ts';
@@ -222,8 +222,9 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
   const key = newTenantKey();
   let seq = 0;
   /** A change as the hub sequences it: authenticated under the tenant key. */
+  // as the hub makes it (hub/store.ts): the MAC leaves out CHANGE_FIELDS_OUTSIDE_AUTH
   const change = (body: ChangeBody, at = ++seq): Change =>
-    authenticate({ key, keyVersion: 1 }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, ['committed_at']);
+    authenticate({ key, keyVersion: 1 }, 'change', tenantId, { ...body, tenant_id: tenantId, seq: at, change_id: crypto.randomUUID(), origin: 'hub', committed_at: new Date().toISOString() }, CHANGE_FIELDS_OUTSIDE_AUTH);
   const chunk = (c: Omit<Extract<SyncReply, { type: 'snapshot' }>, 'auth' | 'type' | 'tenant_id'>) => authenticate({ key, keyVersion: 1 }, 'reply', tenantId, { type: 'snapshot' as const, tenant_id: tenantId, ...c });
   const upsert = (id: string, version: number, model: string = FLEET_MODEL): UserUpsert => ({
     kind: 'user.upsert',
@@ -416,6 +417,17 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     replica.apply(tenantId, [change({ kind: 'user.delete', external_user_id: 'alice', version: 2 })]);
     assert.deepEqual(store.groups.of(tenantId, 'alice'), []);
     assert.equal(replica.cursor(tenantId), 5);
+  });
+
+  it("a tenant's anti-spoofing floor from the hub's log is the tenant's here; the MAC leaves it out, so a door of an earlier release verifies the change without it", function () {
+    const settings = { kind: 'tenant.settings' as const, name: 'acme', allowed_origins: [], liveness_mode: 'passive' as const };
+    const strict = change({ ...settings, pad_threshold: 0.2 });
+    assert.equal(replica.apply(tenantId, [strict]).applied, 1);
+    assert.equal(store.tenants.get(tenantId)?.padThreshold, 0.2);
+    const earlier = Object.fromEntries(Object.entries(strict).filter(([k]) => k !== 'pad_threshold')) as Change;
+    assert.equal(isAuthentic(() => key, 'change', tenantId, earlier, ['committed_at', 'templates']), true, "as a door of an earlier release checks it, without the field it does not know");
+    assert.equal(replica.apply(tenantId, [change(settings)]).applied, 1);
+    assert.equal(store.tenants.get(tenantId)?.padThreshold, undefined, 'a change without it takes the tenant floor away');
   });
 
   it("a snapshot's first chunk sets the tenant's settings, and each person's groups", async function () {

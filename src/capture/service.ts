@@ -19,8 +19,8 @@ export interface CaptureOptions {
   maxFrames: number;
   /** Liveness limits; a frame must match the session's first accepted face at `liveness.sameFace[model].frontal` (same person). */
   liveness: LivenessOptions;
-  /** A session's own anti-spoofing floor (its door's), if it has one; else `liveness.padThreshold`. */
-  padThresholdFor?: (session: Session) => number | undefined;
+  /** A session's own anti-spoofing floor (its door's, else its tenant's), if it has one; else `liveness.padThreshold`. */
+  padThresholdFor?: (session: Session) => Promise<number | undefined>;
   /** The models to describe a tenant's faces with: those that decide its people, and the one of new templates (biometry.ts). */
   modelsFor(tenantId: string): readonly ModelId[];
 }
@@ -102,7 +102,7 @@ export class CaptureService {
    */
   async submitFrame(token: string, image: Uint8Array, meta: { lightPhase?: number } = {}): Promise<FrameFeedback> {
     let session = await this.sessions.bind(await this.sessions.byCaptureToken(token));
-    const progress = this.#progressOf(session);
+    const progress = await this.#progressOf(session);
     if (progress.frames >= this.options.maxFrames) {
       throw new ServiceError('too_many_requests', 'too_many_frames', `a session accepts at most ${this.options.maxFrames} frames`);
     }
@@ -150,7 +150,7 @@ export class CaptureService {
   /** Decides over the accepted frames; afterwards the token accepts nothing more. */
   async complete(token: string): Promise<CaptureResult> {
     const session = await this.sessions.byCaptureToken(token);
-    const progress = this.#progressOf(session);
+    const progress = await this.#progressOf(session);
     const refusal = refusalReason(progress, this.options.requiredFrames);
     const finished = refusal
       ? await this.sessions.fail(session, refusal)
@@ -165,11 +165,14 @@ export class CaptureService {
     return { session: finished, redirectTo: redirectTarget(finished) };
   }
 
-  #progressOf(session: Session): Progress {
+  async #progressOf(session: Session): Promise<Progress> {
+    const known = this.#progress.get(session.id);
+    if (known) return known;
+    const padThreshold = (await this.options.padThresholdFor?.(session)) ?? this.options.liveness.padThreshold;
+    // another frame of the session may have made it meanwhile
     let p = this.#progress.get(session.id);
     if (!p) {
       const mode: LivenessMode = session.challenge ? 'active' : 'passive';
-      const padThreshold = this.options.padThresholdFor?.(session) ?? this.options.liveness.padThreshold;
       p = { frames: 0, inFlight: false, acceptedCount: 0, accepted: [], tally: new Map(), liveness: new LivenessSession(mode, session.challenge, { ...this.options.liveness, padThreshold }) };
       this.#progress.set(session.id, p);
     }

@@ -89,14 +89,20 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
  */
 export async function hubTenantAdd(
   settings: Settings,
-  opts: { name: string; id?: string; databaseUrl?: string; allowedOrigins?: string[]; liveness?: LivenessMode },
+  opts: { name: string; id?: string; databaseUrl?: string; allowedOrigins?: string[]; liveness?: LivenessMode; padThreshold?: number },
 ): Promise<{ tenant_id: string; key_version: number; api_key: string; allowed_origins: string[] }> {
   const masterKey = hubMasterKey(settings);
   const allowedOrigins = opts.allowedOrigins ?? [];
   if (allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
   return withHub(settings, opts.databaseUrl, async (store) => {
     const api = postgresBiometryStore(store, { model: FLEET_MODEL });
-    const tenant = await api.tenants.create({ id: opts.id ?? crypto.randomUUID(), name: opts.name, allowedOrigins, livenessMode: opts.liveness ?? 'active' });
+    const tenant = await api.tenants.create({
+      id: opts.id ?? crypto.randomUUID(),
+      name: opts.name,
+      allowedOrigins,
+      livenessMode: opts.liveness ?? 'active',
+      ...(opts.padThreshold === undefined ? {} : { padThreshold: opts.padThreshold }),
+    });
     const { keyVersion } = await store.keys.current(tenant.id);
     const { apiKey } = await api.tenants.createKey(tenant.id);
     return { tenant_id: tenant.id, key_version: keyVersion, api_key: apiKey, allowed_origins: allowedOrigins };
@@ -106,8 +112,8 @@ export async function hubTenantAdd(
 /** `authface hub tenant update`: a tenant's name, allowed origins or liveness, sequenced so every door takes them. */
 export async function hubTenantUpdate(
   settings: Settings,
-  opts: { tenant: string; name?: string; allowedOrigins?: string[]; liveness?: LivenessMode; databaseUrl?: string },
-): Promise<{ tenant_id: string; seq: number; name: string; allowed_origins: string[]; liveness_mode: LivenessMode }> {
+  opts: { tenant: string; name?: string; allowedOrigins?: string[]; liveness?: LivenessMode; padThreshold?: number | null; databaseUrl?: string },
+): Promise<{ tenant_id: string; seq: number; name: string; allowed_origins: string[]; liveness_mode: LivenessMode; pad_threshold: number | null }> {
   if (opts.allowedOrigins && opts.allowedOrigins.length > MAX_ALLOWED_ORIGINS) throw new CommandError(`a tenant allows at most ${MAX_ALLOWED_ORIGINS} origins`);
   const masterKey = hubMasterKey(settings);
   return withHub(settings, opts.databaseUrl, async (store) => {
@@ -115,9 +121,10 @@ export async function hubTenantUpdate(
       ...(opts.name ? { name: opts.name } : {}),
       ...(opts.allowedOrigins ? { allowed_origins: opts.allowedOrigins } : {}),
       ...(opts.liveness ? { liveness_mode: opts.liveness } : {}),
+      ...(opts.padThreshold === undefined ? {} : { pad_threshold: opts.padThreshold }),
     });
     if (change.kind !== 'tenant.settings') throw new Error('unexpected change');
-    return { tenant_id: opts.tenant, seq: change.seq, name: change.name, allowed_origins: change.allowed_origins, liveness_mode: change.liveness_mode };
+    return { tenant_id: opts.tenant, seq: change.seq, name: change.name, allowed_origins: change.allowed_origins, liveness_mode: change.liveness_mode, pad_threshold: change.pad_threshold ?? null };
   }, masterKey);
 }
 

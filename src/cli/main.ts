@@ -148,6 +148,19 @@ const collect = (value: string, previous: string[] | undefined) => {
   }
 };
 const liveness = () => new Option('--liveness <mode>', 'liveness checks of capture sessions').choices(['passive', 'active']);
+/** `--pad-threshold`: a number 0..1, or (to update) `default` for none of the tenant's own. */
+const padThreshold = (clearable: boolean) =>
+  new Option(
+    '--pad-threshold <floor>',
+    `the anti-spoofing network's floor for the tenant's sessions, 0..1 (default: the device's or AUTHFACE_PAD_THRESHOLD; a door's pad_threshold comes first)${clearable ? "; 'default' takes the tenant's own away" : ''}`,
+  ).argParser((value: string): number | 'default' => {
+    if (clearable && value === 'default') return value;
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError(`a number from 0 to 1${clearable ? ", or 'default'" : ''}`);
+    return n;
+  });
+/** The floor an update gives: a number, null to take the tenant's own away, undefined to keep it. */
+const padChange = (value: number | 'default' | undefined): number | null | undefined => (value === 'default' ? null : value);
 
 const tenant = program.command('tenant').description('manage tenants');
 tenant
@@ -156,8 +169,9 @@ tenant
   .requiredOption('--name <name>', 'display name')
   .option('--allowed-origin <origin>', 'origin redirect_url may point to: https://host[:port], or http://localhost[:port|:*] (repeatable, at least one)', collect, [])
   .addOption(liveness().default('active'))
-  .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
-    withStore((store) => createTenant(store, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness }), { create: true }),
+  .addOption(padThreshold(false))
+  .action((opts: { name: string; allowedOrigin: string[]; liveness: LivenessMode; padThreshold?: number }) =>
+    withStore((store) => createTenant(store, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness, padThreshold: opts.padThreshold }), { create: true }),
   );
 tenant
   .command('list')
@@ -170,13 +184,14 @@ tenant
   .action((opts: { tenant: string }) => withStore((store) => showTenant(store, findTenant(store, opts.tenant))));
 tenant
   .command('update')
-  .description("change a tenant's name, allowed origins (the list given replaces the old one) or liveness mode")
+  .description("change a tenant's name, allowed origins (the list given replaces the old one), liveness mode or anti-spoofing floor")
   .requiredOption('--tenant <id or name>', 'tenant id (or name)')
   .option('--name <name>', 'new display name')
   .option('--allowed-origin <origin>', 'the new list of allowed origins (repeatable)', collect, undefined)
   .addOption(liveness())
-  .action((opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode }) =>
-    withStore((store) => updateTenant(store, opts.tenant, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness })),
+  .addOption(padThreshold(true))
+  .action((opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode; padThreshold?: number | 'default' }) =>
+    withStore((store) => updateTenant(store, opts.tenant, { name: opts.name, allowedOrigins: opts.allowedOrigin, liveness: opts.liveness, padThreshold: padChange(opts.padThreshold) })),
   );
 
 program
@@ -281,20 +296,22 @@ hubTenant
   .option('--id <uuid>', 'the tenant id (default: a new one)')
   .option('--allowed-origin <origin>', "origin redirect_url of the hub's sessions may point to (repeatable)", collect, [])
   .addOption(liveness().default('active'))
+  .addOption(padThreshold(false))
   .addOption(databaseUrl())
-  .action(async (opts: { name: string; id?: string; databaseUrl?: string; allowedOrigin: string[]; liveness: LivenessMode }) =>
+  .action(async (opts: { name: string; id?: string; databaseUrl?: string; allowedOrigin: string[]; liveness: LivenessMode; padThreshold?: number }) =>
     print(await hubTenantAdd(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin })),
   );
 hubTenant
   .command('update')
-  .description("change a tenant's name, allowed origins (the list given replaces the old one) or liveness mode: a change of its log, which every door applies")
+  .description("change a tenant's name, allowed origins (the list given replaces the old one), liveness mode or anti-spoofing floor: a change of its log, which every door applies")
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--name <name>', 'new display name')
   .option('--allowed-origin <origin>', 'the new list of allowed origins (repeatable)', collect, undefined)
   .addOption(liveness())
+  .addOption(padThreshold(true))
   .addOption(databaseUrl())
-  .action(async (opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode; databaseUrl?: string }) =>
-    print(await hubTenantUpdate(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin })),
+  .action(async (opts: { tenant: string; name?: string; allowedOrigin?: string[]; liveness?: LivenessMode; padThreshold?: number | 'default'; databaseUrl?: string }) =>
+    print(await hubTenantUpdate(loadSettings(), { ...opts, allowedOrigins: opts.allowedOrigin, padThreshold: padChange(opts.padThreshold) })),
   );
 const hubGroup = hub.command('group').description("the groups a tenant's people are in (a door's allow.groups): changes of the log, which every door applies");
 for (const [name, member] of [['add', true], ['remove', false]] as const) {

@@ -11,6 +11,7 @@ export function showTenant(store: Store, t: Tenant) {
     tenant_id: t.id,
     name: t.name,
     liveness: t.livenessMode,
+    pad_threshold: t.padThreshold ?? null,
     allowed_origins: t.allowedOrigins,
     created_at: t.createdAt,
     users: store.users.list(t.id, 1, 0).total,
@@ -24,14 +25,14 @@ export function findTenant(store: Store, idOrName: string): Tenant {
   return t;
 }
 
-export function createTenant(store: Store, opts: { name: string; allowedOrigins: string[]; liveness: LivenessMode }) {
+export function createTenant(store: Store, opts: { name: string; allowedOrigins: string[]; liveness: LivenessMode; padThreshold?: number }) {
   if (opts.allowedOrigins.length === 0) throw new CommandError('give at least one --allowed-origin: redirect_url must point to one of them');
-  const t = store.tenants.create({ name: opts.name, allowedOrigins: opts.allowedOrigins, livenessMode: opts.liveness });
+  const t = store.tenants.create({ name: opts.name, allowedOrigins: opts.allowedOrigins, livenessMode: opts.liveness, ...(opts.padThreshold === undefined ? {} : { padThreshold: opts.padThreshold }) });
   const { keyId, apiKey } = store.tenants.createKey(t.id);
   return { tenant_id: t.id, api_key: apiKey, key_id: keyId };
 }
 
-export function updateTenant(store: Store, idOrName: string, changes: { name?: string; allowedOrigins?: string[]; liveness?: LivenessMode }) {
+export function updateTenant(store: Store, idOrName: string, changes: { name?: string; allowedOrigins?: string[]; liveness?: LivenessMode; padThreshold?: number | null }) {
   const t = findTenant(store, idOrName);
   // a fleet tenant's settings are the hub's: the next change of its log would undo a local edit
   if (store.tenants.followsHub(t.id)) {
@@ -42,6 +43,7 @@ export function updateTenant(store: Store, idOrName: string, changes: { name?: s
     ...(changes.name ? { name: changes.name } : {}),
     ...(changes.allowedOrigins ? { allowedOrigins: changes.allowedOrigins } : {}),
     ...(changes.liveness ? { livenessMode: changes.liveness } : {}),
+    ...(changes.padThreshold === undefined ? {} : { padThreshold: changes.padThreshold }),
   });
   return showTenant(store, updated as Tenant);
 }

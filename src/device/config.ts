@@ -47,7 +47,7 @@ const door = z
     id: id.describe('Door id (MQTT topic level, kiosk `?door=`).'),
     name: z.string().min(1).max(100).optional().describe('Display name shown on the kiosk.'),
     liveness: liveness.optional().describe('Liveness at this door; defaults to the device-wide `liveness`.'),
-    pad_threshold: z.number().min(0).max(1).optional().describe("The anti-spoofing network's floor at this door (a session whose frames score below it at the median fails as `spoof_detected`); defaults to the device's `thresholds.pad`."),
+    pad_threshold: z.number().min(0).max(1).optional().describe("The anti-spoofing network's floor at this door (a session whose frames score below it at the median fails as `spoof_detected`); defaults to the tenant's floor (`authface hub tenant update --pad-threshold`), else the device's `thresholds.pad`."),
     factor: z
       .enum(['face', 'face+pin'])
       .default('face')
@@ -154,7 +154,7 @@ export const deviceConfigSchema = z
       .strictObject({
         match: z.number().min(0).max(1).optional().describe('Overrides AUTHFACE_MATCH_THRESHOLD on this device.'),
         duplicate: z.number().min(0).max(1).optional().describe('Overrides AUTHFACE_DUPLICATE_THRESHOLD on this device.'),
-        pad: z.number().min(0).max(1).optional().describe("Overrides AUTHFACE_PAD_THRESHOLD (the anti-spoofing network's floor) on this device."),
+        pad: z.number().min(0).max(1).optional().describe("Overrides AUTHFACE_PAD_THRESHOLD (the anti-spoofing network's floor) on this device; a tenant's own floor and a door's `pad_threshold` come first."),
       })
       .default({})
       .describe('Similarity thresholds (default: the service settings; see the README, "Thresholds").'),

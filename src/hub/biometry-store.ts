@@ -289,6 +289,7 @@ interface TenantRow {
   tenant_id: string;
   name: string;
   liveness_mode: LivenessMode;
+  pad_threshold: number | null;
   allowed_origins: string[];
   created_at: Date;
 }
@@ -343,7 +344,14 @@ interface AuditRow {
 const iso = (d: Date | null) => d && d.toISOString();
 
 function toTenant(r: TenantRow): Tenant {
-  return { id: r.tenant_id, name: r.name, livenessMode: r.liveness_mode, allowedOrigins: r.allowed_origins, createdAt: r.created_at.toISOString() };
+  return {
+    id: r.tenant_id,
+    name: r.name,
+    livenessMode: r.liveness_mode,
+    ...(r.pad_threshold !== null ? { padThreshold: r.pad_threshold } : {}),
+    allowedOrigins: r.allowed_origins,
+    createdAt: r.created_at.toISOString(),
+  };
 }
 
 function toSession(r: SessionRow): Session {

@@ -232,6 +232,8 @@ const MIGRATIONS = [
      last_at   timestamptz NOT NULL,
      PRIMARY KEY (name, address)
    );`,
+  // a tenant's own floor for the anti-spoofing network (NULL: its doors' own; tenant.settings carries it)
+  `ALTER TABLE hub_tenants ADD COLUMN pad_threshold double precision CHECK (pad_threshold BETWEEN 0 AND 1);`,
 ];
 
 /**
@@ -347,8 +349,8 @@ export class HubStore {
    * Adds a tenant. Its settings are the first change of its log: every door takes them from there
    * (a door's own copy of the tenant is never edited locally). Returns that change, to publish.
    */
-  async createTenant(tenantId: string, name: string, settings: { allowedOrigins?: string[]; livenessMode?: 'passive' | 'active' } = {}): Promise<Change> {
-    const { allowedOrigins = [], livenessMode = 'active' } = settings;
+  async createTenant(tenantId: string, name: string, settings: { allowedOrigins?: string[]; livenessMode?: 'passive' | 'active'; padThreshold?: number } = {}): Promise<Change> {
+    const { allowedOrigins = [], livenessMode = 'active', padThreshold } = settings;
     return this.#transaction(async (db) => {
       const r = await db.query('INSERT INTO hub_tenants (tenant_id, name, liveness_mode, allowed_origins) VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING', [
         tenantId,
@@ -357,7 +359,8 @@ export class HubStore {
         JSON.stringify(allowedOrigins),
       ]);
       if (r.rowCount === 0) throw new HubError(`tenant ${tenantId} is already at the hub`);
-      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', name, allowed_origins: allowedOrigins, liveness_mode: livenessMode });
+      const pad = padThreshold === undefined ? {} : { pad_threshold: padThreshold };
+      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', name, allowed_origins: allowedOrigins, liveness_mode: livenessMode, ...pad });
     });
   }
 
@@ -662,7 +665,13 @@ export class HubStore {
       const r = await db.query('UPDATE hub_users SET groups = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted', [tenantId, body.external_user_id, JSON.stringify(body.groups)]);
       if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
     } else {
-      await db.query('UPDATE hub_tenants SET name = $2, allowed_origins = $3::jsonb, liveness_mode = $4 WHERE tenant_id = $1', [tenantId, body.name, JSON.stringify(body.allowed_origins), body.liveness_mode]);
+      await db.query('UPDATE hub_tenants SET name = $2, allowed_origins = $3::jsonb, liveness_mode = $4, pad_threshold = $5 WHERE tenant_id = $1', [
+        tenantId,
+        body.name,
+        JSON.stringify(body.allowed_origins),
+        body.liveness_mode,
+        body.pad_threshold ?? null,
+      ]);
     }
     const changeId = crypto.randomUUID();
     const auth = this.#authOf(key, tenantId, { seq, changeId, origin: 'hub', body });
@@ -675,12 +684,24 @@ export class HubStore {
   }
 
   /** Changes a tenant's settings (what is not given stays); sequenced for the devices. */
-  async updateTenantSettings(tenantId: string, changes: Partial<Omit<TenantSettings, 'kind'>>): Promise<Change> {
+  async updateTenantSettings(tenantId: string, changes: Partial<Omit<TenantSettings, 'kind' | 'pad_threshold'>> & { pad_threshold?: number | null }): Promise<Change> {
     return this.#transaction(async (db) => {
       await this.lockTenant(db, tenantId);
-      const r = await db.query<{ name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active' }>('SELECT name, allowed_origins, liveness_mode FROM hub_tenants WHERE tenant_id = $1', [tenantId]);
+      const r = await db.query<{ name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active'; pad_threshold: number | null }>(
+        'SELECT name, allowed_origins, liveness_mode, pad_threshold FROM hub_tenants WHERE tenant_id = $1',
+        [tenantId],
+      );
       if (!r.rows[0]) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
-      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', ...r.rows[0], ...changes });
+      const { pad_threshold: held, ...current } = r.rows[0];
+      // null takes the tenant's own floor away (its doors use theirs again)
+      const pad = changes.pad_threshold === undefined ? held : changes.pad_threshold;
+      const settings: Omit<TenantSettings, 'kind'> = {
+        name: changes.name ?? current.name,
+        allowed_origins: changes.allowed_origins ?? current.allowed_origins,
+        liveness_mode: changes.liveness_mode ?? current.liveness_mode,
+        ...(pad === null ? {} : { pad_threshold: pad }),
+      };
+      return this.appendAdmin(db, tenantId, { kind: 'tenant.settings', ...settings });
     });
   }
 
@@ -756,8 +777,8 @@ export class HubStore {
    * pass MAX_CHUNK_BYTES ends early (its `next` is its last user).
    */
   async snapshotChunk(tenantId: string, after: string | null, limit: number, models: readonly string[] = []): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
-    const head = await this.pool.query<{ next_seq: string; name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active' }>(
-      'SELECT next_seq, name, allowed_origins, liveness_mode FROM hub_tenants WHERE tenant_id = $1',
+    const head = await this.pool.query<{ next_seq: string; name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active'; pad_threshold: number | null }>(
+      'SELECT next_seq, name, allowed_origins, liveness_mode, pad_threshold FROM hub_tenants WHERE tenant_id = $1',
       [tenantId],
     );
     const t = head.rows[0];
@@ -779,7 +800,8 @@ export class HubStore {
       users.push(user);
     }
     const full = users.length === limit || users.length < r.rows.length;
-    const tenant = after === null && t ? { name: t.name, allowed_origins: t.allowed_origins, liveness_mode: t.liveness_mode } : undefined;
+    const tenant =
+      after === null && t ? { name: t.name, allowed_origins: t.allowed_origins, liveness_mode: t.liveness_mode, ...(t.pad_threshold === null ? {} : { pad_threshold: t.pad_threshold }) } : undefined;
     return { seq, users, next: full ? users[users.length - 1].external_user_id : null, ...(tenant ? { tenant } : {}) };
   }
 
@@ -849,12 +871,13 @@ export class HubStore {
    * backfill is relayed without the hub parsing and re-serialising every change.
    */
   async changesAfterJson(tenantId: string, afterSeq: number, limit: number, models: readonly string[] = []): Promise<{ json: string; count: number; last: number }> {
-    // a device of an earlier release (no models named) gets no further templates; a range that
-    // carries them ends early before MAX_CHUNK_BYTES (its first change always goes)
+    // a device of an earlier release (no models named) gets no further templates and no tenant
+    // anti-spoofing floor; a range that carries templates ends early before MAX_CHUNK_BYTES (its
+    // first change always goes)
     const r = await this.pool.query<{ json: string; count: number; last: string | null }>(
       `SELECT COALESCE(json_agg(c ORDER BY seq), '[]')::text AS json, COUNT(*)::int AS count, MAX(seq) AS last FROM (
          SELECT seq, c, SUM(octet_length(c::text)) OVER (ORDER BY seq) AS upto, row_number() OVER (ORDER BY seq) AS n FROM (
-           SELECT seq, (body - 'templates') || ${FURTHER_TEMPLATES_SQL('body', '$4')} || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
+           SELECT seq, (body - 'templates' - CASE WHEN cardinality($4::text[]) = 0 THEN 'pad_threshold' ELSE '' END) || ${FURTHER_TEMPLATES_SQL('body', '$4')} || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
                   'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) AS c
            FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS rows) AS page
        WHERE n = 1 OR upto <= $5`,

@@ -295,7 +295,9 @@ export class HubSync {
       const more = chunk.next !== null && i < request.chunks - 1;
       // the last chunk says where the snapshot is complete: the head and the digest of the hub's people there
       const end = chunk.next === null && signedForm ? await this.store.headDigest(tenantId) : {};
-      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, more, ...end, ...(request_id ? { request_id } : {}) }, signedForm);
+      // a device of an earlier release takes the tenant's settings without the anti-spoofing floor
+      const tenant = chunk.tenant && !signedForm ? { tenant: withoutPadThreshold(chunk.tenant) } : {};
+      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, ...tenant, more, ...end, ...(request_id ? { request_id } : {}) }, signedForm);
       if (!more) break;
       after = chunk.next;
     }
@@ -544,7 +546,7 @@ export class HubSync {
     const unsigned = await this.#hasUnsignedDevices(tenantId);
     for (const batch of batches(changes)) {
       await this.#send(tenantId, topics.signedLog, 'log', { tenant_id: tenantId, changes: batch });
-      if (unsigned) await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: batch.map(({ templates: _, ...c }: Change & { templates?: unknown }) => c) }), { qos: 1 });
+      if (unsigned) await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: batch.map(forEarlierRelease) }), { qos: 1 });
     }
     await this.#publishHead(tenantId, Math.max(...changes.map((c) => c.seq)));
   }
@@ -567,4 +569,16 @@ function batches(changes: readonly Change[]): Change[][] {
   }
   if (current.length > 0) out.push(current);
   return out;
+}
+
+/**
+ * A change as a device of an earlier release reads it: without the fields its schema does not know
+ * (further templates, a tenant's anti-spoofing floor), which the change's MAC does not cover.
+ */
+function forEarlierRelease({ templates: _, ...change }: Change & { templates?: unknown }): Change {
+  return (change.kind === 'tenant.settings' ? withoutPadThreshold(change) : change) as Change;
+}
+
+function withoutPadThreshold<T extends { pad_threshold?: number }>({ pad_threshold: _, ...settings }: T): Omit<T, 'pad_threshold'> {
+  return settings;
 }

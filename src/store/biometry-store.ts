@@ -41,7 +41,7 @@ export interface BiometryStore {
 
 export interface TenantAccess {
   /** `id`: a fleet member takes its tenant's id from the hub; otherwise one is drawn. */
-  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode; id?: string }): Promise<Tenant>;
+  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode; padThreshold?: number; id?: string }): Promise<Tenant>;
   get(id: string): Promise<Tenant | undefined>;
   /** The returned `apiKey` is the only time the key is visible: only its hash is stored. */
   createKey(tenantId: string): Promise<{ keyId: string; apiKey: string }>;

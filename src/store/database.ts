@@ -208,6 +208,8 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    ALTER TABLE sync_snapshots ADD COLUMN digest TEXT;
    CREATE TABLE sync_snapshot_checks (tenant_id TEXT PRIMARY KEY, head_seq INTEGER NOT NULL, digest TEXT NOT NULL);
    UPDATE sync_snapshots SET snapshot_seq = NULL, after_user = NULL;`,
+  // a tenant's own floor for the anti-spoofing network (store/tenants.ts; NULL: the device's or the service's)
+  `ALTER TABLE tenants ADD COLUMN pad_threshold REAL CHECK (pad_threshold BETWEEN 0 AND 1);`,
 ];
 
 /**

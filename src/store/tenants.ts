@@ -8,6 +8,8 @@ export interface Tenant {
   id: string;
   name: string;
   livenessMode: LivenessMode;
+  /** The anti-spoofing network's floor for this tenant's sessions (absent: the device's or service's; a door's own comes first). */
+  padThreshold?: number;
   allowedOrigins: string[];
   createdAt: string;
 }
@@ -16,6 +18,7 @@ interface TenantRow {
   id: string;
   name: string;
   liveness_mode: LivenessMode;
+  pad_threshold: number | null;
   allowed_origins: string;
   created_at: string;
 }
@@ -26,12 +29,12 @@ export class TenantStore {
   constructor(private readonly db: Db) {}
 
   /** `id`: a fleet device takes its tenant's id from the hub; otherwise a new one is drawn. */
-  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode; id?: string }): Tenant {
+  create(input: { name: string; allowedOrigins: string[]; livenessMode: LivenessMode; padThreshold?: number; id?: string }): Tenant {
     const { id = crypto.randomUUID(), ...rest } = input;
     const tenant: Tenant = { id, createdAt: now(), ...rest };
     this.db
-      .prepare('INSERT INTO tenants (id, name, liveness_mode, allowed_origins, created_at) VALUES (?, ?, ?, ?, ?)')
-      .run(tenant.id, tenant.name, tenant.livenessMode, JSON.stringify(tenant.allowedOrigins), tenant.createdAt);
+      .prepare('INSERT INTO tenants (id, name, liveness_mode, pad_threshold, allowed_origins, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(tenant.id, tenant.name, tenant.livenessMode, tenant.padThreshold ?? null, JSON.stringify(tenant.allowedOrigins), tenant.createdAt);
     return tenant;
   }
 
@@ -49,15 +52,17 @@ export class TenantStore {
     return (this.db.prepare('SELECT * FROM tenants ORDER BY created_at, name').all() as TenantRow[]).map(toTenant);
   }
 
-  /** Changes a tenant's name, allowed origins or liveness mode; returns it as it is now. */
-  update(id: string, changes: Partial<Pick<Tenant, 'name' | 'allowedOrigins' | 'livenessMode'>>): Tenant | undefined {
+  /** Changes a tenant's name, allowed origins, liveness mode or anti-spoofing floor (null: none of its own); returns it as it is now. */
+  update(id: string, changes: Partial<Pick<Tenant, 'name' | 'allowedOrigins' | 'livenessMode'>> & { padThreshold?: number | null }): Tenant | undefined {
     const current = this.get(id);
     if (!current) return undefined;
-    const next = { ...current, ...changes };
+    const { padThreshold, ...rest } = changes;
+    const next = { ...current, ...rest };
+    const pad = padThreshold === undefined ? (current.padThreshold ?? null) : padThreshold;
     this.db
-      .prepare('UPDATE tenants SET name = ?, liveness_mode = ?, allowed_origins = ? WHERE id = ?')
-      .run(next.name, next.livenessMode, JSON.stringify(next.allowedOrigins), id);
-    return next;
+      .prepare('UPDATE tenants SET name = ?, liveness_mode = ?, pad_threshold = ?, allowed_origins = ? WHERE id = ?')
+      .run(next.name, next.livenessMode, pad, JSON.stringify(next.allowedOrigins), id);
+    return this.get(id);
   }
 
   /** A tenant's keys: ids and dates only (the keys themselves are not stored). */
@@ -116,6 +121,7 @@ function toTenant(row: TenantRow): Tenant {
     id: row.id,
     name: row.name,
     livenessMode: row.liveness_mode,
+    ...(row.pad_threshold !== null ? { padThreshold: row.pad_threshold } : {}),
     allowedOrigins: JSON.parse(row.allowed_origins) as string[],
     createdAt: row.created_at,
   };

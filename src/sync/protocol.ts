@@ -92,11 +92,12 @@ export const userUpsertSchema = z
   .describe('A person enrolled or their template updated (at the version a device already holds: the same capture, with templates of further models)');
 
 /**
- * A change's fields its `auth` does not cover: the hub's commit time (for display) and the further
- * templates, which their own sealing binds; a device of an earlier release gets the change without
- * them, and its MAC still verifies.
+ * A change's fields its `auth` does not cover: the hub's commit time (for display), the further
+ * templates, which their own sealing binds, and a tenant's anti-spoofing floor, which the hub's
+ * signature covers; a device of an earlier release gets the change without the last two, and its
+ * MAC still verifies.
  */
-export const CHANGE_FIELDS_OUTSIDE_AUTH = ['committed_at', 'templates'] as const;
+export const CHANGE_FIELDS_OUTSIDE_AUTH = ['committed_at', 'templates', 'pad_threshold'] as const;
 
 export const userTemplatesSchema = z
   .strictObject({
@@ -132,6 +133,14 @@ export const tenantSettingsSchema = z
     name: z.string().min(1).max(100),
     allowed_origins: z.array(z.string().min(1).max(200)).max(MAX_ALLOWED_ORIGINS).describe('Origins the redirect_url of the tenant\'s sessions may point to'),
     liveness_mode: z.enum(['passive', 'active']).describe('Liveness of the tenant\'s API sessions'),
+    pad_threshold: z
+      .number()
+      .min(0)
+      .max(1)
+      .optional()
+      .describe(
+        "The anti-spoofing network's floor for the tenant's sessions (left out: the device's own). Outside the change's `auth` and covered by the hub's signature of the log, the range or the chunk that carries it; the hub leaves it out for a device of an earlier release, which has no such network",
+      ),
   })
   .describe("The tenant's settings, made at the hub (`authface hub tenant add|update`): they replace the earlier ones on every device");
 

@@ -223,7 +223,7 @@ export class Replica {
   }
 
   #applyTenant(tenantId: string, t: Omit<TenantSettings, 'kind'>): void {
-    this.store.tenants.update(tenantId, { name: t.name, allowedOrigins: t.allowed_origins, livenessMode: t.liveness_mode });
+    this.store.tenants.update(tenantId, { name: t.name, allowedOrigins: t.allowed_origins, livenessMode: t.liveness_mode, padThreshold: t.pad_threshold ?? null });
   }
 
   /** The snapshot of the tenant being loaded here, if any (it survives a restart). */
