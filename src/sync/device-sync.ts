@@ -35,7 +35,7 @@ import { type DeviceSigningKey, loadDeviceKey, loadSigningKey } from './device-k
 import { type SignedPurpose, isSignedBy, signMessage } from './signature.ts';
 import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './keyring.ts';
 import { fleetNoticeSchema, isSignedNotice } from './notice.ts';
-import { challengeSchema, proveRegistration } from './signing-registration.ts';
+import { HubClient } from './hub-client.ts';
 import { wipeRevokedDevice } from './revoked.ts';
 
 const FETCH_TIMEOUT_MS = 5000;
@@ -130,6 +130,8 @@ export class DeviceSync {
   #sentCount = 0;
   /** When this device last asked the hub to register its signing key. */
   #registeredAt = 0;
+  /** The hub's HTTP endpoints (sync.hub_url), if the device knows them. */
+  readonly #hub: HubClient | null;
 
   private constructor(
     private readonly client: MqttClient,
@@ -144,6 +146,7 @@ export class DeviceSync {
     this.#index = index;
     this.#furtherModels = store.users.models.filter((m) => m !== options.model);
     this.#signingKey = signingKey;
+    this.#hub = options.hubUrl ? new HubClient(options.hubUrl, { tenantId: options.tenantId, deviceId: options.deviceId, signingKey: signingKey.privateKey, signingPublicKey: signingKey.publicKey }) : null;
     // what this device changes joins the outbox in the same transaction as the change itself
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
@@ -646,19 +649,13 @@ export class DeviceSync {
    * not hold. At most once per ASK_HUB_INTERVAL_MS.
    */
   async askHub(): Promise<void> {
-    const { hubUrl, tenantId, deviceId, logger } = this.options;
-    if (!hubUrl || this.#revoked || Date.now() - this.#askedHubAt < ASK_HUB_INTERVAL_MS) return;
+    const { logger } = this.options;
+    if (!this.#hub || this.#revoked || Date.now() - this.#askedHubAt < ASK_HUB_INTERVAL_MS) return;
     this.#askedHubAt = Date.now();
     try {
-      const res = await fetch(new URL('/fleet/v1/notice', hubUrl), {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(this.#sign('notice-request', { tenant_id: tenantId, device_id: deviceId, at: new Date().toISOString() })),
-        signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
-      });
-      if (!res.ok) return logger.warn({ status: res.status }, 'sync: the hub has no notice for this device');
-      const body = (await res.json()) as { notice?: unknown };
-      this.#notice(Buffer.from(JSON.stringify(body.notice ?? null)), 'hub');
+      const answer = await this.#hub.notice();
+      if ('status' in answer) return logger.warn({ status: answer.status }, 'sync: the hub has no notice for this device');
+      this.#notice(Buffer.from(JSON.stringify(answer.notice)), 'hub');
     } catch (err) {
       logger.warn({ problem: (err as Error).message }, 'sync: cannot ask the hub for this device\'s notice');
     }
@@ -671,21 +668,14 @@ export class DeviceSync {
    * key is the one registered. At most once per ASK_HUB_INTERVAL_MS while it fails.
    */
   async registerSigningKey(): Promise<void> {
-    const { hubUrl, tenantId, deviceId, logger } = this.options;
+    const { logger } = this.options;
     const key = this.#signingKey.publicKey;
     const registered = this.store.db.prepare(`SELECT value FROM meta WHERE key = 'sync_signing_key_registered'`).get() as { value: string } | undefined;
-    if (!hubUrl || this.#revoked || registered?.value === key || Date.now() - this.#registeredAt < ASK_HUB_INTERVAL_MS) return;
+    if (!this.#hub || this.#revoked || registered?.value === key || Date.now() - this.#registeredAt < ASK_HUB_INTERVAL_MS) return;
     this.#registeredAt = Date.now();
-    const post = (route: string, body: object) =>
-      fetch(new URL(`/fleet/v1/${route}`, hubUrl), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
     try {
-      const request = { tenant_id: tenantId, device_id: deviceId, signing_key: key };
-      const asked = await post('signing-key/challenge', request);
-      if (!asked.ok) return logger.warn({ status: asked.status }, 'sync: the hub gave no challenge to register this device\'s signing key');
-      const challenge = challengeSchema.parse(Object.fromEntries(Object.entries((await asked.json()) as object).filter(([k]) => k !== 'success')));
-      const proof = proveRegistration(loadDeviceKey(this.store.dataDir).privateKeyPem, { ...request, ...challenge });
-      const answer = await post('signing-key', this.#sign('signing-key', { ...request, ...challenge, proof }));
-      if (!answer.ok) return logger.error({ status: answer.status }, 'sync: the hub refused this device\'s signing key (it holds another for this name, or the device was revoked): join the hub again');
+      const answer = await this.#hub.registerSigningKey(loadDeviceKey(this.store.dataDir).privateKeyPem);
+      if (!answer.registered) return logger.error({ status: answer.status }, 'sync: the hub refused this device\'s signing key (it holds another for this name, or the device was revoked): join the hub again');
       this.store.db.prepare(`INSERT INTO meta (key, value) VALUES ('sync_signing_key_registered', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(key);
       logger.info({}, "sync: the hub holds this device's signing key");
     } catch (err) {
