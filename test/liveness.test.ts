@@ -201,11 +201,15 @@ describe('face anti-spoofing network (presentation-attack.ts), decided per sessi
     assert.equal(photo.face?.liveScore, null, 'only capture frames are scored');
   });
 
-  it('the median decides: one lucky frame does not carry a session, one bad frame does not sink one', async function () {
+  it('every usable frame must meet the floor: lucky frames do not carry a session; an unusable frame does not count', async function () {
     const a = await analyse((await photos()).personB);
     const at = (liveScore: number): FrameAnalysis => ({ ...a, face: { ...a.face!, liveScore } });
     assert.equal(verdict('passive', [at(0.01), at(0.9), at(0.02)]), 'spoof_detected');
-    assert.equal(verdict('passive', [at(0.9), at(0.01), at(0.8)]), null);
+    // as the replay clip scored for 0.6 s of its 4 (a median of these would pass)
+    assert.equal(verdict('passive', [at(0.85), at(0.3), at(0.02)]), 'spoof_detected');
+    assert.equal(verdict('passive', [at(0.9), at(0.8), at(0.95)]), null);
+    const blurred: FrameAnalysis = { ...at(0.01), problems: ['too_blurry'] };
+    assert.equal(verdict('passive', [at(0.9), blurred, at(0.95)]), null, 'a frame the session cannot use is not judged');
     // an attack that passed the active challenges would still meet it: it is decided before them
     assert.equal(verdict('active', [at(0.01), at(0.02), at(0.03)]), 'spoof_detected');
     assert.equal(verdict('active', [at(0.9), at(0.9), at(0.9)]), 'liveness_failed', 'high scores alone do not pass the challenges');

@@ -63,7 +63,7 @@ export const settingsSpec = {
   },
   AUTHFACE_PAD_THRESHOLD: {
     schema: unitInterval.default(DEFAULT_PAD_THRESHOLD),
-    doc: 'The face anti-spoofing network\'s floor: a capture session whose frames score below it at the median fails as `spoof_detected`, in both liveness modes (README, "The capture page and liveness"). Raise it to refuse more attacks and more genuine faces; a tenant, a device or a door may set its own (`--pad-threshold` of `tenant create|update` and `hub tenant add|update`, a device\'s `thresholds.pad`, a door\'s `pad_threshold`; the door\'s comes first, then the tenant\'s, then the device\'s).',
+    doc: 'The face anti-spoofing network\'s floor: a capture session with a usable frame that scores below it fails as `spoof_detected`, in both liveness modes (README, "The capture page and liveness"). Raise it to refuse more attacks and more genuine faces; a tenant, a device or a door may set its own (`--pad-threshold` of `tenant create|update` and `hub tenant add|update`, a device\'s `thresholds.pad`, a door\'s `pad_threshold`; the door\'s comes first, then the tenant\'s, then the device\'s).',
   },
   AUTHFACE_TARGET_FPIR: {
     schema: z.coerce.number().min(1e-7).max(0.1).default(0.001),

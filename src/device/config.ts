@@ -47,7 +47,7 @@ const door = z
     id: id.describe('Door id (MQTT topic level, kiosk `?door=`).'),
     name: z.string().min(1).max(100).optional().describe('Display name shown on the kiosk.'),
     liveness: liveness.optional().describe('Liveness at this door; defaults to the device-wide `liveness`.'),
-    pad_threshold: z.number().min(0).max(1).optional().describe("The anti-spoofing network's floor at this door (a session whose frames score below it at the median fails as `spoof_detected`); defaults to the tenant's floor (`authface hub tenant update --pad-threshold`), else the device's `thresholds.pad`."),
+    pad_threshold: z.number().min(0).max(1).optional().describe("The anti-spoofing network's floor at this door (a session with a usable frame that scores below it fails as `spoof_detected`); defaults to the tenant's floor (`authface hub tenant update --pad-threshold`), else the device's `thresholds.pad`."),
     factor: z
       .enum(['face', 'face+pin'])
       .default('face')
