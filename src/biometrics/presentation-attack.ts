@@ -45,7 +45,7 @@ export async function loadPresentationAttackModel(models: ModelFiles): Promise<P
 }
 
 /** The trained crop of `box` in `image` (Silent-Face-Anti-Spoofing's CropImage). */
-export function trainedCrop(image: RgbImage, box: Box): Box {
+function trainedCrop(image: RgbImage, box: Box): Box {
   const scale = Math.min(CROP_SCALE, (image.height - 1) / box.height, (image.width - 1) / box.width);
   const width = box.width * scale;
   const height = box.height * scale;
