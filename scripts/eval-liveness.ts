@@ -7,6 +7,7 @@
  * (each replay's frames as one session, each print and each bona fide photo as a session of
  * three frames); and the active-mode result of every attack sample fed as a still to a session.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_ANALYZER_LIMITS, FaceAnalyzer } from '../src/biometrics/index.ts';
@@ -16,6 +17,7 @@ import { loadSettings } from '../src/config/settings.ts';
 import { DEFAULT_ATTACK_LIMITS, attackSignals } from '../src/liveness/attack-signals.ts';
 import { DEFAULT_PAD_THRESHOLD, LivenessSession, defaultLivenessOptions, drawChallenge } from '../src/liveness/index.ts';
 import { decisionThresholds, sameFaceLimits } from '../src/sessions/decisions.ts';
+import { cameraFrame, hasFfmpeg } from '../test/support/browser.ts';
 
 const root = path.resolve('..', 'shared', 'datasets');
 if (!fs.existsSync(root)) {
@@ -123,4 +125,51 @@ for (const { a } of attacks) {
   if (session.verdict(a.face ? 10 : 0) === null) passedActive++;
 }
 console.log(`active mode (each attack sample as a still session): ${rate(passedActive, attacks.length)} passed`);
+
+// as the browser tests' fake webcam shows them (test/support/browser.ts): the replay clip filled into
+// 640×480, every frame, and the deepface photos as 640×480 camera frames. The capture page sends
+// only frames its guide finds usable (frontal, face 0.2–0.68 of the width, centred), so the clip's
+// frames are split into those and the rest
+if (hasFfmpeg) {
+  const mjpeg = execFileSync('ffmpeg', ['-loglevel', 'error', '-i', path.join(root, 'spoof/replay/replay1_clip.mp4'), '-vf', 'scale=640:480:force_original_aspect_ratio=increase,crop=640:480', '-q:v', '3', '-f', 'mjpeg', '-'], { maxBuffer: 1 << 28 });
+  const clip = [];
+  for (const frame of jpegFrames(mjpeg)) clip.push(await analyzer.analyze(frame, { mode: 'capture' }));
+  const guideSends = (a: FrameAnalysis) => {
+    const f = a.face;
+    if (!f || a.problems.length > 0) return false;
+    const width = f.box.width / 640;
+    const cx = (f.box.x + f.box.width / 2) / 640;
+    return width >= 0.2 && width <= 0.68 && Math.abs(cx - 0.5) <= 0.2 && Math.abs(f.pose.yaw) <= 15 && Math.abs(f.pose.pitch) <= 15;
+  };
+  const sent = clip.filter(guideSends);
+  const rest = clip.filter((a) => a.face && !guideSends(a));
+  const score = (a: FrameAnalysis) => a.face?.liveScore ?? 0;
+  const webcam: Record<string, string> = {};
+  webcam['replay1_clip, frames the guide sends: accepted (APCER)'] = rate(sent.filter((a) => score(a) >= t).length, sent.length);
+  webcam['replay1_clip, its other frames with a face: accepted'] = rate(rest.filter((a) => score(a) >= t).length, rest.length);
+  const frames = [];
+  for (const r of bonaSessions) frames.push(await analyzer.analyze(new Uint8Array(await cameraFrame(fs.readFileSync(r.file))), { mode: 'capture' }));
+  webcam['deepface photos as 640×480 camera frames: refused (BPCER)'] = rate(frames.filter((a) => !a.face || score(a) < t).length, frames.length);
+  console.log(`\nas the fake webcam shows them, at the floor ${t}:`);
+  console.table(webcam);
+  const q = (xs: number[], p: number) => xs.sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor(p * xs.length))]?.toFixed(3);
+  console.log(`replay1_clip frames the guide sends score min ${q(sent.map(score), 0)}, median ${q(sent.map(score), 0.5)}, max ${q(sent.map(score), 1)}`);
+} else {
+  console.log('\n(ffmpeg not found: the fake-webcam figures are skipped)');
+}
 await analyzer.close();
+
+/** The JPEG images of an MJPEG stream, each from its start marker to its end marker. */
+function jpegFrames(stream: Buffer): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let start = -1;
+  for (let i = 0; i < stream.length - 1; i++) {
+    if (stream[i] !== 0xff) continue;
+    if (stream[i + 1] === 0xd8 && start < 0) start = i;
+    else if (stream[i + 1] === 0xd9 && start >= 0) {
+      out.push(new Uint8Array(stream.subarray(start, i + 2)));
+      start = -1;
+    }
+  }
+  return out;
+}

@@ -108,9 +108,9 @@ export class LivenessSession {
   /** The decision at completion; `accepted` is how many frames passed every check. */
   verdict(accepted: number): LivenessVerdict {
     if (this.#flagged > 0 && this.#flagged >= accepted) return 'spoof_detected';
-    // every usable frame must meet the network's floor: a replay scored 0.81–0.85 for 0.6 s of its
-    // 4 s, and three frames drawn from there pass a median. An attack that passes the challenges
-    // by chance still meets it
+    // every usable frame must meet the network's floor, not their median: one replay's frames
+    // score from 0.00 to 0.97, and its best ones pass a median. An attack that passes the
+    // challenges by chance still meets it
     if (this.#liveScores.some((score) => score < this.options.padThreshold)) return 'spoof_detected';
     if (this.mode === 'passive') return null;
     if (!this.#movement || !this.challenge || this.#movement.verdict()) return 'liveness_failed';
