@@ -116,6 +116,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
         events,
         tenants: store.tenants,
         mqttLink: () => device.mqttLink(),
+        outOfService: () => device.outOfService(),
         version: VERSION,
       },
       // the device's own console: its doors, people and audit trail

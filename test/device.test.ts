@@ -178,6 +178,15 @@ describe('access controller (simulated relay and contact)', function () {
     assert.deepEqual([decided[0].result, decided[0].reason], ['denied', 'liveness_failed']);
   });
 
+  it('once the hub revokes the device, a session that finishes after it denies (device_revoked) and no remote unlock opens (issue 20)', function () {
+    events.emit('device.revoked', { deviceId: 'd1', revokedAt: new Date().toISOString(), wipedAt: new Date().toISOString() });
+    events.emit('session.finished', finished());
+    assert.deepEqual([decided[0].result, decided[0].reason], ['denied', 'device_revoked']);
+    assert.throws(() => access.unlock('main', 'test'), /revoked/);
+    assert.equal(relay('main').pulses.length, 0);
+    assert.equal(store.audit.list(tenantId)[0].reason, 'device_revoked');
+  });
+
   it('a denial by policy is logged with its reason', function () {
     events.emit('session.finished', finished({ doorId: 'lab', externalUserId: 'bob' }));
     assert.equal(relay('lab').pulses.length, 0);

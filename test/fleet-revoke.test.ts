@@ -19,6 +19,8 @@ import { fleetNoticeSchema } from '../src/sync/notice.ts';
 import { signMessage } from '../src/sync/signature.ts';
 import { type Change, syncTopics } from '../src/sync/protocol.ts';
 import { authface, serve, serveHub, stop } from './support/cli.ts';
+import { Client } from './support/client.ts';
+import { hubConsoleSource } from '../src/console/hub-source.ts';
 import { type OwnMosquitto, startDynsecMosquitto } from './support/mosquitto.ts';
 import { until } from './support/mqtt.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
@@ -105,6 +107,9 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
     const oldKeys: TenantKeyring = loadKeyring(stolen.config.sync!.tenant_key_file, stolen.dataDir, { tenantId, deviceId: 'stolen' });
     const credentials = brokerOptions(stolen.config.mqtt);
 
+    const stolenApiKey = (JSON.parse((await authface(['key', 'create', '--tenant', tenantId], stolen.env)).stdout) as { api_key: string }).api_key;
+    const stolenApi = new Client(stolen.door!.url, stolenApiKey);
+    assert.equal((await stolenApi.post('/biometry/v1/list-users', {})).status, 200, 'its API works before');
     const started = performance.now();
     const revoked = JSON.parse((await hubCli(['device', 'revoke', '--tenant', tenantId, '--name', 'stolen', '--broker-url', brokerUrl, '--prefix', prefix])).stdout) as {
       key_version: number;
@@ -132,6 +137,24 @@ describe('revoking a stolen device (authface hub device revoke)', function () {
     // its credentials no longer open the broker
     await assert.rejects(mqtt.connectAsync(brokerUrl.replace(/\/\/[^@]*@/, '//'), { ...credentials, reconnectPeriod: 0, protocolVersion: 5 }), /Not authorized|Bad User Name or Password/);
     console.log(`      revoke command ${revoked.took_ms} ms (CLI process start excluded); stolen door erased ${erasedAfter} ms after the command started`);
+
+    // issue 20: the running door stops at once, without a restart (found: its API key went on
+    // working, a local enrolment succeeded, /readyz said ready and hub status said online)
+    for (const [route, body] of [['/biometry/v1/enroll', { external_user_id: 'mallory', redirect_url: 'http://localhost/x', client_state: 's' }], ['/biometry/v1/list-users', {}]] as const) {
+      const refused = await stolenApi.post(route, body);
+      assert.deepEqual([refused.status, (refused.body as { error: { code: string } }).error.code], [403, 'device_revoked'], route);
+    }
+    const ready = await fetch(`${stolen.door!.url}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.match(JSON.stringify(await ready.json()), /"status":"out_of_service".*revoked by the hub/);
+    const status = (await (await fetch(`${stolen.door!.url}/device/v1/status`, { headers: { authorization: `Bearer ${stolenApiKey}` } })).json()) as { out_of_service: { reason: string } | null };
+    assert.equal(status.out_of_service?.reason, 'device_revoked');
+    assert.equal(stolen.door!.child.exitCode, null, 'it keeps running, to say so');
+    // the hub's status and its console agree: revoked, holding no one
+    const hubView = JSON.parse((await hubCli(['status', '--tenant', tenantId])).stdout) as { devices: { device_id: string; state: string; people: number | null }[] };
+    assert.deepEqual(hubView.devices.find((d) => d.device_id === 'stolen'), { ...hubView.devices.find((d) => d.device_id === 'stolen'), state: 'revoked', people: 0 });
+    const consoleView = (await hubConsoleSource(store, async () => ({ ok: false, error: null })).devices(tenantId)).find((d) => d.deviceId === 'stolen');
+    assert.deepEqual([consoleView?.state, consoleView?.users], ['revoked', 0]);
 
     // the front door holds both versions now; its doctor says so
     await until(() => readKeyFile(devices.front.config.sync!.tenant_key_file).length === 2, 15_000, 'front holds version 2');

@@ -1,6 +1,7 @@
 import type { AccessEvent, CoreEvents, DoorStatus, EventBus } from '../core/events.ts';
 import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
+import { ServiceError } from '../errors.ts';
 import type { AuditLog } from '../store/audit.ts';
 import type { DoorContact, DoorDrivers, DoorHardware, Relay } from './hardware.ts';
 import { type MemberOf, type PolicyDenial, checkPolicy } from './policy.ts';
@@ -30,7 +31,9 @@ interface DoorState {
  */
 export class AccessController {
   readonly #doors = new Map<string, DoorState>();
-  readonly #unsubscribe: () => void;
+  readonly #unsubscribe: (() => void)[];
+  /** The hub revoked this device: no door opens any more, for anyone (device/out-of-service.ts). */
+  #revoked = false;
 
   constructor(
     private readonly config: DeviceConfig,
@@ -47,7 +50,13 @@ export class AccessController {
       contact?.onChange((open) => this.#contactChanged(state, open));
       this.#doors.set(door.id, state);
     }
-    this.#unsubscribe = events.on('session.finished', (e) => this.#sessionFinished(e));
+    this.#unsubscribe = [
+      events.on('session.finished', (e) => this.#sessionFinished(e)),
+      events.on('device.revoked', () => {
+        this.#revoked = true;
+        this.logger.warn({ doors: [...this.#doors.keys()] }, 'the hub revoked this device: every door denies from now on');
+      }),
+    ];
   }
 
   door(id: string): DoorState | undefined {
@@ -68,6 +77,7 @@ export class AccessController {
   unlock(doorId: string, source: string): AccessEvent | null {
     const door = this.#doors.get(doorId);
     if (!door) return null;
+    if (this.#revoked) throw new ServiceError('forbidden', 'device_revoked', 'this device was revoked by the hub: its doors open for no one');
     this.#release(door);
     const event = this.#record(door, 'remote_unlock', { sessionId: null, clientState: null, result: 'granted', reason: 'remote_unlock', externalUserId: null, score: null, factor: null });
     this.logger.info({ door: doorId, source, event: event.eventId }, 'door unlocked remotely');
@@ -76,7 +86,7 @@ export class AccessController {
 
   /** Stops listening; the hardware is closed by whoever opened it. */
   close(): void {
-    this.#unsubscribe();
+    for (const off of this.#unsubscribe) off();
     for (const d of this.#doors.values()) {
       clearTimeout(d.heldTimer);
       clearTimeout(d.lockTimer);
@@ -90,7 +100,8 @@ export class AccessController {
     const now = Date.now();
     let result: 'granted' | 'denied' = 'denied';
     let reason = e.reason;
-    if (e.status === 'success' && e.externalUserId) {
+    if (this.#revoked) reason = 'device_revoked';
+    else if (e.status === 'success' && e.externalUserId) {
       const last = door.recent.get(e.externalUserId);
       if (last !== undefined && now - last < this.config.kiosk.cooldown_seconds * 1000) {
         this.logger.debug({ door: door.config.id }, 'same person again within the cool-down: not processed');

@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import type { EventBus } from '../core/events.ts';
 import { type DeviceConfig, type DoorConfig, doorLiveness } from '../device/config.ts';
+import type { ServiceState } from '../device/out-of-service.ts';
 import { ServiceError } from '../errors.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { Factor } from '../store/sessions.ts';
@@ -21,9 +22,16 @@ export class KioskService {
     private readonly events: EventBus,
     private readonly publicUrl: string,
     private readonly pins: PinGate,
+    private readonly state: ServiceState,
     /** Resolves when the door may decide: a fleet door first applies what it missed while offline. */
     private readonly readyToDecide: () => Promise<unknown> = () => Promise.resolve(),
   ) {}
+
+  /** A revoked device starts no session and shows none (device/out-of-service.ts). */
+  #assertInService(): void {
+    const out = this.state.outOfService;
+    if (out) throw new ServiceError('forbidden', out.code, out.message);
+  }
 
   door(doorId: string): DoorConfig {
     const door = this.config.doors.find((d) => d.id === doorId);
@@ -40,6 +48,7 @@ export class KioskService {
    */
   async startIdentify(doorId: string, pin?: string): Promise<{ token: string; clientState: string; liveness: 'active' | 'passive'; factor: Factor }> {
     const door = this.door(doorId);
+    this.#assertInService();
     const liveness = doorLiveness(this.config, door);
     await this.readyToDecide();
     let candidates: string[] | undefined;
@@ -64,6 +73,7 @@ export class KioskService {
    */
   async open(doorId: string, biometryUrl: string, tenantId = this.tenant.id): Promise<void> {
     this.door(doorId);
+    this.#assertInService();
     let url: URL;
     try {
       url = new URL(biometryUrl);

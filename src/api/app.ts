@@ -2,6 +2,7 @@ import Koa from 'koa';
 import Router from '@koa/router';
 import type { CaptureService } from '../capture/service.ts';
 import type { Logger } from '../core/logger.ts';
+import { ServiceError } from '../errors.ts';
 import type { Metrics } from '../core/metrics.ts';
 import type { SessionService } from '../sessions/service.ts';
 import type { TenantAccess } from '../store/biometry-store.ts';
@@ -63,6 +64,13 @@ export function createApp(deps: AppDeps): Koa {
     await next();
   });
   app.use(errorHandler(deps.logger));
+  // a device the hub revoked serves no one from that moment (device/out-of-service.ts): every API
+  // key, capture link and kiosk session is refused, and only what reports the state still answers
+  app.use(async (ctx, next) => {
+    const out = deps.device?.outOfService();
+    if (out && !reportsState(ctx.method, ctx.path)) throw new ServiceError('forbidden', out.code, out.message);
+    await next();
+  });
 
   const ops = new Router();
   ops.get('/healthz', (ctx) => {
@@ -70,10 +78,14 @@ export function createApp(deps: AppDeps): Koa {
   });
   // ready = the engine can analyse; the broker link is reported (a door works without MQTT)
   ops.get('/readyz', (ctx) => {
-    const ready = deps.isReady();
+    const out = deps.device?.outOfService() ?? null;
+    const ready = deps.isReady() && !out;
     ctx.status = ready ? 200 : 503;
     const mqtt = deps.device?.mqttLink();
-    ctx.body = { status: ready ? 'ready' : 'starting', checks: { engine: ready ? 'ready' : 'loading models', ...(mqtt ? { mqtt } : {}) } };
+    ctx.body = {
+      status: out ? 'out_of_service' : ready ? 'ready' : 'starting',
+      checks: { engine: deps.isReady() ? 'ready' : 'loading models', ...(mqtt ? { mqtt } : {}), ...(out ? { device: out.message } : {}) },
+    };
   });
   ops.get('/metrics', metricsAccess(deps.metricsToken), async (ctx) => {
     ctx.type = deps.metrics.registry.contentType;
@@ -98,4 +110,10 @@ export function createApp(deps: AppDeps): Koa {
     app.use(router.allowedMethods({ throw: false }));
   }
   return app;
+}
+
+/** What a device out of service still answers: health, metrics, its status, the kiosk page (which says so) and the console. */
+function reportsState(method: string, path: string): boolean {
+  if (method === 'POST') return /^\/console\/(signin|signout)$/.test(path);
+  return method === 'GET' && /^\/(healthz|readyz|metrics|openapi\.json|device\/v1\/status|kiosk|kiosk\/v1\/doors\/[^/]+(\/events)?|capture\/assets\/.+|console(\/.*)?)$/.test(path);
 }

@@ -266,7 +266,7 @@ export async function hubStatus(settings: Settings, opts: { tenant: string; data
       tenant_id: opts.tenant,
       head: await store.headSeq(opts.tenant),
       log_starts_after: await store.compactedSeq(opts.tenant),
-      devices: devices.map((d) => ({ device_id: d.deviceId, state: d.state, applied_seq: d.appliedSeq, lag: d.lag, diverged: d.diverged, boot: d.boot })),
+      devices: devices.map((d) => ({ device_id: d.deviceId, state: d.state, applied_seq: d.appliedSeq, lag: d.lag, diverged: d.diverged, boot: d.boot, people: d.users, ...(d.revokedAt ? { revoked_at: d.revokedAt.toISOString() } : {}) })),
       conflicts: (await store.conflicts(opts.tenant)).map((c) => ({ change_id: c.changeId, origin: c.origin, external_user_id: c.externalUserId, reason: c.reason })),
     };
   });

@@ -61,7 +61,7 @@ export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleS
           version: d.version,
           model: d.model,
           lastSeen: d.boot === null ? null : d.last_seen.toISOString(),
-          users: d.users,
+          users: d.revoked_at ? 0 : d.users,
         }),
       );
     },

@@ -27,6 +27,8 @@ export interface CoreEvents {
   'door.alarm': { eventId: string; doorId: string; type: 'door_forced' | 'door_held_open' | 'pin_lockout'; time: string };
   /** A door's lock (its relay released or not) or contact changed. */
   'door.state': DoorStatus;
+  /** The hub revoked this device, and its people and keys are erased (sync/revoked.ts): it serves no one from now on. */
+  'device.revoked': { deviceId: string; revokedAt: string; wipedAt: string };
   /** An enroll/update session to run on a door's kiosk screen. */
   'kiosk.open': { doorId: string; biometryUrl: string };
 }

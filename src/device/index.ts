@@ -20,6 +20,7 @@ import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import { FLEET_MODEL } from '../sync/fleet-model.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
+import { type OutOfService, ServiceState } from './out-of-service.ts';
 
 /** How long a fleet door that has just (re)connected waits to catch up before a decision. */
 const CATCH_UP_WAIT_MS = 3000;
@@ -39,6 +40,8 @@ export interface Device {
   sync: DeviceSync | null;
   /** The broker link as it is now (connected, retrying, or why it is unavailable). */
   mqttLink(): MqttLink;
+  /** Why this device serves no one (the hub revoked it), or null while it serves. */
+  outOfService(): OutOfService | null;
   close(): Promise<void>;
 }
 
@@ -67,8 +70,9 @@ export async function startDevice(
   const memberOf: MemberOf = config.sync ? (group, user) => deps.store.groups.isMember(tenant.id, group, user) : fileGroups(config);
   const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger, memberOf);
   const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
+  const state = new ServiceState(deps.events);
   let sync: DeviceSync | null = null;
-  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins, async () => {
+  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins, state, async () => {
     if (sync && !(await sync.whenCaughtUp(CATCH_UP_WAIT_MS))) deps.logger.warn({ wait_ms: CATCH_UP_WAIT_MS }, 'sync: the hub did not answer in time; the door decides on its own copy');
   });
   const kioskSecret = KioskSecret.load(deps.store.dataDir);
@@ -141,6 +145,7 @@ export async function startDevice(
     broker,
     mqtt,
     mqttLink: () => mqtt?.link ?? (link as MqttLink),
+    outOfService: () => state.outOfService,
     sync,
     async close() {
       deps.sessions.commitWritesThrough(null);
@@ -149,6 +154,7 @@ export async function startDevice(
       await broker?.close();
       access.close();
       pins.close();
+      state.close();
     },
   };
 }

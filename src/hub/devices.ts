@@ -98,7 +98,8 @@ export class HubDevices {
       const device = r.rows[0];
       if (!device?.public_key) throw new HubError(`no device ${deviceId} has joined tenant ${tenantId} (authface hub device list)`);
       if (device.revoked_at) return { revokedAt: device.revoked_at, publicKey: device.public_key, key: (await this.store.keys.current(tenantId, db)) as TenantKeyVersion, rotated: false };
-      const revoked = await db.query<{ revoked_at: Date }>('UPDATE hub_devices SET revoked_at = now() WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at', [tenantId, deviceId]);
+      // it holds no one from now on (it erases what it held when it hears this): status and console say so
+      const revoked = await db.query<{ revoked_at: Date }>("UPDATE hub_devices SET revoked_at = now(), state = 'offline', users = 0 WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at", [tenantId, deviceId]);
       // an unused code for this device stops working too
       await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
       const key = await this.store.keys.rotate(db, tenantId, Number(counter.rows[0].next_seq));
@@ -197,13 +198,23 @@ export class HubDevices {
     return { diverged, repair: r.rows[0]?.repair === true };
   }
 
-  async list(tenantId: string): Promise<{ deviceId: string; state: string; appliedSeq: number; lag: number; diverged: boolean; boot: number | null }[]> {
+  /** The tenant's devices as the hub last heard them; a revoked one is `revoked` and holds no one, whatever it said last. */
+  async list(tenantId: string): Promise<{ deviceId: string; state: string; appliedSeq: number; lag: number; diverged: boolean; boot: number | null; users: number | null; revokedAt: Date | null }[]> {
     const head = await this.store.headSeq(tenantId);
-    const r = await this.store.pool.query<{ device_id: string; state: string; applied_seq: string; diverged: boolean; boot: number | null }>(
-      'SELECT device_id, state, applied_seq, diverged, boot FROM hub_devices WHERE tenant_id = $1 ORDER BY device_id',
+    const r = await this.store.pool.query<{ device_id: string; state: string; applied_seq: string; diverged: boolean; boot: number | null; users: number | null; revoked_at: Date | null }>(
+      'SELECT device_id, state, applied_seq, diverged, boot, users, revoked_at FROM hub_devices WHERE tenant_id = $1 ORDER BY device_id',
       [tenantId],
     );
-    return r.rows.map((d) => ({ deviceId: d.device_id, state: d.state, appliedSeq: Number(d.applied_seq), lag: head - Number(d.applied_seq), diverged: d.diverged, boot: d.boot }));
+    return r.rows.map((d) => ({
+      deviceId: d.device_id,
+      state: d.revoked_at ? 'revoked' : d.state,
+      appliedSeq: Number(d.applied_seq),
+      lag: head - Number(d.applied_seq),
+      diverged: d.diverged,
+      boot: d.boot,
+      users: d.revoked_at ? 0 : d.users,
+      revokedAt: d.revoked_at,
+    }));
   }
 
   /** Whether a person's deletion has reached every device of the tenant ("applied on 7 of 8"). */

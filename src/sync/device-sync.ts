@@ -116,6 +116,8 @@ export class DeviceSync {
   /** When the hub was last asked for this device's notice. */
   #askedHubAt = 0;
   #revoked = false;
+  /** The service's event bus: the revocation is announced on it (the device stops serving at once). */
+  #events: EventBus | null = null;
   /** The models other than the fleet's whose templates this device keeps (they travel as an upsert's `templates`). */
   readonly #furtherModels: ModelId[];
   /** This device's signing key: the hub takes a message in its name only with its signature. */
@@ -170,6 +172,7 @@ export class DeviceSync {
     };
     const client = mqtt.connect(options.url, clientOptions);
     const sync = new DeviceSync(client, store, options, index, signingKey, boot);
+    sync.#events = events;
     // a snapshot complete before a crash is made this device's copy now, link or not
     if (sync.replica.snapshot(options.tenantId)?.complete) void sync.#commitSnapshot();
     // a door event goes to the hub as soon as it is recorded (and waits in the audit log if it cannot)
@@ -613,11 +616,12 @@ export class DeviceSync {
       if (notice.public_key !== own.publicKey) return logger.warn({ from }, "sync: a revocation of another key pair under this device's name was ignored");
       if (this.#revoked) return;
       this.#revoked = true;
-      const erased = wipeRevokedDevice(this.store, this.#index, { tenant_id: tenantId, device_id: deviceId, revoked_at: notice.revoked_at }, [
+      const wiped = wipeRevokedDevice(this.store, this.#index, { tenant_id: tenantId, device_id: deviceId, revoked_at: notice.revoked_at }, [
         ...(this.options.keyFile ? [this.options.keyFile] : []),
         ...(this.options.secretFiles ?? []),
       ]);
-      logger.error({ from, erased, revoked_at: notice.revoked_at }, 'sync: the hub revoked this device: its templates and keys are erased, and it no longer syncs');
+      logger.error({ from, erased: wiped.erased, revoked_at: notice.revoked_at }, 'sync: the hub revoked this device: its templates and keys are erased, it no longer syncs, and it serves no one');
+      this.#events?.emit('device.revoked', { deviceId, revokedAt: wiped.revoked_at, wipedAt: wiped.wiped_at });
       void this.close();
       return;
     }

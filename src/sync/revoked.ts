@@ -17,12 +17,13 @@ export interface RevokedMark {
  * (templates, PINs, groups, tombstones; audit entries keep a pseudonym, as for any erasure), with what was
  * waiting for the hub, and the tenant key file and broker password are deleted. A mark in the
  * database says why the device holds nothing, so it does not start syncing again: it must join anew.
- * Returns how many people were erased.
+ * Returns the mark, and how many people were erased.
  */
-export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<RevokedMark, 'wiped_at'>, files: readonly string[]): number {
+export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<RevokedMark, 'wiped_at'>, files: readonly string[]): RevokedMark & { erased: number } {
   const tenantId = mark.tenant_id;
   const people = (store.db.prepare('SELECT external_user_id FROM users WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((u) => u.external_user_id);
   const journal = store.users.changeJournal;
+  const wiped: RevokedMark = { ...mark, wiped_at: new Date().toISOString() };
   store.users.changeJournal = null; // nothing of this goes to the hub
   try {
     store.db.transaction(() => {
@@ -32,7 +33,7 @@ export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<
       for (const table of ['sync_outbox', 'sync_cursors', 'sync_snapshots', 'sync_snapshot_users', 'sync_snapshot_checks', 'group_members']) store.db.prepare(`DELETE FROM ${table} WHERE tenant_id = ?`).run(tenantId);
       store.db
         .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value')
-        .run(REVOKED_KEY, JSON.stringify({ ...mark, wiped_at: new Date().toISOString() } satisfies RevokedMark));
+        .run(REVOKED_KEY, JSON.stringify(wiped));
     })();
   } finally {
     store.users.changeJournal = journal;
@@ -41,7 +42,12 @@ export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<
   const gallery = index.of(tenantId);
   for (const id of people) gallery.remove(id);
   for (const file of files) fs.rmSync(file, { force: true });
-  return people.length;
+  return { ...wiped, erased: people.length };
+}
+
+/** What a revoked device tells whoever asks it for anything: why, and how to use it again. */
+export function revokedMessage(mark: Pick<RevokedMark, 'device_id' | 'revoked_at' | 'wiped_at'>): string {
+  return `this device (${mark.device_id}) was revoked by the hub on ${mark.revoked_at}; its templates and keys were erased on ${mark.wiped_at}. To use it again, join with a new code (authface hub device add --name <a new name>, then authface join)`;
 }
 
 /** The revocation this device received, if any. */
@@ -57,7 +63,5 @@ export function revokedMark(store: Pick<Store, 'db'>): RevokedMark | null {
 export function assertNotRevoked(store: Pick<Store, 'db'>, deviceId: string): void {
   const mark = revokedMark(store);
   if (mark?.device_id !== deviceId) return;
-  throw new OperatorError(
-    `this device (${mark.device_id}) was revoked by the hub on ${mark.revoked_at}; its templates and keys were erased on ${mark.wiped_at}. To use it again, join with a new code (authface hub device add --name <a new name>, then authface join)`,
-  );
+  throw new OperatorError(revokedMessage(mark));
 }

@@ -157,4 +157,42 @@ describe('door kiosk in Chromium (fake webcam, simulated relay, MQTT)', function
     const wrongKey = await new Client(device.svc.url, 'afk_nope').post('/device/v1/kiosk/open', { door: 'front', biometry_url: 'x' });
     assert.equal(wrongKey.status, 401);
   });
+
+  // issue 20: a revoked door stops at once, without a restart (the revocation itself, through a
+  // hub and a broker, is in fleet-revoke.test.ts; here, what the screen and the device do then)
+  it('revoked while the kiosk runs: the screen says the door is out of service, no session starts, every API key is refused', async function () {
+    const page = await kiosk('front', img.personA[1], 'revoked');
+    await page.waitForSelector('body[data-view="capture"]', { timeout: 30_000 });
+    const pulses = device.relay('front').pulses.length;
+    const api = new Client(device.svc.url, device.apiKey);
+    assert.equal((await api.post('/biometry/v1/list-users', {})).status, 200);
+    device.svc.service.events.emit('device.revoked', { deviceId, revokedAt: new Date().toISOString(), wipedAt: new Date().toISOString() });
+
+    await page.waitForSelector('body[data-problem="out_of_service"]', { timeout: 15_000 });
+    assert.match(await page.textContent('#problem-title') ?? '', /Front door is out of service/);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'kiosk-out-of-service.png') });
+    // alice stays in front of the camera: nothing opens, nothing is asked of the server
+    await page.waitForTimeout(3000);
+    assert.equal(device.relay('front').pulses.length, pulses);
+    const session = await fetch(`${device.svc.url}/kiosk/v1/doors/front/sessions`, { method: 'POST', headers: kioskHeaders(device) });
+    assert.equal(session.status, 403);
+    for (const [path, body] of [['/biometry/v1/list-users', {}], ['/biometry/v1/enroll', { external_user_id: 'mallory' }], ['/device/v1/set-pin', { external_user_id: 'alice', pin: '4821' }], ['/device/v1/kiosk/open', { door: 'front', biometry_url: 'x' }]] as const) {
+      const refused = await api.post(path, body);
+      assert.equal(refused.status, 403, path);
+      assert.equal((refused.body as { error: { code: string } }).error.code, 'device_revoked', path);
+      assert.match((refused.body as { error: { message: string } }).error.message, /revoked by the hub.*join with a new code/, path);
+    }
+    const ready = await fetch(`${device.svc.url}/readyz`);
+    assert.equal(ready.status, 503);
+    const readiness = (await ready.json()) as { status: string; checks: { device?: string } };
+    assert.equal(readiness.status, 'out_of_service');
+    assert.match(readiness.checks.device ?? '', /revoked by the hub/);
+    const status = await fetch(`${device.svc.url}/device/v1/status`, { headers: { authorization: `Bearer ${device.apiKey}` } });
+    assert.equal(status.status, 200);
+    assert.equal(((await status.json()) as { out_of_service: { reason: string } | null }).out_of_service?.reason, 'device_revoked');
+    // a remote unlock opens nothing either
+    assert.throws(() => device.svc.service.device!.access.unlock('front', 'test'), /revoked/);
+    assert.equal(device.relay('front').pulses.length, pulses);
+    await page.close();
+  });
 });

@@ -8,6 +8,7 @@ import type { EventBus } from '../../core/events.ts';
 import { type DeviceConfig, doorLiveness } from '../../device/config.ts';
 import { ServiceError } from '../../errors.ts';
 import type { MqttLink } from '../../mqtt/bridge.ts';
+import type { OutOfService } from '../../device/out-of-service.ts';
 import type { TenantStore } from '../../store/tenants.ts';
 import { bearer, readJson } from '../http.ts';
 import { fromLoopback, relayedByProxy } from '../local.ts';
@@ -22,6 +23,8 @@ export interface DeviceDeps {
   tenants: TenantStore;
   kioskSecret: KioskSecret;
   mqttLink: () => MqttLink;
+  /** Why the device serves no one (the hub revoked it), or null. */
+  outOfService: () => OutOfService | null;
   version: string;
 }
 
@@ -72,6 +75,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
       factor: door.factor,
       cooldown_seconds: deps.config.kiosk.cooldown_seconds,
       result_seconds: deps.config.kiosk.result_seconds,
+      out_of_service: outOfServiceView(deps.outOfService()),
     };
   });
 
@@ -94,6 +98,8 @@ export function kioskRoutes(deps: DeviceDeps): Router {
       deps.events.on('kiosk.open', (e) => {
         if (e.doorId === door) send('session', { path: e.biometryUrl });
       }),
+      // the screen says at once that the door is out of service
+      deps.events.on('device.revoked', () => send('out_of_service', outOfServiceView(deps.outOfService()) ?? {})),
     ];
     const keepAlive = setInterval(() => stream.write(': keep-alive\n\n'), 15_000);
     const stop = () => {
@@ -128,6 +134,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
       doors: deps.config.doors.map((d) => ({ id: d.id, name: d.name ?? d.id, liveness: doorLiveness(deps.config, d) })),
       remote_commands: deps.config.remote_commands.enabled,
       mqtt: deps.mqttLink(),
+      out_of_service: outOfServiceView(deps.outOfService()),
     };
   });
 
@@ -140,3 +147,5 @@ export function kioskRoutes(deps: DeviceDeps): Router {
 
   return router;
 }
+
+const outOfServiceView = (out: OutOfService | null) => out && { reason: out.code, since: out.since, message: out.message };

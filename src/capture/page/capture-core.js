@@ -112,7 +112,7 @@ export function setProgress(fraction) {
 
 /**
  * A screen that explains what went wrong and, when it can help, offers to try again.
- * @param {'permission' | 'no_camera' | 'camera_busy' | 'insecure' | 'expired' | 'used' | 'invalid' | 'network' | 'unsupported' | 'busy' | 'unknown_door'} kind
+ * @param {'permission' | 'no_camera' | 'camera_busy' | 'insecure' | 'expired' | 'used' | 'invalid' | 'network' | 'unsupported' | 'busy' | 'unknown_door' | 'out_of_service'} kind
  * @param {(() => void) | null} [retry]
  * @param {Record<string, string>} [vars] values for the texts' {placeholders}
  */
@@ -125,7 +125,7 @@ export function problem(kind, retry = null, vars = {}) {
   button.hidden = !retry;
   button.onclick = retry;
   // a dead link cannot be cancelled any more
-  /** @type {HTMLElement} */ ($('[data-action="cancel"]')).hidden = ['expired', 'used', 'invalid', 'unknown_door'].includes(kind);
+  /** @type {HTMLElement} */ ($('[data-action="cancel"]')).hidden = ['expired', 'used', 'invalid', 'unknown_door', 'out_of_service'].includes(kind);
   document.body.dataset.problem = kind;
   show('problem');
 }

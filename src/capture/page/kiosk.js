@@ -8,7 +8,7 @@
  */
 import { $, CAMERA_PROBLEMS, HttpError, applyStrings, call, current, fitOval, guideState, instruct, loadHuman, loadStrings, look, problem, resetProgress, runCapture, show, sleep, startCamera, tr } from './capture-core.js';
 
-/** @typedef {{ id: string, name: string, liveness: string, factor: 'face' | 'face+pin', cooldown_seconds: number, result_seconds: number }} Door */
+/** @typedef {{ id: string, name: string, liveness: string, factor: 'face' | 'face+pin', cooldown_seconds: number, result_seconds: number, out_of_service: { reason: string, since: string } | null }} Door */
 /** @typedef {{ client_state: string | null, result: 'granted' | 'denied', reason: string | null, factor: string | null }} Access */
 
 const doorId = new URLSearchParams(location.search).get('door') ?? '';
@@ -35,6 +35,8 @@ function listen() {
     const { path } = JSON.parse(/** @type {MessageEvent} */ (e).data);
     location.assign(`${path}&kiosk=${encodeURIComponent(doorId)}`);
   });
+  // the hub revoked the device: the screen says so at once, and nothing more happens here
+  events.addEventListener('out_of_service', () => location.reload());
 }
 
 /** Waits until someone is at the door. */
@@ -183,6 +185,7 @@ async function main() {
   }
   $('#door-name').textContent = door.name;
   document.title = door.name;
+  if (door.out_of_service) return problem('out_of_service', null, { door: door.name });
   listen();
   for (;;) {
     try {
@@ -190,6 +193,7 @@ async function main() {
       await loadHuman();
       await serve(door);
     } catch (err) {
+      if (err instanceof HttpError && err.code === 'device_revoked') return location.reload();
       const kind = /** @type {Error} */ (err).message;
       problem(/** @type {any} */ (CAMERA_PROBLEMS.includes(kind) ? kind : 'network'));
       await sleep(5000); // a door screen retries on its own
