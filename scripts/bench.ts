@@ -17,7 +17,7 @@
  *  9. a snapshot of 100,000 people to a new door (chunked, through Mosquitto), and peak memory;
  * 10. 200 simulated doors reconnecting at once after 1,000 changes: time to converge, and the hub's
  *     API latency meanwhile.
- * Options: --only frames|search|http|door|queue|store|identify|sync|snapshot|reconnect|join (sync runs snapshot and reconnect too), --frames N (default 40).
+ * Options: --only cli|frames|search|http|door|queue|store|identify|sync|snapshot|reconnect|join|revoke (sync runs snapshot and reconnect too), --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -837,6 +837,39 @@ async function benchRevoke(doors = Number(process.env.BENCH_DOORS ?? 20), people
   }
 }
 
+/**
+ * The CLI's start (`--only cli`): `authface tenant list` and `authface --version` from the built
+ * command, against a bare `node -e ''` measured in the same run (the machine's own process start).
+ * Issue 20 found 4-6 s per command; the heavy modules now load only for the commands that use them.
+ */
+async function benchCli(runs = 7): Promise<void> {
+  const { execFileSync } = await import('node:child_process');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-bench-cli-'));
+  const cli = path.resolve('bin', 'authface.js');
+  const env = { ...process.env, AUTHFACE_DATA_DIR: dir, LOG_LEVEL: 'warn' };
+  try {
+    execFileSync(process.execPath, [cli, 'tenant', 'create', '--name', 'bench', '--allowed-origin', 'https://app.example.com'], { env, stdio: 'ignore' });
+    const time = (args: string[]) => {
+      const ms: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        const started = performance.now();
+        execFileSync(process.execPath, args, { env, stdio: 'ignore' });
+        ms.push(performance.now() - started);
+      }
+      return pct(ms, 50);
+    };
+    results.cli = {
+      runs,
+      node_bare_p50_ms: time(['-e', '']),
+      version_p50_ms: time([cli, '--version']),
+      tenant_list_p50_ms: time([cli, 'tenant', 'list']),
+    };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (!only || only === 'cli') await benchCli();
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
 if (!only || only === 'http') await benchHttp();

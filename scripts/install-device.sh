@@ -92,6 +92,19 @@ ENV
 if [ "$DRY" = 1 ]; then echo "+ write $ETC/authface.env:"; echo "$ENV_FILE" | sed 's/^/    /'; else
   echo "$ENV_FILE" > "$ETC/authface.env"; chmod 0640 "$ETC/authface.env"; chgrp "$SERVICE_USER" "$ETC/authface.env"; fi
 
+step "the authface command on PATH: this install's, with the service's environment, as its user"
+# never `npx authface` on a device: outside a project npx resolves the name at the npm registry
+WRAPPER=$(cat <<WRAP
+#!/bin/sh
+# Auth Face's own command (scripts/install-device.sh): this device's data directory and device file
+set -a; . $ETC/authface.env; set +a
+if [ "\$(id -u)" = 0 ]; then exec runuser -u $SERVICE_USER -- node $PREFIX/bin/authface.js "\$@"; fi
+exec node $PREFIX/bin/authface.js "\$@"
+WRAP
+)
+if [ "$DRY" = 1 ]; then echo "+ write /usr/local/bin/authface:"; echo "$WRAPPER" | sed 's/^/    /'; else
+  echo "$WRAPPER" > /usr/local/bin/authface; chmod 0755 /usr/local/bin/authface; fi
+
 step "tenant and API key (shown once, here only: never in the journal)"
 AS_USER=(runuser -u "$SERVICE_USER" -- env AUTHFACE_DATA_DIR="$DATA" LOG_LEVEL=warn node "$PREFIX/bin/authface.js")
 if [ "$DRY" = 1 ] || [ ! -f "$DATA/authface.db" ]; then
@@ -115,4 +128,4 @@ fi
 
 step "doctor"
 run runuser -u "$SERVICE_USER" -- env $(echo "$ENV_FILE" | tr '\n' ' ') node "$PREFIX/bin/authface.js" doctor || true
-echo "done: follow the logs with journalctl -fu authface"
+echo "done: follow the logs with journalctl -fu authface; \`authface doctor\` checks the device again"

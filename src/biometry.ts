@@ -150,7 +150,8 @@ export async function composeBiometry(settings: Settings, options: BiometryOptio
 
   analyzer.ready().then(
     () => logger.info({ templates: index.size }, 'face engine ready'),
-    (err: Error) => logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
+    // a start that failed after this point (the port in use…) shut the engine down: not its failure
+    (err: Error) => analyzer.closed || logger.fatal({ err: { name: err.name, message: err.message } }, 'face engine failed to start'),
   );
   return { events, index, sessions, users, capture, analyzer, metrics, modelsFor, sweep };
 }

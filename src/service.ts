@@ -1,7 +1,6 @@
 import fs from 'node:fs';
 import type http from 'node:http';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { DoorHardware } from './access/hardware.ts';
 import { createApp } from './api/app.ts';
 import { consoleRoutes } from './console/routes.ts';
@@ -22,11 +21,9 @@ import { PID_FILE, runningService } from './store/backup.ts';
 import { type Store, StoreError, openStore } from './store/index.ts';
 import { sqliteBiometryStore } from './store/sqlite-biometry.ts';
 
-export const VERSION = (
-  JSON.parse(fs.readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'package.json'), 'utf8')) as {
-    version: string;
-  }
-).version;
+import { VERSION } from './version.ts';
+
+export { VERSION } from './version.ts';
 
 export interface Service {
   server: http.Server;

@@ -11,7 +11,7 @@ import { DoorHardware, type SimulatedContact, type SimulatedRelay } from '../src
 import { checkPolicy, fileGroups } from '../src/access/policy.ts';
 import { EventBus, type AccessEvent, type CoreEvents, type DoorStatus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
-import { type DeviceConfig, deviceConfigReference, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
+import { type DeviceConfig, deviceConfigReference, doorLiveness, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
 import { openStore } from '../src/store/index.ts';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
@@ -30,7 +30,7 @@ describe('device configuration file', function () {
 
   it('firmware-config/README.md documents every option (generated from the schema)', function () {
     const readme = fs.readFileSync(path.join(ROOT, 'firmware-config', 'README.md'), 'utf8');
-    assert.ok(readme.includes(deviceConfigReference()), 'run `npx authface config --device` and paste it into firmware-config/README.md');
+    assert.ok(readme.includes(deviceConfigReference()), 'run `authface config --device` and paste it into firmware-config/README.md');
   });
 
   const base = { device_id: 'd1', doors: [{ id: 'main' }] };
@@ -63,7 +63,12 @@ describe('device configuration file', function () {
 
   it('fills in documented defaults', function () {
     const c = parseDeviceConfig(base);
-    assert.equal(c.liveness, 'active');
+    // no device-wide liveness: a standalone door is active, a fleet door follows its hub tenant
+    assert.equal(c.liveness, undefined);
+    assert.equal(doorLiveness(c, c.doors[0]), 'active');
+    assert.equal(doorLiveness(c, c.doors[0], 'passive'), 'active', 'a standalone device does not follow its tenant');
+    const f = parseDeviceConfig(fleet);
+    assert.deepEqual([doorLiveness(f, f.doors[0], 'passive'), doorLiveness(f, f.doors[0], 'active'), doorLiveness(f, f.doors[0])], ['passive', 'active', 'active']);
     assert.deepEqual(c.doors[0].relay, { driver: 'auto', pin: 17, active_low: false, pulse_ms: 3000 });
     assert.equal(c.mqtt.topic_prefix, 'authface');
     assert.equal(c.kiosk.cooldown_seconds, 5);

@@ -10,7 +10,8 @@ import { generateCommandKeys, signCommand } from '../src/access/signed-command.t
 import { HubStore } from '../src/hub/store.ts';
 import { syncTopics } from '../src/sync/protocol.ts';
 import { authface, serve, serveHub, stop } from './support/cli.ts';
-import { testBroker } from './support/mqtt.ts';
+import { testBroker, until } from './support/mqtt.ts';
+import { KIOSK_HEADER, KIOSK_SECRET_FILE } from '../src/access/kiosk-secret.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 
 /**
@@ -27,6 +28,7 @@ describe('joining a fleet with one code (authface hub device add, authface join)
   let db: TestDatabase;
   let hub: (ChildProcess & { url: string }) | undefined;
   let door: ChildProcess | undefined;
+  let doorUrl: string;
   let brokerUrl: string;
   let tenantId: string;
   let hubKey: string;
@@ -61,7 +63,9 @@ describe('joining a fleet with one code (authface hub device add, authface join)
     assert.equal(added.on_the_device, `authface join --hub ${hub!.url} --code ${added.code}`);
     const dataDir = path.join(dir, 'front');
     const started = performance.now();
-    const joined = JSON.parse((await joinAs(dataDir, added.code.toLowerCase())).stdout) as { device_id: string; tenant_id: string; config_file: string; tenant_key_file: string };
+    const joined = JSON.parse((await joinAs(dataDir, added.code.toLowerCase())).stdout) as { device_id: string; tenant_id: string; config_file: string; tenant_key_file: string; next: string };
+    // issue 20, the first hour, 9: the next step names the data directory too
+    assert.ok(joined.next.startsWith(`AUTHFACE_DATA_DIR=${dataDir} AUTHFACE_DEVICE_CONFIG=${joined.config_file} authface doctor`), joined.next);
     console.log(`      authface join took ${Math.round(performance.now() - started)} ms (a CLI process: key pair, request, files)`);
     assert.deepEqual([joined.device_id, joined.tenant_id], ['front', tenantId]);
     // the private key stayed here: the hub holds the public key only
@@ -88,6 +92,7 @@ describe('joining a fleet with one code (authface hub device add, authface join)
     assert.match(doctor.stdout, /! broker +connected to \S+ with no user: on a broker without per-device rights any client reads this tenant's log/);
     const served = await serve(env);
     door = served.child;
+    doorUrl = served.url;
     const hubStatus = async () => JSON.parse((await hubCli(['status', '--tenant', tenantId])).stdout) as { head: number; devices: { device_id: string; state: string; lag: number }[] };
     let status = await hubStatus();
     for (let i = 0; i < 40 && !status.devices.some((d) => d.device_id === 'front' && d.state === 'online' && d.lag === 0); i++) {
@@ -95,10 +100,28 @@ describe('joining a fleet with one code (authface hub device add, authface join)
       status = await hubStatus();
     }
     assert.deepEqual(status.devices.map((d) => [d.device_id, d.state, d.lag]), [['front', 'online', 0]], 'the door online and at the head of the log');
+    // issue 20, the first hour, 8: a joined door holds its hub tenant only, no local "default" beside it
+    const tenants = JSON.parse((await authface(['tenant', 'list'], env)).stdout) as { tenant_id: string }[];
+    assert.deepEqual(tenants.map((t) => t.tenant_id), [tenantId]);
+    assert.equal(fs.existsSync(path.join(dataDir, 'first-start-api-key')), false);
     // it took the tenant's origins from the log: a session redirecting there is accepted
     const { api_key } = JSON.parse((await authface(['key', 'create', '--tenant', tenantId], env)).stdout) as { api_key: string };
     const session = await fetch(`${served.url}/biometry/v1/identify`, { method: 'POST', headers: { authorization: `Bearer ${api_key}`, 'content-type': 'application/json' }, body: JSON.stringify({ client_state: crypto.randomUUID(), redirect_url: 'https://app.example.com/done' }) });
     assert.equal(session.status, 200);
+  });
+
+  it("a joined door without its own liveness follows the hub tenant's at its kiosk too, as the hub changes it (issue 20, the first hour, 1)", async function () {
+    const dataDir = path.join(dir, 'front');
+    const kioskDoor = async () => {
+      const res = await fetch(`${doorUrl}/kiosk/v1/doors/main`, { headers: { [KIOSK_HEADER]: fs.readFileSync(path.join(dataDir, KIOSK_SECRET_FILE), 'utf8').trim() } });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as { liveness: string }).liveness;
+    };
+    assert.equal(await kioskDoor(), 'active', 'the tenant was added active');
+    await hubCli(['tenant', 'update', '--tenant', tenantId, '--liveness', 'passive']);
+    await until(async () => (await kioskDoor()) === 'passive', 20_000, "the kiosk takes the hub tenant's passive liveness");
+    await hubCli(['tenant', 'update', '--tenant', tenantId, '--liveness', 'active']);
+    await until(async () => (await kioskDoor()) === 'active', 20_000, 'and active again');
   });
 
   it("the hub's API has a door unlock with a command signed by the tenant's key; a broker client's own command is ignored; another tenant cannot", async function () {

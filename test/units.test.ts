@@ -178,7 +178,7 @@ describe('settings', function () {
 
   it("the README's configuration table is the generated one", function () {
     const readme = fs.readFileSync(path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'README.md'), 'utf8');
-    assert.ok(readme.includes(settingsTable()), 'README.md: paste the output of `npx authface config`');
+    assert.ok(readme.includes(settingsTable()), 'README.md: paste the output of `authface config`');
   });
 
   it('documents every option', function () {

@@ -14,7 +14,11 @@ export const KIOSK_HEADER = 'x-authface-kiosk';
  * page's own scripts never see it. Kept in memory as a hash, compared in constant time.
  */
 export class KioskSecret {
-  private constructor(private readonly hash: Buffer) {}
+  private constructor(
+    private readonly hash: Buffer,
+    /** Where it is kept: the refusal of a request without it names the file. */
+    readonly file: string,
+  ) {}
 
   /** Reads `<dataDir>/kiosk.secret`, creating it (0600) on first start. */
   static load(dataDir: string): KioskSecret {
@@ -24,7 +28,7 @@ export class KioskSecret {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    return new KioskSecret(hashSecret(fs.readFileSync(file, 'utf8').trim()));
+    return new KioskSecret(hashSecret(fs.readFileSync(file, 'utf8').trim()), file);
   }
 
   matches(given: string | undefined): boolean {

@@ -17,7 +17,8 @@ import type { PinGate } from './pin-gate.ts';
 export class KioskService {
   constructor(
     private readonly config: DeviceConfig,
-    private readonly tenant: Tenant,
+    /** The device's tenant as it is now (a fleet door's changes with the hub's log). */
+    private readonly tenantNow: () => Tenant,
     private readonly sessions: SessionService,
     private readonly events: EventBus,
     private readonly publicUrl: string,
@@ -31,6 +32,11 @@ export class KioskService {
   #assertInService(): void {
     const out = this.state.outOfService;
     if (out) throw new ServiceError('forbidden', out.code, out.message);
+  }
+
+  /** The door's liveness mode now (device/config.ts, doorLiveness). */
+  liveness(door: DoorConfig): 'active' | 'passive' {
+    return doorLiveness(this.config, door, this.tenantNow().livenessMode);
   }
 
   door(doorId: string): DoorConfig {
@@ -49,7 +55,7 @@ export class KioskService {
   async startIdentify(doorId: string, pin?: string): Promise<{ token: string; clientState: string; liveness: 'active' | 'passive'; factor: Factor }> {
     const door = this.door(doorId);
     this.#assertInService();
-    const liveness = doorLiveness(this.config, door);
+    const liveness = this.liveness(door);
     await this.readyToDecide();
     let candidates: string[] | undefined;
     if (door.factor === 'face+pin') {
@@ -59,7 +65,7 @@ export class KioskService {
       throw new ServiceError('invalid_request', 'pin_not_used', 'this door does not ask for a PIN');
     }
     const created = await this.sessions.create(
-      this.tenant,
+      this.tenantNow(),
       'identify',
       { clientState: crypto.randomUUID(), redirectUrl: `${this.publicUrl}/kiosk?door=${encodeURIComponent(door.id)}`, externalUserId: null },
       { doorId: door.id, livenessMode: liveness, candidates },
@@ -71,7 +77,7 @@ export class KioskService {
    * Shows an integrator's enroll or update_embedding session on a door's kiosk. The link must be
    * one of this service's open capture links, of this device's tenant.
    */
-  async open(doorId: string, biometryUrl: string, tenantId = this.tenant.id): Promise<void> {
+  async open(doorId: string, biometryUrl: string, tenantId = this.tenantNow().id): Promise<void> {
     this.door(doorId);
     this.#assertInService();
     let url: URL;
@@ -85,7 +91,7 @@ export class KioskService {
       throw new ServiceError('invalid_request', 'invalid_biometry_url', 'biometry_url is not a capture link of this device');
     }
     const session = await this.sessions.byCaptureToken(token);
-    if (session.tenantId !== tenantId || session.tenantId !== this.tenant.id) {
+    if (session.tenantId !== tenantId || session.tenantId !== this.tenantNow().id) {
       throw new ServiceError('invalid_request', 'invalid_biometry_url', "the session does not belong to this device's tenant");
     }
     if (session.flow !== 'enroll' && session.flow !== 'update_embedding') {

@@ -49,6 +49,10 @@ export class FaceAnalyzer {
     return this.#pool.isReady;
   }
 
+  get closed(): boolean {
+    return this.#pool.closed;
+  }
+
   get load(): { busy: number; queued: number } {
     return { busy: this.#pool.busy, queued: this.#pool.queued };
   }

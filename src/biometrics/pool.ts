@@ -96,6 +96,11 @@ export class WorkerPool extends EventEmitter {
     return this.#slots.every((s) => s.ready);
   }
 
+  /** Shut down on purpose: its workers' exits are not failures. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   get queued(): number {
     return this.#queue.size;
   }

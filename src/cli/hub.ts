@@ -21,6 +21,7 @@ import { hashPassword } from '../mqtt/users-file.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { CommandError } from './errors.ts';
+import { stopOnSignals } from './stop-signals.ts';
 
 const STOP_GRACE_MS = 5000;
 
@@ -79,8 +80,7 @@ export async function hubServe(settings: Settings, opts: { databaseUrl?: string;
     await hub.close();
     process.exit(0);
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  stopOnSignals(stop);
 }
 
 /**
@@ -174,7 +174,9 @@ export async function hubDeviceAdd(
   if (opts.name === 'sync') throw new CommandError('--name sync: the fleet log uses that topic level; choose another name');
   return withHub(settings, opts.databaseUrl, async (store) => {
     const { code, expiresAt } = await store.devices.add(opts.tenant, opts.name, opts.ttlMinutes * 60);
-    return { device_id: opts.name, code, expires_at: expiresAt.toISOString(), on_the_device: `authface join --hub ${settings.publicUrl} --code ${code}` };
+    // the address the hub serves on, as it recorded it when it started (PUBLIC_URL here overrides)
+    const hubUrl = settings.PUBLIC_URL?.replace(/\/+$/, '') ?? (await store.setting('public_url')) ?? settings.publicUrl;
+    return { device_id: opts.name, code, expires_at: expiresAt.toISOString(), on_the_device: `authface join --hub ${hubUrl} --code ${code}` };
   });
 }
 

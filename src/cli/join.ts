@@ -40,7 +40,8 @@ export async function join(settings: Settings, opts: { hub: string; code: string
     config_file: configFile,
     tenant_key_file: tenantKeyFile,
     broker: reply.broker.url.replace(/\/\/[^@/]*@/, '//'),
-    next: `AUTHFACE_DEVICE_CONFIG=${configFile} authface doctor, then authface serve`,
+    // both variables: without the data directory, doctor and serve would look at the default one
+    next: `AUTHFACE_DATA_DIR=${dataDir} AUTHFACE_DEVICE_CONFIG=${configFile} authface doctor, then the same with authface serve`,
   };
 }
 

@@ -30,7 +30,11 @@ export const settingsSpec = {
     doc: 'Interface to listen on. The default serves this machine only; use 0.0.0.0 to serve the local network.',
   },
   PUBLIC_URL: {
-    schema: z.url().optional(),
+    // `localhost:8095` parses as a URL of scheme "localhost:": biometry_url would be unusable
+    schema: z
+      .url({ protocol: /^https?$/, error: 'must be an http:// or https:// address, such as https://doors.example.com or http://localhost:8080' })
+      .refine((u) => !/[?#]/.test(u), { error: 'must be a base address, without ? or #' })
+      .optional(),
     doc: 'Base URL that people reach this service on; `biometry_url` is built from it. Default `http://localhost:<PORT>`.',
   },
   AUTHFACE_TRUSTED_PROXIES: {

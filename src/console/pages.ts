@@ -9,9 +9,12 @@ export const CONSOLE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.u
 
 const STRINGS = JSON.parse(fs.readFileSync(path.join(CONSOLE_DIR, 'locales', 'en.json'), 'utf8')) as Record<string, string>;
 
-/** A string of the locale file, with `{name}` replaced (the values are escaped by `html`). */
+/**
+ * A string of the locale file, with `{name}` replaced (the values are escaped by `html`). For
+ * `n` = 1 the `<key>.one` form is used when there is one (found: "1 changes").
+ */
 export function t(key: string, vars: Record<string, string | number> = {}): string {
-  const text = STRINGS[key];
+  const text = (vars.n === 1 ? STRINGS[`${key}.one`] : undefined) ?? STRINGS[key];
   if (text === undefined) throw new Error(`console: no string ${key} in the locale file`);
   return text.replace(/\{(\w+)\}/g, (_m, name: string) => String(vars[name] ?? ''));
 }

@@ -149,7 +149,9 @@ export const deviceConfigSchema = z
   .strictObject({
     device_id: id.describe('This device (MQTT topic level).'),
     tenant_id: z.uuid().optional().describe('Tenant whose users the doors know (default: the tenant named `default`).'),
-    liveness: liveness.default('active').describe('Liveness of kiosk and turnstile sessions unless a door says otherwise.'),
+    liveness: liveness
+      .optional()
+      .describe("Liveness of kiosk and turnstile sessions unless a door says otherwise. Without it a fleet door follows its hub tenant's (`authface hub tenant update --liveness`, as the door last heard it) and a standalone device uses `active`."),
     thresholds: z
       .strictObject({
         match: z.number().min(0).max(1).optional().describe('Overrides AUTHFACE_MATCH_THRESHOLD on this device.'),
@@ -266,9 +268,12 @@ export function doorPadThreshold(config: DeviceConfig, doorId: string | null): n
   return config.doors.find((d) => d.id === doorId)?.pad_threshold;
 }
 
-/** The doors' effective liveness mode. */
-export function doorLiveness(config: DeviceConfig, door: DoorConfig): 'active' | 'passive' {
-  return door.liveness ?? config.liveness;
+/**
+ * A door's liveness mode: its own, else the device's, else (a fleet door) its tenant's as the hub
+ * last set it, else active.
+ */
+export function doorLiveness(config: DeviceConfig, door: DoorConfig, tenantMode?: 'active' | 'passive'): 'active' | 'passive' {
+  return door.liveness ?? config.liveness ?? (config.sync && tenantMode ? tenantMode : 'active');
 }
 
 /** A markdown reference of every option, generated from the schema (firmware-config/README.md). */

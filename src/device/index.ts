@@ -72,7 +72,7 @@ export async function startDevice(
   const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
   const state = new ServiceState(deps.events);
   let sync: DeviceSync | null = null;
-  const kiosk = new KioskService(config, tenant, deps.sessions, deps.events, deps.publicUrl, pins, state, async () => {
+  const kiosk = new KioskService(config, () => deps.store.tenants.get(tenant.id) ?? tenant, deps.sessions, deps.events, deps.publicUrl, pins, state, async () => {
     if (sync && !(await sync.whenCaughtUp(CATCH_UP_WAIT_MS))) deps.logger.warn({ wait_ms: CATCH_UP_WAIT_MS }, 'sync: the hub did not answer in time; the door decides on its own copy');
   });
   const kioskSecret = KioskSecret.load(deps.store.dataDir);

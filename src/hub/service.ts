@@ -144,6 +144,8 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     stack.push(() => clearInterval(compactor));
     sync.fleetCheck = fleetCheck(store, parts.index, gallery, matcher(FLEET_MODEL).duplicateThreshold);
     const { server, url } = await listen(app, settings, logger, stack);
+    // `hub device add` prints the join command with it (found: http://localhost:8080 whatever the port)
+    await store.recordSetting('public_url', settings.publicUrl);
     logger.info({ broker: options.brokerUrl.replace(/\/\/[^@/]*@/, '//'), prefix: options.prefix, url }, 'hub ready');
     return { store, biometry, sync, server, url, close: unwind };
   } catch (err) {

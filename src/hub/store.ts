@@ -234,6 +234,8 @@ const MIGRATIONS = [
    );`,
   // a tenant's own floor for the anti-spoofing network (NULL: its doors' own; tenant.settings carries it)
   `ALTER TABLE hub_tenants ADD COLUMN pad_threshold double precision CHECK (pad_threshold BETWEEN 0 AND 1);`,
+  // what a running hub says of itself to its CLI (its public URL, for the join command it prints)
+  `CREATE TABLE hub_settings (key text PRIMARY KEY, value text NOT NULL);`,
 ];
 
 /**
@@ -904,6 +906,16 @@ export class HubStore {
       [tenantId],
     );
     return r.rows.map((c) => ({ changeId: c.change_id, origin: c.origin, externalUserId: c.external_user_id, reason: c.reason }));
+  }
+
+  /** What a running hub recorded of itself (`public_url`), or undefined. */
+  async setting(key: 'public_url'): Promise<string | undefined> {
+    const r = await this.pool.query<{ value: string }>('SELECT value FROM hub_settings WHERE key = $1', [key]);
+    return r.rows[0]?.value;
+  }
+
+  async recordSetting(key: 'public_url', value: string): Promise<void> {
+    await this.pool.query('INSERT INTO hub_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
 
   async #migrate(): Promise<void> {

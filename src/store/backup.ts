@@ -57,15 +57,20 @@ export async function backupDatabase(dataDir: string, masterKey: string | undefi
     fs.rmSync(partial, { force: true });
     fs.closeSync(fs.openSync(partial, 'wx', 0o600));
     await store.db.backup(partial);
-    fs.chmodSync(partial, 0o600);
-    fsync(partial);
-    fs.renameSync(partial, target);
-    const copy = new Database(target, { readonly: true });
+    // a copy in WAL mode would grow -wal and -shm files beside it as soon as it is opened (found:
+    // left beside the output): one file, in rollback-journal mode (a restored copy is set back to WAL)
+    const copy = new Database(partial);
+    let summary: BackupSummary;
     try {
-      return summarise(copy, target);
+      copy.pragma('journal_mode = DELETE');
+      summary = summarise(copy, partial);
     } finally {
       copy.close();
     }
+    fs.chmodSync(partial, 0o600);
+    fsync(partial);
+    fs.renameSync(partial, target);
+    return { ...summary, file: target };
   } finally {
     fs.rmSync(partial, { force: true });
     store.close();

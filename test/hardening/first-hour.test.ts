@@ -8,7 +8,7 @@ import { stringify } from 'yaml';
 import { normalize } from '../../src/biometrics/embedding.ts';
 import { readableLine } from '../../src/core/logger.ts';
 import { openStore } from '../../src/store/index.ts';
-import { CLI, authface, run, serve, stop } from '../support/cli.ts';
+import { assertOneLine, authface, CLI, refusal, run, serve, stop } from '../support/cli.ts';
 import { Client } from '../support/client.ts';
 import { ROOT } from '../support/datasets.ts';
 import { kioskHeaders, startTestDevice } from '../support/device.ts';
@@ -16,24 +16,6 @@ import { freePort } from '../support/mosquitto.ts';
 import { type Photos, photos } from '../support/photos.ts';
 import { type TestService, startTestService } from '../support/service.ts';
 import { FLEET_MODEL } from '../../src/sync/fleet-model.ts';
-
-/** What `authface` wrote when it refused to start: exit code and standard error. */
-async function refusal(args: string[], env: Record<string, string>): Promise<{ code: number; stderr: string }> {
-  return authface(args, { PORT: '0', ...env }).then(
-    (r) => ({ code: 0, stderr: r.stderr }),
-    (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
-  );
-}
-
-/** One line, saying what is wrong: no Node stack trace. */
-function assertOneLine(r: { code: number; stderr: string }, expected: RegExp): void {
-  assert.equal(r.code, 2, r.stderr);
-  const lines = r.stderr.trim().split('\n').filter((l) => !l.startsWith('authface: data directory'));
-  assert.equal(lines.length, 1, r.stderr);
-  assert.match(lines[0], /^authface: /);
-  assert.match(lines[0], expected);
-  assert.doesNotMatch(r.stderr, /^\s+at /m);
-}
 
 /** Issue 7, section 7: the first hour of a new operator. */
 describe('the first hour of a new operator', function () {

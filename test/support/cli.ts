@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -116,4 +117,23 @@ export async function joinDoorByCli(
     }),
   );
   return { env, configFile };
+}
+
+/** What `authface` wrote when it refused to start: exit code and both outputs. */
+export async function refusal(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return authface(args, { PORT: '0', LOG_LEVEL: 'info', ...env }).then(
+    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
+}
+
+/** One line on stderr saying what to fix: no Node stack, and no fatal log line of a half-started engine before it. */
+export function assertOneLine(r: { code: number; stdout: string; stderr: string }, expected: RegExp): void {
+  assert.equal(r.code, 2, r.stderr);
+  const lines = r.stderr.trim().split('\n').filter((l) => !l.startsWith('authface: data directory'));
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], /^authface: /);
+  assert.match(lines[0], expected);
+  assert.doesNotMatch(r.stderr, /^\s+at /m);
+  assert.doesNotMatch(r.stdout, /face engine failed to start|"level":60/, 'no fatal line before the refusal');
 }

@@ -12,7 +12,8 @@ import { flowRequest, identifyRequest, listUsersRequest, resultRequest, userRequ
 export function biometryRoutes(deps: { tenants: TenantAccess; sessions: SessionService; users: UserService }): Router {
   const router = new Router<TenantState>({ prefix: '/biometry/v1' });
 
-  router.use(requireTenant(deps.tenants));
+  // on each route rather than router.use: the request log then names the route, not the prefix
+  const auth = requireTenant(deps.tenants);
 
   const startFlow = (flow: Flow) => async (ctx: Context) => {
     const tenant = (ctx.state as TenantState).tenant;
@@ -25,28 +26,28 @@ export function biometryRoutes(deps: { tenants: TenantAccess; sessions: SessionS
     ctx.body = { success: true, client_state: created.clientState, biometry_url: created.biometryUrl };
   };
 
-  router.post('/enroll', startFlow('enroll'));
-  router.post('/verify', startFlow('verify'));
-  router.post('/identify', startFlow('identify'));
-  router.post('/update_embedding', startFlow('update_embedding'));
+  router.post('/enroll', auth, startFlow('enroll'));
+  router.post('/verify', auth, startFlow('verify'));
+  router.post('/identify', auth, startFlow('identify'));
+  router.post('/update_embedding', auth, startFlow('update_embedding'));
 
-  router.post('/result', async (ctx) => {
+  router.post('/result', auth, async (ctx) => {
     const { client_state } = await readJson(ctx, resultRequest);
     ctx.body = presentResult(await deps.sessions.byClientState(ctx.state.tenant, client_state));
   });
 
-  router.post('/list-users', async (ctx) => {
+  router.post('/list-users', auth, async (ctx) => {
     const { limit, offset } = await readJson(ctx, listUsersRequest);
     const { total, users } = await deps.users.list(ctx.state.tenant, limit, offset);
     ctx.body = { success: true, total, limit, offset, users: users.map(presentUserSummary) };
   });
 
-  router.post('/get-user', async (ctx) => {
+  router.post('/get-user', auth, async (ctx) => {
     const { external_user_id } = await readJson(ctx, userRequest);
     ctx.body = { success: true, user: presentUserDetails(await deps.users.get(ctx.state.tenant, external_user_id)) };
   });
 
-  router.post('/delete-user', async (ctx) => {
+  router.post('/delete-user', auth, async (ctx) => {
     const { external_user_id } = await readJson(ctx, userRequest);
     const { eventId } = await deps.users.delete(ctx.state.tenant, external_user_id);
     ctx.body = { success: true, external_user_id, event_id: eventId };

@@ -5,7 +5,7 @@ import type { AccessController } from '../../access/controller.ts';
 import type { KioskService } from '../../access/kiosk.ts';
 import { KIOSK_HEADER, type KioskSecret } from '../../access/kiosk-secret.ts';
 import type { EventBus } from '../../core/events.ts';
-import { type DeviceConfig, doorLiveness } from '../../device/config.ts';
+import type { DeviceConfig } from '../../device/config.ts';
 import { ServiceError } from '../../errors.ts';
 import type { MqttLink } from '../../mqtt/bridge.ts';
 import type { OutOfService } from '../../device/out-of-service.ts';
@@ -41,7 +41,12 @@ function kioskOnly(secret: KioskSecret) {
       throw new ServiceError('forbidden', 'kiosk_only', 'the kiosk API does not answer requests relayed by a proxy (Forwarded, X-Forwarded-For or Via)');
     }
     if (!secret.matches(ctx.get(KIOSK_HEADER) || undefined)) {
-      throw new ServiceError('forbidden', 'kiosk_only', "the kiosk API answers the door's own kiosk screen only");
+      // found: a 403 that named neither the header nor the file left the operator guessing
+      throw new ServiceError(
+        'forbidden',
+        'kiosk_only',
+        `the door screen (/kiosk and /kiosk/v1) answers the door's own kiosk shell only, which sends the header ${KIOSK_HEADER} with the secret in ${secret.file}. To open it in a browser for a test, send that header (README, "Kiosk"), or run the kiosk shell`,
+      );
     }
     await next();
   };
@@ -71,7 +76,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
     ctx.body = {
       id: door.id,
       name: door.name ?? door.id,
-      liveness: doorLiveness(deps.config, door),
+      liveness: deps.kiosk.liveness(door),
       factor: door.factor,
       cooldown_seconds: deps.config.kiosk.cooldown_seconds,
       result_seconds: deps.config.kiosk.result_seconds,
@@ -131,7 +136,7 @@ export function kioskRoutes(deps: DeviceDeps): Router {
       success: true,
       device_id: deps.config.device_id,
       version: deps.version,
-      doors: deps.config.doors.map((d) => ({ id: d.id, name: d.name ?? d.id, liveness: doorLiveness(deps.config, d) })),
+      doors: deps.config.doors.map((d) => ({ id: d.id, name: d.name ?? d.id, liveness: deps.kiosk.liveness(d) })),
       remote_commands: deps.config.remote_commands.enabled,
       mqtt: deps.mqttLink(),
       out_of_service: outOfServiceView(deps.outOfService()),

@@ -11,13 +11,13 @@ import { removePinRequest, setPinRequest } from '../schemas.ts';
  */
 export function pinRoutes(deps: { tenants: TenantAccess; users: UserService }): Router<TenantState> {
   const router = new Router<TenantState>({ prefix: '/device/v1' });
-  router.use(requireTenant(deps.tenants));
-  router.post('/set-pin', async (ctx) => {
+  const auth = requireTenant(deps.tenants); // on each route: the request log names it
+  router.post('/set-pin', auth, async (ctx) => {
     const { external_user_id, pin } = await readJson(ctx, setPinRequest);
     const { eventId } = await deps.users.setPin(ctx.state.tenant, external_user_id, pin);
     ctx.body = { success: true, external_user_id, event_id: eventId };
   });
-  router.post('/remove-pin', async (ctx) => {
+  router.post('/remove-pin', auth, async (ctx) => {
     const { external_user_id } = await readJson(ctx, removePinRequest);
     const { eventId } = await deps.users.removePin(ctx.state.tenant, external_user_id);
     ctx.body = { success: true, external_user_id, event_id: eventId };
