@@ -1,3 +1,4 @@
+import os from 'node:os';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { Settings } from '../config/settings.ts';
@@ -20,6 +21,7 @@ import { adminProblem } from '../console/admins.ts';
 import { hashPassword } from '../mqtt/users-file.ts';
 import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
+import { type ConflictResolution, resolveConflict } from '../hub/conflicts.ts';
 import { CommandError } from './errors.ts';
 import { stopOnSignals } from './stop-signals.ts';
 
@@ -272,6 +274,19 @@ export async function hubStatus(settings: Settings, opts: { tenant: string; data
       conflicts: (await store.conflicts(opts.tenant)).map((c) => ({ change_id: c.changeId, origin: c.origin, external_user_id: c.externalUserId, reason: c.reason })),
     };
   });
+}
+
+/**
+ * `authface hub conflict resolve`: what the console's People page does (hub/conflicts.ts); the
+ * serving hub's next head tells the doors.
+ */
+export async function hubConflictResolve(settings: Settings, opts: { tenant: string; changeId: string; resolution: ConflictResolution; databaseUrl?: string }): Promise<{ change_id: string; resolution: ConflictResolution; seq: number; kind: string }> {
+  const masterKey = hubMasterKey(settings);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
+    const change = await resolveConflict(store, opts.tenant, opts.changeId, opts.resolution, `cli:${os.userInfo().username}`);
+    return { change_id: opts.changeId, resolution: opts.resolution, seq: change.seq, kind: change.kind };
+  }, masterKey);
 }
 
 async function knownTenant(store: HubStore, tenantId: string): Promise<void> {

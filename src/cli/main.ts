@@ -393,6 +393,16 @@ hub
   .requiredOption('--tenant <id>', 'tenant id')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await (await hubCommands()).hubStatus(loadSettings(), opts)));
+hub
+  .command('conflict')
+  .description("the conflicts waiting for an admin (listed by `hub status`)")
+  .command('resolve')
+  .description("end a conflict: keep the hub's version, take the door's change, or delete the person; a change of the log every door applies, audited")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--change-id <id>', "the conflict's change_id (hub status)")
+  .addOption(new Option('--resolution <how>', 'what to do').choices(['keep_hub', 'take_door', 'delete']).makeOptionMandatory())
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; changeId: string; resolution: 'keep_hub' | 'take_door' | 'delete'; databaseUrl?: string }) => print(await (await hubCommands()).hubConflictResolve(loadSettings(), opts)));
 program
   .command('sync')
   .description('fleet sync on a device')

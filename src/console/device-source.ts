@@ -90,6 +90,7 @@ export function deviceConsoleSource(deps: {
     // an erasure here is done when it is made, and leaves only a pseudonym; conflicts are the hub's
     erasures: async () => [],
     conflicts: async () => [],
+    resolveConflict: async () => ({ error: "a device has no conflicts: they are the hub's" }),
     async activity(tenantId, filter: ActivityFilter) {
       const conditions: [string, string | undefined][] = [
         ['door_id = ?', filter.door],

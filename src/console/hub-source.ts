@@ -1,5 +1,8 @@
 import { isModelId } from '../biometrics/matchers/index.ts';
+import { resolveConflict } from '../hub/conflicts.ts';
+import { HubError } from '../hub/errors.ts';
 import type { HubStore } from '../hub/store.ts';
+import type { Change } from '../sync/protocol.ts';
 import { FORGET_AFTER_MS, type SignInThrottle, waitAfter } from './signin-throttle.ts';
 import type { ActivityFilter, ConsoleDevice, ConsoleEvent, ConsoleSource } from './source.ts';
 
@@ -37,7 +40,7 @@ const ACTIVITY = `
   FROM hub_audit_events WHERE tenant_id = $1`;
 
 /** The console at the hub: every tenant, every device of each, from the hub's database. */
-export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleSource {
+export function hubConsoleSource(store: HubStore, command: HubCommand, publish: (change: Change) => void = () => undefined): ConsoleSource {
   const { pool } = store;
   return {
     scope: 'hub',
@@ -119,6 +122,15 @@ export function hubConsoleSource(store: HubStore, command: HubCommand): ConsoleS
       return r.rows.map((e) => ({ externalUserId: e.external_user_id, applied: e.applied, devices: e.devices, complete: e.applied === e.devices }));
     },
     conflicts: (tenantId) => store.conflicts(tenantId),
+    async resolveConflict(tenantId, changeId, resolution, admin) {
+      try {
+        publish(await resolveConflict(store, tenantId, changeId, resolution, admin));
+        return { error: null };
+      } catch (err) {
+        if (err instanceof HubError) return { error: err.message };
+        throw err;
+      }
+    },
     async activity(tenantId, filter: ActivityFilter) {
       const where: string[] = [];
       const params: unknown[] = [tenantId];

@@ -183,7 +183,7 @@ export function doorsBody(opts: { doors: ConsoleDoor[]; recent: ConsoleEvent[]; 
   <ol id="live" class="events" aria-labelledby="live-title" aria-live="polite" data-feed="/console/doors/events?tenant=${esc(encodeURIComponent(opts.tenantId))}&amp;since=${esc(encodeURIComponent(opts.since))}">${[...opts.recent].reverse().map(eventItem).join('')}</ol>`;
 }
 
-export function peopleBody(opts: { people: ConsolePerson[]; total: number; query: string; devices: number; erasures: ConsoleErasure[]; conflicts: ConsoleConflict[]; tenantId: string }): string {
+export function peopleBody(opts: { people: ConsolePerson[]; total: number; query: string; devices: number; erasures: ConsoleErasure[]; conflicts: ConsoleConflict[]; tenantId: string; csrf: string }): string {
   const rows = opts.people
     .map(
       (p) => `<tr>
@@ -216,8 +216,16 @@ export function peopleBody(opts: { people: ConsolePerson[]; total: number; query
   <h2>${esc(t('conflicts.title'))}</h2>
   ${
     opts.conflicts.length
-      ? `<table><thead><tr><th scope="col">${esc(t('people.id'))}</th><th scope="col">${esc(t('conflicts.origin'))}</th><th scope="col">${esc(t('conflicts.reason'))}</th><th scope="col">${esc(t('conflicts.change'))}</th></tr></thead><tbody>${opts.conflicts
-          .map((c) => `<tr><th scope="row">${esc(c.externalUserId)}</th><td>${esc(c.origin)}</td><td>${esc(c.reason)}</td><td><code>${esc(c.changeId)}</code></td></tr>`)
+      ? `<table><thead><tr><th scope="col">${esc(t('people.id'))}</th><th scope="col">${esc(t('conflicts.origin'))}</th><th scope="col">${esc(t('conflicts.reason'))}</th><th scope="col">${esc(t('conflicts.change'))}</th><th scope="col">${esc(t('conflicts.resolve'))}</th></tr></thead><tbody>${opts.conflicts
+          .map(
+            (c) => `<tr><th scope="row">${esc(c.externalUserId)}</th><td>${esc(c.origin)}</td><td>${esc(c.reason)}</td><td><code>${esc(c.changeId)}</code></td><td>
+        <form method="post" action="/console/conflicts/resolve">
+          <input type="hidden" name="_csrf" value="${esc(opts.csrf)}">
+          <input type="hidden" name="tenant" value="${esc(opts.tenantId)}">
+          <input type="hidden" name="change_id" value="${esc(c.changeId)}">
+          ${(['keep_hub', 'take_door', 'delete'] as const).map((r) => `<button type="submit" name="resolution" value="${r}" aria-label="${esc(t(`conflicts.${r}.label`, { person: c.externalUserId, origin: c.origin }))}">${esc(t(`conflicts.${r}`))}</button>`).join(' ')}
+        </form></td></tr>`,
+          )
           .join('')}</tbody></table>`
       : `<p>${esc(t('conflicts.none'))}</p>`
   }`;

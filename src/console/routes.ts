@@ -8,6 +8,7 @@ import { STATUS, readBody, toServiceError } from '../api/http.ts';
 import type { Logger } from '../core/logger.ts';
 import { hashSecret } from '../core/secrets.ts';
 import { ServiceError } from '../errors.ts';
+import { CONFLICT_RESOLUTIONS, isConflictResolution } from '../hub/conflicts.ts';
 import { hashPassword, verifyPassword } from '../mqtt/users-file.ts';
 import { CONSOLE_DIR, type Frame, type Section, activityBody, activityCsv, doorsBody, esc, eventItem, fleetBody, layout, page, peopleBody, signInPage, t } from './pages.ts';
 import { clientAddress, trustedProxies } from './signin-throttle.ts';
@@ -269,7 +270,20 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     const query = typeof ctx.query.q === 'string' ? ctx.query.q.slice(0, 128) : '';
     const { people, total } = await source.people(tenantId, query, 100);
     const devices = (await source.devices(tenantId)).filter((d) => d.state !== 'revoked').length;
-    html(ctx, layout(frame, t('people.title'), peopleBody({ people, total, query, devices, erasures: await source.erasures(tenantId), conflicts: await source.conflicts(tenantId), tenantId })));
+    html(ctx, layout(frame, t('people.title'), peopleBody({ people, total, query, devices, erasures: await source.erasures(tenantId), conflicts: await source.conflicts(tenantId), tenantId, csrf: frame.csrf })));
+  });
+
+  // an admin ends a conflict: keep the hub's version, take the door's change, or delete the person
+  router.post('/conflicts/resolve', async (ctx) => {
+    const form = await checkForm(ctx);
+    const [tenantId, changeId, resolution] = ['tenant', 'change_id', 'resolution'].map((k) => form.get(k) ?? '');
+    if (!(await source.tenants()).some((x) => x.id === tenantId)) throw new ServiceError('not_found', 'tenant_not_found', `no tenant ${tenantId}`);
+    if (!isConflictResolution(resolution)) throw new ServiceError('invalid_request', 'invalid_resolution', `resolution: one of ${CONFLICT_RESOLUTIONS.join(', ')}`);
+    const admin = (ctx.state as ConsoleState).session.admin;
+    const { error } = await source.resolveConflict(tenantId, changeId, resolution, admin);
+    if (error) throw new ServiceError('invalid_request', 'conflict_not_resolved', error);
+    logger.info({ admin, change: changeId, resolution }, 'console: a conflict resolved');
+    ctx.redirect(`/console/people?${new URLSearchParams({ tenant: tenantId }).toString()}`);
   });
 
   const activityFilter = (ctx: Context) => {

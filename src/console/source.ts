@@ -1,3 +1,4 @@
+import type { ConflictResolution } from '../hub/conflicts.ts';
 import type { SignInThrottle } from './signin-throttle.ts';
 import type { ModelId } from '../biometrics/matchers/index.ts';
 
@@ -105,6 +106,8 @@ export interface ConsoleSource {
   people(tenantId: string, query: string, limit: number): Promise<{ people: ConsolePerson[]; total: number }>;
   erasures(tenantId: string): Promise<ConsoleErasure[]>;
   conflicts(tenantId: string): Promise<ConsoleConflict[]>;
+  /** Ends a conflict as an admin decided (hub/conflicts.ts); `error` says why it could not be. */
+  resolveConflict(tenantId: string, changeId: string, resolution: ConflictResolution, admin: string): Promise<{ error: string | null }>;
   /** Door events and the audit trail, newest first. */
   activity(tenantId: string, filter: ActivityFilter): Promise<ConsoleEvent[]>;
   admin(name: string): Promise<ConsoleAdmin | null>;

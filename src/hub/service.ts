@@ -120,7 +120,7 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
             biometryUrl ? { device_id: deviceId, door_id: doorId, command: 'open_session', biometry_url: biometryUrl } : { device_id: deviceId, door_id: doorId, command: 'unlock' },
           );
           return { ok: outcome.ok === true, error: outcome.answered ? outcome.error : 'the door did not answer within 5 s' };
-        }),
+        }, (change) => sync.publish(change)),
         { logger, publicUrl: settings.publicUrl, trustedProxies: settings.AUTHFACE_TRUSTED_PROXIES, warnings },
       ),
       fleet: fleetRoutes({

@@ -236,6 +236,8 @@ const MIGRATIONS = [
   `ALTER TABLE hub_tenants ADD COLUMN pad_threshold double precision CHECK (pad_threshold BETWEEN 0 AND 1);`,
   // what a running hub says of itself to its CLI (its public URL, for the join command it prints)
   `CREATE TABLE hub_settings (key text PRIMARY KEY, value text NOT NULL);`,
+  // how an admin resolved a conflict, and who (hub/conflicts.ts)
+  `ALTER TABLE hub_conflicts ADD COLUMN resolution text, ADD COLUMN resolved_by text;`,
 ];
 
 /**

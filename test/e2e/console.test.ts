@@ -14,7 +14,7 @@ import { loadSettings } from '../../src/config/settings.ts';
 import { createLogger } from '../../src/core/logger.ts';
 import { hubConsoleSource } from '../../src/console/hub-source.ts';
 import { type Hub, startHub } from '../../src/hub/service.ts';
-import { sealTemplate } from '../../src/sync/envelope.ts';
+import { openTemplate, sealTemplate } from '../../src/sync/envelope.ts';
 import { syncTopics } from '../../src/sync/protocol.ts';
 import { ROOT } from '../support/datasets.ts';
 import { launch, requireChromium } from '../support/browser.ts';
@@ -37,6 +37,7 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
   requireChromium(this);
   this.timeout(180_000);
   const prefix = `authface-console-${process.pid}`;
+  const masterKey = crypto.randomBytes(32);
   const password = 'a long console password';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'authface-console-'));
   const face = (i: number) => normalize(Float32Array.from({ length: 128 }, (_, k) => Math.cos(i * 1.7 + k)));
@@ -63,7 +64,7 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
       databaseUrl: db.url,
       brokerUrl,
       prefix,
-      masterKey: crypto.randomBytes(32),
+      masterKey,
       logger: createLogger('silent'),
       version: 'test',
       analyzer: await sharedAnalyzer(),
@@ -248,6 +249,63 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     await go(`/console/activity?door=main&from=${minute(-600_000)}&to=${minute(120_000)}`);
     assert.ok((await page.locator('tbody tr').count()) >= 2, 'both openings in the last ten minutes');
     assert.deepEqual(cspViolations, [], 'no page broke its Content-Security-Policy');
+  });
+
+  it("issue 20: an admin resolves each conflict from the People page (keep the hub's, take the door's, delete); each is audited and a change of the log every door applies", async function () {
+    const { key, keyVersion } = await hub.store.keys.current(tenantId);
+    const doorChange = async (id: string, version: number, i: number, origin: string) => {
+      const template = sealTemplate(key, face(i), { tenantId, externalUserId: id, version, model: FLEET_MODEL, keyVersion });
+      const result = await hub.store.append(tenantId, { kind: 'user.upsert', external_user_id: id, version, model: FLEET_MODEL, key_version: keyVersion, template }, { origin });
+      assert.equal(result.status, 'conflict', id);
+    };
+    // besides alice's from the People test: carol changed at back on an old copy, and bob, deleted, enrolled again at front
+    await doorChange('carol', 1, 11, 'back');
+    await doorChange('bob', 2, 12, 'front');
+    const held = async (id: string) =>
+      (await hub.store.pool.query<{ version: string; deleted: boolean; template: Parameters<typeof openTemplate>[1] | null }>('SELECT version, deleted, template FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [tenantId, id])).rows[0];
+    const before = { alice: await held('alice'), carol: await held('carol'), bob: await held('bob') };
+    const resolve = async (id: string, button: RegExp) => {
+      await go('/console/people');
+      const row = page.locator('h2:text-is("Conflicts waiting for a decision") + table tbody tr', { hasText: id });
+      assert.equal(await row.count(), 1, id);
+      await Promise.all([page.waitForURL(/\/console\/people/), row.getByRole('button', { name: button }).click()]);
+    };
+    await resolve('alice', /Take the change to alice from front/);
+    await resolve('carol', /Keep the hub's version of carol/);
+    await resolve('bob', /Delete bob everywhere/);
+    await go('/console/people');
+    assert.match(await page.locator('main').innerText(), /No conflict\./);
+    await shot('people-conflicts-resolved');
+
+    const opens = (id: string, row: { version: string; template: Parameters<typeof openTemplate>[1] | null }) =>
+      openTemplate(key, row.template!, { tenantId, externalUserId: id, version: Number(row.version), model: FLEET_MODEL, keyVersion }, FLEET_MODEL);
+    const same = (a: Float32Array, b: Float32Array) => a.every((v, k) => Math.abs(v - b[k]) < 1e-5);
+    const alice = await held('alice');
+    assert.equal(Number(alice.version), Number(before.alice.version) + 1, "above both the hub's version and the door's");
+    assert.ok(same(opens('alice', alice), face(9)), "alice holds the door's face");
+    const carol = await held('carol');
+    assert.equal(Number(carol.version), Number(before.carol.version) + 1);
+    assert.ok(same(opens('carol', carol), opens('carol', before.carol)), "carol keeps the hub's face, sealed for the new version");
+    const bob = await held('bob');
+    assert.deepEqual([bob.deleted, Number(bob.version)], [true, 3], 'bob stays deleted, above the door\'s version');
+    // audited, with who decided what
+    const audit = (await hub.store.pool.query<{ external_user_id: string; result: string; reason: string }>("SELECT external_user_id, result, reason FROM hub_audit_events WHERE tenant_id = $1 AND type = 'conflict_resolved' ORDER BY created_at", [tenantId])).rows;
+    assert.deepEqual(audit.map((a) => [a.external_user_id, a.result]), [['alice', 'take_door'], ['carol', 'keep_hub'], ['bob', 'delete']]);
+    assert.ok(audit.every((a) => / by ada$/.test(a.reason)), JSON.stringify(audit));
+    // every door applies the resolutions from the log
+    const version = (door: string, id: string) => doors[door].service.store.users.get(tenantId, id)?.version;
+    await until(() => ['front', 'back'].every((d) => version(d, 'alice') === Number(alice.version) && version(d, 'carol') === Number(carol.version)), 20_000, 'both doors hold the resolved alice and carol');
+    // the same from the CLI: another stale change to carol, her hub version kept
+    await doorChange('carol', 1, 13, 'front');
+    const [open] = await hub.store.conflicts(tenantId);
+    const cli = JSON.parse((await authface(['hub', 'conflict', 'resolve', '--tenant', tenantId, '--change-id', open.changeId, '--resolution', 'keep_hub', '--database-url', db.url], { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') })).stdout) as { kind: string; seq: number };
+    assert.equal(cli.kind, 'user.upsert');
+    assert.equal(Number((await held('carol')).version), Number(carol.version) + 1);
+    assert.deepEqual(await hub.store.conflicts(tenantId), []);
+    await assert.rejects(authface(['hub', 'conflict', 'resolve', '--tenant', tenantId, '--change-id', open.changeId, '--resolution', 'delete', '--database-url', db.url], { AUTHFACE_HUB_MASTER_KEY: masterKey.toString('hex') }), (err: { stderr: string }) => /no open conflict .*already resolved/.test(err.stderr));
+    // a resolution cannot be made twice, nor by a form without its token
+    const again = await page.request.post(`${hub.url}/console/conflicts/resolve`, { form: { tenant: tenantId, change_id: crypto.randomUUID(), resolution: 'delete' }, headers: { origin: hub.url } });
+    assert.equal(again.status(), 403, 'no CSRF token');
   });
 
   it("issue 18, finding 6: failed sign-ins slow their own address, never the admin's, on every hub", async function () {
