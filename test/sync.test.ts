@@ -206,8 +206,8 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
        WHERE tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE') AND tc.table_name LIKE 'hub\\_%' AND tc.table_name <> 'hub_tenants'`,
     );
     assert.ok(keys.rows.length >= 4);
-    // the console's admins and their sessions span tenants: Citus reference tables (README, "Scaling out")
-    const reference = ['hub_admins', 'hub_console_signins', 'hub_console_sessions'].sort();
+    // the console's admins and their sessions, and what a hub records of itself, span tenants: Citus reference tables (README, "Scaling out")
+    const reference = ['hub_admins', 'hub_console_signins', 'hub_console_sessions', 'hub_settings'].sort();
     for (const k of keys.rows.filter((r) => !reference.includes(r.table_name))) assert.equal(k.column_name, 'tenant_id', `${k.table_name}`);
     assert.deepEqual([...new Set(keys.rows.filter((r) => r.column_name !== 'tenant_id').map((r) => r.table_name))].sort(), reference);
   });
