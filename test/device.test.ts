@@ -12,6 +12,7 @@ import { checkPolicy, fileGroups } from '../src/access/policy.ts';
 import { EventBus, type AccessEvent, type CoreEvents, type DoorStatus } from '../src/core/events.ts';
 import { createLogger } from '../src/core/logger.ts';
 import { type DeviceConfig, deviceConfigReference, doorLiveness, loadDeviceConfig, parseDeviceConfig } from '../src/device/config.ts';
+import { ServiceState } from '../src/device/out-of-service.ts';
 import { openStore } from '../src/store/index.ts';
 import { Client } from './support/client.ts';
 import { ROOT } from './support/datasets.ts';
@@ -156,7 +157,7 @@ describe('access controller (simulated relay and contact)', function () {
       ],
     });
     hardware = DoorHardware.open(config.doors);
-    access = new AccessController(config, hardware, tenantId, store.audit, events, createLogger('silent'), fileGroups(config));
+    access = new AccessController(config, hardware, tenantId, store.audit, events, createLogger('silent'), fileGroups(config), new ServiceState(events));
   });
   afterEach(function () {
     access.close();

@@ -1,6 +1,7 @@
 import type { AccessEvent, CoreEvents, DoorStatus, EventBus } from '../core/events.ts';
 import { type Logger, loggableError } from '../core/logger.ts';
 import type { DeviceConfig, DoorConfig } from '../device/config.ts';
+import type { ServiceState } from '../device/out-of-service.ts';
 import { ServiceError } from '../errors.ts';
 import type { AuditLog } from '../store/audit.ts';
 import type { DoorContact, DoorDrivers, DoorHardware, Relay } from './hardware.ts';
@@ -31,9 +32,7 @@ interface DoorState {
  */
 export class AccessController {
   readonly #doors = new Map<string, DoorState>();
-  readonly #unsubscribe: (() => void)[];
-  /** The hub revoked this device: no door opens any more, for anyone (device/out-of-service.ts). */
-  #revoked = false;
+  readonly #unsubscribe: () => void;
 
   constructor(
     private readonly config: DeviceConfig,
@@ -43,6 +42,8 @@ export class AccessController {
     private readonly events: EventBus,
     private readonly logger: Logger,
     private readonly memberOf: MemberOf,
+    /** Out of service (the hub revoked the device), no door opens, for anyone. */
+    private readonly state: ServiceState,
   ) {
     for (const door of config.doors) {
       const { relay, contact } = hardware.get(door.id) as DoorDrivers;
@@ -50,13 +51,7 @@ export class AccessController {
       contact?.onChange((open) => this.#contactChanged(state, open));
       this.#doors.set(door.id, state);
     }
-    this.#unsubscribe = [
-      events.on('session.finished', (e) => this.#sessionFinished(e)),
-      events.on('device.revoked', () => {
-        this.#revoked = true;
-        this.logger.warn({ doors: [...this.#doors.keys()] }, 'the hub revoked this device: every door denies from now on');
-      }),
-    ];
+    this.#unsubscribe = events.on('session.finished', (e) => this.#sessionFinished(e));
   }
 
   door(id: string): DoorState | undefined {
@@ -77,7 +72,8 @@ export class AccessController {
   unlock(doorId: string, source: string): AccessEvent | null {
     const door = this.#doors.get(doorId);
     if (!door) return null;
-    if (this.#revoked) throw new ServiceError('forbidden', 'device_revoked', 'this device was revoked by the hub: its doors open for no one');
+    const out = this.state.outOfService;
+    if (out) throw new ServiceError('forbidden', out.code, out.message);
     this.#release(door);
     const event = this.#record(door, 'remote_unlock', { sessionId: null, clientState: null, result: 'granted', reason: 'remote_unlock', externalUserId: null, score: null, factor: null });
     this.logger.info({ door: doorId, source, event: event.eventId }, 'door unlocked remotely');
@@ -86,7 +82,7 @@ export class AccessController {
 
   /** Stops listening; the hardware is closed by whoever opened it. */
   close(): void {
-    for (const off of this.#unsubscribe) off();
+    this.#unsubscribe();
     for (const d of this.#doors.values()) {
       clearTimeout(d.heldTimer);
       clearTimeout(d.lockTimer);
@@ -100,7 +96,8 @@ export class AccessController {
     const now = Date.now();
     let result: 'granted' | 'denied' = 'denied';
     let reason = e.reason;
-    if (this.#revoked) reason = 'device_revoked';
+    const out = this.state.outOfService;
+    if (out) reason = out.code;
     else if (e.status === 'success' && e.externalUserId) {
       const last = door.recent.get(e.externalUserId);
       if (last !== undefined && now - last < this.config.kiosk.cooldown_seconds * 1000) {

@@ -68,9 +68,9 @@ export async function startDevice(
   }
   // a fleet door's groups are the hub's (user.groups of the log); a standalone door's, its file's
   const memberOf: MemberOf = config.sync ? (group, user) => deps.store.groups.isMember(tenant.id, group, user) : fileGroups(config);
-  const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger, memberOf);
-  const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
   const state = new ServiceState(deps.events);
+  const access = new AccessController(config, deps.hardware, tenant.id, deps.store.audit, deps.events, deps.logger, memberOf, state);
+  const pins = new PinGate(config, tenant.id, deps.store.pins, deps.store.audit, deps.events, deps.logger);
   let sync: DeviceSync | null = null;
   const kiosk = new KioskService(config, () => deps.store.tenants.get(tenant.id) ?? tenant, deps.sessions, deps.events, deps.publicUrl, pins, state, async () => {
     if (sync && !(await sync.whenCaughtUp(CATCH_UP_WAIT_MS))) deps.logger.warn({ wait_ms: CATCH_UP_WAIT_MS }, 'sync: the hub did not answer in time; the door decides on its own copy');
