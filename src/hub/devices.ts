@@ -98,8 +98,7 @@ export class HubDevices {
       const device = r.rows[0];
       if (!device?.public_key) throw new HubError(`no device ${deviceId} has joined tenant ${tenantId} (authface hub device list)`);
       if (device.revoked_at) return { revokedAt: device.revoked_at, publicKey: device.public_key, key: (await this.store.keys.current(tenantId, db)) as TenantKeyVersion, rotated: false };
-      // it holds no one from now on (it erases what it held when it hears this): status and console say so
-      const revoked = await db.query<{ revoked_at: Date }>("UPDATE hub_devices SET revoked_at = now(), state = 'offline', users = 0 WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at", [tenantId, deviceId]);
+      const revoked = await db.query<{ revoked_at: Date }>('UPDATE hub_devices SET revoked_at = now() WHERE tenant_id = $1 AND device_id = $2 RETURNING revoked_at', [tenantId, deviceId]);
       // an unused code for this device stops working too
       await db.query('UPDATE hub_claims SET expires_at = LEAST(expires_at, now()) WHERE tenant_id = $1 AND device_id = $2 AND used_at IS NULL', [tenantId, deviceId]);
       const key = await this.store.keys.rotate(db, tenantId, Number(counter.rows[0].next_seq));
