@@ -45,7 +45,7 @@ describe('further templates: both models through the hub, and none for a door of
     template: dlib(id, version, seed),
     ...(further ? { templates: [mfn(id, version, seed)] } : {}),
   });
-  const range = async (after: number, models?: string[]) => JSON.parse((await hub.changesAfterJson(tenantId, after, 50, models)).json) as Change[];
+  const range = async (after: number, models?: string[]) => JSON.parse((await hub.changesAfterJson(tenantId, after, 50, { models })).json) as Change[];
 
   before(async function () {
     db = await createTestDatabase();
@@ -71,12 +71,12 @@ describe('further templates: both models through the hub, and none for a door of
     assert.equal(isAuthentic(() => key, 'change', tenantId, current, ['committed_at']), false, 'the further templates are outside the MAC');
     const chunk = await hub.snapshotChunk(tenantId, null, 64);
     assert.equal(chunk.users[0].templates, undefined, 'a snapshot for the previous release carries none either');
-    assert.deepEqual((await hub.snapshotChunk(tenantId, null, 64, [MOBILEFACENET.id])).users[0].templates?.map((t) => t.model), [MOBILEFACENET.id]);
+    assert.deepEqual((await hub.snapshotChunk(tenantId, null, 64, { models: [MOBILEFACENET.id] })).users[0].templates?.map((t) => t.model), [MOBILEFACENET.id]);
   });
 
   it("a door's user.templates becomes an upsert at the same version with the hub's own first template; at a version the hub has moved past, nothing is sequenced", async function () {
     assert.equal((await hub.append(tenantId, upsert('bob', 1, 2, false), { origin: 'old-door' })).status, 'sequenced');
-    const before = (await hub.snapshotChunk(tenantId, 'alice', 64, [MOBILEFACENET.id])).users.find((u) => u.external_user_id === 'bob')!;
+    const before = (await hub.snapshotChunk(tenantId, 'alice', 64, { models: [MOBILEFACENET.id] })).users.find((u) => u.external_user_id === 'bob')!;
     assert.equal(before.templates, undefined);
     const added = await hub.append(tenantId, { kind: 'user.templates', external_user_id: 'bob', version: 1, templates: [mfn('bob', 1, 3)] }, { origin: 'new-door' });
     assert.equal(added.status, 'sequenced');
@@ -84,7 +84,7 @@ describe('further templates: both models through the hub, and none for a door of
     assert.deepEqual([change.kind, change.version, change.template], ['user.upsert', 1, before.template], "bob's dlib template as the hub had it");
     assert.deepEqual(change.templates?.map((t) => t.model), [MOBILEFACENET.id]);
     assert.equal((await hub.append(tenantId, upsert('bob', 2, 4, false), { origin: 'old-door' })).status, 'sequenced');
-    const held = (await hub.snapshotChunk(tenantId, 'alice', 64, [MOBILEFACENET.id])).users.find((u) => u.external_user_id === 'bob')!;
+    const held = (await hub.snapshotChunk(tenantId, 'alice', 64, { models: [MOBILEFACENET.id] })).users.find((u) => u.external_user_id === 'bob')!;
     assert.deepEqual([held.version, held.templates], [2, undefined], "an update of the old door drops the new template of bob's earlier face");
     const late = await hub.append(tenantId, { kind: 'user.templates', external_user_id: 'bob', version: 1, templates: [mfn('bob', 1, 3)] }, { origin: 'new-door' });
     assert.deepEqual(late, { status: 'conflict', reason: 'stale_version' });
@@ -94,7 +94,7 @@ describe('further templates: both models through the hub, and none for a door of
   it('a range with further templates ends before MAX_CHUNK_BYTES, and says there is more', async function () {
     const from = await hub.headSeq(tenantId);
     for (let i = 0; i < 40; i++) assert.equal((await hub.append(tenantId, upsert(`p${i}`, 1, 10 + i), { origin: 'door' })).status, 'sequenced');
-    const page = await hub.changesAfterJson(tenantId, from, 50, [MOBILEFACENET.id]);
+    const page = await hub.changesAfterJson(tenantId, from, 50, { models: [MOBILEFACENET.id] });
     assert.ok(page.count > 1 && page.count < 40, `${page.count} changes in one range`);
     assert.ok(Buffer.byteLength(page.json) <= MAX_CHUNK_BYTES, `${page.json.length} bytes`);
     assert.equal((await hub.changesAfterJson(tenantId, from, 50)).count, 40, 'without them all forty fit');

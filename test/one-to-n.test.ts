@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,6 +24,7 @@ import type { Session } from '../src/store/sessions.ts';
 import type { UserAccess } from '../src/store/biometry-store.ts';
 import { guessable } from '../src/users/service.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
+import { fleetPinTag, openFleetPin, sealFleetPin } from '../src/sync/pin-envelope.ts';
 
 /** A unit vector close to `base` (cosine ≈ `cos`), deterministic. */
 function near(base: Float32Array, cos: number, seed: number): Float32Array {
@@ -217,6 +219,35 @@ describe('PIN store: salted scrypt hashes found through a keyed tag', function (
       assert.deepEqual(await store.pins.holders(tenant.id, '550127'), []);
       store.eraseUser(tenant.id, 'alice', () => null);
       assert.deepEqual(await store.pins.holders(tenant.id, '482913'), ['bob'], 'an erased person holds no PIN');
+    } finally {
+      store.close();
+    }
+  });
+
+  it("a fleet's PINs are found by the tag of the tenant key version that sealed them, beside one set on the door before it joined", async function () {
+    const store = openStore(fs.mkdtempSync(path.join(dir, 'fleet-')), undefined);
+    try {
+      const tenant = store.tenants.create({ name: 'fleet', allowedOrigins: ['http://localhost'], livenessMode: 'passive' });
+      const keys = [1, 2].map((keyVersion) => ({ keyVersion, key: crypto.randomBytes(32) }));
+      store.pins.findFleetPins(tenant.id, (pin) => keys.map((k) => ({ keyVersion: k.keyVersion, tag: fleetPinTag(k.key, tenant.id, pin) })));
+      // as the log gives them: sealed under version 1 (before a rotation) and version 2
+      for (const [id, pin, key] of [['dora', '482913', keys[0]], ['eli', '550127', keys[1]]] as const) {
+        const sealed = await sealFleetPin(key, { tenantId: tenant.id, externalUserId: id }, pin);
+        store.pins.hold(tenant.id, id, { keyVersion: sealed.key_version, tag: sealed.tag }, openFleetPin(key.key, sealed, { tenantId: tenant.id, externalUserId: id }));
+      }
+      await store.pins.set(tenant.id, 'fay', '613402');
+      assert.deepEqual(await store.pins.holders(tenant.id, '482913'), ['dora']);
+      assert.deepEqual(await store.pins.holders(tenant.id, '550127'), ['eli']);
+      assert.deepEqual(await store.pins.holders(tenant.id, '613402'), ['fay'], "the door's own PIN is still found");
+      assert.deepEqual(await store.pins.holders(tenant.id, '705318'), []);
+      // a sealed verifier opens only for the person and tenant it was made for
+      const sealed = await sealFleetPin(keys[1], { tenantId: tenant.id, externalUserId: 'eli' }, '550127');
+      assert.throws(() => openFleetPin(keys[1].key, sealed, { tenantId: tenant.id, externalUserId: 'dora' }), /does not open/);
+      assert.throws(() => openFleetPin(keys[0].key, sealed, { tenantId: tenant.id, externalUserId: 'eli' }), /does not open/);
+      // a snapshot without a PIN takes only the fleet's away
+      store.pins.remove(tenant.id, 'fay', { fleetOnly: true });
+      store.pins.remove(tenant.id, 'eli', { fleetOnly: true });
+      assert.deepEqual([store.pins.has(tenant.id, 'fay'), store.pins.has(tenant.id, 'eli')], [true, false]);
     } finally {
       store.close();
     }

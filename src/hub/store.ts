@@ -5,6 +5,8 @@ import { HubDevices } from './devices.ts';
 import { HubKeys, type TenantKey } from './keys.ts';
 import { EnvelopeError, type MessageAuth, type SealedTemplate, authenticate, resealTemplate } from '../sync/envelope.ts';
 import { userSetDigest } from '../sync/digest.ts';
+import type { FleetPin } from '../sync/pin-envelope.ts';
+import { newEventId } from '../store/audit.ts';
 import {
   type AdminChange,
   type Change,
@@ -238,6 +240,10 @@ const MIGRATIONS = [
   `CREATE TABLE hub_settings (key text PRIMARY KEY, value text NOT NULL);`,
   // how an admin resolved a conflict, and who (hub/conflicts.ts)
   `ALTER TABLE hub_conflicts ADD COLUMN resolution text, ADD COLUMN resolved_by text;`,
+  // each person's PIN for face+pin doors (user.pin: a sealed verifier and its tag, never the PIN),
+  // and a user.pin change's MAC as user.erased, the form a device of an earlier release takes
+  `ALTER TABLE hub_users ADD COLUMN pin jsonb;
+   ALTER TABLE hub_changes ADD COLUMN blank_auth jsonb;`,
 ];
 
 /**
@@ -548,12 +554,12 @@ export class HubStore {
       const blanked = await db.query<{ seq: string; change_id: string; origin: string }>(
         `SELECT DISTINCT h.seq, h.change_id, h.origin FROM hub_changes h JOIN unnest($2::text[], $3::bigint[]) AS d(u, s)
            ON h.external_user_id = d.u AND h.seq < d.s
-         WHERE h.tenant_id = $1 AND h.kind IN ('user.upsert', 'user.groups')`,
+         WHERE h.tenant_id = $1 AND h.kind IN ('user.upsert', 'user.groups', 'user.pin')`,
         [tenantId, deletions.map((d) => d.user), deletions.map((d) => d.seq)],
       );
       const erased: ChangeBody = { kind: 'user.erased' };
       await db.query(
-        `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}', auth = b.a::jsonb
+        `UPDATE hub_changes h SET kind = 'user.erased', external_user_id = '', body = '{"kind":"user.erased"}', auth = b.a::jsonb, blank_auth = NULL
          FROM unnest($2::bigint[], $3::text[]) AS b(s, a) WHERE h.tenant_id = $1 AND h.seq = b.s`,
         [
           tenantId,
@@ -588,7 +594,7 @@ export class HubStore {
       await db.query(
         `INSERT INTO hub_users (tenant_id, external_user_id, version, deleted, seq)
          SELECT $1, u, v, true, s FROM unnest($2::text[], $3::int[], $4::bigint[]) AS x(u, v, s)
-         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, templates = '[]', groups = '[]', seq = excluded.seq`,
+         ON CONFLICT (tenant_id, external_user_id) DO UPDATE SET version = excluded.version, deleted = true, model = NULL, key_version = NULL, template = NULL, templates = '[]', groups = '[]', pin = NULL, seq = excluded.seq`,
         [tenantId, gone.map(([u]) => u), gone.map(([, f]) => f.version), gone.map(([, f]) => f.seq)],
       );
     }
@@ -656,19 +662,17 @@ export class HubStore {
   }
 
   /**
-   * Sequences a change only an admin makes at the hub (a tenant's settings, a person's groups)
-   * and applies it to the central state, in `db`'s transaction. The tenant's counter row is locked
-   * first, as everywhere. A person's groups are set only while they are enrolled.
+   * Sequences a change made at the hub (a tenant's settings, a person's groups or PIN) and applies
+   * it to the central state, in `db`'s transaction. The tenant's counter row is locked first, as
+   * everywhere. A person's groups and PIN are set only while they are enrolled. `made` names a
+   * door's change the hub sequences for it (a PIN set there): its change_id and origin.
    */
-  async appendAdmin(db: pg.PoolClient, tenantId: string, body: AdminChange): Promise<Change> {
+  async appendAdmin(db: pg.PoolClient, tenantId: string, body: AdminChange, made: { changeId: string; origin: string } = { changeId: crypto.randomUUID(), origin: 'hub' }): Promise<Change> {
     const counter = await db.query<{ next_seq: string }>('SELECT next_seq FROM hub_tenants WHERE tenant_id = $1 FOR UPDATE', [tenantId]);
     if (counter.rowCount === 0) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
     const seq = Number(counter.rows[0].next_seq);
     const key = await this.keys.current(tenantId, db);
-    if (body.kind === 'user.groups') {
-      const r = await db.query('UPDATE hub_users SET groups = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted', [tenantId, body.external_user_id, JSON.stringify(body.groups)]);
-      if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
-    } else {
+    if (body.kind === 'tenant.settings') {
       await db.query('UPDATE hub_tenants SET name = $2, allowed_origins = $3::jsonb, liveness_mode = $4, pad_threshold = $5 WHERE tenant_id = $1', [
         tenantId,
         body.name,
@@ -676,15 +680,56 @@ export class HubStore {
         body.liveness_mode,
         body.pad_threshold ?? null,
       ]);
+    } else {
+      const [column, value] = body.kind === 'user.groups' ? ['groups', JSON.stringify(body.groups)] : ['pin', body.pin && JSON.stringify(body.pin)];
+      const r = await db.query(`UPDATE hub_users SET ${column} = $3::jsonb WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted`, [tenantId, body.external_user_id, value]);
+      if (r.rowCount === 0) throw new HubError(`${body.external_user_id} is not enrolled in tenant ${tenantId}`);
     }
-    const changeId = crypto.randomUUID();
-    const auth = this.#authOf(key, tenantId, { seq, changeId, origin: 'hub', body });
+    const { changeId, origin } = made;
+    const auth = this.#authOf(key, tenantId, { seq, changeId, origin, body });
+    // a device of an earlier release cannot read a PIN change: it takes its place as user.erased
+    const blankAuth = body.kind === 'user.pin' ? this.#authOf(key, tenantId, { seq, changeId, origin, body: { kind: 'user.erased' } }) : null;
     const inserted = await db.query<ChangeRow>(
-      `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body, auth) VALUES ($1, $2, $3, 'hub', $4, $5, $6::jsonb, $7::jsonb) RETURNING *`,
-      [tenantId, seq, changeId, body.kind, body.kind === 'user.groups' ? body.external_user_id : '', JSON.stringify(body), JSON.stringify(auth)],
+      `INSERT INTO hub_changes (tenant_id, seq, change_id, origin, kind, external_user_id, body, auth, blank_auth) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::jsonb) RETURNING *`,
+      [tenantId, seq, changeId, origin, body.kind, body.kind === 'tenant.settings' ? '' : body.external_user_id, JSON.stringify(body), JSON.stringify(auth), blankAuth && JSON.stringify(blankAuth)],
     );
     await db.query('UPDATE hub_tenants SET next_seq = $2 WHERE tenant_id = $1', [tenantId, seq + 1]);
     return toChange(inserted.rows[0]);
+  }
+
+  /**
+   * Sets or removes a person's PIN (a verifier sealed under the tenant key's current version);
+   * sequenced for the devices. A retry of a door's change_id gets the change it was sequenced as.
+   * Refused: a person not enrolled, a verifier sealed under an older key version (a device revoked
+   * since could open it), and the removal of a PIN the person does not have (`pin_not_found`).
+   * `auditedAs` records it in the hub's audit trail in the same transaction, naming who did it (the
+   * hub's API records its own).
+   */
+  async setPin(
+    tenantId: string,
+    externalUserId: string,
+    pin: FleetPin | null,
+    options: { made?: { changeId: string; origin: string }; auditedAs?: string } = {},
+  ): Promise<{ change: Change } | { refused: 'user_not_found' | 'stale_key' | 'pin_not_found' }> {
+    const { made, auditedAs } = options;
+    return this.#transaction(async (db) => {
+      if (!(await this.lockTenant(db, tenantId))) throw new HubError(`no tenant ${tenantId} at the hub (authface hub tenant add)`);
+      const earlier = made && (await this.sequenced(tenantId, made.changeId));
+      if (earlier) return { change: earlier };
+      const r = await db.query<{ pin: FleetPin | null }>('SELECT pin FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2 AND NOT deleted FOR UPDATE', [tenantId, externalUserId]);
+      if (!r.rows[0]) return { refused: 'user_not_found' };
+      if (pin && pin.key_version !== (await this.keys.current(tenantId, db)).keyVersion) return { refused: 'stale_key' };
+      if (!pin && !r.rows[0].pin) return { refused: 'pin_not_found' };
+      const change = await this.appendAdmin(db, tenantId, { kind: 'user.pin', external_user_id: externalUserId, pin }, made);
+      if (auditedAs !== undefined) {
+        await db.query(
+          `INSERT INTO hub_audit_events (tenant_id, id, type, flow, session_id, external_user_id, result, reason, score, factor, door_id)
+           VALUES ($1, $2, $3, NULL, NULL, $4, 'success', $5, NULL, 'face+pin', NULL)`,
+          [tenantId, newEventId(), pin ? 'pin_set' : 'pin_removed', externalUserId, `by ${auditedAs}`],
+        );
+      }
+      return { change };
+    });
   }
 
   /** Changes a tenant's settings (what is not given stays); sequenced for the devices. */
@@ -780,25 +825,30 @@ export class HubStore {
    * The first chunk carries the tenant's settings, read with the head. A chunk whose users would
    * pass MAX_CHUNK_BYTES ends early (its `next` is its last user).
    */
-  async snapshotChunk(tenantId: string, after: string | null, limit: number, models: readonly string[] = []): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
+  async snapshotChunk(
+    tenantId: string,
+    after: string | null,
+    limit: number,
+    takes: { models?: readonly string[]; pins?: boolean } = {},
+  ): Promise<{ seq: number; users: SnapshotUser[]; next: string | null; tenant?: Omit<TenantSettings, 'kind'> }> {
     const head = await this.pool.query<{ next_seq: string; name: string; allowed_origins: string[]; liveness_mode: 'passive' | 'active'; pad_threshold: number | null }>(
       'SELECT next_seq, name, allowed_origins, liveness_mode, pad_threshold FROM hub_tenants WHERE tenant_id = $1',
       [tenantId],
     );
     const t = head.rows[0];
     const seq = t ? Number(t.next_seq) - 1 : 0;
-    const r = await this.pool.query<SnapshotUser & { groups: string[] }>(
-      `SELECT external_user_id, version, model, key_version, template, groups,
+    const r = await this.pool.query<SnapshotUser & { groups: string[]; pin: FleetPin | null }>(
+      `SELECT external_user_id, version, model, key_version, template, groups, CASE WHEN $5 THEN pin END AS pin,
               ${FURTHER_TEMPLATES_SQL("jsonb_build_object('templates', templates)", '$4')}->'templates' AS templates
        FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND external_user_id COLLATE "C" > $2
        ORDER BY external_user_id COLLATE "C" LIMIT $3`,
       // ids are never empty: '' is before the first (and keeps the condition an index range)
-      [tenantId, after ?? '', limit, models],
+      [tenantId, after ?? '', limit, takes.models ?? [], takes.pins === true],
     );
     const users: SnapshotUser[] = [];
     let bytes = 0;
-    for (const { groups, templates, ...u } of r.rows) {
-      const user = { ...u, ...(templates ? { templates } : {}), ...(groups.length > 0 ? { groups } : {}) };
+    for (const { groups, templates, pin, ...u } of r.rows) {
+      const user = { ...u, ...(templates ? { templates } : {}), ...(groups.length > 0 ? { groups } : {}), ...(pin ? { pin } : {}) };
       bytes += JSON.stringify(user).length;
       if (bytes > MAX_CHUNK_BYTES && users.length > 0) break;
       users.push(user);
@@ -874,18 +924,20 @@ export class HubStore {
    * The same as changesAfter, as the JSON text of the array, built by PostgreSQL: a device's
    * backfill is relayed without the hub parsing and re-serialising every change.
    */
-  async changesAfterJson(tenantId: string, afterSeq: number, limit: number, models: readonly string[] = []): Promise<{ json: string; count: number; last: number }> {
+  async changesAfterJson(tenantId: string, afterSeq: number, limit: number, takes: { models?: readonly string[]; pins?: boolean } = {}): Promise<{ json: string; count: number; last: number }> {
     // a device of an earlier release (no models named) gets no further templates and no tenant
-    // anti-spoofing floor; a range that carries templates ends early before MAX_CHUNK_BYTES (its
-    // first change always goes)
+    // anti-spoofing floor, and one that takes no PINs each user.pin as user.erased; a range that
+    // carries templates ends early before MAX_CHUNK_BYTES (its first change always goes)
     const r = await this.pool.query<{ json: string; count: number; last: string | null }>(
       `SELECT COALESCE(json_agg(c ORDER BY seq), '[]')::text AS json, COUNT(*)::int AS count, MAX(seq) AS last FROM (
          SELECT seq, c, SUM(octet_length(c::text)) OVER (ORDER BY seq) AS upto, row_number() OVER (ORDER BY seq) AS n FROM (
-           SELECT seq, (body - 'templates' - CASE WHEN cardinality($4::text[]) = 0 THEN 'pad_threshold' ELSE '' END) || ${FURTHER_TEMPLATES_SQL('body', '$4')} || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
-                  'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) AS c
+           SELECT seq, CASE WHEN kind = 'user.pin' AND NOT $6 THEN jsonb_build_object('kind', 'user.erased', 'tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
+                  'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', blank_auth)
+                  ELSE (body - 'templates' - CASE WHEN cardinality($4::text[]) = 0 THEN 'pad_threshold' ELSE '' END) || ${FURTHER_TEMPLATES_SQL('body', '$4')} || jsonb_build_object('tenant_id', tenant_id, 'seq', seq, 'change_id', change_id, 'origin', origin,
+                  'committed_at', to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), 'auth', auth) END AS c
            FROM hub_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) AS rows) AS page
        WHERE n = 1 OR upto <= $5`,
-      [tenantId, afterSeq, limit, models, MAX_CHUNK_BYTES],
+      [tenantId, afterSeq, limit, takes.models ?? [], MAX_CHUNK_BYTES, takes.pins === true],
     );
     return { json: r.rows[0].json, count: r.rows[0].count, last: Number(r.rows[0].last ?? afterSeq) };
   }

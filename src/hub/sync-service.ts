@@ -8,6 +8,7 @@ import {
   type SubmittedChange,
   type SentMark,
   type SyncReply,
+  type UserPin,
   type UserUpsert,
   MAX_CHANGES_PER_BATCH,
   MAX_CHUNK_BYTES,
@@ -21,7 +22,8 @@ import {
   syncTopics,
 } from '../sync/protocol.ts';
 import { z } from 'zod';
-import { type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
+import { EnvelopeError, type MessageAuth, type MessagePurpose, authenticate, isAuthentic } from '../sync/envelope.ts';
+import { openFleetPin } from '../sync/pin-envelope.ts';
 import { HUB_SENDER, type SignedPurpose, isSignedBy, signMessage } from '../sync/signature.ts';
 import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import type { SignedCommand } from '../access/signed-command.ts';
@@ -291,7 +293,7 @@ export class HubSync {
     const { request_id } = request;
     let after = request.after;
     for (let i = 0; i < request.chunks; i++) {
-      const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(request.limit, MAX_USERS_PER_CHUNK), request.models);
+      const chunk = await this.store.snapshotChunk(tenantId, after, Math.min(request.limit, MAX_USERS_PER_CHUNK), request);
       const more = chunk.next !== null && i < request.chunks - 1;
       // the last chunk says where the snapshot is complete: the head and the digest of the hub's people there
       const end = chunk.next === null && signedForm ? await this.store.headDigest(tenantId) : {};
@@ -319,7 +321,7 @@ export class HubSync {
     const limit = Math.min(request.limit, MAX_CHANGES_PER_BATCH);
     let from = after;
     for (let i = 0; i < request.batches; i++) {
-      const page = await this.store.changesAfterJson(tenantId, from, limit, request.models);
+      const page = await this.store.changesAfterJson(tenantId, from, limit, request);
       // a range that carries further templates may end before `limit` (MAX_CHUNK_BYTES)
       const more = page.count > 0 && page.last < head && i < request.batches - 1;
       const legacy = `{"type":"range","tenant_id":${JSON.stringify(tenantId)},"head":${head},"changes":${page.json}${more ? ',"more":true' : ''}}`;
@@ -358,6 +360,7 @@ export class HubSync {
    */
   async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
     const { device_id, change_id, body } = submission;
+    if (body.kind === 'user.pin') return this.#sequencePin(tenantId, device_id, change_id, body);
     // a retry of a change already sequenced is only acknowledged (the check ran the first time)
     const kind = submission.fleet_check;
     const checks = kind !== undefined && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
@@ -387,6 +390,29 @@ export class HubSync {
     }
     // the tenant's templates kept changing under the check: the door decides on its own and queues
     return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'busy' } };
+  }
+
+  /**
+   * A PIN set or removed at a door, which waits for the answer: sequenced as the hub's own change
+   * for an enrolled person. Its verifier must open here, sealed for that person under the current
+   * key version: a change that does not open on the doors would stop their log.
+   */
+  async #sequencePin(tenantId: string, deviceId: string, changeId: string, body: UserPin): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
+    const refuse = (reason: string) => ({ ack: { type: 'ack' as const, change_id: changeId, status: 'refused' as const, seq: null, reason } });
+    if (body.pin) {
+      const sealedWith = await this.store.keys.version(tenantId, body.pin.key_version);
+      try {
+        if (!sealedWith) throw new EnvelopeError('wrong_key', `no key version ${body.pin.key_version}`);
+        openFleetPin(sealedWith.key, body.pin, { tenantId, externalUserId: body.external_user_id });
+      } catch (err) {
+        if (!(err instanceof EnvelopeError)) throw err;
+        return refuse('pin_unreadable');
+      }
+    }
+    const result = await this.store.setPin(tenantId, body.external_user_id, body.pin, { made: { changeId, origin: deviceId }, auditedAs: `device ${deviceId}` });
+    if ('refused' in result) return refuse(result.refused);
+    this.options.logger.info({ tenant: tenantId, device: deviceId, seq: result.change.seq, pin: body.pin ? 'set' : 'removed' }, "hub: a door's PIN change sequenced");
+    return { ack: { type: 'ack', change_id: changeId, status: 'sequenced', seq: result.change.seq, reason: null }, change: result.change };
   }
 
   /**

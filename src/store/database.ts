@@ -210,6 +210,8 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
    UPDATE sync_snapshots SET snapshot_seq = NULL, after_user = NULL;`,
   // a tenant's own floor for the anti-spoofing network (store/tenants.ts; NULL: the device's or the service's)
   `ALTER TABLE tenants ADD COLUMN pad_threshold REAL CHECK (pad_threshold BETWEEN 0 AND 1);`,
+  // a fleet PIN (the hub's log): its tag is keyed by this version of the tenant key (NULL: by this device's master key)
+  `ALTER TABLE user_pins ADD COLUMN key_version INTEGER;`,
 ];
 
 /**

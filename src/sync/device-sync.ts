@@ -15,6 +15,7 @@ import {
   type ModelTemplate,
   type SentMark,
   type SubmittedChange,
+  type UserPin,
   MAX_CHANGES_PER_BATCH,
   MAX_EVENTS_PER_BATCH,
   MAX_CHUNKS_PER_REQUEST,
@@ -37,6 +38,10 @@ import { type TenantKeyring, readKeyFile, unwrapKeys, writeKeyFile } from './key
 import { fleetNoticeSchema, isSignedNotice } from './notice.ts';
 import { HubClient } from './hub-client.ts';
 import { wipeRevokedDevice } from './revoked.ts';
+import { sealFleetPin } from './pin-envelope.ts';
+
+/** How a PIN set at a door through the hub ended (the hub's refusal: `user_not_found`, `pin_not_found`, `stale_key`, …). */
+export type PinVerdict = { status: 'sequenced' } | { status: 'refused'; reason: string } | { status: 'unreachable' };
 
 const FETCH_TIMEOUT_MS = 5000;
 /** CONNACK codes of a broker that turns the device away (MQTT 3: 4, 5; MQTT 5: 134, 135). */
@@ -288,6 +293,30 @@ export class DeviceSync {
     return { status: 'unreachable' };
   }
 
+  /**
+   * Sets (or with null removes) a person's PIN through the hub while this door waits: the PIN's
+   * verifier is made and sealed here, the hub sequences it for every door, and this door has
+   * applied it when this returns `sequenced`. It is never queued: no answer within `ms` (or no
+   * link) is `unreachable`, and the caller says so.
+   */
+  async setPinThroughHub(externalUserId: string, pin: string | null, ms: number): Promise<PinVerdict> {
+    const { tenantId, deviceId } = this.options;
+    if (!this.client.connected) return { status: 'unreachable' };
+    const until = Date.now() + ms;
+    const changeId = crypto.randomUUID();
+    const sealed = pin === null ? null : await sealFleetPin(this.options.keyring.latest, { tenantId, externalUserId }, pin);
+    const answered = this.#awaitingHub.wait(changeId, ms);
+    const body: UserPin = { kind: 'user.pin', external_user_id: externalUserId, pin: sealed };
+    this.client.publish(syncTopics(this.options.prefix, tenantId).submit(deviceId), JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: changeId, body })), { qos: 1 });
+    const ack = await answered;
+    if (!ack) return { status: 'unreachable' };
+    if (ack.status !== 'sequenced' || ack.seq === null) return { status: 'refused', reason: ack.reason ?? ack.status };
+    // the next PIN typed here must find it: wait for the log to bring it
+    this.fetch(true);
+    while (this.cursor < ack.seq && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+    return this.cursor >= ack.seq ? { status: 'sequenced' } : { status: 'unreachable' };
+  }
+
   /** Changes made here and not yet acknowledged by the hub. */
   pending(): number {
     return (this.store.db.prepare('SELECT COUNT(*) AS n FROM sync_outbox').get() as { n: number }).n;
@@ -315,12 +344,12 @@ export class DeviceSync {
     const request_id = crypto.randomUUID();
     if (snapshot) {
       this.#request = { id: request_id, kind: 'snapshot' };
-      const request = { device_id: deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
+      const request = { device_id: deviceId, after: snapshot.afterUser, limit: MAX_USERS_PER_CHUNK, chunks: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), pins: true, request_id };
       this.client.publish(topics.snapshot(deviceId), JSON.stringify(this.#signRequest('snapshot', request)), { qos: 1 });
       return;
     }
     this.#request = { id: request_id, kind: 'fetch' };
-    const request = { device_id: deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), request_id };
+    const request = { device_id: deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), pins: true, request_id };
     this.client.publish(topics.fetch(deviceId), JSON.stringify(this.#signRequest('fetch', request)), { qos: 1 });
   }
 

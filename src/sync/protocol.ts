@@ -152,14 +152,37 @@ export const userGroupsSchema = z
   })
   .describe("The groups a person is in, set at the hub (`authface hub group add|remove`): a door whose policy allows some groups opens for their members. A deletion blanks it like the person's templates");
 
+export const fleetPinSchema = z
+  .strictObject({
+    key_version: z.int().min(1).describe('Version of the tenant key that sealed the verifier and keyed the tag'),
+    tag: z.int().min(0).max(65535).describe("16 bits of an HMAC of the PIN under a key derived from that version: a door finds the few rows to check with it"),
+    verifier: z
+      .strictObject({ nonce: base64(16).length(16), ciphertext: base64(88).length(88) })
+      .describe("The PIN's salt and scrypt hash (48 bytes), AES-256-GCM under that version, bound to tenant, person, version and tag (sync/pin-envelope.ts)"),
+  })
+  .describe('A PIN of face+pin doors, never in the clear');
+
+export const userPinSchema = z
+  .strictObject({
+    kind: z.literal('user.pin'),
+    external_user_id: externalUserId,
+    pin: fleetPinSchema.nullable().describe('null: the PIN removed'),
+  })
+  .describe(
+    "A person's PIN for face+pin doors, set or removed at the hub (`authface hub pin set|remove`, its API, its console) or at a door through the hub. A deletion blanks it like the person's templates; a device of an earlier release gets it as `user.erased`",
+  );
+
 /** What a device or the hub's API submits for sequencing. */
 export const submittedChangeSchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userTemplatesSchema]);
 
-/** Changes only an admin at the hub makes (a device's submission of one is refused by its schema). */
-export const adminChangeSchema = z.discriminatedUnion('kind', [tenantSettingsSchema, userGroupsSchema]);
+/**
+ * Changes made at the hub (a device's submission of one is refused by the submission's schema, but
+ * for `user.pin`: a door sets a PIN through the hub, which sequences it as its own change).
+ */
+export const adminChangeSchema = z.discriminatedUnion('kind', [tenantSettingsSchema, userGroupsSchema, userPinSchema]);
 
 /** What the log holds: submitted and admin changes, and the ones a later deletion blanked. */
-export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userGroupsSchema, tenantSettingsSchema, userErasedSchema]);
+export const changeBodySchema = z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userGroupsSchema, userPinSchema, tenantSettingsSchema, userErasedSchema]);
 
 export const changeSchema = z
   .intersection(
@@ -188,6 +211,7 @@ export type SubmittedChange = z.output<typeof submittedChangeSchema>;
 export type AdminChange = z.output<typeof adminChangeSchema>;
 export type TenantSettings = z.output<typeof tenantSettingsSchema>;
 export type UserUpsert = z.output<typeof userUpsertSchema>;
+export type UserPin = z.output<typeof userPinSchema>;
 export type ModelTemplate = z.output<typeof modelTemplateSchema>;
 export type SnapshotUser = z.output<typeof snapshotUserSchema>;
 export type Change = z.output<typeof changeSchema>;
@@ -229,7 +253,9 @@ export const submissionSchema = z
   .strictObject({
     device_id: z.string().min(1).max(64),
     change_id: z.uuid(),
-    body: submittedChangeSchema,
+    body: z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userTemplatesSchema, userPinSchema]).describe(
+      'A change made at the device. `user.pin`: a PIN set or removed at a door while it waits (never queued): sequenced only for a person enrolled at the hub (`user_not_found`), with a verifier sealed under the current key version (`stale_key`), and a removal only of a PIN the hub holds (`pin_not_found`)',
+    ),
     fleet_check: z
       .enum(['enroll', 'update'])
       .optional()
@@ -240,6 +266,11 @@ export const submissionSchema = z
     ...signedByDevice,
   })
   .meta({ id: 'SyncSubmission', description: 'A change made at a device, for the hub to sequence' });
+
+const takesPins = z
+  .literal(true)
+  .optional()
+  .describe('This device applies PINs (`user.pin`, and `pin` of snapshot users). A device of an earlier release leaves it out: it gets each `user.pin` as `user.erased` (authenticated as such) and no PINs');
 
 export const fetchRequestSchema = z
   .strictObject({
@@ -252,6 +283,7 @@ export const fetchRequestSchema = z
       .max(MAX_FURTHER_TEMPLATES + 1)
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
+    pins: takesPins,
     request_id: requestId.optional(),
     ...signedByDevice,
   })
@@ -274,6 +306,7 @@ export const snapshotRequestSchema = z
       .max(MAX_FURTHER_TEMPLATES + 1)
       .optional()
       .describe("The models whose templates this device takes: the answer carries the further templates of these. A device of an earlier release leaves it out and gets each person's first template only"),
+    pins: takesPins,
     request_id: requestId.optional(),
     ...signedByDevice,
   })
@@ -281,6 +314,7 @@ export const snapshotRequestSchema = z
 
 export const snapshotUserSchema = userUpsertSchema.omit({ kind: true }).extend({
   groups: z.array(groupNameSchema).max(MAX_GROUPS_PER_USER).optional().describe('The groups the person is in (left out when none)'),
+  pin: fleetPinSchema.optional().describe("The person's PIN (left out when none, and for a device that does not take PINs)"),
 });
 
 export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0), ...fromHub }).meta({ id: 'SyncHead' });

@@ -3,6 +3,8 @@ import { type Embeddings, type ModelId, isModelId } from '../biometrics/matchers
 import type { Store } from '../store/index.ts';
 import { EnvelopeError, isAuthentic, openTemplate } from './envelope.ts';
 import type { TenantKeyring } from './keyring.ts';
+import { type FleetPin, openFleetPin } from './pin-envelope.ts';
+import type { PinVerifier } from '../store/pins.ts';
 import { type Change, type SnapshotUser, type SyncReply, type TenantSettings, CHANGE_FIELDS_OUTSIDE_AUTH } from './protocol.ts';
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
@@ -41,7 +43,7 @@ export class Replica {
   #committing: (() => void)[] | null = null;
 
   constructor(
-    private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit' | 'tenants' | 'groups'>,
+    private readonly store: Pick<Store, 'db' | 'users' | 'eraseUser' | 'audit' | 'tenants' | 'groups' | 'pins'>,
     private readonly index: GalleryIndex,
     /** The tenant's key versions this device holds (unwrapped with its key pair), or undefined for a tenant it does not sync. */
     private readonly keyring: (tenantId: string) => TenantKeyring | undefined,
@@ -166,12 +168,39 @@ export class Replica {
       case 'user.groups':
         this.store.groups.set(change.tenant_id, change.external_user_id, change.groups);
         return null;
+      case 'user.pin':
+        return this.#applyPin(change.tenant_id, change.external_user_id, change.pin);
       case 'tenant.settings':
         this.#applyTenant(change.tenant_id, change);
         return null;
       case 'user.upsert':
         return this.#applyTemplate(change.tenant_id, change, after);
     }
+  }
+
+  /**
+   * A person's PIN from the hub (a user.pin of the log, or a snapshot's): its verifier opened with
+   * the key version it names and held with the hub's tag; null removes it. Undefined (a snapshot's
+   * person without one) removes only a PIN the fleet gave, not one set on this door before it joined.
+   */
+  #applyPin(tenantId: string, externalUserId: string, pin: FleetPin | null | undefined): string | null {
+    if (!pin) {
+      this.store.pins.remove(tenantId, externalUserId, { fleetOnly: pin === undefined });
+      return null;
+    }
+    try {
+      this.store.pins.hold(tenantId, externalUserId, { keyVersion: pin.key_version, tag: pin.tag }, this.#openPin(tenantId, externalUserId, pin));
+      return null;
+    } catch (err) {
+      if (!(err instanceof EnvelopeError)) throw err;
+      return err.message;
+    }
+  }
+
+  #openPin(tenantId: string, externalUserId: string, pin: FleetPin): PinVerifier {
+    const key = this.keyring(tenantId)?.key(pin.key_version);
+    if (!key) throw new EnvelopeError('wrong_key', `no tenant key of version ${pin.key_version} on this device`);
+    return openFleetPin(key, pin, { tenantId, externalUserId });
   }
 
   /** A person's template from the hub (an upsert of the log, or a user of a snapshot); returns why it was refused, or null. */
@@ -261,6 +290,7 @@ export class Replica {
         // a chunk is staged only if each of its templates opens: the commit then cannot fail half way
         const opened = this.#open(tenantId, u);
         if ('refusal' in opened) throw new Error(`snapshot: the template of a user does not open (${opened.refusal})`);
+        if (u.pin) this.#openPin(tenantId, u.external_user_id, u.pin);
         stage.run(tenantId, u.external_user_id, u.version, JSON.stringify(u));
       }
       const complete = chunk.next === null;
@@ -363,6 +393,8 @@ export class Replica {
               if (row.user === null) continue; // erased by the log during the load
               const u = JSON.parse(row.user) as SnapshotUser;
               this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
+              const pinRefusal = this.#applyPin(tenantId, u.external_user_id, u.pin);
+              if (pinRefusal) throw new Error(`snapshot: the PIN of a user does not open (${pinRefusal})`);
               if (pending.has(u.external_user_id) || this.#holds(tenantId, u)) continue;
               const refusal = this.#applyTemplate(tenantId, u, written);
               if (refusal) throw new Error(`snapshot: the template of a user does not open (${refusal})`);
