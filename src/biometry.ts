@@ -15,8 +15,7 @@ import { decisionThresholds, sameFaceLimits } from './sessions/decisions.ts';
 import { SessionService } from './sessions/service.ts';
 import type { Session } from './store/sessions.ts';
 import type { BiometryStore } from './store/biometry-store.ts';
-import type { PinStore } from './store/pins.ts';
-import { UserService } from './users/service.ts';
+import { type PinKeeper, UserService } from './users/service.ts';
 
 /** Enough for an active challenge (movements, six colours, frontal frames) at a few frames a second. */
 const MAX_FRAMES_PER_SESSION = 120;
@@ -46,8 +45,8 @@ export interface BiometryOptions {
   thresholds?: { match?: number; duplicate?: number; pad?: number };
   /** A session's own anti-spoofing floor (a door's `pad_threshold`), if it has one. */
   padThresholdFor?: (session: Session) => number | undefined;
-  /** The device's PINs of face+pin doors (the hub has none). */
-  pins?: PinStore | null;
+  /** Where PINs of face+pin doors are set: a device's own store, the hub's log. */
+  pins?: PinKeeper | null;
   /** The hub: bring a tenant's 1:N index up to the central store before a decision. */
   refreshGallery?: (tenantId: string) => Promise<number>;
   /** Models every capture describes the face with, whatever the tenant holds: the fleet's, where templates replicate. */

@@ -91,7 +91,7 @@ export async function startService(settings: Settings, overrides: ServiceOverrid
       logger.warn({ users: unusable }, 'a stored template could not be opened (damaged, altered or of another model): these users must enrol again (`authface doctor` names them)');
     }
 
-    const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, index, sessions, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
+    const device = deviceConfig && hardware ? await startDevice(deviceConfig, { hardware, store, index, sessions, users, events, logger, publicUrl: settings.publicUrl, version: VERSION }) : null;
     if (device) stack.push(() => device.close());
 
     const app = createApp({

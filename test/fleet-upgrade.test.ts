@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { DLIB_RESNET, MOBILEFACENET } from '../src/biometrics/matchers/index.ts';
-import { authface, cliIn, joinDoorByCli, serve, serveHub, stop } from './support/cli.ts';
+import { authface, cliIn, joinDoorByCli, run, serve, serveHub, stop } from './support/cli.ts';
 import { Client } from './support/client.ts';
 import { requireShared, shared } from './support/datasets.ts';
 import { testBroker } from './support/mqtt.ts';
@@ -189,6 +189,33 @@ describe('a fleet while it upgrades: a door of the previous release and doors of
     assert.equal(tenantAt('new').pad_threshold, 0.2, 'a later change keeps the floor');
     await update('--pad-threshold', 'default');
     await until('the floor taken away at the new door', () => (tenantAt('new').pad_threshold === null ? true : undefined));
+  });
+
+  it("issue 20: a PIN set at the hub: the door of this release holds it; the door of the earlier release, which cannot read a PIN change, goes on applying the log", async function () {
+    const pinsAt = (name: string): string[] => {
+      const sqlite = new Database(path.join(door(name).dataDir, 'authface.db'), { readonly: true, fileMustExist: true });
+      try {
+        return (sqlite.prepare('SELECT external_user_id FROM user_pins ORDER BY external_user_id').all() as { external_user_id: string }[]).map((r) => r.external_user_id);
+      } finally {
+        sqlite.close();
+      }
+    };
+    const cli = run(process.execPath, [...cliIn(path.resolve('.')), 'hub', 'pin', 'set', '--tenant', tenantId, '--user', 'amy', '--database-url', db.url], { env: { ...process.env, LOG_LEVEL: 'warn', ...hubEnv } });
+    cli.child.stdin?.end('582914\n');
+    assert.equal((JSON.parse((await cli).stdout) as { pin: string }).pin, 'set');
+    await until('amy has a PIN at the new door', () => (pinsAt('new').includes('amy') ? true : undefined));
+    // the PIN change reached the old door as user.erased: a later change still follows it
+    await authface(['hub', 'tenant', 'update', '--tenant', tenantId, '--name', 'acme-after-pin', '--database-url', db.url], hubEnv);
+    const nameAt = (name: string) => {
+      const sqlite = new Database(path.join(door(name).dataDir, 'authface.db'), { readonly: true, fileMustExist: true });
+      try {
+        return (sqlite.prepare('SELECT name FROM tenants WHERE id = ?').get(tenantId) as { name: string }).name;
+      } finally {
+        sqlite.close();
+      }
+    };
+    await until('the old door applies the log after the PIN change', () => (nameAt('old') === 'acme-after-pin' ? true : undefined));
+    assert.deepEqual(pinsAt('old'), [], 'the earlier release holds no fleet PIN');
   });
 
   it('upgraded in place, the old door registers its signing key itself, proving its device key; nobody else can register one in its name', async function () {

@@ -65,8 +65,16 @@ export function openApiDocument(version: string): Json {
       '/biometry/v1/list-users': post('List enrolled users', s.listUsersRequest, s.userList, 400, 401),
       '/biometry/v1/get-user': post('Get one enrolled user', s.userRequest, s.userDetails, 400, 401, 404),
       '/biometry/v1/delete-user': post('Delete a user and every template', s.userRequest, s.userDeleted, 400, 401, 404),
-      '/device/v1/set-pin': post('Give an enrolled user the PIN of face+pin doors (4–8 digits, not guessable; stored as a salted scrypt hash)', s.setPinRequest, s.pinChanged, 400, 401, 404),
-      '/device/v1/remove-pin': post("Remove a user's PIN", s.removePinRequest, s.pinChanged, 400, 401, 404),
+      '/device/v1/set-pin': post(
+        'Give an enrolled user the PIN of face+pin doors (4–8 digits, not guessable; stored as a salted scrypt hash). In a fleet it is a change of the hub\'s log: a door sets it through the hub and answers 503 hub_unavailable when the hub does not answer',
+        s.setPinRequest,
+        s.pinChanged,
+        400,
+        401,
+        404,
+        503,
+      ),
+      '/device/v1/remove-pin': post("Remove a user's PIN (in a fleet, through the hub, as set-pin)", s.removePinRequest, s.pinChanged, 400, 401, 404, 503),
       '/capture/v1/session': {
         get: { summary: 'Open the capture session (binds the link)', security: [{ captureToken: [] }], responses: { '200': json(s.captureSession, 'OK'), ...errors(401, 410) } },
       },

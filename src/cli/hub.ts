@@ -23,6 +23,9 @@ import { wrapTenantKey } from '../sync/envelope.ts';
 import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { type ConflictResolution, resolveConflict } from '../hub/conflicts.ts';
 import { CommandError } from './errors.ts';
+import { setPinAtHub } from '../hub/pins.ts';
+import { assertUsablePin } from '../users/service.ts';
+import { ServiceError } from '../errors.ts';
 import { stopOnSignals } from './stop-signals.ts';
 
 const STOP_GRACE_MS = 5000;
@@ -146,6 +149,31 @@ export async function hubGroupChange(
     if (change && change.kind !== 'user.groups') throw new Error('unexpected change');
     const groups = change ? change.groups : ((await store.groupMembers(opts.tenant)).find((m) => m.externalUserId === opts.user)?.groups ?? []);
     return { external_user_id: opts.user, groups, seq: change?.seq ?? null };
+  }, masterKey);
+}
+
+/**
+ * `authface hub pin set|remove`: a person's PIN for face+pin doors, a change of the log (every door
+ * has it from the serving hub's next head, within 5 s). Only the PIN's scrypt verifier, sealed
+ * under the tenant key, is kept and sent; the change is audited.
+ */
+export async function hubPinChange(
+  settings: Settings,
+  opts: { tenant: string; user: string; pin: string | null; databaseUrl?: string },
+): Promise<{ external_user_id: string; pin: 'set' | 'removed'; seq: number }> {
+  if (opts.pin !== null) {
+    try {
+      assertUsablePin(opts.pin);
+    } catch (err) {
+      throw err instanceof ServiceError ? new CommandError(err.message) : err;
+    }
+  }
+  const masterKey = hubMasterKey(settings);
+  return withHub(settings, opts.databaseUrl, async (store) => {
+    await knownTenant(store, opts.tenant);
+    const result = await setPinAtHub(store, opts.tenant, opts.user, opts.pin, `cli ${os.userInfo().username}`);
+    if ('refused' in result) throw new CommandError(result.refused === 'user_not_found' ? `${opts.user} is not enrolled in tenant ${opts.tenant}` : `${opts.user} has no PIN`);
+    return { external_user_id: opts.user, pin: opts.pin === null ? 'removed' : 'set', seq: result.change.seq };
   }, masterKey);
 }
 

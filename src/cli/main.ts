@@ -332,6 +332,24 @@ hubGroup
   .requiredOption('--tenant <id>', 'tenant id')
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await (await hubCommands()).hubGroupList(loadSettings(), opts)));
+const hubPin = hub.command('pin').description("people's PINs for face+pin doors: changes of the log, which every door applies (never the PIN: its scrypt verifier, sealed under the tenant key)");
+hubPin
+  .command('set')
+  .description("set an enrolled person's PIN (4 to 8 digits, read from the first line on standard input)")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--user <external_user_id>', 'the person')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; user: string; databaseUrl?: string }) => {
+    const pin = (await firstLine(process.stdin)).trim();
+    print(await (await hubCommands()).hubPinChange(loadSettings(), { ...opts, pin }));
+  });
+hubPin
+  .command('remove')
+  .description("remove a person's PIN")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .requiredOption('--user <external_user_id>', 'the person')
+  .addOption(databaseUrl())
+  .action(async (opts: { tenant: string; user: string; databaseUrl?: string }) => print(await (await hubCommands()).hubPinChange(loadSettings(), { ...opts, pin: null })));
 hub
   .command('admin')
   .description('admins of the console (/console at the hub)')

@@ -18,6 +18,9 @@ import { signMessage } from '../sync/signature.ts';
 import { assertNotRevoked } from '../sync/revoked.ts';
 import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import { FLEET_MODEL } from '../sync/fleet-model.ts';
+import { fleetPinKeeper } from '../sync/fleet-pins.ts';
+import { fleetPinTag } from '../sync/pin-envelope.ts';
+import type { UserService } from '../users/service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type DeviceConfig, DeviceConfigError } from './config.ts';
 import { type OutOfService, ServiceState } from './out-of-service.ts';
@@ -26,6 +29,8 @@ import { type OutOfService, ServiceState } from './out-of-service.ts';
 const CATCH_UP_WAIT_MS = 3000;
 /** How long an enrolment or update waits for the hub's fleet-wide check before the door writes on its own. */
 const HUB_COMMIT_WAIT_MS = 2000;
+/** A PIN set at a fleet door waits this long for the hub to sequence it and the log to bring it back. */
+const HUB_PIN_WAIT_MS = 5000;
 
 export interface Device {
   config: DeviceConfig;
@@ -52,7 +57,7 @@ export interface Device {
  */
 export async function startDevice(
   config: DeviceConfig,
-  deps: { hardware: DoorHardware; store: Store; index: GalleryIndex; sessions: SessionService; events: EventBus; logger: Logger; publicUrl: string; version: string },
+  deps: { hardware: DoorHardware; store: Store; index: GalleryIndex; sessions: SessionService; users: UserService; events: EventBus; logger: Logger; publicUrl: string; version: string },
 ): Promise<Device> {
   // a fleet device takes its tenant from the hub: the first start makes it here, with the hub's id
   if (config.sync && config.tenant_id && !deps.store.tenants.get(config.tenant_id)) {
@@ -134,6 +139,12 @@ export async function startDevice(
     });
     const fleet = sync;
     deps.sessions.commitWritesThrough((tenantId, write) => (tenantId === tenant.id ? fleet.commitThroughHub(write, HUB_COMMIT_WAIT_MS) : Promise.resolve({ status: 'unreachable' })));
+    // the tenant's PINs are the log's: set through the hub, found with each version of the tenant key
+    deps.users.keepPinsWith(fleetPinKeeper(fleet, tenant.id, deps.store.pins, HUB_PIN_WAIT_MS));
+  }
+  if (keyring) {
+    const ring = keyring;
+    deps.store.pins.findFleetPins(tenant.id, (pin) => ring.versions().map((v) => ({ keyVersion: v, tag: fleetPinTag(ring.key(v) as Buffer, tenant.id, pin) })));
   }
   deps.logger.info({ device: config.device_id, doors: config.doors.map((d) => d.id), tenant: tenant.id, remote_commands: commands.enabled, sync: sync !== null }, 'device ready');
   return {

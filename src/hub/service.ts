@@ -19,6 +19,7 @@ import { hubConsoleSource } from '../console/hub-source.ts';
 import { t } from '../console/pages.ts';
 import { deviceJoin } from './join.ts';
 import { HubError } from './errors.ts';
+import { hubPinKeeper } from './pins.ts';
 import { HubStore } from './store.ts';
 import { type FleetCheck, HubSync } from './sync-service.ts';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
@@ -97,7 +98,14 @@ export async function startHub(settings: Settings, options: HubOptions): Promise
     await gallery.markHeads();
     const parts = await composeBiometry(
       settings,
-      { store: biometry, logger, analyzer: options.analyzer, refreshGallery: (t) => gallery.refresh(parts.index, t), requiredModels: [FLEET_MODEL] },
+      {
+        store: biometry,
+        logger,
+        analyzer: options.analyzer,
+        refreshGallery: (t) => gallery.refresh(parts.index, t),
+        requiredModels: [FLEET_MODEL],
+        pins: hubPinKeeper(store, (change) => sync.publish(change)),
+      },
       stack,
     );
     const commands = hubCommands(store, sync);

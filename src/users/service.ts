@@ -4,7 +4,17 @@ import { ServiceError } from '../errors.ts';
 import type { AuditInput, BiometryStore } from '../store/biometry-store.ts';
 import type { Tenant } from '../store/tenants.ts';
 import type { User } from '../store/users.ts';
-import { PIN_FORMAT, type PinStore } from '../store/pins.ts';
+import { PIN_FORMAT } from '../store/pins.ts';
+
+/**
+ * Where a tenant's PINs are set: a standalone device's own store (store/pins.ts), or the fleet's log
+ * (a fleet door through the hub, sync/fleet-pins.ts; the hub itself, hub/pins.ts).
+ */
+export interface PinKeeper {
+  set(tenantId: string, externalUserId: string, pin: string): Promise<void>;
+  /** False: the person had no PIN. */
+  remove(tenantId: string, externalUserId: string): boolean | Promise<boolean>;
+}
 
 export interface UserDetails extends User {
   templates: { version: number; active: boolean; createdAt: string }[];
@@ -16,9 +26,14 @@ export class UserService {
     private readonly store: BiometryStore,
     private readonly index: GalleryIndex,
     private readonly events: EventBus,
-    /** face+pin doors' PINs: a device's own (the hub has no doors). */
-    private readonly pins: PinStore | null,
+    /** Where face+pin doors' PINs are set (null: nowhere here). */
+    private pins: PinKeeper | null,
   ) {}
+
+  /** From now on PINs are set with `keeper` (a device that joined a fleet sets them through the hub). */
+  keepPinsWith(keeper: PinKeeper): void {
+    this.pins = keeper;
+  }
 
   list(tenant: Tenant, limit: number, offset: number): Promise<{ total: number; users: User[] }> {
     return this.store.users.list(tenant.id, limit, offset);
@@ -56,8 +71,7 @@ export class UserService {
    * a salted scrypt hash; PINs anyone could guess first (one digit repeated, a straight run) are refused.
    */
   async setPin(tenant: Tenant, externalUserId: string, pin: string): Promise<{ eventId: string }> {
-    if (!PIN_FORMAT.test(pin)) throw new ServiceError('invalid_request', 'invalid_pin', 'a PIN is 4 to 8 digits');
-    if (guessable(pin)) throw new ServiceError('invalid_request', 'weak_pin', 'choose a PIN that is not one digit repeated or a run such as 1234 or 9876');
+    assertUsablePin(pin);
     const pins = this.#pins();
     await this.get(tenant, externalUserId);
     await pins.set(tenant.id, externalUserId, pin);
@@ -65,11 +79,11 @@ export class UserService {
   }
 
   async removePin(tenant: Tenant, externalUserId: string): Promise<{ eventId: string }> {
-    if (!this.#pins().remove(tenant.id, externalUserId)) throw new ServiceError('not_found', 'pin_not_found', 'this user has no PIN');
+    if (!(await this.#pins().remove(tenant.id, externalUserId))) throw new ServiceError('not_found', 'pin_not_found', 'this user has no PIN');
     return { eventId: await this.#audit(tenant, externalUserId, 'pin_removed') };
   }
 
-  #pins(): PinStore {
+  #pins(): PinKeeper {
     if (!this.pins) throw new ServiceError('not_found', 'pins_not_here', 'PINs are set on the device whose doors ask for them');
     return this.pins;
   }
@@ -78,6 +92,12 @@ export class UserService {
     const event: AuditInput = { tenantId: tenant.id, type, flow: null, sessionId: null, externalUserId, result: 'success', reason: null, score: null };
     return (await this.store.audit.record(event)).id;
   }
+}
+
+/** Refuses a PIN that is not 4 to 8 digits, or that anyone could guess first. */
+export function assertUsablePin(pin: string): void {
+  if (!PIN_FORMAT.test(pin)) throw new ServiceError('invalid_request', 'invalid_pin', 'a PIN is 4 to 8 digits');
+  if (guessable(pin)) throw new ServiceError('invalid_request', 'weak_pin', 'choose a PIN that is not one digit repeated or a run such as 1234 or 9876');
 }
 
 /** One digit repeated, or each digit one more (or one less) than the one before. */
