@@ -84,13 +84,14 @@ export function deviceConsoleSource(deps: {
       }[];
       return {
         total: n,
-        people: rows.map((u) => ({ externalUserId: u.external_user_id, version: u.version, groups: store.groups.of(tenantId, u.external_user_id), updatedAt: u.updated_at, heldBy: [deviceId] })),
+        people: rows.map((u) => ({ externalUserId: u.external_user_id, version: u.version, groups: store.groups.of(tenantId, u.external_user_id), updatedAt: u.updated_at, heldBy: [deviceId], pin: store.pins.has(tenantId, u.external_user_id) })),
       };
     },
     // an erasure here is done when it is made, and leaves only a pseudonym; conflicts are the hub's
     erasures: async () => [],
     conflicts: async () => [],
     resolveConflict: async () => ({ error: "a device has no conflicts: they are the hub's" }),
+    setPin: async () => ({ error: "a device's PINs are set with its API (POST /device/v1/set-pin), or at the hub for a fleet" }),
     async activity(tenantId, filter: ActivityFilter) {
       const conditions: [string, string | undefined][] = [
         ['door_id = ?', filter.door],

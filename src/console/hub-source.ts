@@ -1,5 +1,6 @@
 import { isModelId } from '../biometrics/matchers/index.ts';
 import { resolveConflict } from '../hub/conflicts.ts';
+import { setPinAtHub } from '../hub/pins.ts';
 import { HubError } from '../hub/errors.ts';
 import type { HubStore } from '../hub/store.ts';
 import type { Change } from '../sync/protocol.ts';
@@ -99,8 +100,8 @@ export function hubConsoleSource(store: HubStore, command: HubCommand, publish: 
     async people(tenantId, query, limit) {
       const pattern = `%${query.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
       const total = await pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM hub_users WHERE tenant_id = $1 AND NOT deleted AND external_user_id ILIKE $2', [tenantId, pattern]);
-      const r = await pool.query<{ external_user_id: string; version: number; groups: string[]; updated_at: Date; held_by: string[] }>(
-        `SELECT u.external_user_id, u.version, u.groups, u.updated_at,
+      const r = await pool.query<{ external_user_id: string; version: number; groups: string[]; updated_at: Date; held_by: string[]; pin: boolean }>(
+        `SELECT u.external_user_id, u.version, u.groups, u.updated_at, u.pin IS NOT NULL AS pin,
                 ARRAY(SELECT d.device_id FROM hub_devices d WHERE d.tenant_id = u.tenant_id AND d.revoked_at IS NULL AND d.applied_seq >= u.seq ORDER BY d.device_id) AS held_by
          FROM hub_users u WHERE u.tenant_id = $1 AND NOT u.deleted AND u.external_user_id ILIKE $2
          ORDER BY u.external_user_id COLLATE "C" LIMIT $3`,
@@ -108,7 +109,7 @@ export function hubConsoleSource(store: HubStore, command: HubCommand, publish: 
       );
       return {
         total: total.rows[0].n,
-        people: r.rows.map((u) => ({ externalUserId: u.external_user_id, version: u.version, groups: u.groups, updatedAt: u.updated_at.toISOString(), heldBy: u.held_by })),
+        people: r.rows.map((u) => ({ externalUserId: u.external_user_id, version: u.version, groups: u.groups, updatedAt: u.updated_at.toISOString(), heldBy: u.held_by, pin: u.pin })),
       };
     },
     async erasures(tenantId) {
@@ -130,6 +131,12 @@ export function hubConsoleSource(store: HubStore, command: HubCommand, publish: 
         if (err instanceof HubError) return { error: err.message };
         throw err;
       }
+    },
+    async setPin(tenantId, externalUserId, pin, admin) {
+      const result = await setPinAtHub(store, tenantId, externalUserId, pin, `console ${admin}`);
+      if ('refused' in result) return { error: result.refused === 'user_not_found' ? `${externalUserId} is not enrolled` : `${externalUserId} has no PIN` };
+      publish(result.change);
+      return { error: null };
     },
     async activity(tenantId, filter: ActivityFilter) {
       const where: string[] = [];

@@ -183,13 +183,40 @@ export function doorsBody(opts: { doors: ConsoleDoor[]; recent: ConsoleEvent[]; 
   <ol id="live" class="events" aria-labelledby="live-title" aria-live="polite" data-feed="/console/doors/events?tenant=${esc(encodeURIComponent(opts.tenantId))}&amp;since=${esc(encodeURIComponent(opts.since))}">${[...opts.recent].reverse().map(eventItem).join('')}</ol>`;
 }
 
-export function peopleBody(opts: { people: ConsolePerson[]; total: number; query: string; devices: number; erasures: ConsoleErasure[]; conflicts: ConsoleConflict[]; tenantId: string; csrf: string }): string {
+export function peopleBody(opts: {
+  people: ConsolePerson[];
+  total: number;
+  query: string;
+  devices: number;
+  erasures: ConsoleErasure[];
+  conflicts: ConsoleConflict[];
+  tenantId: string;
+  csrf: string;
+  /** PINs are set here (the hub's console): a form on each row. */
+  pinForms: boolean;
+}): string {
+  const pinCell = (p: ConsolePerson) => {
+    const held = esc(t(p.pin ? 'people.pin.yes' : 'people.pin.no'));
+    if (!opts.pinForms) return `<td>${held}</td>`;
+    const id = `pin-${esc(p.externalUserId)}`;
+    return `<td>${held}
+        <form method="post" action="/console/people/pin" class="inline">
+          <input type="hidden" name="_csrf" value="${esc(opts.csrf)}">
+          <input type="hidden" name="tenant" value="${esc(opts.tenantId)}">
+          <input type="hidden" name="user" value="${esc(p.externalUserId)}">
+          <label class="visually-hidden" for="${id}">${esc(t('people.pin.set.label', { person: p.externalUserId }))}</label>
+          <input id="${id}" name="pin" type="password" inputmode="numeric" pattern="[0-9]{4,8}" autocomplete="off" size="8">
+          <button type="submit" name="action" value="set">${esc(t('people.pin.set'))}</button>
+          ${p.pin ? `<button type="submit" name="action" value="remove" aria-label="${esc(t('people.pin.remove.label', { person: p.externalUserId }))}">${esc(t('people.pin.remove'))}</button>` : ''}
+        </form></td>`;
+  };
   const rows = opts.people
     .map(
       (p) => `<tr>
       <th scope="row">${esc(p.externalUserId)}</th>
       <td>${esc(p.version)}</td>
       <td>${esc(p.groups.join(', ') || '—')}</td>
+      ${pinCell(p)}
       <td><span title="${esc(p.heldBy.join(', '))}">${esc(t('people.held.count', { n: p.heldBy.length, total: opts.devices }))}</span>${p.heldBy.length ? ` <span class="muted">(${esc(p.heldBy.join(', '))})</span>` : ''}</td>
       <td>${when(p.updatedAt)}</td>
     </tr>`,
@@ -204,7 +231,7 @@ export function peopleBody(opts: { people: ConsolePerson[]; total: number; query
   <p class="summary">${esc(t('people.count', { shown: opts.people.length, total: opts.total }))}</p>
   ${
     opts.people.length
-      ? `<table><thead><tr><th scope="col">${esc(t('people.id'))}</th><th scope="col">${esc(t('people.version'))}</th><th scope="col">${esc(t('people.groups'))}</th><th scope="col">${esc(t('people.held'))}</th><th scope="col">${esc(t('people.updated'))}</th></tr></thead><tbody>${rows}</tbody></table>`
+      ? `<table><thead><tr><th scope="col">${esc(t('people.id'))}</th><th scope="col">${esc(t('people.version'))}</th><th scope="col">${esc(t('people.groups'))}</th><th scope="col">${esc(t('people.pin'))}</th><th scope="col">${esc(t('people.held'))}</th><th scope="col">${esc(t('people.updated'))}</th></tr></thead><tbody>${rows}</tbody></table>`
       : `<p>${esc(t('people.none'))}</p>`
   }
   <h2>${esc(t('erasure.title'))}</h2>

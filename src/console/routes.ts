@@ -9,6 +9,7 @@ import type { Logger } from '../core/logger.ts';
 import { hashSecret } from '../core/secrets.ts';
 import { ServiceError } from '../errors.ts';
 import { CONFLICT_RESOLUTIONS, isConflictResolution } from '../hub/conflicts.ts';
+import { assertUsablePin } from '../users/service.ts';
 import { hashPassword, verifyPassword } from '../mqtt/users-file.ts';
 import { CONSOLE_DIR, type Frame, type Section, activityBody, activityCsv, doorsBody, esc, eventItem, fleetBody, layout, page, peopleBody, signInPage, t } from './pages.ts';
 import { clientAddress, trustedProxies } from './signin-throttle.ts';
@@ -270,7 +271,21 @@ export function consoleRoutes(source: ConsoleSource, options: { logger: Logger; 
     const query = typeof ctx.query.q === 'string' ? ctx.query.q.slice(0, 128) : '';
     const { people, total } = await source.people(tenantId, query, 100);
     const devices = (await source.devices(tenantId)).filter((d) => d.state !== 'revoked').length;
-    html(ctx, layout(frame, t('people.title'), peopleBody({ people, total, query, devices, erasures: await source.erasures(tenantId), conflicts: await source.conflicts(tenantId), tenantId, csrf: frame.csrf })));
+    html(ctx, layout(frame, t('people.title'), peopleBody({ people, total, query, devices, erasures: await source.erasures(tenantId), conflicts: await source.conflicts(tenantId), tenantId, csrf: frame.csrf, pinForms: source.scope === 'hub' })));
+  });
+
+  // an admin sets or removes a person's PIN (a change of the log; the PIN is in the form only, never logged)
+  router.post('/people/pin', async (ctx) => {
+    const form = await checkForm(ctx);
+    const [tenantId, user, pin, action] = ['tenant', 'user', 'pin', 'action'].map((k) => form.get(k) ?? '');
+    if (!(await source.tenants()).some((x) => x.id === tenantId)) throw new ServiceError('not_found', 'tenant_not_found', `no tenant ${tenantId}`);
+    if (action !== 'set' && action !== 'remove') throw new ServiceError('invalid_request', 'invalid_action', 'action: set or remove');
+    if (action === 'set') assertUsablePin(pin);
+    const admin = (ctx.state as ConsoleState).session.admin;
+    const { error } = await source.setPin(tenantId, user, action === 'set' ? pin : null, admin);
+    if (error) throw new ServiceError('invalid_request', 'pin_not_changed', error);
+    logger.info({ admin, user, pin: action === 'set' ? 'set' : 'removed' }, "console: a person's PIN changed");
+    ctx.redirect(`/console/people?${new URLSearchParams({ tenant: tenantId, q: user }).toString()}`);
   });
 
   // an admin ends a conflict: keep the hub's version, take the door's change, or delete the person

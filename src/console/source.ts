@@ -54,6 +54,8 @@ export interface ConsolePerson {
   updatedAt: string;
   /** The devices that hold this version (they applied the change that made it). */
   heldBy: string[];
+  /** Whether the person has a PIN for face+pin doors. */
+  pin: boolean;
 }
 
 export interface ConsoleErasure {
@@ -108,6 +110,8 @@ export interface ConsoleSource {
   conflicts(tenantId: string): Promise<ConsoleConflict[]>;
   /** Ends a conflict as an admin decided (hub/conflicts.ts); `error` says why it could not be. */
   resolveConflict(tenantId: string, changeId: string, resolution: ConflictResolution, admin: string): Promise<{ error: string | null }>;
+  /** Sets (null: removes) a person's PIN, audited with the admin's name; `error` says why it could not be. */
+  setPin(tenantId: string, externalUserId: string, pin: string | null, admin: string): Promise<{ error: string | null }>;
   /** Door events and the audit trail, newest first. */
   activity(tenantId: string, filter: ActivityFilter): Promise<ConsoleEvent[]>;
   admin(name: string): Promise<ConsoleAdmin | null>;

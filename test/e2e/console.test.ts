@@ -308,6 +308,33 @@ describe('the admin console at the hub (Chromium, a hub and two doors)', functio
     assert.equal(again.status(), 403, 'no CSRF token');
   });
 
+  it("issue 20: an admin sets and removes a person's PIN from the People page; audited, a change of the log every door applies, never in the clear", async function () {
+    const PIN = '604817';
+    const row = () => page.locator('main table tbody tr', { has: page.locator('th', { hasText: /^carol$/ }) });
+    await go('/console/people');
+    assert.equal(await row().locator('td').nth(2).innerText().then((t) => t.trim().startsWith('—')), true, 'no PIN yet');
+    await row().getByLabel('New PIN for carol (4 to 8 digits)').fill(PIN);
+    await Promise.all([page.waitForURL(/\/console\/people/), row().getByRole('button', { name: 'Set PIN' }).click()]);
+    assert.match(await row().innerText(), /yes/);
+    await shot('people-pin');
+    const held = async () => (await hub.store.pool.query<{ pin: object | null }>("SELECT pin FROM hub_users WHERE tenant_id = $1 AND external_user_id = 'carol'", [tenantId])).rows[0].pin;
+    assert.ok(await held(), 'the hub holds a sealed verifier');
+    assert.equal(JSON.stringify(await held()).includes(PIN), false, 'never the PIN');
+    await until(async () => (await Promise.all(['front', 'back'].map((d) => doors[d].service.store.pins.holders(tenantId, PIN)))).every((h) => h.join() === 'carol'), 20_000, "carol's PIN at both doors");
+    // a weak PIN is refused with the reason, and nothing changes
+    await row().getByLabel('New PIN for carol (4 to 8 digits)').fill('1111');
+    await Promise.all([page.waitForResponse((r) => r.url().endsWith('/console/people/pin')), row().getByRole('button', { name: 'Set PIN' }).click()]);
+    assert.match(await page.locator('body').innerText(), /choose a PIN that is not one digit repeated/);
+    await go('/console/people');
+    await Promise.all([page.waitForURL(/\/console\/people/), row().getByRole('button', { name: 'Remove the PIN of carol' }).click()]);
+    assert.equal(await held(), null);
+    await until(async () => (await Promise.all(['front', 'back'].map((d) => doors[d].service.store.pins.holders(tenantId, PIN)))).every((h) => h.length === 0), 20_000, "carol's PIN gone at both doors");
+    const audit = (await hub.store.pool.query<{ type: string; reason: string }>("SELECT type, reason FROM hub_audit_events WHERE tenant_id = $1 AND external_user_id = 'carol' AND type LIKE 'pin_%' ORDER BY created_at", [tenantId])).rows;
+    assert.deepEqual(audit.map((a) => [a.type, a.reason]), [['pin_set', 'by console ada'], ['pin_removed', 'by console ada']]);
+    const forged = await page.request.post(`${hub.url}/console/people/pin`, { form: { tenant: tenantId, user: 'carol', pin: PIN, action: 'set' }, headers: { origin: hub.url } });
+    assert.equal(forged.status(), 403, 'no CSRF token');
+  });
+
   it("issue 18, finding 6: failed sign-ins slow their own address, never the admin's, on every hub", async function () {
     const signIn = async (pw: string, from: string) => {
       const start = await fetch(`${hub.url}/console/signin`);
