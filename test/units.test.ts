@@ -17,6 +17,7 @@ import { openStore } from '../src/store/index.ts';
 import { PRIMARY_MODEL } from '../src/biometrics/matchers/index.ts';
 import { CAPTURE_REFRESH_MS, MAX_CAPTURES } from '../src/store/users.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
+import { ReplayGuard } from '../src/hub/replay-guard.ts';
 
 function randomUnit(seed: number): Float32Array {
   const v = new Float32Array(128);
@@ -369,5 +370,23 @@ describe('issue 18, finding 6: the sign-in throttle (per name and address)', fun
     assert.equal(await throttle.wait('ada', '198.51.100.7'), 0);
     await throttle.succeeded('ada', '198.51.100.7');
     assert.ok((await throttle.wait('ada', '203.0.113.9')) > 0);
+  });
+});
+
+describe("issue 21: the hub's replay guard takes a door's submissions in any order, each once", function () {
+  it('submissions and event batches out of order within the window: each taken once; a replay, one far behind, an older boot or a reordered state: refused', function () {
+    const guard = new ReplayGuard();
+    const at = (n: number, boot = 3) => ({ boot, n });
+    // the hub handles a burst concurrently: 2 and 3 are admitted before 1
+    assert.deepEqual([5, 7, 6, 2, 3, 1].map((n) => guard.take('k', 'submission', at(n), 3)), [true, true, true, true, true, true]);
+    assert.deepEqual([6, 1, 7].map((n) => guard.take('k', 'submission', at(n), 3)), [false, false, false], 'each once');
+    assert.equal(guard.take('k', 'submission', at(1000), 3), true);
+    assert.equal(guard.take('k', 'submission', at(700), 3), false, 'too far behind the newest');
+    assert.equal(guard.take('k', 'submission', at(900), 3), true, 'within the window');
+    assert.equal(guard.take('k', 'submission', at(2000, 2), 3), false, 'an older boot');
+    assert.equal(guard.take('k', 'submission', at(1, 4), 3), true, 'a new boot starts afresh');
+    // a state or a request: only newer than the last
+    assert.deepEqual([4, 6, 5, 6].map((n) => guard.take('k', 'state', at(n), 3)), [true, true, false, false]);
+    assert.deepEqual([4, 3].map((n) => guard.take('k', 'fetch', at(n), 3)), [true, false]);
   });
 });
