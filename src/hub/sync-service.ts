@@ -147,7 +147,8 @@ export class HubSync {
     private readonly store: HubStore,
     private readonly options: HubSyncOptions,
   ) {
-    this.#timer = setInterval(() => void this.publishHeads(), HEAD_INTERVAL_MS);
+    // the database may be away a moment (a failover): the next round publishes again
+    this.#timer = setInterval(() => void this.publishHeads().catch((err: Error) => options.logger.warn({ problem: err.message }, 'hub: cannot publish the heads now')), HEAD_INTERVAL_MS);
     this.#timer.unref();
   }
 
