@@ -34,3 +34,16 @@ export class ServiceError extends Error {
  * Its message says what is wrong and what to do; the CLI prints it as one line, with no stack.
  */
 export class OperatorError extends Error {}
+
+/** The database cannot take the request now (its server is down, or failing over): send it again shortly. */
+export class DatabaseUnavailableError extends OperatorError {}
+
+/** Whether an error means the database or the connection to it is gone (not that the query was wrong). */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  if (err instanceof DatabaseUnavailableError) return true;
+  const e = err as { code?: unknown; message?: unknown };
+  // 57P01-03: the server shuts down or cannot take connections; 25006: it is a standby now;
+  // 08xxx: connection exceptions
+  if (typeof e.code === 'string' && (/^57P0[1-3]$/.test(e.code) || e.code === '25006' || e.code.startsWith('08') || ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH'].includes(e.code))) return true;
+  return typeof e.message === 'string' && /Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(e.message);
+}

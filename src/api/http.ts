@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { z } from 'zod';
 import { ImageInputError, QueueFullError, WorkerTaskError } from '../biometrics/index.ts';
 import { loggableError } from '../core/logger.ts';
-import { type ErrorKind, ServiceError } from '../errors.ts';
+import { type ErrorKind, ServiceError, isDatabaseUnavailable } from '../errors.ts';
 import type { TenantAccess } from '../store/biometry-store.ts';
 import type { Tenant } from '../store/tenants.ts';
 
@@ -26,6 +26,7 @@ export const STATUS: Record<ErrorKind, number> = {
 /** The error a client sees for a failure we expect; null for anything else (a bare 500). */
 export function toServiceError(err: unknown): ServiceError | null {
   if (err instanceof ServiceError) return err;
+  if (isDatabaseUnavailable(err)) return new ServiceError('unavailable', 'database_unavailable', 'the database is not reachable (failing over?): send the request again in a few seconds', 2);
   if (err instanceof QueueFullError) {
     return new ServiceError('busy', 'engine_busy', 'the face engine is busy; retry shortly', err.retryAfterSeconds);
   }

@@ -24,6 +24,8 @@ import { MAX_ALLOWED_ORIGINS, groupNameSchema } from '../sync/protocol.ts';
 import { type ConflictResolution, resolveConflict } from '../hub/conflicts.ts';
 import { CommandError } from './errors.ts';
 import { setPinAtHub } from '../hub/pins.ts';
+import { type Replication, parseHubDatabaseUrl, replicationOf } from '../hub/database.ts';
+import type { Check } from '../device/doctor.ts';
 import { assertUsablePin } from '../users/service.ts';
 import { ServiceError } from '../errors.ts';
 import { stopOnSignals } from './stop-signals.ts';
@@ -302,6 +304,39 @@ export async function hubStatus(settings: Settings, opts: { tenant: string; data
       conflicts: (await store.conflicts(opts.tenant)).map((c) => ({ change_id: c.changeId, origin: c.origin, external_user_id: c.externalUserId, reason: c.reason })),
     };
   });
+}
+
+/**
+ * `authface hub doctor`: the hub's database, and whether what the hub acknowledges survives the
+ * loss of its server (README, "When the database or the broker fails").
+ */
+export async function hubDoctor(settings: Settings, opts: { databaseUrl?: string }): Promise<Check[]> {
+  const url = opts.databaseUrl ?? settings.AUTHFACE_HUB_DATABASE_URL;
+  if (!url) return [{ name: 'database', status: 'fail', detail: 'no database URL', fix: 'set AUTHFACE_HUB_DATABASE_URL or pass --database-url' }];
+  const hosts = parseHubDatabaseUrl(url).hosts.map((h) => h.label);
+  let replication: Replication;
+  try {
+    replication = await withHub(settings, opts.databaseUrl, (store) => replicationOf(store.pool));
+  } catch (err) {
+    return [{ name: 'database', status: 'fail', detail: (err as Error).message, fix: `start PostgreSQL on ${hosts.join(' or ')}, or correct the URL` }];
+  }
+  const checks: Check[] = [{ name: 'database', status: 'ok', detail: `writing to ${replication.server} (hosts: ${hosts.join(', ')})` }];
+  const standbys = replication.standbys.map((s) => `${s.name} ${s.state} ${s.syncState}`).join(', ') || 'none';
+  if (replication.mode === 'synchronous') {
+    checks.push({ name: 'replicas', status: 'ok', detail: `synchronous (synchronous_commit=${replication.synchronousCommit}, standbys: ${standbys}): an acknowledged change survives a failover` });
+  } else {
+    checks.push({
+      name: 'replicas',
+      status: 'warn',
+      detail:
+        replication.mode === 'asynchronous'
+          ? `asynchronous (standbys: ${standbys}): a failover may lose the last acknowledged changes`
+          : 'no standby: the database server is the fleet\'s single point of failure',
+      fix: "stream to a standby and set synchronous_standby_names (and synchronous_commit = on) on the primary; give the hub both hosts: postgresql://…@primary,standby/db?target_session_attrs=read-write (README, \"When the database or the broker fails\")",
+    });
+  }
+  if (hosts.length < 2) checks.push({ name: 'failover', status: 'warn', detail: 'the database URL names one host: after a failover the hub cannot find the new primary', fix: 'name every host in AUTHFACE_HUB_DATABASE_URL (host1,host2)' });
+  return checks;
 }
 
 /**

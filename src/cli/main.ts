@@ -406,6 +406,16 @@ hub
   .addOption(databaseUrl())
   .action(async (opts: { tenant: string; databaseUrl?: string }) => print(await (await hubCommands()).hubKey(loadSettings(), opts)));
 hub
+  .command('doctor')
+  .description("check the hub's database: the host it writes to, and whether an acknowledged change survives a failover (synchronous replication)")
+  .addOption(databaseUrl())
+  .action(async (opts: { databaseUrl?: string }) => {
+    const { formatChecks } = await import('../device/doctor.ts');
+    const checks = await (await hubCommands()).hubDoctor(loadSettings(), opts);
+    console.log(formatChecks(checks));
+    if (checks.some((c) => c.status === 'fail')) process.exitCode = 1;
+  });
+hub
   .command('status')
   .description("a tenant's log, its devices (online, lag, diverged) and the conflicts waiting for an admin")
   .requiredOption('--tenant <id>', 'tenant id')

@@ -127,7 +127,7 @@ export const settingsSpec = {
   },
   AUTHFACE_HUB_DATABASE_URL: {
     schema: z.string().regex(/^postgres(ql)?:\/\//, { error: 'a postgres:// URL' }).optional(),
-    doc: 'The hub only (`authface hub …`): its PostgreSQL database, e.g. `postgres://authface@db/authface`.',
+    doc: 'The hub only (`authface hub …`): its PostgreSQL database, e.g. `postgres://authface@db/authface`. With a primary and standbys, name every host: `postgres://authface@db1:5432,db2:5432/authface?target_session_attrs=read-write`; the hub writes to the one that accepts writes and finds the new one after a failover.',
   },
   AUTHFACE_HUB_BROKER_URL: {
     schema: z.string().regex(/^(mqtts?|wss?):\/\//, { error: 'use mqtt://, mqtts://, ws:// or wss://' }).optional(),

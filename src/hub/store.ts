@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { HubError } from './errors.ts';
+import { hubPool } from './database.ts';
 import { HubDevices } from './devices.ts';
 import { HubKeys, type TenantKey } from './keys.ts';
 import { EnvelopeError, type MessageAuth, type SealedTemplate, authenticate, resealTemplate } from '../sync/envelope.ts';
@@ -336,10 +337,8 @@ export class HubStore {
    * (`authface hub status`) but not sequence, since every change is authenticated.
    */
   static async open(databaseUrl: string, options: { masterKey?: Buffer; onIdleError?: (err: Error) => void } = {}): Promise<HubStore> {
-    const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
-    // an idle connection that the server drops (a restart, a failover) must not end the hub: the
-    // pool replaces it on the next query
-    pool.on('error', options.onIdleError ?? (() => undefined));
+    // one host, or a primary and its standbys: each connection goes to the writable one (hub/database.ts)
+    const pool = hubPool(databaseUrl, { max: 10, onIdleError: options.onIdleError });
     const store = new HubStore(pool, options.masterKey ?? null);
     try {
       await store.#migrate();
