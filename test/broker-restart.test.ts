@@ -5,19 +5,11 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { publicKeyFromBase64 } from '../src/access/signed-command.ts';
 import { normalize } from '../src/biometrics/embedding.ts';
-import { GalleryIndex } from '../src/biometrics/gallery.ts';
-import { EventBus } from '../src/core/events.ts';
-import { createLogger } from '../src/core/logger.ts';
 import { HubStore } from '../src/hub/store.ts';
-import { type Store, openStore } from '../src/store/index.ts';
-import { loadDeviceKey, loadSigningKey } from '../src/sync/device-key.ts';
-import { DeviceSync } from '../src/sync/device-sync.ts';
-import { unwrapTenantKey } from '../src/sync/envelope.ts';
 import { FLEET_MODEL } from '../src/sync/fleet-model.ts';
-import { TenantKeyring } from '../src/sync/keyring.ts';
 import { authface, serveHub, stop } from './support/cli.ts';
+import { type FailoverDoor, poll, startSyncDoor } from './support/failover-fleet.ts';
 import { freePort } from './support/mosquitto.ts';
 import { type TestDatabase, createTestDatabase } from './support/postgres.ts';
 
@@ -77,35 +69,10 @@ describe('issue 21: a Mosquitto restart during a stream', function () {
   let db: TestDatabase;
   let tenantId: string;
   let hub: (ChildProcess & { url: string }) | undefined;
-  const doors: { name: string; store: Store; sync: DeviceSync }[] = [];
-
-  const poll = async (check: () => boolean | Promise<boolean>, what: string, ms = 120_000) => {
-    const end = Date.now() + ms;
-    while (!(await check())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  };
+  const doors: FailoverDoor[] = [];
 
   async function startDoor(name: string): Promise<void> {
-    const dataDir = path.join(dir, name);
-    const keys = ['--public-key', loadDeviceKey(dataDir).publicKey, '--signing-key', loadSigningKey(dataDir).publicKey];
-    const wrapped = JSON.parse((await authface(['hub', 'wrap-key', '--tenant', tenantId, '--device', name, ...keys, '--database-url', db.url], hubEnv)).stdout);
-    const { hub_public_key } = JSON.parse((await authface(['hub', 'key', '--tenant', tenantId, '--database-url', db.url], hubEnv)).stdout) as { hub_public_key: string };
-    const store = openStore(dataDir, undefined);
-    store.tenants.create({ id: tenantId, name: 'acme', allowedOrigins: [], livenessMode: 'passive' });
-    const sync = DeviceSync.start(store, new GalleryIndex(), new EventBus(), {
-      deviceId: name,
-      tenantId,
-      url: broker.url,
-      prefix,
-      keyring: TenantKeyring.of(tenantId, unwrapTenantKey(wrapped.keys[0], loadDeviceKey(dataDir).privateKeyPem, { tenantId, deviceId: name })),
-      hubKey: publicKeyFromBase64(hub_public_key),
-      model: FLEET_MODEL,
-      logger: createLogger('silent'),
-    });
-    doors.push({ name, store, sync });
-    await poll(() => sync.connected, `${name} on the broker`, 10_000);
+    doors.push(await startSyncDoor({ name, dataDir: path.join(dir, name), tenantId, databaseUrl: db.url, hubEnv, brokerUrl: broker.url, prefix }));
   }
 
   /** A door's access decision, kept for the central store until the hub acknowledges it. */

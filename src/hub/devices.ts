@@ -172,11 +172,14 @@ export class HubDevices {
    * user set differs from the hub's has diverged: it is flagged, and `repair` says to tell it to
    * reload a snapshot (at once, then at most once per REPAIR_INTERVAL).
    */
-  async recordState(state: DeviceState): Promise<{ diverged: boolean; repair: boolean }> {
+  async recordState(state: DeviceState): Promise<{ diverged: boolean; ahead: boolean; repair: boolean }> {
     let diverged = false;
+    let ahead = false;
     const settled = state.applied_seq !== undefined && (state.pending ?? 0) === 0;
     const head = await this.store.headSeq(state.tenant_id);
-    if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === head) {
+    // a device that applied more than the log holds: the log was rewound (a database failover)
+    if (state.state === 'online' && state.applied_seq !== undefined && state.applied_seq > head) diverged = ahead = (await this.store.headSeq(state.tenant_id)) < state.applied_seq;
+    else if (state.state === 'online' && state.digest !== undefined && settled && state.applied_seq === head) {
       const digest = await this.store.digest(state.tenant_id);
       // the hub's digest at that same sequence: a change sequenced between the two reads moves the
       // head, and the state is then judged by the next one (a door is not repaired for being quick)
@@ -194,7 +197,7 @@ export class HubDevices {
        RETURNING $10::boolean AND repaired_at = now() AS repair`,
       [state.tenant_id, state.device_id, state.state, state.applied_seq ?? null, state.digest ?? null, state.users ?? null, state.model ?? null, state.version ?? null, state.boot ?? null, diverged, REPAIR_INTERVAL, state.doors ? JSON.stringify(state.doors) : null],
     );
-    return { diverged, repair: r.rows[0]?.repair === true };
+    return { diverged, ahead, repair: r.rows[0]?.repair === true };
   }
 
   /** The tenant's devices as the hub last heard them; a revoked one is `revoked` and holds no one, whatever it said last. */

@@ -251,8 +251,9 @@ export class HubSync {
       if (!msg.ok || msg.value.tenant_id !== tenantId || !own('state', msg.value, msg.raw, msg.value.state === 'offline')) {
         return this.options.logger.warn({ tenant: tenantId, device, problem: msg.ok ? "not the device's own (another device's topic, not signed by its key, or a replay)" : msg.problem }, 'hub: a device state was refused');
       }
-      const { diverged, repair } = await this.store.devices.recordState(msg.value);
-      if (diverged) this.options.logger.warn({ tenant: tenantId, device, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
+      const { diverged, ahead, repair } = await this.store.devices.recordState(msg.value);
+      if (ahead) this.options.logger.warn({ tenant: tenantId, device, applied_seq: msg.value.applied_seq, repair }, "hub: a device applied changes beyond the log's head (rewound by a database failover?); it loads a snapshot");
+      else if (diverged) this.options.logger.warn({ tenant: tenantId, device, repair }, "hub: a device's user set differs from the hub's at the same sequence (flagged; it reloads a snapshot)");
       if (repair) {
         // the snapshot makes the device hold exactly the hub's people, then the log follows
         const head = await this.store.headSeq(tenantId);
@@ -316,7 +317,10 @@ export class HubSync {
       if (signedForm) await this.#send(tenantId, topic, 'reply', { type: 'range', tenant_id: tenantId, head, ...range, ...bound, device_id: device });
       else await this.client.publishAsync(topic, json ?? JSON.stringify({ type: 'range', tenant_id: tenantId, head, ...range }), { qos: 1 });
     };
-    if ((after === 0 && head > 0) || after < (await this.store.compactedSeq(tenantId))) return send({ changes: [], snapshot: true });
+    // a device ahead of the log holds changes the log no longer has: the log was rewound (the
+    // database failed over and lost its last commits); the snapshot makes it hold the hub's people
+    if (after > head) this.options.logger.warn({ tenant: tenantId, device, applied_seq: after, head }, "hub: a device applied changes beyond the log's head (rewound by a database failover?); it loads a snapshot");
+    if ((after === 0 && head > 0) || after > head || after < (await this.store.compactedSeq(tenantId))) return send({ changes: [], snapshot: true });
     // several ranges per request, relayed as PostgreSQL writes them (a door far behind, or two
     // hundred reconnecting at once, must not cost the hub a round trip each)
     const limit = Math.min(request.limit, MAX_CHANGES_PER_BATCH);

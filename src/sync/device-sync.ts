@@ -129,6 +129,12 @@ export class DeviceSync {
   readonly #signingKey: DeviceSigningKey;
   /** The fetch or snapshot request in flight: only replies that carry its id are applied. */
   #request: { id: string; kind: 'fetch' | 'snapshot' } | null = null;
+  /**
+   * The head of a rewound log (the hub's database failed over and lost its last commits), as the
+   * hub's signed answer said when it had this device load a snapshot: that snapshot may be older
+   * than this device's cursor, and is taken. Null otherwise: a snapshot never takes the device back.
+   */
+  #rewoundHead: number | null = null;
   /** The highest sequence the hub's signed log or head has shown this device. */
   #seenSeq = 0;
   /** A complete snapshot is being made this device's copy. */
@@ -550,6 +556,13 @@ export class DeviceSync {
       if (msg.ok && !this.#fromHub('head', msg.raw)) return logger.warn({}, "sync: a head not signed by the hub's key was refused (forged or altered)");
       if (msg.ok) this.#seen(msg.value.seq);
       if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
+      // a head below what this door applied: the hub's log was rewound (its database failed over
+      // and lost the last changes); the hub answers the fetch with a snapshot to load
+      if (msg.ok && msg.value.seq < this.cursor && !this.replica.snapshot(this.options.tenantId)) {
+        // (usually a head that was overtaken on its way; the hub's answer says whether it was rewound)
+        logger.debug({ cursor: this.cursor, head: msg.value.seq }, "sync: a head below what this door applied; asking the hub");
+        this.fetch(true);
+      }
       // the hub announces its head when it (re)starts and every few seconds: a sign of life, so
       // what waits in the outbox goes now
       // the hub is alive: what waits, or went unacknowledged for FETCH_TIMEOUT_MS, goes now
@@ -571,6 +584,7 @@ export class DeviceSync {
         // the hub judged the people held here when their digest was this: if it still is, reload them
         if (reply.digest !== this.store.users.digest(tenantId).digest || this.replica.snapshot(tenantId)) return;
         logger.warn({ cursor: this.cursor, head: reply.head }, "sync: the hub found this device's people differ from its own; loading a snapshot");
+        this.#rewound(reply.head);
         this.replica.beginSnapshot(tenantId);
         this.fetch(true);
         return;
@@ -595,7 +609,7 @@ export class DeviceSync {
       }
       if (reply.type === 'snapshot') {
         // a snapshot never takes the device back behind what it has applied
-        if (reply.seq < this.cursor) return logger.warn({ seq: reply.seq, cursor: this.cursor }, 'sync: a snapshot older than this device\'s cursor was refused');
+        if (reply.seq < this.cursor && (this.#rewoundHead === null || reply.seq < this.#rewoundHead)) return logger.warn({ seq: reply.seq, cursor: this.cursor }, 'sync: a snapshot older than this device\'s cursor was refused');
         const chunk = this.replica.stageSnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
         this.#lastAnswerAt = Date.now();
@@ -608,7 +622,8 @@ export class DeviceSync {
       }
       this.#fetching = false;
       if (reply.snapshot) {
-        logger.info({ cursor: this.cursor, head: reply.head }, 'sync: loading a snapshot of the tenant (a new device, or behind the retained log)');
+        logger.info({ cursor: this.cursor, head: reply.head }, "sync: loading a snapshot of the tenant (a new device, behind the retained log, or ahead of a rewound log)");
+        this.#rewound(reply.head);
         this.replica.beginSnapshot(tenantId);
         this.fetch();
         return;
@@ -730,6 +745,7 @@ export class DeviceSync {
     this.#committing = true;
     try {
       const { applied, removed } = await this.replica.commitSnapshot(tenantId);
+      this.#rewoundHead = null;
       logger.info({ seq: this.cursor, applied, removed }, 'sync: snapshot loaded; the log follows from its sequence');
       this.#snapshotChecked(this.replica.checkSnapshot(tenantId));
     } catch (err) {
@@ -742,6 +758,15 @@ export class DeviceSync {
     // the state (its digest reads every user) is reported once the snapshot is complete
     this.#stateSoon();
     this.fetch();
+  }
+
+  /** The hub's signed answer had this device load a snapshot at `head`: below its cursor, the log was rewound. */
+  #rewound(head: number): void {
+    if (head >= this.cursor) return;
+    this.options.logger.warn({ cursor: this.cursor, head }, "sync: the hub's log was rewound below what this device applied (a database failover lost its last changes); loading its snapshot");
+    this.#rewoundHead = head;
+    // what this door made and the hub may have lost goes again (the hub sequences a change_id once)
+    this.#sentAt.clear();
   }
 
   /** The log reached the head a snapshot announced: a copy that is not the hub's there is loaded again. */

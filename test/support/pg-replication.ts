@@ -93,6 +93,20 @@ export class PgReplicaPair {
     await asPostgres('pg_ctl', ['-D', node.dataDir, '-l', path.join(this.dir, `${node.name}.log`), '-w', '-t', '60', 'start']);
   }
 
+  /**
+   * The standby stops streaming (its primary_conninfo emptied and reloaded): an asynchronous
+   * primary goes on committing what the standby will never have.
+   */
+  async detachStandby(): Promise<void> {
+    await this.query(this.standby, "ALTER SYSTEM SET primary_conninfo = ''");
+    await this.query(this.standby, 'SELECT pg_reload_conf()');
+    const until = Date.now() + 30_000;
+    while ((await this.query(this.primary, 'SELECT COUNT(*)::int AS n FROM pg_stat_replication')).rows[0].n > 0) {
+      if (Date.now() > until) throw new Error('the standby still streams');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   /** The primary's postmaster dies with SIGKILL (its children see it and end at once). */
   killPrimary(): void {
     const pid = Number(fs.readFileSync(path.join(this.primary.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
