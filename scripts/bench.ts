@@ -17,7 +17,7 @@
  *  9. a snapshot of 100,000 people to a new door (chunked, through Mosquitto), and peak memory;
  * 10. 200 simulated doors reconnecting at once after 1,000 changes: time to converge, and the hub's
  *     API latency meanwhile.
- * Options: --only cli|frames|search|http|door|queue|store|identify|sync|snapshot|reconnect|join|revoke (sync runs snapshot and reconnect too), --frames N (default 40).
+ * Options: --only cli|frames|search|http|door|queue|store|identify|sync|snapshot|reconnect|join|revoke|failover (sync runs snapshot and reconnect too), --frames N (default 40).
  */
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -869,6 +869,61 @@ async function benchCli(runs = 7): Promise<void> {
   }
 }
 
+/**
+ * A database failover (`--only failover`, issue 21): the hub on a primary streaming synchronously
+ * to a standby (two clusters of its own, test/support/pg-replication.ts), `authface hub serve`
+ * given both hosts, two doors sending 300 enrolments. The reference is the same stream with no
+ * failure, in the same run; then the primary dies with SIGKILL after 100 acknowledgements and the
+ * standby is promoted by command.
+ */
+async function benchFailover(): Promise<void> {
+  const { FailoverFleet, poll } = await import('../test/support/failover-fleet.ts');
+  const { HubStore } = await import('../src/hub/store.ts');
+  const fleet = await FailoverFleet.start({ synchronous: true, doors: ['front', 'back'] });
+  const ids = (prefix: string) => Array.from({ length: 300 }, (_, i) => `${prefix}${i}`);
+  try {
+    const hubStore = await HubStore.open(fleet.pair.url);
+    try {
+      let started = performance.now();
+      fleet.enrol('front', ids('ref'));
+      await fleet.converged(hubStore);
+      const reference = performance.now() - started;
+      fleet.acknowledged.clear();
+      started = performance.now();
+      fleet.enrol('front', ids('p'));
+      await poll(() => fleet.acknowledged.size >= 100, 'a hundred acknowledged');
+      const acknowledged = new Map(fleet.acknowledged);
+      fleet.pair.killPrimary();
+      const died = performance.now();
+      // what the doors make while no host takes writes waits in their outboxes
+      fleet.enrol('back', ids('q').slice(0, 50));
+      await fleet.pair.promoteStandby();
+      const promoted = performance.now();
+      const atPromotion = await fleet.head(fleet.pair.standby);
+      await poll(async () => (await fleet.head(fleet.pair.standby)) > atPromotion, 'a change on the promoted standby');
+      const firstOnNew = performance.now();
+      await fleet.converged(hubStore);
+      const converged = performance.now();
+      const held = new Map((await hubStore.pool.query<{ seq: string; change_id: string }>('SELECT seq, change_id FROM hub_changes WHERE tenant_id = $1', [fleet.tenantId])).rows.map((r) => [r.change_id, Number(r.seq)]));
+      const lost = [...acknowledged].filter(([changeId, seq]) => held.get(changeId) !== seq).length;
+      results.failover = {
+        stream: '300 enrolments from one door, applied by two; 50 more at the other while no host takes writes',
+        reference_stream_ms: Math.round(reference),
+        stream_with_failover_ms: Math.round(converged - started),
+        death_to_promoted_ms: Math.round(promoted - died),
+        death_to_first_change_on_promoted_ms: Math.round(firstOnNew - died),
+        first_change_to_every_door_converged_ms: Math.round(converged - firstOnNew),
+        acknowledged_before_death: acknowledged.size,
+        acknowledged_changes_lost: lost,
+      };
+    } finally {
+      await hubStore.close();
+    }
+  } finally {
+    await fleet.close();
+  }
+}
+
 if (!only || only === 'cli') await benchCli();
 if (!only || only === 'frames') await benchFrames();
 if (!only || only === 'search') benchSearch();
@@ -882,6 +937,7 @@ if (!only || only === 'sync' || only === 'snapshot') await benchSnapshot();
 if (!only || only === 'sync' || only === 'reconnect') await benchReconnect();
 if (!only || only === 'join') await benchJoin();
 if (!only || only === 'revoke') await benchRevoke();
+if (!only || only === 'failover') await benchFailover();
 await closeSharedAnalyzer();
 console.log(JSON.stringify(results, null, 2));
 process.exit(0);
