@@ -6,6 +6,19 @@ import { FailoverFleet, poll } from './support/failover-fleet.ts';
 
 const range = (prefix: string, n: number, from = 0) => Array.from({ length: n }, (_, i) => `${prefix}${from + i}`);
 
+/** A FailoverFleet for the suite (two doors), with the hub's output kept when a test fails. */
+function withFleet(options: { synchronous: boolean }): () => FailoverFleet {
+  let fleet: FailoverFleet | undefined;
+  before(async function () {
+    fleet = await FailoverFleet.start({ ...options, doors: ['front', 'back'] });
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && fleet) fs.writeFileSync('/tmp/hub-output.log', fleet.hubOutput);
+  });
+  after(async () => fleet?.close());
+  return () => fleet as FailoverFleet;
+}
+
 /**
  * Issue 21: the hub's database is a primary streaming to a standby (two PostgreSQL clusters of the
  * test's own). `authface hub serve` is given both hosts; two doors send a stream of enrolments and
@@ -13,18 +26,10 @@ const range = (prefix: string, n: number, from = 0) => Array.from({ length: n },
  */
 describe('issue 21: the hub on a synchronous standby, its primary killed mid-stream', function () {
   this.timeout(300_000);
-  let fleet: FailoverFleet;
-
-  before(async function () {
-    fleet = await FailoverFleet.start({ synchronous: true, doors: ['front', 'back'] });
-  });
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed') fs.writeFileSync('/tmp/hub-output.log', fleet.hubOutput);
-  });
-  after(async () => fleet?.close());
+  const fleetOf = withFleet({ synchronous: true });
 
   it('authface hub doctor says the database is replicated synchronously, and names both hosts', async function () {
-    const { pair, hubEnv } = fleet;
+    const { pair, hubEnv } = fleetOf();
     const { stdout } = await authface(['hub', 'doctor', '--database-url', pair.url], hubEnv);
     assert.match(stdout, new RegExp(`✓ database +writing to 127\\.0\\.0\\.1:${pair.primary.port}`));
     assert.match(stdout, /✓ replicas +synchronous \(synchronous_commit=on, standbys: standby streaming sync\)/);
@@ -33,6 +38,7 @@ describe('issue 21: the hub on a synchronous standby, its primary killed mid-str
   });
 
   it("killed mid-stream and the standby promoted: every acknowledged change is in the new log, no number twice, both doors end with the hub's people", async function () {
+    const fleet = fleetOf();
     const { pair, tenantId, acknowledged } = fleet;
     const [front, back] = fleet.doors;
     // 300 enrolments at the front door, and the back door deleting every sixth one once it holds it
@@ -84,22 +90,15 @@ describe('issue 21: the hub on a synchronous standby, its primary killed mid-str
 
 describe('issue 21: the hub on an asynchronous standby that lost the last changes', function () {
   this.timeout(300_000);
-  let fleet: FailoverFleet;
-
-  before(async function () {
-    fleet = await FailoverFleet.start({ synchronous: false, doors: ['front', 'back'] });
-  });
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed') fs.writeFileSync('/tmp/hub-output.log', fleet.hubOutput);
-  });
-  after(async () => fleet?.close());
+  const fleetOf = withFleet({ synchronous: false });
 
   it('authface hub doctor warns that a failover may lose acknowledged changes', async function () {
-    const { stdout } = await authface(['hub', 'doctor', '--database-url', fleet.pair.url], fleet.hubEnv);
+    const { stdout } = await authface(['hub', 'doctor', '--database-url', fleetOf().pair.url], fleetOf().hubEnv);
     assert.match(stdout, /! replicas +asynchronous \(standbys: standby streaming async\): a failover may lose the last acknowledged changes/);
   });
 
   it('the doors notice the rewound log (a head below what they applied), load a snapshot and end with exactly the hub\'s people; numbers given again are applied, not taken for duplicates', async function () {
+    const fleet = fleetOf();
     const { pair, tenantId } = fleet;
     const [front, back] = fleet.doors;
     fleet.enrol('front', range('p', 100));

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { HubError } from './errors.ts';
-import { DatabaseUnavailableError, isDatabaseUnavailable as isConnectionLoss } from '../errors.ts';
+import { DatabaseUnavailableError, isDatabaseUnavailable } from '../errors.ts';
 
 /**
  * The hub's connection pool, on one PostgreSQL server or on several (a primary and its standbys):
@@ -37,23 +37,21 @@ export function parseHubDatabaseUrl(url: string): HubDatabaseUrl {
 
 /** Which host of the list takes the hub's writes, found at the first connection and again after a loss. */
 class WritableHost {
-  #found: string | undefined;
+  #found: { host: string; port: number } | undefined;
 
   constructor(private readonly url: HubDatabaseUrl) {}
 
-  async connectionString(): Promise<string> {
+  async address(): Promise<{ host: string; port: number }> {
     if (this.#found) return this.#found;
-    if (this.url.hosts.length === 1 && this.url.targetSessionAttrs === 'any') return this.url.hosts[0].connectionString;
     const problems: string[] = [];
     for (const host of this.url.hosts) {
       const probe = new pg.Client({ connectionString: host.connectionString, connectionTimeoutMillis: 3000 });
       try {
+        // one host that may be anything: no need to ask it
+        if (this.url.hosts.length === 1 && this.url.targetSessionAttrs === 'any') return (this.#found = { host: probe.host, port: probe.port });
         await probe.connect();
         const r = await probe.query<{ transaction_read_only: string }>('SHOW transaction_read_only');
-        if (this.url.targetSessionAttrs === 'any' || r.rows[0].transaction_read_only === 'off') {
-          this.#found = host.connectionString;
-          return host.connectionString;
-        }
+        if (this.url.targetSessionAttrs === 'any' || r.rows[0].transaction_read_only === 'off') return (this.#found = { host: probe.host, port: probe.port });
         problems.push(`${host.label} is read-only (a standby)`);
       } catch (err) {
         problems.push(`${host.label}: ${(err as Error).message}`);
@@ -80,11 +78,11 @@ export function hubPool(databaseUrl: string, options: { max: number; onIdleError
     override connect(callback: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): void;
     override connect(callback?: ((err: Error) => void) | ((err: null, c: pg.Client) => void)): Promise<pg.Client> | void {
       const connecting = (async () => {
-        const found = new pg.Client({ connectionString: await target.connectionString() });
         // the pool made this client with the first host's parameters: aim it at the writable one
-        Object.assign(this, { host: found.host, port: found.port });
-        Object.assign((this as unknown as { connectionParameters: object }).connectionParameters, { host: found.host, port: found.port });
-        this.on('error', (err) => isConnectionLoss(err) && target.forget());
+        const found = await target.address();
+        Object.assign(this, found);
+        Object.assign((this as unknown as { connectionParameters: object }).connectionParameters, found);
+        this.on('error', (err) => isDatabaseUnavailable(err) && target.forget());
         try {
           await super.connect();
           return this;
@@ -102,7 +100,7 @@ export function hubPool(databaseUrl: string, options: { max: number; onIdleError
   // an idle connection that the server drops (a restart, a failover) must not end the hub: the
   // pool replaces it on the next query
   pool.on('error', (err) => {
-    if (isConnectionLoss(err)) target.forget();
+    if (isDatabaseUnavailable(err)) target.forget();
     options.onIdleError?.(err);
   });
   return pool;

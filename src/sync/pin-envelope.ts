@@ -23,9 +23,16 @@ export interface FleetPinBinding {
 const PIN_AAD = 'authface:fleet-pin:v1';
 const TAG_INFO = 'authface:fleet-pin-tag:v1';
 
+/** Each key version's tag key, derived once (a door computes a typed PIN's tag under every version it holds). */
+const tagKeys = new WeakMap<Buffer, Buffer>();
+
 /** The finding tag of `pin` under one version of the tenant key. */
 export function fleetPinTag(tenantKey: Buffer, tenantId: string, pin: string): number {
-  const tagKey = Buffer.from(crypto.hkdfSync('sha256', tenantKey, Buffer.alloc(0), TAG_INFO, 32));
+  let tagKey = tagKeys.get(tenantKey);
+  if (!tagKey) {
+    tagKey = Buffer.from(crypto.hkdfSync('sha256', tenantKey, Buffer.alloc(0), TAG_INFO, 32));
+    tagKeys.set(tenantKey, tagKey);
+  }
   return crypto.createHmac('sha256', tagKey).update(JSON.stringify([tenantId, pin])).digest().readUInt16BE(0);
 }
 
