@@ -68,10 +68,31 @@ class WritableHost {
 }
 
 /**
- * A pool whose every new connection goes to the writable host. A connection lost, or a host that
- * turned read-only, makes the next connection look again.
+ * The epoch of the log a server holds: its system identifier (the same on a primary and the
+ * standbys made from it) and its WAL timeline, which a promotion, or a recovery to a point in time,
+ * moves on. Changes sequenced under one epoch are a log no other epoch rewrites; a standby promoted
+ * without the primary's last commits starts a new epoch at a head below them. Null on a standby
+ * (nothing is sequenced there), or where the server does not say.
  */
-export function hubPool(databaseUrl: string, options: { max: number; onIdleError?: (err: Error) => void }): pg.Pool {
+const EPOCH_SQL = `SELECT system_identifier::text || '.' || CASE WHEN pg_is_in_recovery() THEN NULL
+                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END AS epoch
+                   FROM pg_control_system()`;
+
+async function epochOf(client: pg.Client): Promise<string | null> {
+  try {
+    return (await client.query<{ epoch: string | null }>(EPOCH_SQL)).rows[0]?.epoch ?? null;
+  } catch (err) {
+    if (isDatabaseUnavailable(err)) throw err;
+    return null; // a server that keeps its control data to itself (some managed services)
+  }
+}
+
+/**
+ * A pool whose every new connection goes to the writable host. A connection lost, or a host that
+ * turned read-only, makes the next connection look again. `onEpoch` hears the log's epoch of each
+ * new connection (a failover shows as a new one).
+ */
+export function hubPool(databaseUrl: string, options: { max: number; onIdleError?: (err: Error) => void; onEpoch?: (epoch: string | null) => void }): pg.Pool {
   const target = new WritableHost(parseHubDatabaseUrl(databaseUrl));
   class WritableHostClient extends pg.Client {
     override connect(): Promise<pg.Client>;
@@ -85,6 +106,7 @@ export function hubPool(databaseUrl: string, options: { max: number; onIdleError
         this.on('error', (err) => isDatabaseUnavailable(err) && target.forget());
         try {
           await super.connect();
+          if (options.onEpoch) options.onEpoch(await epochOf(this));
           return this;
         } catch (err) {
           target.forget();

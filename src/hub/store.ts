@@ -314,6 +314,10 @@ export class HubStore {
   /** The devices of each tenant: claims, joins, revocations and what they report. */
   readonly devices: HubDevices;
 
+  /** The epoch of the log the hub writes to (hub/database.ts: the server's system id and timeline). */
+  #epoch: string | null = null;
+  readonly #epochListeners: ((epoch: string, before: string | null) => void)[] = [];
+
   private constructor(
     readonly pool: pg.Pool,
     masterKey: Buffer | null,
@@ -338,8 +342,9 @@ export class HubStore {
    */
   static async open(databaseUrl: string, options: { masterKey?: Buffer; onIdleError?: (err: Error) => void } = {}): Promise<HubStore> {
     // one host, or a primary and its standbys: each connection goes to the writable one (hub/database.ts)
-    const pool = hubPool(databaseUrl, { max: 10, onIdleError: options.onIdleError });
-    const store = new HubStore(pool, options.masterKey ?? null);
+    const seen: { store?: HubStore } = {};
+    const pool = hubPool(databaseUrl, { max: 10, onIdleError: options.onIdleError, onEpoch: (epoch) => seen.store?.sawEpoch(epoch) });
+    const store = (seen.store = new HubStore(pool, options.masterKey ?? null));
     try {
       await store.#migrate();
       if (store.keys.masterKey) await store.#authenticateOldChanges();
@@ -352,6 +357,29 @@ export class HubStore {
 
   async close(): Promise<void> {
     await this.pool.end();
+  }
+
+  /**
+   * The epoch of the log (hub/database.ts), as the newest connection found it: every head, range,
+   * log message and snapshot chunk the hub sends carries it, and a door that sees another one than
+   * it follows checks its place in the log before it applies anything more. Null before the first
+   * connection, or on a server that does not say.
+   */
+  get epoch(): string | null {
+    return this.#epoch;
+  }
+
+  /** Calls `listener` when a connection finds the log in another epoch than the last (a failover). */
+  onEpochChange(listener: (epoch: string, before: string | null) => void): void {
+    this.#epochListeners.push(listener);
+  }
+
+  /** A connection found the log in `epoch` (hub/database.ts). */
+  sawEpoch(epoch: string | null): void {
+    if (epoch === null || epoch === this.#epoch) return;
+    const before = this.#epoch;
+    this.#epoch = epoch;
+    for (const listener of this.#epochListeners) listener(epoch, before);
   }
 
   /**
@@ -945,6 +973,30 @@ export class HubStore {
   async heads(): Promise<{ tenantId: string; seq: number }[]> {
     const r = await this.pool.query<{ tenant_id: string; seq: string }>('SELECT tenant_id, next_seq - 1 AS seq FROM hub_tenants');
     return r.rows.map((h) => ({ tenantId: h.tenant_id, seq: Number(h.seq) }));
+  }
+
+  /**
+   * An event of the hub's own audit trail that an admin must see (the console's activity lists it):
+   * never a person's face or template, and a deleted person's id is not kept.
+   */
+  async recordAlarm(tenantId: string, type: string, reason: string, doorId: string | null = null): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO hub_audit_events (tenant_id, id, type, flow, session_id, external_user_id, result, reason, score, factor, door_id)
+       VALUES ($1, $2, $3, NULL, NULL, NULL, 'alarm', $4, NULL, NULL, $5)`,
+      [tenantId, newEventId(), type, reason, doorId],
+    );
+  }
+
+  /** The version of a person the hub holds, and whether they are deleted (undefined: never enrolled here). */
+  async person(tenantId: string, externalUserId: string): Promise<{ version: number; deleted: boolean } | undefined> {
+    const r = await this.pool.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [tenantId, externalUserId]);
+    return r.rows[0];
+  }
+
+  /** The change_id of the tenant's change at `seq`; null when the log holds none there (beyond its head, or compacted). */
+  async changeIdAt(tenantId: string, seq: number): Promise<string | null> {
+    const r = await this.pool.query<{ change_id: string }>('SELECT change_id FROM hub_changes WHERE tenant_id = $1 AND seq = $2', [tenantId, seq]);
+    return r.rows[0]?.change_id ?? null;
   }
 
   /** The last sequence number given in the tenant (0 before the first change). */

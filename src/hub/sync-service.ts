@@ -156,6 +156,13 @@ export class HubSync {
     const clientOptions = syncClientOptions('authface-hub', { username: options.username, password: options.password, ...(options.ca ? { ca: options.ca } : {}) });
     const client = await mqtt.connectAsync(options.url, clientOptions);
     const hub = new HubSync(client, store, options);
+    // a failover: the doors hear the new epoch at once (they check their place in the log before
+    // they apply anything more), not at the next round of heads
+    store.onEpochChange((epoch, before) => {
+      if (before === null) return;
+      options.logger.warn({ epoch, before }, "hub: the database's log is in a new epoch (a failover or a recovery); the heads are published again");
+      void hub.publishHeads().catch((err: Error) => options.logger.warn({ problem: err.message }, 'hub: cannot publish the heads now'));
+    });
     const subscribe = async () => {
       // several hubs on one database share the work: each submission, fetch and event batch goes
       // to one of them (an MQTT shared subscription); device states (retained) go to all
@@ -207,7 +214,7 @@ export class HubSync {
 
   async #publishHead(tenantId: string, seq: number): Promise<void> {
     const topics = syncTopics(this.options.prefix, tenantId);
-    await this.#send(tenantId, topics.signedHead, 'head', { tenant_id: tenantId, seq }, { retain: true });
+    await this.#send(tenantId, topics.signedHead, 'head', { tenant_id: tenantId, seq, ...this.#epoch() }, { retain: true });
     if (await this.#hasUnsignedDevices(tenantId)) await this.client.publishAsync(topics.head, JSON.stringify({ tenant_id: tenantId, seq }), { qos: 1, retain: true });
   }
 
@@ -268,6 +275,7 @@ export class HubSync {
       if (!msg.ok) return this.options.logger.warn({ tenant: tenantId, device, problem: msg.problem }, 'hub: a submission was refused');
       if (!own('submission', msg.value, msg.raw)) return this.options.logger.warn({ tenant: tenantId, device }, "hub: a submission not the device's own (another device's topic, not signed by its key, or a replay) was refused");
       const { ack, change } = await this.#sequenceSubmission(tenantId, msg.value);
+      if (change && msg.value.lost_deletion) await this.#lostDeletion(tenantId, device, change);
       await this.#reply(tenantId, device, ack, signedForm(msg.raw));
       if (change) this.#queueChange(tenantId, change);
     } else if (kind === 'events') {
@@ -301,26 +309,41 @@ export class HubSync {
       const end = chunk.next === null && signedForm ? await this.store.headDigest(tenantId) : {};
       // a device of an earlier release takes the tenant's settings without the anti-spoofing floor
       const tenant = chunk.tenant && !signedForm ? { tenant: withoutPadThreshold(chunk.tenant) } : {};
-      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, ...tenant, more, ...end, ...(request_id ? { request_id } : {}) }, signedForm);
+      // a device of this release names the change at the chunk's head when it fetches from there
+      const seqChangeId = signedForm ? await this.store.changeIdAt(tenantId, chunk.seq) : null;
+      const epoch = signedForm ? { ...this.#epoch(), ...(seqChangeId ? { seq_change_id: seqChangeId } : {}) } : {};
+      await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, ...tenant, more, ...end, ...epoch, ...(request_id ? { request_id } : {}) }, signedForm);
       if (!more) break;
       after = chunk.next;
     }
   }
 
-  /** Answers a fetch: the ranges after the device's cursor, or "load a snapshot" for a new device or one behind the retained log. */
+  /**
+   * Answers a fetch: the ranges after the device's cursor; "load a snapshot" for a new device or
+   * one behind the retained log; `rewound` for a device whose place in the log is not the hub's.
+   */
   async #answerFetch(tenantId: string, device: string, request: z.output<typeof fetchRequestSchema>, signedForm: boolean): Promise<void> {
     const topic = syncTopics(this.options.prefix, tenantId).reply(device);
-    const head = await this.store.headSeq(tenantId);
+    let head = await this.store.headSeq(tenantId);
     const { after, request_id } = request;
     const bound = request_id ? { request_id } : {};
     const send = async (range: Record<string, unknown>, json?: string) => {
-      if (signedForm) await this.#send(tenantId, topic, 'reply', { type: 'range', tenant_id: tenantId, head, ...range, ...bound, device_id: device });
+      if (signedForm) await this.#send(tenantId, topic, 'reply', { type: 'range', tenant_id: tenantId, head, ...range, ...this.#epoch(), ...bound, device_id: device });
       else await this.client.publishAsync(topic, json ?? JSON.stringify({ type: 'range', tenant_id: tenantId, head, ...range }), { qos: 1 });
     };
-    // a device ahead of the log holds changes the log no longer has: the log was rewound (the
-    // database failed over and lost its last commits); the snapshot makes it hold the hub's people
-    if (after > head) this.options.logger.warn({ tenant: tenantId, device, applied_seq: after, head }, "hub: a device applied changes beyond the log's head (rewound by a database failover?); it loads a snapshot");
-    if ((after === 0 && head > 0) || after > head || after < (await this.store.compactedSeq(tenantId))) return send({ changes: [], snapshot: true });
+    // a device ahead of the log, or whose last change is not the log's at that number, applied
+    // changes the log no longer has: the log was rewound (the database failed over and lost its
+    // last commits), and the numbers after it may since have gone to other changes
+    const rewound = after > head || (request.after_change_id !== undefined && after > 0 && (await this.#otherChangeAt(tenantId, after, request.after_change_id)));
+    if (rewound) this.options.logger.warn({ tenant: tenantId, device, applied_seq: after, head }, "hub: a device applied changes the log no longer holds (rewound by a database failover); it compares its people with the hub's");
+    if (rewound && signedForm) {
+      // the device takes the hub's head if it holds the same people there, and loads a snapshot if not
+      const at = await this.store.headDigest(tenantId);
+      head = at.head;
+      const headChangeId = await this.store.changeIdAt(tenantId, head);
+      return send({ changes: [], rewound: true, digest: at.digest, ...(headChangeId ? { head_change_id: headChangeId } : {}) });
+    }
+    if ((after === 0 && head > 0) || rewound || after < (await this.store.compactedSeq(tenantId))) return send({ changes: [], snapshot: true });
     // several ranges per request, relayed as PostgreSQL writes them (a door far behind, or two
     // hundred reconnecting at once, must not cost the hub a round trip each)
     const limit = Math.min(request.limit, MAX_CHANGES_PER_BATCH);
@@ -334,6 +357,28 @@ export class HubSync {
       if (!more) break;
       from = page.last;
     }
+  }
+
+  /**
+   * A deletion a door had applied and the log lost in a failover, sequenced again: the admin is
+   * told (an alarm in the console's activity, and the hub's log), since the person was briefly
+   * back at the hub and at doors that loaded its snapshot.
+   */
+  async #lostDeletion(tenantId: string, device: string, change: Change): Promise<void> {
+    this.options.logger.error({ tenant: tenantId, device, seq: change.seq }, "hub: a deletion the database lost in a failover was sent again by a door and is sequenced again; the person is erased everywhere");
+    await this.store.recordAlarm(tenantId, 'deletion_lost', `a deletion lost in a database failover, sent again by ${device}, is sequenced again at ${change.seq}`, null);
+  }
+
+  /** Whether the log holds another change than `changeId` at `seq` (a number compacted away is not judged). */
+  async #otherChangeAt(tenantId: string, seq: number, changeId: string): Promise<boolean> {
+    const held = await this.store.changeIdAt(tenantId, seq);
+    return held !== null && held !== changeId;
+  }
+
+  /** The epoch of the log, for what the hub signs (left out while the database has not said). */
+  #epoch(): { epoch?: string } {
+    const epoch = this.store.epoch;
+    return epoch === null ? {} : { epoch };
   }
 
   /**
@@ -366,6 +411,12 @@ export class HubSync {
   async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
     const { device_id, change_id, body } = submission;
     if (body.kind === 'user.pin') return this.#sequencePin(tenantId, device_id, change_id, body);
+    if (submission.lost_deletion && body.kind === 'user.delete') {
+      // a door kept a person erased whom a snapshot brought back: lost only if the hub still holds them below that deletion
+      const held = await this.store.person(tenantId, body.external_user_id);
+      const lost = held !== undefined && !held.deleted && held.version < body.version;
+      if (!lost && !(await this.store.sequenced(tenantId, change_id))) return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'not_lost' } };
+    }
     // a retry of a change already sequenced is only acknowledged (the check ran the first time)
     const kind = submission.fleet_check;
     const checks = kind !== undefined && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
@@ -576,7 +627,7 @@ export class HubSync {
     const topics = syncTopics(this.options.prefix, tenantId);
     const unsigned = await this.#hasUnsignedDevices(tenantId);
     for (const batch of batches(changes)) {
-      await this.#send(tenantId, topics.signedLog, 'log', { tenant_id: tenantId, changes: batch });
+      await this.#send(tenantId, topics.signedLog, 'log', { tenant_id: tenantId, changes: batch, ...this.#epoch() });
       if (unsigned) await this.client.publishAsync(topics.log, JSON.stringify({ tenant_id: tenantId, changes: batch.map(forEarlierRelease) }), { qos: 1 });
     }
     await this.#publishHead(tenantId, Math.max(...changes.map((c) => c.seq)));

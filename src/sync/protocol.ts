@@ -39,6 +39,18 @@ const fromHub = {
   from: z.literal(HUB_SENDER).optional().describe('The sender: the hub (its key is the tenant\'s command key, which a device learned at join)'),
   ...signed,
 };
+/**
+ * The epoch of the hub's log: its database's system identifier and WAL timeline (hub/database.ts).
+ * A failover to a standby starts a new one; a standby that lacked the last commits gives their
+ * numbers to other changes, so a door that sees a new epoch checks its place in the log
+ * (`after_change_id`) before it applies anything more.
+ */
+export const epochSchema = z
+  .string()
+  .regex(/^[0-9]{1,20}\.[0-9]{1,10}$/, { error: 'an epoch is <system identifier>.<timeline>' })
+  .describe("The epoch of the hub's log (its database's system identifier and timeline); left out by a hub whose database does not say");
+const epoch = { epoch: epochSchema.optional() };
+
 const requestId = z.uuid().describe('Chosen by the device for each request: the replies carry it, and a device applies only replies to the requests it sent');
 /** The device a reply is for: a reply sent to another device's topic is refused. */
 const addressee = z.string().min(1).max(64).optional().describe('The device that asked');
@@ -202,6 +214,7 @@ export const changeBatchSchema = z
   .strictObject({
     tenant_id: z.uuid(),
     changes: z.array(changeSchema).min(1).max(MAX_CHANGES_PER_BATCH),
+    ...epoch,
     ...fromHub,
   })
   .meta({ id: 'SyncChangeBatch', description: 'Changes of one tenant in order (the hub publishes them, a device fetches a range)' });
@@ -256,6 +269,10 @@ export const submissionSchema = z
     body: z.discriminatedUnion('kind', [userUpsertSchema, userDeleteSchema, userTemplatesSchema, userPinSchema]).describe(
       'A change made at the device. `user.pin`: a PIN set or removed at a door while it waits (never queued): sequenced only for a person enrolled at the hub (`user_not_found`), with a verifier sealed under the current key version (`stale_key`), and a removal only of a PIN the hub holds (`pin_not_found`)',
     ),
+    lost_deletion: z
+      .literal(true)
+      .optional()
+      .describe("A `user.delete` this door had applied that the hub's log no longer holds (its database failed over without it): the door keeps the person erased and sends the deletion again; the hub sequences it and reports it to the admin (audit `deletion_lost`)"),
     fleet_check: z
       .enum(['enroll', 'update'])
       .optional()
@@ -276,6 +293,10 @@ export const fetchRequestSchema = z
   .strictObject({
     device_id: z.string().min(1).max(64),
     after: z.int().min(0),
+    after_change_id: z
+      .uuid()
+      .optional()
+      .describe("The change_id of the change at `after`, as this device applied it: the hub answers `rewound` when its log holds another change there, or none (the log was rewound by a failover)"),
     limit: z.int().min(1).max(MAX_CHANGES_PER_BATCH),
     batches: z.int().min(1).max(MAX_CHUNKS_PER_REQUEST).default(1).describe('Ranges of `limit` changes the hub sends in a row for this request'),
     models: z
@@ -317,7 +338,7 @@ export const snapshotUserSchema = userUpsertSchema.omit({ kind: true }).extend({
   pin: fleetPinSchema.optional().describe("The person's PIN (left out when none, and for a device that does not take PINs)"),
 });
 
-export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0), ...fromHub }).meta({ id: 'SyncHead' });
+export const headSchema = z.strictObject({ tenant_id: z.uuid(), seq: z.int().min(0), ...epoch, ...fromHub }).meta({ id: 'SyncHead' });
 
 /** At most this many door events in one message. */
 export const MAX_EVENTS_PER_BATCH = 100;
@@ -371,6 +392,13 @@ export const replySchema = z
       changes: z.array(changeSchema).max(MAX_CHANGES_PER_BATCH),
       snapshot: z.boolean().optional().describe('The device is new, or the log before its cursor is compacted: load a snapshot, then the log after it'),
       more: z.boolean().optional().describe('More ranges answer the same fetch (ask again only after the last)'),
+      rewound: z
+        .boolean()
+        .optional()
+        .describe("The log holds another change at the fetch's `after`, or none (a failover lost the changes after some point): the device compares its people with `digest` at `head`, takes that head if they are the same, and loads a snapshot if not"),
+      digest: z.string().regex(/^[0-9a-f]{64}$/).optional().describe("With `rewound`: the digest of the hub's people at `head`"),
+      head_change_id: z.uuid().optional().describe('With `rewound`: the change_id of the change at `head`'),
+      ...epoch,
       request_id: requestId.optional(),
       device_id: addressee,
       ...fromHub,
@@ -380,6 +408,7 @@ export const replySchema = z
       type: z.literal('snapshot'),
       tenant_id: z.uuid(),
       seq: z.int().min(0).describe("The tenant's head when the chunk was read: the first chunk's is where the log resumes"),
+      seq_change_id: z.uuid().optional().describe('The change_id of the change at `seq` (left out at 0): the device names it when it fetches from there'),
       after: z.string().max(128).nullable().describe('The request this answers (a duplicate or late answer is recognised and ignored)'),
       users: z.array(snapshotUserSchema).max(MAX_USERS_PER_CHUNK),
       tenant: tenantSettingsSchema.omit({ kind: true }).optional().describe("The tenant's settings as of `seq` (with the first chunk)"),
@@ -387,6 +416,7 @@ export const replySchema = z
       more: z.boolean().describe('More chunks answer the same request (ask again only after the last)'),
       head: z.int().min(0).optional().describe("With the last chunk (`next` null): the hub's head when it was read. The device makes the snapshot its copy only once every chunk is in, then follows the log; at this head it must hold exactly the people of `digest`, or it loads the snapshot again"),
       digest: z.string().regex(/^[0-9a-f]{64}$/).optional().describe("With the last chunk: the digest of the hub's people at `head` (as a device state's `digest`)"),
+      ...epoch,
       auth: authSchema,
       request_id: requestId.optional(),
       device_id: addressee,
