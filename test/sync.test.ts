@@ -108,6 +108,18 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     await db?.drop();
   });
 
+  it("issue 21: the log's epoch is the database's system identifier and timeline, read on each connection", async function () {
+    const r = await hub.pool.query<{ sys: string; wal: string }>('SELECT system_identifier::text AS sys, pg_walfile_name(pg_current_wal_lsn()) AS wal FROM pg_control_system()');
+    assert.equal(hub.epoch, `${r.rows[0].sys}.${parseInt(r.rows[0].wal.slice(0, 8), 16)}`);
+    // a connection that finds another epoch (a promoted standby) is announced once
+    const heard: string[] = [];
+    hub.onEpochChange((epoch, before) => heard.push(`${before} -> ${epoch}`));
+    hub.sawEpoch(hub.epoch);
+    hub.sawEpoch(`${r.rows[0].sys}.99`);
+    hub.sawEpoch(`${r.rows[0].sys}.99`);
+    assert.deepEqual(heard, [`${r.rows[0].sys}.${parseInt(r.rows[0].wal.slice(0, 8), 16)} -> ${r.rows[0].sys}.99`]);
+  });
+
   it('two hub processes appending at once: 1..N, no number twice, none skipped', async function () {
     const other = await HubStore.open(db.url, { masterKey }); // a second hub on the same database (its own pool)
     try {
@@ -334,7 +346,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       const first = chunk({ seq: 40, after: null, users: [user('alice', 3), user('bob', 1)], next: 'bob', more: true });
       assert.deepEqual(replica.stageSnapshotChunk(tenantId, first), { staged: 2, complete: false, ignored: false });
       assert.deepEqual(replica.stageSnapshotChunk(tenantId, first), { staged: 0, complete: false, ignored: true }, 'a duplicate of the first chunk');
-      assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob', complete: false }, 'the progress, in the database');
+      assert.deepEqual(replica.snapshot(tenantId), { snapshotSeq: 40, afterUser: 'bob', complete: false, epoch: null }, 'the progress, in the database');
       assert.equal(replica.cursor(tenantId), 2, 'the cursor waits for the last chunk');
       assert.equal(store.users.get(tenantId, 'alice')?.version, 1, 'nothing of a snapshot is applied before its last chunk');
       assert.equal(store.users.get(tenantId, 'bob'), undefined);
@@ -343,7 +355,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       assert.deepEqual(replica.stageSnapshotChunk(tenantId, last), { staged: 1, complete: true, ignored: false });
       assert.equal(replica.stageSnapshotChunk(tenantId, first).ignored, true, 'a complete snapshot takes no chunk (the first chunk\'s `after` is null again)');
       assert.equal(store.users.get(tenantId, 'carol'), undefined, 'staged, not yet applied');
-      assert.deepEqual(await replica.commitSnapshot(tenantId, 1), { applied: 3, removed: 1 });
+      assert.deepEqual(await replica.commitSnapshot(tenantId, 1), { applied: 3, removed: 1, lostDeletions: 0 });
       assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
       assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM sync_snapshot_users').get() as { n: number }).n, 0, 'nothing staged is left');
       assert.equal(replica.snapshot(tenantId), undefined);
@@ -354,6 +366,41 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
     } finally {
       await sync.close();
     }
+  });
+
+  it('issue 21: a batch with another change at the number this door applied last is not applied (the log was rewound): forked', function () {
+    const a = change(upsert('alice', 1));
+    const b = change(upsert('bob', 1));
+    replica.apply(tenantId, [a, b]);
+    assert.deepEqual(replica.position(tenantId), { seq: 2, changeId: b.change_id, epoch: null }, 'the place names the change applied there');
+    // the same numbers given to other changes by a promoted standby
+    const other = change(upsert('carol', 1), 2);
+    const next = change(upsert('dave', 1), 3);
+    const result = replica.apply(tenantId, [other, next]);
+    assert.deepEqual([result.forked, result.applied, result.cursor], [true, 0, 2]);
+    assert.equal(store.users.get(tenantId, 'dave'), undefined, 'nothing after the fork is applied');
+    // a redelivery of the change it did apply is a plain duplicate
+    assert.deepEqual(replica.apply(tenantId, [b]), { applied: 0, duplicates: 1, gap: null, refused: null, cursor: 2 });
+  });
+
+  it('issue 21: a snapshot of a log that lost a deletion does not bring the person back: the deletion joins the outbox again, marked lost', async function () {
+    const user = (id: string, version: number) => snapshotUserSchema.parse(Object.fromEntries(Object.entries(upsert(id, version)).filter(([k]) => k !== 'kind')));
+    replica.apply(tenantId, [change(upsert('alice', 1)), change(upsert('bob', 1)), change({ kind: 'user.delete', external_user_id: 'bob', version: 2 })]);
+    assert.equal(store.users.get(tenantId, 'bob'), undefined);
+    // the hub, rewound by a failover, holds bob at version 1 again (and alice)
+    replica.beginSnapshot(tenantId);
+    replica.stageSnapshotChunk(tenantId, chunk({ seq: 2, after: null, users: [user('alice', 1), user('bob', 1)], next: null, more: false, epoch: '7.2' }));
+    assert.deepEqual(await replica.commitSnapshot(tenantId), { applied: 0, removed: 0, lostDeletions: 1 });
+    assert.equal(store.users.get(tenantId, 'bob'), undefined, 'bob stays erased');
+    assert.ok(!index.of(tenantId).ids().includes('bob'));
+    assert.deepEqual(store.db.prepare('SELECT external_user_id, kind, version, lost FROM sync_outbox').all(), [{ external_user_id: 'bob', kind: 'delete', version: 2, lost: 1 }]);
+    assert.deepEqual(replica.position(tenantId), { seq: 2, changeId: null, epoch: '7.2' }, "the snapshot's epoch is the one followed now");
+    // a person the hub enrolled again since (a higher version) comes back as usual
+    store.db.prepare('DELETE FROM sync_outbox').run(); // the hub acknowledged the deletion
+    replica.beginSnapshot(tenantId);
+    replica.stageSnapshotChunk(tenantId, chunk({ seq: 5, after: null, users: [user('alice', 1), user('bob', 3)], next: null, more: false }));
+    assert.equal((await replica.commitSnapshot(tenantId)).lostDeletions, 0);
+    assert.equal(store.users.get(tenantId, 'bob')?.version, 3);
   });
 
   it('while a snapshot loads, a deletion of the log is applied at once and a chunk read before it does not bring the person back', async function () {

@@ -212,6 +212,18 @@ const migrations: readonly (string | ((db: Db, ctx: MigrationContext) => void))[
   `ALTER TABLE tenants ADD COLUMN pad_threshold REAL CHECK (pad_threshold BETWEEN 0 AND 1);`,
   // a fleet PIN (the hub's log): its tag is keyed by this version of the tenant key (NULL: by this device's master key)
   `ALTER TABLE user_pins ADD COLUMN key_version INTEGER;`,
+  // where this device is in the hub's log (sync/replica.ts): the change it applied last and the
+  // log's epoch, checked with the hub when the epoch changes (a database failover may rewind the
+  // log); the deletions it applied or made (under the keyed pseudonym of the tombstone), so a
+  // snapshot of a rewound log cannot bring a deleted person back; and an outbox deletion sent again
+  // because the hub's log lost it
+  `ALTER TABLE sync_cursors ADD COLUMN change_id TEXT;
+   ALTER TABLE sync_cursors ADD COLUMN epoch TEXT;
+   ALTER TABLE sync_snapshots ADD COLUMN epoch TEXT;
+   ALTER TABLE sync_snapshots ADD COLUMN seq_change_id TEXT;
+   ALTER TABLE sync_outbox ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;
+   CREATE TABLE sync_erasures (tenant_id TEXT NOT NULL, pseudonym TEXT NOT NULL, version INTEGER NOT NULL, seq INTEGER, epoch TEXT, erased_at TEXT NOT NULL,
+                               PRIMARY KEY (tenant_id, pseudonym));`,
 ];
 
 /**

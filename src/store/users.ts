@@ -90,6 +90,11 @@ export class UserStore {
     readonly models: readonly ModelId[] = MATCHERS.map((m) => m.id),
   ) {}
 
+  /** The keyed pseudonym a person's tombstone is kept under once they are deleted. */
+  pseudonym(tenantId: string, externalUserId: string): string {
+    return this.cipher.pseudonym(tenantId, externalUserId);
+  }
+
   #sql(text: string): Statement {
     let statement = this.#statements.get(text);
     if (!statement) {

@@ -137,6 +137,14 @@ export class DeviceSync {
   #rewoundHead: number | null = null;
   /** The highest sequence the hub's signed log or head has shown this device. */
   #seenSeq = 0;
+  /**
+   * The hub's log is in another epoch than this device follows (its database failed over), or
+   * holds another change at this device's place: nothing more is applied until the hub has
+   * checked that place (#fetch names it), or this device holds the hub's people again.
+   */
+  #reconciling = false;
+  /** The epoch that started the reconciliation, if one did: an answer of the epoch before it settles nothing. */
+  #newEpoch: string | null = null;
   /** A complete snapshot is being made this device's copy. */
   #committing = false;
   /** Messages this device signed in this boot (their `sent` mark). */
@@ -164,6 +172,7 @@ export class DeviceSync {
     store.users.changeJournal = (c) => {
       if (c.tenantId !== options.tenantId) return;
       if (c.kind === 'upsert' && this.#sequencedAtHub.delete(`${c.externalUserId}:${c.version}`)) return;
+      if (c.kind === 'delete') this.replica.recordErasure(c.tenantId, c.externalUserId, c.version);
       store.db
         .prepare('INSERT INTO sync_outbox (change_id, tenant_id, external_user_id, kind, version, created_at) VALUES (?, ?, ?, ?, ?, ?)')
         .run(crypto.randomUUID(), c.tenantId, c.externalUserId, c.kind, c.version, new Date().toISOString());
@@ -355,7 +364,9 @@ export class DeviceSync {
       return;
     }
     this.#request = { id: request_id, kind: 'fetch' };
-    const request = { device_id: deviceId, after: this.cursor, limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), pins: true, request_id };
+    // the change at the cursor is named: the hub says when its log holds another there (rewound)
+    const { seq: after, changeId } = this.replica.position(this.options.tenantId);
+    const request = { device_id: deviceId, after, ...(changeId ? { after_change_id: changeId } : {}), limit: MAX_CHANGES_PER_BATCH, batches: MAX_CHUNKS_PER_REQUEST, models: this.#takes(), pins: true, request_id };
     this.client.publish(topics.fetch(deviceId), JSON.stringify(this.#signRequest('fetch', request)), { qos: 1 });
   }
 
@@ -372,8 +383,8 @@ export class DeviceSync {
     const topics = syncTopics(this.options.prefix, tenantId);
     const now = Date.now();
     const rows = this.store.db
-      .prepare('SELECT change_id, external_user_id, kind, version FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid LIMIT ?')
-      .all(tenantId, OUTBOX_WINDOW * 2) as { change_id: string; external_user_id: string; kind: LocalUserChange['kind']; version: number }[];
+      .prepare('SELECT change_id, external_user_id, kind, version, lost FROM sync_outbox WHERE tenant_id = ? ORDER BY rowid LIMIT ?')
+      .all(tenantId, OUTBOX_WINDOW * 2) as { change_id: string; external_user_id: string; kind: LocalUserChange['kind']; version: number; lost: number }[];
     let inFlight = [...this.#sentAt.values()].filter((at) => now - at < FETCH_TIMEOUT_MS).length;
     for (const r of rows) {
       if (inFlight >= OUTBOX_WINDOW) break;
@@ -400,7 +411,8 @@ export class DeviceSync {
       }
       this.#sentAt.set(r.change_id, now);
       inFlight++;
-      this.client.publish(topics.submit(deviceId), JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body })), { qos: 1 });
+      const lost = r.lost === 1 ? { lost_deletion: true as const } : {};
+      this.client.publish(topics.submit(deviceId), JSON.stringify(this.#signed('submission', { device_id: deviceId, change_id: r.change_id, body, ...lost })), { qos: 1 });
     }
   }
 
@@ -549,16 +561,19 @@ export class DeviceSync {
       this.#seen(msg.value.changes.at(-1)!.seq);
       // while a snapshot loads, the log after it is fetched once it is done; a deletion is applied at once
       if (this.replica.snapshot(tenantId)) return void this.replica.eraseDuringSnapshot(tenantId, msg.value.changes);
+      // a log of another epoch is applied only once the hub has checked this device's place in it
+      if (!this.#sameEpoch(msg.value.epoch)) return;
       // the signed log carries each person's further templates (the unsigned one does not)
       this.#apply(msg.value.changes);
     } else if (topic === topics.signedHead) {
       const msg = parseMessage(headSchema, payload);
       if (msg.ok && !this.#fromHub('head', msg.raw)) return logger.warn({}, "sync: a head not signed by the hub's key was refused (forged or altered)");
       if (msg.ok) this.#seen(msg.value.seq);
-      if (msg.ok && msg.value.seq > this.cursor) this.fetch(true);
+      // a head of another epoch: this device's place is checked first (#sameEpoch fetches)
+      if (msg.ok && this.#sameEpoch(msg.value.epoch) && msg.value.seq > this.cursor) this.fetch(true);
       // a head below what this door applied: the hub's log was rewound (its database failed over
       // and lost the last changes); the hub answers the fetch with a snapshot to load
-      if (msg.ok && msg.value.seq < this.cursor && !this.replica.snapshot(this.options.tenantId)) {
+      if (msg.ok && !this.#reconciling && msg.value.seq < this.cursor && !this.replica.snapshot(this.options.tenantId)) {
         // (usually a head that was overtaken on its way; the hub's answer says whether it was rewound)
         logger.debug({ cursor: this.cursor, head: msg.value.seq }, "sync: a head below what this door applied; asking the hub");
         this.fetch(true);
@@ -610,6 +625,14 @@ export class DeviceSync {
       if (reply.type === 'snapshot') {
         // a snapshot never takes the device back behind what it has applied
         if (reply.seq < this.cursor && (this.#rewoundHead === null || reply.seq < this.#rewoundHead)) return logger.warn({ seq: reply.seq, cursor: this.cursor }, 'sync: a snapshot older than this device\'s cursor was refused');
+        // chunks of two epochs are not one snapshot (the hub failed over while this device loaded it)
+        const loading = this.replica.snapshot(tenantId);
+        if (reply.epoch && loading?.epoch && reply.epoch !== loading.epoch) {
+          logger.warn({ epoch: reply.epoch, loading: loading.epoch }, "sync: the hub's log changed epoch while a snapshot loaded; it is loaded again");
+          this.replica.restartSnapshot(tenantId);
+          this.#fetching = false;
+          return this.fetch(true);
+        }
         const chunk = this.replica.stageSnapshotChunk(tenantId, reply);
         if (chunk.ignored) return;
         this.#lastAnswerAt = Date.now();
@@ -621,6 +644,7 @@ export class DeviceSync {
         return;
       }
       this.#fetching = false;
+      if (reply.rewound) return this.#reconcile(reply);
       if (reply.snapshot) {
         logger.info({ cursor: this.cursor, head: reply.head }, "sync: loading a snapshot of the tenant (a new device, behind the retained log, or ahead of a rewound log)");
         this.#rewound(reply.head);
@@ -629,6 +653,8 @@ export class DeviceSync {
         return;
       }
       if (this.replica.snapshot(tenantId)) return; // a range asked for before the snapshot began
+      // the hub answered a fetch that named this device's place (after, after_change_id) in its log: that place is in this epoch too
+      if (!this.#settleEpoch(reply.epoch)) return;
       this.#apply(reply.changes);
       if (reply.more) {
         this.#fetching = true; // the rest of this fetch is on its way
@@ -744,9 +770,15 @@ export class DeviceSync {
     if (this.#committing) return;
     this.#committing = true;
     try {
-      const { applied, removed } = await this.replica.commitSnapshot(tenantId);
+      const { applied, removed, lostDeletions } = await this.replica.commitSnapshot(tenantId);
       this.#rewoundHead = null;
+      this.#reconciling = false;
+      this.#newEpoch = null;
       logger.info({ seq: this.cursor, applied, removed }, 'sync: snapshot loaded; the log follows from its sequence');
+      if (lostDeletions > 0) {
+        logger.error({ people: lostDeletions }, "sync: the hub's snapshot holds people this device had deleted (its log lost the deletions in a failover): they stay erased here, and the deletions are sent to the hub again");
+        this.flush();
+      }
       this.#snapshotChecked(this.replica.checkSnapshot(tenantId));
     } catch (err) {
       logger.error({ problem: (err as Error).message }, 'sync: a snapshot could not be made this device\'s copy; it is loaded again');
@@ -769,6 +801,69 @@ export class DeviceSync {
     this.#sentAt.clear();
   }
 
+  /**
+   * Whether a message of the hub's log (a head, a batch) is of the epoch this device follows, and
+   * nothing is being reconciled. A new epoch (the hub's database failed over) or a log that holds
+   * another change at this device's place: nothing more is applied, and the next fetch names this
+   * device's place so the hub can check it (#settleEpoch, #reconcile).
+   */
+  #sameEpoch(epoch: string | undefined): boolean {
+    const held = this.replica.position(this.options.tenantId).epoch;
+    if (epoch === undefined || epoch === held) return !this.#reconciling;
+    if (!this.#reconciling) {
+      const log = held === null ? 'debug' : 'warn';
+      this.options.logger[log]({ epoch, held, cursor: this.cursor }, "sync: the hub's log is in a new epoch (its database failed over); this device checks its place in it before it applies anything more");
+    }
+    // asked again at each message of the new epoch until the hub answers (a fetch in flight when
+    // the database failed may never be)
+    this.#newEpoch = epoch;
+    this.#reconcile();
+    return false;
+  }
+
+  /**
+   * The hub's answer to a fetch that named this device's place. No answer yet: the fetch goes now.
+   * `rewound`: the hub's log no longer holds that place (a failover lost the changes after some
+   * point): a device holding the hub's people at its head takes that head; any other loads the
+   * hub's snapshot, even one older than its cursor. Either way, what this device made and the hub
+   * did not acknowledge is sent again.
+   */
+  #reconcile(answer?: Extract<SyncReply, { type: 'range' }>): void {
+    const { tenantId, logger } = this.options;
+    this.#reconciling = true;
+    if (!answer) return this.fetch(true);
+    this.#sentAt.clear();
+    if (answer.digest === this.store.users.digest(tenantId).digest && this.pending() === 0) {
+      logger.warn({ cursor: this.cursor, head: answer.head }, "sync: the hub's log was rewound below this device's place, but this device holds the hub's people at its head: it goes on from there");
+      this.replica.takeHead(tenantId, answer.head, answer.head_change_id ?? null, answer.epoch ?? null);
+      this.#reconciling = false;
+      this.#newEpoch = null;
+      this.#stateSoon();
+    } else {
+      this.#rewound(answer.head);
+      this.replica.beginSnapshot(tenantId);
+    }
+    this.fetch();
+    this.flush();
+  }
+
+  /**
+   * A range answered a fetch that named this device's place: the hub's log holds it, so this
+   * device follows the log's epoch. False for an answer read before the epoch being reconciled
+   * began (late): it is not applied.
+   */
+  #settleEpoch(epoch: string | undefined): boolean {
+    const { tenantId } = this.options;
+    if (this.#newEpoch !== null && epoch !== this.#newEpoch) return false;
+    if (epoch !== undefined && this.replica.position(tenantId).epoch !== epoch) {
+      this.replica.adoptEpoch(tenantId, epoch);
+      if (this.#reconciling) this.options.logger.info({ epoch, cursor: this.cursor }, "sync: the hub's log in its new epoch holds this device's place; it follows the log from there");
+    }
+    this.#reconciling = false;
+    this.#newEpoch = null;
+    return true;
+  }
+
   /** The log reached the head a snapshot announced: a copy that is not the hub's there is loaded again. */
   #snapshotChecked(verdict: ApplyResult['snapshot']): void {
     if (verdict !== 'differs') return;
@@ -779,6 +874,10 @@ export class DeviceSync {
 
   #apply(changes: Parameters<Replica['apply']>[1]): void {
     const result = this.replica.apply(this.options.tenantId, changes);
+    if (result.forked) {
+      this.options.logger.warn({ cursor: this.cursor }, "sync: the hub's log holds another change at this device's place (rewound by a failover); this device checks its place before it applies anything more");
+      return this.#reconcile();
+    }
     this.#snapshotChecked(result.snapshot);
     if (result.snapshot === 'differs') return;
     if (result.applied > 0) this.#stateSoon();

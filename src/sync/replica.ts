@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import type { GalleryIndex } from '../biometrics/gallery.ts';
 import { type Embeddings, type ModelId, isModelId } from '../biometrics/matchers/index.ts';
 import type { Store } from '../store/index.ts';
@@ -9,13 +10,31 @@ import { type Change, type SnapshotUser, type SyncReply, type TenantSettings, CH
 
 type SnapshotChunk = Extract<SyncReply, { type: 'snapshot' }>;
 
+/** A person the hub holds whom this device had deleted at a later version: the hub's log lost the deletion. */
+interface LostDeletion {
+  externalUserId: string;
+  version: number;
+}
+
 /** A snapshot being loaded: the hub's head when it began (null before the first chunk) and the last user staged. */
 export interface SnapshotProgress {
   snapshotSeq: number | null;
   afterUser: string | null;
   /** The last chunk is staged: the snapshot is ready to be made this device's copy (Replica.commitSnapshot). */
   complete: boolean;
+  /** The epoch of the hub's log its chunks were read in (a chunk of another is not staged with them). */
+  epoch: string | null;
 }
+
+/** Where this device is in the hub's log: the last change applied, its change_id (null after a snapshot of an earlier release), and the log's epoch. */
+export interface LogPosition {
+  seq: number;
+  changeId: string | null;
+  epoch: string | null;
+}
+
+/** Erasures are remembered this long: a failover that lost one is noticed within seconds. */
+const ERASURES_KEPT_MS = 30 * 24 * 3600_000;
 
 export interface ApplyResult {
   /** Changes applied now, in order. */
@@ -30,6 +49,8 @@ export interface ApplyResult {
   cursor: number;
   /** The batch reached the head a snapshot announced: whether its digest matched (Replica.checkSnapshot). */
   snapshot?: 'matched' | 'differs' | 'unchecked';
+  /** The batch holds another change at the cursor's number than this device applied there: the log was rewound. */
+  forked?: true;
 }
 
 /**
@@ -61,8 +82,38 @@ export class Replica {
   }
 
   cursor(tenantId: string): number {
-    const row = this.store.db.prepare('SELECT applied_seq FROM sync_cursors WHERE tenant_id = ?').get(tenantId) as { applied_seq: number } | undefined;
-    return row?.applied_seq ?? 0;
+    return this.position(tenantId).seq;
+  }
+
+  position(tenantId: string): LogPosition {
+    const row = this.store.db.prepare('SELECT applied_seq, change_id, epoch FROM sync_cursors WHERE tenant_id = ?').get(tenantId) as { applied_seq: number; change_id: string | null; epoch: string | null } | undefined;
+    return { seq: row?.applied_seq ?? 0, changeId: row?.change_id ?? null, epoch: row?.epoch ?? null };
+  }
+
+  /** The hub confirmed this device's place in its log in `epoch` (its last change is the log's there). */
+  adoptEpoch(tenantId: string, epoch: string): void {
+    this.store.db.prepare('UPDATE sync_cursors SET epoch = ? WHERE tenant_id = ?').run(epoch, tenantId);
+  }
+
+  /**
+   * After a rewound log, this device holds exactly the hub's people at `head` (their digests are
+   * the same): it takes that head as its place, in the log's epoch, and follows the log from it.
+   */
+  takeHead(tenantId: string, head: number, changeId: string | null, epoch: string | null): void {
+    this.#moveTo(tenantId, head, changeId, epoch);
+  }
+
+  /**
+   * Remembers a deletion applied here (from the log at `seq`, or made here), under the tombstone's
+   * keyed pseudonym: a snapshot of a log that lost it must not bring the person back (#commitSlices).
+   */
+  recordErasure(tenantId: string, externalUserId: string, version: number, seq: number | null = null): void {
+    this.store.db
+      .prepare(
+        `INSERT INTO sync_erasures (tenant_id, pseudonym, version, seq, epoch, erased_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (tenant_id, pseudonym) DO UPDATE SET version = MAX(version, excluded.version), seq = excluded.seq, epoch = excluded.epoch, erased_at = excluded.erased_at`,
+      )
+      .run(tenantId, this.store.users.pseudonym(tenantId, externalUserId), version, seq, this.position(tenantId).epoch, new Date().toISOString());
   }
 
   /** Applies what follows the cursor; the batch may be out of order, duplicated or start ahead. */
@@ -130,21 +181,28 @@ export class Replica {
 
   #applyAll(tenantId: string, ordered: readonly Change[], after: (() => void)[]): ApplyResult {
     return this.store.db.transaction((): ApplyResult => {
-      let cursor = this.cursor(tenantId);
+      const held = this.position(tenantId);
+      let cursor = held.seq;
+      let changeId = held.changeId;
       let applied = 0;
       let duplicates = 0;
+      const done = (rest: Pick<ApplyResult, 'gap' | 'refused' | 'forked'>): ApplyResult => ({ applied, duplicates, ...rest, cursor: this.#moveTo(tenantId, cursor, changeId, held.epoch) });
       for (const change of ordered) {
+        // another change at the number this device applied last: the log was rewound, and what
+        // follows is not the log this device followed (DeviceSync checks its place with the hub)
+        if (change.seq === held.seq && held.changeId !== null && change.change_id !== held.changeId) return { ...done({ gap: null, refused: null }), forked: true };
         if (change.seq <= cursor) {
           duplicates++;
           continue;
         }
-        if (change.seq > cursor + 1) return { applied, duplicates, gap: { from: cursor + 1, to: change.seq - 1 }, refused: null, cursor: this.#moveTo(tenantId, cursor) };
+        if (change.seq > cursor + 1) return done({ gap: { from: cursor + 1, to: change.seq - 1 }, refused: null });
         const refusal = this.#applyOne(change, after);
-        if (refusal) return { applied, duplicates, gap: null, refused: { seq: change.seq, reason: refusal }, cursor: this.#moveTo(tenantId, cursor) };
+        if (refusal) return done({ gap: null, refused: { seq: change.seq, reason: refusal } });
         cursor = change.seq;
+        changeId = change.change_id;
         applied++;
       }
-      return { applied, duplicates, gap: null, refused: null, cursor: this.#moveTo(tenantId, cursor) };
+      return done({ gap: null, refused: null });
     })();
   }
 
@@ -163,6 +221,7 @@ export class Replica {
         return null;
       case 'user.delete':
         this.store.eraseUser(change.tenant_id, change.external_user_id, () => null);
+        this.recordErasure(change.tenant_id, change.external_user_id, change.version, change.seq);
         after.push(() => gallery.remove(change.external_user_id));
         return null;
       case 'user.groups':
@@ -257,10 +316,10 @@ export class Replica {
 
   /** The snapshot of the tenant being loaded here, if any (it survives a restart). */
   snapshot(tenantId: string): SnapshotProgress | undefined {
-    const row = this.store.db.prepare('SELECT snapshot_seq, after_user, complete FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as
-      | { snapshot_seq: number | null; after_user: string | null; complete: number }
+    const row = this.store.db.prepare('SELECT snapshot_seq, after_user, complete, epoch FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as
+      | { snapshot_seq: number | null; after_user: string | null; complete: number; epoch: string | null }
       | undefined;
-    return row && { snapshotSeq: row.snapshot_seq, afterUser: row.after_user, complete: row.complete === 1 };
+    return row && { snapshotSeq: row.snapshot_seq, afterUser: row.after_user, complete: row.complete === 1, epoch: row.epoch };
   }
 
   beginSnapshot(tenantId: string): void {
@@ -294,9 +353,13 @@ export class Replica {
         stage.run(tenantId, u.external_user_id, u.version, JSON.stringify(u));
       }
       const complete = chunk.next === null;
+      // the first chunk's head is where the log resumes: its change_id is the one this device's place is checked by
       this.store.db
-        .prepare('UPDATE sync_snapshots SET snapshot_seq = COALESCE(snapshot_seq, ?), after_user = ?, tenant = COALESCE(?, tenant), complete = ?, head_seq = ?, digest = ? WHERE tenant_id = ?')
-        .run(chunk.seq, chunk.next, chunk.tenant ? JSON.stringify(chunk.tenant) : null, complete ? 1 : 0, complete ? (chunk.head ?? null) : null, complete ? (chunk.digest ?? null) : null, tenantId);
+        .prepare(
+          `UPDATE sync_snapshots SET snapshot_seq = COALESCE(snapshot_seq, ?), seq_change_id = CASE WHEN snapshot_seq IS NULL THEN ? ELSE seq_change_id END,
+             epoch = COALESCE(epoch, ?), after_user = ?, tenant = COALESCE(?, tenant), complete = ?, head_seq = ?, digest = ? WHERE tenant_id = ?`,
+        )
+        .run(chunk.seq, chunk.seq_change_id ?? null, chunk.epoch ?? null, chunk.next, chunk.tenant ? JSON.stringify(chunk.tenant) : null, complete ? 1 : 0, complete ? (chunk.head ?? null) : null, complete ? (chunk.digest ?? null) : null, tenantId);
       return { staged: chunk.users.length, complete, ignored: false };
     })();
   }
@@ -305,7 +368,9 @@ export class Replica {
   restartSnapshot(tenantId: string): void {
     this.store.db.transaction(() => {
       this.store.db.prepare('DELETE FROM sync_snapshot_users WHERE tenant_id = ?').run(tenantId);
-      this.store.db.prepare('UPDATE sync_snapshots SET snapshot_seq = NULL, after_user = NULL, tenant = NULL, complete = 0, head_seq = NULL, digest = NULL WHERE tenant_id = ?').run(tenantId);
+      this.store.db
+        .prepare('UPDATE sync_snapshots SET snapshot_seq = NULL, seq_change_id = NULL, epoch = NULL, after_user = NULL, tenant = NULL, complete = 0, head_seq = NULL, digest = NULL WHERE tenant_id = ?')
+        .run(tenantId);
     })();
   }
 
@@ -330,6 +395,7 @@ export class Replica {
             const held = this.store.users.get(tenantId, d.external_user_id);
             if (held && held.version <= d.version) {
               this.store.eraseUser(tenantId, d.external_user_id, () => null);
+              this.recordErasure(tenantId, d.external_user_id, d.version, d.seq);
               after.push(() => gallery.remove(d.external_user_id));
               // a commit in progress may have written them before: its index update waits, so this follows it
               this.#committing?.push(() => gallery.remove(d.external_user_id));
@@ -358,16 +424,18 @@ export class Replica {
    * after it follows; the head and digest the hub announced with the last chunk are checked once
    * the log reaches that head (`apply`).
    */
-  async commitSnapshot(tenantId: string, slice = 256): Promise<{ applied: number; removed: number }> {
+  async commitSnapshot(tenantId: string, slice = 256): Promise<{ applied: number; removed: number; lostDeletions: number }> {
     const progress = this.snapshot(tenantId);
     if (!progress?.complete) throw new Error('snapshot: not complete');
     const pending = new Set(
       (this.store.db.prepare('SELECT DISTINCT external_user_id FROM sync_outbox WHERE tenant_id = ?').all(tenantId) as { external_user_id: string }[]).map((r) => r.external_user_id),
     );
     const after: (() => void)[] = [];
+    const lost: LostDeletion[] = [];
     this.#committing = after;
     try {
-      return { applied: await this.#commitSlices(tenantId, pending, after, slice), removed: this.#commitEnd(tenantId, pending, after) };
+      const applied = await this.#commitSlices(tenantId, pending, after, slice, lost);
+      return { applied, removed: this.#commitEnd(tenantId, pending, after, lost), lostDeletions: lost.length };
     } finally {
       // the index follows the database at once, after the last write (also if a write failed)
       this.#committing = null;
@@ -375,7 +443,9 @@ export class Replica {
     }
   }
 
-  async #commitSlices(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], slice: number): Promise<number> {
+  async #commitSlices(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], slice: number, lost: LostDeletion[]): Promise<number> {
+    const erasedHere = this.store.db.prepare('SELECT version, seq, epoch FROM sync_erasures WHERE tenant_id = ? AND pseudonym = ?');
+    const progress = this.snapshot(tenantId);
     const page = this.store.db.prepare('SELECT external_user_id, user FROM sync_snapshot_users WHERE tenant_id = ? AND external_user_id > ? ORDER BY external_user_id LIMIT ?');
     let applied = 0;
     let from = '';
@@ -392,6 +462,16 @@ export class Replica {
             for (const row of rows) {
               if (row.user === null) continue; // erased by the log during the load
               const u = JSON.parse(row.user) as SnapshotUser;
+              // deleted here at a later version than the hub's snapshot holds: never brought back. A
+              // deletion the log holds after the snapshot's head (same epoch) comes with the log; any
+              // other the hub's log may have lost (a failover): it goes to the hub again, which
+              // sequences it only if the person is still there (SyncSubmission.lost_deletion)
+              const erased = erasedHere.get(tenantId, this.store.users.pseudonym(tenantId, u.external_user_id)) as { version: number; seq: number | null; epoch: string | null } | undefined;
+              if (erased && erased.version > u.version && !this.store.users.get(tenantId, u.external_user_id)) {
+                const followsInLog = erased.seq !== null && erased.epoch === (progress?.epoch ?? null) && erased.seq > (progress?.snapshotSeq ?? 0);
+                if (!followsInLog) lost.push({ externalUserId: u.external_user_id, version: erased.version });
+                continue;
+              }
               this.store.groups.set(tenantId, u.external_user_id, u.groups ?? []);
               const pinRefusal = this.#applyPin(tenantId, u.external_user_id, u.pin);
               if (pinRefusal) throw new Error(`snapshot: the PIN of a user does not open (${pinRefusal})`);
@@ -410,8 +490,11 @@ export class Replica {
     return applied;
   }
 
-  /** The commit's last transaction: who the hub does not have is erased, the cursor moves, the head and digest wait to be checked. */
-  #commitEnd(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[]): number {
+  /**
+   * The commit's last transaction: who the hub does not have is erased, a deletion the hub lost
+   * joins the outbox again, the cursor moves, the head and digest wait to be checked.
+   */
+  #commitEnd(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], lost: readonly LostDeletion[]): number {
     const gallery = this.index.of(tenantId);
     return this.#asReplica(
       () =>
@@ -431,8 +514,17 @@ export class Replica {
             after.push(() => gallery.remove(id));
             n++;
           }
-          const done = this.store.db.prepare('SELECT snapshot_seq, head_seq, digest FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as { snapshot_seq: number; head_seq: number | null; digest: string | null };
-          this.#moveTo(tenantId, done.snapshot_seq);
+          const resend = this.store.db.prepare('INSERT INTO sync_outbox (change_id, tenant_id, external_user_id, kind, version, created_at, lost) VALUES (?, ?, ?, ?, ?, ?, 1)');
+          for (const d of lost) resend.run(crypto.randomUUID(), tenantId, d.externalUserId, 'delete', d.version, new Date().toISOString());
+          this.store.db.prepare('DELETE FROM sync_erasures WHERE tenant_id = ? AND erased_at < ?').run(tenantId, new Date(Date.now() - ERASURES_KEPT_MS).toISOString());
+          const done = this.store.db.prepare('SELECT snapshot_seq, seq_change_id, epoch, head_seq, digest FROM sync_snapshots WHERE tenant_id = ?').get(tenantId) as {
+            snapshot_seq: number;
+            seq_change_id: string | null;
+            epoch: string | null;
+            head_seq: number | null;
+            digest: string | null;
+          };
+          this.#moveTo(tenantId, done.snapshot_seq, done.seq_change_id, done.epoch);
           this.store.db.prepare('DELETE FROM sync_snapshot_users WHERE tenant_id = ?').run(tenantId);
           this.store.db.prepare('DELETE FROM sync_snapshots WHERE tenant_id = ?').run(tenantId);
           if (done.head_seq !== null && done.digest !== null) {
@@ -453,10 +545,13 @@ export class Replica {
     return kept.every((t) => held[t.model as ModelId]);
   }
 
-  #moveTo(tenantId: string, seq: number): number {
+  #moveTo(tenantId: string, seq: number, changeId: string | null, epoch: string | null): number {
     this.store.db
-      .prepare('INSERT INTO sync_cursors (tenant_id, applied_seq, updated_at) VALUES (?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET applied_seq = excluded.applied_seq, updated_at = excluded.updated_at')
-      .run(tenantId, seq, new Date().toISOString());
+      .prepare(
+        `INSERT INTO sync_cursors (tenant_id, applied_seq, change_id, epoch, updated_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (tenant_id) DO UPDATE SET applied_seq = excluded.applied_seq, change_id = excluded.change_id, epoch = excluded.epoch, updated_at = excluded.updated_at`,
+      )
+      .run(tenantId, seq, changeId, epoch, new Date().toISOString());
     return seq;
   }
 }

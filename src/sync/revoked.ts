@@ -30,7 +30,7 @@ export function wipeRevokedDevice(store: Store, index: GalleryIndex, mark: Omit<
       for (const id of people) store.eraseUser(tenantId, id, () => null);
       // not even the tombstones stay: this device will never be offered these people again
       store.db.prepare('DELETE FROM users WHERE tenant_id = ?').run(tenantId);
-      for (const table of ['sync_outbox', 'sync_cursors', 'sync_snapshots', 'sync_snapshot_users', 'sync_snapshot_checks', 'group_members']) store.db.prepare(`DELETE FROM ${table} WHERE tenant_id = ?`).run(tenantId);
+      for (const table of ['sync_outbox', 'sync_cursors', 'sync_snapshots', 'sync_snapshot_users', 'sync_snapshot_checks', 'sync_erasures', 'group_members']) store.db.prepare(`DELETE FROM ${table} WHERE tenant_id = ?`).run(tenantId);
       store.db
         .prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value')
         .run(REVOKED_KEY, JSON.stringify(wiped));
