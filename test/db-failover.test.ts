@@ -49,6 +49,7 @@ describe('issue 21: the hub on a synchronous standby, its primary killed mid-str
         back.store.eraseUser(tenantId, `p${i}`, () => null);
       }
     })();
+    const epochBefore = await fleet.epoch(pair.primary);
     await poll(() => acknowledged.size >= 100, 'a hundred changes acknowledged');
     const ackedBefore = acknowledged.size;
     pair.killPrimary();
@@ -82,6 +83,10 @@ describe('issue 21: the hub on a synchronous standby, its primary killed mid-str
       const live = (await hubStore.pool.query<{ external_user_id: string }>('SELECT external_user_id FROM hub_users WHERE tenant_id = $1 AND NOT deleted ORDER BY external_user_id COLLATE "C"', [tenantId])).rows.map((r) => r.external_user_id);
       assert.deepEqual(live, expected);
       assert.equal(front.store.users.digest(tenantId).users, expected.length);
+      // nothing was lost: each door found its place in the new epoch's log and went on from it
+      const epochAfter = await fleet.epoch(pair.standby);
+      assert.notEqual(epochAfter, epochBefore);
+      for (const d of [front, back]) assert.equal(d.sync.replica.position(tenantId).epoch, epochAfter, `${d.name} follows the log in its new epoch`);
     } finally {
       await hubStore.close();
     }
@@ -97,7 +102,7 @@ describe('issue 21: the hub on an asynchronous standby that lost the last change
     assert.match(stdout, /! replicas +asynchronous \(standbys: standby streaming async\): a failover may lose the last acknowledged changes/);
   });
 
-  it('the doors notice the rewound log (a head below what they applied), load a snapshot and end with exactly the hub\'s people; numbers given again are applied, not taken for duplicates', async function () {
+  it("the doors notice the new epoch, find their place lost, load a snapshot and end with exactly the hub's people; numbers given again are applied, not taken for duplicates; a lost deletion is made again and reported", async function () {
     const fleet = fleetOf();
     const { pair, tenantId } = fleet;
     const [front, back] = fleet.doors;
@@ -107,27 +112,41 @@ describe('issue 21: the hub on an asynchronous standby that lost the last change
       await fleet.converged(hubStore, 'the first hundred everywhere');
       const replicated = await fleet.head(pair.primary);
       await poll(async () => (await fleet.head(pair.standby)) === replicated, 'the standby has them');
-      // the standby stops streaming; forty more are acknowledged and applied by both doors, on the primary only
+      const epochBefore = await fleet.epoch(pair.primary);
+      assert.equal(front.sync.replica.position(tenantId).epoch, epochBefore, 'the doors follow the log in its epoch');
+      // the standby stops streaming; forty more and a deletion are acknowledged and applied by both doors, on the primary only
       await pair.detachStandby();
       fleet.enrol('front', range('q', 40));
-      await fleet.converged(hubStore, 'the forty at both doors');
+      front.store.eraseUser(tenantId, 'p5', () => null);
+      await fleet.converged(hubStore, 'the forty and the deletion at both doors');
       const applied = front.sync.cursor;
-      assert.equal(applied, replicated + 40);
+      assert.equal(applied, replicated + 41);
+      assert.equal(back.store.users.get(tenantId, 'p5'), undefined);
       pair.killPrimary();
       await pair.promoteStandby();
       const promoted = performance.now();
-      assert.equal(await fleet.head(pair.standby), replicated, 'the promoted standby lacks the last forty');
+      // (the doors may already have sent the lost deletion again: the head alone does not say)
+      const forty = await pair.query(pair.standby, "SELECT COUNT(*)::int AS n FROM hub_changes WHERE external_user_id LIKE 'q%'");
+      assert.equal(forty.rows[0].n, 0, 'the promoted standby lacks the last forty');
+      const epochAfter = await fleet.epoch(pair.standby);
+      assert.notEqual(epochAfter, epochBefore, 'the promotion starts a new epoch');
       // the hub goes on from the new primary: its next numbers are the lost ones, given to other changes
       fleet.enrol('back', range('r', 10));
       await fleet.converged(hubStore, "both doors hold exactly the hub's people again");
       console.log(`      rewound by 40: every door held exactly the hub's people (ten new ones too) ${Math.round(performance.now() - promoted)} ms after the promotion`);
       const live = (await hubStore.pool.query<{ external_user_id: string }>('SELECT external_user_id FROM hub_users WHERE tenant_id = $1 AND NOT deleted ORDER BY external_user_id COLLATE "C"', [tenantId])).rows.map((r) => r.external_user_id);
-      assert.deepEqual(live, [...range('p', 100), ...range('r', 10)].sort(), 'the forty are lost with the old primary');
+      assert.deepEqual(live, [...range('p', 100).filter((id) => id !== 'p5'), ...range('r', 10)].sort(), 'the forty are lost with the old primary; the deletion is not');
       for (const d of [front, back]) {
         assert.equal(d.store.users.get(tenantId, 'q0'), undefined, `${d.name} does not keep a person the hub lost`);
+        assert.equal(d.store.users.get(tenantId, 'p5'), undefined, `${d.name} did not bring back the person whose deletion the hub lost`);
         assert.ok(d.store.users.get(tenantId, 'r9'), `${d.name} holds the changes sequenced at the numbers given again`);
+        assert.equal(d.sync.replica.position(tenantId).epoch, epochAfter, `${d.name} follows the log in its new epoch`);
       }
-      assert.match(fleet.hubOutput, /a device applied changes beyond the log's head/);
+      // the hub saw it too, in the doors' fetches or their states, whichever came first
+      assert.match(fleet.hubOutput, /a device applied changes (the log no longer holds|beyond the log's head)/);
+      const alarms = (await hubStore.pool.query<{ type: string; reason: string }>("SELECT type, reason FROM hub_audit_events WHERE tenant_id = $1 AND type = 'deletion_lost'", [tenantId])).rows;
+      assert.equal(alarms.length, 1, 'the admin is told once, whichever door sent the deletion first');
+      assert.match(alarms[0].reason, /a deletion lost in a database failover, sent again by (front|back)/);
     } finally {
       await hubStore.close();
     }

@@ -92,6 +92,11 @@ export class FailoverFleet {
     return Number((await this.pair.query(node, 'SELECT COALESCE(MAX(seq), 0) AS n FROM hub_changes')).rows[0].n);
   }
 
+  /** The epoch of a node's log, as the hub reads it (its system identifier and timeline). */
+  async epoch(node: PgReplicaPair['primary']): Promise<string> {
+    return (await this.pair.query(node, `SELECT system_identifier::text || '.' || ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS epoch FROM pg_control_system()`)).rows[0].epoch as string;
+  }
+
   /** Waits until every door has sent everything, applied the hub's head and holds the hub's people; the ms it took. */
   async converged(hubStore: HubStore, what = 'every door converged with the hub'): Promise<number> {
     const started = performance.now();
