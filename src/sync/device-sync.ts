@@ -810,14 +810,17 @@ export class DeviceSync {
   #sameEpoch(epoch: string | undefined): boolean {
     const held = this.replica.position(this.options.tenantId).epoch;
     if (epoch === undefined || epoch === held) return !this.#reconciling;
+    this.#newEpoch = epoch;
     if (!this.#reconciling) {
       const log = held === null ? 'debug' : 'warn';
       this.options.logger[log]({ epoch, held, cursor: this.cursor }, "sync: the hub's log is in a new epoch (its database failed over); this device checks its place in it before it applies anything more");
+      this.#reconcile();
+    } else {
+      // asked again until the hub answers (a fetch in flight when the database failed may never
+      // be), one fetch at a time: a stream of the new epoch's messages must not replace each
+      // request before its answer comes
+      this.fetch();
     }
-    // asked again at each message of the new epoch until the hub answers (a fetch in flight when
-    // the database failed may never be)
-    this.#newEpoch = epoch;
-    this.#reconcile();
     return false;
   }
 
