@@ -834,7 +834,12 @@ export class DeviceSync {
   #reconcile(answer?: Extract<SyncReply, { type: 'range' }>): void {
     const { tenantId, logger } = this.options;
     this.#reconciling = true;
-    if (!answer) return this.fetch(true);
+    if (!answer) {
+      // a new request, whatever is in flight: what answers an earlier one was read before (and a
+      // fetch the hub took as its database failed is never answered)
+      this.#fetching = false;
+      return this.fetch(true);
+    }
     this.#sentAt.clear();
     if (answer.digest === this.store.users.digest(tenantId).digest && this.pending() === 0) {
       logger.warn({ cursor: this.cursor, head: answer.head }, "sync: the hub's log was rewound below this device's place, but this device holds the hub's people at its head: it goes on from there");
@@ -860,7 +865,12 @@ export class DeviceSync {
     if (this.#newEpoch !== null && epoch !== this.#newEpoch) return false;
     if (epoch !== undefined && this.replica.position(tenantId).epoch !== epoch) {
       this.replica.adoptEpoch(tenantId, epoch);
-      if (this.#reconciling) this.options.logger.info({ epoch, cursor: this.cursor }, "sync: the hub's log in its new epoch holds this device's place; it follows the log from there");
+      if (this.#reconciling) {
+        this.options.logger.info({ epoch, cursor: this.cursor }, "sync: the hub's log in its new epoch holds this device's place; it follows the log from there");
+        // what was sent to the database that failed may never have been taken: it goes again now
+        this.#sentAt.clear();
+        this.flush();
+      }
     }
     this.#reconciling = false;
     this.#newEpoch = null;
