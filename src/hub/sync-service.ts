@@ -29,6 +29,7 @@ import { publicKeyFromBase64 } from '../access/signed-command.ts';
 import type { SignedCommand } from '../access/signed-command.ts';
 import { Waiters } from '../core/waiters.ts';
 import { HubError } from './errors.ts';
+import { isDatabaseUnavailable } from '../errors.ts';
 import type { TenantKey } from './keys.ts';
 import { sendNotice } from './revocation.ts';
 import { ReplayGuard } from './replay-guard.ts';
@@ -99,6 +100,8 @@ const RENOTICE_INTERVAL_MS = 10_000;
 
 /** How often the hub republishes each tenant's head, so a device that missed a message finds out. */
 const HEAD_INTERVAL_MS = 5000;
+/** While the database is away (a failover), the heads are tried this often: the new primary's epoch reaches the doors soon after it takes writes. */
+const HEAD_RETRY_MS = 500;
 
 export interface HubSyncOptions {
   url: string;
@@ -120,6 +123,8 @@ export interface HubSyncOptions {
  */
 export class HubSync {
   readonly #timer: NodeJS.Timeout;
+  #retrying: NodeJS.Timeout | undefined;
+  #databaseAway = false;
   /** Sequenced changes waiting to be published, per tenant. */
   readonly #outgoing = new Map<string, Change[]>();
   /** Commands sent and waiting for their result, by request id. */
@@ -147,8 +152,7 @@ export class HubSync {
     private readonly store: HubStore,
     private readonly options: HubSyncOptions,
   ) {
-    // the database may be away a moment (a failover): the next round publishes again
-    this.#timer = setInterval(() => void this.publishHeads().catch((err: Error) => options.logger.warn({ problem: err.message }, 'hub: cannot publish the heads now')), HEAD_INTERVAL_MS);
+    this.#timer = setInterval(() => void this.#publishHeadsOrRetry(), HEAD_INTERVAL_MS);
     this.#timer.unref();
   }
 
@@ -212,6 +216,30 @@ export class HubSync {
     for (const h of await this.store.heads()) await this.#publishHead(h.tenantId, h.seq);
   }
 
+  /**
+   * The periodic heads. The database may be away a moment (a failover): they are tried again every
+   * HEAD_RETRY_MS until it answers, and the connection that finds the promoted standby tells the
+   * doors its epoch (store.onEpochChange) without waiting for the next round.
+   */
+  async #publishHeadsOrRetry(): Promise<void> {
+    if (this.#retrying || this.#closing) return;
+    try {
+      await this.publishHeads();
+      if (this.#databaseAway) this.options.logger.info({}, 'hub: the database answers again; the heads are published');
+      this.#databaseAway = false;
+    } catch (err) {
+      // said once while it lasts (a retry every HEAD_RETRY_MS would fill the log)
+      if (!this.#databaseAway) this.options.logger.warn({ problem: (err as Error).message }, 'hub: cannot publish the heads now');
+      if (!isDatabaseUnavailable(err)) return;
+      this.#databaseAway = true;
+      this.#retrying = setTimeout(() => {
+        this.#retrying = undefined;
+        void this.#publishHeadsOrRetry();
+      }, HEAD_RETRY_MS);
+      this.#retrying.unref();
+    }
+  }
+
   async #publishHead(tenantId: string, seq: number): Promise<void> {
     const topics = syncTopics(this.options.prefix, tenantId);
     await this.#send(tenantId, topics.signedHead, 'head', { tenant_id: tenantId, seq, ...this.#epoch() }, { retain: true });
@@ -225,6 +253,7 @@ export class HubSync {
   async close(): Promise<void> {
     this.#closing = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#retrying);
     await this.client.endAsync(true);
   }
 
