@@ -33,6 +33,7 @@ describe('issue 21: the hub on a synchronous standby, its primary killed mid-str
     const { stdout } = await authface(['hub', 'doctor', '--database-url', pair.url], hubEnv);
     assert.match(stdout, new RegExp(`✓ database +writing to 127\\.0\\.0\\.1:${pair.primary.port}`));
     assert.match(stdout, /✓ replicas +synchronous \(synchronous_commit=on, standbys: standby streaming sync\)/);
+    assert.match(stdout, new RegExp(`✓ log epoch +${(await fleetOf().epoch(pair.primary)).replace('.', '\\.')} \\(system identifier\\.timeline`));
     const single = await authface(['hub', 'doctor', '--database-url', pair.primary.url], hubEnv);
     assert.match(single.stdout, /! failover +the database URL names one host/);
   });

@@ -315,8 +315,9 @@ export async function hubDoctor(settings: Settings, opts: { databaseUrl?: string
   if (!url) return [{ name: 'database', status: 'fail', detail: 'no database URL', fix: 'set AUTHFACE_HUB_DATABASE_URL or pass --database-url' }];
   const hosts = parseHubDatabaseUrl(url).hosts.map((h) => h.label);
   let replication: Replication;
+  let epoch: string | null;
   try {
-    replication = await withHub(settings, opts.databaseUrl, (store) => replicationOf(store.pool));
+    [replication, epoch] = await withHub(settings, opts.databaseUrl, async (store) => [await replicationOf(store.pool), store.epoch] as const);
   } catch (err) {
     return [{ name: 'database', status: 'fail', detail: (err as Error).message, fix: `start PostgreSQL on ${hosts.join(' or ')}, or correct the URL` }];
   }
@@ -335,6 +336,11 @@ export async function hubDoctor(settings: Settings, opts: { databaseUrl?: string
       fix: "stream to a standby and set synchronous_standby_names (and synchronous_commit = on) on the primary; give the hub both hosts: postgresql://…@primary,standby/db?target_session_attrs=read-write (README, \"When the database or the broker fails\")",
     });
   }
+  checks.push(
+    epoch === null
+      ? { name: 'log epoch', status: 'warn', detail: 'the database does not give its system identifier and timeline: a door notices a log rewound by a failover only by a head below its place', fix: "let the hub's role call pg_control_system() and pg_walfile_name() (PostgreSQL allows every role by default)" }
+      : { name: 'log epoch', status: 'ok', detail: `${epoch} (system identifier.timeline: a promotion starts a new one, and the doors check their place in the log)` },
+  );
   if (hosts.length < 2) checks.push({ name: 'failover', status: 'warn', detail: 'the database URL names one host: after a failover the hub cannot find the new primary', fix: 'name every host in AUTHFACE_HUB_DATABASE_URL (host1,host2)' });
   return checks;
 }
