@@ -872,15 +872,17 @@ async function benchCli(runs = 7): Promise<void> {
 /**
  * A database failover (`--only failover`, issue 21): the hub on a primary streaming synchronously
  * to a standby (two clusters of its own, test/support/pg-replication.ts), `authface hub serve`
- * given both hosts, two doors sending 300 enrolments. The reference is the same stream with no
+ * given both hosts, two doors sending 1,000 enrolments. The reference is the same stream with no
  * failure, in the same run; then the primary dies with SIGKILL after 100 acknowledgements and the
- * standby is promoted by command.
+ * standby is promoted by command. Then the same on an asynchronous standby that stopped streaming
+ * before the last 100 enrolments: the doors find the log rewound and load the hub's snapshot.
  */
 async function benchFailover(): Promise<void> {
   const { FailoverFleet, poll } = await import('../test/support/failover-fleet.ts');
   const { HubStore } = await import('../src/hub/store.ts');
   const fleet = await FailoverFleet.start({ synchronous: true, doors: ['front', 'back'] });
-  const ids = (prefix: string) => Array.from({ length: 300 }, (_, i) => `${prefix}${i}`);
+  // long enough that the primary dies mid-stream (the hub sequences a few hundred a second in groups)
+  const ids = (prefix: string) => Array.from({ length: 1000 }, (_, i) => `${prefix}${i}`);
   try {
     const hubStore = await HubStore.open(fleet.pair.url);
     try {
@@ -895,26 +897,68 @@ async function benchFailover(): Promise<void> {
       const acknowledged = new Map(fleet.acknowledged);
       fleet.pair.killPrimary();
       const died = performance.now();
+      const diedAt = Date.now();
       // what the doors make while no host takes writes waits in their outboxes
       fleet.enrol('back', ids('q').slice(0, 50));
       await fleet.pair.promoteStandby();
       const promoted = performance.now();
-      const atPromotion = await fleet.head(fleet.pair.standby);
-      await poll(async () => (await fleet.head(fleet.pair.standby)) > atPromotion, 'a change on the promoted standby');
-      const firstOnNew = performance.now();
+      const newEpoch = await fleet.epoch(fleet.pair.standby);
+      const inNewEpoch = poll(() => fleet.doors.every((d) => d.sync.replica.position(fleet.tenantId).epoch === newEpoch), 'every door in the new epoch').then(() => performance.now());
       await fleet.converged(hubStore);
       const converged = performance.now();
+      const placed = await inNewEpoch;
+      // the first change committed after the death is the first on the promoted standby (the doors
+      // may send theirs before a poll could see the head move: read the database's own time, same clock)
+      const first = await hubStore.pool.query<{ t: string }>('SELECT extract(epoch FROM min(committed_at)) * 1000 AS t FROM hub_changes WHERE tenant_id = $1 AND committed_at > to_timestamp($2 / 1000.0)', [fleet.tenantId, diedAt]);
+      const firstOnNew = died + (Number(first.rows[0].t) - diedAt);
       const held = new Map((await hubStore.pool.query<{ seq: string; change_id: string }>('SELECT seq, change_id FROM hub_changes WHERE tenant_id = $1', [fleet.tenantId])).rows.map((r) => [r.change_id, Number(r.seq)]));
       const lost = [...acknowledged].filter(([changeId, seq]) => held.get(changeId) !== seq).length;
       results.failover = {
-        stream: '300 enrolments from one door, applied by two; 50 more at the other while no host takes writes',
+        stream: '1,000 enrolments from one door, applied by two; 50 more at the other while no host takes writes',
         reference_stream_ms: Math.round(reference),
         stream_with_failover_ms: Math.round(converged - started),
         death_to_promoted_ms: Math.round(promoted - died),
         death_to_first_change_on_promoted_ms: Math.round(firstOnNew - died),
         first_change_to_every_door_converged_ms: Math.round(converged - firstOnNew),
+        death_to_every_door_placed_in_new_epoch_ms: Math.round(placed - died),
         acknowledged_before_death: acknowledged.size,
         acknowledged_changes_lost: lost,
+      };
+    } finally {
+      await hubStore.close();
+    }
+  } finally {
+    await fleet.close();
+  }
+  await benchRewoundFailover();
+}
+
+/** An asynchronous standby without the last 100 enrolments promoted: until both doors hold exactly the hub's people again. */
+async function benchRewoundFailover(): Promise<void> {
+  const { FailoverFleet, poll } = await import('../test/support/failover-fleet.ts');
+  const { HubStore } = await import('../src/hub/store.ts');
+  const fleet = await FailoverFleet.start({ synchronous: false, doors: ['front', 'back'] });
+  const ids = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+  try {
+    const hubStore = await HubStore.open(fleet.pair.url);
+    try {
+      fleet.enrol('front', ids('p', 300));
+      await fleet.converged(hubStore);
+      const replicated = await fleet.head(fleet.pair.primary);
+      await poll(async () => (await fleet.head(fleet.pair.standby)) === replicated, 'the standby has them');
+      await fleet.pair.detachStandby();
+      fleet.enrol('front', ids('q', 100));
+      await fleet.converged(hubStore);
+      fleet.pair.killPrimary();
+      const died = performance.now();
+      await fleet.pair.promoteStandby();
+      const promoted = performance.now();
+      await fleet.converged(hubStore);
+      results.failover_rewound = {
+        stream: '300 enrolments on both nodes, then 100 on the primary alone (asynchronous standby detached), applied by two doors',
+        death_to_promoted_ms: Math.round(promoted - died),
+        promoted_to_every_door_holding_the_hubs_people_ms: Math.round(performance.now() - promoted),
+        rewound_by: 100,
       };
     } finally {
       await hubStore.close();
