@@ -211,6 +211,22 @@ describe('hub store (PostgreSQL): one sequence per tenant, in the transaction of
     assert.equal(people, 64, 'every person, in chunks');
   });
 
+  it('issue 21: a lost deletion sent again by two doors at once is sequenced once; one the hub does not need is not_lost', async function () {
+    // a tenant of its own: the other tests count this one's changes
+    const tenantId = crypto.randomUUID();
+    await hub.createTenant(tenantId, 'lost-deletions');
+    const upsert = (id: string, version: number): SubmittedChange => ({ kind: 'user.upsert', external_user_id: id, version, model: FLEET_MODEL, key_version: 1, template: sealTemplate(key, face(version), { tenantId, externalUserId: id, version, model: FLEET_MODEL, keyVersion: 1 }) });
+    assert.equal((await hub.append(tenantId, upsert('lost', 1), { origin: 'door-1' })).status, 'sequenced');
+    const deletion = { kind: 'user.delete' as const, external_user_id: 'lost', version: 2 };
+    // both doors had applied it before the failover lost it; each sends it again under its own change_id
+    const [a, b] = await Promise.all([hub.append(tenantId, deletion, { origin: 'door-1', lostDeletion: true }), hub.append(tenantId, deletion, { origin: 'door-2', lostDeletion: true })]);
+    assert.deepEqual([a.status, b.status].sort(), ['not_lost', 'sequenced']);
+    // a person the hub holds at that version or above (enrolled again since) is not deleted by it
+    assert.equal((await hub.append(tenantId, upsert('again', 3), { origin: 'hub' })).status, 'sequenced');
+    assert.deepEqual(await hub.append(tenantId, { kind: 'user.delete', external_user_id: 'again', version: 3 }, { origin: 'door-1', lostDeletion: true }), { status: 'not_lost' });
+    assert.deepEqual(await hub.append(tenantId, { kind: 'user.delete', external_user_id: 'nobody', version: 2 }, { origin: 'door-1', lostDeletion: true }), { status: 'not_lost' });
+  });
+
   it('every key of the hub starts with tenant_id (the Citus distribution column), but for the console\'s fleet-wide tables', async function () {
     const keys = await hub.pool.query<{ table_name: string; column_name: string }>(
       `SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc

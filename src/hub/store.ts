@@ -252,13 +252,18 @@ const MIGRATIONS = [
  * `recheck`: a template was sequenced after the place the change's duplicate check had seen
  * (`checkedThrough`): nothing was written; check again and resubmit.
  */
-export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' } | { status: 'recheck' };
+export type AppendResult = { status: 'sequenced'; change: Change; duplicate?: true } | { status: 'conflict'; reason: 'stale_version' | 'deleted' } | { status: 'recheck' } | { status: 'not_lost' };
 
 export interface AppendMeta {
   changeId?: string;
   origin: string;
   /** The place in the tenant's log the fleet's 1:N duplicate check of this enrolment had seen. */
   checkedThrough?: number;
+  /**
+   * A deletion a door sends again because the log lost it in a failover: sequenced only while the
+   * hub holds the person below its version (else `not_lost`: several doors send the same one).
+   */
+  lostDeletion?: boolean;
 }
 
 
@@ -298,6 +303,7 @@ interface PendingAppend {
   changeId: string;
   origin: string;
   checkedThrough?: number;
+  lostDeletion?: boolean;
   resolve: (result: AppendResult) => void;
   reject: (err: unknown) => void;
 }
@@ -432,7 +438,7 @@ export class HubStore {
   async append(tenantId: string, body: SubmittedChange, meta: AppendMeta): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
       const queue = this.#pending.get(tenantId) ?? [];
-      queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, checkedThrough: meta.checkedThrough, resolve, reject });
+      queue.push({ body, changeId: meta.changeId ?? crypto.randomUUID(), origin: meta.origin, checkedThrough: meta.checkedThrough, lostDeletion: meta.lostDeletion, resolve, reject });
       this.#pending.set(tenantId, queue);
       if (!this.#draining.has(tenantId)) void this.#drain(tenantId);
     });
@@ -503,7 +509,7 @@ export class HubStore {
     // the last template sequenced: an enrolment whose duplicate check saw less must be checked again
     const checks = batch.flatMap((b) => (b.checkedThrough === undefined ? [] : [b.checkedThrough]));
     let lastTemplate = checks.length > 0 ? await this.lastTemplateAfter(db, tenantId, Math.min(...checks)) : 0;
-    for (const { body: submitted, changeId, origin, checkedThrough } of batch) {
+    for (const { body: submitted, changeId, origin, checkedThrough, lostDeletion } of batch) {
       const existing = known.get(changeId);
       if (existing || pending.has(changeId)) {
         // its change is filled in below, once the batch's rows are written
@@ -515,6 +521,11 @@ export class HubStore {
         continue;
       }
       const current = users.get(submitted.external_user_id);
+      // decided here, where the person's row is locked: two doors sending the same lost deletion at once
+      if (lostDeletion && submitted.kind === 'user.delete' && (!current || current.deleted || current.version >= submitted.version)) {
+        results.push({ status: 'not_lost' });
+        continue;
+      }
       if (submitted.kind === 'user.templates') {
         // templates of further models from a door's capture: only onto the version they were made at
         // (a person updated or deleted since has another face, or none; nothing to keep for an admin)
@@ -985,12 +996,6 @@ export class HubStore {
        VALUES ($1, $2, $3, NULL, NULL, NULL, 'alarm', $4, NULL, NULL, $5)`,
       [tenantId, newEventId(), type, reason, doorId],
     );
-  }
-
-  /** The version of a person the hub holds, and whether they are deleted (undefined: never enrolled here). */
-  async person(tenantId: string, externalUserId: string): Promise<{ version: number; deleted: boolean } | undefined> {
-    const r = await this.pool.query<{ version: number; deleted: boolean }>('SELECT version, deleted FROM hub_users WHERE tenant_id = $1 AND external_user_id = $2', [tenantId, externalUserId]);
-    return r.rows[0];
   }
 
   /** The change_id of the tenant's change at `seq`; null when the log holds none there (beyond its head, or compacted). */

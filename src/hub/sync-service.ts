@@ -338,8 +338,8 @@ export class HubSync {
       const end = chunk.next === null && signedForm ? await this.store.headDigest(tenantId) : {};
       // a device of an earlier release takes the tenant's settings without the anti-spoofing floor
       const tenant = chunk.tenant && !signedForm ? { tenant: withoutPadThreshold(chunk.tenant) } : {};
-      // a device of this release names the change at the chunk's head when it fetches from there
-      const seqChangeId = signedForm ? await this.store.changeIdAt(tenantId, chunk.seq) : null;
+      // a device of this release names the change at the first chunk's head when it fetches from there
+      const seqChangeId = signedForm && after === null ? await this.store.changeIdAt(tenantId, chunk.seq) : null;
       const epoch = signedForm ? { ...this.#epoch(), ...(seqChangeId ? { seq_change_id: seqChangeId } : {}) } : {};
       await this.#reply(tenantId, device, { type: 'snapshot', tenant_id: tenantId, after, ...chunk, ...tenant, more, ...end, ...epoch, ...(request_id ? { request_id } : {}) }, signedForm);
       if (!more) break;
@@ -440,12 +440,6 @@ export class HubSync {
   async #sequenceSubmission(tenantId: string, submission: Submission): Promise<{ ack: Unsigned<SyncReply>; change?: Change }> {
     const { device_id, change_id, body } = submission;
     if (body.kind === 'user.pin') return this.#sequencePin(tenantId, device_id, change_id, body);
-    if (submission.lost_deletion && body.kind === 'user.delete') {
-      // a door kept a person erased whom a snapshot brought back: lost only if the hub still holds them below that deletion
-      const held = await this.store.person(tenantId, body.external_user_id);
-      const lost = held !== undefined && !held.deleted && held.version < body.version;
-      if (!lost && !(await this.store.sequenced(tenantId, change_id))) return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'not_lost' } };
-    }
     // a retry of a change already sequenced is only acknowledged (the check ran the first time)
     const kind = submission.fleet_check;
     const checks = kind !== undefined && body.kind === 'user.upsert' && !(await this.store.sequenced(tenantId, change_id));
@@ -459,8 +453,10 @@ export class HubSync {
         }
         checked = verdict;
       }
-      const result = await this.store.append(tenantId, checked.body, { origin: device_id, changeId: change_id, checkedThrough: checked.checkedThrough });
+      const result = await this.store.append(tenantId, checked.body, { origin: device_id, changeId: change_id, checkedThrough: checked.checkedThrough, lostDeletion: submission.lost_deletion });
       if (result.status === 'recheck') continue;
+      // a door kept a person erased whom a snapshot brought back, but the hub no longer holds them below that deletion
+      if (result.status === 'not_lost') return { ack: { type: 'ack', change_id, status: 'refused', seq: null, reason: 'not_lost' } };
       if (result.status === 'conflict' && body.kind === 'user.templates') {
         this.options.logger.info({ tenant: tenantId, device: device_id, user_change: change_id, reason: result.reason }, "hub: templates made on a person's earlier version were left out");
         return { ack: { type: 'ack', change_id, status: 'conflict', seq: null, reason: result.reason } };
