@@ -408,7 +408,7 @@ export const replySchema = z
       type: z.literal('snapshot'),
       tenant_id: z.uuid(),
       seq: z.int().min(0).describe("The tenant's head when the chunk was read: the first chunk's is where the log resumes"),
-      seq_change_id: z.uuid().optional().describe('The change_id of the change at `seq` (left out at 0): the device names it when it fetches from there'),
+      seq_change_id: z.uuid().optional().describe('With the first chunk: the change_id of the change at `seq` (left out at 0); the device names it when it fetches from there'),
       after: z.string().max(128).nullable().describe('The request this answers (a duplicate or late answer is recognised and ignored)'),
       users: z.array(snapshotUserSchema).max(MAX_USERS_PER_CHUNK),
       tenant: tenantSettingsSchema.omit({ kind: true }).optional().describe("The tenant's settings as of `seq` (with the first chunk)"),

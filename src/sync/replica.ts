@@ -424,7 +424,7 @@ export class Replica {
    * after it follows; the head and digest the hub announced with the last chunk are checked once
    * the log reaches that head (`apply`).
    */
-  async commitSnapshot(tenantId: string, slice = 256): Promise<{ applied: number; removed: number; lostDeletions: number }> {
+  async commitSnapshot(tenantId: string, slice = 256, options: { rewound?: boolean } = {}): Promise<{ applied: number; removed: number; lostDeletions: number }> {
     const progress = this.snapshot(tenantId);
     if (!progress?.complete) throw new Error('snapshot: not complete');
     const pending = new Set(
@@ -434,7 +434,7 @@ export class Replica {
     const lost: LostDeletion[] = [];
     this.#committing = after;
     try {
-      const applied = await this.#commitSlices(tenantId, pending, after, slice, lost);
+      const applied = await this.#commitSlices(tenantId, pending, after, slice, lost, options.rewound === true);
       return { applied, removed: this.#commitEnd(tenantId, pending, after, lost), lostDeletions: lost.length };
     } finally {
       // the index follows the database at once, after the last write (also if a write failed)
@@ -443,7 +443,7 @@ export class Replica {
     }
   }
 
-  async #commitSlices(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], slice: number, lost: LostDeletion[]): Promise<number> {
+  async #commitSlices(tenantId: string, pending: ReadonlySet<string>, after: (() => void)[], slice: number, lost: LostDeletion[], rewound: boolean): Promise<number> {
     const erasedHere = this.store.db.prepare('SELECT version, seq, epoch FROM sync_erasures WHERE tenant_id = ? AND pseudonym = ?');
     const progress = this.snapshot(tenantId);
     const page = this.store.db.prepare('SELECT external_user_id, user FROM sync_snapshot_users WHERE tenant_id = ? AND external_user_id > ? ORDER BY external_user_id LIMIT ?');
@@ -463,12 +463,12 @@ export class Replica {
               if (row.user === null) continue; // erased by the log during the load
               const u = JSON.parse(row.user) as SnapshotUser;
               // deleted here at a later version than the hub's snapshot holds: never brought back. A
-              // deletion the log holds after the snapshot's head (same epoch) comes with the log; any
-              // other the hub's log may have lost (a failover): it goes to the hub again, which
-              // sequences it only if the person is still there (SyncSubmission.lost_deletion)
+              // deletion the log holds after the snapshot's head (same epoch, not a rewound log) comes
+              // with the log; any other the hub's log may have lost (a failover): it goes to the hub
+              // again, which sequences it only if the person is still there (SyncSubmission.lost_deletion)
               const erased = erasedHere.get(tenantId, this.store.users.pseudonym(tenantId, u.external_user_id)) as { version: number; seq: number | null; epoch: string | null } | undefined;
               if (erased && erased.version > u.version && !this.store.users.get(tenantId, u.external_user_id)) {
-                const followsInLog = erased.seq !== null && erased.epoch === (progress?.epoch ?? null) && erased.seq > (progress?.snapshotSeq ?? 0);
+                const followsInLog = !rewound && erased.seq !== null && erased.epoch === (progress?.epoch ?? null) && erased.seq > (progress?.snapshotSeq ?? 0);
                 if (!followsInLog) lost.push({ externalUserId: u.external_user_id, version: erased.version });
                 continue;
               }
