@@ -863,9 +863,10 @@ export class DeviceSync {
   #settleEpoch(epoch: string | undefined): boolean {
     const { tenantId } = this.options;
     if (this.#newEpoch !== null && epoch !== this.#newEpoch) return false;
-    if (epoch !== undefined && this.replica.position(tenantId).epoch !== epoch) {
+    const held = this.replica.position(tenantId).epoch;
+    if (epoch !== undefined && held !== epoch) {
       this.replica.adoptEpoch(tenantId, epoch);
-      if (this.#reconciling) {
+      if (held !== null) {
         this.options.logger.info({ epoch, cursor: this.cursor }, "sync: the hub's log in its new epoch holds this device's place; it follows the log from there");
         // what was sent to the database that failed may never have been taken: it goes again now
         this.#sentAt.clear();
