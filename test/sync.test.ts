@@ -371,7 +371,7 @@ describe('device replica (SQLite): strictly in order, cursor and data in one tra
       assert.deepEqual(replica.stageSnapshotChunk(tenantId, last), { staged: 1, complete: true, ignored: false });
       assert.equal(replica.stageSnapshotChunk(tenantId, first).ignored, true, 'a complete snapshot takes no chunk (the first chunk\'s `after` is null again)');
       assert.equal(store.users.get(tenantId, 'carol'), undefined, 'staged, not yet applied');
-      assert.deepEqual(await replica.commitSnapshot(tenantId, 1), { applied: 3, removed: 1, lostDeletions: 0 });
+      assert.deepEqual(await replica.commitSnapshot(tenantId, { slice: 1 }), { applied: 3, removed: 1, lostDeletions: 0 });
       assert.equal(replica.cursor(tenantId), 40, 'the log resumes after the first chunk\'s head');
       assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM sync_snapshot_users').get() as { n: number }).n, 0, 'nothing staged is left');
       assert.equal(replica.snapshot(tenantId), undefined);

@@ -990,11 +990,11 @@ export class HubStore {
    * An event of the hub's own audit trail that an admin must see (the console's activity lists it):
    * never a person's face or template, and a deleted person's id is not kept.
    */
-  async recordAlarm(tenantId: string, type: string, reason: string, doorId: string | null = null): Promise<void> {
+  async recordAlarm(tenantId: string, type: string, reason: string): Promise<void> {
     await this.pool.query(
       `INSERT INTO hub_audit_events (tenant_id, id, type, flow, session_id, external_user_id, result, reason, score, factor, door_id)
-       VALUES ($1, $2, $3, NULL, NULL, NULL, 'alarm', $4, NULL, NULL, $5)`,
-      [tenantId, newEventId(), type, reason, doorId],
+       VALUES ($1, $2, $3, NULL, NULL, NULL, 'alarm', $4, NULL, NULL, NULL)`,
+      [tenantId, newEventId(), type, reason],
     );
   }
 

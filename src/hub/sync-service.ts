@@ -395,7 +395,7 @@ export class HubSync {
    */
   async #lostDeletion(tenantId: string, device: string, change: Change): Promise<void> {
     this.options.logger.error({ tenant: tenantId, device, seq: change.seq }, "hub: a deletion the database lost in a failover was sent again by a door and is sequenced again; the person is erased everywhere");
-    await this.store.recordAlarm(tenantId, 'deletion_lost', `a deletion lost in a database failover, sent again by ${device}, is sequenced again at ${change.seq}`, null);
+    await this.store.recordAlarm(tenantId, 'deletion_lost', `a deletion lost in a database failover, sent again by ${device}, is sequenced again at ${change.seq}`);
   }
 
   /** Whether the log holds another change than `changeId` at `seq` (a number compacted away is not judged). */

@@ -770,7 +770,7 @@ export class DeviceSync {
     if (this.#committing) return;
     this.#committing = true;
     try {
-      const { applied, removed, lostDeletions } = await this.replica.commitSnapshot(tenantId, undefined, { rewound: this.#rewoundHead !== null });
+      const { applied, removed, lostDeletions } = await this.replica.commitSnapshot(tenantId, { rewound: this.#rewoundHead !== null });
       this.#rewoundHead = null;
       this.#reconciling = false;
       this.#newEpoch = null;

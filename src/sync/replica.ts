@@ -424,7 +424,8 @@ export class Replica {
    * after it follows; the head and digest the hub announced with the last chunk are checked once
    * the log reaches that head (`apply`).
    */
-  async commitSnapshot(tenantId: string, slice = 256, options: { rewound?: boolean } = {}): Promise<{ applied: number; removed: number; lostDeletions: number }> {
+  async commitSnapshot(tenantId: string, options: { slice?: number; rewound?: boolean } = {}): Promise<{ applied: number; removed: number; lostDeletions: number }> {
+    const slice = options.slice ?? 256;
     const progress = this.snapshot(tenantId);
     if (!progress?.complete) throw new Error('snapshot: not complete');
     const pending = new Set(
