@@ -909,8 +909,7 @@ async function benchFailover(): Promise<void> {
       const placed = await inNewEpoch;
       // the first change committed after the death is the first on the promoted standby (the doors
       // may send theirs before a poll could see the head move: read the database's own time, same clock)
-      const first = await hubStore.pool.query<{ t: string }>('SELECT extract(epoch FROM min(committed_at)) * 1000 AS t FROM hub_changes WHERE tenant_id = $1 AND committed_at > to_timestamp($2 / 1000.0)', [fleet.tenantId, diedAt]);
-      const firstOnNew = died + (Number(first.rows[0].t) - diedAt);
+      const firstOnNew = died + ((await fleet.firstChangeAfter(fleet.pair.standby, diedAt)) - diedAt);
       const held = new Map((await hubStore.pool.query<{ seq: string; change_id: string }>('SELECT seq, change_id FROM hub_changes WHERE tenant_id = $1', [fleet.tenantId])).rows.map((r) => [r.change_id, Number(r.seq)]));
       const lost = [...acknowledged].filter(([changeId, seq]) => held.get(changeId) !== seq).length;
       results.failover = {

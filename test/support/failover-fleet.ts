@@ -92,6 +92,17 @@ export class FailoverFleet {
     return Number((await this.pair.query(node, 'SELECT COALESCE(MAX(seq), 0) AS n FROM hub_changes')).rows[0].n);
   }
 
+  /**
+   * When the first change after `at` (Date.now() ms) was committed on a node, by the database's own
+   * clock (the same machine's): the doors send what waited as soon as they hear of a promotion,
+   * often before a poll of the head could see it move.
+   */
+  async firstChangeAfter(node: PgReplicaPair['primary'], at: number): Promise<number> {
+    const r = await this.pair.query(node, 'SELECT extract(epoch FROM min(committed_at)) * 1000 AS t FROM hub_changes WHERE tenant_id = $1 AND committed_at > to_timestamp($2 / 1000.0)', [this.tenantId, at]);
+    if (r.rows[0].t === null) throw new Error('no change was committed after the failover');
+    return Number(r.rows[0].t);
+  }
+
   /** The epoch of a node's log, as the hub reads it (its system identifier and timeline). */
   async epoch(node: PgReplicaPair['primary']): Promise<string> {
     return (await this.pair.query(node, `SELECT system_identifier::text || '.' || ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int AS epoch FROM pg_control_system()`)).rows[0].epoch as string;
